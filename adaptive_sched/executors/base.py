@@ -1,0 +1,173 @@
+"""The executor protocol: a backend answers "can I run this?" and runs it. It never decides.
+
+An executor runs one stage at one shape and reports how long it took. It does not
+choose backends, log decisions or touch SQLite: that is the scheduler's and the
+store's job. Heavy imports (pyopencl, rknnlite) happen inside each backend's own
+module, and only when that backend is created.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import UnsupportedShape
+from ..stages import check_inputs, make_inputs
+from ..types import Backend, Shape, Stage, parse_stage
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    """What one stage run produced.
+
+    ``output`` is None only in latency-only mode (the simulator with no inputs).
+    ``latency_s`` is the latency the scheduler learns from: wall time for real
+    devices, modelled time for the simulator. ``device_s`` is the device's own
+    timing where it has one (OpenCL event profiling), else None.
+    """
+
+    output: np.ndarray | None
+    latency_s: float
+    device_s: float | None = None
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+
+class Executor(abc.ABC):
+    """Base class of every backend.
+
+    Subclasses implement :meth:`_probe`, :meth:`_supports` and :meth:`_run`;
+    this class provides the uniform checks and error messages around them.
+
+    Parameters are stored as given (``__init__`` does no work), so creating an
+    executor is cheap and never fails for lack of hardware: that is what
+    :meth:`is_available` is for.
+    """
+
+    #: registry name of the implementation, e.g. ``"cpu_numpy"``
+    kind: str = "abstract"
+
+    def __init__(self, backend: Backend | str = Backend.CPU, **options: Any) -> None:
+        self.backend = Backend(backend)
+        self.options = dict(options)
+        self._availability: tuple[bool, str] | None = None
+        self._prepared: set[tuple[Stage, Shape]] = set()
+        self._closed = False
+
+    # -- availability ---------------------------------------------------------
+    def is_available(self) -> bool:
+        """True if this executor can run here. Never raises; see :attr:`unavailable_reason`."""
+        if self._availability is None:
+            try:
+                reason = self._probe()
+            except Exception as exc:  # a probe must never take the caller down
+                reason = f"{type(exc).__name__}: {exc}"
+            self._availability = (reason is None, reason or "")
+        return self._availability[0]
+
+    @property
+    def unavailable_reason(self) -> str:
+        """Why :meth:`is_available` is False ('' when available)."""
+        self.is_available()
+        assert self._availability is not None
+        return self._availability[1]
+
+    def _probe(self) -> str | None:
+        """Return None if usable, else a one-line reason. May raise; the caller catches."""
+        return None
+
+    # -- support --------------------------------------------------------------
+    def supports(self, stage: Stage | str, shape: Shape) -> bool:
+        """True if this executor can run ``stage`` at ``shape`` and its precision."""
+        return self.why_unsupported(stage, shape) is None
+
+    def why_unsupported(self, stage: Stage | str, shape: Shape) -> str | None:
+        """None if supported, else the reason (used in error messages)."""
+        return self._supports(parse_stage(stage), shape)
+
+    def _supports(self, stage: Stage, shape: Shape) -> str | None:
+        return None
+
+    def check_supported(self, stage: Stage | str, shape: Shape) -> Stage:
+        """Raise :class:`UnsupportedShape` with the reason if ``stage`` at ``shape`` cannot run."""
+        stage = parse_stage(stage)
+        reason = self._supports(stage, shape)
+        if reason is not None:
+            raise UnsupportedShape(f"{self.kind} ({self.backend.value}) cannot run {stage.value} at {shape}: {reason}")
+        return stage
+
+    # -- running --------------------------------------------------------------
+    def prepare(self, stage: Stage | str, shape: Shape) -> None:
+        """Compile or build what ``stage`` at ``shape`` needs, once; later calls are free."""
+        stage = self.check_supported(stage, shape)
+        key = (stage, shape)
+        if key not in self._prepared:
+            self._prepare(stage, shape)
+            self._prepared.add(key)
+
+    def _prepare(self, stage: Stage, shape: Shape) -> None:
+        return None
+
+    def run(
+        self,
+        stage: Stage | str,
+        shape: Shape,
+        inputs: Mapping[str, np.ndarray] | None = None,
+        *,
+        after: Backend | None = None,
+    ) -> RunResult:
+        """Run ``stage`` at ``shape`` and time it.
+
+        ``inputs`` follow :mod:`adaptive_sched.stages`; when None, real executors
+        make deterministic inputs (for profiling) and the simulator runs in
+        latency-only mode. ``after`` names the backend that produced this stage's
+        input, for executors that model the cost of moving it (the simulator);
+        real devices pay that cost in their own timing.
+        """
+        if self._closed:
+            raise RuntimeError(f"{self.kind} executor is closed")
+        stage = self.check_supported(stage, shape)
+        if inputs is not None:
+            check_inputs(stage, shape, inputs)
+        elif not self.latency_only:
+            inputs = make_inputs(stage, shape)
+        self.prepare(stage, shape)
+        return self._run(stage, shape, inputs, after)
+
+    #: True for executors that can report a latency without computing outputs
+    latency_only: bool = False
+
+    @abc.abstractmethod
+    def _run(
+        self, stage: Stage, shape: Shape, inputs: Mapping[str, np.ndarray] | None, after: Backend | None
+    ) -> RunResult:
+        """Run one prepared, supported stage. ``inputs`` is None only if :attr:`latency_only`."""
+
+    def close(self) -> None:
+        """Release device resources. Safe to call more than once."""
+        if not self._closed:
+            self._closed = True
+            self._close()
+
+    def _close(self) -> None:
+        return None
+
+    def __enter__(self) -> Executor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(backend={self.backend.value!r})"
+
+
+def wall_time(fn: Any, *args: Any) -> tuple[Any, float]:
+    """Call ``fn(*args)`` and return ``(result, seconds)`` measured with ``perf_counter``."""
+    start = time.perf_counter()
+    result = fn(*args)
+    return result, time.perf_counter() - start

@@ -1,0 +1,245 @@
+"""Value types shared by every module: stages, backends, precisions, shapes, decisions.
+
+All are immutable (frozen dataclasses and string enums) so they can be used as dict
+keys, shared between threads and logged without copying.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from types import MappingProxyType
+from typing import Any
+
+
+class Stage(str, Enum):
+    """The two stages of an attention layer."""
+
+    QKV = "qkv"
+    """QKV projection: ``X[b, n, d] @ W[d, 3d] + bias`` (GEMM in prefill, GEMV in decode)."""
+    ATTN = "attn"
+    """Attention core: ``softmax(Q K^T / sqrt(h_d) + mask) V`` per head over the KV cache."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Backend(str, Enum):
+    """Processors a stage can run on. Configs, logs and scripts use these names."""
+
+    CPU = "cpu"
+    GPU = "gpu"
+    NPU = "npu"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Precision(str, Enum):
+    """Numeric precision of a stage. INT8 is symmetric with int32 accumulation."""
+
+    FP16 = "fp16"
+    INT8 = "int8"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def itemsize(self) -> int:
+        """Bytes per element of activations and weights."""
+        return 2 if self is Precision.FP16 else 1
+
+    @property
+    def code(self) -> int:
+        """The paper's ``P`` feature: 0 for FP16, 1 for INT8."""
+        return 0 if self is Precision.FP16 else 1
+
+
+def _parse_enum(enum_type: type[Enum], value: Any, name: str) -> Any:
+    if isinstance(value, enum_type):
+        return value
+    try:
+        return enum_type(str(value).lower())
+    except ValueError:
+        allowed = ", ".join(repr(m.value) for m in enum_type)  # type: ignore[attr-defined]
+        raise ValueError(f"{name}: unknown value {value!r} (expected one of {allowed})") from None
+
+
+def parse_stage(value: Stage | str) -> Stage:
+    """``"qkv"`` or ``Stage.QKV`` -> ``Stage.QKV``; anything else is a ``ValueError``."""
+    return _parse_enum(Stage, value, "stage")  # type: ignore[no-any-return]
+
+
+def parse_backend(value: Backend | str) -> Backend:
+    """``"gpu"`` or ``Backend.GPU`` -> ``Backend.GPU``; anything else is a ``ValueError``."""
+    return _parse_enum(Backend, value, "backend")  # type: ignore[no-any-return]
+
+
+def parse_precision(value: Precision | str) -> Precision:
+    """``"int8"`` or ``Precision.INT8`` -> ``Precision.INT8``; anything else is a ``ValueError``."""
+    return _parse_enum(Precision, value, "precision")  # type: ignore[no-any-return]
+
+
+def _check_int(name: str, value: Any, minimum: int) -> int:
+    # bool is an int subclass; Shape(n=True) is a bug, not a sequence length of 1.
+    if isinstance(value, bool) or not isinstance(value, (int,)) and not _is_integral_float(value):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    value = int(value)
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _is_integral_float(value: Any) -> bool:
+    # numpy integers and floats such as 64.0 come out of YAML and data frames.
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return False
+    return math.isfinite(f) and f == int(f) and not isinstance(value, str)
+
+
+DEFAULT_HEAD_DIM = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Shape:
+    """The tensor shape of one attention layer's stage.
+
+    Parameters
+    ----------
+    n : int
+        Tokens processed in this step: the prompt length in prefill, 1 in decode.
+    d : int
+        Hidden dimension (model width).
+    kv_len : int, default 0
+        Tokens already in the KV cache before this step. Attention attends to
+        ``kv_len + n`` keys; prefill from an empty cache has ``kv_len=0``.
+    batch : int, default 1
+        Sequences processed together (or speculation width).
+    heads : int, optional
+        Attention heads; ``d`` must be divisible by it. Defaults to ``d // 64``
+        (head dimension 64), or 1 head when ``d < 64``.
+    precision : {"fp16", "int8"}, default "fp16"
+
+    Examples
+    --------
+    >>> s = Shape(n=1, d=4096, kv_len=512, precision="int8")
+    >>> s.heads, s.head_dim, s.phase
+    (64, 64, 'decode')
+    >>> Shape(n=0, d=64)
+    Traceback (most recent call last):
+    ...
+    ValueError: n must be >= 1, got 0
+    """
+
+    n: int
+    d: int
+    kv_len: int = 0
+    batch: int = 1
+    heads: int | None = None
+    precision: Precision = Precision.FP16
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        set_(self, "n", _check_int("n", self.n, 1))
+        set_(self, "d", _check_int("d", self.d, 1))
+        set_(self, "kv_len", _check_int("kv_len", self.kv_len, 0))
+        set_(self, "batch", _check_int("batch", self.batch, 1))
+        heads = self.heads
+        if heads is None:
+            heads = max(1, self.d // DEFAULT_HEAD_DIM) if self.d % DEFAULT_HEAD_DIM == 0 else 1
+        heads = _check_int("heads", heads, 1)
+        if self.d % heads != 0:
+            raise ValueError(f"d ({self.d}) must be divisible by heads ({heads})")
+        set_(self, "heads", heads)
+        set_(self, "precision", parse_precision(self.precision))
+
+    @property
+    def head_dim(self) -> int:
+        """Dimension of one attention head, ``d // heads``."""
+        return self.d // self.heads  # type: ignore[operator]
+
+    @property
+    def keys(self) -> int:
+        """Keys each query attends to at most: ``kv_len + n``."""
+        return self.kv_len + self.n
+
+    @property
+    def phase(self) -> str:
+        """``"decode"`` for one new token per sequence, else ``"prefill"``."""
+        return "decode" if self.n == 1 else "prefill"
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain-type fields, for logs, JSON and YAML."""
+        return {
+            "n": self.n,
+            "d": self.d,
+            "kv_len": self.kv_len,
+            "batch": self.batch,
+            "heads": self.heads,
+            "precision": self.precision.value,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Shape:
+        """Inverse of :meth:`as_dict`; unknown keys are an error naming them."""
+        unknown = set(data) - {"n", "d", "kv_len", "batch", "heads", "precision"}
+        if unknown:
+            raise ValueError(f"unknown shape field(s): {', '.join(sorted(unknown))}")
+        return cls(**dict(data))
+
+
+def _frozen_map(mapping: Mapping[Backend, float] | None) -> Mapping[Backend, float]:
+    return MappingProxyType(dict(mapping or {}))
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """Where one stage runs, and why.
+
+    ``propensity`` is the probability the policy gave to ``backend`` at decision
+    time (in (0, 1]); offline replay re-weights logged outcomes by it.
+    ``predicted`` maps each candidate backend to the latency (seconds) the policy
+    expected, including any transition cost from ``after``.
+    """
+
+    id: int
+    stage: Stage
+    shape: Shape
+    backend: Backend
+    propensity: float
+    explored: bool = False
+    predicted: Mapping[Backend, float] = field(default_factory=dict)
+    after: Backend | None = None
+    policy_version: int = 0
+    time: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not (0.0 < self.propensity <= 1.0) or math.isnan(self.propensity):
+            raise ValueError(f"propensity must be in (0, 1], got {self.propensity!r}")
+        object.__setattr__(self, "predicted", _frozen_map(self.predicted))
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The observed result of a decision: its latency, or the error it raised."""
+
+    decision_id: int
+    latency_s: float
+    ok: bool = True
+    error: str | None = None
+    time: float = 0.0
+
+
+def check_latency(latency_s: Any, name: str = "latency_s") -> float:
+    """Return ``latency_s`` as a float, or raise ``ValueError`` if it is not finite and > 0."""
+    try:
+        value = float(latency_s)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {latency_s!r}") from None
+    if not math.isfinite(value) or value <= 0.0:
+        raise ValueError(f"{name} must be finite and > 0, got {latency_s!r}")
+    return value
