@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple
 
 
 class Stage(str, Enum):
@@ -57,14 +57,25 @@ class Precision(str, Enum):
         return 0 if self is Precision.FP16 else 1
 
 
+_ENUM_BY_VALUE: dict[tuple[type, str], Enum] = {}
+
+
 def _parse_enum(enum_type: type[Enum], value: Any, name: str) -> Any:
-    if isinstance(value, enum_type):
+    if value.__class__ is enum_type:
         return value
+    found = _ENUM_BY_VALUE.get((enum_type, value)) if isinstance(value, str) else None
+    if found is not None:
+        return found
     try:
         return enum_type(str(value).lower())
     except ValueError:
         allowed = ", ".join(repr(m.value) for m in enum_type)  # type: ignore[attr-defined]
         raise ValueError(f"{name}: unknown value {value!r} (expected one of {allowed})") from None
+
+
+for _enum in (Stage, Backend, Precision):
+    for _member in _enum:
+        _ENUM_BY_VALUE[(_enum, _member.value)] = _member
 
 
 def parse_stage(value: Stage | str) -> Stage:
@@ -83,6 +94,8 @@ def parse_precision(value: Precision | str) -> Precision:
 
 
 def _check_int(name: str, value: Any, minimum: int) -> int:
+    if type(value) is int and value >= minimum:  # the common case, kept cheap
+        return value
     # bool is an int subclass; Shape(n=True) is a bug, not a sequence length of 1.
     if isinstance(value, bool) or not isinstance(value, (int,)) and not _is_integral_float(value):
         raise ValueError(f"{name} must be an integer, got {value!r}")
@@ -141,6 +154,8 @@ class Shape:
     batch: int = 1
     heads: int | None = None
     precision: Precision = Precision.FP16
+    # Shapes key the scheduler's decision table: hash once, not on every lookup.
+    _hash: int = field(init=False, repr=False, compare=False, default=0)
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -156,6 +171,10 @@ class Shape:
             raise ValueError(f"d ({self.d}) must be divisible by heads ({heads})")
         set_(self, "heads", heads)
         set_(self, "precision", parse_precision(self.precision))
+        set_(self, "_hash", hash((self.n, self.d, self.kv_len, self.batch, heads, self.precision)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     @property
     def head_dim(self) -> int:
@@ -192,35 +211,61 @@ class Shape:
         return cls(**dict(data))
 
 
-def _frozen_map(mapping: Mapping[Backend, float] | None) -> Mapping[Backend, float]:
-    return MappingProxyType(dict(mapping or {}))
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """Where one stage runs, and why.
-
-    ``propensity`` is the probability the policy gave to ``backend`` at decision
-    time (in (0, 1]); offline replay re-weights logged outcomes by it.
-    ``predicted`` maps each candidate backend to the latency (seconds) the policy
-    expected, including any transition cost from ``after``.
-    """
-
+class _DecisionFields(NamedTuple):
     id: int
     stage: Stage
     shape: Shape
     backend: Backend
     propensity: float
     explored: bool = False
-    predicted: Mapping[Backend, float] = field(default_factory=dict)
+    predicted: Mapping[Backend, float] = MappingProxyType({})
     after: Backend | None = None
     policy_version: int = 0
     time: float = 0.0
 
-    def __post_init__(self) -> None:
-        if not (0.0 < self.propensity <= 1.0) or math.isnan(self.propensity):
+
+class Decision(_DecisionFields):
+    """Where one stage runs, and why.
+
+    ``propensity`` is the probability the policy gave to ``backend`` at decision
+    time (in (0, 1]); offline replay re-weights logged outcomes by it.
+    ``predicted`` maps each candidate backend to the latency (seconds) the policy
+    expected for this stage, including any transition cost from ``after``.
+    ``after`` is the backend the previous stage of the same layer ran on.
+
+    A named tuple rather than a dataclass: the scheduler creates one per decision on
+    its hot path, and a tuple is built several times faster. Constructing one by hand
+    validates the fields; the scheduler's own construction skips that.
+
+    >>> Decision(1, Stage.QKV, Shape(n=1, d=64), Backend.GPU, propensity=1.5)
+    Traceback (most recent call last):
+    ...
+    ValueError: propensity must be in (0, 1], got 1.5
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Decision:
+        self = super().__new__(cls, *args, **kwargs)
+        if not (0.0 < self.propensity <= 1.0):
             raise ValueError(f"propensity must be in (0, 1], got {self.propensity!r}")
-        object.__setattr__(self, "predicted", _frozen_map(self.predicted))
+        if not isinstance(self.shape, Shape):
+            raise ValueError(f"shape must be a Shape, got {self.shape!r}")
+        return tuple.__new__(
+            cls,
+            (
+                int(self.id),
+                parse_stage(self.stage),
+                self.shape,
+                parse_backend(self.backend),
+                float(self.propensity),
+                bool(self.explored),
+                MappingProxyType({parse_backend(b): float(v) for b, v in self.predicted.items()}),
+                None if self.after is None else parse_backend(self.after),
+                int(self.policy_version),
+                float(self.time),
+            ),
+        )
 
 
 @dataclass(frozen=True, slots=True)
