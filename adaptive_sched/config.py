@@ -1,0 +1,352 @@
+"""Configuration: YAML (or a dict) into validated, frozen dataclasses.
+
+A config names the device profile, the backends and the executor behind each, the
+priors, the policy, the log store and the default workload of ``adaptive-sched run``.
+Every error names the key and the file it came from::
+
+    ConfigError: configs/x.yaml: policy.explore_budget: expected a number, got 'lots'
+
+The shipped configs live in ``configs/`` (see :mod:`adaptive_sched.paths`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+from .executors import EXECUTORS
+from .paths import resolve_config
+from .types import Backend, Precision
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    """One backend: which executor runs it and with which options."""
+
+    executor: str
+    #: "candidate" backends are chosen between; a "fallback" only runs a stage whose backend failed
+    role: str = "candidate"
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def _validate(self, where: str) -> None:
+        if self.executor not in EXECUTORS:
+            raise ConfigError(f"{where}.executor: unknown executor {self.executor!r} (known: {', '.join(sorted(EXECUTORS))})")
+        if self.role not in ("candidate", "fallback"):
+            raise ConfigError(f"{where}.role: expected 'candidate' or 'fallback', got {self.role!r}")
+
+
+@dataclass(frozen=True)
+class SimulatorConfig:
+    """The simulated device shared by every ``executor: sim`` backend."""
+
+    profile: str = "rk3588"
+    seed: int = 0
+    noise: bool = True
+    thermal: bool = True
+    contention: bool = False
+    #: optional overrides of the profile's drift parameters (see the device profile)
+    drift: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """The contextual-bandit layer (see :mod:`adaptive_sched.policy`)."""
+
+    #: "adaptive" (the bandit), or a baseline: "static", "fixed", "epsilon", "oracle"
+    kind: str = "adaptive"
+    seed: int = 0
+    #: largest share of total latency the bandit may spend on exploration
+    explore_budget: float = 0.01
+    #: largest probability of exploring one alternative in one decision
+    explore_cap: float = 0.2
+    #: growth of an unobserved backend's log-latency variance per decision (staleness)
+    staleness_per_decision: float = 2e-5
+    #: log-latency noise variance assumed per observation
+    obs_variance: float = 0.01
+    #: Page-Hinkley drift detector: tolerated mean shift and alarm threshold (log units)
+    drift_delta: float = 0.05
+    drift_threshold: float = 1.5
+    #: plan ``qkv`` with a look-ahead over where ``attn`` will run (transition-aware)
+    lookahead: bool = True
+    #: for kind "fixed": the backend; for kind "epsilon": the exploration rate
+    backend: str | None = None
+    epsilon: float = 0.05
+    #: prior cost of moving a stage's input between backends: a sync plus bytes at this rate
+    transition_sync_s: float = 1e-4
+    transition_bytes_per_s: float = 1e10
+    #: learn on the caller's thread ("inline", deterministic) or on a background thread ("thread")
+    learner: str = "inline"
+    #: train the per-stage river classifiers online (off the hot path)
+    online_classifiers: bool = True
+    #: a stage run slower than this (seconds) counts as a failure and quarantines the backend
+    timeout_s: float = 1.0
+
+    def _validate(self, where: str) -> None:
+        kinds = ("adaptive", "static", "fixed", "epsilon", "oracle")
+        if self.kind not in kinds:
+            raise ConfigError(f"{where}.kind: expected one of {', '.join(kinds)}, got {self.kind!r}")
+        if self.learner not in ("inline", "thread"):
+            raise ConfigError(f"{where}.learner: expected 'inline' or 'thread', got {self.learner!r}")
+        for name in ("explore_budget", "explore_cap", "epsilon"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(f"{where}.{name}: expected a number in [0, 1], got {value!r}")
+        for name in (
+            "staleness_per_decision", "obs_variance", "drift_delta", "drift_threshold", "timeout_s",
+            "transition_sync_s",
+        ):  # fmt: skip
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{where}.{name}: must be >= 0, got {getattr(self, name)!r}")
+        if self.kind == "fixed" and self.backend is None:
+            raise ConfigError(f"{where}.backend: required when kind is 'fixed'")
+
+
+@dataclass(frozen=True)
+class RetentionConfig:
+    max_rows: int | None = None
+    max_age_days: float | None = None
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """The SQLite decision log. ``path: null`` runs without a log."""
+
+    path: str | None = None
+    queue_size: int = 100_000
+    flush_rows: int = 2000
+    flush_interval_s: float = 0.25
+    #: "drop" (count and go on; never blocks inference) or "block" (wait for the writer)
+    on_full: str = "drop"
+    exploit_sample_rate: float = 1.0
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
+    #: rebuild the learner's state from this many most recent logged outcomes at start
+    warm_start_rows: int = 20_000
+
+    def _validate(self, where: str) -> None:
+        if self.on_full not in ("drop", "block"):
+            raise ConfigError(f"{where}.on_full: expected 'drop' or 'block', got {self.on_full!r}")
+        if not 0.0 < self.exploit_sample_rate <= 1.0:
+            raise ConfigError(f"{where}.exploit_sample_rate: expected a number in (0, 1], got {self.exploit_sample_rate!r}")
+        if self.queue_size < 1 or self.flush_rows < 1:
+            raise ConfigError(f"{where}: queue_size and flush_rows must be >= 1")
+
+
+@dataclass(frozen=True)
+class WorkloadConfig:
+    """The decode workload of ``adaptive-sched run``: a model shape, a prompt, generated tokens."""
+
+    model: str = "qwen2.5-1.5b"
+    precision: Precision = Precision.INT8
+    prompt: int = 128
+    tokens: int = 64
+    #: layers to run per token (None: all of the model's layers)
+    layers: int | None = None
+    batch: int = 1
+    #: idle time between tokens (seconds of device time spent elsewhere: FFN, sampling)
+    idle_between_tokens_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole scheduler configuration.
+
+    Examples
+    --------
+    >>> cfg = load_config("rk3588-sim")
+    >>> cfg.device, sorted(b.value for b in cfg.candidates)
+    ('rk3588', ['gpu', 'npu'])
+    """
+
+    device: str
+    backends: dict[Backend, BackendConfig]
+    simulator: SimulatorConfig | None = None
+    #: "builtin" (shipped priors for the device), a JSON or SQLite path, or "none"
+    priors: str = "builtin"
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    workload: WorkloadConfig = field(default_factory=WorkloadConfig)
+    #: where this config came from ('' for a dict), for messages and relative paths; not a YAML key
+    source: str = field(default="", metadata={"internal": True})
+
+    @property
+    def candidates(self) -> tuple[Backend, ...]:
+        """Backends the policy chooses between, in config order."""
+        return tuple(b for b, bc in self.backends.items() if bc.role == "candidate")
+
+    @property
+    def fallbacks(self) -> tuple[Backend, ...]:
+        return tuple(b for b, bc in self.backends.items() if bc.role == "fallback")
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain data (JSON-able), without ``source``."""
+        data = _plain(dataclasses.asdict(self))
+        data.pop("source", None)
+        return data
+
+    def content_hash(self) -> str:
+        """A short hash of the effective config, logged with each run."""
+        text = json.dumps(self.as_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def resolve_path(self, path: str) -> str:
+        """A path from the config, relative to the config file's directory."""
+        p = Path(path).expanduser()
+        if p.is_absolute() or not self.source:
+            return str(p)
+        return str(Path(self.source).parent / p)
+
+    def _validate(self, where: str) -> None:
+        if not self.backends:
+            raise ConfigError("backends: at least one backend is required")
+        if not self.candidates:
+            raise ConfigError("backends: at least one backend must have role 'candidate'")
+        uses_sim = any(bc.executor == "sim" for bc in self.backends.values())
+        if uses_sim and self.simulator is None:
+            raise ConfigError("simulator: required because a backend uses executor 'sim'")
+        if self.policy.kind == "fixed" and self.policy.backend not in {b.value for b in self.backends}:
+            raise ConfigError(f"policy.backend: {self.policy.backend!r} is not a configured backend")
+        if self.policy.kind == "oracle" and not uses_sim:
+            raise ConfigError("policy.kind: 'oracle' needs a simulated device")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(getattr(k, "value", k)): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return getattr(value, "value", value)
+
+
+def load_config(source: str | Path | Mapping[str, Any]) -> Config:
+    """Load and validate a config from a YAML path, a shipped config name, or a mapping.
+
+    Raises :class:`~adaptive_sched.errors.ConfigError` naming the file and the key.
+    """
+    if isinstance(source, Mapping):
+        return build_config(source, origin="")
+    path = resolve_config(source)
+    try:
+        import yaml
+
+        text = path.read_text(encoding="utf-8")
+        data = yaml.safe_load(text)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return build_config(data, origin=str(path))
+
+
+def build_config(data: Mapping[str, Any], origin: str = "") -> Config:
+    """Validate a mapping into a :class:`Config`; ``origin`` names the file in messages."""
+    try:
+        return _build_config(data, origin)
+    except ConfigError as exc:
+        if origin:
+            raise ConfigError(f"{origin}: {exc}") from None
+        raise
+
+
+def _build_config(data: Mapping[str, Any], origin: str) -> Config:
+    data = dict(data)
+    backends_raw = data.pop("backends", None)
+    if not isinstance(backends_raw, Mapping):
+        raise ConfigError("backends: required, a mapping of backend name (cpu, gpu, npu) to executor")
+    backends: dict[Backend, BackendConfig] = {}
+    for name, spec in backends_raw.items():
+        try:
+            backend = Backend(str(name))
+        except ValueError:
+            raise ConfigError(f"backends.{name}: unknown backend (expected cpu, gpu or npu)") from None
+        if isinstance(spec, str):
+            spec = {"executor": spec}
+        backends[backend] = _build(BackendConfig, spec, f"backends.{name}")
+    data["backends"] = {}
+    config: Config = _build(Config, data, "")
+    config = dataclasses.replace(config, backends=backends, source=origin)
+    config._validate("")
+    return config
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    """Build dataclass ``cls`` from ``data``, checking keys and types; errors name ``where.key``."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    unknown = [k for k in data if k not in fields]
+    if unknown:
+        raise ConfigError(f"{_join(where, unknown[0])}: unknown key (expected one of {', '.join(sorted(fields))})")
+    kwargs = {name: _coerce(hints[name], value, _join(where, name)) for name, value in data.items()}
+    missing = [
+        n for n, f in fields.items()
+        if n not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]  # fmt: skip
+    if missing:
+        raise ConfigError(f"{_join(where, missing[0])}: required key is missing")
+    obj = cls(**kwargs)
+    if cls is not Config and hasattr(obj, "_validate"):
+        obj._validate(where)
+    return obj
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def _coerce(hint: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        last: ConfigError | None = None
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(option, value, where)
+            except ConfigError as exc:
+                last = exc
+        assert last is not None
+        raise last
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where)  # type: ignore[arg-type]
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if isinstance(hint, type) and issubclass(hint, Precision):
+        try:
+            return Precision(str(value).lower())
+        except ValueError:
+            raise ConfigError(f"{where}: expected 'fp16' or 'int8', got {value!r}") from None
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    if hint is Any:
+        return value
+    raise ConfigError(f"{where}: unsupported setting type {hint!r}")  # a bug in the config schema
