@@ -38,7 +38,9 @@ class BackendConfig:
 
     def _validate(self, where: str) -> None:
         if self.executor not in EXECUTORS:
-            raise ConfigError(f"{where}.executor: unknown executor {self.executor!r} (known: {', '.join(sorted(EXECUTORS))})")
+            raise ConfigError(
+                f"{where}.executor: unknown executor {self.executor!r} (known: {', '.join(sorted(EXECUTORS))})"
+            )
         if self.role not in ("candidate", "fallback"):
             raise ConfigError(f"{where}.role: expected 'candidate' or 'fallback', got {self.role!r}")
 
@@ -134,7 +136,9 @@ class StoreConfig:
         if self.on_full not in ("drop", "block"):
             raise ConfigError(f"{where}.on_full: expected 'drop' or 'block', got {self.on_full!r}")
         if not 0.0 < self.exploit_sample_rate <= 1.0:
-            raise ConfigError(f"{where}.exploit_sample_rate: expected a number in (0, 1], got {self.exploit_sample_rate!r}")
+            raise ConfigError(
+                f"{where}.exploit_sample_rate: expected a number in (0, 1], got {self.exploit_sample_rate!r}"
+            )
         if self.queue_size < 1 or self.flush_rows < 1:
             raise ConfigError(f"{where}: queue_size and flush_rows must be >= 1")
 

@@ -97,7 +97,7 @@ def _check_int(name: str, value: Any, minimum: int) -> int:
     if type(value) is int and value >= minimum:  # the common case, kept cheap
         return value
     # bool is an int subclass; Shape(n=True) is a bug, not a sequence length of 1.
-    if isinstance(value, bool) or not isinstance(value, (int,)) and not _is_integral_float(value):
+    if isinstance(value, bool) or (not isinstance(value, (int,)) and not _is_integral_float(value)):
         raise ValueError(f"{name} must be an integer, got {value!r}")
     value = int(value)
     if value < minimum:

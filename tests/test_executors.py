@@ -1,0 +1,51 @@
+"""The executor conformance suite, run over every registered executor (one test per executor:check)."""
+
+import pytest
+
+from adaptive_sched.checks import EXECUTOR_CHECKS, CheckSkipped
+from adaptive_sched.executors import EXECUTORS, create_executor, executor_class
+from adaptive_sched.types import Backend
+
+#: (kind, backend) pairs to check; simulated backends are checked one by one
+TARGETS = [("cpu_numpy", Backend.CPU), ("sim", Backend.GPU), ("sim", Backend.NPU), ("sim", Backend.CPU),
+           ("gpu_opencl", Backend.GPU), ("npu_rknn", Backend.NPU)]
+
+
+def _factory(kind, backend):
+    def make():
+        return create_executor(kind, backend=backend)
+
+    return make
+
+
+@pytest.mark.parametrize(
+    ("kind", "backend", "check"),
+    [(k, b, c) for k, b in TARGETS for c in EXECUTOR_CHECKS],
+    ids=[f"{k}[{b.value}]:{c.__name__.removeprefix('check_')}" for k, b in TARGETS for c in EXECUTOR_CHECKS],
+)
+def test_executor_conformance(kind, backend, check):
+    try:
+        executor_class(kind)
+    except ImportError as exc:
+        pytest.skip(f"{kind} cannot be imported here: {exc}")
+    executor = _factory(kind, backend)()
+    try:
+        check(executor)
+    except CheckSkipped as exc:
+        pytest.skip(str(exc))
+    finally:
+        executor.close()
+
+
+def test_every_registered_executor_is_checked():
+    assert {k for k, _ in TARGETS} == set(EXECUTORS)
+
+
+def test_importing_the_registry_imports_no_backend_module():
+    import subprocess
+    import sys
+
+    code = ("import sys, adaptive_sched.executors; "
+            "print(any(m in sys.modules for m in ('pyopencl', 'rknnlite', 'adaptive_sched.executors.gpu_opencl')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

@@ -1,0 +1,79 @@
+import math
+
+import pytest
+
+from adaptive_sched.types import Backend, Decision, Precision, Shape, Stage, check_latency, parse_stage
+
+
+def test_shape_defaults_and_derived_fields():
+    s = Shape(n=1, d=4096, kv_len=512, precision="int8")
+    assert s.heads == 64 and s.head_dim == 64
+    assert s.precision is Precision.INT8
+    assert s.keys == 513 and s.phase == "decode"
+    assert Shape(n=40, d=1024).phase == "prefill"
+
+
+def test_shape_is_hashable_and_equal_by_value():
+    a, b = Shape(n=3, d=128, kv_len=2), Shape(n=3, d=128, kv_len=2)
+    assert a == b and hash(a) == hash(b) and {a: 1}[b] == 1
+    assert Shape(n=3, d=128, kv_len=3) != a
+
+
+def test_shape_roundtrips_through_dict():
+    s = Shape(n=7, d=96, kv_len=4, batch=2, heads=3, precision="int8")
+    assert Shape.from_dict(s.as_dict()) == s
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"n": 0, "d": 64}, "n must be >= 1"),
+        ({"n": 1, "d": 0}, "d must be >= 1"),
+        ({"n": 1, "d": 64, "kv_len": -1}, "kv_len must be >= 0"),
+        ({"n": 1, "d": 64, "batch": 0}, "batch must be >= 1"),
+        ({"n": 1, "d": 100, "heads": 3}, "d (100) must be divisible by heads (3)"),
+        ({"n": 1, "d": 64, "precision": "fp8"}, "precision: unknown value 'fp8'"),
+        ({"n": float("nan"), "d": 64}, "n must be an integer"),
+        ({"n": 1.5, "d": 64}, "n must be an integer"),
+        ({"n": True, "d": 64}, "n must be an integer"),
+        ({"n": "4", "d": 64}, "n must be an integer"),
+    ],
+)
+def test_shape_rejects_bad_fields_naming_them(kwargs, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        Shape(**kwargs)
+
+
+def test_shape_accepts_integral_floats_from_yaml():
+    assert Shape(n=4.0, d=64).n == 4
+
+
+def test_from_dict_rejects_unknown_fields():
+    with pytest.raises(ValueError, match="unknown shape field"):
+        Shape.from_dict({"n": 1, "d": 64, "seq": 3})
+
+
+def test_enums_parse_names_and_reject_others():
+    assert parse_stage("qkv") is Stage.QKV and parse_stage(Stage.ATTN) is Stage.ATTN
+    assert str(Backend.NPU) == "npu"
+    with pytest.raises(ValueError, match="stage: unknown value 'ffn'"):
+        parse_stage("ffn")
+
+
+def test_decision_validates_when_built_by_hand():
+    d = Decision(1, "qkv", Shape(n=1, d=64), "gpu", 0.25, predicted={"npu": 2})
+    assert d.stage is Stage.QKV and d.backend is Backend.GPU and d.predicted[Backend.NPU] == 2.0
+    with pytest.raises(ValueError, match="propensity"):
+        Decision(1, "qkv", Shape(n=1, d=64), "gpu", 0.0)
+    with pytest.raises(ValueError, match="backend: unknown value 'tpu'"):
+        Decision(1, "qkv", Shape(n=1, d=64), "tpu", 1.0)
+
+
+@pytest.mark.parametrize("bad", [0, -1e-3, math.nan, math.inf, "fast", None])
+def test_check_latency_rejects_non_positive_and_non_finite(bad):
+    with pytest.raises(ValueError, match="latency_s"):
+        check_latency(bad)
+
+
+def test_check_latency_accepts_positive():
+    assert check_latency(1e-6) == 1e-6
