@@ -1,0 +1,545 @@
+"""Policies: who picks the backend of each stage. The adaptive bandit and its baselines.
+
+A policy answers ``decide(stage, shape, after)`` with a backend and the probability
+it gave that backend (the propensity), and learns from observed latencies. Every
+policy here runs behind the same scheduler, so benchmarks and offline replay
+compare them side by side:
+
+=================  ==========================================================
+``adaptive``       the contextual bandit (:class:`AdaptivePolicy`)
+``static``         the paper's selector: the offline classifier per stage
+``fixed``          one backend for everything (GPU-only, NPU-only)
+``epsilon``        epsilon-greedy on observed means, no priors
+``oracle``         knows the simulated device's true current latencies
+=================  ==========================================================
+
+How the adaptive policy decides
+-------------------------------
+Each candidate backend's log-latency for a stage is modelled as::
+
+    log(prior latency + prior transition cost) + drift offset[backend] + correction[bucket, backend]
+
+The *prior* is the offline model (or the roofline rule); the *drift offset* is one
+number per backend, learned from every observation on it by a Kalman filter, so
+throttling or contention seen on one shape moves every shape at once; the
+*correction* holds what the prior gets wrong for one shape bucket (and for the
+backend the previous stage ran on: moving activations has a cost). For ``qkv`` the
+value of a backend looks ahead to the best ``attn`` backend after it, so the pair
+chosen is the best pair, not two independent bests.
+
+Exploration: the probability of trying an alternative is the probability that it is
+in fact faster, given the uncertainty of both estimates (Thompson sampling's
+propensity for two arms), capped, and scaled down when the share of latency spent
+exploring exceeds the budget. The uncertainty of a backend grows while it goes
+unobserved, so a far-slower backend is left alone until its estimate is stale, and a
+drift alarm lifts the budget so the changed backend is re-measured at once.
+
+The hot path is a dict lookup of a published table per (stage, shape, previous
+backend) and one random draw; learning republishes table entries off that path.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+import random
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from types import MappingProxyType
+from typing import Any, Protocol
+
+from .learners.drift import BackendDrift, BucketCorrection, normal_sf
+from .types import Backend, Decision, Shape, Stage, parse_stage
+
+#: what ``Policy.decide`` returns: backend, propensity, explored, predicted latency per backend, version
+Choice = tuple[Backend, float, bool, Mapping[Backend, float], int]
+
+_EMPTY: Mapping[Backend, float] = MappingProxyType({})
+
+
+class Prior(Protocol):
+    """What the policies need from an offline prior (see :mod:`adaptive_sched.learners.priors`)."""
+
+    backends: tuple[Backend, ...]
+
+    def latency(self, stage: Stage | str, shape: Shape) -> Mapping[Backend, float]: ...
+
+    def choose(self, stage: Stage | str, shape: Shape) -> Backend: ...
+
+
+def _octave_bucket(x: int, steps: int = 4) -> int:
+    # Quarter-octave buckets: neighbouring kv lengths and sequence lengths share what is
+    # learned about them, while shapes that behave differently stay apart.
+    return x if x <= 16 else 16 + round(steps * math.log2(x / 16))
+
+
+def shape_bucket(stage: Stage, shape: Shape) -> tuple[Any, ...]:
+    """The bucket that shares learned corrections. ``qkv`` ignores ``kv_len`` (its cost does not see it).
+
+    >>> shape_bucket(Stage.QKV, Shape(n=1, d=2048, kv_len=300)) == shape_bucket(Stage.QKV, Shape(n=1, d=2048))
+    True
+    """
+    n = shape.n if shape.n <= 64 else _octave_bucket(shape.n)
+    if stage is Stage.QKV:
+        return (n, shape.d, shape.batch, shape.precision)
+    return (n, shape.d, shape.heads, shape.batch, shape.precision, _octave_bucket(shape.kv_len))
+
+
+class Policy(abc.ABC):
+    """Base class: chooses a backend per stage and learns from outcomes.
+
+    ``__init__`` only stores parameters; :meth:`bind` gives the policy the backends it
+    chooses between and the prior, and builds its state. Randomness comes only from
+    ``seed``.
+    """
+
+    name = "policy"
+
+    def bind(self, candidates: Iterable[Backend], prior: Prior | None, device: Any = None) -> None:
+        """Attach to a scheduler: the candidate backends, the prior, and the simulated device if any."""
+        self.candidates = tuple(candidates)
+        self.prior = prior
+        self.device = device
+        self._excluded: frozenset[Backend] = frozenset()
+        self._lock = threading.RLock()
+        self._setup()
+
+    def _setup(self) -> None:
+        return None
+
+    @abc.abstractmethod
+    def decide(self, stage: Stage | str, shape: Shape, after: Backend | None) -> Choice:
+        """Choose a backend for ``stage`` at ``shape``; ``after`` is where the previous stage ran."""
+
+    def learn(self, decision: Decision, latency_s: float) -> None:
+        """Learn from one observed latency (seconds, already validated)."""
+        return None
+
+    def exclude(self, backends: Iterable[Backend]) -> None:
+        """Stop choosing ``backends`` (quarantined after failures) until excluded no more."""
+        with self._lock:
+            self._excluded = frozenset(backends)
+            self._on_exclude()
+
+    def _on_exclude(self) -> None:
+        return None
+
+    def available(self) -> tuple[Backend, ...]:
+        usable = tuple(b for b in self.candidates if b not in self._excluded)
+        return usable or self.candidates
+
+    def state(self) -> dict[str, Any]:
+        """A summary of what the policy has learned (for reports)."""
+        return {}
+
+
+class FixedPolicy(Policy):
+    """Always the same backend (GPU-only, NPU-only baselines)."""
+
+    name = "fixed"
+
+    def __init__(self, backend: Backend | str) -> None:
+        self.backend = Backend(backend)
+
+    def decide(self, stage: Stage | str, shape: Shape, after: Backend | None) -> Choice:
+        return self.backend, 1.0, False, _EMPTY, 0
+
+
+class StaticPriorPolicy(Policy):
+    """The core paper's selector: the offline classifier of each stage, never updated."""
+
+    name = "static"
+
+    def _setup(self) -> None:
+        if self.prior is None:
+            raise ValueError("the static policy needs an offline prior (config key 'priors')")
+        self._cache: dict[tuple[Any, Shape], Backend] = {}
+
+    def decide(self, stage: Stage | str, shape: Shape, after: Backend | None) -> Choice:
+        key = (stage, shape)
+        backend = self._cache.get(key)
+        if backend is None:
+            assert self.prior is not None
+            backend = self._cache[key] = Backend(self.prior.choose(stage, shape))
+        if backend in self._excluded:
+            backend = self.available()[0]
+        return backend, 1.0, False, _EMPTY, 0
+
+
+class EpsilonGreedyPolicy(Policy):
+    """Epsilon-greedy on observed mean latency per (stage, shape bucket, previous backend); no priors.
+
+    Untried backends are tried first; then the best observed mean is taken with
+    probability ``1 - epsilon`` and a uniformly chosen backend otherwise.
+    """
+
+    name = "epsilon"
+
+    def __init__(self, epsilon: float = 0.05, seed: int = 0) -> None:
+        self.epsilon = epsilon
+        self.seed = seed
+
+    def _setup(self) -> None:
+        self._rng = random.Random(self.seed)
+        self._means: dict[tuple[Any, ...], list[float]] = {}  # key + backend -> [mean, count]
+
+    def decide(self, stage: Stage | str, shape: Shape, after: Backend | None) -> Choice:
+        stage = parse_stage(stage)
+        bucket = shape_bucket(stage, shape)
+        usable = self.available()
+        stats = [self._means.get((stage, bucket, after, b)) for b in usable]
+        for backend, s in zip(usable, stats, strict=True):
+            if s is None:
+                return backend, 1.0, True, _EMPTY, 0
+        k = len(usable)
+        best = min(range(k), key=lambda i: stats[i][0])  # type: ignore[index]
+        pick = self._rng.randrange(k) if self._rng.random() < self.epsilon else best
+        p = self.epsilon / k + (1.0 - self.epsilon if pick == best else 0.0)
+        return usable[pick], p, pick != best, _EMPTY, 0
+
+    def learn(self, decision: Decision, latency_s: float) -> None:
+        key = (decision.stage, shape_bucket(decision.stage, decision.shape), decision.after, decision.backend)
+        s = self._means.setdefault(key, [0.0, 0.0])
+        s[1] += 1
+        s[0] += (latency_s - s[0]) / s[1]
+
+
+class OraclePolicy(Policy):
+    """Knows the simulated device's true current (noise-free) latencies; plans the best pair."""
+
+    name = "oracle"
+
+    def __init__(self, lookahead: bool = True) -> None:
+        self.lookahead = lookahead
+
+    def _setup(self) -> None:
+        if self.device is None or not hasattr(self.device, "expected_latency"):
+            raise ValueError("the oracle policy needs a simulated device")
+
+    def decide(self, stage: Stage | str, shape: Shape, after: Backend | None) -> Choice:
+        stage = parse_stage(stage)
+        usable = self.available()
+        expected = self.device.expected_latency
+        values = {}
+        for b in usable:
+            v = expected(stage, shape, b, after)
+            if stage is Stage.QKV and self.lookahead:
+                v += min(expected(Stage.ATTN, shape, a, b) for a in usable)
+            values[b] = v
+        best = min(values, key=values.__getitem__)
+        return best, 1.0, False, MappingProxyType(values), 0
+
+
+class _Slot:
+    """A published decision for one (stage, shape bucket, previous backend), shared by its shapes."""
+
+    __slots__ = ("after", "bucket", "shape", "stage", "table")
+
+    def __init__(self, stage: Stage, bucket: tuple[Any, ...], after: Backend | None, shape: Shape) -> None:
+        self.stage = stage
+        self.bucket = bucket
+        self.after = after
+        self.shape = shape  # the first shape seen: the bucket's representative
+        # (best, propensity of best, ((cumulative threshold, alternative, propensity), ...), predicted, version)
+        self.table: tuple[Backend, float, tuple[tuple[float, Backend, float], ...], Mapping[Backend, float], int]
+
+
+class AdaptivePolicy(Policy):
+    """The contextual bandit over the offline priors (see the module docstring).
+
+    Parameters
+    ----------
+    seed : int
+        Seeds the exploration draws.
+    explore_budget : float
+        Largest share of total latency spent on exploration (outside drift alarms).
+    explore_cap : float
+        Largest probability of exploring one alternative in one decision.
+    staleness_per_decision : float
+        Log-latency variance an unobserved backend's offset gains per observation made.
+    obs_variance : float
+        Log-latency noise variance of one observation.
+    prior_variance : float
+        Uncertainty of the prior for a bucket never observed (log units squared).
+    drift_delta, drift_threshold : float
+        Page-Hinkley parameters for drift alarms.
+    lookahead : bool
+        Plan ``qkv`` over where ``attn`` will run next.
+    transition_sync_s, transition_bytes_per_s : float
+        Prior cost of consuming activations produced on another backend.
+    republish_every : int
+        Refresh every published entry at least this often (observations), so
+        exploration follows the growing staleness of unobserved backends.
+    """
+
+    name = "adaptive"
+
+    def __init__(
+        self,
+        seed: int = 0,
+        explore_budget: float = 0.01,
+        explore_cap: float = 0.2,
+        staleness_per_decision: float = 2e-5,
+        obs_variance: float = 0.01,
+        prior_variance: float = 0.04,
+        drift_delta: float = 0.05,
+        drift_threshold: float = 1.5,
+        lookahead: bool = True,
+        transition_sync_s: float = 1e-4,
+        transition_bytes_per_s: float = 1e10,
+        republish_every: int = 256,
+        offset_republish: float = 0.03,
+        alarm_decisions: int = 400,
+    ) -> None:
+        self.seed = seed
+        self.explore_budget = explore_budget
+        self.explore_cap = explore_cap
+        self.staleness_per_decision = staleness_per_decision
+        self.obs_variance = obs_variance
+        self.prior_variance = prior_variance
+        self.drift_delta = drift_delta
+        self.drift_threshold = drift_threshold
+        self.lookahead = lookahead
+        self.transition_sync_s = transition_sync_s
+        self.transition_bytes_per_s = transition_bytes_per_s
+        self.republish_every = republish_every
+        self.offset_republish = offset_republish
+        self.alarm_decisions = alarm_decisions
+
+    # -- state ------------------------------------------------------------------
+    def _setup(self) -> None:
+        if self.prior is None:
+            from .learners.rule import RooflineRule
+
+            self.prior = RooflineRule(self.candidates)
+        self._rng = random.Random(self.seed)
+        self._random: Callable[[], float] = self._rng.random
+        self._drift = {
+            b: BackendDrift(
+                obs_variance=self.obs_variance,
+                staleness_per_decision=self.staleness_per_decision,
+                initial_variance=max(self.prior_variance, 0.25),
+                delta=self.drift_delta,
+                threshold=self.drift_threshold,
+            )
+            for b in self.candidates
+        }
+        self._corrections: dict[tuple[Any, ...], BucketCorrection] = {}
+        self._unsupported: set[tuple[Any, ...]] = set()
+        self._slots: dict[tuple[Any, Shape, Backend | None], _Slot] = {}  # hot-path index
+        self._bucket_slots: dict[tuple[Any, ...], _Slot] = {}
+        self._prior_cache: dict[tuple[Stage, Shape], Mapping[Backend, float]] = {}
+        self._clock = 0  # observations learned: the clock of staleness
+        self._version = 0
+        self._since_republish = 0
+        self._published_offsets = dict.fromkeys(self.candidates, 0.0)
+        self._alarm_until = dict.fromkeys(self.candidates, -1)
+        # Exploration spend, in seconds, decayed so the budget follows recent work.
+        self._spent = 0.0
+        self._total = 0.0
+
+    # -- hot path ---------------------------------------------------------------
+    def decide(self, stage: Stage | str, shape: Shape, after: Backend | None) -> Choice:
+        slot = self._slots.get((stage, shape, after))
+        if slot is None:
+            slot = self._new_slot(stage, shape, after)
+        best, p_best, alternatives, predicted, version = slot.table
+        if alternatives:
+            u = self._random()
+            for threshold, backend, p in alternatives:
+                if u < threshold:
+                    return backend, p, True, predicted, version
+        return best, p_best, False, predicted, version
+
+    def _new_slot(self, stage: Stage | str, shape: Shape, after: Backend | None) -> _Slot:
+        stage_ = parse_stage(stage)
+        with self._lock:
+            if len(self._slots) > 200_000:
+                # Unbounded distinct shapes (long services): the index is only a cache of buckets.
+                self._slots.clear()
+            key = (stage_, shape_bucket(stage_, shape), after)
+            slot = self._bucket_slots.get(key)
+            if slot is None:
+                slot = _Slot(stage_, key[1], after, shape)
+                self._publish(slot)
+                self._bucket_slots[key] = slot
+            self._slots[(stage, shape, after)] = slot
+            return slot
+
+    # -- estimates --------------------------------------------------------------
+    def _prior_latency(self, stage: Stage, shape: Shape) -> Mapping[Backend, float]:
+        key = (stage, shape)
+        cached = self._prior_cache.get(key)
+        if cached is None:
+            assert self.prior is not None
+            est = self.prior.latency(stage, shape)
+            cached = {b: float(est[b]) for b in self.candidates if b in est}
+            if len(self._prior_cache) > 100_000:
+                self._prior_cache.clear()
+            self._prior_cache[key] = cached
+        return cached
+
+    def transition_prior(self, stage: Stage, shape: Shape, after: Backend | None, backend: Backend) -> float:
+        """Prior seconds to bring this stage's input from ``after`` to ``backend``."""
+        if after is None or after == backend:
+            return 0.0
+        s = shape.precision.itemsize
+        moved = 3 * shape.batch * shape.n * shape.d * s if stage is Stage.ATTN else shape.batch * shape.n * shape.d * s
+        return self.transition_sync_s + moved / self.transition_bytes_per_s
+
+    def _prior_log(self, stage: Stage, shape: Shape, after: Backend | None, backend: Backend) -> float:
+        base = self._prior_latency(stage, shape).get(backend)
+        if base is None or not base > 0:
+            return math.inf  # the prior has nothing for this backend: never chosen on purpose
+        return math.log(base + self.transition_prior(stage, shape, after, backend))
+
+    def estimate(self, stage: Stage, shape: Shape, after: Backend | None, backend: Backend) -> tuple[float, float]:
+        """(mean, variance) of the log-latency of ``stage`` at ``shape`` on ``backend`` after ``after``."""
+        drift = self._drift[backend]
+        bucket = shape_bucket(stage, shape)
+        if self._unsupported and (stage, bucket, backend) in self._unsupported:
+            return math.inf, 0.0
+        corr = self._corrections.get((stage, bucket, after, backend))
+        mean = self._prior_log(stage, shape, after, backend) + drift.offset
+        variance = drift.variance_at(self._clock)
+        if corr is None:
+            variance += self.prior_variance
+        else:
+            mean += corr.mean
+            variance += corr.variance(self.obs_variance, self.prior_variance)
+        return mean, variance
+
+    def _publish(self, slot: _Slot) -> None:
+        stage, shape, after = slot.stage, slot.shape, slot.after
+        usable = self.available()
+        est = {b: self.estimate(stage, shape, after, b) for b in usable}
+        predicted = {b: math.exp(m) for b, (m, _) in est.items() if math.isfinite(m)}
+        if not predicted:  # nothing known about any backend: take the first
+            slot.table = (usable[0], 1.0, (), MappingProxyType({}), self._version)
+            return
+        values = dict(predicted)
+        if stage is Stage.QKV and self.lookahead:
+            for q in values:
+                follow = [self.estimate(Stage.ATTN, shape, q, a)[0] for a in usable]
+                values[q] += (
+                    min(math.exp(m) for m in follow if math.isfinite(m))
+                    if any(math.isfinite(m) for m in follow)
+                    else 0.0
+                )
+        best = min(values, key=values.__getitem__)
+        scale = self._budget_scale()
+        alternatives = []
+        total_p = 0.0
+        for b, v in values.items():
+            if b == best:
+                continue
+            gap = math.log(v / values[best])
+            spread = math.sqrt(est[b][1] + est[best][1])
+            p = min(self.explore_cap, normal_sf(gap / spread))
+            if self._clock > max(self._alarm_until[b], self._alarm_until[best]):
+                p *= scale
+            if p >= 1e-4:  # below that, a probe would almost never happen: publish none
+                total_p += p
+                alternatives.append((b, p))
+        if total_p > 0.5:  # keep exploitation the majority choice
+            alternatives = [(b, p * 0.5 / total_p) for b, p in alternatives]
+            total_p = 0.5
+        cumulative = 0.0
+        table_alts = []
+        for b, p in alternatives:
+            cumulative += p
+            table_alts.append((cumulative, b, p))
+        slot.table = (best, 1.0 - total_p, tuple(table_alts), MappingProxyType(predicted), self._version)
+
+    def _budget_scale(self) -> float:
+        if self._spent <= 0.0 or self.explore_budget <= 0.0:
+            return 1.0 if self.explore_budget > 0 else 0.0
+        allowed = self.explore_budget * self._total
+        return 1.0 if self._spent <= allowed else max(0.02, allowed / self._spent)
+
+    def _republish_all(self) -> None:
+        self._version += 1
+        self._since_republish = 0
+        self._published_offsets = {b: d.offset for b, d in self._drift.items()}
+        for slot in list(self._bucket_slots.values()):
+            self._publish(slot)
+
+    def mark_unsupported(self, stage: Stage, shape: Shape, backend: Backend) -> None:
+        """``backend`` cannot run ``stage`` at ``shape``'s bucket: never choose it there."""
+        with self._lock:
+            self._unsupported.add((stage, shape_bucket(stage, shape), backend))
+            self._republish_all()
+
+    def _on_exclude(self) -> None:
+        for backend in self._excluded:
+            if backend in self._drift:
+                self._drift[backend].forget()
+        self._republish_all()
+
+    # -- learning ---------------------------------------------------------------
+    def learn(self, decision: Decision, latency_s: float) -> None:
+        backend = decision.backend
+        drift = self._drift.get(backend)
+        if drift is None:
+            return  # a fallback backend outside the candidates
+        stage, shape, after = decision.stage, decision.shape, decision.after
+        with self._lock:
+            self._clock += 1
+            prior_log = self._prior_log(stage, shape, after, backend)
+            if not math.isfinite(prior_log):
+                return
+            residual = math.log(latency_s) - prior_log
+            key = (stage, shape_bucket(stage, shape), after, backend)
+            corr = self._corrections.get(key)
+            if corr is None:
+                corr = self._corrections[key] = BucketCorrection()
+            alarm = drift.update(residual - corr.mean, self._clock)
+            corr.update(residual - drift.offset)
+            self._account(decision, latency_s)
+            if alarm:
+                self._alarm_until[backend] = self._clock + self.alarm_decisions
+            self._since_republish += 1
+            moved = abs(drift.offset - self._published_offsets.get(backend, 0.0))
+            if alarm or moved > self.offset_republish or self._since_republish >= self.republish_every:
+                self._republish_all()
+            else:
+                slot = self._bucket_slots.get(key[:3])
+                if slot is not None:
+                    self._publish(slot)
+
+    def _account(self, decision: Decision, latency_s: float) -> None:
+        decay = 0.9995  # about the last few thousand observations count
+        self._total = self._total * decay + latency_s
+        self._spent *= decay
+        if decision.explored and decision.predicted:
+            best = min(decision.predicted.values())
+            self._spent += max(0.0, decision.predicted.get(decision.backend, best) - best)
+
+    def state(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "observations": self._clock,
+                "version": self._version,
+                "offsets": {b.value: round(math.exp(d.offset), 4) for b, d in self._drift.items()},
+                "drift_alarms": {b.value: d.alarms for b, d in self._drift.items()},
+                "explore_share": (self._spent / self._total) if self._total else 0.0,
+                "buckets": len(self._bucket_slots),
+            }
+
+
+POLICIES: dict[str, type[Policy]] = {
+    "adaptive": AdaptivePolicy,
+    "static": StaticPriorPolicy,
+    "fixed": FixedPolicy,
+    "epsilon": EpsilonGreedyPolicy,
+    "oracle": OraclePolicy,
+}
+
+
+def make_policy(kind: str, **params: Any) -> Policy:
+    """Create a policy by kind name with its parameters."""
+    try:
+        cls = POLICIES[kind]
+    except KeyError:
+        raise ValueError(f"unknown policy {kind!r} (known: {', '.join(POLICIES)})") from None
+    return cls(**params)

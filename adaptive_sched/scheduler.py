@@ -1,0 +1,630 @@
+"""The execution wrapper: decide -> run on an executor -> time -> log -> learn.
+
+>>> from adaptive_sched import Scheduler, Shape
+>>> with Scheduler.from_config("rk3588-sim") as sched:
+...     shape = Shape(n=1, d=4096, kv_len=512, precision="int8")
+...     dq = sched.decide("qkv", shape)
+...     sched.observe(dq, latency_s=0.00123)
+...     da = sched.decide("attn", shape, after=dq)
+...     sched.observe(da, latency_s=0.00071)
+...     out = sched.run("qkv", shape)          # latency-only on the simulator: no output
+>>> dq.backend.value in ("gpu", "npu"), 0 < dq.propensity <= 1
+(True, True)
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import Config, load_config
+from .errors import ExecutorError, StoreError, UnsupportedShape
+from .executors import Executor, RunResult, create_executor
+from .policy import Policy, make_policy
+from .stages import split_heads
+from .types import Backend, Decision, Shape, Stage, check_latency, parse_backend, parse_stage
+
+log = logging.getLogger(__name__)
+
+_STAGES: dict[Any, Stage] = {**{s.value: s for s in Stage}, **{s: s for s in Stage}}
+
+#: decisions a quarantined backend sits out after its first failure; doubles with each strike
+QUARANTINE_BASE = 64
+QUARANTINE_MAX_STRIKES = 10
+
+
+@dataclass(frozen=True)
+class StageRun:
+    """One stage run through the scheduler: the decision and what the executor returned."""
+
+    decision: Decision
+    result: RunResult
+    #: decisions that failed before this one succeeded (their backends are quarantined)
+    failed: tuple[Decision, ...] = ()
+
+    @property
+    def output(self) -> np.ndarray | None:
+        return self.result.output
+
+    @property
+    def latency_s(self) -> float:
+        return self.result.latency_s
+
+    @property
+    def backend(self) -> Backend:
+        return self.decision.backend
+
+
+@dataclass(frozen=True)
+class LayerRun:
+    """qkv then attn for one attention layer (see :meth:`Scheduler.run_attention`)."""
+
+    qkv: StageRun
+    attn: StageRun
+    #: attention output [batch, heads, n, head_dim] (None in latency-only mode)
+    output: np.ndarray | None = None
+    #: the KV caches with this step's keys and values appended
+    k_cache: np.ndarray | None = None
+    v_cache: np.ndarray | None = None
+
+    @property
+    def latency_s(self) -> float:
+        return self.qkv.latency_s + self.attn.latency_s
+
+
+@dataclass
+class _Counters:
+    decisions: int = 0
+    observations: int = 0
+    failures: int = 0
+    rejected: int = 0
+    reruns: int = 0
+    by_backend: dict[str, int] = field(default_factory=dict)
+
+
+class Scheduler:
+    """Chooses a backend for every attention stage, runs it, and learns from what it observed.
+
+    Thread-safe: many threads may call :meth:`decide`, :meth:`observe` and :meth:`run`
+    at once. Use :meth:`from_config` to build one; :meth:`close` (or a ``with`` block)
+    flushes the log.
+
+    Parameters
+    ----------
+    config : Config
+        A loaded configuration (see :func:`adaptive_sched.config.load_config`).
+    db : str or Path, optional
+        SQLite log path; overrides ``store.path`` of the config.
+    policy : Policy, optional
+        Overrides the policy of the config (benchmarks compare policies this way).
+    prior : optional
+        Overrides the prior of the config (an object with ``latency`` and ``choose``).
+    executors : mapping, optional
+        Backend -> executor, overriding the config's executors (tests, embedding).
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        db: str | Path | None = None,
+        policy: Policy | None = None,
+        prior: Any = None,
+        executors: Mapping[Backend | str, Executor] | None = None,
+    ) -> None:
+        self.config = config
+        self._closed = False
+        self._lock = threading.RLock()
+        self._counters = _Counters()
+        self.device: Any = None  # the simulated device, when the config uses one
+        self._executors = self._build_executors(config, executors)
+        self._prior = prior if prior is not None else self._load_prior(config)
+        self._policy = policy if policy is not None else self._make_policy(config)
+        self._policy.bind(config.candidates, self._prior, self.device)
+        self._quarantine: dict[Backend, int] = {}  # backend -> observation count it sits out until
+        self._strikes: dict[Backend, int] = {}  # failures since the backend's last success
+        self._learn_queue: deque[tuple[Decision, float]] = deque()
+        self._inline = config.policy.learner == "inline"
+        self._timeout_s = config.policy.timeout_s
+        self._ids = itertools.count(1)
+        self._log: Any = None
+        self._id_base = 0
+        db_path = str(db) if db is not None else (config.resolve_path(config.store.path) if config.store.path else None)
+        if db_path:
+            self._open_log(db_path)
+        self._learner: threading.Thread | None = None
+        self._stop = threading.Event()
+        if not self._inline:
+            self._learner = threading.Thread(target=self._learner_loop, name="adaptive-sched-learner", daemon=True)
+            self._learner.start()
+
+    @classmethod
+    def from_config(
+        cls, source: str | Path | Mapping[str, Any], db: str | Path | None = None, **kwargs: Any
+    ) -> Scheduler:
+        """Build a scheduler from a YAML path, a shipped config name, or a dict."""
+        config = source if isinstance(source, Config) else load_config(source)
+        return cls(config, db=db, **kwargs)
+
+    # -- construction -------------------------------------------------------------
+    def _build_executors(
+        self, config: Config, given: Mapping[Backend | str, Executor] | None
+    ) -> dict[Backend, Executor]:
+        if given is not None:
+            return {parse_backend(b): ex for b, ex in given.items()}
+        executors: dict[Backend, Executor] = {}
+        for backend, bc in config.backends.items():
+            options = dict(bc.options)
+            if bc.executor == "sim":
+                options["device"] = self._sim_device(config)
+            executors[backend] = create_executor(bc.executor, backend=backend, **options)
+        for backend, ex in executors.items():
+            if not ex.is_available():
+                log.warning("backend %s (%s) is not available: %s", backend.value, ex.kind, ex.unavailable_reason)
+        return executors
+
+    def _sim_device(self, config: Config) -> Any:
+        if self.device is None:
+            from .simdevice import SimulatedDevice
+
+            assert config.simulator is not None
+            self.device = SimulatedDevice.from_config(config.simulator)
+        return self.device
+
+    @staticmethod
+    def _load_prior(config: Config) -> Any:
+        if config.priors in ("none", ""):
+            return None
+        from .learners.priors import load_prior
+
+        source = config.priors if config.priors == "builtin" else config.resolve_path(config.priors)
+        return load_prior(source, device=config.device)
+
+    @staticmethod
+    def _make_policy(config: Config) -> Policy:
+        p = config.policy
+        if p.kind == "adaptive":
+            return make_policy(
+                "adaptive",
+                seed=p.seed,
+                explore_budget=p.explore_budget,
+                explore_cap=p.explore_cap,
+                staleness_per_decision=p.staleness_per_decision,
+                obs_variance=p.obs_variance,
+                drift_delta=p.drift_delta,
+                drift_threshold=p.drift_threshold,
+                lookahead=p.lookahead,
+                transition_sync_s=p.transition_sync_s,
+                transition_bytes_per_s=p.transition_bytes_per_s,
+            )
+        if p.kind == "fixed":
+            return make_policy("fixed", backend=p.backend)
+        if p.kind == "epsilon":
+            return make_policy("epsilon", epsilon=p.epsilon, seed=p.seed)
+        if p.kind == "oracle":
+            return make_policy("oracle", lookahead=p.lookahead)
+        return make_policy(p.kind)
+
+    def _open_log(self, path: str) -> None:
+        from .store.writer import DecisionLog
+
+        s = self.config.store
+        retention = None
+        if s.retention.max_rows is not None or s.retention.max_age_days is not None:
+            from .store.retention import RetentionPolicy
+
+            max_age = s.retention.max_age_days * 86400.0 if s.retention.max_age_days is not None else None
+            retention = RetentionPolicy(max_rows=s.retention.max_rows, max_age_s=max_age)
+        self._log = DecisionLog(
+            path,
+            queue_size=s.queue_size,
+            flush_rows=s.flush_rows,
+            flush_interval_s=s.flush_interval_s,
+            on_full=s.on_full,
+            retention=retention,
+            exploit_sample_rate=s.exploit_sample_rate,
+        )
+        try:
+            self._warm_start(path)
+            from . import __version__
+
+            run_id = self._log.start_run(
+                host=socket.gethostname(),
+                config_hash=self.config.content_hash(),
+                device_profile=self.config.device,
+                package_version=__version__,
+                config=_json(self.config.as_dict()),
+            )
+        except BaseException:
+            self._log.close()
+            raise
+        # Ids unique across the processes and restarts that share one log file.
+        self._id_base = int(run_id) << 32
+
+    def _warm_start(self, path: str) -> None:
+        """Resume from the log: replay its most recent outcomes for this device through the policy."""
+        limit = self.config.store.warm_start_rows
+        if limit <= 0:
+            return
+        from .store.reads import recent_for_warm_start
+
+        n = 0
+        for decision, latency_s in recent_for_warm_start(path, device=self.config.device, limit=limit):
+            if decision.backend in self.config.candidates:
+                self._policy.learn(decision, latency_s)
+                n += 1
+        if n:
+            log.info("warm start: learned from %d logged outcomes in %s", n, path)
+
+    # -- the public API -------------------------------------------------------------
+    def decide(
+        self,
+        stage: Stage | str,
+        shape: Shape,
+        context: Mapping[str, float] | None = None,
+        after: Decision | Backend | str | None = None,
+    ) -> Decision:
+        """Choose the backend for ``stage`` at ``shape``.
+
+        ``after`` is the decision (or backend) of the previous stage of the same layer,
+        so ``attn`` accounts for where ``qkv`` ran. ``context`` carries optional device
+        state (temperatures, clocks, load) that is logged with the decision.
+        """
+        stage_ = _STAGES.get(stage)
+        if stage_ is None:
+            stage_ = parse_stage(stage)
+        if shape.__class__ is not Shape:
+            raise TypeError(f"shape must be a Shape, got {type(shape).__name__}")
+        if after is None:
+            prev = None
+        elif after.__class__ is Decision:
+            prev = after.backend  # type: ignore[union-attr]
+        else:
+            prev = parse_backend(after)  # type: ignore[arg-type]
+        backend, propensity, explored, predicted, version = self._policy.decide(stage, shape, prev)
+        decision = tuple.__new__(
+            Decision,
+            (self._id_base | next(self._ids), stage_, shape, backend, propensity, explored, predicted, prev,
+             version, time.time()),
+        )  # fmt: skip
+        if self._log is not None:
+            self._log.decision(decision, context)
+        return decision  # type: ignore[no-any-return]
+
+    def observe(self, decision: Decision, latency_s: float | None, ok: bool = True, error: str | None = None) -> None:
+        """Feed back what a decision cost: its latency in seconds, or that it failed.
+
+        A latency that is not finite and > 0 raises ``ValueError`` and is never learned
+        from. A failure (``ok=False``) quarantines the backend for a while.
+        """
+        if ok:
+            latency = check_latency(latency_s)
+        else:
+            latency = float(latency_s) if latency_s is not None and math.isfinite(float(latency_s)) else math.nan
+        if self._log is not None:
+            self._log.outcome(decision.id, latency, ok, error)
+        if not ok:
+            self._on_failure(decision.backend, error)
+            return
+        self._learn_queue.append((decision, latency))
+        if self._inline:
+            self._drain()
+
+    def run_stage(
+        self,
+        stage: Stage | str,
+        shape: Shape,
+        inputs: Mapping[str, np.ndarray] | None = None,
+        *,
+        after: Decision | Backend | str | None = None,
+        context: Mapping[str, float] | None = None,
+    ) -> StageRun:
+        """Decide, run on the chosen executor, time, observe; re-run elsewhere if the executor fails."""
+        decision = self.decide(stage, shape, context, after)
+        return self._execute(decision, inputs, context)
+
+    def run(
+        self,
+        stage: Stage | str,
+        shape: Shape,
+        inputs: Mapping[str, np.ndarray] | None = None,
+        *,
+        after: Decision | Backend | str | None = None,
+        context: Mapping[str, float] | None = None,
+    ) -> np.ndarray | None:
+        """Run ``stage`` through the scheduler and return its output (None in latency-only simulation)."""
+        return self.run_stage(stage, shape, inputs, after=after, context=context).output
+
+    def run_attention(
+        self,
+        shape: Shape,
+        inputs: Mapping[str, np.ndarray] | None = None,
+        *,
+        after: Decision | Backend | str | None = None,
+        context: Mapping[str, float] | None = None,
+    ) -> LayerRun:
+        """Run one attention layer: ``qkv`` then ``attn``, the second aware of where the first ran.
+
+        ``inputs`` holds ``x [b, n, d]``, ``w [d, 3d]``, optional ``b [3d]`` and the caches
+        ``k_cache``, ``v_cache`` ``[b, heads, kv_len, head_dim]`` (omit them when
+        ``kv_len`` is 0). Without inputs the simulator runs in latency-only mode.
+        """
+        if inputs is None:
+            qkv = self.run_stage(Stage.QKV, shape, None, after=after, context=context)
+            attn = self.run_stage(Stage.ATTN, shape, None, after=qkv.decision, context=context)
+            return LayerRun(qkv=qkv, attn=attn)
+        missing = [k for k in ("x", "w") if k not in inputs]
+        if missing:
+            raise UnsupportedShape(f"run_attention: missing input {missing[0]!r}")
+        qkv = self.run_stage(
+            Stage.QKV, shape, {k: inputs[k] for k in ("x", "w", "b") if k in inputs}, after=after, context=context
+        )
+        if qkv.output is None:
+            raise ExecutorError(f"{qkv.backend.value}: qkv returned no output although inputs were given")
+        q, k_new, v_new = split_heads(qkv.output, shape)
+        k_cache, v_cache = (
+            _extend_cache(inputs, "k_cache", k_new, shape),
+            _extend_cache(inputs, "v_cache", v_new, shape),
+        )
+        attn = self.run_stage(Stage.ATTN, shape, {"q": q, "k": k_cache, "v": v_cache}, after=qkv.decision,
+                              context=context)  # fmt: skip
+        return LayerRun(qkv=qkv, attn=attn, output=attn.output, k_cache=k_cache, v_cache=v_cache)
+
+    # -- execution and failures -------------------------------------------------------
+    def _execute(
+        self, decision: Decision, inputs: Mapping[str, np.ndarray] | None, context: Mapping[str, float] | None
+    ) -> StageRun:
+        failed: list[Decision] = []
+        last_exc: BaseException | None = None
+        tried: set[Backend] = set()
+        while True:
+            tried.add(decision.backend)
+            executor = self._executors.get(decision.backend)
+            try:
+                if executor is None:
+                    raise ExecutorError(f"no executor is configured for backend {decision.backend.value!r}")
+                result = executor.run(decision.stage, decision.shape, inputs, after=decision.after)
+            except UnsupportedShape as exc:
+                if inputs is not None and executor is not None and executor.supports(decision.stage, decision.shape):
+                    raise  # the caller's inputs are wrong: re-running elsewhere would not help
+                self._record(decision, None, ok=False, error=str(exc), quarantine=False)
+                self._mark_unsupported(decision)
+                failed.append(decision)
+                last_exc = exc
+            except Exception as exc:
+                log.warning("backend %s failed on %s: %s", decision.backend.value, decision.stage.value, exc)
+                self._record(decision, None, ok=False, error=f"{type(exc).__name__}: {exc}", quarantine=True)
+                failed.append(decision)
+                last_exc = exc
+            else:
+                if result.latency_s > self._timeout_s:
+                    # A result that came too late is still a result: hand it back, but
+                    # treat the backend as failing so the next stages go elsewhere.
+                    self._record(decision, result.latency_s, ok=False, error="timeout", quarantine=True)
+                else:
+                    self._record(decision, result.latency_s, ok=True, error=None, quarantine=False)
+                return StageRun(decision, result, tuple(failed))
+            fallback = self._next_backend(decision, tried)
+            if fallback is None:
+                raise ExecutorError(
+                    f"{decision.stage.value} at {decision.shape} failed on every backend "
+                    f"({', '.join(b.value for b in sorted(tried))}): {last_exc}"
+                ) from last_exc
+            decision = self._forced_decision(decision, fallback, context)
+
+    def _record(
+        self, decision: Decision, latency: float | None, *, ok: bool, error: str | None, quarantine: bool
+    ) -> None:
+        if ok:
+            self.observe(decision, latency)
+            return
+        if self._log is not None:
+            self._log.outcome(decision.id, latency if latency is not None else math.nan, False, error)
+        with self._lock:
+            self._counters.failures += 1
+        if quarantine:
+            self._on_failure(decision.backend, error)
+
+    def _next_backend(self, decision: Decision, tried: set[Backend]) -> Backend | None:
+        predicted = decision.predicted
+        candidates = [b for b in self.config.candidates if b not in tried and b not in self._quarantine]
+        candidates.sort(key=lambda b: predicted.get(b, math.inf))
+        fallbacks = [b for b in self.config.fallbacks if b not in tried]
+        quarantined = [b for b in self.config.candidates if b not in tried and b in self._quarantine]
+        for backend in (*candidates, *fallbacks, *quarantined):
+            ex = self._executors.get(backend)
+            if ex is not None and ex.is_available() and ex.supports(decision.stage, decision.shape):
+                return backend
+        return None
+
+    def _forced_decision(self, failed: Decision, backend: Backend, context: Mapping[str, float] | None) -> Decision:
+        with self._lock:
+            self._counters.reruns += 1
+        decision = Decision(
+            id=self._id_base | next(self._ids),
+            stage=failed.stage,
+            shape=failed.shape,
+            backend=backend,
+            propensity=1.0,  # forced by a failure: not a policy choice
+            explored=False,
+            predicted=failed.predicted,
+            after=failed.after,
+            policy_version=failed.policy_version,
+            time=time.time(),
+        )
+        if self._log is not None:
+            self._log.decision(decision, context)
+        return decision
+
+    def _mark_unsupported(self, decision: Decision) -> None:
+        mark = getattr(self._policy, "mark_unsupported", None)
+        if mark is not None:
+            mark(decision.stage, decision.shape, decision.backend)
+
+    def _on_failure(self, backend: Backend, error: str | None) -> None:
+        with self._lock:
+            strikes = self._strikes[backend] = min(self._strikes.get(backend, 0) + 1, QUARANTINE_MAX_STRIKES)
+            until = self._counters.observations + QUARANTINE_BASE * 2 ** (strikes - 1)
+            self._quarantine[backend] = until
+            log.warning("backend %s quarantined for %d observations (strike %d): %s",
+                        backend.value, until - self._counters.observations, strikes, error)  # fmt: skip
+            self._policy.exclude(self._quarantine)
+
+    def _release_quarantine(self) -> None:
+        # Called with the lock held, only while some backend is quarantined.
+        # The strike count stays until a success, so a backend that fails again waits longer.
+        now = self._counters.observations
+        expired = [b for b, until in self._quarantine.items() if until <= now]
+        if expired:
+            for backend in expired:
+                del self._quarantine[backend]
+            self._policy.exclude(self._quarantine)
+
+    # -- learning ---------------------------------------------------------------------
+    def _drain(self) -> None:
+        queue = self._learn_queue
+        with self._lock:
+            while queue:
+                decision, latency = queue.popleft()
+                self._learn_one(decision, latency)
+
+    def _learn_one(self, decision: Decision, latency: float) -> None:
+        c = self._counters
+        c.observations += 1
+        key = decision.backend.value
+        c.by_backend[key] = c.by_backend.get(key, 0) + 1
+        if self._quarantine:
+            self._release_quarantine()
+        if self._strikes:
+            self._strikes.pop(decision.backend, None)
+        self._policy.learn(decision, latency)
+
+    def _learner_loop(self) -> None:
+        queue = self._learn_queue
+        while not self._stop.is_set() or queue:
+            if not queue:
+                self._stop.wait(0.002)
+                continue
+            with self._lock:
+                for _ in range(32):
+                    if not queue:
+                        break
+                    decision, latency = queue.popleft()
+                    try:
+                        self._learn_one(decision, latency)
+                    except Exception:  # learning must never take the service down
+                        log.exception("learning from decision %d failed", decision.id)
+            # Let inference threads take the GIL between small chunks of learning.
+            time.sleep(0)
+
+    def flush(self, timeout_s: float | None = None) -> None:
+        """Learn from every queued observation and commit the log."""
+        if self._learner is not None:
+            deadline = None if timeout_s is None else time.monotonic() + timeout_s
+            while self._learn_queue and (deadline is None or time.monotonic() < deadline):
+                time.sleep(0.001)
+        else:
+            self._drain()
+        if self._log is not None:
+            self._log.flush(timeout_s)
+
+    # -- introspection ------------------------------------------------------------------
+    @property
+    def policy(self) -> Policy:
+        return self._policy
+
+    @property
+    def prior(self) -> Any:
+        return self._prior
+
+    @property
+    def executors(self) -> Mapping[Backend, Executor]:
+        return dict(self._executors)
+
+    def stats(self) -> dict[str, Any]:
+        """Counters, quarantined backends, the policy's learned state and the log's health."""
+        with self._lock:
+            c = self._counters
+            out: dict[str, Any] = {
+                "observations": c.observations,
+                "failures": c.failures,
+                "reruns": c.reruns,
+                "observed_by_backend": dict(c.by_backend),
+                "quarantined": sorted(b.value for b in self._quarantine),
+                "policy": {"kind": self._policy.name, **self._policy.state()},
+            }
+        if self._log is not None:
+            out["log"] = dict(self._log.stats) if isinstance(self._log.stats, Mapping) else _asdict(self._log.stats)
+        return out
+
+    # -- shutdown ---------------------------------------------------------------------
+    def close(self) -> None:
+        """Learn what is queued, flush and close the log, release executors. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        if self._learner is not None:
+            self._learner.join(timeout=10)
+        else:
+            self._drain()
+        if self._log is not None:
+            try:
+                self._log.close()
+            except (StoreError, OSError) as exc:  # closing must not raise into shutdown paths
+                log.error("closing the decision log failed: %s", exc)
+        for ex in self._executors.values():
+            try:
+                ex.close()
+            except Exception as exc:
+                log.warning("closing executor %s failed: %s", ex.kind, exc)
+
+    def __enter__(self) -> Scheduler:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        backends = ", ".join(f"{b.value}={ex.kind}" for b, ex in self._executors.items())
+        return f"Scheduler(device={self.config.device!r}, policy={self._policy.name!r}, backends=[{backends}])"
+
+
+def _extend_cache(inputs: Mapping[str, np.ndarray], name: str, new: np.ndarray, shape: Shape) -> np.ndarray:
+    cache = inputs.get(name)
+    if cache is None:
+        if shape.kv_len:
+            raise UnsupportedShape(f"run_attention: missing input {name!r} for kv_len={shape.kv_len}")
+        return np.ascontiguousarray(new)
+    expected = (shape.batch, shape.heads, shape.kv_len, shape.head_dim)
+    if tuple(cache.shape) != expected:
+        raise UnsupportedShape(f"run_attention: input {name!r} has shape {tuple(cache.shape)}, expected {expected}")
+    return np.concatenate([cache, new], axis=2)
+
+
+def _json(data: Any) -> str:
+    import json
+
+    return json.dumps(data, sort_keys=True)
+
+
+def _asdict(obj: Any) -> dict[str, Any]:
+    import dataclasses
+
+    if dataclasses.is_dataclass(obj):
+        return dataclasses.asdict(obj)  # type: ignore[arg-type]
+    return dict(vars(obj))
+
+
+__all__ = ["LayerRun", "Scheduler", "StageRun"]
