@@ -1,0 +1,236 @@
+"""The main job: run a model's attention for a prompt and generated tokens through the scheduler.
+
+:func:`run_workload` drives the decode workload of a config through a scheduler with
+the configured policy, then (by default) through GPU-only and NPU-only schedulers on
+an identical fresh device, and summarises per stage and shape bucket which backend
+was chosen and what it cost. On the simulator the stages run in latency-only mode;
+on real executors they compute real outputs from random weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import Config
+from .policy import FixedPolicy, Policy, make_policy
+from .scheduler import Scheduler
+from .stages import make_inputs
+from .types import Backend, Shape, Stage
+from .workload import Step, decode_steps, model_shape
+
+
+@dataclass
+class BucketStats:
+    """What happened to one stage in one shape bucket (prefill, or a range of kv lengths)."""
+
+    stage: str
+    bucket: str
+    runs: int = 0
+    total_s: float = 0.0
+    backends: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def mean_s(self) -> float:
+        return self.total_s / self.runs if self.runs else math.nan
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "stage": self.stage,
+            "bucket": self.bucket,
+            "runs": self.runs,
+            "mean_ms": self.mean_s * 1e3,
+            "backends": dict(self.backends),
+        }
+
+
+@dataclass
+class RunReport:
+    """Totals per policy and the per-bucket breakdown of the scheduled run."""
+
+    model: str
+    precision: str
+    layers: int
+    tokens: int
+    policy: str
+    totals_s: dict[str, float]
+    buckets: list[BucketStats]
+    stats: dict[str, Any]
+
+    def speedup(self, baseline: str) -> float:
+        """How many times faster the scheduled run was than ``baseline`` (e.g. ``"gpu-only"``)."""
+        return self.totals_s[baseline] / self.totals_s[self.policy]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "precision": self.precision,
+            "layers": self.layers,
+            "tokens": self.tokens,
+            "policy": self.policy,
+            "totals_ms": {k: v * 1e3 for k, v in self.totals_s.items()},
+            "speedup": {k: self.speedup(k) for k in self.totals_s if k != self.policy},
+            "buckets": [b.as_dict() for b in self.buckets],
+            "stats": self.stats,
+        }
+
+
+def bucket_label(step: Step) -> str:
+    """Display bucket: the prefill, or the power-of-two range of the KV length in decode."""
+    if step.phase == "prefill":
+        return f"prefill n={step.shape.n}"
+    lo = 1 << max(0, int(math.log2(max(1, step.shape.kv_len))))
+    return f"decode kv {lo}-{2 * lo - 1}"
+
+
+def run_workload(
+    config: Config,
+    *,
+    db: str | Path | None = None,
+    policy: Policy | None = None,
+    compare: Sequence[str] = ("gpu", "npu"),
+    tokens: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> RunReport:
+    """Run the config's workload with its policy, then with each single backend in ``compare``."""
+    w = config.workload
+    model = model_shape(w.model)
+    layers = w.layers or model.layers
+    n_tokens = w.tokens if tokens is None else tokens
+    steps = list(decode_steps(model, prompt=w.prompt, tokens=n_tokens, precision=w.precision, batch=w.batch))
+    policy_name = config.policy.kind
+
+    buckets: dict[tuple[str, str], BucketStats] = {}
+    totals: dict[str, float] = {}
+    with Scheduler(config, db=db, policy=policy) as sched:
+        totals[policy_name] = _drive(sched, steps, layers, w.idle_between_tokens_s, buckets, progress)
+        sched.flush()
+        stats = sched.stats()
+    for name in compare:
+        backend = Backend(name)
+        if backend not in config.backends:
+            continue
+        # A fresh scheduler builds a fresh simulated device with the same seed: same conditions.
+        with Scheduler(config, policy=FixedPolicy(backend)) as baseline:
+            totals[f"{name}-only"] = _drive(baseline, steps, layers, w.idle_between_tokens_s, None, None)
+    return RunReport(
+        model=model.name,
+        precision=Shape(n=1, d=64, precision=w.precision).precision.value,
+        layers=layers,
+        tokens=n_tokens,
+        policy=policy_name,
+        totals_s=totals,
+        buckets=sorted(buckets.values(), key=lambda b: (b.bucket.startswith("decode"), _bucket_order(b), b.stage)),
+        stats=stats,
+    )
+
+
+def _bucket_order(b: BucketStats) -> int:
+    digits = "".join(ch if ch.isdigit() else " " for ch in b.bucket).split()
+    return int(digits[0]) if digits else 0
+
+
+def _drive(
+    sched: Scheduler,
+    steps: Sequence[Step],
+    layers: int,
+    idle_s: float,
+    buckets: dict[tuple[str, str], BucketStats] | None,
+    progress: Callable[[int, int], None] | None,
+) -> float:
+    """Run every step over every layer; return the total stage latency in seconds."""
+    real = sched.device is None
+    layer_inputs = _LayerInputs(steps[0].shape, layers) if real else None
+    total = 0.0
+    for i, step in enumerate(steps):
+        label = bucket_label(step)
+        for layer in range(layers):
+            inputs = layer_inputs.for_step(layer, step.shape) if layer_inputs else None
+            run = sched.run_attention(step.shape, inputs)
+            if layer_inputs is not None:
+                layer_inputs.keep(layer, run.k_cache, run.v_cache)
+            total += run.latency_s
+            if buckets is not None:
+                for stage_run in (run.qkv, run.attn):
+                    key = (stage_run.decision.stage.value, label)
+                    b = buckets.get(key)
+                    if b is None:
+                        b = buckets[key] = BucketStats(*key)
+                    b.runs += 1
+                    b.total_s += stage_run.latency_s
+                    b.backends[stage_run.backend.value] += 1
+        if idle_s and sched.device is not None:
+            sched.device.idle(idle_s)
+        if progress is not None:
+            progress(i + 1, len(steps))
+    return total
+
+
+class _LayerInputs:
+    """Random weights per layer and growing KV caches, for executors that compute real outputs."""
+
+    def __init__(self, shape: Shape, layers: int) -> None:
+        self._weights = [make_inputs(Stage.QKV, dataclasses.replace(shape, n=1, kv_len=0), seed=layer)
+                         for layer in range(layers)]  # fmt: skip
+        self._caches: list[tuple[np.ndarray, np.ndarray] | None] = [None] * layers
+        self._rng = np.random.default_rng(0)
+
+    def for_step(self, layer: int, shape: Shape) -> dict[str, np.ndarray]:
+        w = self._weights[layer]
+        x = self._rng.standard_normal((shape.batch, shape.n, shape.d)).astype(np.float32)
+        inputs = {"x": x, "w": w["w"], "b": w["b"]}
+        cache = self._caches[layer]
+        if shape.kv_len:
+            if cache is None or cache[0].shape[2] != shape.kv_len:
+                raise RuntimeError(f"layer {layer}: KV cache holds {0 if cache is None else cache[0].shape[2]} "
+                                   f"tokens, the step expects {shape.kv_len}")  # fmt: skip
+            inputs["k_cache"], inputs["v_cache"] = cache
+        return inputs
+
+    def keep(self, layer: int, k: np.ndarray | None, v: np.ndarray | None) -> None:
+        if k is not None and v is not None:
+            self._caches[layer] = (k, v)
+
+
+def compare_policies(
+    config: Config,
+    policies: dict[str, Callable[[], Policy]],
+    steps: Sequence[Step],
+    layers: int,
+    *,
+    idle_s: float = 0.0,
+    setup: Callable[[Scheduler], None] | None = None,
+) -> dict[str, float]:
+    """Total latency of each policy on the same steps, each on its own fresh (identically seeded) device."""
+    out: dict[str, float] = {}
+    for name, factory in policies.items():
+        with Scheduler(config, policy=factory()) as sched:
+            if setup is not None:
+                setup(sched)
+            out[name] = _drive(sched, steps, layers, idle_s, None, None)
+    return out
+
+
+def baseline_policies(config: Config) -> dict[str, Callable[[], Policy]]:
+    """The policies every benchmark compares: single backends, the static prior, epsilon-greedy, oracle, ours."""
+    p = config.policy
+    out: dict[str, Callable[[], Policy]] = {f"{b.value}-only": (lambda b=b: FixedPolicy(b)) for b in config.candidates}
+    if config.priors not in ("none", ""):
+        out["static-prior"] = lambda: make_policy("static")
+    out["epsilon-greedy"] = lambda: make_policy("epsilon", epsilon=p.epsilon, seed=p.seed)
+    if config.simulator is not None:
+        out["oracle"] = lambda: make_policy("oracle", lookahead=p.lookahead)
+    out["adaptive"] = lambda: Scheduler._make_policy(
+        dataclasses.replace(config, policy=dataclasses.replace(p, kind="adaptive"))
+    )
+    return out
+
+
+__all__ = ["BucketStats", "RunReport", "baseline_policies", "bucket_label", "compare_policies", "run_workload"]
