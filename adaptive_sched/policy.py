@@ -111,6 +111,14 @@ class Policy(abc.ABC):
     def decide(self, stage: Stage | str, shape: Shape, after: Backend | None) -> Choice:
         """Choose a backend for ``stage`` at ``shape``; ``after`` is where the previous stage ran."""
 
+    def probabilities(self, stage: Stage | str, shape: Shape, after: Backend | None) -> dict[Backend, float]:
+        """The probability this policy gives each backend now (offline replay asks this).
+
+        Deterministic policies give their choice probability 1; stochastic ones override.
+        """
+        backend, *_ = self.decide(stage, shape, after)
+        return {backend: 1.0}
+
     def learn(self, decision: Decision, latency_s: float) -> None:
         """Learn from one observed latency (seconds, already validated)."""
         return None
@@ -196,6 +204,18 @@ class EpsilonGreedyPolicy(Policy):
         pick = self._rng.randrange(k) if self._rng.random() < self.epsilon else best
         p = self.epsilon / k + (1.0 - self.epsilon if pick == best else 0.0)
         return usable[pick], p, pick != best, _EMPTY, 0
+
+    def probabilities(self, stage: Stage | str, shape: Shape, after: Backend | None) -> dict[Backend, float]:
+        stage = parse_stage(stage)
+        bucket = shape_bucket(stage, shape)
+        usable = self.available()
+        stats = [self._means.get((stage, bucket, after, b)) for b in usable]
+        for backend, s in zip(usable, stats, strict=True):
+            if s is None:
+                return {backend: 1.0}
+        k = len(usable)
+        best = min(range(k), key=lambda i: stats[i][0])  # type: ignore[index]
+        return {b: self.epsilon / k + (1.0 - self.epsilon if i == best else 0.0) for i, b in enumerate(usable)}
 
     def learn(self, decision: Decision, latency_s: float) -> None:
         key = (decision.stage, shape_bucket(decision.stage, decision.shape), decision.after, decision.backend)
@@ -350,6 +370,14 @@ class AdaptivePolicy(Policy):
                 if u < threshold:
                     return backend, p, True, predicted, version
         return best, p_best, False, predicted, version
+
+    def probabilities(self, stage: Stage | str, shape: Shape, after: Backend | None) -> dict[Backend, float]:
+        slot = self._slots.get((stage, shape, after)) or self._new_slot(stage, shape, after)
+        best, p_best, alternatives, _, _ = slot.table
+        probs = {best: p_best}
+        for _, backend, p in alternatives:
+            probs[backend] = p
+        return probs
 
     def _new_slot(self, stage: Stage | str, shape: Shape, after: Backend | None) -> _Slot:
         stage_ = parse_stage(stage)
