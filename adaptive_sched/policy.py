@@ -95,11 +95,19 @@ class Policy(abc.ABC):
 
     name = "policy"
 
-    def bind(self, candidates: Iterable[Backend], prior: Prior | None, device: Any = None) -> None:
-        """Attach to a scheduler: the candidate backends, the prior, and the simulated device if any."""
+    def bind(
+        self,
+        candidates: Iterable[Backend],
+        prior: Prior | None,
+        device: Any = None,
+        supports: Callable[[Stage, Shape, Backend], bool] | None = None,
+    ) -> None:
+        """Attach to a scheduler: the candidate backends, the prior, the simulated device if any,
+        and a predicate telling whether a backend's executor can run a stage at a shape."""
         self.candidates = tuple(candidates)
         self.prior = prior
         self.device = device
+        self.supports = supports
         self._excluded: frozenset[Backend] = frozenset()
         self._lock = threading.RLock()
         self._setup()
@@ -287,6 +295,8 @@ class AdaptivePolicy(Policy):
         Plan ``qkv`` over where ``attn`` will run next.
     transition_sync_s, transition_bytes_per_s : float
         Prior cost of consuming activations produced on another backend.
+    alarm_variance : float
+        Variance a backend's drift offset is reset to after a drift alarm or failure.
     republish_every : int
         Refresh every published entry at least this often (observations), so
         exploration follows the growing staleness of unobserved backends.
@@ -307,6 +317,7 @@ class AdaptivePolicy(Policy):
         lookahead: bool = True,
         transition_sync_s: float = 1e-4,
         transition_bytes_per_s: float = 1e10,
+        alarm_variance: float = 0.25,
         republish_every: int = 256,
         offset_republish: float = 0.03,
         alarm_decisions: int = 400,
@@ -322,6 +333,7 @@ class AdaptivePolicy(Policy):
         self.lookahead = lookahead
         self.transition_sync_s = transition_sync_s
         self.transition_bytes_per_s = transition_bytes_per_s
+        self.alarm_variance = alarm_variance
         self.republish_every = republish_every
         self.offset_republish = offset_republish
         self.alarm_decisions = alarm_decisions
@@ -338,7 +350,8 @@ class AdaptivePolicy(Policy):
             b: BackendDrift(
                 obs_variance=self.obs_variance,
                 staleness_per_decision=self.staleness_per_decision,
-                initial_variance=max(self.prior_variance, 0.25),
+                initial_variance=self.prior_variance,
+                alarm_variance=self.alarm_variance,
                 delta=self.drift_delta,
                 threshold=self.drift_threshold,
             )
@@ -346,6 +359,7 @@ class AdaptivePolicy(Policy):
         }
         self._corrections: dict[tuple[Any, ...], BucketCorrection] = {}
         self._unsupported: set[tuple[Any, ...]] = set()
+        self._support_checked: set[tuple[Any, ...]] = set()
         self._slots: dict[tuple[Any, Shape, Backend | None], _Slot] = {}  # hot-path index
         self._bucket_slots: dict[tuple[Any, ...], _Slot] = {}
         self._prior_cache: dict[tuple[Stage, Shape], Mapping[Backend, float]] = {}
@@ -437,8 +451,21 @@ class AdaptivePolicy(Policy):
             variance += corr.variance(self.obs_variance, self.prior_variance)
         return mean, variance
 
+    def _check_support(self, stage: Stage, shape: Shape) -> None:
+        if self.supports is None:
+            return
+        bucket = shape_bucket(stage, shape)
+        for backend in self.candidates:
+            if (stage, bucket, backend) not in self._support_checked:
+                self._support_checked.add((stage, bucket, backend))
+                if not self.supports(stage, shape, backend):
+                    self._unsupported.add((stage, bucket, backend))
+
     def _publish(self, slot: _Slot) -> None:
         stage, shape, after = slot.stage, slot.shape, slot.after
+        self._check_support(stage, shape)
+        if stage is Stage.QKV and self.lookahead:
+            self._check_support(Stage.ATTN, shape)
         usable = self.available()
         est = {b: self.estimate(stage, shape, after, b) for b in usable}
         predicted = {b: math.exp(m) for b, (m, _) in est.items() if math.isfinite(m)}

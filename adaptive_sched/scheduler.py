@@ -131,7 +131,7 @@ class Scheduler:
         self._executors = self._build_executors(config, executors)
         self._prior = prior if prior is not None else self._load_prior(config)
         self._policy = policy if policy is not None else self._make_policy(config)
-        self._policy.bind(config.candidates, self._prior, self.device)
+        self._policy.bind(config.candidates, self._prior, self.device, supports=self._supports)
         self._quarantine: dict[Backend, int] = {}  # backend -> observation count it sits out until
         self._strikes: dict[Backend, int] = {}  # failures since the backend's last success
         self._learn_queue: deque[tuple[Decision, float]] = deque()
@@ -156,6 +156,10 @@ class Scheduler:
         """Build a scheduler from a YAML path, a shipped config name, or a dict."""
         config = source if isinstance(source, Config) else load_config(source)
         return cls(config, db=db, **kwargs)
+
+    def _supports(self, stage: Stage, shape: Shape, backend: Backend) -> bool:
+        executor = self._executors.get(backend)
+        return executor is not None and executor.supports(stage, shape)
 
     # -- construction -------------------------------------------------------------
     def _build_executors(

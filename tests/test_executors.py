@@ -7,8 +7,14 @@ from adaptive_sched.executors import EXECUTORS, create_executor, executor_class
 from adaptive_sched.types import Backend
 
 #: (kind, backend) pairs to check; simulated backends are checked one by one
-TARGETS = [("cpu_numpy", Backend.CPU), ("sim", Backend.GPU), ("sim", Backend.NPU), ("sim", Backend.CPU),
-           ("gpu_opencl", Backend.GPU), ("npu_rknn", Backend.NPU)]
+TARGETS = [
+    ("cpu_numpy", Backend.CPU),
+    ("sim", Backend.GPU),
+    ("sim", Backend.NPU),
+    ("sim", Backend.CPU),
+    ("gpu_opencl", Backend.GPU),
+    ("npu_rknn", Backend.NPU),
+]
 
 
 def _factory(kind, backend):
@@ -45,7 +51,9 @@ def test_importing_the_registry_imports_no_backend_module():
     import subprocess
     import sys
 
-    code = ("import sys, adaptive_sched.executors; "
-            "print(any(m in sys.modules for m in ('pyopencl', 'rknnlite', 'adaptive_sched.executors.gpu_opencl')))")
+    code = (
+        "import sys, adaptive_sched.executors; "
+        "print(any(m in sys.modules for m in ('pyopencl', 'rknnlite', 'adaptive_sched.executors.gpu_opencl')))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"

@@ -31,8 +31,10 @@ def naive_attention(q, k, v):
     return out
 
 
-@pytest.mark.parametrize("shape", [Shape(n=5, d=64, heads=2), Shape(n=1, d=64, kv_len=7, heads=2),
-                                   Shape(n=3, d=32, kv_len=4, batch=2, heads=1)])
+@pytest.mark.parametrize(
+    "shape",
+    [Shape(n=5, d=64, heads=2), Shape(n=1, d=64, kv_len=7, heads=2), Shape(n=3, d=32, kv_len=4, batch=2, heads=1)],
+)
 def test_attention_matches_naive_loops(shape):
     inp = make_inputs("attn", shape, seed=1)
     got = reference("attn", shape, inp)

@@ -71,7 +71,9 @@ class BackendDrift:
     staleness_per_decision : float
         Variance the offset gains per decision taken without observing this backend.
     initial_variance : float
-        Variance before any observation, and after a drift alarm.
+        Variance before any observation: how far the device may be from the prior.
+    alarm_variance : float
+        Variance after a drift alarm or :meth:`forget`, so new observations move the offset fast.
     delta, threshold : float
         Page-Hinkley parameters on the innovations (log units).
 
@@ -84,19 +86,20 @@ class BackendDrift:
     2.0
     """
 
-    __slots__ = ("_initial", "_last_clock", "_ph", "_q", "_r", "alarms", "n", "offset", "variance")
+    __slots__ = ("_alarm", "_last_clock", "_ph", "_q", "_r", "alarms", "n", "offset", "variance")
 
     def __init__(
         self,
         obs_variance: float = 0.01,
         staleness_per_decision: float = 2e-5,
-        initial_variance: float = 0.25,
+        initial_variance: float = 0.04,
+        alarm_variance: float = 0.25,
         delta: float = 0.05,
         threshold: float = 1.5,
     ) -> None:
         self._r = obs_variance
         self._q = staleness_per_decision
-        self._initial = initial_variance
+        self._alarm = alarm_variance
         self._ph = PageHinkley(delta=delta, threshold=threshold)
         self._last_clock = 0
         self.offset = 0.0
@@ -123,33 +126,36 @@ class BackendDrift:
         self.n += 1
         if self._ph.update(innovation):
             self.alarms += 1
-            self.variance = max(self.variance, self._initial)
+            self.variance = max(self.variance, self._alarm)
             return True
         return False
 
     def forget(self) -> None:
         """Distrust the current offset (after a failure or a long outage)."""
-        self.variance = max(self.variance, self._initial)
+        self.variance = max(self.variance, self._alarm)
         self._ph.reset()
 
 
 class BucketCorrection:
     """What the priors get wrong for one (stage, shape bucket, previous backend, backend).
 
-    A running mean of the residual left after the backend's drift offset, with a
-    learning rate that starts at 1/n and settles at ``1/window`` so it keeps adapting.
+    A shrunk running mean of the residual left after the backend's drift offset. The
+    shrinkage (``shrink`` pseudo-observations of zero) leaves device-wide changes to the
+    drift offset, which moves every bucket, and keeps here only what persists in this
+    bucket; the rate settles at ``1 / (window + shrink)`` so it keeps adapting.
     """
 
-    __slots__ = ("mean", "n", "window")
+    __slots__ = ("mean", "n", "shrink", "window")
 
-    def __init__(self, window: int = 64) -> None:
+    def __init__(self, window: int = 128, shrink: int = 8) -> None:
         self.mean = 0.0
         self.n = 0
         self.window = window
+        self.shrink = shrink
 
     def update(self, residual: float) -> None:
         self.n += 1
-        self.mean += (residual - self.mean) / min(self.n, self.window)
+        self.mean += (residual - self.mean) / (min(self.n, self.window) + self.shrink)
 
     def variance(self, obs_variance: float, prior_variance: float) -> float:
         """Uncertainty of :attr:`mean`: the prior's before any data, shrinking as observations come."""
