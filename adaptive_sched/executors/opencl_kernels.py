@@ -1,0 +1,395 @@
+"""OpenCL C sources of the GPU executor's kernels, specialised at build time by macros.
+
+Each program is built once per (source, macro set, device) by
+:class:`~adaptive_sched.executors.gpu_opencl.OpenCLExecutor`. Sizes that vary from run to
+run (rows, columns, keys) are kernel arguments; the macros fix what must be known at
+compile time for registers to be allocated: the block shape, the vector width, the head
+dimension and the storage type of each operand.
+
+Storage codes (macros ``X_STORE``, ``W_STORE``, ``Q_STORE``, ``K_STORE``, ``V_STORE``):
+``0`` float, ``1`` half (read with ``vload_half``, a core OpenCL function that needs no
+``cl_khr_fp16``), ``2`` signed char (int8, already quantised). Arithmetic is always float32
+or exact integer arithmetic, so every variant accumulates like the numpy reference.
+
+Why the kernels look like this: on a Mali (Valhall) GPU and on PoCL alike, local memory is
+ordinary cached memory, so the GEMM keeps a block of ``R`` rows by ``VW`` columns of the
+output in registers (one ``floatVW`` accumulator per row) and lets the cache serve the
+reuse, instead of staging tiles through local memory.
+"""
+
+from __future__ import annotations
+
+#: shared by every program: token pasting for vector types and the storage loaders
+PRELUDE = r"""
+// Quantisation and epilogues must round exactly like the numpy reference: no silent fma.
+#pragma OPENCL FP_CONTRACT OFF
+#define CAT_(a, b) a##b
+#define CAT(a, b) CAT_(a, b)
+#define INT8_MAX_F 127.0f
+
+// Vector helpers of width VW; VW == 1 (odd head dimensions) falls back to scalars.
+#if VW == 1
+#define FV float
+#define IV int
+#define VLOAD(p, i) ((p)[i])
+#define VSTORE(x, p) (*(p) = (x))
+#define TO_FV(x) ((float)(x))
+#define TO_IV(x) ((int)(x))
+#else
+#define FV CAT(float, VW)
+#define IV CAT(int, VW)
+#define VLOAD(p, i) CAT(vload, VW)(0, (p) + (i))
+#define VSTORE(x, p) CAT(vstore, VW)((x), 0, (p))
+#define TO_FV(x) CAT(convert_float, VW)(x)
+#define TO_IV(x) CAT(convert_int, VW)(x)
+#endif
+
+// LOADV_<code>(p, i): VW elements of a buffer of storage <code> from element i, as FV.
+#define LOADV_0(p, i) VLOAD(p, i)
+#if VW == 1
+#define LOADV_1(p, i) vload_half((i), (p))
+#else
+#define LOADV_1(p, i) CAT(vload_half, VW)(0, (p) + (i))
+#endif
+#define LOADV_2(p, i) TO_FV(VLOAD(p, i))
+// LOAD1_<code>(p, i): one element as float.
+#define LOAD1_0(p, i) ((p)[i])
+#define LOAD1_1(p, i) vload_half((i), (p))
+#define LOAD1_2(p, i) ((float)(p)[i])
+#define STORE_T_0 float
+#define STORE_T_1 half
+#define STORE_T_2 char
+#define STORE_T(code) CAT(STORE_T_, code)
+#define LOADV(code, p, i) CAT(LOADV_, code)(p, i)
+#define LOAD1(code, p, i) CAT(LOAD1_, code)(p, i)
+"""
+
+#: ``X[M, K] @ W[K, N] (+ bias)``: register-blocked GEMM; with a small ``R`` it is the decode GEMV.
+#:
+#: Macros: ``R`` rows per work-item, ``VW`` columns per work-item (2, 4, 8 or 16), ``KU`` unroll
+#: of the reduction loop, ``X_STORE``/``W_STORE`` storage codes, ``QUANT`` 1 for int8 operands.
+#: Work-item ``(cb, rb)`` computes rows ``rb*R ..`` and columns ``cb*VW ..``; rows past ``M`` read
+#: row ``M-1`` and are not stored, the last column block loads and stores lane by lane.
+#:
+#: INT8: products of int8 values are exact in float32, and so is any sum of up to 1024 of
+#: them (``1024 * 127 * 127 < 2**24``); the kernel accumulates chunks of ``KCHUNK <= 1024``
+#: reduction steps with float FMAs and adds each chunk to an int32 accumulator. The result
+#: equals an int32 accumulation bit for bit, at the speed of the float pipeline.
+GEMM = r"""
+#define XT STORE_T(X_STORE)
+#define WT STORE_T(W_STORE)
+
+inline FV load_w_edge(__global const WT* w, int i, int valid) {
+    float t[VW];
+    for (int l = 0; l < VW; ++l) t[l] = l < valid ? LOAD1(W_STORE, w, i + l) : 0.0f;
+    return VLOAD(t, 0);
+}
+
+// acc[r][v] += X[row r, k] * W[k, c0 + v*VW .. + VW) for k in [k_begin, k_end)
+#define ACCUMULATE(acc, k_begin, k_end)                                                  \
+    {                                                                                    \
+        int k = (k_begin);                                                               \
+        if (full) {                                                                      \
+            for (; k + KU <= (k_end); k += KU) {                                         \
+                _Pragma("unroll") for (int u = 0; u < KU; ++u) {                         \
+                    FV wv[CB];                                                           \
+                    _Pragma("unroll") for (int c = 0; c < CB; ++c)                       \
+                        wv[c] = LOADV(W_STORE, w, (k + u) * N + c0 + c * VW);            \
+                    _Pragma("unroll") for (int r = 0; r < R; ++r) {                      \
+                        const FV xv = (FV)(LOAD1(X_STORE, x, xo[r] + k + u));            \
+                        _Pragma("unroll") for (int c = 0; c < CB; ++c)                   \
+                            acc[r][c] = fma(xv, wv[c], acc[r][c]);                       \
+                    }                                                                    \
+                }                                                                        \
+            }                                                                            \
+        }                                                                                \
+        for (; k < (k_end); ++k) {                                                       \
+            FV wv[CB];                                                                   \
+            for (int c = 0; c < CB; ++c)                                                 \
+                wv[c] = full ? LOADV(W_STORE, w, k * N + c0 + c * VW)                    \
+                             : load_w_edge(w, k * N + c0 + c * VW, N - c0 - c * VW);     \
+            for (int r = 0; r < R; ++r) {                                                \
+                const FV xv = (FV)(LOAD1(X_STORE, x, xo[r] + k));                        \
+                for (int c = 0; c < CB; ++c) acc[r][c] = fma(xv, wv[c], acc[r][c]);      \
+            }                                                                            \
+        }                                                                                \
+    }
+
+__kernel void gemm(__global const XT* restrict x, __global const WT* restrict w,
+                   __global const float* restrict bias, __global const float* restrict x_scale,
+                   __global const float* restrict w_scale, __global float* restrict out,
+                   const int M, const int K, const int N) {
+    const int c0 = get_global_id(0) * (VW * CB);
+    const int r0 = get_global_id(1) * R;
+    if (c0 >= N || r0 >= M) return;
+    const int full = c0 + VW * CB <= N;
+    int xo[R];
+    for (int r = 0; r < R; ++r) xo[r] = min(r0 + r, M - 1) * K;
+
+#if QUANT
+    IV total[R][CB];
+    for (int r = 0; r < R; ++r)
+        for (int c = 0; c < CB; ++c) total[r][c] = 0;
+    for (int k0 = 0; k0 < K; k0 += KCHUNK) {
+        FV acc[R][CB];
+        for (int r = 0; r < R; ++r)
+            for (int c = 0; c < CB; ++c) acc[r][c] = 0.0f;
+        ACCUMULATE(acc, k0, min(K, k0 + KCHUNK));
+        for (int r = 0; r < R; ++r)
+            for (int c = 0; c < CB; ++c) total[r][c] += TO_IV(acc[r][c]);
+    }
+    const float xs = x_scale[0];
+#else
+    FV acc[R][CB];
+    for (int r = 0; r < R; ++r)
+        for (int c = 0; c < CB; ++c) acc[r][c] = 0.0f;
+    ACCUMULATE(acc, 0, K);
+#endif
+
+    for (int c = 0; c < CB; ++c) {
+        const int cc = c0 + c * VW;
+        if (cc >= N) break;
+        float b[VW], s[VW];
+        for (int l = 0; l < VW; ++l) {
+            const int col = min(cc + l, N - 1);
+            b[l] = bias[col];
+#if QUANT
+            s[l] = xs * w_scale[col];
+#endif
+        }
+        for (int r = 0; r < R; ++r) {
+            if (r0 + r >= M) break;
+#if QUANT
+            const FV y = TO_FV(total[r][c]) * VLOAD(s, 0) + VLOAD(b, 0);
+#else
+            const FV y = acc[r][c] + VLOAD(b, 0);
+#endif
+            __global float* o = out + (r0 + r) * N + cc;
+            if (cc + VW <= N) {
+                VSTORE(y, o);
+            } else {
+                float t[VW];
+                VSTORE(y, t);
+                for (int l = 0; l < N - cc; ++l) o[l] = t[l];
+            }
+        }
+    }
+}
+"""
+
+#: Symmetric int8 quantisation on the device, exactly as :func:`adaptive_sched.stages.quantize_symmetric`.
+#:
+#: Per tensor: ``absmax_partial`` writes one max|x| per chunk, ``quantize`` folds the partial
+#: maxima into the scale (every work-item, so no extra launch; work-item 0 also stores it in
+#: ``scales[slot]`` for the consumer kernel) and writes ``clamp(rint(x / scale), -127, 127)``. Per output column of
+#: a weight matrix: ``column_scale`` then ``quantize_columns``. ``to_half`` converts weights to
+#: half storage with round-to-nearest-even, as numpy's ``astype(float16)`` does. ``VW`` is 16.
+QUANTIZE = r"""
+inline float scale_of(float amax) { return amax > 0.0f ? amax / INT8_MAX_F : 1.0f; }
+
+inline float hmax16(float16 v) {
+    float8 a = fmax(v.lo, v.hi);
+    float4 b = fmax(a.lo, a.hi);
+    float2 c = fmax(b.lo, b.hi);
+    return fmax(c.x, c.y);
+}
+
+__kernel void absmax_partial(__global const float* restrict x, const int n, const int chunk,
+                             __global float* restrict partial) {
+    const int g = get_global_id(0);
+    const int i1 = min(n, (g + 1) * chunk);
+    int i = g * chunk;
+    float16 m = 0.0f;
+    for (; i + 16 <= i1; i += 16) m = fmax(m, fabs(vload16(0, x + i)));
+    float s = hmax16(m);
+    for (; i < i1; ++i) s = fmax(s, fabs(x[i]));
+    partial[g] = s;
+}
+
+__kernel void quantize(__global const float* restrict x, const int n, const int chunk,
+                       __global const float* restrict partial, const int parts,
+                       __global char* restrict q, __global float* restrict scales, const int slot) {
+    float amax = 0.0f;
+    for (int p = 0; p < parts; ++p) amax = fmax(amax, partial[p]);
+    const float s = scale_of(amax);
+    const int g = get_global_id(0);
+    if (g == 0) scales[slot] = s;
+    const int i1 = min(n, (g + 1) * chunk);
+    int i = g * chunk;
+    for (; i + 16 <= i1; i += 16)
+        vstore16(convert_char16(clamp(rint(vload16(0, x + i) / s), -INT8_MAX_F, INT8_MAX_F)), 0, q + i);
+    for (; i < i1; ++i) q[i] = (char)clamp(rint(x[i] / s), -INT8_MAX_F, INT8_MAX_F);
+}
+
+__kernel void column_scale(__global const float* restrict w, const int K, const int N,
+                           __global float* restrict scale) {
+    const int c = get_global_id(0);
+    if (c >= N) return;
+    float m = 0.0f;
+    for (int k = 0; k < K; ++k) m = fmax(m, fabs(w[k * N + c]));
+    scale[c] = scale_of(m);
+}
+
+__kernel void quantize_columns(__global const float* restrict w, const int K, const int N,
+                               const int rows, __global const float* restrict scale,
+                               __global char* restrict q) {
+    const int c = get_global_id(0);
+    if (c >= N) return;
+    const float s = scale[c];
+    const int k1 = min(K, (int)(get_global_id(1) + 1) * rows);
+    for (int k = get_global_id(1) * rows; k < k1; ++k)
+        q[k * N + c] = (char)clamp(rint(w[k * N + c] / s), -INT8_MAX_F, INT8_MAX_F);
+}
+
+__kernel void to_half(__global const float* restrict x, const int n, const int chunk,
+                      __global half* restrict y) {
+    const int g = get_global_id(0);
+    const int i1 = min(n, (g + 1) * chunk);
+    int i = g * chunk;
+    for (; i + 16 <= i1; i += 16) vstore_half16_rte(vload16(0, x + i), 0, y + i);
+    for (; i < i1; ++i) vstore_half_rte(x[i], i, y);
+}
+"""
+
+#: Causal multi-head attention over the KV cache, ``softmax(Q K^T / sqrt(HD) + mask) V``.
+#:
+#: Layout: ``q, o [BH, n, HD]`` and ``k, v [BH, keys, HD]``; query ``i`` sits at position
+#: ``keys - n + i`` and sees keys ``0 ..`` that position. Work-item ``(qb, bh)`` owns ``RQ``
+#: consecutive queries of one (batch, head), so every key and value row it loads serves
+#: ``RQ`` queries from registers. Macros: ``HD`` head dimension, ``VW`` vector width dividing
+#: ``HD``, ``RQ`` queries per work-item, ``Q_STORE``/``K_STORE``/``V_STORE`` storage codes,
+#: ``QUANT`` 1 for int8.
+#:
+#: Float: one pass with an online softmax (running max ``m``, sum ``l``; the accumulator is
+#: rescaled only when the max grows), which is the same function as the reference's
+#: max-subtracted softmax up to float rounding.
+#: INT8: the reference quantises the *normalised* probabilities (``rint(p * 127)``), which
+#: needs the final max and sum before any value is accumulated, so the kernel makes two
+#: passes: the first finds ``m`` and ``l``, the second recomputes each score, quantises
+#: ``p = exp(s - m) / l`` and accumulates ``pq * vq`` in int32.
+ATTENTION = r"""
+#define NV (HD / VW)
+#define QT STORE_T(Q_STORE)
+#define KT STORE_T(K_STORE)
+#define VT STORE_T(V_STORE)
+
+inline float hsum(FV v) {
+#if VW == 1
+    return v;
+#else
+    float t[VW];
+    VSTORE(v, t);
+    float s = 0.0f;
+    for (int l = 0; l < VW; ++l) s += t[l];
+    return s;
+#endif
+}
+
+__kernel void attention(__global const QT* restrict q, __global const KT* restrict k,
+                        __global const VT* restrict v, __global float* restrict o,
+                        const int n, const int keys, const float scale,
+                        __global const float* restrict qkv_scale) {
+    const int i0 = get_global_id(0) * RQ;
+    const int bh = get_global_id(1);
+    if (i0 >= n) return;
+    const int offset = keys - n;
+    const int rows = min(RQ, n - i0);
+    const int last = offset + i0 + rows - 1;   // last key any of these queries sees
+    q += ((long)bh * n + i0) * HD;
+    k += (long)bh * keys * HD;
+    v += (long)bh * keys * HD;
+#if QUANT
+    const float score_scale = qkv_scale[0] * qkv_scale[1];
+#endif
+
+    FV qv[RQ][NV];
+    for (int r = 0; r < RQ; ++r)
+        for (int c = 0; c < NV; ++c)
+            qv[r][c] = LOADV(Q_STORE, q, min(r, rows - 1) * HD + c * VW);
+
+    float m[RQ], l[RQ];
+    for (int r = 0; r < RQ; ++r) { m[r] = -INFINITY; l[r] = 0.0f; }
+
+#if QUANT
+#define SCORE(r, j) ((dots[r] * score_scale) * scale)
+#else
+#define SCORE(r, j) (dots[r] * scale)
+#endif
+    // dots[r] = q_r . k_j
+#define DOTS(j)                                                                    \
+    float dots[RQ];                                                                \
+    {                                                                              \
+        FV kv[NV];                                                                 \
+        for (int c = 0; c < NV; ++c) kv[c] = LOADV(K_STORE, k, (j) * HD + c * VW); \
+        for (int r = 0; r < RQ; ++r) {                                             \
+            FV a = qv[r][0] * kv[0];                                               \
+            for (int c = 1; c < NV; ++c) a = fma(qv[r][c], kv[c], a);              \
+            dots[r] = hsum(a);                                                     \
+        }                                                                          \
+    }
+
+#if QUANT
+    // pass 1: the softmax max and denominator of every query
+    for (int j = 0; j <= last; ++j) {
+        DOTS(j)
+        for (int r = 0; r < RQ; ++r) {
+            if (j > offset + i0 + r) continue;   // causal mask
+            const float s = SCORE(r, j);
+            if (s > m[r]) { l[r] *= exp(m[r] - s); m[r] = s; }
+            l[r] += exp(s - m[r]);
+        }
+    }
+    // pass 2: quantised probabilities times quantised values, int32 accumulation
+    IV acc[RQ][NV];
+    for (int r = 0; r < RQ; ++r)
+        for (int c = 0; c < NV; ++c) acc[r][c] = 0;
+    for (int j = 0; j <= last; ++j) {
+        DOTS(j)
+        IV vv[NV];
+        for (int c = 0; c < NV; ++c) vv[c] = TO_IV(VLOAD(v, j * HD + c * VW));
+        for (int r = 0; r < RQ; ++r) {
+            if (j > offset + i0 + r) continue;
+            const int pq = (int)rint((exp(SCORE(r, j) - m[r]) / l[r]) * INT8_MAX_F);
+            for (int c = 0; c < NV; ++c) acc[r][c] += pq * vv[c];
+        }
+    }
+    const float out_scale = qkv_scale[2] / INT8_MAX_F;
+    for (int r = 0; r < rows; ++r)
+        for (int c = 0; c < NV; ++c)
+            VSTORE(TO_FV(acc[r][c]) * out_scale, o + ((long)bh * n + i0 + r) * HD + c * VW);
+#else
+    FV acc[RQ][NV];
+    for (int r = 0; r < RQ; ++r)
+        for (int c = 0; c < NV; ++c) acc[r][c] = 0.0f;
+    for (int j = 0; j <= last; ++j) {
+        DOTS(j)
+        FV vv[NV];
+        for (int c = 0; c < NV; ++c) vv[c] = LOADV(V_STORE, v, j * HD + c * VW);
+        for (int r = 0; r < RQ; ++r) {
+            if (j > offset + i0 + r) continue;
+            const float s = SCORE(r, j);
+            if (s > m[r]) {
+                // the running max grew: rescale what was accumulated against the old max
+                const float corr = exp(m[r] - s);
+                l[r] *= corr;
+                for (int c = 0; c < NV; ++c) acc[r][c] *= corr;
+                m[r] = s;
+            }
+            const float p = exp(s - m[r]);
+            l[r] += p;
+            for (int c = 0; c < NV; ++c) acc[r][c] = fma((FV)p, vv[c], acc[r][c]);
+        }
+    }
+    for (int r = 0; r < rows; ++r) {
+        const float inv = 1.0f / l[r];
+        for (int c = 0; c < NV; ++c)
+            VSTORE(acc[r][c] * inv, o + ((long)bh * n + i0 + r) * HD + c * VW);
+    }
+#endif
+}
+"""
+
+#: the smallest program worth building: proves the device's compiler works (availability probe)
+PROBE = r"""
+__kernel void probe(__global float* y) { y[get_global_id(0)] = vload_half(0, (__global const half*)y); }
+"""
