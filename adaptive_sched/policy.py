@@ -95,6 +95,13 @@ class Policy(abc.ABC):
 
     name = "policy"
 
+    #: Fast path for the scheduler: (stage as given, shape, previous backend) -> an object whose
+    #: ``table`` is ``(exploit choice, ((cumulative threshold, explore choice), ...))``; a miss
+    #: falls back to :meth:`decide`. Policies without a published table leave it empty.
+    hot_index: dict[tuple[Any, Shape, Backend | None], Any] = MappingProxyType({})  # type: ignore[assignment]
+    #: the uniform draw used with ``hot_index`` (seeded per policy)
+    draw: Callable[[], float] = random.random
+
     def bind(
         self,
         candidates: Iterable[Backend],
@@ -268,8 +275,9 @@ class _Slot:
         self.bucket = bucket
         self.after = after
         self.shape = shape  # the first shape seen: the bucket's representative
-        # (best, propensity of best, ((cumulative threshold, alternative, propensity), ...), predicted, version)
-        self.table: tuple[Backend, float, tuple[tuple[float, Backend, float], ...], Mapping[Backend, float], int]
+        # (the exploit choice, ((cumulative probability threshold, explore choice), ...)): replaced
+        # whole on each publish, so a reader on another thread sees the old table or the new one.
+        self.table: tuple[Choice, tuple[tuple[float, Choice], ...]]
 
 
 class AdaptivePolicy(Policy):
@@ -345,7 +353,7 @@ class AdaptivePolicy(Policy):
 
             self.prior = RooflineRule(self.candidates)
         self._rng = random.Random(self.seed)
-        self._random: Callable[[], float] = self._rng.random
+        self.draw = self._rng.random
         self._drift = {
             b: BackendDrift(
                 obs_variance=self.obs_variance,
@@ -360,9 +368,11 @@ class AdaptivePolicy(Policy):
         self._corrections: dict[tuple[Any, ...], BucketCorrection] = {}
         self._unsupported: set[tuple[Any, ...]] = set()
         self._support_checked: set[tuple[Any, ...]] = set()
-        self._slots: dict[tuple[Any, Shape, Backend | None], _Slot] = {}  # hot-path index
+        self.hot_index = {}  # (stage as given, shape, after) -> _Slot
         self._bucket_slots: dict[tuple[Any, ...], _Slot] = {}
         self._prior_cache: dict[tuple[Stage, Shape], Mapping[Backend, float]] = {}
+        self._prior_log_cache: dict[tuple[Any, ...], float] = {}
+        self._bucket_cache: dict[tuple[Stage, Shape], tuple[Any, ...]] = {}
         self._clock = 0  # observations learned: the clock of staleness
         self._version = 0
         self._since_republish = 0
@@ -374,38 +384,38 @@ class AdaptivePolicy(Policy):
 
     # -- hot path ---------------------------------------------------------------
     def decide(self, stage: Stage | str, shape: Shape, after: Backend | None) -> Choice:
-        slot = self._slots.get((stage, shape, after))
+        slot = self.hot_index.get((stage, shape, after))
         if slot is None:
             slot = self._new_slot(stage, shape, after)
-        best, p_best, alternatives, predicted, version = slot.table
+        best, alternatives = slot.table
         if alternatives:
-            u = self._random()
-            for threshold, backend, p in alternatives:
+            u = self.draw()
+            for threshold, choice in alternatives:
                 if u < threshold:
-                    return backend, p, True, predicted, version
-        return best, p_best, False, predicted, version
+                    return choice
+        return best
 
     def probabilities(self, stage: Stage | str, shape: Shape, after: Backend | None) -> dict[Backend, float]:
-        slot = self._slots.get((stage, shape, after)) or self._new_slot(stage, shape, after)
-        best, p_best, alternatives, _, _ = slot.table
-        probs = {best: p_best}
-        for _, backend, p in alternatives:
-            probs[backend] = p
+        slot = self.hot_index.get((stage, shape, after)) or self._new_slot(stage, shape, after)
+        best, alternatives = slot.table
+        probs = {best[0]: best[1]}
+        for _, choice in alternatives:
+            probs[choice[0]] = choice[1]
         return probs
 
     def _new_slot(self, stage: Stage | str, shape: Shape, after: Backend | None) -> _Slot:
         stage_ = parse_stage(stage)
         with self._lock:
-            if len(self._slots) > 200_000:
+            if len(self.hot_index) > 200_000:
                 # Unbounded distinct shapes (long services): the index is only a cache of buckets.
-                self._slots.clear()
+                self.hot_index = {}
             key = (stage_, shape_bucket(stage_, shape), after)
             slot = self._bucket_slots.get(key)
             if slot is None:
                 slot = _Slot(stage_, key[1], after, shape)
                 self._publish(slot)
                 self._bucket_slots[key] = slot
-            self._slots[(stage, shape, after)] = slot
+            self.hot_index[(stage, shape, after)] = slot
             return slot
 
     # -- estimates --------------------------------------------------------------
@@ -430,15 +440,33 @@ class AdaptivePolicy(Policy):
         return self.transition_sync_s + moved / self.transition_bytes_per_s
 
     def _prior_log(self, stage: Stage, shape: Shape, after: Backend | None, backend: Backend) -> float:
+        key = (stage, shape, after, backend)
+        cached = self._prior_log_cache.get(key)
+        if cached is not None:
+            return cached
         base = self._prior_latency(stage, shape).get(backend)
         if base is None or not base > 0:
-            return math.inf  # the prior has nothing for this backend: never chosen on purpose
-        return math.log(base + self.transition_prior(stage, shape, after, backend))
+            value = math.inf  # the prior has nothing for this backend: never chosen on purpose
+        else:
+            value = math.log(base + self.transition_prior(stage, shape, after, backend))
+        if len(self._prior_log_cache) > 200_000:
+            self._prior_log_cache.clear()
+        self._prior_log_cache[key] = value
+        return value
+
+    def _bucket(self, stage: Stage, shape: Shape) -> tuple[Any, ...]:
+        key = (stage, shape)
+        bucket = self._bucket_cache.get(key)
+        if bucket is None:
+            if len(self._bucket_cache) > 200_000:
+                self._bucket_cache.clear()
+            bucket = self._bucket_cache[key] = shape_bucket(stage, shape)
+        return bucket
 
     def estimate(self, stage: Stage, shape: Shape, after: Backend | None, backend: Backend) -> tuple[float, float]:
         """(mean, variance) of the log-latency of ``stage`` at ``shape`` on ``backend`` after ``after``."""
         drift = self._drift[backend]
-        bucket = shape_bucket(stage, shape)
+        bucket = self._bucket(stage, shape)
         if self._unsupported and (stage, bucket, backend) in self._unsupported:
             return math.inf, 0.0
         corr = self._corrections.get((stage, bucket, after, backend))
@@ -454,7 +482,7 @@ class AdaptivePolicy(Policy):
     def _check_support(self, stage: Stage, shape: Shape) -> None:
         if self.supports is None:
             return
-        bucket = shape_bucket(stage, shape)
+        bucket = self._bucket(stage, shape)
         for backend in self.candidates:
             if (stage, bucket, backend) not in self._support_checked:
                 self._support_checked.add((stage, bucket, backend))
@@ -470,7 +498,7 @@ class AdaptivePolicy(Policy):
         est = {b: self.estimate(stage, shape, after, b) for b in usable}
         predicted = {b: math.exp(m) for b, (m, _) in est.items() if math.isfinite(m)}
         if not predicted:  # nothing known about any backend: take the first
-            slot.table = (usable[0], 1.0, (), MappingProxyType({}), self._version)
+            slot.table = ((usable[0], 1.0, False, _EMPTY, self._version), ())
             return
         values = dict(predicted)
         if stage is Stage.QKV and self.lookahead:
@@ -499,12 +527,13 @@ class AdaptivePolicy(Policy):
         if total_p > 0.5:  # keep exploitation the majority choice
             alternatives = [(b, p * 0.5 / total_p) for b, p in alternatives]
             total_p = 0.5
+        shown = MappingProxyType(predicted)
         cumulative = 0.0
         table_alts = []
         for b, p in alternatives:
             cumulative += p
-            table_alts.append((cumulative, b, p))
-        slot.table = (best, 1.0 - total_p, tuple(table_alts), MappingProxyType(predicted), self._version)
+            table_alts.append((cumulative, (b, p, True, shown, self._version)))
+        slot.table = ((best, 1.0 - total_p, False, shown, self._version), tuple(table_alts))
 
     def _budget_scale(self) -> float:
         if self._spent <= 0.0 or self.explore_budget <= 0.0:
@@ -544,7 +573,7 @@ class AdaptivePolicy(Policy):
             if not math.isfinite(prior_log):
                 return
             residual = math.log(latency_s) - prior_log
-            key = (stage, shape_bucket(stage, shape), after, backend)
+            key = (stage, self._bucket(stage, shape), after, backend)
             corr = self._corrections.get(key)
             if corr is None:
                 corr = self._corrections[key] = BucketCorrection()

@@ -296,7 +296,19 @@ class Scheduler:
             prev = after.backend  # type: ignore[union-attr]
         else:
             prev = parse_backend(after)  # type: ignore[arg-type]
-        backend, propensity, explored, predicted, version = self._policy.decide(stage, shape, prev)
+        policy = self._policy
+        slot = policy.hot_index.get((stage, shape, prev))
+        if slot is None:
+            choice = policy.decide(stage, shape, prev)
+        else:
+            choice, alternatives = slot.table
+            if alternatives:
+                u = policy.draw()
+                for threshold, alternative in alternatives:
+                    if u < threshold:
+                        choice = alternative
+                        break
+        backend, propensity, explored, predicted, version = choice
         decision = tuple.__new__(
             Decision,
             (self._id_base | next(self._ids), stage_, shape, backend, propensity, explored, predicted, prev,
