@@ -395,6 +395,11 @@ class AdaptivePolicy(Policy):
                     return choice
         return best
 
+    def best(self, stage: Stage | str, shape: Shape, after: Backend | None) -> Backend:
+        """The backend the policy currently holds fastest (its exploit choice)."""
+        slot = self.hot_index.get((stage, shape, after)) or self._new_slot(stage, shape, after)
+        return slot.table[0][0]  # type: ignore[no-any-return]
+
     def probabilities(self, stage: Stage | str, shape: Shape, after: Backend | None) -> dict[Backend, float]:
         slot = self.hot_index.get((stage, shape, after)) or self._new_slot(stage, shape, after)
         best, alternatives = slot.table

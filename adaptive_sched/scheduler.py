@@ -31,6 +31,7 @@ import numpy as np
 from .config import Config, load_config
 from .errors import ExecutorError, StoreError, UnsupportedShape
 from .executors import Executor, RunResult, create_executor
+from .learners.online import OnlineClassifiers
 from .policy import Policy, make_policy
 from .stages import split_heads
 from .types import Backend, Decision, Shape, Stage, check_latency, parse_backend, parse_stage
@@ -132,6 +133,9 @@ class Scheduler:
         self._prior = prior if prior is not None else self._load_prior(config)
         self._policy = policy if policy is not None else self._make_policy(config)
         self._policy.bind(config.candidates, self._prior, self.device, supports=self._supports)
+        self._online: OnlineClassifiers | None = None
+        if config.policy.online_classifiers and hasattr(self._policy, "best"):
+            self._online = OnlineClassifiers(self._prior, seed=config.policy.seed)
         self._quarantine: dict[Backend, int] = {}  # backend -> observation count it sits out until
         self._strikes: dict[Backend, int] = {}  # failures since the backend's last success
         self._learn_queue: deque[tuple[Decision, float]] = deque()
@@ -524,7 +528,11 @@ class Scheduler:
             self._release_quarantine()
         if self._strikes:
             self._strikes.pop(decision.backend, None)
-        self._policy.learn(decision, latency)
+        policy = self._policy
+        policy.learn(decision, latency)
+        if self._online is not None:
+            stage, shape, after = decision.stage, decision.shape, decision.after
+            self._online.observe(stage, shape, lambda: policy.best(stage, shape, after))  # type: ignore[attr-defined]
 
     def _learner_loop(self) -> None:
         queue = self._learn_queue
@@ -556,6 +564,13 @@ class Scheduler:
             self._log.flush(timeout_s)
 
     # -- introspection ------------------------------------------------------------------
+    def online_choice(self, stage: Stage | str, shape: Shape) -> Backend | None:
+        """What the stage's online classifier (the prior's, kept learning) picks for ``shape`` now."""
+        if self._online is None:
+            return None
+        with self._lock:
+            return self._online.predict(parse_stage(stage), shape)
+
     @property
     def policy(self) -> Policy:
         return self._policy
@@ -580,6 +595,8 @@ class Scheduler:
                 "quarantined": sorted(b.value for b in self._quarantine),
                 "policy": {"kind": self._policy.name, **self._policy.state()},
             }
+            if self._online is not None:
+                out["online_classifiers"] = dict(self._online.state())
         if self._log is not None:
             out["log"] = dict(self._log.stats) if isinstance(self._log.stats, Mapping) else _asdict(self._log.stats)
         return out
