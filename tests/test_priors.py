@@ -1,0 +1,314 @@
+"""Priors as data: hashing, JSON and database round trips, refusal of bad priors, predictions."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from adaptive_sched.errors import PriorError
+from adaptive_sched.features import stage_flops
+from adaptive_sched.learners.models import MODELS, build_model, fit, model_features
+from adaptive_sched.learners.priors import (
+    LatencyModel,
+    Prior,
+    PriorData,
+    TrainingRow,
+    content_hash,
+    export_prior,
+    import_prior,
+    load_prior,
+    make_prior_data,
+    read_prior_json,
+    save_prior,
+    write_prior_json,
+)
+from adaptive_sched.profiling import load_grid
+from adaptive_sched.types import Backend, Shape, Stage
+
+GRID = {
+    "precision": ["fp16", "int8"],
+    "grids": [
+        {"n": 1, "d": [128, 256, 512, 1024], "kv_len": [0, 256, 1024]},
+        {"n": [16, 40, 64, 256], "d": [128, 512, 1024]},
+    ],
+}
+FAST = {"n_models": 3, "passes": 3}
+
+
+def toy(backend: Backend, stage: Stage, shape: Shape) -> float:
+    flops = stage_flops(stage, shape)
+    if backend is Backend.GPU:
+        return 4e-5 + flops / 2e11 * (2.0 if shape.n == 40 else 1.0)
+    return 1.5e-4 + flops / (1.6e12 if shape.precision.value == "int8" else 4e11)
+
+
+def rows_for(stage: Stage) -> list[TrainingRow]:
+    shapes = [s for st, s in load_grid(GRID).points() if st is stage]
+    return [TrainingRow(s, {b: toy(b, stage, s) for b in (Backend.GPU, Backend.NPU)}) for s in shapes]
+
+
+def make_data(device: str = "toy", seed: int = 0) -> PriorData:
+    return make_prior_data(
+        {Stage.QKV: rows_for(Stage.QKV), Stage.ATTN: rows_for(Stage.ATTN)},
+        name="toy-prior",
+        device=device,
+        models={"qkv": "rf", "attn": "knn"},
+        params={"qkv": FAST},
+        seed=seed,
+        metrics={"qkv": {"accuracy": 1.0}},
+    )
+
+
+@pytest.fixture(scope="module")
+def data() -> PriorData:
+    return make_data()
+
+
+@pytest.fixture(scope="module")
+def prior(data: PriorData) -> Prior:
+    return Prior(data)
+
+
+OFF_GRID = [
+    Shape(n=1, d=768, kv_len=300, precision="int8"),
+    Shape(n=1, d=4096, kv_len=4096),
+    Shape(n=100, d=640, precision="int8"),
+    Shape(n=3, d=256, kv_len=50),
+]
+
+
+# -- hashing and round trips ---------------------------------------------------------------------
+
+
+def test_hash_is_canonical_and_covers_content(data: PriorData) -> None:
+    again = make_data()
+    assert again.content_hash == data.content_hash  # created_at and metrics are not content
+    assert make_data(seed=1).content_hash != data.content_hash
+    assert make_data(device="other").content_hash != data.content_hash
+    assert content_hash({"a": 1.0, "b": [1, 2]}) == content_hash({"b": [1, 2], "a": 1.0})
+    assert len(data.content_hash) == 64
+
+
+def test_json_round_trip(tmp_path: Path, data: PriorData) -> None:
+    path = write_prior_json(data, tmp_path / "p.json")
+    back = read_prior_json(path)
+    assert back.content_hash == data.content_hash
+    assert back.stages[Stage.QKV].rows == data.stages[Stage.QKV].rows
+    assert back.stages[Stage.QKV].metrics == {"accuracy": 1.0}
+    raw = json.loads(path.read_text())
+    assert raw["stages"]["qkv"]["model"] == "rf" and raw["stages"]["attn"]["model"] == "knn"
+    assert raw["device"] == "toy" and raw["package_version"] and "rows" in raw["stages"]["qkv"]
+
+
+def test_database_round_trip_export_import(tmp_path: Path, data: PriorData) -> None:
+    db = tmp_path / "log.db"
+    save_prior(db, data)
+    save_prior(db, data)  # same name again replaces, never duplicates
+    loaded = load_prior(db, device="toy")
+    assert loaded.content_hash == data.content_hash and loaded.name == "toy-prior"
+    out = export_prior(db, tmp_path / "out.json", device="toy")
+    imported = import_prior(out, tmp_path / "other.db", rename="copy")
+    assert imported.content_hash == data.content_hash
+    assert load_prior(tmp_path / "other.db", device="toy", name="copy").content_hash == data.content_hash
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT count(*) FROM priors").fetchone()[0] == 2  # one row per stage
+    conn.close()
+
+
+def test_rebuild_is_deterministic(tmp_path: Path, data: PriorData) -> None:
+    path = write_prior_json(data, tmp_path / "p.json")
+    a, b = load_prior(path, device="toy"), load_prior(path, device="toy")
+    shapes = [s for _, s in load_grid(GRID).points()] + OFF_GRID
+    for stage in ("qkv", "attn"):
+        assert [a.choose(stage, s) for s in shapes] == [b.choose(stage, s) for s in shapes]
+        assert [a.latency(stage, s) for s in shapes] == [b.latency(stage, s) for s in shapes]
+
+
+# -- refusals ------------------------------------------------------------------------------------
+
+
+def test_tampered_json_is_refused(tmp_path: Path, data: PriorData) -> None:
+    path = write_prior_json(data, tmp_path / "p.json")
+    raw = json.loads(path.read_text())
+    raw["stages"]["qkv"]["rows"][0]["latency_s"]["gpu"] *= 0.5
+    path.write_text(json.dumps(raw))
+    with pytest.raises(PriorError, match=r"prior 'toy-prior' .*stage qkv: content hash mismatch"):
+        load_prior(path, device="toy")
+    raw = json.loads(write_prior_json(data, tmp_path / "q.json").read_text())
+    raw["stages"]["attn"]["params"]["n_neighbors"] = 1
+    raw["stages"]["attn"]["content_hash"] = "0" * 64
+    (tmp_path / "q.json").write_text(json.dumps(raw))
+    with pytest.raises(PriorError, match="content hash mismatch"):
+        load_prior(tmp_path / "q.json", device="toy")
+    raw = json.loads(write_prior_json(data, tmp_path / "r.json").read_text())
+    raw["device"] = "rk3588"  # relabelling the device is tampering too
+    (tmp_path / "r.json").write_text(json.dumps(raw))
+    with pytest.raises(PriorError, match="content hash mismatch"):
+        load_prior(tmp_path / "r.json", device="rk3588")
+
+
+def test_tampered_database_row_is_refused(tmp_path: Path, data: PriorData) -> None:
+    db = tmp_path / "log.db"
+    save_prior(db, data)
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute("UPDATE priors SET model = 'tree' WHERE stage = 'attn'")
+    conn.close()
+    with pytest.raises(PriorError, match="stage attn: content hash mismatch"):
+        load_prior(db, device="toy")
+
+
+def test_prior_for_another_device_is_refused(tmp_path: Path, data: PriorData) -> None:
+    path = write_prior_json(data, tmp_path / "p.json")
+    with pytest.raises(PriorError, match=r"prior 'toy-prior' .* trained for device 'toy', not 'rk3588'"):
+        load_prior(path, device="rk3588")
+    db = tmp_path / "log.db"
+    save_prior(db, data)
+    with pytest.raises(PriorError, match=r"no prior for device 'rk3588'; it has: toy-prior \(toy\)"):
+        load_prior(db, device="rk3588")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("{not json", "not valid JSON"),
+        ("[1, 2]", "must be a JSON object"),
+        ('{"format": "something/9"}', "unknown prior format"),
+    ],
+)
+def test_malformed_files(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text(text)
+    with pytest.raises(PriorError, match=message):
+        load_prior(path, device="toy")
+
+
+def test_missing_sources(tmp_path: Path) -> None:
+    with pytest.raises(PriorError, match="no such prior file"):
+        load_prior(tmp_path / "nope.json", device="toy")
+    with pytest.raises(PriorError, match="no builtin prior for device 'toy'"):
+        load_prior("builtin", device="toy")
+    empty = tmp_path / "empty.db"
+    from adaptive_sched.store.schema import open_database
+
+    open_database(empty).close()
+    with pytest.raises(PriorError, match="no priors stored"):
+        load_prior(empty, device="toy")
+
+
+def test_bad_rows_are_named(tmp_path: Path, data: PriorData) -> None:
+    raw = data.as_dict()
+    raw["stages"]["qkv"]["rows"][2]["latency_s"]["npu"] = -1.0
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(raw))
+    with pytest.raises(PriorError, match=r"stages.qkv.rows\[2\]: latency_s.npu: must be finite and > 0"):
+        load_prior(path, device="toy")
+
+
+def test_one_backend_is_not_a_prior() -> None:
+    rows = [TrainingRow(Shape(n=1, d=64 * k), {Backend.GPU: 1e-4 * k}) for k in (1, 2, 3)]
+    with pytest.raises(PriorError, match=r"one backend only \(gpu\); a classifier needs at least two"):
+        make_prior_data({"qkv": rows}, name="p", device="toy", models={"qkv": "rf"})
+
+
+# -- what the scheduler asks ---------------------------------------------------------------------
+
+
+def test_scheduler_api(prior: Prior, data: PriorData) -> None:
+    assert prior.backends == (Backend.GPU, Backend.NPU)
+    assert prior.device == "toy" and prior.name == "toy-prior"
+    assert prior.content_hash == data.content_hash
+    for s in OFF_GRID:
+        for stage in ("qkv", "attn"):
+            assert prior.choose(stage, s) in prior.backends
+            est = prior.latency(stage, s)
+            assert set(est) == set(prior.backends)
+            assert all(math.isfinite(v) and v > 0 for v in est.values())
+    with pytest.raises(PriorError, match="prior 'toy-prior': stage: unknown value 'mlp'"):
+        prior.latency("mlp", OFF_GRID[0])
+
+
+def test_choose_follows_the_training_labels(prior: Prior) -> None:
+    rows = prior.data.stages[Stage.ATTN].rows
+    hits = sum(prior.choose("attn", r.shape) is r.best(prior.backends) for r in rows)
+    assert hits == len(rows)  # KNN reproduces its own training set exactly
+
+
+def test_latency_reproduces_medians_and_interpolates(prior: Prior) -> None:
+    for stage in (Stage.QKV, Stage.ATTN):
+        for r in prior.data.stages[stage].rows:
+            est = prior.latency(stage, r.shape)
+            for b, t in r.latency_s.items():
+                assert est[b] == pytest.approx(t, rel=1e-9)
+    # Between two measured widths the estimate lies between their medians.
+    lo, mid, hi = (prior.latency("qkv", Shape(n=1, d=d))[Backend.GPU] for d in (512, 768, 1024))
+    assert lo < mid < hi
+
+
+def test_latency_extrapolates_along_flops(prior: Prior) -> None:
+    # Beyond the largest width the roofline extrapolates rather than copying the edge.
+    edge = prior.latency("qkv", Shape(n=256, d=1024))[Backend.GPU]
+    beyond = prior.latency("qkv", Shape(n=256, d=4096))[Backend.GPU]
+    assert beyond > 8 * edge  # flops grow 16x; overheads keep it below that
+    truth = toy(Backend.GPU, Stage.QKV, Shape(n=256, d=4096))
+    assert beyond == pytest.approx(truth, rel=0.25)
+    small = prior.latency("attn", Shape(n=1, d=128, kv_len=8192))[Backend.NPU]
+    assert small > prior.latency("attn", Shape(n=1, d=128, kv_len=1024))[Backend.NPU]
+
+
+def test_extrapolating_flags_and_warns_once(prior: Prior, caplog: pytest.LogCaptureFixture) -> None:
+    fresh = Prior(prior.data)
+    for s in [r.shape for r in fresh.data.stages[Stage.ATTN].rows][:10]:
+        assert not fresh.extrapolating("attn", s)
+    assert not fresh.extrapolating("attn", Shape(n=1, d=768, kv_len=300))
+    with caplog.at_level(logging.WARNING, logger="adaptive_sched.learners.priors"):
+        assert fresh.extrapolating("attn", Shape(n=1, d=4096))  # d beyond 1024
+        assert fresh.extrapolating("attn", Shape(n=1, d=256, kv_len=8192))
+        assert fresh.extrapolating("attn", Shape(n=256, d=512, kv_len=1024))  # no prefill with a cache
+        fresh.latency("attn", Shape(n=1, d=8192))
+    warnings = [r for r in caplog.records if "outside the training range" in r.getMessage()]
+    assert len(warnings) == 1 and "d outside [128, 1024]" in warnings[0].getMessage()
+    assert fresh.extrapolating("qkv", Shape(n=1, d=512, kv_len=99999)) is False  # qkv ignores kv_len
+    assert fresh.extrapolating("qkv", Shape(n=2048, d=512))
+
+
+def test_caches_return_copies_and_classifier_is_independent(prior: Prior) -> None:
+    s = Shape(n=1, d=512, kv_len=256, precision="int8")
+    est = prior.latency("attn", s)
+    est[Backend.GPU] = -1.0
+    assert prior.latency("attn", s)[Backend.GPU] > 0
+    before = prior.choose("qkv", s)
+    clf = prior.classifier("qkv")
+    x = model_features("qkv", s)
+    other = next(b for b in prior.backends if b is not before)
+    for _ in range(50):
+        clf.learn_one(x, other.value)
+    assert prior.choose("qkv", s) is before  # learning the copy does not move the prior
+    assert prior.classifier("qkv") is not clf
+
+
+def test_latency_model_fallback_precision() -> None:
+    rows = [TrainingRow(Shape(n=1, d=d), {Backend.GPU: 1e-6 * d, Backend.NPU: 2e-4}) for d in (64, 128, 256)]
+    lm = LatencyModel(Stage.QKV, rows)
+    est = lm.predict(Shape(n=1, d=128, precision="int8"))  # no INT8 rows: uses the pooled fit
+    assert 0.5 * 1.28e-4 < est[Backend.GPU] <= 1.28e-4  # INT8 moves fewer bytes than the FP16 row
+    assert lm.extrapolation_reason(Shape(n=1, d=128, precision="int8")) == "no int8 rows for gpu"
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_model_spec_builds_and_learns(name: str) -> None:
+    rows = rows_for(Stage.QKV)
+    order = (Backend.GPU, Backend.NPU)
+    xs = [model_features("qkv", r.shape) for r in rows]
+    ys = [r.best(order).value for r in rows]
+    params = {"passes": 2}
+    a = fit(build_model(name, params, seed=1), xs, ys, passes=2, seed=1)
+    b = fit(build_model(name, params, seed=1), xs, ys, passes=2, seed=1)
+    preds = [a.predict_one(x) for x in xs]
+    assert preds == [b.predict_one(x) for x in xs]
+    assert set(preds) <= {"gpu", "npu"}
