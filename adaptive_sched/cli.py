@@ -153,10 +153,8 @@ def cmd_executors(args: argparse.Namespace) -> int:
     for backend, bc in config.backends.items():
         options = dict(bc.options)
         if bc.executor == "sim":
-            from .simdevice import SimulatedDevice
-
             assert config.simulator is not None
-            options["device"] = SimulatedDevice.from_config(config.simulator)
+            options["device"] = config.simulator.make_device()
         ex = create_executor(bc.executor, backend=backend, **options)
         ok = ex.is_available()
         rows.append([backend.value, bc.executor, bc.role, "yes" if ok else "no", ex.unavailable_reason])
@@ -179,10 +177,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         def factory(backend: Any = backend, bc: Any = bc) -> Any:
             options = dict(bc.options)
             if bc.executor == "sim":
-                from .simdevice import SimulatedDevice
-
                 assert config.simulator is not None
-                options["device"] = SimulatedDevice.from_config(config.simulator)
+                options["device"] = config.simulator.make_device()
             return create_executor(bc.executor, backend=backend, **options)
 
         for r in iter_checks(factory):

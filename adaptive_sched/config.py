@@ -51,11 +51,27 @@ class SimulatorConfig:
 
     profile: str = "rk3588"
     seed: int = 0
-    noise: bool = True
-    thermal: bool = True
-    contention: bool = False
-    #: optional overrides of the profile's drift parameters (see the device profile)
-    drift: dict[str, Any] = field(default_factory=dict)
+    #: log-normal latency noise: true (the profile's sigma), false, or a sigma
+    noise: bool | float = True
+    #: thermal drift: true/false, or a mapping overriding the profile's settings
+    thermal: bool | dict[str, Any] = True
+    #: on/off background load: true/false, or a mapping overriding the profile's settings
+    contention: bool | dict[str, Any] = False
+    #: scripted changes, e.g. ``{time_s: 10, backend: gpu, slowdown: 2.0}``
+    steps: list[dict[str, Any]] = field(default_factory=list)
+
+    def make_device(self) -> Any:
+        """The simulated device this section describes (imports the simulator)."""
+        from .simdevice import SimulatedDevice
+
+        return SimulatedDevice(
+            self.profile,
+            seed=self.seed,
+            noise=self.noise,
+            thermal=self.thermal,
+            contention=self.contention,
+            steps=self.steps,
+        )
 
 
 @dataclass(frozen=True)
@@ -330,6 +346,11 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
         return dict(value)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (item,) = typing.get_args(hint)
+        return [_coerce(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
     if isinstance(hint, type) and issubclass(hint, Precision):
         try:
             return Precision(str(value).lower())

@@ -184,10 +184,8 @@ class Scheduler:
 
     def _sim_device(self, config: Config) -> Any:
         if self.device is None:
-            from .simdevice import SimulatedDevice
-
             assert config.simulator is not None
-            self.device = SimulatedDevice.from_config(config.simulator)
+            self.device = config.simulator.make_device()
         return self.device
 
     @staticmethod
