@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import PriorError, StoreError
-from ..features import stage_flops, stage_mem_bytes
+from ..features import pad_fraction, stage_flops, stage_mem_bytes
 from ..types import Backend, Precision, Shape, Stage, parse_backend, parse_stage
 from .models import FEATURE_SET, build_model, fit, get_spec, model_features
 
@@ -383,10 +383,34 @@ _FADE_OCTAVES = 1.5
 MAX_GAP_OCTAVES = 2.0
 
 
-def _coords(shape: Shape) -> tuple[float, float, float, float]:
-    # Octaves of the shape's own sizes: training grids are regular in these, so the nearest
-    # rows are the grid neighbours.
+def _range_coords(shape: Shape) -> tuple[float, float, float, float]:
+    # The training range is stated in the shape's own sizes, in octaves.
     return (math.log2(shape.n), math.log2(shape.d), math.log2(shape.kv_len + 1), math.log2(shape.batch))
+
+
+#: octaves of distance per unit of padding fraction: a shape that wastes half of an aligned
+#: line (pad 0.5) sits 4 octaves from an aligned one, so alignment quirks (a GPU kernel slow
+#: on unaligned rows, NPU padding) are borrowed from shapes with the same alignment
+_PAD_WEIGHT = 8.0
+
+
+def _coords(stage: Stage, shape: Shape) -> tuple[float, ...]:
+    """Where a shape sits for the residual interpolation (octaves, weighted).
+
+    qkv: its sizes and padding. attn: mostly the bytes it moves (its cost follows the KV
+    cache, ``keys * d``, so shapes with the same cache size behave alike whatever their
+    split between ``d`` and ``kv_len``), with ``d`` and ``kv_len`` at a quarter weight to
+    keep distinct shapes apart. Weights were chosen on held-out shapes of the simulated
+    RK3588 and of a synthetic roofline device (the ``latency-argmin`` row of a training
+    report scores them).
+    """
+    it = shape.precision.itemsize
+    n, d, b = math.log2(shape.n), math.log2(shape.d), math.log2(shape.batch)
+    pads = (_PAD_WEIGHT * pad_fraction(shape.n, it), _PAD_WEIGHT * pad_fraction(shape.d, it))
+    if stage is Stage.QKV:
+        return (n, d, b, *pads)
+    kv = math.log2(shape.kv_len + 1)
+    return (n, 0.25 * d, 0.25 * kv, math.log2(stage_mem_bytes(stage, shape)), b, *pads)
 
 
 def _nnls(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -424,16 +448,17 @@ class _BackendFit:
         self.coef = _nnls(design / t[:, None], np.ones(len(t)))
         trend = np.maximum(design @ self.coef, 1e-12)
         self.residual = np.log(t) - np.log(trend)
-        self.z = np.array([_coords(s) for s, _ in rows], dtype=float)
-        self.lo = self.z.min(axis=0)
-        self.hi = self.z.max(axis=0)
+        self.z = np.array([_coords(stage, s) for s, _ in rows], dtype=float)
+        self.box = np.array([_range_coords(s) for s, _ in rows], dtype=float)
+        self.lo = self.box.min(axis=0)
+        self.hi = self.box.max(axis=0)
 
     def _terms(self, shape: Shape) -> tuple[float, float, float]:
         return (1.0, float(stage_flops(self.stage, shape)), float(stage_mem_bytes(self.stage, shape)))
 
     def predict(self, shape: Shape) -> float:
         trend = max(float(np.dot(self._terms(shape), self.coef)), 1e-12)
-        z = np.array(_coords(shape))
+        z = np.array(_coords(self.stage, shape))
         dist = np.sqrt(np.sum((self.z - z) ** 2, axis=1))
         k = min(_RESIDUAL_NEIGHBOURS, len(dist))
         nearest = np.argpartition(dist, k - 1)[:k]
@@ -443,7 +468,8 @@ class _BackendFit:
         else:
             w = 1.0 / d**2
             correction = float(np.dot(w, self.residual[nearest]) / w.sum())
-            outside = float(np.linalg.norm(np.maximum(self.lo - z, 0) + np.maximum(z - self.hi, 0)))
+            box = np.array(_range_coords(shape))
+            outside = float(np.linalg.norm(np.maximum(self.lo - box, 0) + np.maximum(box - self.hi, 0)))
             correction *= math.exp(-((outside / _FADE_OCTAVES) ** 2))
         return trend * math.exp(correction)
 
@@ -488,7 +514,7 @@ class LatencyModel:
             fit_ = self._fits.get((backend, shape.precision))
             if fit_ is None:
                 return f"no {shape.precision.value} rows for {backend.value}"
-            z = np.array(_coords(shape))
+            z = np.array(_range_coords(shape))
             names = ("n", "d", "kv_len", "batch")
             for i, name in enumerate(names):
                 if z[i] < fit_.lo[i] - 1e-9 or z[i] > fit_.hi[i] + 1e-9:
@@ -496,7 +522,7 @@ class LatencyModel:
                     reasons.append(f"{name} outside [{lo}, {hi}]")
             if reasons:
                 return ", ".join(dict.fromkeys(reasons))
-            gap = float(np.min(np.sqrt(np.sum((fit_.z - z) ** 2, axis=1))))
+            gap = float(np.min(np.sqrt(np.sum((fit_.box - z) ** 2, axis=1))))
             if gap > MAX_GAP_OCTAVES:
                 return f"{gap:.1f} octaves from the nearest training shape"
         return None
