@@ -275,6 +275,8 @@ class OpenCLExecutor(Executor):
         self._kernels: dict[tuple[int, str], Any] = {}
         self._pool: dict[str, tuple[Any, int]] = {}
         self._weights: OrderedDict[tuple[int, str], _CachedWeights] = OrderedDict()
+        self._biases: OrderedDict[int, _CachedWeights] = OrderedDict()
+        self._zero_bias_len = 0  # floats of the pooled all-zero bias that are known to be zero
         self._counters = {"program_builds": 0, "weight_uploads": 0, "weight_cache_hits": 0, "buffer_allocs": 0}
 
     # -- availability ---------------------------------------------------------
@@ -554,12 +556,30 @@ class OpenCLExecutor(Executor):
         out = self._buffer(f"{role}.q", count)
         i32 = np.int32
         self._enqueue(
-            launch, f"absmax_{role}", self._kernel("QUANTIZE", "absmax_partial", {"VW": 16}), (parts,), None,
-            src, i32(count), i32(chunk), partial,
+            launch,
+            f"absmax_{role}",
+            self._kernel("QUANTIZE", "absmax_partial", {"VW": 16}),
+            (parts,),
+            None,
+            src,
+            i32(count),
+            i32(chunk),
+            partial,
         )
         self._enqueue(
-            launch, f"quantize_{role}", self._kernel("QUANTIZE", "quantize", {"VW": 16}), (parts,), None,
-            src, i32(count), i32(chunk), partial, i32(parts), out, scales, i32(slot),
+            launch,
+            f"quantize_{role}",
+            self._kernel("QUANTIZE", "quantize", {"VW": 16}),
+            (parts,),
+            None,
+            src,
+            i32(count),
+            i32(chunk),
+            partial,
+            i32(parts),
+            out,
+            scales,
+            i32(slot),
         )
         return out
 
@@ -608,8 +628,15 @@ class OpenCLExecutor(Executor):
                 buf = dev.cl.Buffer(dev.context, mf.READ_WRITE, 2 * count)
                 chunk = 1 << 16
                 self._enqueue(
-                    launch, "to_half", self._kernel("QUANTIZE", "to_half", {"VW": 16}),
-                    (_ceil_div(count, chunk),), None, src, np.int32(count), np.int32(chunk), buf,
+                    launch,
+                    "to_half",
+                    self._kernel("QUANTIZE", "to_half", {"VW": 16}),
+                    (_ceil_div(count, chunk),),
+                    None,
+                    src,
+                    np.int32(count),
+                    np.int32(chunk),
+                    buf,
                 )
                 entry = _CachedWeights(w, buf, HALF, None, 2 * count)
             else:
@@ -631,13 +658,52 @@ class OpenCLExecutor(Executor):
         i32 = np.int32
         rows = 64
         self._enqueue(
-            launch, "column_scale", self._kernel("QUANTIZE", "column_scale", {"VW": 16}),
-            (n_cols,), None, src, i32(k_rows), i32(n_cols), scale,
+            launch,
+            "column_scale",
+            self._kernel("QUANTIZE", "column_scale", {"VW": 16}),
+            (_ceil_div(n_cols, 16),),
+            None,
+            src,
+            i32(k_rows),
+            i32(n_cols),
+            scale,
         )
         self._enqueue(
-            launch, "quantize_columns", self._kernel("QUANTIZE", "quantize_columns", {"VW": 16}),
-            (n_cols, _ceil_div(k_rows, rows)), None, src, i32(k_rows), i32(n_cols), i32(rows), scale, out,
+            launch,
+            "quantize_columns",
+            self._kernel("QUANTIZE", "quantize_columns", {"VW": 16}),
+            (_ceil_div(n_cols, 16), _ceil_div(k_rows, rows)),
+            None,
+            src,
+            i32(k_rows),
+            i32(n_cols),
+            i32(rows),
+            scale,
+            out,
         )
+
+    def _bias_for(self, launch: _Launch, bias: np.ndarray | None, n_cols: int) -> Any:
+        """The bias on the device: cached like the weights, zeros when there is none."""
+        if bias is None:
+            buf = self._buffer("b.zero", 4 * n_cols)
+            if self._zero_bias_len < n_cols:  # new or grown buffer: its content is undefined
+                self._upload(launch, "b.zero", np.zeros(n_cols, np.float32))
+                self._zero_bias_len = n_cols
+            return buf
+        if not self._cacheable(bias):
+            return self._upload(launch, "b", np.asarray(bias, np.float32).reshape(-1))
+        hit = self._biases.get(id(bias))
+        if hit is not None and hit.array is bias:
+            self._biases.move_to_end(id(bias))
+            return hit.buffer
+        dev = self._require()
+        host = np.ascontiguousarray(bias, dtype=np.float32).reshape(-1)
+        mf = dev.cl.mem_flags
+        buf = dev.cl.Buffer(dev.context, mf.READ_ONLY | mf.COPY_HOST_PTR, hostbuf=host)
+        self._biases[id(bias)] = _CachedWeights(bias, buf, FLOAT, None, host.nbytes)
+        while len(self._biases) > self.max_cached_weights:
+            self._release_weights(self._biases.popitem(last=False)[1])
+        return buf
 
     @staticmethod
     def _release_weights(entry: _CachedWeights) -> None:
@@ -681,9 +747,7 @@ class OpenCLExecutor(Executor):
         quant = shape.precision is Precision.INT8
         m, k_rows, n_cols = shape.batch * shape.n, shape.d, 3 * shape.d
         w_buf, w_code, w_scale = self._weights_for(launch, inputs["w"], quant)
-        bias = inputs.get("b")
-        b_host = np.zeros(n_cols, np.float32) if bias is None else np.asarray(bias, np.float32).reshape(-1)
-        b_buf = self._upload(launch, "b", b_host)
+        b_buf = self._bias_for(launch, inputs.get("b"), n_cols)
         x_host, x_code = self._host(inputs["x"].reshape(m, k_rows), allow_half=not quant)
         x_buf = self._upload(launch, "x", x_host)
         x_scale = self._buffer("x.scale", 4)
@@ -693,9 +757,20 @@ class OpenCLExecutor(Executor):
         macros, gsize, lsize = self._gemm_config(shape, x_code, w_code, quant)
         i32 = np.int32
         self._enqueue(
-            launch, "gemv" if macros["CB"] > 1 else "gemm", self._kernel("GEMM", "gemm", macros), gsize, lsize,
-            x_buf, w_buf, b_buf, x_scale, w_scale if w_scale is not None else x_scale, out_buf,
-            i32(m), i32(k_rows), i32(n_cols),
+            launch,
+            "gemv" if macros["CB"] > 1 else "gemm",
+            self._kernel("GEMM", "gemm", macros),
+            gsize,
+            lsize,
+            x_buf,
+            w_buf,
+            b_buf,
+            x_scale,
+            w_scale if w_scale is not None else x_scale,
+            out_buf,
+            i32(m),
+            i32(k_rows),
+            i32(n_cols),
         )
         out = np.empty((shape.batch, shape.n, n_cols), np.float32)
         launch.transfers.append(dev.cl.enqueue_copy(dev.queue, out, out_buf))  # blocking
@@ -706,7 +781,8 @@ class OpenCLExecutor(Executor):
         dev = self._require()
         quant = shape.precision is Precision.INT8
         scales = self._buffer("qkv.scale", 12)
-        bufs, codes = [], []
+        bufs: list[Any] = []
+        codes: list[int] = []
         for name in ("q", "k", "v"):
             host, code = self._host(inputs[name], allow_half=not quant)
             buf = self._upload(launch, name, host)
@@ -718,8 +794,16 @@ class OpenCLExecutor(Executor):
         out_buf = self._buffer("out", 4 * int(np.prod(out_shape)))
         macros, gsize = self._attn_config(shape, (codes[0], codes[1], codes[2]), quant)
         self._enqueue(
-            launch, "attention", self._kernel("ATTENTION", "attention", macros), gsize, None,
-            *bufs, out_buf, np.int32(shape.n), np.int32(shape.keys), np.float32(1.0 / math.sqrt(shape.head_dim)),
+            launch,
+            "attention",
+            self._kernel("ATTENTION", "attention", macros),
+            gsize,
+            None,
+            *bufs,
+            out_buf,
+            np.int32(shape.n),
+            np.int32(shape.keys),
+            np.float32(1.0 / math.sqrt(shape.head_dim)),
             scales,
         )
         out = np.empty(out_shape, np.float32)
@@ -736,8 +820,9 @@ class OpenCLExecutor(Executor):
                     dev.queue.finish()
                 except Exception as exc:  # a dying driver must not stop the release
                     logger.debug("OpenCL queue finish failed on close: %s", exc)
-            for entry in self._weights.values():
+            for entry in [*self._weights.values(), *self._biases.values()]:
                 self._release_weights(entry)
+            self._biases.clear()
             for buf, _ in self._pool.values():
                 buf.release()
             self._weights.clear()
