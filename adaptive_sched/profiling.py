@@ -515,3 +515,66 @@ def _report(
 ) -> None:
     if progress is not None:
         progress(ProgressEvent(done, total, stage, backend, shape, status, median_s))
+
+
+# -- the CLI verb ----------------------------------------------------------------------------
+
+
+def executors_from_config(config: Any, *, include_fallback: bool = False) -> dict[Backend, Executor]:
+    """One executor per candidate backend of a loaded config (simulated backends share one device).
+
+    Fallback backends (the CPU in the RK3588 configs) are left out unless asked for: a prior
+    chooses between the candidates.
+    """
+    from .executors import create_executor
+
+    shared_device = None
+    out: dict[Backend, Executor] = {}
+    for backend, bc in config.backends.items():
+        if bc.role != "candidate" and not include_fallback:
+            continue
+        options = dict(bc.options)
+        if bc.executor == "sim":
+            if shared_device is None:
+                shared_device = config.simulator.make_device()
+            options["device"] = shared_device
+        out[backend] = create_executor(bc.executor, backend=backend, **options)
+    return out
+
+
+def profile_command(args: Any, progress: Callable[[int, int], None] | None = None) -> int:
+    """``adaptive-sched profile``: sweep ``args.grid`` over the candidates of ``args.config`` into ``args.db``.
+
+    Prints the summary (a table, or JSON with ``--output json``); ``progress(done, total)``
+    draws the bar. Failed points are recorded and counted; the exit status is 1 only when
+    every point failed.
+    """
+    import json
+    import sys
+
+    from .config import load_config
+
+    config = load_config(args.config)
+    execs = executors_from_config(config)
+    try:
+        summary = profile_grid(
+            execs,
+            args.grid,
+            args.db,
+            device=config.device,
+            warmup=args.warmup,
+            repetitions=args.repetitions,
+            progress=None if progress is None else (lambda e: progress(e.done, e.total)),
+        )
+    finally:
+        for ex in execs.values():
+            ex.close()
+    data = summary.as_dict()
+    if getattr(args, "output", "table") == "json":
+        sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    else:
+        for key in ("device", "grid", "db", "total", "measured", "skipped", "failed", "elapsed_s"):
+            sys.stdout.write(f"{key:<9} {data[key]}\n")
+        for f in summary.failures[:5]:
+            sys.stderr.write(f"failed: {f['stage']} on {f['backend']} n={f['n']} d={f['d']}: {f['error']}\n")
+    return 1 if summary.failed and summary.failed == summary.total - summary.skipped else 0

@@ -269,3 +269,20 @@ def test_latency_stats() -> None:
     assert stats == pytest.approx({"median_s": 3.0, "p10_s": 1.4, "p90_s": 4.6, "min_s": 1.0, "max_s": 5.0})
     with pytest.raises(ValueError):
         latency_stats([])
+
+
+def test_profile_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+    import json
+
+    from adaptive_sched.profiling import profile_command
+
+    config = {"device": "host", "backends": {"cpu": {"executor": "cpu_numpy"}}, "priors": "none"}
+    bar: list[tuple[int, int]] = []
+    args = argparse.Namespace(
+        config=config, grid={"n": 1, "d": 64}, db=str(tmp_path / "p.db"), warmup=0, repetitions=2, output="json"
+    )
+    assert profile_command(args, progress=lambda done, total: bar.append((done, total))) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["device"] == "host" and out["measured"] == 2
+    assert bar == [(1, 2), (2, 2)]

@@ -222,3 +222,23 @@ def test_bad_arguments(tmp_path: Path) -> None:
         train_priors(db, device="toy", params={"rf": {"depth": 3}})
     with pytest.raises(ValueError, match="stage: unknown value 'mlp'"):
         train_priors(db, device="toy", models={"mlp": "rf"})
+
+
+def test_train_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    from adaptive_sched.training import train_command
+
+    db = make_db(tmp_path / "p.db")
+    export = tmp_path / "prior.json"
+    args = argparse.Namespace(
+        db=str(db), device="toy", qkv_model="knn", attn_model="knn", seed=0, export=str(export), output="json"
+    )
+    assert train_command(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["models"] == {"qkv": "knn", "attn": "knn"}
+    assert load_prior(export, device="toy").content_hash == out["prior"]["content_hash"]
+    args.output = "table"
+    assert train_command(args) == 0
+    text = capsys.readouterr().out
+    assert "knn *" in text and "always-gpu" in text

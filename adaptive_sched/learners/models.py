@@ -184,7 +184,7 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec(
             "tree",
             "Hoeffding tree (river.tree.HoeffdingTreeClassifier)",
-            {"grace_period": 10, "delta": 0.01, "leaf_prediction": "mc", "passes": 8},
+            {"grace_period": 10, "delta": 0.01, "leaf_prediction": "mc", "passes": 20},
             _tree,
         ),
         ModelSpec(
