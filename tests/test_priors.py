@@ -312,3 +312,12 @@ def test_every_model_spec_builds_and_learns(name: str) -> None:
     preds = [a.predict_one(x) for x in xs]
     assert preds == [b.predict_one(x) for x in xs]
     assert set(preds) <= {"gpu", "npu"}
+
+
+def test_builtin_prior_ships_for_the_simulated_rk3588() -> None:
+    prior = load_prior("builtin", device="rk3588")
+    assert prior.device == "rk3588"
+    assert set(prior.backends) >= {Backend.GPU, Backend.NPU}
+    assert prior.data.stages[Stage.QKV].model == "rf" and prior.data.stages[Stage.ATTN].model == "knn"
+    est = prior.latency("attn", Shape(n=1, d=4096, kv_len=512, precision="int8"))
+    assert all(v > 0 for v in est.values())
