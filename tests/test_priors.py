@@ -321,3 +321,20 @@ def test_builtin_prior_ships_for_the_simulated_rk3588() -> None:
     assert prior.data.stages[Stage.QKV].model == "rf" and prior.data.stages[Stage.ATTN].model == "knn"
     est = prior.latency("attn", Shape(n=1, d=4096, kv_len=512, precision="int8"))
     assert all(v > 0 for v in est.values())
+
+
+def test_builtin_prior_matches_the_current_simulator() -> None:
+    # The shipped rows are noisy medians of the simulated RK3588. If the simulator's
+    # calibration changes, this fails: run scripts/build_priors.sh to regenerate the prior.
+    from adaptive_sched.simdevice import SimulatedDevice
+
+    prior = load_prior("builtin", device="rk3588")
+    device = SimulatedDevice("rk3588", noise=False, thermal=False, contention=False)
+    for stage in (Stage.QKV, Stage.ATTN):
+        for row in prior.data.stages[stage].rows[::7]:
+            for backend, median in row.latency_s.items():
+                expected = device.stage_cost(stage, row.shape, backend).latency()
+                assert median == pytest.approx(expected, rel=0.1), (
+                    f"{stage.value} {row.shape} on {backend.value}: shipped {median:.3g} s, "
+                    f"simulator {expected:.3g} s; the simulator changed: run scripts/build_priors.sh"
+                )

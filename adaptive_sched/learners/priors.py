@@ -10,13 +10,15 @@ classifier, same predictions). Priors live in the ``priors`` table of the log da
 
 What the scheduler uses:
 
->>> prior = load_prior("builtin", device="rk3588")                      # doctest: +SKIP
->>> prior.backends                                                       # doctest: +SKIP
+>>> prior = load_prior("builtin", device="rk3588")
+>>> prior.backends
 (<Backend.GPU: 'gpu'>, <Backend.NPU: 'npu'>)
->>> prior.choose("qkv", Shape(n=1, d=4096, precision="int8"))            # doctest: +SKIP
-<Backend.GPU: 'gpu'>
->>> prior.latency("attn", Shape(n=1, d=4096, kv_len=512, precision="int8"))  # doctest: +SKIP
-{<Backend.GPU: 'gpu'>: 0.00042, <Backend.NPU: 'npu'>: 0.00021}
+>>> shape = Shape(n=1, d=4096, kv_len=512, precision="int8")
+>>> prior.choose("qkv", shape), prior.choose("attn", shape)   # the paper's INT8 d=4096 hybrid
+(<Backend.GPU: 'gpu'>, <Backend.NPU: 'npu'>)
+>>> est = prior.latency("attn", shape)                 # seconds per backend
+>>> est[Backend.NPU] < est[Backend.GPU], prior.extrapolating("attn", shape)
+(True, False)
 
 Two models answer two questions:
 
