@@ -310,7 +310,7 @@ MAX_LISTED_FAILURES = 20
 
 
 def profile_grid(
-    executors: Mapping[Backend | str, Executor],
+    executors: Mapping[Backend, Executor] | Mapping[str, Executor],
     grid: Grid | str | Path | Mapping[str, Any],
     db_path: str | Path,
     *,
@@ -407,7 +407,7 @@ def profile_grid(
     return summary
 
 
-def _check_executors(executors: Mapping[Backend | str, Executor]) -> dict[Backend, Executor]:
+def _check_executors(executors: Mapping[Backend, Executor] | Mapping[str, Executor]) -> dict[Backend, Executor]:
     if not isinstance(executors, Mapping) or not executors:
         raise ConfigError("executors: need at least one backend -> executor")
     out: dict[Backend, Executor] = {}
