@@ -555,7 +555,7 @@ def profile_command(args: Any, progress: Callable[[int, int], None] | None = Non
     from .config import load_config
 
     config = load_config(args.config)
-    execs = executors_from_config(config)
+    execs = executors_from_config(config, include_fallback=bool(getattr(args, "include_fallback", False)))
     try:
         summary = profile_grid(
             execs,
@@ -565,6 +565,7 @@ def profile_command(args: Any, progress: Callable[[int, int], None] | None = Non
             warmup=args.warmup,
             repetitions=args.repetitions,
             progress=None if progress is None else (lambda e: progress(e.done, e.total)),
+            retry_failed=bool(getattr(args, "retry_failed", False)),
         )
     finally:
         for ex in execs.values():

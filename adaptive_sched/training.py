@@ -507,11 +507,15 @@ def train_command(
 
     from .learners.priors import write_prior_json
 
+    # Optional flags (holdout, splits, name) are read when the parser defines them.
     report = train_priors(
         args.db,
         device=args.device,
         models={"qkv": args.qkv_model, "attn": args.attn_model},
         seed=args.seed,
+        holdout=getattr(args, "holdout", None) or 0.25,
+        splits=getattr(args, "splits", None) or 3,
+        name=getattr(args, "name", None),
     )
     if getattr(args, "export", None):
         assert report.prior is not None
