@@ -946,50 +946,6 @@ class SimulatedDevice:
         self._transition: dict[tuple[Stage, Shape, Backend, Backend], float] = {}
         logger.debug("created %r", self)
 
-    @classmethod
-    def from_options(
-        cls,
-        profile: DeviceProfile | str | Path = "rk3588",
-        *,
-        seed: int = 0,
-        noise: bool = True,
-        thermal: bool | None = None,
-        contention: bool | None = None,
-        drift: Mapping[str, Any] | None = None,
-    ) -> SimulatedDevice:
-        """Build from a config's ``simulator`` section: switches plus a ``drift`` mapping of overrides.
-
-        ``drift`` may hold ``thermal`` and ``contention`` settings (as for the constructor),
-        ``noise_sigma`` and ``steps``; the booleans say whether each process runs.
-
-        >>> dev = SimulatedDevice.from_options(thermal=True, drift={"thermal": {"backends": {"npu": {"tau_s": 5}}}})
-        >>> dev.thermal.enabled, dev.thermal.backends[Backend.NPU].tau_s
-        (True, 5.0)
-        """
-        drift = dict(drift or {})
-        unknown = set(drift) - {"thermal", "contention", "noise_sigma", "steps"}
-        if unknown:
-            expected = "contention, noise_sigma, steps, thermal"
-            raise ConfigError(f"drift.{sorted(unknown)[0]}: unknown key (expected {expected})")
-
-        def section(switch: bool | None, name: str) -> Any:
-            settings = drift.get(name)
-            if settings is None:
-                return switch
-            if not isinstance(settings, Mapping):
-                raise ConfigError(f"drift.{name}: expected a mapping of settings, got {settings!r}")
-            return {**settings, "enabled": settings.get("enabled", True) if switch is None else switch}
-
-        sigma = drift.get("noise_sigma")
-        return cls(
-            profile,
-            seed=seed,
-            noise=noise if sigma is None or not noise else sigma,
-            thermal=section(thermal, "thermal"),
-            contention=section(contention, "contention"),
-            steps=drift.get("steps") or (),
-        )
-
     # -- model lookups (cached, pure) ------------------------------------------------------------
     def stage_cost(self, stage: Stage | str, shape: Shape, backend: Backend | str) -> StageCost:
         """The cached noise-free :class:`StageCost` at the nominal clock."""

@@ -268,22 +268,15 @@ def test_bad_device_options_are_config_errors(options: dict[str, Any], message: 
     assert message in str(info.value)
 
 
-def test_drift_overrides_and_from_options() -> None:
-    dev = SimulatedDevice("rk3588", thermal={"ambient_c": 25, "backends": {"npu": {"tau_s": 5}}})
-    assert dev.thermal.enabled and dev.thermal.ambient_c == 25
+def test_drift_overrides_leave_the_profile_alone() -> None:
+    dev = SimulatedDevice("rk3588", thermal={"ambient_c": 25, "backends": {"npu": {"tau_s": 5}}}, noise=0.2)
+    assert dev.thermal.enabled and dev.thermal.ambient_c == 25 and dev.noise_sigma == 0.2
     assert dev.thermal.backends[Backend.NPU].tau_s == 5 and dev.thermal.backends[Backend.GPU].tau_s == 30
-    assert load_profile("rk3588").thermal.backends[Backend.NPU].tau_s == 30  # the profile is untouched
-    dev = SimulatedDevice.from_options(
-        seed=2,
-        noise=True,
-        thermal=False,
-        contention=True,
-        drift={"contention": {"backends": {"gpu": {"slowdown": 3}}}, "noise_sigma": 0.2, "steps": []},
-    )
-    assert not dev.thermal.enabled and dev.contention.enabled and dev.noise_sigma == 0.2
+    assert load_profile("rk3588").thermal.backends[Backend.NPU].tau_s == 30
+    dev = SimulatedDevice("rk3588", thermal=False, contention={"backends": {"gpu": {"slowdown": 3}}})
+    assert not dev.thermal.enabled and dev.contention.enabled
     assert dev.contention.backends[Backend.GPU].slowdown == 3
-    with pytest.raises(ConfigError, match=r"drift\.thermals: unknown key"):
-        SimulatedDevice.from_options(drift={"thermals": {}})
+    assert not SimulatedDevice("rk3588", contention={"enabled": False}).contention.enabled
 
 
 def test_idle_rejects_negative_time() -> None:
