@@ -210,7 +210,7 @@ class DeviceProfile:
     def from_dict(cls, data: Mapping[str, Any], source: str = "") -> DeviceProfile:
         """Validate a mapping (parsed YAML) into a profile; errors name the key and ``source``."""
         try:
-            return _parse_profile(_Node(data, "", source or "<mapping>"), source)
+            return _parse_profile(_Node(data), source)
         except ConfigError as exc:
             raise ConfigError(f"{source or '<mapping>'}: {exc}") from None
 
@@ -218,10 +218,10 @@ class DeviceProfile:
 class _Node:
     """A mapping being read: tracks its key path and which keys were used, for error messages."""
 
-    def __init__(self, data: Any, path: str, source: str) -> None:
+    def __init__(self, data: Any, path: str = "") -> None:
         if not isinstance(data, Mapping):
             raise ConfigError(f"{path or 'profile'}: expected a mapping, got {type(data).__name__}")
-        self.data, self.path, self.source = data, path, source
+        self.data, self.path = data, path
         self.used: set[str] = set()
 
     def key(self, name: str) -> str:
@@ -240,7 +240,7 @@ class _Node:
         return default
 
     def node(self, name: str) -> _Node:
-        return _Node(self.raw(name), self.key(name), self.source)
+        return _Node(self.raw(name), self.key(name))
 
     def number(self, name: str, default: Any = ..., *, low: float = 0.0, strict: bool = False) -> float:
         value = _as_number(self.raw(name, default))
@@ -768,7 +768,7 @@ def _override(section: Any, value: Any, where: str) -> Any:
         raise ConfigError(f"{where}: expected true, false or a mapping of settings, got {value!r}")
     thermal = isinstance(section, ThermalProfile)
     parse = _parse_thermal_params if thermal else _parse_contention_params
-    node = _Node(value, where, "options")
+    node = _Node(value, where)
     changes: dict[str, Any] = {"enabled": node.boolean("enabled", True)}
     if thermal:
         changes["ambient_c"] = node.number("ambient_c", section.ambient_c, low=-273.15)
@@ -783,7 +783,7 @@ def _override(section: Any, value: Any, where: str) -> Any:
             if not isinstance(fields, Mapping):
                 raise ConfigError(f"{sub.key(name)}: expected a mapping of settings, got {fields!r}")
             merged = {**_params_dict(backends[backend]), **fields}
-            backends[backend] = parse(_Node(merged, sub.key(name), "options"))
+            backends[backend] = parse(_Node(merged, sub.key(name)))
     changes["backends"] = backends
     node.done()
     return replace(section, **changes)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from typing import Any
 
 from adaptive_sched.executors.sim import SimExecutor
 from adaptive_sched.simdevice import SimulatedDevice
@@ -40,7 +41,7 @@ def workload(runs: int) -> list[tuple[Stage, Shape, str, str | None]]:
     return calls[:runs]
 
 
-def time_device(calls: list, **options: object) -> float:
+def time_device(calls: list, **options: Any) -> float:
     dev = SimulatedDevice("rk3588", seed=0, **options)
     run = dev.run
     start = time.perf_counter()
