@@ -171,6 +171,7 @@ def _short(exc: BaseException) -> str:
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     errors = [ln for ln in lines if "error" in ln.lower()]
     text = (errors or lines or [type(exc).__name__])[0]
+    text = " - ".join(dict.fromkeys(text.split(" - ")))  # pyopencl repeats "clX failed: CODE" per device
     return text if len(text) <= 200 else text[:197] + "..."
 
 
@@ -281,6 +282,10 @@ class OpenCLExecutor(Executor):
 
     # -- availability ---------------------------------------------------------
     def _probe(self) -> str | None:
+        with self._lock:  # two threads asking at once must not open two contexts
+            return self._find_device()
+
+    def _find_device(self) -> str | None:
         try:
             import pyopencl as cl
         except ImportError as exc:
@@ -379,6 +384,7 @@ class OpenCLExecutor(Executor):
                 buffers=len(self._pool),
                 buffer_bytes=sum(n for _, n in self._pool.values()),
                 cached_weights=len(self._weights),
+                cached_weight_bytes=sum(e.nbytes for e in self._weights.values()),
             )
 
     # -- support --------------------------------------------------------------
