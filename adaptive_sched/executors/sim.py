@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
-from ..simdevice import SimulatedDevice, load_profile, why_unsupported
+from ..simdevice import DeviceProfile, SimulatedDevice, load_profile, why_unsupported
 from ..stages import reference
 from ..types import Backend, Shape, Stage
 from .base import Executor, RunResult
@@ -77,8 +77,12 @@ class SimExecutor(Executor):
             self._device = SimulatedDevice(self._profile_name, seed=self._seed, **self._drift)
         return self._device
 
+    def _profile(self) -> DeviceProfile:
+        # Reading the (cached) profile does not build a device: supports() stays cheap.
+        return self._device.profile if self._device is not None else load_profile(self._profile_name)
+
     def _probe(self) -> str | None:
-        profile = self._device.profile if self._device is not None else load_profile(self._profile_name)
+        profile = self._profile()
         if self.backend not in profile.backends:
             return f"device profile {profile.name!r} has no {self.backend.value} backend"
         return None
@@ -87,8 +91,7 @@ class SimExecutor(Executor):
         # The base class asks twice per run; the answer is a pure function of the shape.
         key = (stage, shape)
         if key not in self._support:
-            profile = self._device.profile if self._device is not None else load_profile(self._profile_name)
-            self._support[key] = why_unsupported(profile, stage, shape, self.backend)
+            self._support[key] = why_unsupported(self._profile(), stage, shape, self.backend)
         return self._support[key]
 
     def _run(
