@@ -48,7 +48,7 @@ from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 from typing import Any, Protocol
 
-from .learners.drift import BackendDrift, BucketCorrection, normal_sf
+from .learners.drift import BackendDrift, BucketCorrection, TransitionEstimate, normal_sf
 from .types import Backend, Decision, Shape, Stage, parse_stage
 
 #: what ``Policy.decide`` returns: backend, propensity, explored, predicted latency per backend, version
@@ -315,7 +315,7 @@ class AdaptivePolicy(Policy):
     def __init__(
         self,
         seed: int = 0,
-        explore_budget: float = 0.01,
+        explore_budget: float = 0.005,
         explore_cap: float = 0.2,
         staleness_per_decision: float = 2e-5,
         obs_variance: float = 0.01,
@@ -366,6 +366,7 @@ class AdaptivePolicy(Policy):
             for b in self.candidates
         }
         self._corrections: dict[tuple[Any, ...], BucketCorrection] = {}
+        self._transitions: dict[tuple[Backend, Backend], TransitionEstimate] = {}
         self._unsupported: set[tuple[Any, ...]] = set()
         self._support_checked: set[tuple[Any, ...]] = set()
         self.hot_index = {}  # (stage as given, shape, after) -> _Slot
@@ -436,24 +437,33 @@ class AdaptivePolicy(Policy):
             self._prior_cache[key] = cached
         return cached
 
-    def transition_prior(self, stage: Stage, shape: Shape, after: Backend | None, backend: Backend) -> float:
-        """Prior seconds to bring this stage's input from ``after`` to ``backend``."""
-        if after is None or after == backend:
-            return 0.0
+    def moved_bytes(self, stage: Stage, shape: Shape) -> int:
+        """Bytes of input a stage takes from the previous stage (Q, K, V for attn; X for qkv)."""
         s = shape.precision.itemsize
-        moved = 3 * shape.batch * shape.n * shape.d * s if stage is Stage.ATTN else shape.batch * shape.n * shape.d * s
-        return self.transition_sync_s + moved / self.transition_bytes_per_s
+        return (3 if stage is Stage.ATTN else 1) * shape.batch * shape.n * shape.d * s
 
-    def _prior_log(self, stage: Stage, shape: Shape, after: Backend | None, backend: Backend) -> float:
-        key = (stage, shape, after, backend)
+    def transition(self, stage: Stage, shape: Shape, after: Backend | None, backend: Backend) -> tuple[float, float]:
+        """(seconds, variance in seconds squared) to bring this stage's input from ``after`` to ``backend``.
+
+        The synchronisation part is learned per ordered backend pair from every stage that
+        crossed between them, so one crossing teaches all shapes; the copy part scales with bytes.
+        """
+        if after is None or after == backend:
+            return 0.0, 0.0
+        t = self._transitions.get((after, backend))
+        copy = self.moved_bytes(stage, shape) / self.transition_bytes_per_s
+        if t is None:
+            return self.transition_sync_s + copy, self.transition_sync_s**2
+        return t.mean + copy, t.variance
+
+    def _prior_log(self, stage: Stage, shape: Shape, backend: Backend) -> float:
+        key = (stage, shape, backend)
         cached = self._prior_log_cache.get(key)
         if cached is not None:
             return cached
         base = self._prior_latency(stage, shape).get(backend)
-        if base is None or not base > 0:
-            value = math.inf  # the prior has nothing for this backend: never chosen on purpose
-        else:
-            value = math.log(base + self.transition_prior(stage, shape, after, backend))
+        # A backend the prior knows nothing about is never chosen on purpose.
+        value = math.log(base) if base is not None and base > 0 else math.inf
         if len(self._prior_log_cache) > 200_000:
             self._prior_log_cache.clear()
         self._prior_log_cache[key] = value
@@ -468,14 +478,14 @@ class AdaptivePolicy(Policy):
             bucket = self._bucket_cache[key] = shape_bucket(stage, shape)
         return bucket
 
-    def estimate(self, stage: Stage, shape: Shape, after: Backend | None, backend: Backend) -> tuple[float, float]:
-        """(mean, variance) of the log-latency of ``stage`` at ``shape`` on ``backend`` after ``after``."""
+    def _compute(self, stage: Stage, shape: Shape, backend: Backend) -> tuple[float, float]:
+        """(mean, variance) of the log of the stage's own run time on ``backend`` (no transition)."""
         drift = self._drift[backend]
         bucket = self._bucket(stage, shape)
         if self._unsupported and (stage, bucket, backend) in self._unsupported:
             return math.inf, 0.0
-        corr = self._corrections.get((stage, bucket, after, backend))
-        mean = self._prior_log(stage, shape, after, backend) + drift.offset
+        corr = self._corrections.get((stage, bucket, backend))
+        mean = self._prior_log(stage, shape, backend) + drift.offset
         variance = drift.variance_at(self._clock)
         if corr is None:
             variance += self.prior_variance
@@ -483,6 +493,17 @@ class AdaptivePolicy(Policy):
             mean += corr.mean
             variance += corr.variance(self.obs_variance, self.prior_variance)
         return mean, variance
+
+    def estimate(self, stage: Stage, shape: Shape, after: Backend | None, backend: Backend) -> tuple[float, float]:
+        """(mean, variance) of the log-latency of ``stage`` at ``shape`` on ``backend`` after ``after``."""
+        mean, variance = self._compute(stage, shape, backend)
+        if after is None or after == backend or not math.isfinite(mean):
+            return mean, variance
+        compute = math.exp(mean)
+        t, t_var = self.transition(stage, shape, after, backend)
+        total = compute + t
+        # delta method: the log of a sum, with the compute part's variance given in log units
+        return math.log(total), (compute * compute * variance + t_var) / (total * total)
 
     def _check_support(self, stage: Stage, shape: Shape) -> None:
         if self.supports is None:
@@ -556,7 +577,7 @@ class AdaptivePolicy(Policy):
     def mark_unsupported(self, stage: Stage, shape: Shape, backend: Backend) -> None:
         """``backend`` cannot run ``stage`` at ``shape``'s bucket: never choose it there."""
         with self._lock:
-            self._unsupported.add((stage, shape_bucket(stage, shape), backend))
+            self._unsupported.add((stage, self._bucket(stage, shape), backend))
             self._republish_all()
 
     def _on_exclude(self) -> None:
@@ -574,14 +595,20 @@ class AdaptivePolicy(Policy):
         stage, shape, after = decision.stage, decision.shape, decision.after
         with self._lock:
             self._clock += 1
-            prior_log = self._prior_log(stage, shape, after, backend)
-            if not math.isfinite(prior_log):
+            mean, variance = self._compute(stage, shape, backend)
+            if not math.isfinite(mean):
                 return
-            residual = math.log(latency_s) - prior_log
-            key = (stage, self._bucket(stage, shape), after, backend)
+            compute_s = latency_s
+            if after is not None and after != backend:
+                compute_s = self._learn_transition(stage, shape, after, backend, latency_s, mean, variance)
+                if compute_s is None:
+                    return
+            bucket = self._bucket(stage, shape)
+            key = (stage, bucket, backend)
             corr = self._corrections.get(key)
             if corr is None:
                 corr = self._corrections[key] = BucketCorrection()
+            residual = math.log(compute_s) - self._prior_log(stage, shape, backend)
             alarm = drift.update(residual - corr.mean, self._clock)
             corr.update(residual - drift.offset)
             self._account(decision, latency_s)
@@ -592,9 +619,26 @@ class AdaptivePolicy(Policy):
             if alarm or moved > self.offset_republish or self._since_republish >= self.republish_every:
                 self._republish_all()
             else:
-                slot = self._bucket_slots.get(key[:3])
+                slot = self._bucket_slots.get((stage, bucket, after))
                 if slot is not None:
                     self._publish(slot)
+
+    def _learn_transition(
+        self, stage: Stage, shape: Shape, after: Backend, backend: Backend, latency_s: float, mean: float, variance: float
+    ) -> float | None:
+        """Split what a crossing stage cost between its own run and the crossing, in proportion
+        to how uncertain each part is (a joint Kalman update). Returns the run's part."""
+        compute = math.exp(mean)
+        t_est, _ = self.transition(stage, shape, after, backend)
+        pair = self._transitions.get((after, backend))
+        if pair is None:
+            pair = self._transitions[(after, backend)] = TransitionEstimate(self.transition_sync_s)
+        # the stage's own run: its estimate's uncertainty plus this observation's noise
+        compute_var = compute * compute * (variance + self.obs_variance)
+        innovation = latency_s - (compute + t_est)
+        taken = pair.update(innovation, compute_var)
+        compute_part = compute + innovation - taken
+        return compute_part if compute_part > 0 else None
 
     def _account(self, decision: Decision, latency_s: float) -> None:
         decay = 0.9995  # about the last few thousand observations count
@@ -613,6 +657,9 @@ class AdaptivePolicy(Policy):
                 "drift_alarms": {b.value: d.alarms for b, d in self._drift.items()},
                 "explore_share": (self._spent / self._total) if self._total else 0.0,
                 "buckets": len(self._bucket_slots),
+                "transitions_ms": {
+                    f"{a.value}->{b.value}": round(t.mean * 1e3, 4) for (a, b), t in self._transitions.items()
+                },
             }
 
 

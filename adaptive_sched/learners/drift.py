@@ -164,6 +164,39 @@ class BucketCorrection:
         return obs_variance / min(self.n, self.window) + prior_variance / (1 + self.n)
 
 
+class TransitionEstimate:
+    """The synchronisation cost (seconds) of handing a stage's input from one backend to another.
+
+    A scalar Kalman filter in seconds: it starts at the prior guess with standard
+    deviation ``prior_sd_s`` (a handoff's cost is known only roughly before it is
+    seen), drifts slowly (``drift_sd_s`` per crossing) so a changed driver or load is
+    followed, and weighs each crossing against the uncertainty of the stage's own run.
+    """
+
+    __slots__ = ("_q", "mean", "n", "variance")
+
+    def __init__(self, prior_s: float, prior_sd_s: float = 3e-4, drift_sd_s: float = 1e-5) -> None:
+        self.mean = prior_s
+        self.variance = prior_sd_s * prior_sd_s
+        self._q = drift_sd_s * drift_sd_s
+        self.n = 0
+
+    def gain(self, other_variance: float) -> float:
+        """Share of an innovation this estimate takes when the rest of the latency has ``other_variance``."""
+        p = self.variance + self._q
+        return p / (p + other_variance) if p + other_variance > 0 else 0.5
+
+    def update(self, innovation_s: float, other_variance: float) -> float:
+        """Take this estimate's share of ``innovation_s``; return the share taken (seconds)."""
+        self.variance += self._q
+        k = self.variance / (self.variance + other_variance) if self.variance + other_variance > 0 else 0.5
+        taken = k * innovation_s
+        self.mean = max(0.0, self.mean + taken)
+        self.variance *= 1.0 - k
+        self.n += 1
+        return taken
+
+
 def normal_sf(z: float) -> float:
     """P(Z > z) for a standard normal Z."""
     return 0.5 * math.erfc(z / math.sqrt(2.0))
