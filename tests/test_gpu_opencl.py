@@ -102,6 +102,28 @@ def test_decode_over_a_long_cache(ex, precision):
     assert rel_err(got, reference("attn", shape, inputs)) < (1e-5 if precision == "int8" else 2e-3)
 
 
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+@pytest.mark.parametrize(
+    "dims",
+    [
+        {"n": 1, "d": 128, "kv_len": 1000, "batch": 2, "heads": 2},  # decode: the case splits exist for
+        {"n": 9, "d": 64, "kv_len": 30, "heads": 1},  # prefill: late splits hold no visible key for early queries
+    ],
+    ids=lambda d: "-".join(f"{k}{v}" for k, v in d.items()),
+)
+def test_keys_split_across_work_items_give_the_same_result(dims, precision):
+    # on a GPU decode splits the keys to fill the device; force it here, where the CPU would not
+    with OpenCLExecutor(tuning={"attn_parallel": 512, "attn_split_min_keys": 4}) as split:
+        if not split.is_available():
+            pytest.skip(split.unavailable_reason)
+        shape = Shape(**dims, precision=precision)
+        inputs = make_inputs("attn", shape, seed=13)
+        result = split.run("attn", shape, inputs)
+        assert result.details["block"]["splits"] > 1
+        assert "attention_combine" in result.details["kernels_s"]
+        assert rel_err(result.output, reference("attn", shape, inputs)) < (1e-5 if precision == "int8" else 2e-3)
+
+
 def test_causal_mask_hides_future_keys(ex):
     # Equal scores everywhere: query i must average exactly the values of positions 0..kv_len+i.
     n, kv_len, hd = 5, 3, 64

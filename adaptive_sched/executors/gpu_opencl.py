@@ -90,6 +90,12 @@ class Tuning:
         Queries per work-item in prefill attention (rounded down to a power of two <= n).
     attn_vec : int
         Largest vector width over the head dimension.
+    attn_parallel : int or None
+        Work-items attention should have: when ``batch * heads`` query blocks are fewer (decode),
+        the keys are split (flash-decoding) and the splits combined. None: one per compute unit
+        on a CPU, 256 per compute unit on a GPU.
+    attn_split_min_keys : int
+        Fewest keys per split.
     """
 
     gemm_rows: int = 8
@@ -100,11 +106,13 @@ class Tuning:
     gemv_col_vecs: int = 4
     attn_rows: int = 4
     attn_vec: int = 16
+    attn_parallel: int | None = None
+    attn_split_min_keys: int = 64
 
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            if value is None and f.name == "gemm_local_rows":
+            if value is None and f.name in ("gemm_local_rows", "attn_parallel"):
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"tuning.{f.name} must be a positive integer, got {value!r}")
@@ -477,7 +485,8 @@ class OpenCLExecutor(Executor):
 
     def _attn_config(
         self, shape: Shape, codes: tuple[int, int, int], quant: bool
-    ) -> tuple[dict[str, int], tuple[int, int]]:
+    ) -> tuple[dict[str, int], tuple[int, int, int], int]:
+        """Macros, global size ``(query blocks, batch * heads, splits)`` and keys per split."""
         t = self._tuning
         hd = shape.head_dim
         vw = next(w for w in (16, 8, 4, 2, 1) if w <= t.attn_vec and hd % w == 0)
@@ -491,7 +500,20 @@ class OpenCLExecutor(Executor):
             "V_STORE": codes[2],
             "QUANT": int(quant),
         }
-        return macros, (_ceil_div(shape.n, rq), shape.batch * shape.heads)  # type: ignore[operator]
+        blocks, bh = _ceil_div(shape.n, rq), shape.batch * shape.heads  # type: ignore[operator]
+        # split the keys only as far as it takes to reach the device's parallelism
+        splits = max(1, min(_ceil_div(self._attn_parallel, blocks * bh), shape.keys // t.attn_split_min_keys))
+        chunk = _ceil_div(shape.keys, splits)
+        return macros, (blocks, bh, _ceil_div(shape.keys, chunk)), chunk
+
+    @property
+    def _attn_parallel(self) -> int:
+        """Work-items the attention should have at least (``tuning.attn_parallel`` or a device default)."""
+        if self._tuning.attn_parallel is not None:
+            return self._tuning.attn_parallel
+        dev = self._require()
+        # a CPU core runs one work-item at a time; a Mali core keeps hundreds of threads in flight
+        return dev.device.max_compute_units * (256 if dev.is_gpu else 1)
 
     def _prepare(self, stage: Stage, shape: Shape) -> None:
         """Build the programs ``stage`` at ``shape`` needs for float32 inputs (the common case)."""
@@ -506,8 +528,8 @@ class OpenCLExecutor(Executor):
                     self._kernel("GEMM", "gemm", macros)
             else:
                 code = INT8 if quant else FLOAT
-                macros, _ = self._attn_config(shape, (code, code, code), quant)
-                self._kernel("ATTENTION", "attention", macros)
+                macros, _, _ = self._attn_config(shape, (code, code, code), quant)
+                self._kernel("ATTENTION", "attention_int8" if quant else "attention", macros)
             if quant or (stage is Stage.QKV and self.half_weights):
                 self._kernel("QUANTIZE", "quantize", {"VW": 16})
 
@@ -796,26 +818,38 @@ class OpenCLExecutor(Executor):
                 buf, code = self._quantize_tensor(launch, name, buf, host.size, scales, len(bufs)), INT8
             bufs.append(buf)
             codes.append(code)
+        q_buf, k_buf = bufs[0], bufs[1]
         out_shape = inputs["q"].shape
         out_buf = self._buffer("out", 4 * int(np.prod(out_shape)))
-        macros, gsize = self._attn_config(shape, (codes[0], codes[1], codes[2]), quant)
-        self._enqueue(
-            launch,
-            "attention",
-            self._kernel("ATTENTION", "attention", macros),
-            gsize,
-            None,
-            *bufs,
-            out_buf,
-            np.int32(shape.n),
-            np.int32(shape.keys),
-            np.float32(1.0 / math.sqrt(shape.head_dim)),
-            scales,
-        )
+        macros, gsize, chunk = self._attn_config(shape, (codes[0], codes[1], codes[2]), quant)
+        splits, rows, hd = gsize[2], shape.batch * shape.heads * shape.n, shape.head_dim  # type: ignore[operator]
+        i32 = np.int32
+        geometry = (i32(shape.n), i32(shape.keys), np.float32(1.0 / math.sqrt(hd)), i32(chunk))
+        if quant:
+            stats = self._buffer("attn.stats", 8 * splits * rows)
+            partial = self._buffer("attn.partial", 4 * splits * rows * hd) if splits > 1 else stats
+            kern = self._kernel("ATTENTION", "attention_stats", macros)
+            self._enqueue(launch, "attention_stats", kern, gsize, None, q_buf, k_buf, *geometry, scales, stats)
+            kern = self._kernel("ATTENTION", "attention_int8", macros)
+            self._enqueue(launch, "attention", kern, gsize, None, *bufs, *geometry, scales, stats, out_buf, partial)
+            if splits > 1:
+                kern = self._kernel("ATTENTION", "attention_sum_int8", macros)
+                self._enqueue(
+                    launch, "attention_combine", kern, (rows,), None, partial, i32(rows), i32(splits), scales, out_buf
+                )
+        else:
+            partial = self._buffer("attn.partial", 4 * splits * rows * (hd + 2)) if splits > 1 else out_buf
+            kern = self._kernel("ATTENTION", "attention", macros)
+            self._enqueue(launch, "attention", kern, gsize, None, *bufs, *geometry, out_buf, partial)
+            if splits > 1:
+                kern = self._kernel("ATTENTION", "attention_combine", macros)
+                self._enqueue(
+                    launch, "attention_combine", kern, (rows,), None, partial, i32(rows), i32(splits), out_buf
+                )
         out = np.empty(out_shape, np.float32)
         launch.transfers.append(dev.cl.enqueue_copy(dev.queue, out, out_buf))  # blocking
         storage = {FLOAT: "float", HALF: "half", INT8: "int8"}
-        return out, {"activations": storage[codes[0]], "block": dict(macros)}
+        return out, {"activations": storage[codes[0]], "block": dict(macros, splits=splits, chunk=chunk)}
 
     # -- closing --------------------------------------------------------------
     def _close(self) -> None:

@@ -276,19 +276,24 @@ __kernel void to_half(__global const float* restrict x, const int n, const int c
 #: Causal multi-head attention over the KV cache, ``softmax(Q K^T / sqrt(HD) + mask) V``.
 #:
 #: Layout: ``q, o [BH, n, HD]`` and ``k, v [BH, keys, HD]``; query ``i`` sits at position
-#: ``keys - n + i`` and sees keys ``0 ..`` that position. Work-item ``(qb, bh)`` owns ``RQ``
-#: consecutive queries of one (batch, head), so every key and value row it loads serves
-#: ``RQ`` queries from registers. Macros: ``HD`` head dimension, ``VW`` vector width dividing
-#: ``HD``, ``RQ`` queries per work-item, ``Q_STORE``/``K_STORE``/``V_STORE`` storage codes,
-#: ``QUANT`` 1 for int8.
+#: ``keys - n + i`` and sees keys ``0 ..`` that position. Work-item ``(qb, bh, split)`` owns
+#: ``RQ`` consecutive queries of one (batch, head) and the keys ``[split * chunk, ..)`` of
+#: one split, so every key and value row it loads serves ``RQ`` queries from registers.
+#: Macros: ``HD`` head dimension, ``VW`` vector width dividing ``HD``, ``RQ`` queries per
+#: work-item, ``Q_STORE``/``K_STORE``/``V_STORE`` storage codes, ``QUANT`` 1 for int8.
 #:
-#: Float: one pass with an online softmax (running max ``m``, sum ``l``; the accumulator is
-#: rescaled only when the max grows), which is the same function as the reference's
-#: max-subtracted softmax up to float rounding.
+#: Splitting the keys (flash-decoding) gives decode, which has only ``BH`` queries, enough
+#: work-items to fill a GPU; with one split the kernels write the output directly.
+#:
+#: Float (``attention``, then ``attention_combine`` when split): one pass with an online
+#: softmax (running max ``m``, sum ``l``; the accumulator is rescaled only when the max
+#: grows), the same function as the reference's max-subtracted softmax up to rounding. Each
+#: split leaves ``(m, l, acc)``; the combine weighs them by ``exp(m_s - max m)``.
 #: INT8: the reference quantises the *normalised* probabilities (``rint(p * 127)``), which
-#: needs the final max and sum before any value is accumulated, so the kernel makes two
-#: passes: the first finds ``m`` and ``l``, the second recomputes each score, quantises
-#: ``p = exp(s - m) / l`` and accumulates ``pq * vq`` in int32.
+#: needs the final max and sum before any value is accumulated, so ``attention_stats`` finds
+#: ``(m, l)`` per split, ``attention_int8`` merges them, recomputes each score, quantises
+#: ``p = exp(s - m) / l`` and accumulates ``pq * vq`` in int32, and ``attention_sum_int8``
+#: adds the splits' integer sums (exact, so a split changes nothing).
 ATTENTION = r"""
 #define NV (HD / VW)
 #define QT STORE_T(Q_STORE)
@@ -307,37 +312,25 @@ inline float hsum(FV v) {
 #endif
 }
 
-__kernel void attention(__global const QT* restrict q, __global const KT* restrict k,
-                        __global const VT* restrict v, __global float* restrict o,
-                        const int n, const int keys, const float scale,
-                        __global const float* restrict qkv_scale) {
-    const int i0 = get_global_id(0) * RQ;
-    const int bh = get_global_id(1);
-    if (i0 >= n) return;
-    const int offset = keys - n;
-    const int rows = min(RQ, n - i0);
-    const int last = offset + i0 + rows - 1;   // last key any of these queries sees
-    q += ((long)bh * n + i0) * HD;
-    k += (long)bh * keys * HD;
-    v += (long)bh * keys * HD;
-#if QUANT
-    const float score_scale = qkv_scale[0] * qkv_scale[1];
-#endif
+// Work-item geometry shared by the per-split kernels: queries i0 .. i0+rows-1 of head bh see
+// keys up to offset + i; this split covers keys [j_begin, j_end).
+#define GEOMETRY                                                                    \
+    const int i0 = get_global_id(0) * RQ;                                           \
+    const int bh = get_global_id(1);                                                \
+    const int split = get_global_id(2);                                             \
+    if (i0 >= n) return;                                                            \
+    const int offset = keys - n;                                                    \
+    const int rows = min(RQ, n - i0);                                               \
+    const int j_begin = split * chunk;                                              \
+    const int j_end = min(offset + i0 + rows, j_begin + chunk);                     \
+    const int row0 = bh * n + i0; /* index of the first query among all BH * n */   \
+    q += ((long)bh * n + i0) * HD;                                                  \
+    k += (long)bh * keys * HD;                                                      \
+    FV qv[RQ][NV];                                                                  \
+    for (int r = 0; r < RQ; ++r)                                                    \
+        for (int c = 0; c < NV; ++c) qv[r][c] = LOADV(Q_STORE, q, min(r, rows - 1) * HD + c * VW);
 
-    FV qv[RQ][NV];
-    for (int r = 0; r < RQ; ++r)
-        for (int c = 0; c < NV; ++c)
-            qv[r][c] = LOADV(Q_STORE, q, min(r, rows - 1) * HD + c * VW);
-
-    float m[RQ], l[RQ];
-    for (int r = 0; r < RQ; ++r) { m[r] = -INFINITY; l[r] = 0.0f; }
-
-#if QUANT
-#define SCORE(r, j) ((dots[r] * score_scale) * scale)
-#else
-#define SCORE(r, j) (dots[r] * scale)
-#endif
-    // dots[r] = q_r . k_j
+// dots[r] = q_r . k_j
 #define DOTS(j)                                                                    \
     float dots[RQ];                                                                \
     {                                                                              \
@@ -349,47 +342,112 @@ __kernel void attention(__global const QT* restrict q, __global const KT* restri
             dots[r] = hsum(a);                                                     \
         }                                                                          \
     }
+#define MASKED(r, j) ((j) > offset + i0 + (r))
 
 #if QUANT
-    // pass 1: the softmax max and denominator of every query
-    for (int j = 0; j <= last; ++j) {
+// The reference's order of operations: (int dot * (qs * ks)) * (1 / sqrt(HD)).
+#define SCORE(r) ((dots[r] * (qkv_scale[0] * qkv_scale[1])) * scale)
+
+__kernel void attention_stats(__global const QT* restrict q, __global const KT* restrict k,
+                              const int n, const int keys, const float scale, const int chunk,
+                              __global const float* restrict qkv_scale, __global float* restrict stats) {
+    GEOMETRY
+    float m[RQ], l[RQ];
+    for (int r = 0; r < RQ; ++r) { m[r] = -INFINITY; l[r] = 0.0f; }
+    for (int j = j_begin; j < j_end; ++j) {
         DOTS(j)
         for (int r = 0; r < RQ; ++r) {
-            if (j > offset + i0 + r) continue;   // causal mask
-            const float s = SCORE(r, j);
+            if (MASKED(r, j)) continue;
+            const float s = SCORE(r);
             if (s > m[r]) { l[r] *= exp(m[r] - s); m[r] = s; }
             l[r] += exp(s - m[r]);
         }
     }
-    // pass 2: quantised probabilities times quantised values, int32 accumulation
+    __global float* out = stats + 2 * ((long)split * get_global_size(1) * n + row0);
+    for (int r = 0; r < rows; ++r) { out[2 * r] = m[r]; out[2 * r + 1] = l[r]; }
+}
+
+__kernel void attention_int8(__global const QT* restrict q, __global const KT* restrict k,
+                             __global const VT* restrict v, const int n, const int keys,
+                             const float scale, const int chunk, __global const float* restrict qkv_scale,
+                             __global const float* restrict stats, __global float* restrict o,
+                             __global int* restrict partial) {
+    GEOMETRY
+    v += (long)bh * keys * HD;
+    const int splits = get_global_size(2);
+    const long per_split = (long)get_global_size(1) * n;
+    // merge the splits' (m, l) into the softmax max and denominator of every query
+    float m[RQ], l[RQ];
+    for (int r = 0; r < RQ; ++r) {
+        const int row = row0 + min(r, rows - 1);
+        float mm = -INFINITY;
+        for (int t = 0; t < splits; ++t) mm = fmax(mm, stats[2 * (t * per_split + row)]);
+        float ll = 0.0f;
+        for (int t = 0; t < splits; ++t) {
+            const float mt = stats[2 * (t * per_split + row)];
+            if (mt > -INFINITY) ll += stats[2 * (t * per_split + row) + 1] * exp(mt - mm);
+        }
+        m[r] = mm;
+        l[r] = ll;
+    }
     IV acc[RQ][NV];
     for (int r = 0; r < RQ; ++r)
         for (int c = 0; c < NV; ++c) acc[r][c] = 0;
-    for (int j = 0; j <= last; ++j) {
+    for (int j = j_begin; j < j_end; ++j) {
         DOTS(j)
         IV vv[NV];
         for (int c = 0; c < NV; ++c) vv[c] = TO_IV(VLOAD(v, j * HD + c * VW));
         for (int r = 0; r < RQ; ++r) {
-            if (j > offset + i0 + r) continue;
-            const int pq = (int)rint((exp(SCORE(r, j) - m[r]) / l[r]) * INT8_MAX_F);
+            if (MASKED(r, j)) continue;
+            const int pq = (int)rint((exp(SCORE(r) - m[r]) / l[r]) * INT8_MAX_F);
             for (int c = 0; c < NV; ++c) acc[r][c] += pq * vv[c];
         }
     }
+    if (splits == 1) {
+        const float out_scale = qkv_scale[2] / INT8_MAX_F;
+        for (int r = 0; r < rows; ++r)
+            for (int c = 0; c < NV; ++c) VSTORE(TO_FV(acc[r][c]) * out_scale, o + (long)(row0 + r) * HD + c * VW);
+    } else {
+        for (int r = 0; r < rows; ++r)
+            for (int c = 0; c < NV; ++c)
+                VSTORE(acc[r][c], partial + ((long)split * per_split + row0 + r) * HD + c * VW);
+    }
+}
+
+__kernel void attention_sum_int8(__global const int* restrict partial, const int rows, const int splits,
+                                 __global const float* restrict qkv_scale, __global float* restrict o) {
+    const int row = get_global_id(0);
+    if (row >= rows) return;
     const float out_scale = qkv_scale[2] / INT8_MAX_F;
-    for (int r = 0; r < rows; ++r)
-        for (int c = 0; c < NV; ++c)
-            VSTORE(TO_FV(acc[r][c]) * out_scale, o + ((long)bh * n + i0 + r) * HD + c * VW);
+    for (int c = 0; c < HD; ++c) {
+        int total = 0;
+        for (int t = 0; t < splits; ++t) total += partial[((long)t * rows + row) * HD + c];
+        o[(long)row * HD + c] = (float)total * out_scale;
+    }
+}
+
 #else
+#define SCORE(r) (dots[r] * scale)
+
+__kernel void attention(__global const QT* restrict q, __global const KT* restrict k,
+                        __global const VT* restrict v, const int n, const int keys, const float scale,
+                        const int chunk, __global float* restrict o, __global float* restrict partial) {
+    GEOMETRY
+    v += (long)bh * keys * HD;
+    float m[RQ], l[RQ];
     FV acc[RQ][NV];
-    for (int r = 0; r < RQ; ++r)
+    for (int r = 0; r < RQ; ++r) {
+        m[r] = -INFINITY;
+        l[r] = 0.0f;
         for (int c = 0; c < NV; ++c) acc[r][c] = 0.0f;
-    for (int j = 0; j <= last; ++j) {
+    }
+    for (int j = j_begin; j < j_end; ++j) {
         DOTS(j)
         FV vv[NV];
         for (int c = 0; c < NV; ++c) vv[c] = LOADV(V_STORE, v, j * HD + c * VW);
         for (int r = 0; r < RQ; ++r) {
-            if (j > offset + i0 + r) continue;
-            const float s = SCORE(r, j);
+            if (MASKED(r, j)) continue;
+            const float s = SCORE(r);
             if (s > m[r]) {
                 // the running max grew: rescale what was accumulated against the old max
                 const float corr = exp(m[r] - s);
@@ -402,13 +460,43 @@ __kernel void attention(__global const QT* restrict q, __global const KT* restri
             for (int c = 0; c < NV; ++c) acc[r][c] = fma((FV)p, vv[c], acc[r][c]);
         }
     }
-    for (int r = 0; r < rows; ++r) {
-        const float inv = 1.0f / l[r];
-        for (int c = 0; c < NV; ++c)
-            VSTORE(acc[r][c] * inv, o + ((long)bh * n + i0 + r) * HD + c * VW);
+    if (get_global_size(2) == 1) {
+        for (int r = 0; r < rows; ++r) {
+            const float inv = 1.0f / l[r];
+            for (int c = 0; c < NV; ++c) VSTORE(acc[r][c] * inv, o + (long)(row0 + r) * HD + c * VW);
+        }
+    } else {
+        // partial row layout: m, l, then HD accumulator values
+        for (int r = 0; r < rows; ++r) {
+            __global float* p = partial + ((long)split * get_global_size(1) * n + row0 + r) * (HD + 2);
+            p[0] = m[r];
+            p[1] = l[r];
+            for (int c = 0; c < NV; ++c) VSTORE(acc[r][c], p + 2 + c * VW);
+        }
     }
-#endif
 }
+
+__kernel void attention_combine(__global const float* restrict partial, const int rows, const int splits,
+                                __global float* restrict o) {
+    const int row = get_global_id(0);
+    if (row >= rows) return;
+    float mm = -INFINITY;
+    for (int t = 0; t < splits; ++t) mm = fmax(mm, partial[((long)t * rows + row) * (HD + 2)]);
+    float l = 0.0f;
+    for (int t = 0; t < splits; ++t) {
+        const float mt = partial[((long)t * rows + row) * (HD + 2)];
+        if (mt > -INFINITY) l += partial[((long)t * rows + row) * (HD + 2) + 1] * exp(mt - mm);
+    }
+    for (int c = 0; c < HD; ++c) {
+        float acc = 0.0f;
+        for (int t = 0; t < splits; ++t) {
+            const __global float* p = partial + ((long)t * rows + row) * (HD + 2);
+            if (p[0] > -INFINITY) acc += p[2 + c] * exp(p[0] - mm);
+        }
+        o[(long)row * HD + c] = acc / l;
+    }
+}
+#endif
 """
 
 #: the smallest program worth building: proves the device's compiler works (availability probe)
