@@ -1,0 +1,469 @@
+"""The NPU backend: prebuilt RKNN models run through rknn-toolkit-lite2 (``RKNNLite``) on an RK3588.
+
+The NPU runs static graphs only, so this executor does not compile anything: it runs
+``.rknn`` models converted ahead of time (``scripts/build_rknn_models.py``, see
+``docs/rknn.md``) and listed in ``model_dir/manifest.json`` (see
+:mod:`adaptive_sched.executors.rknn_models`). A shape without a model is unsupported,
+and the reason says how to build one.
+
+What a run does
+---------------
+1. ``prepare`` loads the shape's model and initialises the runtime with the configured
+   core mask, once; runtimes stay cached (least recently used ones are released past
+   ``max_loaded_models``).
+2. For a model with baked weights, the caller's ``w`` and ``b`` are checked against the
+   manifest's digests (see ``weight_check``); other weights are an :class:`ExecutorError`.
+3. Inputs are reshaped and cast to the model's layout, ``RKNNLite.inference`` runs, and
+   the output is reshaped to the reference layout (a bias the model does not add itself
+   is added on the host).
+
+Timing: ``RunResult.latency_s`` is the wall time (``perf_counter``) of step 3, the part a
+deployment pays on every call; the digest check of step 2 is reported apart in
+``details["weight_check_s"]``. RKNNLite exposes no device timer, so ``device_s`` is None.
+
+``rknnlite`` is imported only when the executor is probed, and only if no ``runtime``
+class was injected.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import platform
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError, ExecutorError, ExecutorUnavailable
+from ..stages import output_shape
+from ..types import Backend, Precision, Shape, Stage
+from .base import Executor, RunResult
+from .rknn_models import Manifest, ModelEntry, ModelKey, model_key, read_manifest, weights_digest
+
+logger = logging.getLogger(__name__)
+
+#: core_mask option -> RKNNLite constant (RK3588 has cores 0, 1 and 2)
+CORE_MASKS = {
+    "auto": "NPU_CORE_AUTO",
+    "0": "NPU_CORE_0",
+    "1": "NPU_CORE_1",
+    "2": "NPU_CORE_2",
+    "0_1": "NPU_CORE_0_1",
+    "0_1_2": "NPU_CORE_0_1_2",
+    "all": "NPU_CORE_ALL",
+}
+WEIGHT_CHECKS = ("readonly", "identity", "always")
+
+#: the RKNN matmul limit on the reduction dimension (RK3588)
+MAX_K = 10240
+#: alignment of the matmul operands on RK3588, in elements: (K, N) per precision
+ALIGN = {Precision.FP16: (16, 16), Precision.INT8: (32, 32)}
+
+
+def parse_core_mask(value: Any) -> str:
+    """Normalise a ``core_mask`` option to a key of :data:`CORE_MASKS`.
+
+    Accepts the names (``"auto"``, ``"0_1_2"``, ...), a single core as an int, or a list of cores.
+
+    >>> parse_core_mask([0, 1, 2]), parse_core_mask(1), parse_core_mask("AUTO")
+    ('0_1_2', '1', 'auto')
+    """
+    if isinstance(value, bool):
+        raise ConfigError(f"core_mask: expected one of {', '.join(CORE_MASKS)}, got {value!r}")
+    if isinstance(value, int):
+        if value in (0, 1, 2):
+            return str(value)
+        # YAML 1.1 reads an unquoted 0_1_2 as the octal number 10, and 0_1 as 1
+        raise ConfigError(f"core_mask: got the number {value}; write the mask as a quoted string such as "
+                          f"\"0_1_2\" (unquoted, YAML reads 0_1_2 as 10)")  # fmt: skip
+    if isinstance(value, (list, tuple)):
+        text = "_".join(str(v) for v in sorted(set(value)))
+    else:
+        text = str(value).strip().lower()
+    if text not in CORE_MASKS:
+        raise ConfigError(f"core_mask: unknown value {value!r} (expected one of {', '.join(CORE_MASKS)})")
+    return text
+
+
+def matmuls(stage: Stage, shape: Shape) -> list[tuple[str, int, int]]:
+    """The matmuls of a stage as ``(what, K, N)``: reduction and output-column sizes."""
+    if stage is Stage.QKV:
+        return [("x @ w", shape.d, 3 * shape.d)]
+    return [("q @ k^T", shape.head_dim, shape.keys), ("p @ v", shape.keys, shape.head_dim)]
+
+
+def _read_only(a: np.ndarray) -> bool:
+    """True if nothing can write to ``a`` without first flipping a read-only flag."""
+    obj: Any = a
+    while isinstance(obj, np.ndarray):
+        if obj.flags.writeable:
+            return False
+        obj = obj.base
+    if obj is None:
+        return True
+    try:
+        return bool(memoryview(obj).readonly)
+    except TypeError:
+        return False
+
+
+@dataclass
+class _Loaded:
+    """One initialised RKNNLite runtime and the model it runs."""
+
+    entry: ModelEntry
+    rknn: Any
+
+
+class RknnExecutor(Executor):
+    """Runs ``qkv`` and ``attn`` as prebuilt RKNN models on the RK3588 NPU.
+
+    Creating the executor touches nothing; :meth:`is_available` imports ``rknnlite``,
+    reads the manifest and initialises one model's runtime, and never raises.
+
+    Parameters
+    ----------
+    backend : str, default "npu"
+        The backend name this executor answers for.
+    model_dir : str or Path
+        Directory with ``manifest.json`` and the ``.rknn`` files it lists.
+    core_mask : str, int or list, default "auto"
+        NPU cores each model runs on: ``"auto"`` (the driver picks an idle core), ``"0"``,
+        ``"1"``, ``"2"``, ``"0_1"``, ``"0_1_2"`` (one model split over the three cores) or
+        ``"all"``; also a core number or a list of cores. Quote masks in YAML.
+    runtime : type, optional
+        The ``RKNNLite`` class to use instead of ``rknnlite.api.RKNNLite`` (tests inject a fake).
+    weight_check : {"readonly", "identity", "always"}, default "readonly"
+        When the digest of the weights passed to a baked-weights model is computed again:
+        ``"readonly"`` hashes a read-only array once (``w.setflags(write=False)``) and any
+        other array on every call; ``"identity"`` trusts an array object it has checked
+        before (the caller promises not to modify it in place); ``"always"`` hashes on every call.
+    max_loaded_models : int, default 16
+        Runtimes kept initialised at once; the least recently used is released past it.
+    require_aligned : bool, default False
+        Also report shapes whose matmuls miss the RK3588 alignment (K to 32 bytes, N to 16
+        fp16 / 32 int8 elements) as unsupported. Off by default: the converter pads such
+        models, so they run, only slower.
+    verbose : bool, default False
+        Passed to ``RKNNLite(verbose=...)``.
+
+    Examples
+    --------
+    >>> ex = RknnExecutor(model_dir="/var/lib/adaptive-sched/rknn", core_mask="0_1_2")  # doctest: +SKIP
+    >>> ex.is_available(), ex.unavailable_reason                                      # doctest: +SKIP
+    (True, '')
+    >>> ex.run("qkv", Shape(n=1, d=2048, precision="int8")).latency_s                 # doctest: +SKIP
+    0.00081
+    """
+
+    kind = "npu_rknn"
+
+    def __init__(
+        self,
+        backend: Backend | str = Backend.NPU,
+        model_dir: str | Path | None = None,
+        core_mask: Any = "auto",
+        runtime: type | None = None,
+        weight_check: str = "readonly",
+        max_loaded_models: int = 16,
+        require_aligned: bool = False,
+        verbose: bool = False,
+        **options: Any,
+    ) -> None:
+        super().__init__(backend, **options)
+        self.model_dir = None if model_dir is None or str(model_dir) == "" else Path(model_dir).expanduser()
+        self.core_mask = parse_core_mask(core_mask)
+        self.runtime = runtime
+        if str(weight_check).lower() not in WEIGHT_CHECKS:
+            raise ConfigError(f"weight_check: unknown value {weight_check!r} (expected one of "
+                              f"{', '.join(map(repr, WEIGHT_CHECKS))})")  # fmt: skip
+        self.weight_check = str(weight_check).lower()
+        if isinstance(max_loaded_models, bool) or not isinstance(max_loaded_models, int) or max_loaded_models < 1:
+            raise ConfigError(f"max_loaded_models must be an integer >= 1, got {max_loaded_models!r}")
+        self.max_loaded_models = max_loaded_models
+        self.require_aligned = bool(require_aligned)
+        self.verbose = bool(verbose)
+
+        self._lock = threading.RLock()
+        self._cls: Any = None
+        self._manifest: Manifest | None = None
+        self._models: dict[ModelKey, ModelEntry] = {}
+        self._missing: dict[ModelKey, str] = {}  # entries whose .rknn file is absent
+        self._loaded: OrderedDict[ModelKey, _Loaded] = OrderedDict()
+        self._checked: OrderedDict[tuple[int, str], np.ndarray] = OrderedDict()  # (id(array), digest) -> array
+        self._counters = {"loads": 0, "releases": 0, "inferences": 0, "weight_hashes": 0}
+
+    # -- availability ---------------------------------------------------------
+    def _runtime_class(self) -> tuple[Any, str | None]:
+        if self.runtime is not None:
+            return self.runtime, None
+        try:
+            from rknnlite.api import RKNNLite
+        except Exception as exc:  # ImportError, or OSError from a missing librknnrt.so
+            machine = platform.machine() or "unknown"
+            if machine.lower() not in ("aarch64", "arm64"):
+                return None, (f"rknn-toolkit-lite2 is only published for aarch64 boards, and this host is {machine} "
+                              f"(import rknnlite: {exc})")  # fmt: skip
+            return None, (f"cannot import rknnlite ({exc}); install rknn-toolkit-lite2 "
+                          "(pip install 'adaptive-sched[rknn]') and Rockchip's librknnrt.so")  # fmt: skip
+        return RKNNLite, None
+
+    def _probe(self) -> str | None:
+        cls, reason = self._runtime_class()
+        if reason is not None:
+            return reason
+        if self.model_dir is None:
+            return "no model_dir: the NPU runs prebuilt .rknn models listed in a manifest.json (see docs/rknn.md)"
+        if not self.model_dir.is_dir():
+            return f"model_dir {self.model_dir} does not exist or is not a directory"
+        try:
+            manifest = read_manifest(self.model_dir)
+        except ConfigError as exc:
+            if not (self.model_dir / "manifest.json").exists():
+                found = len(list(self.model_dir.glob("*.rknn")))
+                return (
+                    f"model_dir {self.model_dir} has no manifest.json ({found} .rknn file(s)); write one with "
+                    "adaptive_sched.executors.rknn_models.write_manifest or scripts/build_rknn_models.py"
+                )
+            return str(exc)
+        models, missing = {}, {}
+        for entry in manifest.entries:
+            if manifest.path(entry).is_file():
+                models[entry.key] = entry
+            else:
+                missing[entry.key] = f"the manifest lists {entry.file} but {manifest.path(entry)} does not exist"
+                logger.warning("RKNN model %s for %s is missing", manifest.path(entry), entry.describe())
+        if not models:
+            return f"{manifest.directory / 'manifest.json'} lists no model whose .rknn file exists"
+        self._cls, self._manifest, self._models, self._missing = cls, manifest, models, missing
+        # Proving the runtime works on one model catches a missing driver or library now, not at first run.
+        first = min(models.values(), key=lambda e: manifest.path(e).stat().st_size)
+        try:
+            self._load(first)
+        except ExecutorError as exc:
+            return str(exc)
+        logger.info("RKNN executor: %d model(s) in %s, core mask %s", len(models), manifest.directory, self.core_mask)
+        return None
+
+    def _require(self) -> Manifest:
+        if not self.is_available() or self._manifest is None:
+            raise ExecutorUnavailable(f"{self.kind} is not available: {self.unavailable_reason}")
+        return self._manifest
+
+    # -- introspection --------------------------------------------------------
+    @property
+    def manifest(self) -> Manifest | None:
+        """The manifest in use (None until a successful probe)."""
+        self.is_available()
+        return self._manifest
+
+    def loaded_models(self) -> list[str]:
+        """Files of the models whose runtimes are initialised, least recently used first."""
+        with self._lock:
+            return [loaded.entry.file for loaded in self._loaded.values()]
+
+    def cache_info(self) -> dict[str, int]:
+        """Counters of loads, releases, inferences and weight hashes (for tests and diagnostics)."""
+        with self._lock:
+            return dict(self._counters, loaded=len(self._loaded), models=len(self._models))
+
+    def entry_for(self, stage: Stage | str, shape: Shape) -> ModelEntry | None:
+        """The manifest entry that runs ``stage`` at ``shape``, if any."""
+        self.is_available()
+        return self._models.get(model_key(stage, shape))
+
+    # -- support --------------------------------------------------------------
+    def _supports(self, stage: Stage, shape: Shape) -> str | None:
+        for what, k, n in matmuls(stage, shape):
+            if k > MAX_K:
+                return f"{what} reduces over K={k}, more than the RKNN matmul limit of {MAX_K}"
+            if self.require_aligned:
+                k_align, n_align = ALIGN[shape.precision]
+                if k % k_align or n % n_align:
+                    return (f"{what} has K={k}, N={n}; RK3588 needs K a multiple of {k_align} and N of {n_align} "
+                            f"for {shape.precision.value} (require_aligned is on)")  # fmt: skip
+        if not self.is_available():
+            return f"{self.kind} is not available here: {self.unavailable_reason}"
+        key = model_key(stage, shape)
+        if key in self._models:
+            return None
+        if key in self._missing:
+            return self._missing[key]
+        return (
+            f"no prepared RKNN model for {stage.value} at {shape} in {self.model_dir}; build one with "
+            f"scripts/build_rknn_models.py --stage {stage.value} {_shape_args(stage, shape)} (see docs/rknn.md)"
+        )
+
+    # -- runtimes ---------------------------------------------------------------
+    def _load(self, entry: ModelEntry) -> _Loaded:
+        """Load ``entry``'s model and initialise its runtime (cached); ExecutorError on an RKNN failure."""
+        with self._lock:
+            loaded = self._loaded.get(entry.key)
+            if loaded is not None:
+                self._loaded.move_to_end(entry.key)
+                return loaded
+            assert self._manifest is not None
+            path = self._manifest.path(entry)
+            try:
+                rknn = self._cls(verbose=self.verbose)
+            except Exception as exc:
+                raise ExecutorError(f"{self.kind}: creating RKNNLite failed: {exc}") from exc
+            mask_name = CORE_MASKS[self.core_mask]
+            try:
+                ret = rknn.load_rknn(str(path))
+                if ret != 0:
+                    raise ExecutorError(f"{self.kind}: load_rknn({path}) failed with RKNN return code {ret}")
+                mask = getattr(self._cls, mask_name)
+                ret = rknn.init_runtime(core_mask=mask)
+                if ret != 0:
+                    raise ExecutorError(
+                        f"{self.kind}: init_runtime(core_mask={mask_name}) failed with RKNN return code {ret} "
+                        f"for {path} (is this an RK3588 with the rknpu driver and librknnrt.so, and was the "
+                        "model converted for target_platform='rk3588'?)"
+                    )
+            except ExecutorError:
+                self._release(rknn, path)
+                raise
+            except Exception as exc:
+                self._release(rknn, path)
+                raise ExecutorError(f"{self.kind}: loading {path} failed: {type(exc).__name__}: {exc}") from exc
+            loaded = self._loaded[entry.key] = _Loaded(entry, rknn)
+            self._counters["loads"] += 1
+            logger.debug("RKNN model %s ready on %s", path, mask_name)
+            while len(self._loaded) > self.max_loaded_models:
+                _, old = self._loaded.popitem(last=False)
+                self._release(old.rknn, self._manifest.path(old.entry))
+            return loaded
+
+    def _release(self, rknn: Any, path: Path) -> None:
+        try:
+            rknn.release()
+        except Exception as exc:  # releasing must never take the caller down
+            logger.warning("RKNN release of %s failed: %s", path, exc)
+        self._counters["releases"] += 1
+
+    def _prepare(self, stage: Stage, shape: Shape) -> None:
+        self._require()
+        self._load(self._models[model_key(stage, shape)])
+
+    # -- weights ----------------------------------------------------------------
+    def _check_weights(self, entry: ModelEntry, inputs: Mapping[str, np.ndarray]) -> None:
+        """Refuse weights other than the ones baked into ``entry``'s model."""
+        for name, want in (("w", entry.w_digest), ("b", entry.b_digest)):
+            a = inputs.get(name)
+            if want is None:
+                continue  # a model without a baked bias: the caller's bias, if any, is added on the host
+            if a is None:
+                raise ExecutorError(f"{self.kind}: the model {entry.file} adds a baked bias but the caller passed "
+                                    "none; convert a model without one (see docs/rknn.md)")  # fmt: skip
+            if self._weights_known(a, want):
+                continue
+            got = weights_digest(a)
+            self._counters["weight_hashes"] += 1
+            if got != want:
+                raise ExecutorError(
+                    f"{self.kind}: input {name!r} is not the weight baked into {entry.file} (digest {got[:19]}..., "
+                    f"the manifest says {want[:19]}...); convert a model for these weights, or use one that takes "
+                    "them as inputs"
+                )
+            if self.weight_check == "identity" or (self.weight_check == "readonly" and _read_only(a)):
+                self._checked[(id(a), want)] = a  # the reference keeps id(a) from being reused
+                while len(self._checked) > 4 * self.max_loaded_models:
+                    self._checked.popitem(last=False)
+
+    def _weights_known(self, a: np.ndarray, want: str) -> bool:
+        if self.weight_check == "always":
+            return False
+        known = self._checked.get((id(a), want))
+        if known is not a:
+            return False
+        return self.weight_check == "identity" or _read_only(a)
+
+    # -- running --------------------------------------------------------------
+    def _run(
+        self, stage: Stage, shape: Shape, inputs: Mapping[str, np.ndarray] | None, after: Backend | None
+    ) -> RunResult:
+        assert inputs is not None
+        self._require()
+        entry = self._models[model_key(stage, shape)]
+        with self._lock:
+            loaded = self._load(entry)
+            check_s = 0.0
+            if entry.weights == "baked":
+                start = time.perf_counter()
+                self._check_weights(entry, inputs)
+                check_s = time.perf_counter() - start
+            start = time.perf_counter()
+            feed = self._feed(entry, inputs)
+            kwargs = {} if entry.data_format is None else {"data_format": entry.data_format}
+            t0 = time.perf_counter()
+            try:
+                outputs = loaded.rknn.inference(inputs=feed, **kwargs)
+            except Exception as exc:
+                raise ExecutorError(
+                    f"{self.kind}: inference on {entry.file} raised {type(exc).__name__}: {exc}"
+                ) from exc
+            inference_s = time.perf_counter() - t0
+            self._counters["inferences"] += 1
+            output = self._output(entry, stage, shape, outputs, inputs)
+            latency = time.perf_counter() - start
+        details = {"model": entry.file, "core_mask": self.core_mask, "inference_s": inference_s,
+                   "weight_check_s": check_s}  # fmt: skip
+        return RunResult(output=output, latency_s=max(latency, 1e-9), details=details)
+
+    @staticmethod
+    def _feed(entry: ModelEntry, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        feed = []
+        for spec in entry.inputs:
+            a = inputs.get(spec.name)
+            if a is None:  # only the optional bias can be absent: the model adds zeros
+                a = np.zeros(spec.shape, dtype=spec.dtype)
+            feed.append(np.ascontiguousarray(np.asarray(a).reshape(spec.shape), dtype=spec.dtype))
+        return feed
+
+    def _output(
+        self, entry: ModelEntry, stage: Stage, shape: Shape, outputs: Any, inputs: Mapping[str, np.ndarray]
+    ) -> np.ndarray:
+        if outputs is None:
+            # RKNNLite reports every failure inside inference() as None (the cause goes to its log)
+            raise ExecutorError(f"{self.kind}: inference on {entry.file} returned None (RKNN failure; "
+                                "rknnlite's log has the cause)")  # fmt: skip
+        if not isinstance(outputs, (list, tuple)) or not outputs:
+            raise ExecutorError(f"{self.kind}: inference on {entry.file} returned {type(outputs).__name__} "
+                                "instead of a list of outputs")  # fmt: skip
+        out = np.asarray(outputs[0])
+        want = output_shape(stage, shape)
+        if out.size != math.prod(want):
+            raise ExecutorError(f"{self.kind}: {entry.file} returned an output of shape {out.shape}; "
+                                f"{stage.value} at {shape} needs {math.prod(want)} elements {want}")  # fmt: skip
+        result = out.reshape(want).astype(np.float32, copy=False)
+        bias = inputs.get("b") if stage is Stage.QKV else None
+        if bias is not None and not entry.adds_bias:
+            result = result + np.asarray(bias, dtype=np.float32)
+        return result
+
+    # -- teardown ---------------------------------------------------------------
+    def _close(self) -> None:
+        with self._lock:
+            while self._loaded:
+                _, loaded = self._loaded.popitem(last=False)
+                path = self._manifest.path(loaded.entry) if self._manifest is not None else Path(loaded.entry.file)
+                self._release(loaded.rknn, path)
+            self._checked.clear()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(backend={self.backend.value!r}, model_dir={self.model_dir!r}, " \
+               f"core_mask={self.core_mask!r})"
+
+
+def _shape_args(stage: Stage, shape: Shape) -> str:
+    args = f"--n {shape.n} --d {shape.d} --batch {shape.batch} --precision {shape.precision.value}"
+    if stage is Stage.ATTN:
+        args += f" --kv-len {shape.kv_len} --heads {shape.heads}"
+    return args
