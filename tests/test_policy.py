@@ -168,3 +168,27 @@ def test_state_reports_offsets():
     state = p.state()
     assert state["observations"] == 100 and state["offsets"]["gpu"] > 1.6
     assert math.isclose(p.decide(Stage.QKV, SHAPE, None)[3][GPU], 2e-3, rel_tol=0.1)
+
+
+def test_returns_to_a_backend_that_recovers_while_unobserved():
+    # contention on the GPU comes and goes: after it ends, the GPU is no longer chosen, so only
+    # re-probing (driven by its volatility) can find out that it is fast again
+    p = bound(AdaptivePolicy(seed=5), {("qkv", "gpu"): 1e-3, ("qkv", "npu"): 1.5e-3})
+    truth = {GPU: 1e-3, NPU: 1.5e-3}
+    feed(p, Stage.QKV, SHAPE, truth.__getitem__, 300)
+    truth[GPU] = 3e-3
+    assert feed(p, Stage.QKV, SHAPE, truth.__getitem__, 300)[-50:].count(NPU) >= 45
+    truth[GPU] = 1e-3
+    back = feed(p, Stage.QKV, SHAPE, truth.__getitem__, 600)
+    assert back[-100:].count(GPU) >= 95
+
+
+def test_a_changed_handoff_cost_is_learned_for_every_shape():
+    # attn on the NPU after qkv on the GPU costs 0.5 ms more than the prior's guess; seen at one
+    # shape, the learned crossing cost applies to another shape at once
+    table = {("attn", "gpu"): 2e-3, ("attn", "npu"): 1e-3}
+    p = bound(AdaptivePolicy(seed=0, transition_sync_s=1e-4), table)
+    feed(p, Stage.ATTN, SHAPE, {GPU: 2e-3, NPU: 1.6e-3}.__getitem__, 200, after=GPU)
+    other = Shape(n=1, d=2048, kv_len=64, precision="int8")
+    predicted = p.decide(Stage.ATTN, other, GPU)[3]
+    assert predicted[NPU] == pytest.approx(1e-3 + 6e-4, rel=0.15)

@@ -76,6 +76,11 @@ class BackendDrift:
         Variance after a drift alarm or :meth:`forget`, so new observations move the offset fast.
     delta, threshold : float
         Page-Hinkley parameters on the innovations (log units).
+    volatility_horizon : float
+        After a change of size ``j`` (log units), the offset's variance grows by an extra
+        ``j**2 / volatility_horizon`` per decision while the backend goes unobserved: a
+        backend that just jumped (contention that comes and goes) is re-probed within
+        about that many decisions. The extra growth fades as the backend is observed.
 
     Examples
     --------
@@ -86,7 +91,7 @@ class BackendDrift:
     2.0
     """
 
-    __slots__ = ("_alarm", "_last_clock", "_ph", "_q", "_r", "alarms", "n", "offset", "variance")
+    __slots__ = ("_alarm", "_boost", "_horizon", "_last_clock", "_ph", "_q", "_r", "alarms", "n", "offset", "variance")
 
     def __init__(
         self,
@@ -96,8 +101,11 @@ class BackendDrift:
         alarm_variance: float = 0.25,
         delta: float = 0.05,
         threshold: float = 1.5,
+        volatility_horizon: float = 300.0,
     ) -> None:
         self._r = obs_variance
+        self._horizon = volatility_horizon
+        self._boost = 0.0
         self._q = staleness_per_decision
         self._alarm = alarm_variance
         self._ph = PageHinkley(delta=delta, threshold=threshold)
@@ -109,7 +117,7 @@ class BackendDrift:
 
     def variance_at(self, clock: int) -> float:
         """The offset's variance at decision ``clock``, grown by staleness since the last update."""
-        return self.variance + self._q * max(0, clock - self._last_clock)
+        return self.variance + (self._q + self._boost) * max(0, clock - self._last_clock)
 
     def update(self, residual: float, clock: int) -> bool:
         """Learn from one observation whose log-latency exceeds the prior by ``residual``.
@@ -124,9 +132,11 @@ class BackendDrift:
         self.variance = (1.0 - gain) * prior_var
         self._last_clock = clock
         self.n += 1
+        self._boost *= 0.995  # fades over a few hundred observations of this backend
         if self._ph.update(innovation):
             self.alarms += 1
             self.variance = max(self.variance, self._alarm)
+            self._boost = min(0.01, innovation * innovation / self._horizon)
             return True
         return False
 
