@@ -364,7 +364,7 @@ class RknnExecutor(Executor):
                                     "none; convert a model without one (see docs/rknn.md)")  # fmt: skip
             if self._weights_known(a, want):
                 continue
-            got = weights_digest(a)
+            got = weights_digest(a, entry.shape.precision)
             self._counters["weight_hashes"] += 1
             if got != want:
                 raise ExecutorError(

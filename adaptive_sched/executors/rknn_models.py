@@ -36,7 +36,8 @@ treats 4-D inputs as NHWC images unless told otherwise (``data_format``).
 * ``{"mode": "input"}``: ``w`` (and ``b`` if listed) are model inputs. Any weights work;
   every call copies them to the NPU, which dominates decode-sized calls at large ``d``.
 * ``{"mode": "baked", "w": "sha256:...", "b": "sha256:..." | null}``: the weights were
-  constants of the ONNX graph. The digests (:func:`weights_digest`) let the executor
+  constants of the ONNX graph. The digests (:func:`weights_digest` at the model's
+  precision) let the executor
   refuse weights other than the model's; ``"b": null`` means the model adds no bias.
 
 >>> entry = ModelEntry.for_shape("qkv", Shape(n=1, d=64))
@@ -60,7 +61,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..stages import input_shapes, output_shape
-from ..types import Shape, Stage, parse_stage
+from ..types import Precision, Shape, Stage, parse_precision, parse_stage
 
 MANIFEST = "manifest.json"
 FORMAT = 1
@@ -104,16 +105,22 @@ def model_filename(stage: Stage | str, shape: Shape, suffix: str = "") -> str:
     return f"{stem}{suffix}.rknn"
 
 
-def weights_digest(a: np.ndarray) -> str:
-    """``"sha256:<hex>"`` of ``a``'s shape and float32 values, whatever its dtype.
+def weights_digest(a: np.ndarray, precision: Precision | str | None = None) -> str:
+    """``"sha256:<hex>"`` of ``a``'s shape and values as the model sees them.
 
-    float16 weights and their float32 copies get the same digest, so a model converted
-    from float32 weights accepts the caller's float16 ones.
+    An FP16 model holds its weights in float16, so for ``precision="fp16"`` the values are
+    rounded to float16 first: the float32 weights a model was converted from and the
+    caller's float16 copy of them are the same weights. Otherwise the float32 values count.
 
-    >>> weights_digest(np.ones(2, np.float16)) == weights_digest(np.ones(2, np.float32))
+    >>> w = np.linspace(0, 1, 7, dtype=np.float32)
+    >>> weights_digest(w, "fp16") == weights_digest(w.astype(np.float16), "fp16")
     True
+    >>> weights_digest(w, "int8") == weights_digest(w.astype(np.float16), "int8")
+    False
     """
     a = np.asarray(a)
+    if precision is not None and parse_precision(precision) is Precision.FP16:
+        a = a.astype(np.float16)
     h = hashlib.sha256(repr(tuple(a.shape)).encode())
     h.update(np.ascontiguousarray(a, dtype="<f4").data)
     return "sha256:" + h.hexdigest()
@@ -279,8 +286,8 @@ class ModelEntry:
         if weights == "baked":
             if w is None:
                 raise ValueError("w: a baked-weights model needs the weights it was converted with")
-            w_digest = weights_digest(w)
-            b_digest = None if b is None else weights_digest(b)
+            w_digest = weights_digest(w, shape.precision)
+            b_digest = None if b is None else weights_digest(b, shape.precision)
             suffix = "_w" + w_digest.split(":", 1)[1][:10]
         return cls(
             stage=stage,

@@ -1,0 +1,557 @@
+"""The RKNN executor on a fake rknn-toolkit-lite2 (tests/fake_rknnlite), and the model manifest."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import sys
+import threading
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import pytest
+
+from adaptive_sched.checks import CASES, EXECUTOR_CHECKS, TOLERANCE, CheckSkipped
+from adaptive_sched.errors import ConfigError, ExecutorError, UnsupportedShape
+from adaptive_sched.executors import create_executor
+from adaptive_sched.executors.npu_rknn import RknnExecutor, parse_core_mask
+from adaptive_sched.executors.rknn_models import (
+    ModelEntry,
+    TensorSpec,
+    model_filename,
+    read_manifest,
+    weights_digest,
+    write_manifest,
+)
+from adaptive_sched.stages import make_inputs, reference
+from adaptive_sched.types import Shape, Stage
+
+FAKE_DIR = Path(__file__).parent / "fake_rknnlite"
+
+QKV = Shape(n=7, d=64)
+ATTN = Shape(n=5, d=128, heads=2)
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    """The fake ``rknnlite.api`` module, importable as ``rknnlite`` for this test only."""
+    monkeypatch.syspath_prepend(str(FAKE_DIR))
+    before = {name: mod for name, mod in sys.modules.items() if name.split(".")[0] in ("rknnlite", "fake_rknn_convert")}
+    for name in before:
+        del sys.modules[name]
+    api = importlib.import_module("rknnlite.api")
+    yield api
+    for name in [n for n in sys.modules if n.split(".")[0] in ("rknnlite", "fake_rknn_convert")]:
+        del sys.modules[name]
+    sys.modules.update(before)
+
+
+@pytest.fixture
+def convert(fake):
+    return importlib.import_module("fake_rknn_convert")
+
+
+@pytest.fixture
+def runtime(fake):
+    """A fresh RKNNLite subclass that records its instances."""
+
+    class Recording(fake.RKNNLite):
+        instances: ClassVar[list] = []
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            type(self).instances.append(self)
+
+    return Recording
+
+
+@pytest.fixture
+def model_dir(tmp_path, convert):
+    """Calibrated models for every conformance case."""
+    convert.build_model_dir(tmp_path / "models", CASES)
+    return tmp_path / "models"
+
+
+def executor(model_dir, runtime, **options):
+    return RknnExecutor(model_dir=model_dir, runtime=runtime, **options)
+
+
+def rel_error(got, want):
+    return float(np.max(np.abs(np.asarray(got, np.float64) - want))) / (float(np.max(np.abs(want))) or 1.0)
+
+
+# -- conformance ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("check", EXECUTOR_CHECKS, ids=[c.__name__.removeprefix("check_") for c in EXECUTOR_CHECKS])
+def test_conformance_with_the_fake_runtime(check, model_dir, runtime):
+    ex = executor(model_dir, runtime)
+    try:
+        check(ex)
+    except CheckSkipped as exc:
+        if check.__name__ != "check_unsupported_rejected":
+            pytest.fail(f"skipped although a fake NPU and models exist: {exc}")
+    finally:
+        ex.close()
+
+
+def test_rknnlite_is_imported_lazily_from_sys_path(model_dir, fake):
+    ex = create_executor("npu_rknn", model_dir=str(model_dir))
+    assert ex.is_available(), ex.unavailable_reason
+    inputs = make_inputs("qkv", QKV)
+    out = ex.run("qkv", QKV, inputs).output
+    assert rel_error(out, reference("qkv", QKV, inputs)) <= TOLERANCE[QKV.precision]
+    ex.close()
+
+
+# -- availability ---------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("machine", "expected"),
+    [("x86_64", "rknn-toolkit-lite2 is only published for aarch64 boards"), ("aarch64", "install rknn-toolkit-lite2")],
+)
+def test_unavailable_without_rknnlite(monkeypatch, tmp_path, machine, expected):
+    # no fake here: monkeypatch would put a fake it saw in sys.modules back at teardown
+    model_dir = tmp_path / "models"
+    entry = ModelEntry.for_shape("qkv", QKV)
+    write_manifest(model_dir, [entry])
+    (model_dir / entry.file).write_bytes(b"")
+    for name in ("rknnlite", "rknnlite.api"):
+        monkeypatch.setitem(sys.modules, name, None)  # import rknnlite raises ImportError
+    monkeypatch.setattr("platform.machine", lambda: machine)
+    ex = RknnExecutor(model_dir=model_dir)
+    assert ex.is_available() is False
+    assert expected in ex.unavailable_reason
+    assert not ex.supports("qkv", QKV)
+    assert "not available" in ex.why_unsupported("qkv", QKV)
+
+
+def test_unavailable_reasons_for_model_dirs(tmp_path, runtime, convert):
+    assert "no model_dir" in RknnExecutor(runtime=runtime).unavailable_reason
+    assert "does not exist" in executor(tmp_path / "nope", runtime).unavailable_reason
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    reason = executor(empty, runtime).unavailable_reason
+    assert "no manifest.json (0 .rknn file(s))" in reason and "write_manifest" in reason
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "manifest.json").write_text(json.dumps({"models": [{"stage": "qkv", "shape": {"n": 1, "d": 64}}]}))
+    reason = executor(broken, runtime).unavailable_reason
+    assert "manifest.json: models[0]: file: required" in reason
+
+    unbuilt = tmp_path / "unbuilt"
+    write_manifest(unbuilt, [ModelEntry.for_shape("qkv", QKV)])
+    assert "lists no model whose .rknn file exists" in executor(unbuilt, runtime).unavailable_reason
+
+
+def test_unavailable_when_init_runtime_fails(model_dir, runtime):
+    class NoNpu(runtime):
+        FAKE_NPU_PRESENT = False
+
+    ex = executor(model_dir, NoNpu)
+    assert ex.is_available() is False
+    assert "init_runtime(core_mask=NPU_CORE_AUTO) failed with RKNN return code -1" in ex.unavailable_reason
+    assert [i._fake_calls for i in NoNpu.instances] == [["load_rknn", "init_runtime", "release"]]
+
+
+def test_unavailable_for_models_built_for_another_platform(tmp_path, runtime, convert):
+    entry = ModelEntry.for_shape("qkv", QKV)
+    convert.convert(entry, tmp_path, target_platform="rk3566")
+    write_manifest(tmp_path, [entry])
+    reason = executor(tmp_path, runtime).unavailable_reason
+    assert "RKNN return code -1" in reason and "target_platform='rk3588'" in reason
+
+
+def test_probe_never_raises(model_dir, runtime):
+    class Exploding(runtime):
+        def __init__(self, *args, **kwargs):
+            raise OSError("librknnrt.so: cannot open shared object file")
+
+    ex = executor(model_dir, Exploding)
+    assert ex.is_available() is False
+    assert "librknnrt.so" in ex.unavailable_reason
+
+
+# -- model lookup and support ---------------------------------------------------------------------
+def test_model_lookup_ignores_fields_that_do_not_change_the_graph(model_dir, runtime):
+    ex = executor(model_dir, runtime)
+    entry = ex.entry_for("qkv", QKV)
+    assert entry is not None and entry.file == "qkv_n7_d64_b1_fp16.rknn"
+    assert ex.entry_for("qkv", Shape(n=7, d=64, kv_len=100)) is entry  # one projection model for every step
+    assert ex.entry_for("qkv", Shape(n=7, d=64, precision="int8")) is not entry
+    assert ex.entry_for("attn", Shape(n=5, d=128, heads=4)) is None  # heads change the attention graph
+
+
+def test_unsupported_shape_reason_says_how_to_build_one(model_dir, runtime):
+    ex = executor(model_dir, runtime)
+    shape = Shape(n=8, d=64, precision="int8")
+    reason = ex.why_unsupported("qkv", shape)
+    assert reason.startswith("no prepared RKNN model for qkv at")
+    assert "scripts/build_rknn_models.py --stage qkv --n 8 --d 64 --batch 1 --precision int8" in reason
+    reason = ex.why_unsupported("attn", Shape(n=1, d=128, kv_len=3, heads=2))
+    assert "--stage attn --n 1 --d 128 --batch 1 --precision fp16 --kv-len 3 --heads 2" in reason
+    with pytest.raises(UnsupportedShape, match="no prepared RKNN model"):
+        ex.run("qkv", shape)
+
+
+def test_missing_model_file_is_an_unsupported_shape_with_the_path(model_dir, runtime, caplog):
+    (model_dir / model_filename("qkv", QKV)).unlink()
+    with caplog.at_level(logging.WARNING, logger="adaptive_sched.executors.npu_rknn"):
+        ex = executor(model_dir, runtime)
+        assert ex.is_available()
+    reason = ex.why_unsupported("qkv", QKV)
+    assert "lists qkv_n7_d64_b1_fp16.rknn but" in reason and "does not exist" in reason
+    assert "is missing" in caplog.text
+    assert ex.supports("attn", ATTN)
+
+
+def test_matmul_limits(model_dir, runtime):
+    ex = executor(model_dir, runtime)
+    big = Shape(n=1, d=10240 + 64)
+    assert "K=10304, more than the RKNN matmul limit of 10240" in ex.why_unsupported("qkv", big)
+    long = Shape(n=1, d=64, kv_len=10240, heads=1)
+    assert "p @ v reduces over K=10241" in ex.why_unsupported("attn", long)
+    # unaligned shapes run (the converter pads them) unless alignment is required
+    assert ex.supports("attn", ATTN)
+    strict = executor(model_dir, runtime, require_aligned=True)
+    assert "q @ k^T has K=64, N=5; RK3588 needs K a multiple of 16 and N of 16" in strict.why_unsupported("attn", ATTN)
+    assert strict.supports("qkv", QKV)
+
+
+# -- runtimes: cached per model, core mask, release ------------------------------------------------
+def test_runtime_is_loaded_once_per_model(model_dir, runtime):
+    ex = executor(model_dir, runtime)
+    assert ex.is_available()
+    probed = len(runtime.instances)
+    assert probed == 1  # the probe's runtime stays cached
+    for _ in range(3):
+        ex.run("qkv", QKV)
+        ex.prepare("qkv", QKV)
+        ex.run("qkv", Shape(n=7, d=64, kv_len=5))  # same model
+        ex.run("attn", ATTN)
+    assert {ex.entry_for("qkv", QKV).file, ex.entry_for("attn", ATTN).file} <= set(ex.loaded_models())
+    assert ex.cache_info()["inferences"] == 9
+    loads = [i._fake_calls.count("init_runtime") for i in runtime.instances]
+    assert all(n == 1 for n in loads)
+    assert len(runtime.instances) == len(set(ex.loaded_models()))
+
+
+def test_least_recently_used_runtime_is_released(model_dir, runtime):
+    ex = executor(model_dir, runtime, max_loaded_models=1)
+    ex.run("qkv", QKV)
+    ex.run("attn", ATTN)
+    assert ex.loaded_models() == [ex.entry_for("attn", ATTN).file]
+    assert all(i.rknn_runtime is None for i in runtime.instances[:-1])  # released
+    ex.run("qkv", QKV)  # loaded again
+    assert ex.cache_info()["loads"] == len(runtime.instances)
+
+
+@pytest.mark.parametrize(("mask", "value"), [("auto", 0), ("0", 1), (2, 4), ("0_1", 3), ("0_1_2", 7), ([2, 1, 0], 7),
+                                             ("all", 0xFFFF)])  # fmt: skip
+def test_core_mask_reaches_init_runtime(model_dir, runtime, mask, value):
+    ex = executor(model_dir, runtime, core_mask=mask)
+    ex.run("qkv", QKV)
+    assert {i.core_mask for i in runtime.instances} == {value}
+
+
+@pytest.mark.parametrize(("mask", "message"), [(10, "quoted string"), ("3", "unknown value '3'"), (True, "expected")])
+def test_bad_core_masks_are_config_errors(mask, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_core_mask(mask)
+    with pytest.raises(ConfigError, match="core_mask"):
+        RknnExecutor(core_mask=mask)
+
+
+def test_close_releases_every_runtime_once(model_dir, runtime):
+    ex = executor(model_dir, runtime)
+    ex.run("qkv", QKV)
+    ex.run("attn", ATTN)
+    ex.close()
+    ex.close()
+    assert runtime.instances and all(i._fake_calls.count("release") == 1 for i in runtime.instances)
+    assert all(i._fake_calls[-1] == "release" for i in runtime.instances)
+    assert ex.loaded_models() == []
+    with pytest.raises(RuntimeError, match="closed"):
+        ex.run("qkv", QKV)
+
+
+def test_close_survives_a_failing_release(model_dir, runtime, caplog):
+    class BadRelease(runtime):
+        def release(self):
+            raise RuntimeError("driver gone")
+
+    ex = executor(model_dir, BadRelease)
+    ex.run("qkv", QKV)
+    with caplog.at_level(logging.WARNING, logger="adaptive_sched.executors.npu_rknn"):
+        ex.close()
+    assert "driver gone" in caplog.text
+
+
+# -- RKNN failures are ExecutorErrors with the return code -----------------------------------------
+def test_corrupt_model_is_an_init_runtime_error(model_dir, runtime):
+    ex = executor(model_dir, runtime)
+    assert ex.is_available()
+    (model_dir / ex.entry_for("attn", ATTN).file).write_bytes(b"RKNN\x00not a model")
+    with pytest.raises(ExecutorError, match=r"init_runtime\(core_mask=NPU_CORE_AUTO\) failed with RKNN return code -1"):
+        ex.run("attn", ATTN)
+    assert runtime.instances[-1]._fake_calls[-1] == "release"  # the failed runtime is not leaked
+
+
+def test_vanished_model_is_a_load_error(model_dir, runtime):
+    ex = executor(model_dir, runtime)
+    assert ex.is_available()
+    (model_dir / ex.entry_for("attn", ATTN).file).unlink()
+    with pytest.raises(ExecutorError, match=r"load_rknn\(.*attn_n5_kv0_d128_h2_b1_fp16.rknn\) failed with RKNN return "
+                                            r"code -1"):  # fmt: skip
+        ex.prepare("attn", ATTN)
+
+
+def test_model_that_does_not_match_its_manifest_entry(model_dir, runtime, convert):
+    # the file of one shape holds a model for another: the runtime rejects the inputs and returns None
+    other = ModelEntry.for_shape("attn", Shape(n=5, d=128, heads=2, kv_len=1), file=model_filename("attn", ATTN))
+    convert.convert(other, model_dir)
+    ex = executor(model_dir, runtime)
+    with pytest.raises(ExecutorError, match="returned None"):
+        ex.run("attn", ATTN)
+
+
+def test_inference_exceptions_and_bad_outputs_are_wrapped(model_dir, runtime):
+    class Raising(runtime):
+        def inference(self, inputs, **kwargs):
+            raise MemoryError("rknn_inputs_set: out of CMA memory")
+
+    ex = executor(model_dir, Raising)
+    with pytest.raises(ExecutorError, match="raised MemoryError: rknn_inputs_set") as info:
+        ex.run("qkv", QKV)
+    assert isinstance(info.value.__cause__, MemoryError)
+
+    class Truncating(runtime):
+        def inference(self, inputs, **kwargs):
+            return [super().inference(inputs, **kwargs)[0][:1]]
+
+    with pytest.raises(ExecutorError, match=r"returned an output of shape \(1, 192\)"):
+        executor(model_dir, Truncating).run("qkv", QKV)
+
+
+# -- inputs, bias and baked weights ----------------------------------------------------------------
+def test_optional_bias_with_and_without_a_bias_input(tmp_path, runtime, convert):
+    with_b = ModelEntry.for_shape("qkv", QKV)
+    without_b = ModelEntry.for_shape("qkv", Shape(n=3, d=64), bias=False)
+    for entry in (with_b, without_b):
+        convert.convert(entry, tmp_path)
+    write_manifest(tmp_path, [with_b, without_b])
+    ex = executor(tmp_path, runtime)
+    for shape in (QKV, Shape(n=3, d=64)):
+        inputs = make_inputs("qkv", shape)
+        no_bias = {k: v for k, v in inputs.items() if k != "b"}
+        for given in (inputs, no_bias):
+            out = ex.run("qkv", shape, given).output
+            assert rel_error(out, reference("qkv", shape, given)) <= TOLERANCE[shape.precision]
+
+
+@pytest.fixture
+def baked(tmp_path, runtime, convert):
+    """An INT8 qkv model with baked weights and bias, and one with baked weights and no bias."""
+    shape = Shape(n=4, d=64, precision="int8")
+    nob = Shape(n=2, d=64, precision="int8")
+    w = make_inputs("qkv", shape, seed=11)["w"]
+    b = make_inputs("qkv", shape, seed=11)["b"]
+    entries = [ModelEntry.for_shape("qkv", shape, weights="baked", w=w, b=b),
+               ModelEntry.for_shape("qkv", nob, weights="baked", w=w, b=None)]  # fmt: skip
+    for entry in entries:
+        convert.convert(entry, tmp_path, w=w, b=entry.b_digest and b)
+    write_manifest(tmp_path, entries)
+    w.setflags(write=False)
+    return tmp_path, shape, nob, w, b
+
+
+def test_baked_weights_run_and_match_the_reference(baked, runtime):
+    model_dir, shape, nob, w, b = baked
+    ex = executor(model_dir, runtime)
+    assert ex.entry_for("qkv", shape).input_names == ("x",)
+    x = make_inputs("qkv", shape, seed=3)["x"]
+    result = ex.run("qkv", shape, {"x": x, "w": w, "b": b})
+    assert rel_error(result.output, reference("qkv", shape, {"x": x, "w": w, "b": b})) <= TOLERANCE[shape.precision]
+    assert result.details["weight_check_s"] >= 0 and result.details["model"].startswith("qkv_n4_d64_b1_int8_w")
+    # a model without a baked bias gets the caller's bias on the host
+    x2 = make_inputs("qkv", nob, seed=3)["x"]
+    out = ex.run("qkv", nob, {"x": x2, "w": w, "b": b}).output
+    assert rel_error(out, reference("qkv", nob, {"x": x2, "w": w, "b": b})) <= TOLERANCE[nob.precision]
+
+
+def test_other_weights_are_refused(baked, runtime):
+    model_dir, shape, _, w, b = baked
+    ex = executor(model_dir, runtime)
+    x = make_inputs("qkv", shape)["x"]
+    with pytest.raises(ExecutorError, match="input 'w' is not the weight baked into"):
+        ex.run("qkv", shape, {"x": x, "w": w * 2, "b": b})
+    with pytest.raises(ExecutorError, match="input 'b' is not the weight baked into"):
+        ex.run("qkv", shape, {"x": x, "w": w, "b": b + 1})
+    with pytest.raises(ExecutorError, match="adds a baked bias but the caller passed none"):
+        ex.run("qkv", shape, {"x": x, "w": w})
+    # an INT8 model was quantised from the float32 values: a float16 copy is other weights
+    with pytest.raises(ExecutorError, match="input 'w' is not the weight"):
+        ex.run("qkv", shape, {"x": x, "w": w.astype(np.float16), "b": b})
+
+
+def test_fp16_baked_model_accepts_a_float16_copy_of_its_weights(tmp_path, runtime, convert):
+    inputs = make_inputs("qkv", QKV, seed=4)
+    entry = ModelEntry.for_shape("qkv", QKV, weights="baked", w=inputs["w"], b=inputs["b"])
+    convert.convert(entry, tmp_path, w=inputs["w"], b=inputs["b"])
+    write_manifest(tmp_path, [entry])
+    half = {k: v.astype(np.float16) for k, v in inputs.items()}
+    out = executor(tmp_path, runtime).run("qkv", QKV, half).output
+    assert rel_error(out, reference("qkv", QKV, inputs)) <= TOLERANCE[QKV.precision]
+
+
+@pytest.mark.parametrize(("mode", "read_only", "hashes"), [("readonly", True, 1), ("readonly", False, 3),
+                                                           ("identity", False, 1), ("always", True, 3)])  # fmt: skip
+def test_weight_digests_are_cached_as_configured(baked, runtime, mode, read_only, hashes):
+    model_dir, _, nob, w, _ = baked
+    w = w if read_only else w.copy()
+    ex = executor(model_dir, runtime, weight_check=mode)
+    x = make_inputs("qkv", nob)["x"]
+    for _ in range(3):
+        ex.run("qkv", nob, {"x": x, "w": w})
+    assert ex.cache_info()["weight_hashes"] == hashes
+
+
+def test_bad_weight_check_option():
+    with pytest.raises(ConfigError, match="weight_check: unknown value 'sometimes'"):
+        RknnExecutor(weight_check="sometimes")
+
+
+def test_static_int8_scales_clip_inputs_outside_the_calibrated_range(tmp_path, runtime, convert):
+    shape = Shape(n=1, d=128, kv_len=9, heads=2, precision="int8")
+    calibrated, dynamic = tmp_path / "calibrated", tmp_path / "dynamic"
+    convert.build_model_dir(calibrated, [(Stage.ATTN, shape)])
+    convert.build_model_dir(dynamic, [(Stage.ATTN, shape)], calibrate=False)
+    inputs = {k: v * 4 for k, v in make_inputs("attn", shape, seed=5).items()}  # 4x the calibration data's range
+    want = reference("attn", shape, inputs)
+    assert rel_error(executor(calibrated, runtime).run("attn", shape, inputs).output, want) > 0.2
+    assert rel_error(executor(dynamic, runtime).run("attn", shape, inputs).output, want) <= TOLERANCE[shape.precision]
+
+
+def test_concurrent_runs_are_serialised_and_correct(model_dir, runtime):
+    ex = executor(model_dir, runtime)
+    inputs = make_inputs("qkv", QKV, seed=2)
+    want = reference("qkv", QKV, inputs)
+    errors = []
+
+    def work():
+        for _ in range(20):
+            if rel_error(ex.run("qkv", QKV, inputs).output, want) > TOLERANCE[QKV.precision]:
+                errors.append("mismatch")
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and ex.cache_info()["inferences"] == 80
+
+
+# -- the fake runtime keeps the real one's conventions ---------------------------------------------
+def test_fake_runtime_return_codes(fake, model_dir, tmp_path):
+    rt = fake.RKNNLite()
+    assert rt.inference(inputs=[]) is None  # before init_runtime
+    assert rt.init_runtime() == -1  # before load_rknn
+    assert rt.load_rknn(str(tmp_path / "missing.rknn")) == -1
+    junk = tmp_path / "junk.rknn"
+    junk.write_bytes(b"junk")
+    assert rt.load_rknn(str(junk)) == 0  # like the real one, load only reads the bytes
+    assert rt.init_runtime() == -1  # the runtime finds the corruption
+    path = str(model_dir / model_filename("qkv", QKV))
+    assert rt.load_rknn(path) == 0
+    assert rt.init_runtime(core_mask=5) == -1
+    assert rt.init_runtime(target="rk3588") == -1  # a remote target needs adb; this is the on-board runtime
+    assert rt.init_runtime(core_mask=fake.RKNNLite.NPU_CORE_0_1_2) == 0
+    assert rt.get_sdk_version()
+    inputs = make_inputs("qkv", QKV)
+    feed = [inputs["x"].reshape(7, 64), inputs["w"], inputs["b"]]
+    out = rt.inference(inputs=feed)
+    assert isinstance(out, list) and out[0].dtype == np.float32 and out[0].shape == (7, 192)
+    assert rt.inference(inputs=feed[:2]) is None  # wrong number of inputs
+    assert rt.inference(inputs=[feed[0][:3], *feed[1:]]) is None  # wrong element count
+    assert rt.inference(inputs=feed, data_format=["nchw"]) is None  # lite2 takes one string
+    rt.release()
+    rt.release()
+    assert rt.inference(inputs=feed) is None  # after release
+
+
+def test_fake_runtime_takes_4d_inputs_as_nhwc_unless_told(fake, tmp_path, convert):
+    shape = Shape(n=3, d=64, heads=2)
+    h, hd, keys = 2, 32, 3
+    four_d = ModelEntry(
+        stage=Stage.ATTN, shape=shape, file="attn4d.rknn",
+        inputs=(TensorSpec("q", (1, h, 3, hd)), TensorSpec("k", (1, h, keys, hd)), TensorSpec("v", (1, h, keys, hd))),
+        output=(1, h, 3, hd),
+    )  # fmt: skip
+    convert.convert(four_d, tmp_path, calibrate=False)
+    inputs = make_inputs("attn", shape)
+    want = reference("attn", shape, inputs)
+    rt = fake.RKNNLite()
+    assert rt.load_rknn(str(tmp_path / "attn4d.rknn")) == 0 and rt.init_runtime() == 0
+    feed = [inputs["q"], inputs["k"], inputs["v"]]
+    assert rel_error(rt.inference(inputs=feed, data_format="nchw")[0], want) <= TOLERANCE[shape.precision]
+    assert rel_error(rt.inference(inputs=feed)[0], want) > 0.1  # taken as NHWC: scrambled
+
+    write_manifest(tmp_path, [ModelEntry(**{**four_d.__dict__, "data_format": "nchw"})])
+    ex = RknnExecutor(model_dir=tmp_path, runtime=fake.RKNNLite)
+    assert rel_error(ex.run("attn", shape, inputs).output, want) <= TOLERANCE[shape.precision]
+
+
+# -- the manifest ---------------------------------------------------------------------------------
+def test_manifest_round_trip(tmp_path):
+    w = np.ones((64, 192), np.float32)
+    entries = [
+        ModelEntry.for_shape("qkv", QKV),
+        ModelEntry.for_shape("qkv", Shape(n=1, d=64, precision="int8"), weights="baked", w=w),
+        ModelEntry.for_shape("attn", ATTN),
+    ]
+    path = write_manifest(tmp_path, entries)
+    assert path == tmp_path / "manifest.json"
+    doc = json.loads(path.read_text())
+    assert doc["format"] == 1 and doc["target_platform"] == "rk3588"
+    assert doc["models"][1]["weights"] == {"mode": "baked", "w": weights_digest(w), "b": None}
+    assert read_manifest(tmp_path).entries == tuple(entries)
+    assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda m: m[0]["inputs"][1].update(shape=[64, 190]), r"models\[0\]: inputs\[1\] \('w'\): shape \[64, 190\] "
+                                                              r"has 12160 elements; the stage's 'w' \[64, 192\]"),
+        (lambda m: m[0]["inputs"].pop(0), r"models\[0\]: inputs: missing 'x'"),
+        (lambda m: m[0]["inputs"][0].update(dtype="int4"),
+         r"models\[0\]: inputs\[0\] \('x'\): dtype 'int4' is not one of"),
+        (lambda m: m[0].update(colour="red"), r"models\[0\]: unknown field\(s\): colour"),
+        (lambda m: m[0]["shape"].update(n=0), r"models\[0\]: shape: n must be >= 1"),
+        (lambda m: m[0].update(weights={"mode": "baked"}),
+         r"models\[0\]: weights\.w: a baked model needs the 'sha256:\.\.\.' digest"),
+        (lambda m: m[1].update(output=[5, 64]), r"models\[1\]: output: shape \[5, 64\] has 320 elements"),
+        (lambda m: m.append(dict(m[0])), r"models\[2\] is a second model for qkv \(n=7, d=64, batch=1, fp16\) "
+                                         r"\(models\[0\] is the first\)"),
+    ],
+)  # fmt: skip
+def test_invalid_manifests_name_the_entry_and_field(tmp_path, mutate, message):
+    models = [ModelEntry.for_shape("qkv", QKV).to_dict(), ModelEntry.for_shape("attn", ATTN).to_dict()]
+    mutate(models)
+    with pytest.raises(ConfigError, match=message):
+        write_manifest(tmp_path, models)
+    (tmp_path / "manifest.json").write_text(json.dumps({"format": 1, "models": models}))
+    with pytest.raises(ConfigError, match=r"manifest.json: " + message):
+        read_manifest(tmp_path)
+
+
+def test_unreadable_manifests(tmp_path):
+    with pytest.raises(ConfigError, match=r"manifest\.json: no such file"):
+        read_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(ConfigError, match=r"manifest\.json: not valid JSON"):
+        read_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_text(json.dumps({"format": 2, "models": []}))
+    with pytest.raises(ConfigError, match="format 2 is not supported"):
+        read_manifest(tmp_path)
