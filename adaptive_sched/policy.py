@@ -51,8 +51,9 @@ from typing import Any, Protocol
 from .learners.drift import BackendDrift, BucketCorrection, TransitionEstimate, normal_sf
 from .types import Backend, Decision, Shape, Stage, parse_stage
 
-#: what ``Policy.decide`` returns: backend, propensity, explored, predicted latency per backend, version
-Choice = tuple[Backend, float, bool, Mapping[Backend, float], int]
+#: what ``Policy.decide`` returns, in the order of the matching :class:`Decision` fields:
+#: backend, propensity, explored, predicted latency per backend, after, policy version
+Choice = tuple[Backend, float, bool, Mapping[Backend, float], "Backend | None", int]
 
 _EMPTY: Mapping[Backend, float] = MappingProxyType({})
 
@@ -165,7 +166,7 @@ class FixedPolicy(Policy):
         self.backend = Backend(backend)
 
     def decide(self, stage: Stage | str, shape: Shape, after: Backend | None) -> Choice:
-        return self.backend, 1.0, False, _EMPTY, 0
+        return self.backend, 1.0, False, _EMPTY, after, 0
 
 
 class StaticPriorPolicy(Policy):
@@ -186,7 +187,7 @@ class StaticPriorPolicy(Policy):
             backend = self._cache[key] = Backend(self.prior.choose(stage, shape))
         if backend in self._excluded:
             backend = self.available()[0]
-        return backend, 1.0, False, _EMPTY, 0
+        return backend, 1.0, False, _EMPTY, after, 0
 
 
 class EpsilonGreedyPolicy(Policy):
@@ -213,12 +214,12 @@ class EpsilonGreedyPolicy(Policy):
         stats = [self._means.get((stage, bucket, after, b)) for b in usable]
         for backend, s in zip(usable, stats, strict=True):
             if s is None:
-                return backend, 1.0, True, _EMPTY, 0
+                return backend, 1.0, True, _EMPTY, after, 0
         k = len(usable)
         best = min(range(k), key=lambda i: stats[i][0])  # type: ignore[index]
         pick = self._rng.randrange(k) if self._rng.random() < self.epsilon else best
         p = self.epsilon / k + (1.0 - self.epsilon if pick == best else 0.0)
-        return usable[pick], p, pick != best, _EMPTY, 0
+        return usable[pick], p, pick != best, _EMPTY, after, 0
 
     def probabilities(self, stage: Stage | str, shape: Shape, after: Backend | None) -> dict[Backend, float]:
         stage = parse_stage(stage)
@@ -262,7 +263,7 @@ class OraclePolicy(Policy):
                 v += min(expected(Stage.ATTN, shape, a, b) for a in usable)
             values[b] = v
         best = min(values, key=values.__getitem__)
-        return best, 1.0, False, MappingProxyType(values), 0
+        return best, 1.0, False, MappingProxyType(values), after, 0
 
 
 class _Slot:
@@ -414,7 +415,8 @@ class AdaptivePolicy(Policy):
         with self._lock:
             if len(self.hot_index) > 200_000:
                 # Unbounded distinct shapes (long services): the index is only a cache of buckets.
-                self.hot_index = {}
+                # Cleared in place: the scheduler holds a reference to this dict.
+                self.hot_index.clear()
             key = (stage_, shape_bucket(stage_, shape), after)
             slot = self._bucket_slots.get(key)
             if slot is None:
@@ -524,7 +526,7 @@ class AdaptivePolicy(Policy):
         est = {b: self.estimate(stage, shape, after, b) for b in usable}
         predicted = {b: math.exp(m) for b, (m, _) in est.items() if math.isfinite(m)}
         if not predicted:  # nothing known about any backend: take the first
-            slot.table = ((usable[0], 1.0, False, _EMPTY, self._version), ())
+            slot.table = ((usable[0], 1.0, False, _EMPTY, after, self._version), ())
             return
         values = dict(predicted)
         if stage is Stage.QKV and self.lookahead:
@@ -558,8 +560,8 @@ class AdaptivePolicy(Policy):
         table_alts = []
         for b, p in alternatives:
             cumulative += p
-            table_alts.append((cumulative, (b, p, True, shown, self._version)))
-        slot.table = ((best, 1.0 - total_p, False, shown, self._version), tuple(table_alts))
+            table_alts.append((cumulative, (b, p, True, shown, after, self._version)))
+        slot.table = ((best, 1.0 - total_p, False, shown, after, self._version), tuple(table_alts))
 
     def _budget_scale(self) -> float:
         if self._spent <= 0.0 or self.explore_budget <= 0.0:
@@ -624,7 +626,14 @@ class AdaptivePolicy(Policy):
                     self._publish(slot)
 
     def _learn_transition(
-        self, stage: Stage, shape: Shape, after: Backend, backend: Backend, latency_s: float, mean: float, variance: float
+        self,
+        stage: Stage,
+        shape: Shape,
+        after: Backend,
+        backend: Backend,
+        latency_s: float,
+        mean: float,
+        variance: float,
     ) -> float | None:
         """Split what a crossing stage cost between its own run and the crossing, in proportion
         to how uncertain each part is (a joint Kalman update). Returns the run's part."""

@@ -39,6 +39,15 @@ from .types import Backend, Decision, Shape, Stage, check_latency, parse_backend
 log = logging.getLogger(__name__)
 
 _STAGES: dict[Any, Stage] = {**{s.value: s for s in Stage}, **{s: s for s in Stage}}
+_new_tuple = tuple.__new__
+_wallclock = time.time
+
+#: observations of a stage between two lessons for its online classifier (a lesson costs 0.05-0.4 ms
+#: of river; on a learner thread that is GIL time taken from inference threads)
+ONLINE_EVERY = {"inline": 16, "thread": 256}
+
+#: longest stretch the learner thread runs before yielding the GIL to inference threads
+LEARN_SLICE_S = 50e-6
 
 #: decisions a quarantined backend sits out after its first failure; doubles with each strike
 QUARANTINE_BASE = 64
@@ -135,7 +144,13 @@ class Scheduler:
         self._policy.bind(config.candidates, self._prior, self.device, supports=self._supports)
         self._online: OnlineClassifiers | None = None
         if config.policy.online_classifiers and hasattr(self._policy, "best"):
-            self._online = OnlineClassifiers(self._prior, seed=config.policy.seed)
+            self._online = OnlineClassifiers(
+                self._prior, seed=config.policy.seed, every=ONLINE_EVERY[config.policy.learner]
+            )
+            if config.policy.learner == "thread":
+                # Build the classifiers (river's import and training) now, before serving,
+                # not on the learner thread while inference threads compete for the GIL.
+                self._online.prepare()
         self._quarantine: dict[Backend, int] = {}  # backend -> observation count it sits out until
         self._strikes: dict[Backend, int] = {}  # failures since the backend's last success
         self._learn_queue: deque[tuple[Decision, float]] = deque()
@@ -147,6 +162,11 @@ class Scheduler:
         db_path = str(db) if db is not None else (config.resolve_path(config.store.path) if config.store.path else None)
         if db_path:
             self._open_log(db_path)
+        # The decision hot path reads these directly (see decide()).
+        self._hot_index = self._policy.hot_index
+        self._draw = self._policy.draw
+        fast_path = getattr(self._log, "fast_path", None)
+        self._log_queue, self._log_kick_at = fast_path() if fast_path is not None else (None, 0)
         self._learner: threading.Thread | None = None
         self._stop = threading.Event()
         if not self._inline:
@@ -263,12 +283,15 @@ class Scheduler:
         limit = self.config.store.warm_start_rows
         if limit <= 0:
             return
-        from .store.reads import recent_for_warm_start
+        from .replay import recent_logged
 
         n = 0
-        for decision, latency_s in recent_for_warm_start(path, device=self.config.device, limit=limit):
-            if decision.backend in self.config.candidates:
-                self._policy.learn(decision, latency_s)
+        candidates = set(self.config.candidates)
+        for row in recent_logged(path, device=self.config.device, limit=limit):
+            if row.backend in candidates and (row.after is None or row.after in candidates):
+                decision = Decision(row.id, row.stage, row.shape, row.backend, row.propensity, row.explored,
+                                    row.predicted or {}, row.after)  # fmt: skip
+                self._policy.learn(decision, row.latency_s)
                 n += 1
         if n:
             log.info("warm start: learned from %d logged outcomes in %s", n, path)
@@ -287,35 +310,44 @@ class Scheduler:
         so ``attn`` accounts for where ``qkv`` ran. ``context`` carries optional device
         state (temperatures, clocks, load) that is logged with the decision.
         """
+        # The hot path: one dict lookup of the policy's published table, one draw, one tuple.
+        if after is None:
+            prev = None
+        elif after.__class__ is Decision:
+            prev = after[3]  # .backend, by index: cheaper than the named accessor
+        else:
+            prev = parse_backend(after)  # type: ignore[arg-type]
+        slot = self._hot_index.get((stage, shape, prev))
+        if slot is None:
+            return self._decide_slow(stage, shape, context, prev)
+        choice, alternatives = slot.table
+        if alternatives:
+            u = self._draw()
+            for threshold, alternative in alternatives:
+                if u < threshold:
+                    choice = alternative
+                    break
+        decision = _new_tuple(Decision, (self._id_base | next(self._ids), slot.stage, shape, *choice, _wallclock()))
+        queue = self._log_queue
+        if queue is not None:
+            if len(queue) < self._log_kick_at:
+                queue.append((decision, context))
+            else:
+                self._log.decision(decision, context)  # full or about to be: the log's own policy
+        elif self._log is not None:
+            self._log.decision(decision, context)
+        return decision  # type: ignore[no-any-return]
+
+    def _decide_slow(
+        self, stage: Stage | str, shape: Shape, context: Mapping[str, float] | None, prev: Backend | None
+    ) -> Decision:
         stage_ = _STAGES.get(stage)
         if stage_ is None:
             stage_ = parse_stage(stage)
         if shape.__class__ is not Shape:
             raise TypeError(f"shape must be a Shape, got {type(shape).__name__}")
-        if after is None:
-            prev = None
-        elif after.__class__ is Decision:
-            prev = after.backend  # type: ignore[union-attr]
-        else:
-            prev = parse_backend(after)  # type: ignore[arg-type]
-        policy = self._policy
-        slot = policy.hot_index.get((stage, shape, prev))
-        if slot is None:
-            choice = policy.decide(stage, shape, prev)
-        else:
-            choice, alternatives = slot.table
-            if alternatives:
-                u = policy.draw()
-                for threshold, alternative in alternatives:
-                    if u < threshold:
-                        choice = alternative
-                        break
-        backend, propensity, explored, predicted, version = choice
-        decision = tuple.__new__(
-            Decision,
-            (self._id_base | next(self._ids), stage_, shape, backend, propensity, explored, predicted, prev,
-             version, time.time()),
-        )  # fmt: skip
+        choice = self._policy.decide(stage, shape, prev)
+        decision = _new_tuple(Decision, (self._id_base | next(self._ids), stage_, shape, *choice, _wallclock()))
         if self._log is not None:
             self._log.decision(decision, context)
         return decision  # type: ignore[no-any-return]
@@ -534,20 +566,21 @@ class Scheduler:
 
     def _learner_loop(self) -> None:
         queue = self._learn_queue
+        clock = time.perf_counter
         while not self._stop.is_set() or queue:
             if not queue:
                 self._stop.wait(0.002)
                 continue
+            # Learn in slices of at most ~LEARN_SLICE_S, then let inference threads take
+            # the GIL: a learner that held it longer would show up in their tail latency.
+            deadline = clock() + LEARN_SLICE_S
             with self._lock:
-                for _ in range(32):
-                    if not queue:
-                        break
+                while queue and clock() < deadline:
                     decision, latency = queue.popleft()
                     try:
                         self._learn_one(decision, latency)
                     except Exception:  # learning must never take the service down
                         log.exception("learning from decision %d failed", decision.id)
-            # Let inference threads take the GIL between small chunks of learning.
             time.sleep(0)
 
     def flush(self, timeout_s: float | None = None) -> None:

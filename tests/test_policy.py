@@ -20,7 +20,7 @@ def feed(policy, stage, shape, latency_of, n, after=None):
     """Decide n times and feed back latency_of(backend); return the backends chosen."""
     chosen = []
     for _ in range(n):
-        backend, p, explored, predicted, _ = policy.decide(stage, shape, after)
+        backend, p, explored, predicted, _, _ = policy.decide(stage, shape, after)
         assert 0.0 < p <= 1.0
         chosen.append(backend)
         policy.learn(Decision(0, stage, shape, backend, p, explored, predicted, after), latency_of(backend))
@@ -29,7 +29,7 @@ def feed(policy, stage, shape, latency_of, n, after=None):
 
 def test_starts_from_the_prior_not_at_random():
     p = bound(AdaptivePolicy(seed=0), {("qkv", "gpu"): 1e-3, ("qkv", "npu"): 3e-3})
-    backend, prop, explored, predicted, _ = p.decide(Stage.QKV, SHAPE, None)
+    backend, prop, explored, predicted, _, _ = p.decide(Stage.QKV, SHAPE, None)
     assert backend is GPU and not explored and prop > 0.9
     assert predicted[GPU] == pytest.approx(1e-3) and predicted[NPU] == pytest.approx(3e-3)
 

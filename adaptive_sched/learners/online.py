@@ -65,6 +65,11 @@ class OnlineClassifiers:
             self._models[stage] = model
         return model
 
+    def prepare(self) -> None:
+        """Build every stage's classifier now (imports river and trains the prior's models)."""
+        for stage in Stage:
+            self._model(stage)
+
     def observe(self, stage: Stage, shape: Shape, best: Callable[[], Backend | None]) -> None:
         """Count an observation of ``stage``; on every ``every``-th, teach ``best()`` at ``shape``."""
         self._counts[stage] += 1
