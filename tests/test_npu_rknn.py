@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import logging
 import sys
@@ -555,3 +556,66 @@ def test_unreadable_manifests(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps({"format": 2, "models": []}))
     with pytest.raises(ConfigError, match="format 2 is not supported"):
         read_manifest(tmp_path)
+
+
+# -- the build script -----------------------------------------------------------------------------
+def load_build_script():
+    spec = importlib.util.spec_from_file_location("build_rknn_models", Path(__file__).parents[1] / "scripts" /
+                                                  "build_rknn_models.py")  # fmt: skip
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_build_script_selects_distinct_models():
+    script = load_build_script()
+    args = script.parse_args(["out", "--stage", "qkv", "attn", "--n", "1", "--d", "128", "--kv-len", "0", "8",
+                              "--precision", "int8"])  # fmt: skip
+    cases = script.select_cases(args)
+    # qkv ignores kv_len: one qkv model, two attention models
+    assert [(s.value, sh.kv_len) for s, sh in cases] == [("qkv", 0), ("attn", 0), ("attn", 8)]
+    assert len(script.select_cases(script.parse_args(["out", "--conformance", "--precision", "fp16"]))) == 6
+    with pytest.raises(SystemExit):
+        script.parse_args(["out", "--conformance", "--opset", "21"])
+
+
+@pytest.mark.parametrize("opset", [13, 17, 19])
+def test_build_script_graphs_compute_the_stages(tmp_path, opset):
+    """The ONNX graphs, run by onnxruntime in float32, match the reference within its precision's tolerance."""
+    pytest.importorskip("onnx", reason="the build script's graphs need the onnx package (not a project dependency)")
+    ort = pytest.importorskip("onnxruntime", reason="checking the graphs needs onnxruntime (not a project dependency)")
+    script = load_build_script()
+    w_shape = Shape(n=7, d=64)
+    baked = make_inputs("qkv", w_shape, seed=9)
+    np.savez(tmp_path / "w.npz", w=baked["w"], b=baked["b"])
+    assert script.main([str(tmp_path / "m"), "--conformance", "--onnx-only", "--opset", str(opset)]) == 0
+    assert script.main([str(tmp_path / "baked"), "--stage", "qkv", "--n", "7", "--d", "64", "--weights",
+                        str(tmp_path / "w.npz"), "--onnx-only", "--opset", str(opset)]) == 0  # fmt: skip
+    runs = [(tmp_path / "m", s, sh, None) for s, sh in CASES] + [(tmp_path / "baked", Stage.QKV, w_shape, baked)]
+    for root, stage, shape, weights in runs:
+        if weights is None:
+            entry = ModelEntry.for_shape(stage, shape)
+            inputs = make_inputs(stage, shape, seed=3)
+        else:
+            entry = ModelEntry.for_shape(stage, shape, weights="baked", w=weights["w"], b=weights["b"])
+            inputs = {**make_inputs(stage, shape, seed=3), "w": weights["w"], "b": weights["b"]}
+        session = ort.InferenceSession(str(root / "onnx" / entry.file.replace(".rknn", ".onnx")))
+        feed = {t.name: inputs[t.name].reshape(t.shape).astype(np.float32) for t in entry.inputs}
+        (out,) = session.run(None, feed)
+        assert out.shape == entry.output
+        err = rel_error(out.reshape(reference(stage, shape, inputs).shape), reference(stage, shape, inputs))
+        assert err <= TOLERANCE[shape.precision], (entry.file, err)
+    # INT8 models come with their calibration data in the model's layout
+    dataset = (tmp_path / "m" / "calibration" / "qkv_n7_d64_b1_int8" / "dataset.txt").read_text().splitlines()
+    assert len(dataset) == 32 and [Path(p).name for p in dataset[0].split()] == ["000_x.npy", "000_w.npy", "000_b.npy"]
+    assert np.load(dataset[0].split()[0]).shape == (7, 64)
+
+
+def test_build_script_without_the_toolkit_writes_onnx_and_fails(tmp_path, monkeypatch, caplog):
+    pytest.importorskip("onnx", reason="the build script's graphs need the onnx package (not a project dependency)")
+    monkeypatch.setitem(sys.modules, "rknn", None)
+    script = load_build_script()
+    with caplog.at_level(logging.ERROR, logger="build_rknn_models"):
+        assert script.main([str(tmp_path), "--stage", "qkv", "--n", "1", "--d", "64", "--precision", "fp16"]) == 1
+    assert "rknn.api is not importable" in caplog.text
+    assert (tmp_path / "onnx" / "qkv_n1_d64_b1_fp16.onnx").is_file() and not (tmp_path / "manifest.json").exists()
