@@ -57,3 +57,20 @@ def test_importing_the_registry_imports_no_backend_module():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_cpu_executor_int8_is_bit_exact_with_the_reference_for_long_k():
+    import numpy as np
+
+    from adaptive_sched.stages import make_inputs, reference
+    from adaptive_sched.types import Shape
+
+    shape = Shape(n=3, d=2304, heads=36, precision="int8")  # K = 2304: three float32 chunks
+    inputs = make_inputs("qkv", shape, seed=4)
+    inputs["x"] = inputs["x"] * 50  # large activations: big integer sums
+    with create_executor("cpu_numpy") as ex:
+        first = ex.run("qkv", shape, inputs).output
+        again = ex.run("qkv", shape, inputs).output  # from the prepared-weights cache
+    expected = reference("qkv", shape, inputs)
+    np.testing.assert_array_equal(first, expected)
+    np.testing.assert_array_equal(again, expected)
