@@ -16,6 +16,8 @@ Examples::
     python scripts/build_rknn_models.py models/ --grid smoke
     # decode qkv for two widths, both precisions
     python scripts/build_rknn_models.py models/ --stage qkv --n 1 --d 2048 4096 --precision fp16 int8
+    # ... and prove each model against the reference in rknn-toolkit2's x86 simulator first
+    python scripts/build_rknn_models.py models/ --conformance --check
     # one layer's real weights baked into the model (an .npz with w [d, 3d] and optionally b [3d])
     python scripts/build_rknn_models.py models/ --stage qkv --n 1 --d 2048 --precision int8 --weights layer0.npz
 
@@ -40,10 +42,10 @@ try:
 except ImportError:  # run from a checkout inside the toolkit's venv, without installing the project
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from adaptive_sched.checks import CASES
+from adaptive_sched.checks import CASES, TOLERANCE
 from adaptive_sched.errors import AdaptiveSchedError, ConfigError
 from adaptive_sched.executors.rknn_models import ModelEntry, read_manifest, write_manifest
-from adaptive_sched.stages import make_inputs
+from adaptive_sched.stages import make_inputs, reference
 from adaptive_sched.types import Precision, Shape, Stage
 
 log = logging.getLogger("build_rknn_models")
@@ -180,8 +182,13 @@ def write_calibration(
 
 # -- conversion -------------------------------------------------------------------------------------
 def rknn_convert(onnx_path: Path, rknn_path: Path, entry: ModelEntry, dataset: Path | None,
-                 args: argparse.Namespace) -> None:  # fmt: skip
-    """Convert one ONNX graph with rknn-toolkit2; ``RuntimeError`` naming the step that failed."""
+                 args: argparse.Namespace, w: np.ndarray | None = None,
+                 b: np.ndarray | None = None) -> float | None:  # fmt: skip
+    """Convert one ONNX graph with rknn-toolkit2; ``RuntimeError`` naming the step that failed.
+
+    With ``args.check``, the model then runs in the toolkit's x86 simulator on two input
+    sets and the largest error relative to max|reference| is returned (else None).
+    """
     from rknn.api import RKNN
 
     rknn = RKNN(verbose=args.verbose)
@@ -197,12 +204,37 @@ def rknn_convert(onnx_path: Path, rknn_path: Path, entry: ModelEntry, dataset: P
             ("build", lambda: rknn.build(do_quantization=quant, dataset=str(dataset) if quant else None)),
             ("export_rknn", lambda: rknn.export_rknn(str(rknn_path))),
         ]
+        if args.check:
+            steps.append(("init_runtime", lambda: rknn.init_runtime()))  # no target: the simulator
         for name, step in steps:
             ret = step()
             if ret not in (None, 0):
                 raise RuntimeError(f"{onnx_path.name}: rknn.{name} failed with return code {ret}")
+        return simulate(rknn, entry, w, b) if args.check else None
     finally:
         rknn.release()
+
+
+def simulate(rknn: Any, entry: ModelEntry, w: np.ndarray | None, b: np.ndarray | None) -> float:
+    """Largest error of the simulated model relative to max|reference| over the conformance suite's seeds."""
+    worst = 0.0
+    for seed in (7, 0):
+        inputs = make_inputs(entry.stage, entry.shape, seed=seed)
+        if entry.weights == "baked":
+            inputs["w"] = np.asarray(w, dtype=np.float32)
+            if b is None:
+                inputs.pop("b", None)
+            else:
+                inputs["b"] = np.asarray(b, dtype=np.float32)
+        elif "b" not in entry.input_names:
+            inputs.pop("b", None)
+        outputs = rknn.inference(inputs=[inputs[t.name].reshape(t.shape).astype(np.float32) for t in entry.inputs])
+        if outputs is None:
+            raise RuntimeError(f"{entry.file}: rknn.inference on the simulator returned None")
+        want = reference(entry.stage, entry.shape, inputs)
+        got = np.asarray(outputs[0], dtype=np.float64).reshape(want.shape)
+        worst = max(worst, float(np.max(np.abs(got - want))) / (float(np.max(np.abs(want))) or 1.0))
+    return worst
 
 
 def load_weights(path: str | None) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -258,12 +290,21 @@ def build(args: argparse.Namespace) -> int:
         log.info("%s: wrote %s", entry.describe(), onnx_path)
         if not convert:
             continue
+        baked = (w, b) if entry.weights == "baked" else (None, None)
         try:
-            rknn_convert(onnx_path, out / entry.file, entry, dataset, args)
+            err = rknn_convert(onnx_path, out / entry.file, entry, dataset, args, *baked)
         except Exception as exc:
             failures += 1
             log.error("%s: conversion failed: %s", entry.describe(), exc)
             continue
+        if err is not None:
+            tolerance = TOLERANCE[shape.precision]
+            summary = f"simulator error {err:.3g} of max|reference| (tolerance {tolerance})"
+            if not err <= tolerance:
+                failures += 1
+                log.error("%s: %s; left out of the manifest", entry.describe(), summary)
+                continue
+            log.info("%s: %s", entry.describe(), summary)
         built.append(entry)
         log.info("%s: built %s", entry.describe(), out / entry.file)
 
@@ -301,6 +342,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     conv.add_argument("--calibration-samples", type=int, default=32, help="INT8 calibration inputs (default 32)")
     conv.add_argument("--opset", type=int, default=17, help="ONNX opset, 13..19 (default 17)")
     conv.add_argument("--onnx-only", action="store_true", help="write the ONNX graphs without converting")
+    conv.add_argument("--check", action="store_true",
+                      help="run each converted model in the toolkit's simulator against the reference;\n"
+                           "a model outside the conformance tolerance is left out of the manifest")  # fmt: skip
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     args.precision_given = args.precision is not None
