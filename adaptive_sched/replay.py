@@ -118,7 +118,8 @@ def recent_logged(path: str | Path, *, device: str, limit: int) -> list[LoggedRo
     conn = _connect_readonly(path)
     sql = (
         f"SELECT {_LOGGED_COLUMNS} FROM decisions d JOIN outcomes o ON o.decision_id = d.id "
-        "JOIN runs r ON r.id = d.run WHERE o.ok = 1 AND r.device_profile = ? ORDER BY d.id DESC LIMIT ?"
+        "JOIN runs r ON r.id = d.run WHERE o.ok = 1 AND o.error IS NULL AND r.device_profile = ? "
+        "ORDER BY d.id DESC LIMIT ?"
     )
     try:
         rows = [_row(values) for values in conn.execute(sql, (device, limit))]

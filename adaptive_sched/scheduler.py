@@ -458,7 +458,11 @@ class Scheduler:
                 failed.append(decision)
                 last_exc = exc
             else:
-                if result.latency_s > self._timeout_s:
+                if result.cold:
+                    # One-time costs (a kernel built, weights uploaded): logged, not learned from.
+                    if self._log is not None:
+                        self._log.outcome(decision.id, result.latency_s, True, "cold")
+                elif result.latency_s > self._timeout_s:
                     # A result that came too late is still a result: hand it back, but
                     # treat the backend as failing so the next stages go elsewhere.
                     self._record(decision, result.latency_s, ok=False, error="timeout", quarantine=True)

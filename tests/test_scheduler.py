@@ -1,3 +1,4 @@
+import dataclasses
 import math
 import threading
 
@@ -162,3 +163,24 @@ def test_close_is_idempotent():
 def test_config_errors_name_the_key():
     with pytest.raises(ConfigError, match=r"policy\.kind"):
         make(policy={"kind": "clairvoyant"})
+
+
+def test_cold_runs_are_returned_but_not_learned_from():
+    ex = scripted(gpu=1e-3, npu=2e-3)
+    cold_once = {"left": 1}
+    original = ex[GPU]._run
+
+    def first_run_cold(stage, shape, inputs, after):
+        result = original(stage, shape, inputs, after)
+        if cold_once["left"]:
+            cold_once["left"] -= 1
+            return dataclasses.replace(result, latency_s=0.5, cold=True)  # a kernel build
+        return result
+
+    ex[GPU]._run = first_run_cold
+    with make(executors=ex, prior=TablePrior(TABLE)) as sched:
+        runs = [sched.run_stage("qkv", SHAPE) for _ in range(20)]
+        first_gpu = next(r for r in runs if r.backend is GPU)
+        assert first_gpu.latency_s == 0.5
+        assert sched.stats()["observations"] == 19
+        assert [r.backend for r in runs[-10:]].count(GPU) >= 9  # the 0.5 s build did not scare it off

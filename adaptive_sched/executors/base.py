@@ -28,13 +28,17 @@ class RunResult:
     ``output`` is None only in latency-only mode (the simulator with no inputs).
     ``latency_s`` is the latency the scheduler learns from: wall time for real
     devices, modelled time for the simulator. ``device_s`` is the device's own
-    timing where it has one (OpenCL event profiling), else None.
+    timing where it has one (OpenCL event profiling), else None. ``cold`` marks a
+    run that paid one-time costs.
     """
 
     output: np.ndarray | None
     latency_s: float
     device_s: float | None = None
     details: Mapping[str, Any] = field(default_factory=dict)
+    #: the run paid one-time costs (a kernel built, weights uploaded or converted on first
+    #: sight): its latency says little about the next run, so the scheduler does not learn from it
+    cold: bool = False
 
 
 class Executor(abc.ABC):

@@ -46,6 +46,7 @@ class CpuNumpyExecutor(Executor):
     def __init__(self, backend: Backend | str = Backend.CPU, **options: object) -> None:
         super().__init__(backend=backend, **options)
         self._weights: OrderedDict[tuple[int, Precision], tuple[np.ndarray, tuple[np.ndarray, ...]]] = OrderedDict()
+        self._cold = False
 
     def _prepared_weights(self, w: np.ndarray, precision: Precision) -> tuple[np.ndarray, ...]:
         key = (id(w), precision)
@@ -53,6 +54,7 @@ class CpuNumpyExecutor(Executor):
         if hit is not None and hit[0] is w:
             self._weights.move_to_end(key)
             return hit[1]
+        self._cold = True
         if precision is Precision.FP16:
             prepared: tuple[np.ndarray, ...] = (w.astype(np.float16).astype(np.float32),)
         else:
@@ -80,12 +82,13 @@ class CpuNumpyExecutor(Executor):
         self, stage: Stage, shape: Shape, inputs: Mapping[str, np.ndarray] | None, after: Backend | None
     ) -> RunResult:
         assert inputs is not None
+        self._cold = False
         start = time.perf_counter()
         if stage is Stage.QKV:
             out = self._qkv(shape, inputs)
         else:
             out = attention_core(inputs["q"], inputs["k"], inputs["v"], shape.precision)
-        return RunResult(output=out, latency_s=max(time.perf_counter() - start, 1e-9))
+        return RunResult(output=out, latency_s=max(time.perf_counter() - start, 1e-9), cold=self._cold)
 
     def _close(self) -> None:
         self._weights.clear()
