@@ -153,6 +153,7 @@ def test_unavailable_when_init_runtime_fails(model_dir, runtime):
     ex = executor(model_dir, NoNpu)
     assert ex.is_available() is False
     assert "init_runtime(core_mask=NPU_CORE_AUTO) failed with RKNN return code -1" in ex.unavailable_reason
+    assert ex.manifest is None and ex.entry_for("qkv", QKV) is None
     assert [i._fake_calls for i in NoNpu.instances] == [["load_rknn", "init_runtime", "release"]]
 
 

@@ -215,6 +215,10 @@ class RknnExecutor(Executor):
         return RKNNLite, None
 
     def _probe(self) -> str | None:
+        with self._lock:  # two threads probing at once would load the first model twice
+            return self._probe_locked()
+
+    def _probe_locked(self) -> str | None:
         cls, reason = self._runtime_class()
         if reason is not None:
             return reason
@@ -247,6 +251,7 @@ class RknnExecutor(Executor):
         try:
             self._load(first)
         except ExecutorError as exc:
+            self._manifest, self._models, self._missing = None, {}, {}
             return str(exc)
         logger.info("RKNN executor: %d model(s) in %s, core mask %s", len(models), manifest.directory, self.core_mask)
         return None
