@@ -241,12 +241,20 @@ def test_runtime_is_loaded_once_per_model(model_dir, runtime):
 
 def test_least_recently_used_runtime_is_released(model_dir, runtime):
     ex = executor(model_dir, runtime, max_loaded_models=1)
-    ex.run("qkv", QKV)
-    ex.run("attn", ATTN)
+    assert ex.run("qkv", QKV).cold
+    assert ex.run("attn", ATTN).cold
     assert ex.loaded_models() == [ex.entry_for("attn", ATTN).file]
     assert all(i.rknn_runtime is None for i in runtime.instances[:-1])  # released
-    ex.run("qkv", QKV)  # loaded again
+    assert ex.run("qkv", QKV).cold  # loaded again: a fresh runtime
+    assert not ex.run("qkv", QKV).cold
     assert ex.cache_info()["loads"] == len(runtime.instances)
+
+
+def test_only_the_first_run_of_a_runtime_is_cold(model_dir, runtime):
+    ex = executor(model_dir, runtime)
+    ex.prepare("attn", ATTN)
+    assert [ex.run("attn", ATTN).cold for _ in range(3)] == [True, False, False]
+    assert ex.run("attn", ATTN).details["model"] == "attn_n5_kv0_d128_h2_b1_fp16.rknn"
 
 
 @pytest.mark.parametrize(("mask", "value"), [("auto", 0), ("0", 1), (2, 4), ("0_1", 3), ("0_1_2", 7), ([2, 1, 0], 7),
