@@ -69,19 +69,15 @@ ALIGN = {Precision.FP16: (16, 16), Precision.INT8: (32, 32)}
 def parse_core_mask(value: Any) -> str:
     """Normalise a ``core_mask`` option to a key of :data:`CORE_MASKS`.
 
-    Accepts the names (``"auto"``, ``"0_1_2"``, ...), a single core as an int, or a list of cores.
+    Accepts the names (``"auto"``, ``"0_1_2"``, ...) or a list of core numbers. A bare number
+    is refused: YAML reads an unquoted ``0_1`` as 1 and ``0_1_2`` as 10, so ``1`` may not mean core 1.
 
-    >>> parse_core_mask([0, 1, 2]), parse_core_mask(1), parse_core_mask("AUTO")
+    >>> parse_core_mask([0, 1, 2]), parse_core_mask("1"), parse_core_mask("AUTO")
     ('0_1_2', '1', 'auto')
     """
-    if isinstance(value, bool):
-        raise ConfigError(f"core_mask: expected one of {', '.join(CORE_MASKS)}, got {value!r}")
-    if isinstance(value, int):
-        if value in (0, 1, 2):
-            return str(value)
-        # YAML 1.1 reads an unquoted 0_1_2 as the octal number 10, and 0_1 as 1
-        raise ConfigError(f"core_mask: got the number {value}; write the mask as a quoted string such as "
-                          f"\"0_1_2\" (unquoted, YAML reads 0_1_2 as 10)")  # fmt: skip
+    if isinstance(value, (bool, int)):
+        raise ConfigError(f"core_mask: got the number {value!r}; write the mask as a quoted string (\"1\", "
+                          f"\"0_1\", \"0_1_2\"): unquoted, YAML reads 0_1 as 1 and 0_1_2 as 10")  # fmt: skip
     if isinstance(value, (list, tuple)):
         text = "_".join(str(v) for v in sorted(set(value)))
     else:
@@ -137,7 +133,7 @@ class RknnExecutor(Executor):
     core_mask : str, int or list, default "auto"
         NPU cores each model runs on: ``"auto"`` (the driver picks an idle core), ``"0"``,
         ``"1"``, ``"2"``, ``"0_1"``, ``"0_1_2"`` (one model split over the three cores) or
-        ``"all"``; also a core number or a list of cores. Quote masks in YAML.
+        ``"all"``; or a list of core numbers. Quote masks in YAML (a bare number is refused).
     runtime : type, optional
         The ``RKNNLite`` class to use instead of ``rknnlite.api.RKNNLite`` (tests inject a fake).
     weight_check : {"readonly", "identity", "always"}, default "readonly"
