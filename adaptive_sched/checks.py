@@ -39,7 +39,7 @@ TOLERANCE = {Precision.FP16: 2e-2, Precision.INT8: 5e-2}
 
 #: small shapes covering prefill (causal, odd sizes) and decode over a cache, multi-head and batched
 CASES: tuple[tuple[Stage, Shape], ...] = tuple(
-    (stage, Shape(**dims, precision=p))  # type: ignore[arg-type]
+    (stage, Shape(**dims, precision=p))
     for p in Precision
     for stage, dims in (
         (Stage.QKV, {"n": 7, "d": 64}),

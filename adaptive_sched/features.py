@@ -72,7 +72,7 @@ def stage_flops(stage: Stage, shape: Shape) -> int:
     if stage is Stage.QKV:
         return 2 * b * n * d * 3 * d
     keys = shape.keys
-    return 4 * b * n * keys * d + 5 * b * shape.heads * n * keys  # type: ignore[operator]
+    return 4 * b * n * keys * d + 5 * b * shape.heads * n * keys
 
 
 def stage_mem_bytes(stage: Stage, shape: Shape) -> int:

@@ -400,7 +400,7 @@ class AdaptivePolicy(Policy):
     def best(self, stage: Stage | str, shape: Shape, after: Backend | None) -> Backend:
         """The backend the policy currently holds fastest (its exploit choice)."""
         slot = self.hot_index.get((stage, shape, after)) or self._new_slot(stage, shape, after)
-        return slot.table[0][0]  # type: ignore[no-any-return]
+        return slot.table[0][0]
 
     def probabilities(self, stage: Stage | str, shape: Shape, after: Backend | None) -> dict[Backend, float]:
         slot = self.hot_index.get((stage, shape, after)) or self._new_slot(stage, shape, after)
@@ -600,11 +600,11 @@ class AdaptivePolicy(Policy):
             mean, variance = self._compute(stage, shape, backend)
             if not math.isfinite(mean):
                 return
-            compute_s = latency_s
+            compute_s: float | None = latency_s
             if after is not None and after != backend:
                 compute_s = self._learn_transition(stage, shape, after, backend, latency_s, mean, variance)
-                if compute_s is None:
-                    return
+            if compute_s is None:
+                return
             bucket = self._bucket(stage, shape)
             key = (stage, bucket, backend)
             corr = self._corrections.get(key)

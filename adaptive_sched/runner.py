@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from .config import Config
-from .policy import FixedPolicy, Policy, make_policy
+from .policy import FixedPolicy, Policy
 from .scheduler import Scheduler
 from .stages import make_inputs
 from .types import Backend, Shape, Stage
@@ -199,38 +199,4 @@ class _LayerInputs:
             self._caches[layer] = (k, v)
 
 
-def compare_policies(
-    config: Config,
-    policies: dict[str, Callable[[], Policy]],
-    steps: Sequence[Step],
-    layers: int,
-    *,
-    idle_s: float = 0.0,
-    setup: Callable[[Scheduler], None] | None = None,
-) -> dict[str, float]:
-    """Total latency of each policy on the same steps, each on its own fresh (identically seeded) device."""
-    out: dict[str, float] = {}
-    for name, factory in policies.items():
-        with Scheduler(config, policy=factory()) as sched:
-            if setup is not None:
-                setup(sched)
-            out[name] = _drive(sched, steps, layers, idle_s, None, None)
-    return out
-
-
-def baseline_policies(config: Config) -> dict[str, Callable[[], Policy]]:
-    """The policies every benchmark compares: single backends, the static prior, epsilon-greedy, oracle, ours."""
-    p = config.policy
-    out: dict[str, Callable[[], Policy]] = {f"{b.value}-only": (lambda b=b: FixedPolicy(b)) for b in config.candidates}
-    if config.priors not in ("none", ""):
-        out["static-prior"] = lambda: make_policy("static")
-    out["epsilon-greedy"] = lambda: make_policy("epsilon", epsilon=p.epsilon, seed=p.seed)
-    if config.simulator is not None:
-        out["oracle"] = lambda: make_policy("oracle", lookahead=p.lookahead)
-    out["adaptive"] = lambda: Scheduler._make_policy(
-        dataclasses.replace(config, policy=dataclasses.replace(p, kind="adaptive"))
-    )
-    return out
-
-
-__all__ = ["BucketStats", "RunReport", "baseline_policies", "bucket_label", "compare_policies", "run_workload"]
+__all__ = ["BucketStats", "RunReport", "bucket_label", "run_workload"]

@@ -166,7 +166,10 @@ class Scheduler:
         self._hot_index = self._policy.hot_index
         self._draw = self._policy.draw
         fast_path = getattr(self._log, "fast_path", None)
-        self._log_queue, self._log_kick_at = fast_path() if fast_path is not None else (None, 0)
+        self._log_queue: deque[Any] | None = None
+        self._log_kick_at = 0
+        if fast_path is not None:
+            self._log_queue, self._log_kick_at = fast_path()
         self._learner: threading.Thread | None = None
         self._stop = threading.Event()
         if not self._inline:
@@ -336,7 +339,7 @@ class Scheduler:
                 self._log.decision(decision, context)  # full or about to be: the log's own policy
         elif self._log is not None:
             self._log.decision(decision, context)
-        return decision  # type: ignore[no-any-return]
+        return decision
 
     def _decide_slow(
         self, stage: Stage | str, shape: Shape, context: Mapping[str, float] | None, prev: Backend | None
@@ -350,7 +353,7 @@ class Scheduler:
         decision = _new_tuple(Decision, (self._id_base | next(self._ids), stage_, shape, *choice, _wallclock()))
         if self._log is not None:
             self._log.decision(decision, context)
-        return decision  # type: ignore[no-any-return]
+        return decision
 
     def observe(self, decision: Decision, latency_s: float | None, ok: bool = True, error: str | None = None) -> None:
         """Feed back what a decision cost: its latency in seconds, or that it failed.

@@ -111,7 +111,7 @@ def input_shapes(stage: Stage | str, shape: Shape) -> dict[str, tuple[int, ...]]
     if stage is Stage.QKV:
         return {"x": (b, n, d), "w": (d, 3 * d), "b": (3 * d,)}
     h, hd = shape.heads, shape.head_dim
-    return {"q": (b, h, n, hd), "k": (b, h, shape.keys, hd), "v": (b, h, shape.keys, hd)}  # type: ignore[dict-item]
+    return {"q": (b, h, n, hd), "k": (b, h, shape.keys, hd), "v": (b, h, shape.keys, hd)}
 
 
 def output_shape(stage: Stage | str, shape: Shape) -> tuple[int, ...]:
@@ -119,7 +119,7 @@ def output_shape(stage: Stage | str, shape: Shape) -> tuple[int, ...]:
     stage = parse_stage(stage)
     if stage is Stage.QKV:
         return (shape.batch, shape.n, 3 * shape.d)
-    return (shape.batch, shape.heads, shape.n, shape.head_dim)  # type: ignore[return-value]
+    return (shape.batch, shape.heads, shape.n, shape.head_dim)
 
 
 def make_inputs(stage: Stage | str, shape: Shape, seed: int = 0) -> dict[str, np.ndarray]:
@@ -159,5 +159,5 @@ def split_heads(qkv: np.ndarray, shape: Shape) -> tuple[np.ndarray, np.ndarray, 
     """Split a ``qkv`` output ``[b, n, 3d]`` into Q, K, V of shape ``[b, heads, n, head_dim]``."""
     b, n = qkv.shape[0], qkv.shape[1]
     h, hd = shape.heads, shape.head_dim
-    parts = qkv.reshape(b, n, 3, h, hd).transpose(2, 0, 3, 1, 4)  # type: ignore[arg-type]
+    parts = qkv.reshape(b, n, 3, h, hd).transpose(2, 0, 3, 1, 4)
     return parts[0], parts[1], parts[2]

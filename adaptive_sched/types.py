@@ -69,7 +69,7 @@ def _parse_enum(enum_type: type[Enum], value: Any, name: str) -> Any:
     try:
         return enum_type(str(value).lower())
     except ValueError:
-        allowed = ", ".join(repr(m.value) for m in enum_type)  # type: ignore[attr-defined]
+        allowed = ", ".join(repr(m.value) for m in enum_type)
         raise ValueError(f"{name}: unknown value {value!r} (expected one of {allowed})") from None
 
 
@@ -80,17 +80,17 @@ for _enum in (Stage, Backend, Precision):
 
 def parse_stage(value: Stage | str) -> Stage:
     """``"qkv"`` or ``Stage.QKV`` -> ``Stage.QKV``; anything else is a ``ValueError``."""
-    return _parse_enum(Stage, value, "stage")  # type: ignore[no-any-return]
+    return _parse_enum(Stage, value, "stage")
 
 
 def parse_backend(value: Backend | str) -> Backend:
     """``"gpu"`` or ``Backend.GPU`` -> ``Backend.GPU``; anything else is a ``ValueError``."""
-    return _parse_enum(Backend, value, "backend")  # type: ignore[no-any-return]
+    return _parse_enum(Backend, value, "backend")
 
 
 def parse_precision(value: Precision | str) -> Precision:
     """``"int8"`` or ``Precision.INT8`` -> ``Precision.INT8``; anything else is a ``ValueError``."""
-    return _parse_enum(Precision, value, "precision")  # type: ignore[no-any-return]
+    return _parse_enum(Precision, value, "precision")
 
 
 def _check_int(name: str, value: Any, minimum: int) -> int:
@@ -117,7 +117,7 @@ def _is_integral_float(value: Any) -> bool:
 DEFAULT_HEAD_DIM = 64
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Shape:
     """The tensor shape of one attention layer's stage.
 
@@ -150,27 +150,36 @@ class Shape:
 
     n: int
     d: int
-    kv_len: int = 0
-    batch: int = 1
-    heads: int | None = None
-    precision: Precision = Precision.FP16
+    kv_len: int
+    batch: int
+    heads: int
+    precision: Precision
     # Shapes key the scheduler's decision table: hash once, not on every lookup.
-    _hash: int = field(init=False, repr=False, compare=False, default=0)
+    _hash: int = field(init=False, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
+    # An explicit __init__ (not the generated one) so that type checkers accept the
+    # documented ``precision="int8"`` and ``heads=None`` while the fields stay exact.
+    def __init__(
+        self,
+        n: int,
+        d: int,
+        kv_len: int = 0,
+        batch: int = 1,
+        heads: int | None = None,
+        precision: Precision | str = Precision.FP16,
+    ) -> None:
         set_ = object.__setattr__
-        set_(self, "n", _check_int("n", self.n, 1))
-        set_(self, "d", _check_int("d", self.d, 1))
-        set_(self, "kv_len", _check_int("kv_len", self.kv_len, 0))
-        set_(self, "batch", _check_int("batch", self.batch, 1))
-        heads = self.heads
+        set_(self, "n", _check_int("n", n, 1))
+        set_(self, "d", _check_int("d", d, 1))
+        set_(self, "kv_len", _check_int("kv_len", kv_len, 0))
+        set_(self, "batch", _check_int("batch", batch, 1))
         if heads is None:
             heads = max(1, self.d // DEFAULT_HEAD_DIM) if self.d % DEFAULT_HEAD_DIM == 0 else 1
         heads = _check_int("heads", heads, 1)
         if self.d % heads != 0:
             raise ValueError(f"d ({self.d}) must be divisible by heads ({heads})")
         set_(self, "heads", heads)
-        set_(self, "precision", parse_precision(self.precision))
+        set_(self, "precision", parse_precision(precision))
         set_(self, "_hash", hash((self.n, self.d, self.kv_len, self.batch, heads, self.precision)))
 
     def __hash__(self) -> int:
@@ -179,7 +188,7 @@ class Shape:
     @property
     def head_dim(self) -> int:
         """Dimension of one attention head, ``d // heads``."""
-        return self.d // self.heads  # type: ignore[operator]
+        return self.d // self.heads
 
     @property
     def keys(self) -> int:
