@@ -128,7 +128,11 @@ class BackendDrift:
         prior_var = self.variance_at(clock)
         innovation = residual - self.offset
         gain = prior_var / (prior_var + self._r)
-        self.offset += gain * innovation
+        # One wild observation (a page fault, a preempted thread) must not move every shape
+        # of the backend: the step is bounded at 5 standard deviations of the innovation. A
+        # real change repeats, raises the Page-Hinkley alarm and widens the bound.
+        bound = 5.0 * math.sqrt(prior_var + self._r)
+        self.offset += gain * max(-bound, min(bound, innovation))
         self.variance = (1.0 - gain) * prior_var
         self._last_clock = clock
         self.n += 1
@@ -165,7 +169,8 @@ class BucketCorrection:
 
     def update(self, residual: float) -> None:
         self.n += 1
-        self.mean += (residual - self.mean) / (min(self.n, self.window) + self.shrink)
+        step = max(-1.0, min(1.0, residual - self.mean))  # bounded: one outlier moves it little
+        self.mean += step / (min(self.n, self.window) + self.shrink)
 
     def variance(self, obs_variance: float, prior_variance: float) -> float:
         """Uncertainty of :attr:`mean`: the prior's before any data, shrinking as observations come."""
