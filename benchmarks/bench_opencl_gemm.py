@@ -1,7 +1,10 @@
 """OpenCL executor vs numpy on the same machine: qkv GEMM and GEMV, attention prefill and decode.
 
 Both sides run in this one process, interleaved in blocks (numpy block, OpenCL block, ...),
-so a slow or noisy moment hits both. Each figure is a median over all repetitions.
+so a slow or noisy moment hits both; each block starts after a short pause, so neither side
+is timed while the other's worker threads are still spinning. Each figure is a median over
+all repetitions. The load average is printed: figures taken while other jobs use the cores
+are not comparable with figures from an idle machine.
 
 Columns
 -------
@@ -27,6 +30,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 
@@ -34,6 +38,8 @@ from adaptive_sched.executors.cpu_numpy import CpuNumpyExecutor
 from adaptive_sched.executors.gpu_opencl import OpenCLExecutor
 from adaptive_sched.stages import causal_mask, make_inputs
 from adaptive_sched.types import Shape, Stage
+
+T = TypeVar("T")
 
 #: (label, stage, shape, executor fp16 mode)
 CASES = [
@@ -74,24 +80,36 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
+def block(fn: Callable[[], T], reps: int, settle: float) -> list[T]:
+    """``reps`` timings of ``fn`` after a pause and one untimed call.
+
+    Both OpenBLAS and PoCL keep their worker threads spinning for a while after a call; on
+    a 2-core machine the spinning threads of one library slow the other down severalfold.
+    The pause lets them go idle before the other side is timed.
+    """
+    time.sleep(settle)
+    fn()
+    return [fn() for _ in range(reps)]
+
+
 def bench_case(
-    ex: OpenCLExecutor, cpu: CpuNumpyExecutor, stage: Stage, shape: Shape, blocks: int, per_block: int
+    ex: OpenCLExecutor, cpu: CpuNumpyExecutor, stage: Stage, shape: Shape, blocks: int, per_block: int, settle: float
 ) -> dict[str, float]:
     inputs = make_inputs(stage, shape, seed=0)
     for a in inputs.values():
         a.setflags(write=False)
     baseline = numpy_fp32(stage, shape, inputs)
-    ex.run(stage, shape, inputs)  # build, upload weights, warm caches
-    baseline()
-    cpu.run(stage, shape, inputs)
-    dev, wall, ref_t, np_t = [], [], [], []
+    ex.run(stage, shape, inputs)  # build the programs, upload the weights
+    dev: list[float] = []
+    wall: list[float] = []
+    ref_t: list[float] = []
+    np_t: list[float] = []
     for _ in range(blocks):
-        np_t += [timed(baseline) for _ in range(per_block)]
-        for _ in range(per_block):
-            r = ex.run(stage, shape, inputs)
-            dev.append(r.device_s)
-            wall.append(r.latency_s)
-        ref_t += [cpu.run(stage, shape, inputs).latency_s for _ in range(max(1, per_block // 2))]
+        np_t += block(lambda: timed(baseline), per_block, settle)
+        runs = block(lambda: ex.run(stage, shape, inputs), per_block, settle)
+        dev += [r.device_s or 0.0 for r in runs]
+        wall += [r.latency_s for r in runs]
+        ref_t += block(lambda: cpu.run(stage, shape, inputs).latency_s, max(1, per_block // 2), settle)
     return {
         "device": statistics.median(dev),
         "wall": statistics.median(wall),
@@ -106,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", help="OpenCL device name substring")
     parser.add_argument("--blocks", type=int, default=5, help="interleaved blocks (default 5)")
     parser.add_argument("--per-block", type=int, default=5, help="repetitions per block (default 5)")
+    parser.add_argument("--settle", type=float, default=0.3, help="pause before each block, s (default 0.3)")
     parser.add_argument("--only", help="run only cases whose label contains this text")
     args = parser.parse_args(argv)
 
@@ -128,12 +147,13 @@ def main(argv: list[str] | None = None) -> int:
     for label, stage, shape, mode in CASES:
         if args.only and args.only not in label:
             continue
-        r = bench_case(executors[mode], cpu, stage, shape, args.blocks, args.per_block)
+        r = bench_case(executors[mode], cpu, stage, shape, args.blocks, args.per_block, args.settle)
         print(
             f"{label:32} {r['device'] * 1e3:10.3f} {r['wall'] * 1e3:9.3f} {r['numpy'] * 1e3:9.3f} "
             f"{r['ref'] * 1e3:9.3f} {r['device'] / r['numpy']:7.2f} {r['wall'] / r['numpy']:8.2f}",
             flush=True,
         )
+    print(f"load average at the end: {os.getloadavg()[0]:.2f}")
     for ex in executors.values():
         ex.close()
     return 0

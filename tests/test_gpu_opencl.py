@@ -272,6 +272,24 @@ def test_latency_and_device_time_are_reported(ex):
     assert result.details["device"]
 
 
+def test_runs_that_pay_one_time_costs_are_marked_cold():
+    with OpenCLExecutor() as ex:
+        if not ex.is_available():
+            pytest.skip(ex.unavailable_reason)
+        shape = Shape(n=6, d=64)
+        frozen = make_inputs("qkv", shape, seed=1)
+        frozen["w"].setflags(write=False)
+        writable = make_inputs("qkv", shape, seed=2)
+        first = ex.run("qkv", shape, frozen)
+        assert first.cold  # buffers allocated, first launch, weights converted into the cache
+        assert not ex.run("qkv", shape, frozen).cold
+        ex.run("qkv", shape, writable)  # allocates the upload buffer for weights that may change
+        assert not ex.run("qkv", shape, writable).cold  # re-uploading writable weights is the steady state
+        other = make_inputs("qkv", shape, seed=3)
+        other["w"].setflags(write=False)
+        assert ex.run("qkv", shape, other).cold  # new weights enter the cache
+
+
 def test_concurrent_runs_from_threads_are_correct(ex):
     shape = Shape(n=5, d=64, heads=1)
     errors = []

@@ -286,7 +286,15 @@ class OpenCLExecutor(Executor):
         self._weights: OrderedDict[tuple[int, str], _CachedWeights] = OrderedDict()
         self._biases: OrderedDict[int, _CachedWeights] = OrderedDict()
         self._zero_bias_len = 0  # floats of the pooled all-zero bias that are known to be zero
-        self._counters = {"program_builds": 0, "weight_uploads": 0, "weight_cache_hits": 0, "buffer_allocs": 0}
+        self._counters = {
+            "program_builds": 0,
+            "weight_uploads": 0,
+            "weight_cache_hits": 0,
+            "weight_cache_fills": 0,
+            "buffer_allocs": 0,
+            "first_launches": 0,
+        }
+        self._launched: set[tuple[int, tuple[int, ...], tuple[int, ...] | None]] = set()
 
     # -- availability ---------------------------------------------------------
     def _probe(self) -> str | None:
@@ -571,6 +579,10 @@ class OpenCLExecutor(Executor):
 
     def _enqueue(self, launch: _Launch, name: str, kernel: Any, gsize: tuple, lsize: tuple | None, *args: Any) -> None:
         dev = self._require()
+        key = (id(kernel), tuple(gsize), None if lsize is None else tuple(lsize))
+        if key not in self._launched:
+            self._launched.add(key)
+            self._counters["first_launches"] += 1
         kernel.set_args(*args)
         launch.kernels.append((name, dev.cl.enqueue_nd_range_kernel(dev.queue, kernel, gsize, lsize)))
 
@@ -629,6 +641,8 @@ class OpenCLExecutor(Executor):
                 self._counters["weight_cache_hits"] += 1
                 return hit.buffer, hit.code, hit.scale
         self._counters["weight_uploads"] += 1
+        if cacheable:
+            self._counters["weight_cache_fills"] += 1
         k_rows, n_cols = w.shape
         count = k_rows * n_cols
         host, code = self._host(w, allow_half=not quant)
@@ -725,6 +739,7 @@ class OpenCLExecutor(Executor):
             self._biases.move_to_end(id(bias))
             return hit.buffer
         dev = self._require()
+        self._counters["weight_cache_fills"] += 1
         host = np.ascontiguousarray(bias, dtype=np.float32).reshape(-1)
         mf = dev.cl.mem_flags
         buf = dev.cl.Buffer(dev.context, mf.READ_ONLY | mf.COPY_HOST_PTR, hostbuf=host)
@@ -749,6 +764,7 @@ class OpenCLExecutor(Executor):
                 raise RuntimeError(f"{self.kind} executor is closed")
             dev = self._require()
             launch = _Launch()
+            before = dict(self._counters)
             start = time.perf_counter()
             try:
                 if stage is Stage.QKV:
@@ -767,8 +783,14 @@ class OpenCLExecutor(Executor):
                 per_kernel[name] = per_kernel.get(name, 0.0) + 1e-9 * (event.profile.end - event.profile.start)
             transfer = sum(1e-9 * (e.profile.end - e.profile.start) for e in launch.transfers)
             device_s = sum(per_kernel.values())
+            # one-time costs: a program built, a buffer grown, weights converted into the cache, or
+            # a kernel's first launch at a work size (PoCL compiles its work-group loop then)
+            one_time = ("program_builds", "buffer_allocs", "weight_cache_fills", "first_launches")
+            cold = any(self._counters[k] != before[k] for k in one_time)
         details.update(device=dev.device.name, kernels_s=per_kernel, transfer_s=transfer)
-        return RunResult(output=out, latency_s=max(wall, 1e-9), device_s=max(device_s, 1e-9), details=details)
+        return RunResult(
+            output=out, latency_s=max(wall, 1e-9), device_s=max(device_s, 1e-9), details=details, cold=cold
+        )
 
     def _run_qkv(self, launch: _Launch, shape: Shape, inputs: Mapping[str, np.ndarray]) -> tuple[np.ndarray, dict]:
         dev = self._require()
@@ -869,6 +891,7 @@ class OpenCLExecutor(Executor):
             self._pool.clear()
             self._kernels.clear()
             self._programs.clear()
+            self._launched.clear()
             self._dev = None
 
     def __repr__(self) -> str:
