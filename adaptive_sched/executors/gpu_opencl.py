@@ -429,7 +429,7 @@ class OpenCLExecutor(Executor):
         b, n, d = shape.batch, shape.n, shape.d
         if stage is Stage.QKV:
             return {"x": b * n * d, "w": d * 3 * d, "out": b * n * 3 * d}
-        bh, hd = b * shape.heads, shape.head_dim  # type: ignore[operator]
+        bh, hd = b * shape.heads, shape.head_dim
         return {"q": bh * n * hd, "k": bh * shape.keys * hd, "v": bh * shape.keys * hd, "out": bh * n * hd}
 
     # -- building -------------------------------------------------------------
@@ -508,7 +508,7 @@ class OpenCLExecutor(Executor):
             "V_STORE": codes[2],
             "QUANT": int(quant),
         }
-        blocks, bh = _ceil_div(shape.n, rq), shape.batch * shape.heads  # type: ignore[operator]
+        blocks, bh = _ceil_div(shape.n, rq), shape.batch * shape.heads
         # split the keys only as far as it takes to reach the device's parallelism
         splits = max(1, min(_ceil_div(self._attn_parallel, blocks * bh), shape.keys // t.attn_split_min_keys))
         chunk = _ceil_div(shape.keys, splits)
@@ -844,7 +844,7 @@ class OpenCLExecutor(Executor):
         out_shape = inputs["q"].shape
         out_buf = self._buffer("out", 4 * int(np.prod(out_shape)))
         macros, gsize, chunk = self._attn_config(shape, (codes[0], codes[1], codes[2]), quant)
-        splits, rows, hd = gsize[2], shape.batch * shape.heads * shape.n, shape.head_dim  # type: ignore[operator]
+        splits, rows, hd = gsize[2], shape.batch * shape.heads * shape.n, shape.head_dim
         i32 = np.int32
         geometry = (i32(shape.n), i32(shape.keys), np.float32(1.0 / math.sqrt(hd)), i32(chunk))
         if quant:
