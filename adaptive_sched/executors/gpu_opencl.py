@@ -90,6 +90,8 @@ class Tuning:
         Queries per work-item in prefill attention (rounded down to a power of two <= n).
     attn_vec : int
         Largest vector width over the head dimension.
+    attn_tile : int
+        Keys scored together before the softmax state is updated (a divisor of 1024).
     attn_parallel : int or None
         Work-items attention should have: when ``batch * heads`` query blocks are fewer (decode),
         the keys are split (flash-decoding) and the splits combined. None: one per compute unit
@@ -106,6 +108,7 @@ class Tuning:
     gemv_col_vecs: int = 4
     attn_rows: int = 4
     attn_vec: int = 16
+    attn_tile: int = 8
     attn_parallel: int | None = None
     attn_split_min_keys: int = 64
 
@@ -118,6 +121,8 @@ class Tuning:
                 raise ConfigError(f"tuning.{f.name} must be a positive integer, got {value!r}")
         if self.gemm_vec not in (2, 4, 8, 16):
             raise ConfigError(f"tuning.gemm_vec must be one of 2, 4, 8, 16, got {self.gemm_vec!r}")
+        if 1024 % self.attn_tile:
+            raise ConfigError(f"tuning.attn_tile must divide 1024, got {self.attn_tile!r}")
         if self.attn_vec not in (1, 2, 4, 8, 16):
             raise ConfigError(f"tuning.attn_vec must be one of 1, 2, 4, 8, 16, got {self.attn_vec!r}")
 
@@ -503,6 +508,7 @@ class OpenCLExecutor(Executor):
             "HD": hd,
             "VW": vw,
             "RQ": rq,
+            "TK": t.attn_tile,
             "Q_STORE": codes[0],
             "K_STORE": codes[1],
             "V_STORE": codes[2],
@@ -530,7 +536,7 @@ class OpenCLExecutor(Executor):
             quant = shape.precision is Precision.INT8
             if stage is Stage.QKV:
                 w_code = INT8 if quant else (HALF if self._weights_cacheable_as_half() else FLOAT)
-                codes = [(INT8, INT8)] if quant else sorted({(FLOAT, FLOAT), (FLOAT, w_code)})
+                codes = [(FLOAT, INT8)] if quant else sorted({(FLOAT, FLOAT), (FLOAT, w_code)})
                 for x_code, wc in codes:
                     macros, _, _ = self._gemm_config(shape, x_code, wc, quant)
                     self._kernel("GEMM", "gemm", macros)
@@ -587,13 +593,18 @@ class OpenCLExecutor(Executor):
         launch.kernels.append((name, dev.cl.enqueue_nd_range_kernel(dev.queue, kernel, gsize, lsize)))
 
     # -- quantisation ---------------------------------------------------------
-    def _quantize_tensor(self, launch: _Launch, role: str, src: Any, count: int, scales: Any, slot: int) -> Any:
-        """Quantise ``count`` floats of ``src`` per tensor into an int8 buffer; the scale goes to ``scales[slot]``."""
+    def _quantize_tensor(
+        self, launch: _Launch, role: str, src: Any, count: int, scales: Any, slot: int, as_float: bool = False
+    ) -> Any:
+        """Quantise ``count`` floats of ``src`` per tensor; the scale goes to ``scales[slot]``.
+
+        The result is an int8 buffer, or with ``as_float`` the same integers stored as floats.
+        """
         parts = min(64, _ceil_div(count, 4096))
         chunk = _round_up(_ceil_div(count, parts), 16)
         parts = _ceil_div(count, chunk)
         partial = self._buffer(f"{role}.absmax", 4 * parts)
-        out = self._buffer(f"{role}.q", count)
+        out = self._buffer(f"{role}.q", count * (4 if as_float else 1))
         i32 = np.int32
         self._enqueue(
             launch,
@@ -609,7 +620,7 @@ class OpenCLExecutor(Executor):
         self._enqueue(
             launch,
             f"quantize_{role}",
-            self._kernel("QUANTIZE", "quantize", {"VW": 16}),
+            self._kernel("QUANTIZE", "quantize_to_float" if as_float else "quantize", {"VW": 16}),
             (parts,),
             None,
             src,
@@ -802,7 +813,8 @@ class OpenCLExecutor(Executor):
         x_buf = self._upload(launch, "x", x_host)
         x_scale = self._buffer("x.scale", 4)
         if quant:
-            x_buf, x_code = self._quantize_tensor(launch, "x", x_buf, m * k_rows, x_scale, 0), INT8
+            # quantised activations as float-valued integers: exact, and cheaper to broadcast
+            x_buf, x_code = self._quantize_tensor(launch, "x", x_buf, m * k_rows, x_scale, 0, as_float=True), FLOAT
         out_buf = self._buffer("out", 4 * m * n_cols)
         macros, gsize, lsize = self._gemm_config(shape, x_code, w_code, quant)
         i32 = np.int32
@@ -825,7 +837,8 @@ class OpenCLExecutor(Executor):
         out = np.empty((shape.batch, shape.n, n_cols), np.float32)
         launch.transfers.append(dev.cl.enqueue_copy(dev.queue, out, out_buf))  # blocking
         storage = {FLOAT: "float", HALF: "half", INT8: "int8"}
-        return out, {"weights": storage[w_code], "activations": storage[x_code], "block": dict(macros)}
+        activations = "int8" if quant else storage[x_code]  # int8 values, held as floats for the GEMM
+        return out, {"weights": storage[w_code], "activations": activations, "block": dict(macros)}
 
     def _run_attn(self, launch: _Launch, shape: Shape, inputs: Mapping[str, np.ndarray]) -> tuple[np.ndarray, dict]:
         dev = self._require()

@@ -214,18 +214,32 @@ inline char16 to_int8_16(float16 v, float16 s) {
 
 inline char to_int8(float v, float s) { return (char)clamp(rint(v / s), -INT8_MAX_F, INT8_MAX_F); }
 
+// QUANTIZE_BODY(store16, store1): the per-tensor quantisation loop, storing through the two
+// statements given (int8 storage for tensors read many times, float for the GEMM's activations).
+#define QUANTIZE_BODY(STORE16, STORE1)                                              \
+    float amax = 0.0f;                                                              \
+    for (int p = 0; p < parts; ++p) amax = fmax(amax, partial[p]);                  \
+    const float s = scale_of(amax);                                                 \
+    const int g = get_global_id(0);                                                 \
+    if (g == 0) scales[slot] = s;                                                   \
+    const int i1 = min(n, (g + 1) * chunk);                                         \
+    int i = g * chunk;                                                              \
+    for (; i + 16 <= i1; i += 16) { STORE16; }                                      \
+    for (; i < i1; ++i) { STORE1; }
+
 __kernel void quantize(__global const float* restrict x, const int n, const int chunk,
                        __global const float* restrict partial, const int parts,
                        __global char* restrict q, __global float* restrict scales, const int slot) {
-    float amax = 0.0f;
-    for (int p = 0; p < parts; ++p) amax = fmax(amax, partial[p]);
-    const float s = scale_of(amax);
-    const int g = get_global_id(0);
-    if (g == 0) scales[slot] = s;
-    const int i1 = min(n, (g + 1) * chunk);
-    int i = g * chunk;
-    for (; i + 16 <= i1; i += 16) vstore16(to_int8_16(vload16(0, x + i), (float16)s), 0, q + i);
-    for (; i < i1; ++i) q[i] = to_int8(x[i], s);
+    QUANTIZE_BODY(vstore16(to_int8_16(vload16(0, x + i), (float16)s), 0, q + i), q[i] = to_int8(x[i], s))
+}
+
+// The same integers as floats: a GEMM broadcasts one activation per row and step, and a float
+// load broadcasts in one instruction where a char needs a load, a convert and a broadcast.
+__kernel void quantize_to_float(__global const float* restrict x, const int n, const int chunk,
+                                __global const float* restrict partial, const int parts,
+                                __global float* restrict q, __global float* restrict scales, const int slot) {
+    QUANTIZE_BODY(vstore16(convert_float16(to_int8_16(vload16(0, x + i), (float16)s)), 0, q + i),
+                  q[i] = (float)to_int8(x[i], s))
 }
 
 // One work-item per block of 16 columns: max|w| down each column, then the column's scale.
@@ -280,7 +294,7 @@ __kernel void to_half(__global const float* restrict x, const int n, const int c
 #: ``RQ`` consecutive queries of one (batch, head) and the keys ``[split * chunk, ..)`` of
 #: one split, so every key and value row it loads serves ``RQ`` queries from registers.
 #: Macros: ``HD`` head dimension, ``VW`` vector width dividing ``HD``, ``RQ`` queries per
-#: work-item, ``Q_STORE``/``K_STORE``/``V_STORE`` storage codes, ``QUANT`` 1 for int8.
+#: work-item, ``TK`` keys per tile, ``Q_STORE``/``K_STORE``/``V_STORE`` storage codes, ``QUANT`` 1 for int8.
 #:
 #: Splitting the keys (flash-decoding) gives decode, which has only ``BH`` queries, enough
 #: work-items to fill a GPU; with one split the kernels write the output directly.
@@ -300,15 +314,24 @@ ATTENTION = r"""
 #define KT STORE_T(K_STORE)
 #define VT STORE_T(V_STORE)
 
+// horizontal sum as a tree of vector adds (a loop over lanes serialises VW scalar adds)
 inline float hsum(FV v) {
-#if VW == 1
-    return v;
+#if VW == 16
+    const float8 a = v.lo + v.hi;
+    const float4 b = a.lo + a.hi;
+    const float2 c = b.lo + b.hi;
+    return c.x + c.y;
+#elif VW == 8
+    const float4 b = v.lo + v.hi;
+    const float2 c = b.lo + b.hi;
+    return c.x + c.y;
+#elif VW == 4
+    const float2 c = v.lo + v.hi;
+    return c.x + c.y;
+#elif VW == 2
+    return v.x + v.y;
 #else
-    float t[VW];
-    VSTORE(v, t);
-    float s = 0.0f;
-    for (int l = 0; l < VW; ++l) s += t[l];
-    return s;
+    return v;
 #endif
 }
 
@@ -330,23 +353,50 @@ inline float hsum(FV v) {
     for (int r = 0; r < RQ; ++r)                                                    \
         for (int c = 0; c < NV; ++c) qv[r][c] = LOADV(Q_STORE, q, min(r, rows - 1) * HD + c * VW);
 
-// dots[r] = q_r . k_j
-#define DOTS(j)                                                                    \
-    float dots[RQ];                                                                \
-    {                                                                              \
-        FV kv[NV];                                                                 \
-        for (int c = 0; c < NV; ++c) kv[c] = LOADV(K_STORE, k, (j) * HD + c * VW); \
-        for (int r = 0; r < RQ; ++r) {                                             \
-            FV a = qv[r][0] * kv[0];                                               \
-            for (int c = 1; c < NV; ++c) a = fma(qv[r][c], kv[c], a);              \
-            dots[r] = hsum(a);                                                     \
-        }                                                                          \
+// s[r][t]: score of query r against key j0 + t; -INFINITY where the causal mask hides the key
+// or the key lies at or past `stop`. A tile of TK independent scores per step lets the
+// compiler overlap the dot products, and the softmax rescales once per tile, not per key.
+#define TILE_SCORES(j0, stop)                                                        \
+    float s[RQ][TK];                                                                 \
+    for (int t = 0; t < TK; ++t) {                                                   \
+        const int j = (j0) + t;                                                      \
+        if (j < (stop)) {                                                            \
+            FV kv[NV];                                                               \
+            for (int c = 0; c < NV; ++c) kv[c] = LOADV(K_STORE, k, j * HD + c * VW); \
+            for (int r = 0; r < RQ; ++r) {                                           \
+                FV a = qv[r][0] * kv[0];                                             \
+                for (int c = 1; c < NV; ++c) a = fma(qv[r][c], kv[c], a);            \
+                s[r][t] = j > offset + i0 + r ? -INFINITY : SCORE(hsum(a));          \
+            }                                                                        \
+        } else {                                                                     \
+            for (int r = 0; r < RQ; ++r) s[r][t] = -INFINITY;                        \
+        }                                                                            \
     }
-#define MASKED(r, j) ((j) > offset + i0 + (r))
+
+// fold a tile into the running max m[r] and sum l[r]; p[r][t] = exp(s - m) (0 where hidden).
+// RESCALE(r, corr) multiplies whatever else was accumulated against the old max.
+#define ONLINE_SOFTMAX(RESCALE)                                                      \
+    float p[RQ][TK];                                                                 \
+    for (int r = 0; r < RQ; ++r) {                                                   \
+        float tmax = s[r][0];                                                        \
+        for (int t = 1; t < TK; ++t) tmax = fmax(tmax, s[r][t]);                     \
+        if (tmax > m[r]) {                                                           \
+            const float corr = exp(m[r] - tmax);                                     \
+            l[r] *= corr;                                                            \
+            RESCALE(r, corr)                                                         \
+            m[r] = tmax;                                                             \
+        }                                                                            \
+        for (int t = 0; t < TK; ++t) {                                               \
+            p[r][t] = s[r][t] == -INFINITY ? 0.0f : exp(s[r][t] - m[r]);             \
+            l[r] += p[r][t];                                                         \
+        }                                                                            \
+    }
+#define NO_RESCALE(r, corr)
+#define RESCALE_ACC(r, corr) for (int c = 0; c < NV; ++c) acc[r][c] *= (corr);
 
 #if QUANT
 // The reference's order of operations: (int dot * (qs * ks)) * (1 / sqrt(HD)).
-#define SCORE(r) ((dots[r] * (qkv_scale[0] * qkv_scale[1])) * scale)
+#define SCORE(dot) (((dot) * (qkv_scale[0] * qkv_scale[1])) * scale)
 
 __kernel void attention_stats(__global const QT* restrict q, __global const KT* restrict k,
                               const int n, const int keys, const float scale, const int chunk,
@@ -354,19 +404,16 @@ __kernel void attention_stats(__global const QT* restrict q, __global const KT* 
     GEOMETRY
     float m[RQ], l[RQ];
     for (int r = 0; r < RQ; ++r) { m[r] = -INFINITY; l[r] = 0.0f; }
-    for (int j = j_begin; j < j_end; ++j) {
-        DOTS(j)
-        for (int r = 0; r < RQ; ++r) {
-            if (MASKED(r, j)) continue;
-            const float s = SCORE(r);
-            if (s > m[r]) { l[r] *= exp(m[r] - s); m[r] = s; }
-            l[r] += exp(s - m[r]);
-        }
+    for (int j0 = j_begin; j0 < j_end; j0 += TK) {
+        TILE_SCORES(j0, j_end)
+        ONLINE_SOFTMAX(NO_RESCALE)
     }
     __global float* out = stats + 2 * ((long)split * get_global_size(1) * n + row0);
     for (int r = 0; r < rows; ++r) { out[2 * r] = m[r]; out[2 * r + 1] = l[r]; }
 }
 
+// Products pq * vq <= 127 * 127, so float sums of up to 1024 keys are exact integers; each
+// chunk of 1024 keys is added to the int32 accumulator (as in the GEMM).
 __kernel void attention_int8(__global const QT* restrict q, __global const KT* restrict k,
                              __global const VT* restrict v, const int n, const int keys,
                              const float scale, const int chunk, __global const float* restrict qkv_scale,
@@ -393,15 +440,27 @@ __kernel void attention_int8(__global const QT* restrict q, __global const KT* r
     IV acc[RQ][NV];
     for (int r = 0; r < RQ; ++r)
         for (int c = 0; c < NV; ++c) acc[r][c] = 0;
-    for (int j = j_begin; j < j_end; ++j) {
-        DOTS(j)
-        IV vv[NV];
-        for (int c = 0; c < NV; ++c) vv[c] = TO_IV(VLOAD(v, j * HD + c * VW));
-        for (int r = 0; r < RQ; ++r) {
-            if (MASKED(r, j)) continue;
-            const int pq = (int)rint((exp(SCORE(r) - m[r]) / l[r]) * INT8_MAX_F);
-            for (int c = 0; c < NV; ++c) acc[r][c] += pq * vv[c];
+    for (int jc = j_begin; jc < j_end; jc += 1024) {
+        const int stop = min(j_end, jc + 1024);
+        FV exact[RQ][NV];
+        for (int r = 0; r < RQ; ++r)
+            for (int c = 0; c < NV; ++c) exact[r][c] = 0.0f;
+        for (int j0 = jc; j0 < stop; j0 += TK) {
+            TILE_SCORES(j0, stop)
+            for (int t = 0; t < TK; ++t) {
+                const int j = j0 + t;
+                if (j >= stop) break;
+                FV vv[NV];
+                for (int c = 0; c < NV; ++c) vv[c] = LOADV(V_STORE, v, j * HD + c * VW);
+                for (int r = 0; r < RQ; ++r) {
+                    if (s[r][t] == -INFINITY) continue;
+                    const float pq = rint((exp(s[r][t] - m[r]) / l[r]) * INT8_MAX_F);
+                    for (int c = 0; c < NV; ++c) exact[r][c] = fma((FV)pq, vv[c], exact[r][c]);
+                }
+            }
         }
+        for (int r = 0; r < RQ; ++r)
+            for (int c = 0; c < NV; ++c) acc[r][c] += TO_IV(exact[r][c]);
     }
     if (splits == 1) {
         const float out_scale = qkv_scale[2] / INT8_MAX_F;
@@ -427,7 +486,7 @@ __kernel void attention_sum_int8(__global const int* restrict partial, const int
 }
 
 #else
-#define SCORE(r) (dots[r] * scale)
+#define SCORE(dot) ((dot) * scale)
 
 __kernel void attention(__global const QT* restrict q, __global const KT* restrict k,
                         __global const VT* restrict v, const int n, const int keys, const float scale,
@@ -441,23 +500,16 @@ __kernel void attention(__global const QT* restrict q, __global const KT* restri
         l[r] = 0.0f;
         for (int c = 0; c < NV; ++c) acc[r][c] = 0.0f;
     }
-    for (int j = j_begin; j < j_end; ++j) {
-        DOTS(j)
-        FV vv[NV];
-        for (int c = 0; c < NV; ++c) vv[c] = LOADV(V_STORE, v, j * HD + c * VW);
-        for (int r = 0; r < RQ; ++r) {
-            if (MASKED(r, j)) continue;
-            const float s = SCORE(r);
-            if (s > m[r]) {
-                // the running max grew: rescale what was accumulated against the old max
-                const float corr = exp(m[r] - s);
-                l[r] *= corr;
-                for (int c = 0; c < NV; ++c) acc[r][c] *= corr;
-                m[r] = s;
-            }
-            const float p = exp(s - m[r]);
-            l[r] += p;
-            for (int c = 0; c < NV; ++c) acc[r][c] = fma((FV)p, vv[c], acc[r][c]);
+    for (int j0 = j_begin; j0 < j_end; j0 += TK) {
+        TILE_SCORES(j0, j_end)
+        ONLINE_SOFTMAX(RESCALE_ACC)
+        for (int t = 0; t < TK; ++t) {
+            const int j = j0 + t;
+            if (j >= j_end) break;
+            FV vv[NV];
+            for (int c = 0; c < NV; ++c) vv[c] = LOADV(V_STORE, v, j * HD + c * VW);
+            for (int r = 0; r < RQ; ++r)
+                for (int c = 0; c < NV; ++c) acc[r][c] = fma((FV)p[r][t], vv[c], acc[r][c]);
         }
     }
     if (get_global_size(2) == 1) {
@@ -468,10 +520,10 @@ __kernel void attention(__global const QT* restrict q, __global const KT* restri
     } else {
         // partial row layout: m, l, then HD accumulator values
         for (int r = 0; r < rows; ++r) {
-            __global float* p = partial + ((long)split * get_global_size(1) * n + row0 + r) * (HD + 2);
-            p[0] = m[r];
-            p[1] = l[r];
-            for (int c = 0; c < NV; ++c) VSTORE(acc[r][c], p + 2 + c * VW);
+            __global float* pr = partial + ((long)split * get_global_size(1) * n + row0 + r) * (HD + 2);
+            pr[0] = m[r];
+            pr[1] = l[r];
+            for (int c = 0; c < NV; ++c) VSTORE(acc[r][c], pr + 2 + c * VW);
         }
     }
 }
@@ -490,8 +542,8 @@ __kernel void attention_combine(__global const float* restrict partial, const in
     for (int c = 0; c < HD; ++c) {
         float acc = 0.0f;
         for (int t = 0; t < splits; ++t) {
-            const __global float* p = partial + ((long)t * rows + row) * (HD + 2);
-            if (p[0] > -INFINITY) acc += p[2 + c] * exp(p[0] - mm);
+            const __global float* pr = partial + ((long)t * rows + row) * (HD + 2);
+            if (pr[0] > -INFINITY) acc += pr[2 + c] * exp(pr[0] - mm);
         }
         o[(long)row * HD + c] = acc / l;
     }
