@@ -139,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"device: {probe.device_name}")
     print(
         f"numpy {np.__version__}; OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}; "
-        f"cpus={os.cpu_count()}; {args.blocks} blocks x {args.per_block} reps, medians"
+        f"cpus={os.cpu_count()}; {args.blocks} blocks x {args.per_block} reps, medians; "
+        f"load average {os.getloadavg()[0]:.2f}"
     )
     header = f"{'case':32} {'device ms':>10} {'wall ms':>9} {'numpy ms':>9} {'ref ms':>9} {'dev/np':>7} {'wall/np':>8}"
     print(header)
