@@ -95,8 +95,8 @@ def run_id_range(run: int) -> tuple[int, int]:
 
 
 def _create_v1(db: sqlite_utils.Database) -> None:
-    db["meta"].create({"key": str, "value": str}, pk="key", if_not_exists=True)
-    db["runs"].create(
+    db.table("meta").create({"key": str, "value": str}, pk="key", if_not_exists=True)
+    db.table("runs").create(
         {
             "id": int,
             "started_at": float,
@@ -117,16 +117,16 @@ def _create_v1(db: sqlite_utils.Database) -> None:
         **{c: float for c in DECISION_FEATURE_COLUMNS},
         "sample_rate": float, "context": str,
     }  # fmt: skip
-    db["decisions"].create(columns, pk="id", if_not_exists=True)
-    db["decisions"].create_index(["run"], if_not_exists=True)
-    db["decisions"].create_index(["time"], if_not_exists=True)
-    db["outcomes"].create(
+    db.table("decisions").create(columns, pk="id", if_not_exists=True)
+    db.table("decisions").create_index(["run"], if_not_exists=True)
+    db.table("decisions").create_index(["time"], if_not_exists=True)
+    db.table("outcomes").create(
         {"decision_id": int, "time": float, "latency_s": float, "ok": int, "error": str},
         pk="decision_id",
         if_not_exists=True,
     )
-    db["outcomes"].create_index(["time"], if_not_exists=True)
-    db["profiles"].create(
+    db.table("outcomes").create_index(["time"], if_not_exists=True)
+    db.table("profiles").create(
         {
             "id": int, "device": str, "executor": str, "backend": str, "stage": str, **SHAPE_COLUMNS,
             "warmup": int, "repetitions": int,
@@ -136,12 +136,12 @@ def _create_v1(db: sqlite_utils.Database) -> None:
         pk="id",
         if_not_exists=True,
     )  # fmt: skip
-    db["profiles"].create_index(
+    db.table("profiles").create_index(
         ["device", "backend", "stage", "n", "d", "kv_len", "batch", "heads", "precision"],
         unique=True,
         if_not_exists=True,
     )
-    db["priors"].create(
+    db.table("priors").create(
         {
             "id": int, "name": str, "stage": str, "device": str, "model": str, "params": str,
             "content_hash": str, "training_rows": int, "rows": str, "metrics": str, "created_at": float,
@@ -149,7 +149,7 @@ def _create_v1(db: sqlite_utils.Database) -> None:
         pk="id",
         if_not_exists=True,
     )  # fmt: skip
-    db["priors"].create_index(["name", "stage"], unique=True, if_not_exists=True)
+    db.table("priors").create_index(["name", "stage"], unique=True, if_not_exists=True)
 
 
 def _upgrade_v2(db: sqlite_utils.Database) -> None:
@@ -169,18 +169,16 @@ MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {1: _create_v1,
 
 
 def check_sqlite_file(path: Path) -> None:
-    """Raise :class:`StoreError` if ``path`` exists, is non-empty and is not an SQLite database."""
+    """Raise :class:`StoreError` if ``path`` cannot be a database file (a directory).
+
+    Whether an existing file is SQLite is left to SQLite, which refuses any other file
+    ("file is not a database") without writing to it. Reading the header here would
+    be unsafe: closing any descriptor of a file drops every POSIX lock this process
+    holds on it, including those of SQLite connections already open on the log, and
+    another process could then checkpoint and delete the WAL under them.
+    """
     if path.is_dir():
         raise StoreError(f"{path}: is a directory, not an SQLite database")
-    try:
-        with path.open("rb") as fh:
-            head = fh.read(len(SQLITE_MAGIC))
-    except FileNotFoundError:
-        return
-    except OSError as exc:
-        raise StoreError(f"{path}: cannot read ({exc.strerror})") from exc
-    if head and head != SQLITE_MAGIC:
-        raise StoreError(f"{path}: not an SQLite database (refusing to touch it)")
 
 
 def _raw_connect(path: Path, *, timeout_s: float, readonly: bool, isolation_level: str | None) -> sqlite3.Connection:
@@ -188,7 +186,13 @@ def _raw_connect(path: Path, *, timeout_s: float, readonly: bool, isolation_leve
         target, uri = f"file:{path}?mode=ro", True
     else:
         target, uri = str(path), False
-    conn = sqlite3.connect(target, uri=uri, timeout=timeout_s, check_same_thread=False, isolation_level=isolation_level)
+    conn = sqlite3.connect(
+        target,
+        uri=uri,
+        timeout=timeout_s,
+        check_same_thread=False,
+        isolation_level=isolation_level,  # type: ignore[arg-type]
+    )
     conn.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
     return conn
 
@@ -225,7 +229,7 @@ def _describe(path: Path, exc: BaseException, readonly: bool) -> str:
     if not readonly and ("readonly" in text or "unable to open" in text):
         return f"{path}: cannot write the log ({text}); is the file or its directory read-only?"
     if "not a database" in text or "malformed" in text:
-        return f"{path}: not a valid SQLite database ({text})"
+        return f"{path}: not an SQLite database, or a damaged one ({text}); refusing to touch it"
     return f"{path}: cannot open the log database ({text})"
 
 
