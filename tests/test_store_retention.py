@@ -1,0 +1,131 @@
+"""Retention: row and age limits, orphaned outcomes, and a file that stops growing."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from adaptive_sched.store.reads import counts
+from adaptive_sched.store.retention import RetentionPolicy, apply_retention, retention_step
+from adaptive_sched.store.schema import connect, run_id_range
+from adaptive_sched.store.writer import DecisionLog
+
+from .test_store_support import make_decision, wait_until
+
+
+def _log(conn: sqlite3.Connection, run: int, times: list[float], outcomes: bool = True) -> list[int]:
+    lo = run_id_range(run)[0]
+    ids = [lo + i + 1 for i in range(len(times))]
+    rows = [(i, run, t) for i, t in zip(ids, times, strict=True)]
+    conn.executemany("INSERT INTO decisions (id, run, time) VALUES (?, ?, ?)", rows)
+    if outcomes:
+        sql = "INSERT INTO outcomes (decision_id, time, latency_s, ok) VALUES (?, 0, 1e-3, 1)"
+        conn.executemany(sql, [(i,) for i in ids])
+    return ids
+
+
+@pytest.fixture
+def conn(tmp_path: Path):
+    c = connect(tmp_path / "log.db", isolation_level=None)
+    yield c
+    c.close()
+
+
+def test_policy_validation_names_the_field() -> None:
+    for kwargs, name in (
+        ({"max_rows": 0}, "max_rows"),
+        ({"max_rows": 2.5}, "max_rows"),
+        ({"max_age_s": -1}, "max_age_s"),
+        ({"max_age_s": float("nan")}, "max_age_s"),
+        ({"check_every_s": -1}, "check_every_s"),
+        ({"batch_rows": 0}, "batch_rows"),
+    ):
+        with pytest.raises(ValueError, match=name):
+            RetentionPolicy(**kwargs)
+    assert not RetentionPolicy().active
+    assert RetentionPolicy(max_rows=5).active
+
+
+def test_row_limit_deletes_the_oldest_by_time_across_runs(conn: sqlite3.Connection) -> None:
+    # Two processes logged at once: run 1's rows are not all older than run 2's.
+    a = _log(conn, 1, [float(t) for t in range(0, 100, 2)])
+    b = _log(conn, 2, [float(t) for t in range(1, 101, 2)])
+    result = apply_retention(conn, RetentionPolicy(max_rows=30, batch_rows=7))
+    assert result.deleted_decisions == 70
+    kept = dict(conn.execute("SELECT id, time FROM decisions").fetchall())
+    assert sorted(kept.values()) == [float(t) for t in range(70, 100)]
+    assert set(kept) <= set(a) | set(b)
+    outcomes = {r[0] for r in conn.execute("SELECT decision_id FROM outcomes")}
+    assert outcomes == set(kept)
+    assert result.deleted_outcomes == 70
+
+
+def test_age_limit_counts_from_the_newest_row_on_a_virtual_clock(conn: sqlite3.Connection) -> None:
+    _log(conn, 1, [1000.0 + t for t in range(1000)])  # simulated seconds, far from wall time
+    apply_retention(conn, RetentionPolicy(max_age_s=250))
+    times = [r[0] for r in conn.execute("SELECT time FROM decisions ORDER BY time")]
+    assert times[0] == 1749.0 and times[-1] == 1999.0
+
+
+def test_age_limit_on_wall_clock_time(conn: sqlite3.Connection) -> None:
+    now = 1.7e9
+    _log(conn, 1, [now - 3 * 86400, now - 2 * 86400, now - 60, now])
+    apply_retention(conn, RetentionPolicy(max_age_s=86400), now=now)
+    assert [r[0] for r in conn.execute("SELECT time FROM decisions ORDER BY time")] == [now - 60, now]
+
+
+def test_outcomes_whose_decision_never_made_it_are_swept(conn: sqlite3.Connection) -> None:
+    ids = _log(conn, 3, [float(t) for t in range(10)])
+    # Outcomes of decisions dropped before they reached the file (queue full, disk full).
+    conn.executemany("INSERT INTO outcomes (decision_id, time) VALUES (?, 0)", [(i + 1000,) for i in ids[:3]])
+    conn.execute("DELETE FROM decisions WHERE id IN (?, ?)", (ids[0] + 1000, ids[1] + 1000))
+    orphan_low = run_id_range(3)[0]  # seq 0: below every decision of the run
+    conn.execute("INSERT INTO outcomes (decision_id, time) VALUES (?, 0)", (orphan_low,))
+    retention_step(conn, RetentionPolicy(max_rows=5))
+    remaining = {r[0] for r in conn.execute("SELECT decision_id FROM outcomes")}
+    assert orphan_low not in remaining
+    assert set(ids[5:]) <= remaining
+
+
+def test_nothing_to_do_is_cheap_and_harmless(conn: sqlite3.Connection) -> None:
+    _log(conn, 1, [1.0, 2.0])
+    result = apply_retention(conn, RetentionPolicy(max_rows=10, max_age_s=1e9))
+    assert result.deleted_decisions == 0
+    assert counts(conn)["decisions"] == 2
+
+
+def _pages(path: Path) -> int:
+    """The database's size in pages as of its last commit (the file catches up at checkpoints)."""
+    conn = sqlite3.connect(path)
+    try:
+        return int(conn.execute("PRAGMA page_count").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def test_the_file_stops_growing_under_a_row_limit(tmp_path: Path) -> None:
+    path = tmp_path / "log.db"
+    policy = RetentionPolicy(max_rows=2000, check_every_s=0, batch_rows=5000)
+    sizes = []
+    with DecisionLog(path, flush_rows=500, retention=policy) as log:
+        run = log.start_run()
+        seq = 0
+        for _ in range(16):
+            for _ in range(3000):
+                seq += 1
+                d = make_decision(run, seq)
+                log.decision(d, {"temp_c": 60.0})
+                log.outcome(d.id, 1e-3)
+            assert log.flush()
+            assert wait_until(lambda: counts(path)["decisions"] <= 2000)
+            sizes.append(_pages(path))
+    assert log.stats.retention_deleted == 16 * 3000 - 2000
+    c = counts(path)
+    assert c["decisions"] == 2000 and c["outcomes"] <= 2000
+    # Once the limit is reached the database stops growing: freed pages are reused or returned
+    # (the exact page count wobbles with B-tree splits and with when the vacuum ran).
+    assert max(sizes[4:]) <= 1.25 * max(sizes[:4]), sizes
+    assert os.path.getsize(path) <= max(sizes) * 4096
