@@ -328,3 +328,27 @@ def test_flush_times_out_rather_than_hang(path: Path) -> None:
             log.decision(make_decision(run, 1))
             assert log.flush(timeout_s=0.05) is False
         assert log.flush() is True
+
+
+def test_shape_columns_survive_the_shape_cache_starting_over(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from adaptive_sched.store import rows as rows_module
+
+    monkeypatch.setattr(rows_module, "_CACHE_LIMIT", 3)  # start over every few shapes
+    shapes = [Shape(n=1 + i % 5, d=64 * (1 + i % 7), kv_len=i % 11) for i in range(300)]
+    with DecisionLog(path, flush_rows=40) as log:
+        run = log.start_run()
+        decisions = [
+            Decision(run << 32 | i, Stage.QKV if i % 3 else Stage.ATTN, shape, Backend.GPU, 1.0)
+            for i, shape in enumerate(shapes, start=1)
+        ]
+        for d in decisions:
+            log.decision(d)
+        assert log.flush() is True
+        assert log.stats.written == len(decisions)
+        shape_rows = log._wconn.execute("SELECT count(*) FROM temp.adaptive_sched_shapes").fetchone()[0]
+        assert shape_rows < 300  # old keys are deleted once no pending row needs them
+    conn = sqlite3.connect(path)
+    stored = {r[0]: r[1:] for r in conn.execute("SELECT id, stage, n, d, kv_len, f_flops, f_pad_d FROM decisions")}
+    for d in decisions:
+        f = feature_vector(d.stage, d.shape)
+        assert stored[d.id] == (d.stage.value, d.shape.n, d.shape.d, d.shape.kv_len, f[3], f[9])

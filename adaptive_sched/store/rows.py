@@ -22,21 +22,62 @@ from ..types import Backend, Decision, Shape, Stage, parse_backend, parse_stage
 
 _M64 = (1 << 64) - 1
 
-#: insertion order of decision columns used by the writer (static, per-shape columns last)
-INSERT_DECISION_COLUMNS: tuple[str, ...] = (
+#: decision columns bound per row, in row order (after them, one shape key)
+HEAD_COLUMNS: tuple[str, ...] = (
     "id", "run", "time", "after", "backend", "propensity", "explored", "policy_version",
     "pred_cpu", "pred_gpu", "pred_npu", "sample_rate", "context",
+)  # fmt: skip
+#: decision columns that depend only on the stage and shape: stored once per shape in a
+#: temporary table of the writer's connection and joined in by SQLite
+STATIC_COLUMNS: tuple[str, ...] = (
     "stage", "n", "d", "kv_len", "batch", "heads", "precision",
     "f_flops", "f_mem_bytes", "f_intensity", "f_ar", "f_score_size", "f_pad_n", "f_pad_d",
 )  # fmt: skip
+INSERT_DECISION_COLUMNS = HEAD_COLUMNS + STATIC_COLUMNS
+#: values in one decision row: the head columns and the shape key
+ROW_WIDTH = len(HEAD_COLUMNS) + 1
+
+SHAPE_TABLE = "temp.adaptive_sched_shapes"
+CREATE_SHAPE_TABLE = (
+    f"CREATE TEMP TABLE IF NOT EXISTS adaptive_sched_shapes (k INTEGER PRIMARY KEY, {', '.join(STATIC_COLUMNS)})"
+)
+INSERT_SHAPE = (
+    f"INSERT INTO {SHAPE_TABLE} (k, {', '.join(STATIC_COLUMNS)}) VALUES ({', '.join('?' * (1 + len(STATIC_COLUMNS)))})"
+)
 
 # Binding None or a bool costs sqlite3 a failed adapter lookup, about 0.4 us per value
 # (several times a float's cost): rows carry '' for a missing text (NULLIF turns it back
 # into NULL) and NaN for a missing number (SQLite stores NaN as NULL).
-_PLACEHOLDERS = ["NULLIF(?, '')" if c in ("after", "context") else "?" for c in INSERT_DECISION_COLUMNS]
-INSERT_DECISIONS = (
-    f"INSERT OR IGNORE INTO decisions ({', '.join(INSERT_DECISION_COLUMNS)}) VALUES ({', '.join(_PLACEHOLDERS)})"
-)
+_NULLABLE_TEXT = ("after", "context")
+
+
+def _head_select(value: str) -> str:
+    cols = []
+    for i, c in enumerate(HEAD_COLUMNS, start=1):
+        v = value.format(i=i)
+        cols.append(f"NULLIF({v}, '')" if c in _NULLABLE_TEXT else v)
+    return ", ".join(cols + [f"s.{c}" for c in STATIC_COLUMNS])
+
+
+def insert_decisions_sql(rows: int = 1) -> str:
+    """The INSERT of ``rows`` decision rows (``ROW_WIDTH`` values each).
+
+    Each row binds its head columns and a shape key; SQLite joins the shape's columns
+    from the shape table, so the GIL-holding work of binding is halved.
+    """
+    target = f"INSERT OR IGNORE INTO decisions ({', '.join(INSERT_DECISION_COLUMNS)})"
+    if rows == 1:
+        return (
+            f"{target} SELECT {_head_select('?')} FROM (SELECT ? AS k) AS v LEFT JOIN {SHAPE_TABLE} AS s ON s.k = v.k"
+        )
+    values = ", ".join(["(" + ", ".join("?" * ROW_WIDTH) + ")"] * rows)
+    return (
+        f"{target} SELECT {_head_select('v.column{i}')} "
+        f"FROM (VALUES {values}) AS v LEFT JOIN {SHAPE_TABLE} AS s ON s.k = v.column{ROW_WIDTH}"
+    )
+
+
+INSERT_DECISIONS = insert_decisions_sql(1)
 #: outcome rows as the hot path queues them: (decision_id, time, latency_s, ok as 0/1, error or '')
 INSERT_OUTCOMES = (
     "INSERT OR IGNORE INTO outcomes (decision_id, time, latency_s, ok, error) VALUES (?, ?, ?, ?, NULLIF(?, ''))"
@@ -50,6 +91,8 @@ def multi_row_sql(single_row_sql: str, rows: int) -> str:
     >>> multi_row_sql("INSERT INTO t (a) VALUES (?)", 3)
     'INSERT INTO t (a) VALUES (?), (?), (?)'
     """
+    if single_row_sql == INSERT_DECISIONS:
+        return insert_decisions_sql(rows)
     head, values = single_row_sql.split(" VALUES ", 1)
     return f"{head} VALUES {', '.join([values] * rows)}"
 
@@ -112,8 +155,14 @@ class RowBuilder:
     def __init__(self, sample_rate: float = 1.0) -> None:
         self.sample_rate = float(sample_rate)
         self._threshold = sample_threshold(self.sample_rate)
-        self._qkv: dict[Shape, tuple[Any, ...]] = {}
-        self._attn: dict[Shape, tuple[Any, ...]] = {}
+        # shape -> (key,) per stage; the key's row of static columns waits in new_shapes
+        # until the writer puts it in the shape table (before the rows that use it)
+        self._qkv: dict[Shape, tuple[int]] = {}
+        self._attn: dict[Shape, tuple[int]] = {}
+        self._next_key = 1
+        self.new_shapes: list[tuple[Any, ...]] = []
+        #: keys below this are no longer used by new rows (the cache started over)
+        self.obsolete_below = 0
         # explored decisions the id hash would have left out: their outcomes must be kept
         self._rescued: dict[int, None] = {}
         self.rescue_limit = 1_000_000
@@ -189,14 +238,20 @@ class RowBuilder:
                 del rescued[key]
         return rows
 
-    def _static(self, stage: Any, shape: Any) -> tuple[Any, ...]:
+    def _static(self, stage: Any, shape: Any) -> tuple[int]:
         stage = parse_stage(stage)
         if not isinstance(shape, Shape):
             raise TypeError(f"shape must be a Shape, got {type(shape).__name__}")
         cache = self._qkv if stage is _QKV else self._attn
         if len(cache) >= _CACHE_LIMIT:
-            cache.clear()
-        st = cache[shape] = static_part(stage, shape)
+            self._qkv.clear()
+            self._attn.clear()
+            self.obsolete_below = self._next_key
+            cache = self._qkv if stage is _QKV else self._attn
+        key = self._next_key
+        self._next_key += 1
+        self.new_shapes.append((key, *static_part(stage, shape)))
+        st = cache[shape] = (key,)
         return st
 
     def _one_by_one(
@@ -243,7 +298,8 @@ class RowBuilder:
                 self._rescued[id_] = None
             else:
                 return None
-        st = self._static(stage, shape)
+        cache = self._qkv if stage is _QKV else self._attn
+        st = cache.get(shape) or self._static(stage, shape)
         return (
             id_, id_ >> 32, t, "" if after is None else after.value, backend.value,
             prop, 1 if explored else 0, int(pv),
@@ -251,6 +307,11 @@ class RowBuilder:
             rate, "" if ctx is None else _json(ctx),
             *st,
         )  # fmt: skip
+
+    def take_new_shapes(self) -> list[tuple[Any, ...]]:
+        """Rows for the shape table created since the last call."""
+        new, self.new_shapes = self.new_shapes, []
+        return new
 
     # -- outcomes --------------------------------------------------------------------
     def outcomes(self, rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:

@@ -3,10 +3,16 @@
 :meth:`DecisionLog.decision` and :meth:`DecisionLog.outcome` only append a tuple to a
 bounded queue (a :class:`collections.deque`: no lock, no event per row). A daemon
 thread wakes every ``flush_interval_s``, or as soon as a queue holds ``flush_rows``
-rows, builds the rows and inserts them with ``executemany`` in one transaction (WAL,
-``synchronous=NORMAL``), so a crash loses at most the last interval and the batch
-being written. Several processes may log to one file: each waits for the others'
-write lock (SQLite's busy timeout, then retries with back-off).
+rows, builds the rows and commits them in one transaction (WAL, ``synchronous=NORMAL``),
+so a crash loses at most the last interval and the batch being written. Several
+processes may log to one file: each waits for the others' write lock (SQLite's busy
+timeout, then retries with back-off).
+
+The writer shares the GIL with inference threads, so it keeps its Python work small:
+rows are tuples inserted by multi-row ``INSERT`` statements of a few dozen rows (SQLite
+releases the GIL while it inserts a group), with no ``None`` or ``bool`` values (sqlite3
+binds those slowly), and the columns that depend only on the stage and shape are
+stored once per shape in a temporary table that SQLite joins in.
 
 Write failures (disk full, I/O errors, a lock held too long) never reach the caller:
 the writer counts them, logs a rate-limited message, retries the batch a few times,
@@ -53,9 +59,12 @@ from ..errors import StoreError
 from ..types import Decision
 from .retention import RetentionPolicy, retention_step, vacuum_free_pages
 from .rows import (
-    INSERT_DECISION_COLUMNS,
+    CREATE_SHAPE_TABLE,
     INSERT_DECISIONS,
     INSERT_OUTCOMES,
+    INSERT_SHAPE,
+    ROW_WIDTH,
+    SHAPE_TABLE,
     RowBuilder,
     describe_rejected,
     multi_row_sql,
@@ -76,9 +85,11 @@ _DATA_ERRORS = (
 #: pauses between attempts to write a batch that failed (lock held too long, disk full, I/O error)
 RETRY_BACKOFF_S = (0.05, 0.25, 1.0)
 
-#: values bound per multi-row INSERT (64 decision rows, 345 outcome rows): bigger groups
-#: cost less per row but hold the GIL longer while their values are bound (~60 ns each)
-GROUP_PARAMS = 64 * len(INSERT_DECISION_COLUMNS)
+#: values bound per multi-row INSERT (32 decision rows, 89 outcome rows). The GIL is held
+#: while they are bound; SQLite releases it while it inserts the group. Measured side by
+#: side (benchmarks/bench_store.py): 32 rows add ~0.09 ms to a concurrent loop's p99,
+#: 64 rows ~0.14 ms and 128 rows ~0.19 ms, for 3% and 5% more throughput.
+GROUP_PARAMS = 32 * ROW_WIDTH
 
 #: at most one warning of each kind per this many seconds
 WARN_EVERY_S = 10.0
@@ -246,6 +257,9 @@ class DecisionLog:
         # values per multi-row INSERT, within this SQLite's limit on bound variables
         self._group_params = min(GROUP_PARAMS, self._wconn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER))
         self._multi_sql: dict[str, tuple[int, str]] = {}
+        self._wconn.execute("PRAGMA temp_store = MEMORY")
+        self._wconn.execute(CREATE_SHAPE_TABLE)
+        self._shapes_kept_from = 0
         self._written = self._sampled_out = self._rejected = self._duplicates = 0
         self._failed = self._errors = self._batches = self._retention_deleted = 0
         self._last_error: str | None = None
@@ -520,72 +534,84 @@ class DecisionLog:
 
     def _write_batch(self, items: list[tuple[Any, Any]], outs: list[tuple[Any, ...]]) -> None:
         builder = self._builder
-        if items:
-            rows_d, sampled, rejected = builder.decisions(items, _wallclock())
-            self._sampled_out += sampled
-            for item, reason in rejected:
+        if builder.obsolete_below > self._shapes_kept_from:
+            # The rows of earlier batches are written: their old shape keys can go.
+            with contextlib.suppress(sqlite3.Error):
+                self._wconn.execute(f"DELETE FROM {SHAPE_TABLE} WHERE k < ?", (builder.obsolete_below,))
+                self._shapes_kept_from = builder.obsolete_below
+        batch = _Batch(builder, items, outs, _wallclock())
+        try:
+            # All rows are built before the transaction: interleaving building with the
+            # inserts made more, shorter GIL hand-overs, and a concurrent loop's p99 worse.
+            batch.build_all()
+            new_shapes = builder.take_new_shapes()
+            if new_shapes:
+                try:  # outside the transaction, so that a rollback cannot take them back
+                    self._wconn.executemany(INSERT_SHAPE, new_shapes)
+                except sqlite3.Error:
+                    builder.new_shapes[:0] = new_shapes  # try again with the next batch
+                    raise
+            self._commit(batch)
+        finally:
+            batch.build_all()  # rows never built still count as sampled out or rejected
+            self._sampled_out += batch.sampled_out
+            for item, reason in batch.rejected:
                 self._reject(item, reason)
-        else:
-            rows_d = []
-        rows_o = builder.outcomes(outs) if outs else []
-        self._sampled_out += len(outs) - len(rows_o)
-        if rows_d or rows_o:
-            self._commit(rows_d, rows_o)
 
-    def _commit(self, rows_d: list[tuple[Any, ...]], rows_o: list[tuple[Any, ...]]) -> None:
-        total = len(rows_d) + len(rows_o)
+    def _commit(self, batch: _Batch) -> None:
         # Once a batch has been lost, try the next ones only once until a write succeeds,
         # so a dead disk cannot make close() wait for every queued batch's back-off.
         attempts = 1 if self._failing else len(RETRY_BACKOFF_S) + 1
         for attempt in range(attempts):
             try:
                 try:
-                    inserted, bad = self._transaction(rows_d, rows_o, careful=False)
+                    inserted, bad = self._transaction(batch, careful=False)
                 except _DATA_ERRORS:
-                    inserted, bad = self._transaction(rows_d, rows_o, careful=True)
+                    inserted, bad = self._transaction(batch, careful=True)
             except sqlite3.Error as exc:
                 self._errors += 1
                 self._last_error = f"{type(exc).__name__}: {exc}"
                 if attempt + 1 < attempts:
                     if self._every("retry"):
-                        logger.warning("%s: writing %d log rows failed (%s); retrying", self.path, total, exc)
+                        logger.warning("%s: writing log rows failed (%s); retrying", self.path, exc)
                     time.sleep(RETRY_BACKOFF_S[attempt])
                     continue
-                self._failed += total
+                batch.build_all()
+                lost = len(batch.rows_d) + len(batch.outcome_rows())
+                self._failed += lost
                 self._failing = True
                 if self._every("failed"):
                     logger.error(
                         "%s: could not write %d log rows (%s); dropped them (%d rows lost so far), still logging",
-                        self.path, total, exc, self._failed,
+                        self.path, lost, exc, self._failed,
                     )  # fmt: skip
                 return
             self._failing = False
             self._written += inserted
             self._batches += 1
-            self._duplicates += total - inserted - len(bad)
+            self._duplicates += len(batch.rows_d) + len(batch.outcome_rows()) - inserted - len(bad)
             for row, reason in bad:
                 self._reject(row, reason)
             return
 
-    def _transaction(
-        self, rows_d: list[tuple[Any, ...]], rows_o: list[tuple[Any, ...]], *, careful: bool
-    ) -> tuple[int, list[tuple[Any, str]]]:
+    def _transaction(self, batch: _Batch, *, careful: bool) -> tuple[int, list[tuple[Any, str]]]:
         conn = self._wconn
         bad: list[tuple[Any, str]] = []
         conn.execute("BEGIN IMMEDIATE")
         try:
-            inserted = 0
-            for sql, rows in ((INSERT_DECISIONS, rows_d), (INSERT_OUTCOMES, rows_o)):
-                if not rows:
-                    continue
-                if not careful:
-                    inserted += self._insert_many(sql, rows)
-                    continue
-                for row in rows:  # one bad row must not cost its batch
-                    try:
-                        inserted += conn.execute(sql, row).rowcount
-                    except _DATA_ERRORS as exc:
-                        bad.append((row, f"{type(exc).__name__}: {exc}"))
+            if careful:
+                inserted = 0
+                batch.build_all()
+                for sql, rows in ((INSERT_DECISIONS, batch.rows_d), (INSERT_OUTCOMES, batch.outcome_rows())):
+                    for row in rows:  # one bad row must not cost its batch
+                        try:
+                            inserted += conn.execute(sql, row).rowcount
+                        except _DATA_ERRORS as exc:
+                            bad.append((row, f"{type(exc).__name__}: {exc}"))
+            else:
+                inserted = self._insert_many(INSERT_DECISIONS, batch.rows_d)
+                # Decisions first: exploit sampling must see a decision before its outcome.
+                inserted += self._insert_many(INSERT_OUTCOMES, batch.outcome_rows())
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -594,21 +620,23 @@ class DecisionLog:
             raise
         return inserted, bad
 
+    def _group(self, sql: str) -> tuple[int, str]:
+        group = self._multi_sql.get(sql)
+        if group is None:
+            k = max(1, self._group_params // sql.count("?"))
+            group = self._multi_sql[sql] = (k, multi_row_sql(sql, k))
+        return group
+
     def _insert_many(self, sql: str, rows: list[tuple[Any, ...]]) -> int:
         # Groups of rows go in one multi-row INSERT: SQLite then runs a whole group in one
         # step with the GIL released (executemany releases and retakes it for every row,
         # and pays its per-row overhead). The remainder goes through executemany.
         conn = self._wconn
-        group = self._multi_sql.get(sql)
-        if group is None:
-            k = max(1, self._group_params // sql.count("?"))
-            group = self._multi_sql[sql] = (k, multi_row_sql(sql, k))
-        k, multi = group
+        k, multi = self._group(sql)
         inserted = 0
         full = len(rows) - len(rows) % k if k > 1 else 0
-        if full:
-            for j in range(0, full, k):
-                inserted += conn.execute(multi, tuple(chain.from_iterable(rows[j : j + k]))).rowcount
+        for j in range(0, full, k):
+            inserted += conn.execute(multi, tuple(chain.from_iterable(rows[j : j + k]))).rowcount
         if full < len(rows):
             inserted += conn.executemany(sql, rows[full:]).rowcount
         return inserted
@@ -652,6 +680,47 @@ class DecisionLog:
                 self.path, dropped - self._dropped_reported, dropped,
             )  # fmt: skip
             self._dropped_reported = dropped
+
+
+class _Batch:
+    """The rows of one transaction, built from queued items as the inserts need them."""
+
+    def __init__(
+        self, builder: RowBuilder, items: list[tuple[Any, Any]], outs: list[tuple[Any, ...]], now: float
+    ) -> None:
+        self.builder = builder
+        self.items = items
+        self.outs = outs
+        self.now = now
+        self.next = 0  # items[:next] are built into rows_d
+        self.rows_d: list[tuple[Any, ...]] = []
+        self.sampled_out = 0
+        self.rejected: list[tuple[Any, str]] = []
+        self._rows_o: list[tuple[Any, ...]] | None = None
+
+    def build_more(self, k: int) -> bool:
+        """Build the rows of up to ``k`` more items; False when every item is built."""
+        if self.next >= len(self.items):
+            return False
+        part = self.items[self.next : self.next + k]
+        self.next += len(part)
+        rows, sampled, rejected = self.builder.decisions(part, self.now)
+        self.rows_d += rows
+        self.sampled_out += sampled
+        self.rejected += rejected
+        return True
+
+    def build_all(self) -> None:
+        while self.build_more(4096):
+            pass
+
+    def outcome_rows(self) -> list[tuple[Any, ...]]:
+        """The outcome rows to store; every decision is built first (exploit sampling needs them)."""
+        if self._rows_o is None:
+            self.build_all()
+            self._rows_o = self.builder.outcomes(self.outs) if self.outs else []
+            self.sampled_out += len(self.outs) - len(self._rows_o)
+        return self._rows_o
 
 
 def _is_number(value: Any) -> bool:
