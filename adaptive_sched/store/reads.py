@@ -33,7 +33,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..errors import StoreError
 from ..types import Backend, Decision, Shape, Stage
@@ -45,7 +45,6 @@ Source = Any  # str | Path | sqlite3.Connection | sqlite_utils.Database
 
 _STAGES = {s.value: s for s in Stage}
 _BACKENDS = {b.value: b for b in Backend}
-_EMPTY: Mapping[Backend, float] = MappingProxyType({})
 
 _DECISION_SELECT = (
     "d.id, d.run, d.time, d.stage, d.n, d.d, d.kv_len, d.batch, d.heads, d.precision, d.after, d.backend, "
@@ -68,12 +67,15 @@ class Run:
     config: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class LoggedDecision:
+class LoggedDecision(NamedTuple):
     """A logged decision joined with its outcome (``latency_s``/``ok`` are None without one).
 
     ``sample_rate`` is the probability exploit sampling kept the row (1 for explored rows
     and unsampled logs): weight the row by ``1 / sample_rate`` to undo the sampling.
+
+    A named tuple rather than a frozen dataclass, like
+    :class:`~adaptive_sched.types.Decision`: replay reads millions of them, and a tuple is
+    built several times faster.
     """
 
     id: int
@@ -131,6 +133,7 @@ class _Decoder:
 
     def __init__(self) -> None:
         self.shapes: dict[tuple[Any, ...], Shape] = {}
+        self.predictions: dict[tuple[Any, ...], Mapping[Backend, float]] = {}
 
     def shape(self, n: int, d: int, kv_len: int, batch: int, heads: int, precision: str) -> Shape:
         key = (n, d, kv_len, batch, heads, precision)
@@ -139,34 +142,48 @@ class _Decoder:
             shape = self.shapes[key] = Shape(n=n, d=d, kv_len=kv_len, batch=batch, heads=heads, precision=precision)
         return shape
 
+    def predicted(self, p_cpu: float | None, p_gpu: float | None, p_npu: float | None) -> Mapping[Backend, float]:
+        # A log holds few distinct predictions (one per policy-table slot and version).
+        key = (p_cpu, p_gpu, p_npu)
+        found = self.predictions.get(key)
+        if found is None:
+            if len(self.predictions) > 100_000:
+                self.predictions.clear()
+            pairs = ((Backend.CPU, p_cpu), (Backend.GPU, p_gpu), (Backend.NPU, p_npu))
+            found = self.predictions[key] = MappingProxyType({b: v for b, v in pairs if v is not None})
+        return found
+
     def record(self, row: tuple[Any, ...]) -> LoggedDecision:
         (id_, run, t, stage, n, d, kv, batch, heads, prec, after, backend, prop, explored, pv,
          p_cpu, p_gpu, p_npu, rate, context, observed_at, latency, ok, error) = row  # fmt: skip
-        if p_cpu is None and p_gpu is None and p_npu is None:
-            predicted = _EMPTY
-        else:
-            predicted = MappingProxyType(
-                {b: v for b, v in ((Backend.CPU, p_cpu), (Backend.GPU, p_gpu), (Backend.NPU, p_npu)) if v is not None}
+        shape = self.shapes.get((n, d, kv, batch, heads, prec))
+        if shape is None:
+            shape = self.shape(n, d, kv, batch, heads, prec)
+        return _new_record(
+            (
+                id_,
+                id_ >> 32 if run is None else run,
+                t,
+                _STAGES.get(stage) or Stage(stage),
+                shape,
+                _BACKENDS.get(backend) or Backend(backend),
+                None if after is None else _BACKENDS.get(after) or Backend(after),
+                prop,
+                explored == 1,
+                self.predicted(p_cpu, p_gpu, p_npu),
+                pv or 0,
+                1.0 if rate is None else rate,
+                json.loads(context) if context else None,
+                latency,
+                None if ok is None else ok == 1,
+                error,
+                observed_at,
             )
-        return LoggedDecision(
-            id=id_,
-            run=id_ >> 32 if run is None else run,
-            time=t,
-            stage=_STAGES.get(stage) or Stage(stage),
-            shape=self.shape(n, d, kv, batch, heads, prec),
-            backend=_BACKENDS.get(backend) or Backend(backend),
-            after=None if after is None else _BACKENDS.get(after) or Backend(after),
-            propensity=prop,
-            explored=bool(explored),
-            predicted=predicted,
-            policy_version=pv or 0,
-            sample_rate=1.0 if rate is None else rate,
-            context=None if not context else json.loads(context),
-            latency_s=latency,
-            ok=None if ok is None else bool(ok),
-            error=error,
-            observed_at=observed_at,
         )
+
+
+def _new_record(values: tuple[Any, ...]) -> LoggedDecision:
+    return tuple.__new__(LoggedDecision, values)
 
 
 def iter_logged(
