@@ -683,7 +683,7 @@ class DecisionLog:
 
 
 class _Batch:
-    """The rows of one transaction, built from queued items as the inserts need them."""
+    """The rows of one transaction, built from the queued items once, kept across retries."""
 
     def __init__(
         self, builder: RowBuilder, items: list[tuple[Any, Any]], outs: list[tuple[Any, ...]], now: float
