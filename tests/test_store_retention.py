@@ -20,10 +20,12 @@ def _log(conn: sqlite3.Connection, run: int, times: list[float], outcomes: bool 
     lo = run_id_range(run)[0]
     ids = [lo + i + 1 for i in range(len(times))]
     rows = [(i, run, t) for i, t in zip(ids, times, strict=True)]
+    conn.execute("BEGIN")
     conn.executemany("INSERT INTO decisions (id, run, time) VALUES (?, ?, ?)", rows)
     if outcomes:
         sql = "INSERT INTO outcomes (decision_id, time, latency_s, ok) VALUES (?, 0, 1e-3, 1)"
         conn.executemany(sql, [(i,) for i in ids])
+    conn.execute("COMMIT")
     return ids
 
 
@@ -90,6 +92,15 @@ def test_outcomes_whose_decision_never_made_it_are_swept(conn: sqlite3.Connectio
     assert set(ids[5:]) <= remaining
 
 
+def test_freed_pages_go_back_to_the_file_system(conn: sqlite3.Connection) -> None:
+    _log(conn, 1, [float(t) for t in range(20_000)])
+    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    result = apply_retention(conn, RetentionPolicy(max_rows=1000))
+    assert result.freed_pages > 0
+    assert conn.execute("PRAGMA freelist_count").fetchone()[0] == 0
+    assert conn.execute("PRAGMA page_count").fetchone()[0] < pages // 4
+
+
 def test_nothing_to_do_is_cheap_and_harmless(conn: sqlite3.Connection) -> None:
     _log(conn, 1, [1.0, 2.0])
     result = apply_retention(conn, RetentionPolicy(max_rows=10, max_age_s=1e9))
@@ -97,11 +108,11 @@ def test_nothing_to_do_is_cheap_and_harmless(conn: sqlite3.Connection) -> None:
     assert counts(conn)["decisions"] == 2
 
 
-def _pages(path: Path) -> int:
-    """The database's size in pages as of its last commit (the file catches up at checkpoints)."""
+def _pages(path: Path) -> tuple[int, int]:
+    """Pages and free pages as of the last commit (the file itself catches up at checkpoints)."""
     conn = sqlite3.connect(path)
     try:
-        return int(conn.execute("PRAGMA page_count").fetchone()[0])
+        return conn.execute("PRAGMA page_count").fetchone()[0], conn.execute("PRAGMA freelist_count").fetchone()[0]
     finally:
         conn.close()
 
@@ -120,12 +131,12 @@ def test_the_file_stops_growing_under_a_row_limit(tmp_path: Path) -> None:
                 log.decision(d, {"temp_c": 60.0})
                 log.outcome(d.id, 1e-3)
             assert log.flush()
-            assert wait_until(lambda: counts(path)["decisions"] <= 2000)
-            sizes.append(_pages(path))
+            # the writer deletes the oldest rows, then hands the freed pages back
+            assert wait_until(lambda: counts(path)["decisions"] <= 2000 and _pages(path)[1] == 0)
+            sizes.append(_pages(path)[0])
     assert log.stats.retention_deleted == 16 * 3000 - 2000
     c = counts(path)
     assert c["decisions"] == 2000 and c["outcomes"] <= 2000
-    # Once the limit is reached the database stops growing: freed pages are reused or returned
-    # (the exact page count wobbles with B-tree splits and with when the vacuum ran).
+    # Once the limit is reached the database stops growing (the page count wobbles with B-tree splits).
     assert max(sizes[4:]) <= 1.25 * max(sizes[:4]), sizes
     assert os.path.getsize(path) <= max(sizes) * 4096

@@ -103,23 +103,24 @@ def retention_step(conn: sqlite3.Connection, policy: RetentionPolicy, *, now: fl
         return RetentionResult()
     now = time.time() if now is None else now
     batch = policy.batch_rows
+    # How much to delete is read outside the write transaction: counting millions of
+    # rows must not hold the write lock that every logging process waits for.
+    k = 0
+    if policy.max_rows is not None:
+        total = conn.execute("SELECT count(*) FROM decisions").fetchone()[0]
+        k = min(batch, max(0, total - policy.max_rows))
+    if policy.max_age_s is not None and k < batch:
+        newest = conn.execute("SELECT max(time) FROM decisions").fetchone()[0]
+        if newest is not None:
+            cutoff = min(now, float(newest)) - policy.max_age_s
+            old = conn.execute(
+                "SELECT count(*) FROM (SELECT 1 FROM decisions WHERE time < ? LIMIT ?)", (cutoff, batch)
+            ).fetchone()[0]
+            k = max(k, old)
+    if k == 0:
+        return RetentionResult()
     conn.execute("BEGIN IMMEDIATE")
     try:
-        k = 0
-        if policy.max_rows is not None:
-            total = conn.execute("SELECT count(*) FROM decisions").fetchone()[0]
-            k = min(batch, max(0, total - policy.max_rows))
-        if policy.max_age_s is not None and k < batch:
-            newest = conn.execute("SELECT max(time) FROM decisions").fetchone()[0]
-            if newest is not None:
-                cutoff = min(now, float(newest)) - policy.max_age_s
-                old = conn.execute(
-                    "SELECT count(*) FROM (SELECT 1 FROM decisions WHERE time < ? LIMIT ?)", (cutoff, batch)
-                ).fetchone()[0]
-                k = max(k, old)
-        if k == 0:
-            conn.execute("COMMIT")
-            return RetentionResult()
         # Both limits select a prefix of the decisions in time order: delete the longer one.
         ids = [r[0] for r in conn.execute("SELECT id FROM decisions ORDER BY time LIMIT ?", (k,))]
         params = [(i,) for i in ids]
@@ -148,17 +149,20 @@ def _sweep_outcomes(conn: sqlite3.Connection, runs: set[int]) -> int:
     return swept
 
 
-def vacuum_free_pages(conn: sqlite3.Connection) -> int:
-    """Return free pages to the file system (``PRAGMA incremental_vacuum``); the pages freed.
+def vacuum_free_pages(conn: sqlite3.Connection, max_pages: int | None = None) -> tuple[int, int]:
+    """Return free pages to the file system (``PRAGMA incremental_vacuum``).
 
-    A no-op on a file created without incremental auto-vacuum (its free pages are
-    reused by later inserts instead).
+    At most ``max_pages`` pages per call (all if None), so that a large backlog is
+    returned in short transactions. Returns ``(freed, still_free)``. A no-op on a file
+    created without incremental auto-vacuum (its free pages are reused by later inserts).
     """
     before = conn.execute("PRAGMA freelist_count").fetchone()[0]
-    if before:
-        conn.execute("PRAGMA incremental_vacuum").fetchall()
+    if before and conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2:
+        arg = "" if max_pages is None else f"({int(max_pages)})"
+        # executescript runs the pragma to completion; execute() frees a single page.
+        conn.executescript(f"PRAGMA incremental_vacuum{arg}")
     after = conn.execute("PRAGMA freelist_count").fetchone()[0]
-    return int(before - after)
+    return int(before - after), int(after)
 
 
 def apply_retention(conn: sqlite3.Connection, policy: RetentionPolicy, *, now: float | None = None) -> RetentionResult:
@@ -170,5 +174,5 @@ def apply_retention(conn: sqlite3.Connection, policy: RetentionPolicy, *, now: f
         outcomes += step.deleted_outcomes
         if not step.more:
             break
-    freed = vacuum_free_pages(conn) if decisions else 0
+    freed = vacuum_free_pages(conn)[0] if decisions else 0
     return RetentionResult(deleted_decisions=decisions, deleted_outcomes=outcomes, freed_pages=freed)
