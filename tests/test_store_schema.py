@@ -188,3 +188,24 @@ def test_readonly_open_never_creates(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="no such database"):
         open_database(tmp_path / "missing.db", readonly=True)
     assert not (tmp_path / "missing.db").exists()
+
+
+def test_a_full_disk_while_creating_the_schema_is_an_error_naming_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = schema._raw_connect
+
+    def tiny_disk(*args, **kwargs):
+        conn = real(*args, **kwargs)
+        conn.execute("PRAGMA max_page_count = 2")  # room for the header and little else
+        return conn
+
+    monkeypatch.setattr(schema, "_raw_connect", tiny_disk)
+    path = tmp_path / "log.db"
+    with pytest.raises(StoreError, match="full") as info:
+        DecisionLog(path)
+    assert str(path) in str(info.value)
+    monkeypatch.undo()
+    # Nothing half-made was left behind: the next open creates the whole schema.
+    with DecisionLog(path) as log:
+        log.start_run()
