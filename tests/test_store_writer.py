@@ -352,3 +352,10 @@ def test_shape_columns_survive_the_shape_cache_starting_over(path: Path, monkeyp
     for d in decisions:
         f = feature_vector(d.stage, d.shape)
         assert stored[d.id] == (d.stage.value, d.shape.n, d.shape.d, d.shape.kv_len, f[3], f[9])
+
+
+def test_the_writer_knows_the_decision_layout() -> None:
+    # The writer unpacks decisions positionally (fast): a new field must be added there too.
+    assert Decision._fields == (
+        "id", "stage", "shape", "backend", "propensity", "explored", "predicted", "after", "policy_version", "time",
+    )  # fmt: skip

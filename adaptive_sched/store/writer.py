@@ -154,7 +154,7 @@ class DecisionLog:
         Rows that may wait per queue (decisions, outcomes) before ``on_full`` applies.
     flush_rows : int, default 2000
         The writer wakes as soon as a queue holds this many rows; also the most
-        decisions (and outcomes) per transaction.
+        decisions (and outcomes) per transaction (at least 256).
     flush_interval_s : float, default 0.25
         The writer commits what is queued at least this often: the most a crash loses.
     on_full : {"drop", "block"}, default "drop"
@@ -260,8 +260,13 @@ class DecisionLog:
         # values per multi-row INSERT, within this SQLite's limit on bound variables
         self._group_params = min(GROUP_PARAMS, self._wconn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER))
         self._multi_sql: dict[str, tuple[int, str]] = {}
-        self._wconn.execute("PRAGMA temp_store = MEMORY")
-        self._wconn.execute(CREATE_SHAPE_TABLE)
+        try:
+            self._wconn.execute("PRAGMA temp_store = MEMORY")
+            self._wconn.execute(CREATE_SHAPE_TABLE)
+        except sqlite3.Error as exc:
+            self._wconn.close()
+            self._conn.close()
+            raise StoreError(f"{self.path}: cannot prepare the log writer ({exc})") from exc
         self._shapes_kept_from = 0
         self._written = self._sampled_out = self._rejected = self._duplicates = 0
         self._failed = self._errors = self._batches = self._retention_deleted = 0
