@@ -34,6 +34,8 @@ from typing import Any
 
 from .errors import StoreError
 from .policy import Policy, shape_bucket
+from .store.reads import iter_logged
+from .store.schema import connect
 from .types import Backend, Decision, Shape, Stage
 
 
@@ -54,85 +56,22 @@ class LoggedRow:
     id: int = 0
 
 
-_LOGGED_COLUMNS = (
-    "d.id, d.run, d.stage, d.n, d.d, d.kv_len, d.batch, d.heads, d.precision, d.after, d.backend, "
-    "d.propensity, d.explored, d.pred_cpu, d.pred_gpu, d.pred_npu, d.sample_rate, o.latency_s"
-)
-
-
-def _connect_readonly(path: Path) -> sqlite3.Connection:
-    if not path.is_file():
-        raise StoreError(f"{path}: no such database")
-    try:
-        return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    except sqlite3.Error as exc:
-        raise StoreError(f"{path}: cannot open ({exc})") from exc
-
-
-def _row(values: Sequence[Any]) -> LoggedRow:
-    (id_, run, stage, n, d, kv, batch, heads, prec, after, backend, prop, explored,
-     p_cpu, p_gpu, p_npu, rate, lat) = values  # fmt: skip
-    predicted = {b: v for b, v in ((Backend.CPU, p_cpu), (Backend.GPU, p_gpu), (Backend.NPU, p_npu)) if v}
-    return LoggedRow(
-        stage=Stage(stage),
-        shape=Shape(n=n, d=d, kv_len=kv, batch=batch, heads=heads, precision=prec),
-        after=Backend(after) if after else None,
-        backend=Backend(backend),
-        propensity=float(prop),
-        latency_s=float(lat),
-        sample_rate=float(rate) if rate else 1.0,
-        explored=bool(explored),
-        predicted=predicted,
-        run=run,
-        id=id_,
-    )
-
-
 def read_logged(path: str | Path, *, run: int | None = None) -> Iterator[LoggedRow]:
-    """Stream the successful logged decisions of ``path`` (oldest first) with plain sqlite3."""
-    path = Path(path)
-    conn = _connect_readonly(path)
-    sql = f"SELECT {_LOGGED_COLUMNS} FROM decisions d JOIN outcomes o ON o.decision_id = d.id WHERE o.ok = 1"
-    params: tuple[Any, ...] = ()
-    if run is not None:
-        sql += " AND d.run = ?"
-        params = (run,)
-    try:
-        for values in conn.execute(sql + " ORDER BY d.id", params):
-            yield _row(values)
-    except sqlite3.DatabaseError as exc:
-        raise StoreError(f"{path}: cannot read the decision log ({exc})") from exc
-    finally:
-        conn.close()
-
-
-def recent_logged(path: str | Path, *, device: str, limit: int) -> list[LoggedRow]:
-    """The ``limit`` most recent successful decisions logged for ``device``, oldest first.
-
-    A scheduler that restarts learns from these (warm start) instead of starting from
-    the priors alone. A new or empty log gives an empty list.
-    """
-    path = Path(path)
-    if not path.is_file() or path.stat().st_size == 0:
-        return []
-    conn = _connect_readonly(path)
-    sql = (
-        f"SELECT {_LOGGED_COLUMNS} FROM decisions d JOIN outcomes o ON o.decision_id = d.id "
-        "JOIN runs r ON r.id = d.run WHERE o.ok = 1 AND o.error IS NULL AND r.device_profile = ? "
-        "ORDER BY d.id DESC LIMIT ?"
-    )
-    try:
-        rows = [_row(values) for values in conn.execute(sql, (device, limit))]
-    except sqlite3.OperationalError as exc:
-        if "no such table" in str(exc):
-            return []  # created but never written to
-        raise StoreError(f"{path}: cannot read the decision log ({exc})") from exc
-    except sqlite3.DatabaseError as exc:
-        raise StoreError(f"{path}: cannot read the decision log ({exc})") from exc
-    finally:
-        conn.close()
-    rows.reverse()
-    return rows
+    """Stream the successful logged decisions of ``path`` (oldest first)."""
+    for rec in iter_logged(path, run=run, ok_only=True):
+        yield LoggedRow(
+            stage=rec.stage,
+            shape=rec.shape,
+            after=rec.after,
+            backend=rec.backend,
+            propensity=rec.propensity,
+            latency_s=float(rec.latency_s),  # type: ignore[arg-type]  # ok_only: always set
+            sample_rate=rec.sample_rate,
+            explored=rec.explored,
+            predicted=rec.predicted,
+            run=rec.run,
+            id=rec.id,
+        )
 
 
 # -- candidates ---------------------------------------------------------------------------------
@@ -372,9 +311,7 @@ def replay_command(args: Any, *, render_table: Callable[..., str], emit: Callabl
 
 def report_command(args: Any, *, render_table: Callable[..., str], emit: Callable[..., None]) -> int:
     path = Path(args.db)
-    if not path.is_file():
-        raise StoreError(f"{path}: no such database")
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    conn = connect(path, readonly=True)
     try:
         runs = conn.execute("SELECT COUNT(*), MIN(started_at), MAX(started_at) FROM runs").fetchone()
         per = conn.execute(

@@ -286,15 +286,13 @@ class Scheduler:
         limit = self.config.store.warm_start_rows
         if limit <= 0:
             return
-        from .replay import recent_logged
+        from .store.reads import recent_for_warm_start
 
         n = 0
         candidates = set(self.config.candidates)
-        for row in recent_logged(path, device=self.config.device, limit=limit):
-            if row.backend in candidates and (row.after is None or row.after in candidates):
-                decision = Decision(row.id, row.stage, row.shape, row.backend, row.propensity, row.explored,
-                                    row.predicted or {}, row.after)  # fmt: skip
-                self._policy.learn(decision, row.latency_s)
+        for decision, latency_s in recent_for_warm_start(path, device=self.config.device, limit=limit):
+            if decision.backend in candidates and (decision.after is None or decision.after in candidates):
+                self._policy.learn(decision, latency_s)
                 n += 1
         if n:
             log.info("warm start: learned from %d logged outcomes in %s", n, path)

@@ -321,7 +321,9 @@ def recent_for_warm_start(
         return
     if isinstance(source, (str, Path)) and not Path(source).exists():
         return
-    where = "o.ok = 1 AND o.latency_s > 0"
+    # Cold runs (first call of a program or model) are logged with error "cold"; the live
+    # scheduler does not learn from them, so neither does a restart.
+    where = "o.ok = 1 AND o.error IS NULL AND o.latency_s > 0"
     params: list[Any] = []
     if device is not None:
         where += " AND d.run IN (SELECT id FROM runs WHERE device_profile = ?)"
