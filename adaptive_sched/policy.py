@@ -44,6 +44,8 @@ import abc
 import math
 import random
 import threading
+import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 from typing import Any, Protocol
@@ -72,6 +74,16 @@ def _octave_bucket(x: int, steps: int = 4) -> int:
     # Quarter-octave buckets: neighbouring kv lengths and sequence lengths share what is
     # learned about them, while shapes that behave differently stay apart.
     return x if x <= 16 else 16 + round(steps * math.log2(x / 16))
+
+
+def _prior_grid(stage: Stage, shape: Shape) -> tuple[Stage, Shape]:
+    """The point of the prior's evaluation grid that stands for ``shape``."""
+    kv = 0 if stage is Stage.QKV else shape.kv_len
+    if kv > 64:
+        kv = round(2.0 ** (round(16 * math.log2(kv)) / 16))
+    if kv == shape.kv_len:
+        return stage, shape
+    return stage, Shape(shape.n, shape.d, kv, shape.batch, shape.heads, shape.precision)
 
 
 def shape_bucket(stage: Stage, shape: Shape) -> tuple[Any, ...]:
@@ -138,6 +150,19 @@ class Policy(abc.ABC):
     def learn(self, decision: Decision, latency_s: float) -> None:
         """Learn from one observed latency (seconds, already validated)."""
         return None
+
+    #: When true, a full refresh of the published table is queued by :meth:`learn` and done
+    #: in slices by :meth:`catch_up` (a learner thread sets this so that it can yield the GIL
+    #: between slices); when false, :meth:`learn` refreshes before it returns.
+    defer_republish = False
+
+    def catch_up(self, deadline: float | None = None) -> bool:
+        """Do queued table refreshes until ``deadline`` (``time.perf_counter``); True when none remain."""
+        return True
+
+    def refresh_pending(self) -> bool:
+        """Whether :meth:`catch_up` has work queued."""
+        return False
 
     def exclude(self, backends: Iterable[Backend]) -> None:
         """Stop choosing ``backends`` (quarantined after failures) until excluded no more."""
@@ -379,6 +404,7 @@ class AdaptivePolicy(Policy):
         self._version = 0
         self._since_republish = 0
         self._published_offsets = dict.fromkeys(self.candidates, 0.0)
+        self._pending: deque[_Slot] = deque()  # slots a deferred full refresh has still to publish
         self._alarm_until = dict.fromkeys(self.candidates, -1)
         # Exploration spend, in seconds, decayed so the budget follows recent work.
         self._spent = 0.0
@@ -431,9 +457,16 @@ class AdaptivePolicy(Policy):
         key = (stage, shape)
         cached = self._prior_cache.get(key)
         if cached is None:
-            assert self.prior is not None
-            est = self.prior.latency(stage, shape)
-            cached = {b: float(est[b]) for b in self.candidates if b in est}
+            # A decode step makes a new shape every token (kv_len grows), and a prior's
+            # estimate costs ~0.1 ms: evaluate it on a grid and share it among the shapes
+            # of one grid point (qkv does not see kv_len; attn's grid is 1/16 octave, ~4%).
+            grid = _prior_grid(stage, shape)
+            cached = self._prior_cache.get(grid)
+            if cached is None:
+                assert self.prior is not None
+                est = self.prior.latency(stage, grid[1])
+                cached = {b: float(est[b]) for b in self.candidates if b in est}
+                self._prior_cache[grid] = cached
             if len(self._prior_cache) > 100_000:
                 self._prior_cache.clear()
             self._prior_cache[key] = cached
@@ -569,24 +602,45 @@ class AdaptivePolicy(Policy):
         allowed = self.explore_budget * self._total
         return 1.0 if self._spent <= allowed else max(0.02, allowed / self._spent)
 
-    def _republish_all(self) -> None:
+    def _republish_all(self, now: bool = False) -> None:
         self._version += 1
         self._since_republish = 0
         self._published_offsets = {b: d.offset for b, d in self._drift.items()}
-        for slot in list(self._bucket_slots.values()):
-            self._publish(slot)
+        self._pending = deque(self._bucket_slots.values())
+        if now or not self.defer_republish:
+            self.catch_up()
+
+    def refresh_pending(self) -> bool:
+        return bool(self._pending)
+
+    def catch_up(self, deadline: float | None = None) -> bool:
+        """Publish the slots a full refresh queued, until ``deadline`` if given (at least one).
+
+        A refresh costs tens of microseconds per bucket; a learner thread does it in
+        slices so that it never holds the GIL long enough to show in inference latency.
+        """
+        pending = self._pending
+        if not pending:
+            return True
+        clock = time.perf_counter
+        with self._lock:
+            while pending:
+                self._publish(pending.popleft())
+                if deadline is not None and clock() >= deadline:
+                    break
+            return not pending
 
     def mark_unsupported(self, stage: Stage, shape: Shape, backend: Backend) -> None:
         """``backend`` cannot run ``stage`` at ``shape``'s bucket: never choose it there."""
         with self._lock:
             self._unsupported.add((stage, self._bucket(stage, shape), backend))
-            self._republish_all()
+            self._republish_all(now=True)
 
     def _on_exclude(self) -> None:
         for backend in self._excluded:
             if backend in self._drift:
                 self._drift[backend].forget()
-        self._republish_all()
+        self._republish_all(now=True)
 
     # -- learning ---------------------------------------------------------------
     def learn(self, decision: Decision, latency_s: float) -> None:

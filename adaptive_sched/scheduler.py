@@ -46,8 +46,15 @@ _wallclock = time.time
 #: of river; on a learner thread that is GIL time taken from inference threads)
 ONLINE_EVERY = {"inline": 16, "thread": 256}
 
-#: longest stretch the learner thread runs before yielding the GIL to inference threads
+#: longest stretch the learner thread runs before yielding the GIL to inference threads ...
 LEARN_SLICE_S = 50e-6
+#: ... and how long it then sleeps. A real sleep, not ``sleep(0)``: a thread that releases the
+#: GIL and takes it straight back usually wins it again, and an inference thread waiting for it
+#: would wait for the interpreter's switch interval (5 ms).
+LEARN_PAUSE_S = 50e-6
+#: observations waiting for the learner thread; beyond that the oldest are skipped (and counted):
+#: a learner that cannot keep up learns from a sample, and memory stays bounded
+LEARN_BACKLOG = 16_384
 
 #: decisions a quarantined backend sits out after its first failure; doubles with each strike
 QUARANTINE_BASE = 64
@@ -153,8 +160,11 @@ class Scheduler:
                 self._online.prepare()
         self._quarantine: dict[Backend, int] = {}  # backend -> observation count it sits out until
         self._strikes: dict[Backend, int] = {}  # failures since the backend's last success
-        self._learn_queue: deque[tuple[Decision, float]] = deque()
         self._inline = config.policy.learner == "inline"
+        self._learn_queue: deque[tuple[Decision, float]] = deque(maxlen=None if self._inline else LEARN_BACKLOG)
+        self._unlearned = 0  # observations skipped because the learner was behind (approximate)
+        if not self._inline:
+            self._policy.defer_republish = True
         self._timeout_s = config.policy.timeout_s
         self._ids = itertools.count(1)
         self._log: Any = None
@@ -368,9 +378,14 @@ class Scheduler:
         if not ok:
             self._on_failure(decision.backend, error)
             return
-        self._learn_queue.append((decision, latency))
+        queue = self._learn_queue
         if self._inline:
+            queue.append((decision, latency))
             self._drain()
+            return
+        if len(queue) == LEARN_BACKLOG:
+            self._unlearned += 1  # the append below pushes the oldest out
+        queue.append((decision, latency))
 
     def run_stage(
         self,
@@ -571,28 +586,35 @@ class Scheduler:
 
     def _learner_loop(self) -> None:
         queue = self._learn_queue
+        policy = self._policy
         clock = time.perf_counter
+        # Each round holds the GIL for about one slice (a table refresh, or observations to
+        # learn from), then sleeps so that inference threads take it: a learner that held it
+        # longer would show in their tail latency. A refresh goes first: drift alarms queue one.
         while not self._stop.is_set() or queue:
-            if not queue:
-                self._stop.wait(0.002)
-                continue
-            # Learn in slices of at most ~LEARN_SLICE_S, then let inference threads take
-            # the GIL: a learner that held it longer would show up in their tail latency.
             deadline = clock() + LEARN_SLICE_S
-            with self._lock:
-                while queue and clock() < deadline:
-                    decision, latency = queue.popleft()
-                    try:
-                        self._learn_one(decision, latency)
-                    except Exception:  # learning must never take the service down
-                        log.exception("learning from decision %d failed", decision.id)
-            time.sleep(0)
+            try:
+                if policy.refresh_pending():
+                    policy.catch_up(deadline)
+                elif queue:
+                    with self._lock:
+                        while queue and clock() < deadline:
+                            decision, latency = queue.popleft()
+                            self._learn_one(decision, latency)
+                else:
+                    self._stop.wait(0.002)
+                    continue
+            except Exception:  # learning must never take the service down
+                log.exception("the learner failed on an observation; it goes on with the next")
+            time.sleep(LEARN_PAUSE_S)
 
     def flush(self, timeout_s: float | None = None) -> None:
         """Learn from every queued observation and commit the log."""
         if self._learner is not None:
             deadline = None if timeout_s is None else time.monotonic() + timeout_s
-            while self._learn_queue and (deadline is None or time.monotonic() < deadline):
+            while (self._learn_queue or self._policy.refresh_pending()) and (
+                deadline is None or time.monotonic() < deadline
+            ):
                 time.sleep(0.001)
         else:
             self._drain()
@@ -625,6 +647,8 @@ class Scheduler:
             c = self._counters
             out: dict[str, Any] = {
                 "observations": c.observations,
+                # skipped because the learner thread was behind (they are still logged)
+                "unlearned": self._unlearned,
                 "failures": c.failures,
                 "reruns": c.reruns,
                 "observed_by_backend": dict(c.by_backend),
@@ -643,6 +667,7 @@ class Scheduler:
         if self._closed:
             return
         self._closed = True
+        self._log_queue = None  # decisions from here on go through the log's API, which counts them as dropped
         self._stop.set()
         if self._learner is not None:
             self._learner.join(timeout=10)

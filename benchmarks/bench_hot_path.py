@@ -10,7 +10,7 @@ Prints, measured side by side in one run:
   learner thread is kept busy by the loop's own decisions: p50/p99 per iteration and the p99
   the learner adds (target: <= 0.2 ms).
 
-Timer overhead (an empty call, measured the same way) is printed so it can be subtracted.
+The clock's own overhead (the same timing loop around no call) is measured and subtracted.
 """
 
 from __future__ import annotations
@@ -33,14 +33,23 @@ def percentiles(samples_ns: list[int]) -> tuple[float, float]:
     return samples_ns[n // 2] / 1e3, samples_ns[min(n - 1, int(n * 0.99))] / 1e3
 
 
-def time_calls(fn, n: int) -> tuple[float, float]:
+def time_calls(call, args: list, out: list[int]) -> None:
+    """Time ``call(*a)`` for each of ``args`` on its own, appending nanoseconds to ``out``.
+
+    The loop is written out so that only the call and the two clock reads fall between
+    the reads; ``call=None`` times the same loop around no call (the clock's overhead).
+    """
     clock = time.perf_counter_ns
-    out = []
-    for _ in range(n):
-        t = clock()
-        fn()
-        out.append(clock() - t)
-    return percentiles(out)
+    append = out.append
+    if call is None:
+        for _ in args:
+            t = clock()
+            append(clock() - t)
+    else:
+        for a in args:
+            t = clock()
+            call(*a)
+            append(clock() - t)
 
 
 def scheduler(db: str | None, learner: str) -> Scheduler:
@@ -51,25 +60,40 @@ def scheduler(db: str | None, learner: str) -> Scheduler:
     return Scheduler(config, db=db)
 
 
-def decision_costs(n: int, db_dir: Path) -> None:
+def decision_costs(n: int, db_dir: Path, chunk: int = 2000) -> None:
+    """Each call measured in chunks, the variants interleaved chunk by chunk so that they
+    see the same machine. Between chunks the log writer gets time to drain: a service
+    makes thousands of decisions a second, not the million this loop could."""
     shapes = [Shape(n=1, d=1536, kv_len=k, heads=12, precision="int8") for k in range(128, 192)]
-    rows = []
-    empty = time_calls(lambda: None, n)
-    rows.append(("timer overhead (empty call)", *empty))
-    for label, db in (("decide", None), ("decide + log enqueue", str(db_dir / "hot.db"))):
-        with scheduler(db, "thread") as sched:
-            for s in shapes:  # publish every bucket first: the hot path is a table hit
-                sched.observe(sched.decide("qkv", s), 1e-3)
-            i = iter(range(10**9))
-            rows.append((label, *time_calls(lambda: sched.decide("qkv", shapes[next(i) % 64]), n)))
-            d = sched.decide("qkv", shapes[0])
-            rows.append((f"observe ({'logged' if db else 'no log'}, learner thread)", *time_calls(lambda: sched.observe(d, 1e-3), n)))
-            sched.flush()
-            if db:
-                rows.append(("  log: written / dropped", sched.stats()["log"]["written"], sched.stats()["log"]["dropped"]))
-    print(f"{'call':46s} {'p50 us':>9s} {'p99 us':>9s}")
-    for label, a, b in rows:
-        print(f"{label:46s} {a:9.3f} {b:9.3f}" if isinstance(a, float) else f"{label:46s} {a:>9} {b:>9}")
+    calls = [("qkv", shapes[i % 64]) for i in range(chunk)]
+    plain = scheduler(None, "thread")
+    logged = scheduler(str(db_dir / "hot.db"), "thread")
+    for sched in (plain, logged):
+        for s in shapes:  # publish every bucket first: the hot path is a table hit
+            sched.observe(sched.decide("qkv", s), 1e-3)
+        sched.flush()
+    observed = [(plain.decide("qkv", shapes[0]), 1e-3)] * chunk
+    variants = {
+        "clock overhead (subtracted below)": (None, calls),
+        "decide": (plain.decide, calls),
+        "decide + log enqueue": (logged.decide, calls),
+        "observe (no log, learner thread)": (plain.observe, observed),
+        "observe (logged, learner thread)": (logged.observe, observed),
+    }
+    samples: dict[str, list[int]] = {label: [] for label in variants}
+    for _ in range(max(1, n // chunk)):
+        for label, (call, args) in variants.items():
+            time_calls(call, args, samples[label])
+        time.sleep(0.02)
+    overhead = percentiles(samples.pop("clock overhead (subtracted below)"))[0]
+    print(f"{'call (clock overhead ' + format(overhead * 1e3, '.0f') + ' ns subtracted)':46s} {'p50 us':>9s} {'p99 us':>9s}")
+    for label, out in samples.items():
+        p50, p99 = percentiles(out)
+        print(f"{label:46s} {p50 - overhead:9.3f} {p99 - overhead:9.3f}")
+    plain.close()
+    logged.close()
+    log_stats = logged.stats()["log"]
+    print(f"{'  log: written / dropped':46s} {log_stats['written']:>9} {log_stats['dropped']:>9}")
 
 
 def stage_loop(iterations: int, sched: Scheduler | None) -> tuple[float, float]:

@@ -312,6 +312,15 @@ class DecisionLog:
         else:
             self._overflow(q, item)
 
+    def fast_path(self) -> tuple[deque[tuple[Any, Any]], int]:
+        """The decision queue and the length below which appending to it is all :meth:`decision` does.
+
+        For a caller that inlines :meth:`decision` on its hottest path (the scheduler's
+        ``decide``): ``if len(q) < kick_at: q.append((decision, context))``, else call
+        :meth:`decision`. The caller must stop appending directly before :meth:`close`.
+        """
+        return self._decisions, self._kick_at
+
     def _overflow(self, q: deque[Any], item: Any) -> None:
         if self._closed:
             self._count_dropped()
