@@ -109,9 +109,7 @@ def feature_vector(stage: Stage | str, shape: Shape) -> tuple[float, ...]:
     return _features(parse_stage(stage), shape)
 
 
-def features(
-    stage: Stage | str, shape: Shape, context: Mapping[str, float] | None = None
-) -> dict[str, float]:
+def features(stage: Stage | str, shape: Shape, context: Mapping[str, float] | None = None) -> dict[str, float]:
     """The features as a dict; optional device-state ``context`` values are added as is.
 
     >>> f = features("qkv", Shape(n=1, d=64, precision="int8"))

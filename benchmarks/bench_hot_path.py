@@ -86,7 +86,8 @@ def decision_costs(n: int, db_dir: Path, chunk: int = 2000) -> None:
             time_calls(call, args, samples[label])
         time.sleep(0.02)
     overhead = percentiles(samples.pop("clock overhead (subtracted below)"))[0]
-    print(f"{'call (clock overhead ' + format(overhead * 1e3, '.0f') + ' ns subtracted)':46s} {'p50 us':>9s} {'p99 us':>9s}")
+    head = f"call (clock overhead {overhead * 1e3:.0f} ns subtracted)"
+    print(f"{head:46s} {'p50 us':>9s} {'p99 us':>9s}")
     for label, out in samples.items():
         p50, p99 = percentiles(out)
         print(f"{label:46s} {p50 - overhead:9.3f} {p99 - overhead:9.3f}")
@@ -125,7 +126,7 @@ def learner_interference(iterations: int, repeats: int) -> None:
     a99 = statistics.median(x[1] for x in alone)
     b50 = statistics.median(x[0] for x in busy)
     b99 = statistics.median(x[1] for x in busy)
-    print(f"\nstage loop, {iterations} iterations x {repeats} runs (medians of runs); learner learned {learned} per run")
+    print(f"\nstage loop, {iterations} iterations x {repeats} runs (medians of runs); learned {learned} per run")
     print(f"{'':34s} {'p50 us':>9s} {'p99 us':>9s}")
     print(f"{'loop alone':34s} {a50:9.1f} {a99:9.1f}")
     print(f"{'loop + decide/observe + learner':34s} {b50:9.1f} {b99:9.1f}")

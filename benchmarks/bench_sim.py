@@ -28,8 +28,12 @@ BACKENDS = ("gpu", "npu")
 
 def workload(runs: int) -> list[tuple[Stage, Shape, str, str | None]]:
     """Decode steps of a 1.5B-class layer with a growing KV cache and a few widths."""
-    shapes = [Shape(n=1, d=d, kv_len=kv, precision=p) for d in (1536, 2048, 4096) for kv in (128, 256, 512)
-              for p in ("int8", "fp16")]
+    shapes = [
+        Shape(n=1, d=d, kv_len=kv, precision=p)
+        for d in (1536, 2048, 4096)
+        for kv in (128, 256, 512)
+        for p in ("int8", "fp16")
+    ]
     calls: list[tuple[Stage, Shape, str, str | None]] = []
     i = 0
     while len(calls) < runs:

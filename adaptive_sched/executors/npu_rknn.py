@@ -463,8 +463,10 @@ class RknnExecutor(Executor):
             self._checked.clear()
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(backend={self.backend.value!r}, model_dir={self.model_dir!r}, " \
-               f"core_mask={self.core_mask!r})"
+        return (
+            f"{type(self).__name__}(backend={self.backend.value!r}, model_dir={self.model_dir!r}, "
+            f"core_mask={self.core_mask!r})"
+        )
 
 
 def _shape_args(stage: Stage, shape: Shape) -> str:
