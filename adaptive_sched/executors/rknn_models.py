@@ -155,7 +155,7 @@ def default_inputs(
             if bias:
                 specs.append(TensorSpec("b", (3 * d,), dtype))
         return tuple(specs)
-    bh, hd = b * shape.heads, shape.head_dim  # type: ignore[operator]
+    bh, hd = b * shape.heads, shape.head_dim
     return (
         TensorSpec("q", (bh, n, hd), dtype),
         TensorSpec("k", (bh, shape.keys, hd), dtype),
