@@ -166,9 +166,8 @@ class Scheduler:
         if not self._inline:
             self._policy.defer_republish = True
         self._timeout_s = config.policy.timeout_s
-        self._ids = itertools.count(1)
+        self._next_id = itertools.count(1).__next__  # restarted above the run's id base by _open_log
         self._log: Any = None
-        self._id_base = 0
         db_path = str(db) if db is not None else (config.resolve_path(config.store.path) if config.store.path else None)
         if db_path:
             self._open_log(db_path)
@@ -289,7 +288,7 @@ class Scheduler:
             self._log.close()
             raise
         # Ids unique across the processes and restarts that share one log file.
-        self._id_base = int(run_id) << 32
+        self._next_id = itertools.count((int(run_id) << 32) | 1).__next__
 
     def _warm_start(self, path: str) -> None:
         """Resume from the log: replay its most recent outcomes for this device through the policy."""
@@ -338,7 +337,7 @@ class Scheduler:
                 if u < threshold:
                     choice = alternative
                     break
-        decision = _new_tuple(Decision, (self._id_base | next(self._ids), slot.stage, shape, *choice, _wallclock()))
+        decision = _new_tuple(Decision, (self._next_id(), slot.stage, shape, *choice, _wallclock()))
         queue = self._log_queue
         if queue is not None:
             if len(queue) < self._log_kick_at:
@@ -358,7 +357,7 @@ class Scheduler:
         if shape.__class__ is not Shape:
             raise TypeError(f"shape must be a Shape, got {type(shape).__name__}")
         choice = self._policy.decide(stage, shape, prev)
-        decision = _new_tuple(Decision, (self._id_base | next(self._ids), stage_, shape, *choice, _wallclock()))
+        decision = _new_tuple(Decision, (self._next_id(), stage_, shape, *choice, _wallclock()))
         if self._log is not None:
             self._log.decision(decision, context)
         return decision
@@ -522,7 +521,7 @@ class Scheduler:
         with self._lock:
             self._counters.reruns += 1
         decision = Decision(
-            id=self._id_base | next(self._ids),
+            id=self._next_id(),
             stage=failed.stage,
             shape=failed.shape,
             backend=backend,

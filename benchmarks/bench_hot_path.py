@@ -62,8 +62,9 @@ def scheduler(db: str | None, learner: str) -> Scheduler:
 
 def decision_costs(n: int, db_dir: Path, chunk: int = 2000) -> None:
     """Each call measured in chunks, the variants interleaved chunk by chunk so that they
-    see the same machine. Between chunks the log writer gets time to drain: a service
-    makes thousands of decisions a second, not the million this loop could."""
+    see the same machine. Between chunks the learners and the log writer catch up: a
+    service makes thousands of decisions a second, not the million this loop could (what
+    a busy learner costs is measured by :func:`learner_interference`)."""
     shapes = [Shape(n=1, d=1536, kv_len=k, heads=12, precision="int8") for k in range(128, 192)]
     calls = [("qkv", shapes[i % 64]) for i in range(chunk)]
     plain = scheduler(None, "thread")
@@ -84,7 +85,10 @@ def decision_costs(n: int, db_dir: Path, chunk: int = 2000) -> None:
     for _ in range(max(1, n // chunk)):
         for label, (call, args) in variants.items():
             time_calls(call, args, samples[label])
-        time.sleep(0.02)
+            # Learners and the writer catch up before the next variant: each call is timed
+            # on its own, not against a learner thread kept busy by the previous variant.
+            plain.flush()
+            logged.flush()
     overhead = percentiles(samples.pop("clock overhead (subtracted below)"))[0]
     head = f"call (clock overhead {overhead * 1e3:.0f} ns subtracted)"
     print(f"{head:46s} {'p50 us':>9s} {'p99 us':>9s}")
