@@ -189,6 +189,36 @@ def test_programs_and_buffers_are_built_once_per_bucket():
         assert ex.cache_info()["program_builds"] > first["program_builds"]
 
 
+def test_a_growing_kv_cache_reallocates_its_buffers_a_few_times():
+    with OpenCLExecutor() as ex:
+        if not ex.is_available():
+            pytest.skip(ex.unavailable_reason)
+        grows = []
+        for kv_len in range(16, 100):  # one decode step per token: 1 KiB more K and V each step
+            shape = Shape(n=1, d=256, kv_len=kv_len, heads=4)
+            before = ex.cache_info()["buffer_allocs"]
+            ex.run("attn", shape, make_inputs("attn", shape, seed=kv_len))
+            grows.append(ex.cache_info()["buffer_allocs"] - before)
+        # the cache grew 6x: growing by half at least takes 5 steps per buffer (K and V), not one per 4 KiB page
+        assert sum(grows[1:]) <= 2 * 5
+
+
+def test_dropping_weights_from_a_full_cache_is_counted_and_warned_once(caplog):
+    with OpenCLExecutor(max_cached_weights=1) as ex:
+        if not ex.is_available():
+            pytest.skip(ex.unavailable_reason)
+        shape = Shape(n=2, d=64)
+        layers = [make_inputs("qkv", shape, seed=s) for s in range(3)]
+        for inputs in layers:
+            inputs["w"].setflags(write=False)
+        with caplog.at_level("WARNING", logger="adaptive_sched.executors.gpu_opencl"):
+            for inputs in layers * 2:
+                assert ex.run("qkv", shape, inputs).cold  # each one comes back after it was dropped
+        assert ex.cache_info()["weight_evictions"] == 5
+        warnings = [r for r in caplog.records if "max_cached_weights=1" in r.getMessage()]
+        assert len(warnings) == 1
+
+
 def test_read_only_weights_are_uploaded_once():
     with OpenCLExecutor() as ex:
         if not ex.is_available():

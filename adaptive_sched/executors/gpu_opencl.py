@@ -296,6 +296,7 @@ class OpenCLExecutor(Executor):
             "weight_uploads": 0,
             "weight_cache_hits": 0,
             "weight_cache_fills": 0,
+            "weight_evictions": 0,
             "buffer_allocs": 0,
             "first_launches": 0,
         }
@@ -558,9 +559,13 @@ class OpenCLExecutor(Executor):
         if current is not None and current[1] >= nbytes:
             return current[0]
         dev = self._require()
+        size = _round_up(nbytes, 4096)
         if current is not None:
             current[0].release()
-        size = _round_up(nbytes, 4096)
+            # A decode step's KV cache is one token longer than the last one: growing by half at
+            # least reallocates a few times per sequence, not every few tokens (and every
+            # reallocation makes a cold run the scheduler does not learn from).
+            size = max(size, _round_up(current[1] + current[1] // 2, 4096))
         try:
             buf = dev.cl.Buffer(dev.context, dev.cl.mem_flags.READ_WRITE, size)
         except Exception as exc:
@@ -705,6 +710,16 @@ class OpenCLExecutor(Executor):
         while len(self._weights) > self.max_cached_weights:
             _, old = self._weights.popitem(last=False)
             self._release_weights(old)
+            self._counters["weight_evictions"] += 1
+            if self._counters["weight_evictions"] == 1:
+                # A model with more layers than the cache holds uploads every layer's weights on
+                # every run, and each of those runs is cold, so the scheduler never learns this backend.
+                logger.warning(
+                    "%s: more weight arrays in use than max_cached_weights=%d; the least recently used "
+                    "are dropped and uploaded again when they come back",
+                    self.kind,
+                    self.max_cached_weights,
+                )
         return entry.buffer, entry.code, entry.scale
 
     def _quantize_columns(self, launch: _Launch, src: Any, k_rows: int, n_cols: int, scale: Any, out: Any) -> None:
