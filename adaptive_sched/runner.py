@@ -4,13 +4,16 @@
 the configured policy, then (by default) through GPU-only and NPU-only schedulers on
 an identical fresh device, and summarises per stage and shape bucket which backend
 was chosen and what it cost. On the simulator the stages run in latency-only mode;
-on real executors they compute real outputs from random weights.
+on real executors they compute real outputs from random (read-only) weights, after a
+warm-up that pays every executor's one-time costs outside the timed run.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +29,8 @@ from .stages import make_inputs
 from .types import Backend, Shape, Stage
 from .workload import Step, decode_steps, model_shape
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class BucketStats:
@@ -36,10 +41,30 @@ class BucketStats:
     runs: int = 0
     total_s: float = 0.0
     backends: Counter[str] = field(default_factory=Counter)
+    #: runs that paid one-time costs (a kernel built, a buffer grown): the scheduler did not learn from them
+    cold: int = 0
+    #: per backend, the runs the scheduler learned from and their summed latency
+    warm_runs: Counter[str] = field(default_factory=Counter)
+    warm_s: dict[str, float] = field(default_factory=dict)
 
     @property
     def mean_s(self) -> float:
         return self.total_s / self.runs if self.runs else math.nan
+
+    def warm_mean_s(self, backend: str) -> float:
+        """Mean latency of the warm runs on ``backend`` in this bucket (nan if it had none)."""
+        n = self.warm_runs[backend]
+        return self.warm_s[backend] / n if n else math.nan
+
+    def add(self, backend: str, latency_s: float, cold: bool) -> None:
+        self.runs += 1
+        self.total_s += latency_s
+        self.backends[backend] += 1
+        if cold:
+            self.cold += 1
+        else:
+            self.warm_runs[backend] += 1
+            self.warm_s[backend] = self.warm_s.get(backend, 0.0) + latency_s
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -48,6 +73,8 @@ class BucketStats:
             "runs": self.runs,
             "mean_ms": self.mean_s * 1e3,
             "backends": dict(self.backends),
+            "cold_runs": self.cold,
+            "warm_mean_ms": {b: self.warm_mean_s(b) * 1e3 for b in sorted(self.warm_runs)},
         }
 
 
@@ -148,6 +175,8 @@ def _drive(
     """Run every step over every layer; return the total stage latency in seconds."""
     real = sched.device is None
     layer_inputs = _LayerInputs(steps[0].shape, layers) if real else None
+    if layer_inputs is not None:
+        _warm_up(sched, steps, layer_inputs)
     total = 0.0
     for i, step in enumerate(steps):
         label = bucket_label(step)
@@ -163,14 +192,43 @@ def _drive(
                     b = buckets.get(key)
                     if b is None:
                         b = buckets[key] = BucketStats(*key)
-                    b.runs += 1
-                    b.total_s += stage_run.latency_s
-                    b.backends[stage_run.backend.value] += 1
+                    b.add(stage_run.backend.value, stage_run.latency_s, stage_run.result.cold)
         if idle_s and sched.device is not None:
             sched.device.idle(idle_s)
         if progress is not None:
             progress(i + 1, len(steps))
     return total
+
+
+def _warm_up(sched: Scheduler, steps: Sequence[Step], layer_inputs: _LayerInputs) -> None:
+    """Pay the one-time costs of every executor before anything is timed, as a server does at start.
+
+    Each stage runs once per layer on every available backend, at the prefill shape and at
+    the first decode shape: kernels are built, weights uploaded or converted, buffers sized.
+    These runs go to the executors directly: they are not decisions, the scheduler does not
+    learn from them, and the totals do not count them. Without them the first run of a
+    backend in each bucket is cold, so the scheduler learns nothing from it, and each total
+    would hold a different share of one-time costs.
+    """
+    shapes = [s.shape for s in steps[:2]]
+    start = time.perf_counter()
+    for backend, executor in sched.executors.items():
+        if backend not in sched.config.candidates or not executor.is_available():
+            continue
+        for shape in shapes:
+            attn_inputs = make_inputs(Stage.ATTN, shape)
+            for stage in (Stage.QKV, Stage.ATTN):
+                if not executor.supports(stage, shape):
+                    continue
+                try:
+                    if stage is Stage.QKV:
+                        for layer in range(layer_inputs.layers):
+                            executor.run(stage, shape, layer_inputs.qkv_inputs(layer, shape))
+                    else:
+                        executor.run(stage, shape, attn_inputs)
+                except Exception as exc:  # the scheduled run will meet it again and handle it
+                    log.warning("warm-up of %s on %s at %s failed: %s", stage.value, backend.value, shape, exc)
+    log.info("warm-up took %.3f s", time.perf_counter() - start)
 
 
 class _LayerInputs:
@@ -179,8 +237,22 @@ class _LayerInputs:
     def __init__(self, shape: Shape, layers: int) -> None:
         self._weights = [make_inputs(Stage.QKV, dataclasses.replace(shape, n=1, kv_len=0), seed=layer)
                          for layer in range(layers)]  # fmt: skip
+        for weights in self._weights:
+            # A model's weights never change while it runs. Saying so lets executors keep their
+            # device copies (gpu_opencl's default weight cache takes only read-only arrays).
+            for name in ("w", "b"):
+                weights[name].setflags(write=False)
         self._caches: list[tuple[np.ndarray, np.ndarray] | None] = [None] * layers
         self._rng = np.random.default_rng(0)
+
+    @property
+    def layers(self) -> int:
+        return len(self._weights)
+
+    def qkv_inputs(self, layer: int, shape: Shape) -> dict[str, np.ndarray]:
+        """Inputs of ``qkv`` at ``shape`` with the layer's weights (the activations are zeros)."""
+        w = self._weights[layer]
+        return {"x": np.zeros((shape.batch, shape.n, shape.d), np.float32), "w": w["w"], "b": w["b"]}
 
     def for_step(self, layer: int, shape: Shape) -> dict[str, np.ndarray]:
         w = self._weights[layer]
