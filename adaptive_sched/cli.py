@@ -30,7 +30,11 @@ def render_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A plain aligned text table (numbers right-aligned)."""
     cells = [[_fmt(c) for c in row] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
-    numeric = [all(_is_number(row[i]) for row in rows) and bool(rows) for i in range(len(headers))]
+    # "-" (nothing measured) may stand among numbers
+    numeric = [
+        all(_is_number(row[i]) or row[i] == "-" for row in rows) and any(_is_number(row[i]) for row in rows)
+        for i in range(len(headers))
+    ]
 
     def line(values: Sequence[str]) -> str:
         return "  ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric, strict=True))
@@ -105,14 +109,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     report = run_workload(config, db=args.db, compare=compare, progress=Progress("run"))
 
     def table() -> str:
+        # per candidate: the mean of the warm runs it made in the bucket, what the scheduler learned from
+        measured = [b.value for b in config.candidates]
         rows = []
         for b in report.buckets:
             total = sum(b.backends.values())
             share = ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in b.backends.most_common())
-            rows.append([b.stage, b.bucket, b.backends.most_common(1)[0][0], share, b.runs, b.mean_s * 1e3])
+            warm = [b.warm_mean_s(name) * 1e3 if b.warm_runs[name] else "-" for name in measured]
+            rows.append([b.stage, b.bucket, b.backends.most_common(1)[0][0], share, b.runs, b.mean_s * 1e3, *warm])
         head = (f"{report.model} ({report.precision}), {report.layers} layers, prompt + {report.tokens} tokens, "
                 f"policy {report.policy} on {config.device}")  # fmt: skip
-        body = render_table(["stage", "bucket", "backend", "choices", "runs", "mean ms"], rows)
+        headers = ["stage", "bucket", "backend", "choices", "runs", "mean ms", *(f"{name} ms" for name in measured)]
+        body = render_table(headers, rows)
         totals = [[name, t * 1e3, report.totals_s[name] / report.totals_s[report.policy]]
                   for name, t in report.totals_s.items()]  # fmt: skip
         foot = render_table(["policy", "total ms", f"{report.policy} speedup"], totals)
@@ -157,11 +165,13 @@ def cmd_executors(args: argparse.Namespace) -> int:
             options["device"] = config.simulator.make_device()
         ex = create_executor(bc.executor, backend=backend, **options)
         ok = ex.is_available()
-        rows.append([backend.value, bc.executor, bc.role, "yes" if ok else "no", ex.unavailable_reason])
+        device = getattr(ex, "device_name", None) or ""  # which OpenCL device a name substring matched
+        rows.append([backend.value, bc.executor, bc.role, "yes" if ok else "no", device, ex.unavailable_reason])
         data.append({"backend": backend.value, "executor": bc.executor, "role": bc.role, "available": ok,
-                     "reason": ex.unavailable_reason})  # fmt: skip
+                     "device": device, "reason": ex.unavailable_reason})  # fmt: skip
         ex.close()
-    _emit(args, data, lambda: render_table(["backend", "executor", "role", "available", "reason"], rows))
+    headers = ["backend", "executor", "role", "available", "device", "reason"]
+    _emit(args, data, lambda: render_table(headers, rows))
     return 0
 
 
