@@ -1,0 +1,520 @@
+"""What the scheduler promises, checked through its public API.
+
+Each test sets up a situation (a settled device, a step change, an expensive handoff, a
+restart, a failing log, many threads) on the shipped simulated RK3588 config, or with
+synthetic latencies fed through ``observe``, and checks what the scheduler does about it.
+Everything is seeded; no assertion depends on wall-clock time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import random
+import sqlite3
+import threading
+from collections import Counter
+
+import numpy as np
+import pytest
+
+import adaptive_sched.scheduler as scheduler_module
+import adaptive_sched.store.writer as writer_module
+from adaptive_sched import Scheduler, Shape
+from adaptive_sched.config import load_config
+from adaptive_sched.learners.rule import RooflineRule
+from adaptive_sched.stages import make_inputs, reference
+from adaptive_sched.store import DecisionLog, iter_logged
+from adaptive_sched.types import Backend
+
+from .conftest import ScriptedExecutor
+
+GPU, NPU = Backend.GPU, Backend.NPU
+
+#: decode at the paper's INT8 d=4096 point: the prior puts qkv on the GPU (1.6x faster than
+#: the NPU) and attention on the NPU (40x faster than the GPU)
+DECODE = Shape(n=1, d=4096, kv_len=512, precision="int8")
+
+
+def sim_config(**sections):
+    """The shipped ``rk3588-sim`` config as a dict, with keys of its sections overridden.
+
+    ``sim_config(policy={"seed": 3}, priors="none")`` sets ``policy.seed`` and ``priors``
+    and keeps every other key as shipped.
+    """
+    config = load_config("rk3588-sim").as_dict()
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            config[key] = {**config[key], **value}
+        else:
+            config[key] = value
+    return config
+
+
+def make(db=None, executors=None, **sections) -> Scheduler:
+    """A scheduler on the shipped simulated RK3588 config, with ``sections`` overridden.
+
+    The online river classifiers are off unless asked for: they only report what the policy
+    picks (decisions never read them) and building them costs about a second per scheduler.
+    """
+    sections["policy"] = {"online_classifiers": False, **sections.get("policy", {})}
+    return Scheduler.from_config(sim_config(**sections), db=db, executors=executors)
+
+
+def feed(sched, stage, shape, truth, n, rng, after=None):
+    """Decide ``n`` times, observe ``truth[backend]`` with 5% log-normal noise; return the decisions."""
+    decisions = []
+    for _ in range(n):
+        d = sched.decide(stage, shape, after=after)
+        sched.observe(d, truth[d.backend] * rng.lognormvariate(0.0, 0.05))
+        decisions.append(d)
+    return decisions
+
+
+def explore_probability(decision):
+    """The probability the policy gave to exploring, read off an exploit decision."""
+    assert not decision.explored
+    return 1.0 - decision.propensity
+
+
+# -- 1. the starting point ------------------------------------------------------------------
+
+
+def handoff_s(config, shape):
+    """The prior cost of bringing attention's input (Q, K, V) from another backend."""
+    moved = 3 * shape.batch * shape.n * shape.d * shape.precision.itemsize
+    return config["policy"]["transition_sync_s"] + moved / config["policy"]["transition_bytes_per_s"]
+
+
+@pytest.mark.parametrize("priors", ["builtin", "none"])
+def test_first_decisions_are_what_the_prior_or_the_roofline_rule_says(priors):
+    config = sim_config(priors=priors)
+    if priors == "builtin":
+        with make() as sched:
+            estimate = sched.prior.latency
+    else:
+        estimate = RooflineRule((GPU, NPU)).latency
+    shapes = [
+        DECODE,
+        Shape(n=128, d=1024, precision="int8"),
+        Shape(n=512, d=2048, precision="fp16"),
+        Shape(n=1, d=1024, precision="fp16"),
+    ]
+    plans = {}
+    for shape in shapes:
+        qkv, attn, h = estimate("qkv", shape), estimate("attn", shape), handoff_s(config, shape)
+
+        def attn_cost(q, a, attn=attn, h=h):
+            return attn[a] + (h if a != q else 0.0)
+
+        def attn_after(q, attn=attn, attn_cost=attn_cost):
+            return min(attn, key=lambda a: attn_cost(q, a))
+
+        best_q = min(qkv, key=lambda q: qkv[q] + attn_cost(q, attn_after(q)))
+        plans[shape] = (qkv, attn_cost, best_q, attn_after)
+    # the shapes disagree, so a policy that always picks one backend fails here
+    assert {plan[2] for plan in plans.values()} == {GPU, NPU}
+
+    for seed in (0, 1, 2):
+        with Scheduler.from_config({**config, "policy": {**config["policy"], "seed": seed}}) as sched:
+            assert (sched.prior is None) == (priors == "none")
+            for shape, (qkv, attn_cost, best_q, attn_after) in plans.items():
+                for _ in range(20):  # no observations in between: every decision is a first one
+                    dq = sched.decide("qkv", shape)
+                    da = sched.decide("attn", shape, after=dq)
+                    assert dict(dq.predicted) == pytest.approx(qkv, rel=1e-9)
+                    assert da.predicted == pytest.approx({a: attn_cost(dq.backend, a) for a in (GPU, NPU)}, rel=1e-9)
+                    for d, want in ((dq, best_q), (da, attn_after(dq.backend))):
+                        if d.explored:
+                            assert d.backend is not want and d.propensity <= config["policy"]["explore_cap"]
+                        else:
+                            assert d.backend is want and d.propensity > 0.5, (seed, shape, d)
+
+
+# -- 2. exploration ---------------------------------------------------------------------------
+
+
+def test_every_decision_carries_its_propensity_into_the_log(tmp_path):
+    path = tmp_path / "log.db"
+    shapes = [DECODE, Shape(n=1, d=1024, precision="fp16")]  # a clear case and a close call
+    made = []
+    with make(db=path) as sched:
+        for i in range(600):
+            shape = shapes[i % 2]
+            probs = sched.policy.probabilities("qkv", shape, None)
+            q = sched.run_stage("qkv", shape)
+            made.append((q, probs))
+            probs = sched.policy.probabilities("attn", shape, q.backend)
+            made.append((sched.run_stage("attn", shape, after=q.decision), probs))
+        for run, probs in made:
+            d = run.decision
+            assert 0.0 < d.propensity <= 1.0
+            assert sum(probs.values()) == pytest.approx(1.0)
+            assert d.propensity == pytest.approx(probs[d.backend])
+            if not d.explored:
+                assert d.propensity == pytest.approx(1.0 - sum(p for b, p in probs.items() if b is not d.backend))
+        assert any(run.decision.explored for run, _ in made)
+    logged = {r.id: r for r in iter_logged(path)}
+    assert len(logged) == len(made)
+    for run, _ in made:
+        row = logged[run.decision.id]
+        assert (row.backend, row.propensity, row.explored) == (
+            run.backend,
+            run.decision.propensity,
+            run.decision.explored,
+        )
+        assert row.latency_s == pytest.approx(run.latency_s)
+
+
+def test_a_far_slower_backend_is_not_explored_once_settled():
+    with make(policy={"seed": 4}) as sched:
+        for _ in range(300):
+            sched.run_attention(DECODE)
+        layers = [sched.run_attention(DECODE) for _ in range(2000)]
+    attn = [layer.attn.decision for layer in layers]
+    # attention on the GPU is predicted 40x slower than on the NPU: no probe is worth it
+    assert all(d.predicted[GPU] > 10 * d.predicted[NPU] for d in attn)
+    assert [d.backend for d in attn].count(GPU) == 0
+    assert min(d.propensity for d in attn) > 1 - 1e-4
+
+
+def test_exploration_rises_after_a_drift_alarm_even_when_the_choice_gets_clearer():
+    # The GPU, already the choice for qkv, becomes twice as fast: the gap to the NPU widens, so
+    # without the alarm exploration would only fall. The alarm makes the policy look again.
+    rng = random.Random(5)
+    with make(policy={"seed": 5}) as sched:
+        truth = dict(sched.prior.latency("qkv", DECODE))
+        settled = feed(sched, "qkv", DECODE, truth, 1500, rng)
+        assert sched.stats()["policy"]["drift_alarms"] == {"gpu": 0, "npu": 0}
+        truth[GPU] /= 2
+        steps = 0
+        while sched.stats()["policy"]["drift_alarms"]["gpu"] == 0:
+            feed(sched, "qkv", DECODE, truth, 1, rng)
+            steps += 1
+            assert steps < 50
+        after_alarm = feed(sched, "qkv", DECODE, truth, 20, rng)
+    before = max(explore_probability(d) for d in settled[-200:] if not d.explored)
+    after = max(explore_probability(d) for d in after_alarm if not d.explored)
+    assert after > 5 * before and after > 0.05
+    assert after_alarm[-1].predicted[GPU] < 0.7 * settled[-1].predicted[GPU]  # the clearer choice
+
+
+# -- 3. online learning and drift ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("stage", "shape", "slowed", "other"),
+    [("qkv", DECODE, GPU, NPU), ("attn", Shape(n=128, d=2048, precision="int8"), NPU, GPU)],
+    ids=["qkv-gpu", "attn-npu"],
+)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_backend_three_times_slower_loses_its_stage_within_50_decisions(stage, shape, slowed, other, seed):
+    rng = random.Random(seed)
+    with make(policy={"seed": seed}) as sched:
+        truth = dict(sched.prior.latency(stage, shape))
+        settled = feed(sched, stage, shape, truth, 500, rng)
+        assert [d.backend for d in settled[-100:]].count(slowed) >= 95
+        assert sched.stats()["policy"]["drift_alarms"] == {"gpu": 0, "npu": 0}  # no false alarm
+        truth[slowed] *= 3
+        assert truth[slowed] > truth[other]
+        chosen = [d.backend for d in feed(sched, stage, shape, truth, 200, rng)]
+        stats = sched.stats()
+    flip = next(i for i in range(len(chosen)) if chosen[i : i + 10] == [other] * 10)
+    assert flip < 50
+    assert chosen[-50:].count(other) >= 45
+    assert stats["policy"]["drift_alarms"][slowed.value] >= 1
+    assert stats["observations"] == 700
+
+
+# -- 4. transition-aware choice -----------------------------------------------------------------
+
+#: decode INT8 d=2048: alone, qkv is fastest on the GPU (1.70 vs 1.87 ms) and attention on the
+#: NPU (0.31 vs 0.72 ms); a hybrid pays for moving Q, K, V between them
+HANDOFF = Shape(n=1, d=2048, precision="int8")
+
+
+def test_an_expensive_handoff_in_the_config_keeps_both_stages_together():
+    expensive = {"transition_sync_s": 2e-3}
+    with make(policy=expensive) as sched, make(policy={**expensive, "lookahead": False}) as greedy:
+        assert sched.decide("attn", HANDOFF).backend is NPU  # the independent best
+        # planned as a pair: NPU -> NPU (2.18 ms) beats GPU -> GPU (2.43) and GPU -> NPU (4.0)
+        dq = next(d for d in (sched.decide("qkv", HANDOFF) for _ in range(20)) if not d.explored)
+        assert dq.backend is NPU
+        assert sched.decide("attn", HANDOFF, after=dq).backend is NPU
+        # qkv chosen alone lands on the GPU; attention then stays there rather than pay 2 ms
+        gq = next(d for d in (greedy.decide("qkv", HANDOFF) for _ in range(20)) if not d.explored)
+        assert gq.backend is GPU
+        da = next(d for d in (greedy.decide("attn", HANDOFF, after=gq) for _ in range(20)) if not d.explored)
+        assert da.backend is GPU
+        assert da.predicted[NPU] > da.predicted[GPU] > sched.decide("attn", HANDOFF).predicted[NPU]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_handoff_learned_to_be_expensive_is_avoided(seed):
+    # the config's prior handoff is cheap (0.1 ms); on this device a crossing costs 1.5 ms
+    rng = random.Random(seed)
+    with make(policy={"seed": seed}) as sched:
+        compute = {stage: dict(sched.prior.latency(stage, HANDOFF)) for stage in ("qkv", "attn")}
+
+        def latency(d):
+            crossing = 1.5e-3 if d.after not in (None, d.backend) else 0.0
+            return (compute[d.stage.value][d.backend] + crossing) * rng.lognormvariate(0.0, 0.05)
+
+        qkv_decisions, pairs = [], []
+        for _ in range(400):
+            dq = sched.decide("qkv", HANDOFF)
+            sched.observe(dq, latency(dq))
+            da = sched.decide("attn", HANDOFF, after=dq)
+            sched.observe(da, latency(da))
+            qkv_decisions.append(dq)
+            pairs.append((dq.backend, da.backend))
+        on_gpu = next(d for d in qkv_decisions if d.backend is GPU)
+        after_gpu = sched.decide("attn", HANDOFF, after=on_gpu)
+        alone = sched.decide("attn", HANDOFF)
+        learned = sched.stats()["policy"]["transitions_ms"]["gpu->npu"]
+    assert learned == pytest.approx(1.5, rel=0.2)
+    assert alone.backend is NPU  # the independent best is unchanged ...
+    assert after_gpu.backend is GPU  # ... but after qkv on the GPU, the pair's best is to stay
+    assert after_gpu.predicted[NPU] > after_gpu.predicted[GPU]
+    assert Counter(pairs[-200:])[(GPU, NPU)] <= 2
+    assert Counter(pairs[-200:])[(NPU, NPU)] >= 180  # the best pair (2.18 ms)
+
+
+# -- 5. warm restart ----------------------------------------------------------------------------
+
+
+def test_a_restart_on_the_same_log_resumes_from_what_was_learned(tmp_path):
+    path = tmp_path / "log.db"
+    rng = random.Random(0)
+    with make(db=path) as sched:
+        prior = dict(sched.prior.latency("qkv", DECODE))
+        truth = {GPU: 3 * prior[GPU], NPU: prior[NPU]}  # this board's GPU is far slower than the prior says
+        learned = feed(sched, "qkv", DECODE, truth, 300, rng)
+    assert [d.backend for d in learned[-50:]].count(NPU) >= 45
+    with make(db=path) as warm, make() as fresh:
+        assert warm.stats()["policy"]["observations"] == 300  # replayed from the log ...
+        assert warm.stats()["observations"] == 0  # ... not observed again
+        first_warm = [warm.decide("qkv", DECODE) for _ in range(10)]
+        first_fresh = [fresh.decide("qkv", DECODE) for _ in range(10)]
+    assert first_warm[0].predicted[GPU] == pytest.approx(truth[GPU], rel=0.15)
+    assert first_fresh[0].predicted[GPU] == pytest.approx(prior[GPU], rel=1e-9)
+    assert {d.backend for d in first_warm if not d.explored} == {NPU}
+    assert {d.backend for d in first_fresh if not d.explored} == {GPU}
+
+
+class AlwaysCold(ScriptedExecutor):
+    """Every run pays a one-time cost (as if each call built its kernel)."""
+
+    def _run(self, stage, shape, inputs, after):
+        return dataclasses.replace(super()._run(stage, shape, inputs, after), cold=True)
+
+
+def test_cold_runs_are_not_relearned_at_a_restart(tmp_path):
+    path = tmp_path / "log.db"
+    with make() as reference_sched:
+        prior = {stage: dict(reference_sched.prior.latency(stage, DECODE)) for stage in ("qkv", "attn")}
+    executors = {
+        GPU: AlwaysCold(GPU, lambda stage, shape, after: 0.5),  # a 0.5 s build every time
+        NPU: ScriptedExecutor(NPU, lambda stage, shape, after: 2 * prior[stage.value][NPU]),
+    }
+    with make(db=path, executors=executors) as sched:
+        runs = [sched.run_stage("qkv", DECODE) for _ in range(40)]
+        runs += [sched.run_stage("attn", DECODE) for _ in range(100)]
+        assert "gpu" not in sched.stats()["observed_by_backend"]
+    assert any(r.backend is GPU and r.result.cold for r in runs)
+    cold = [r for r in iter_logged(path) if r.error == "cold"]
+    assert cold and all(r.backend is GPU and r.latency_s == 0.5 for r in cold)
+    with make(db=path) as warm:
+        qkv = warm.decide("qkv", DECODE)
+        attn = warm.decide("attn", DECODE)
+    assert qkv.predicted[GPU] == pytest.approx(prior["qkv"][GPU], rel=0.01)  # the 0.5 s runs are not in it
+    assert attn.predicted[NPU] == pytest.approx(2 * prior["attn"][NPU], rel=0.15)  # the normal runs are
+
+
+# -- 6. the log never breaks inference ----------------------------------------------------------
+
+
+def small_inputs():
+    shape = Shape(n=4, d=128, heads=2)
+    inputs = make_inputs("qkv", shape, seed=3)
+    return shape, inputs, reference("qkv", shape, inputs)
+
+
+def use_everything(sched, n):
+    """Decide, observe and run through every entry point; return the observations made."""
+    shape, inputs, expected = small_inputs()
+    observed = 0
+    for _ in range(n):
+        layer = sched.run_attention(DECODE)
+        assert layer.latency_s > 0
+        dq = sched.decide("qkv", DECODE)
+        sched.observe(dq, 4e-3)
+        sched.observe(sched.decide("attn", DECODE, after=dq), 1e-3)
+        np.testing.assert_array_equal(sched.run("qkv", shape, inputs), expected)
+        observed += 5
+    return observed
+
+
+@pytest.mark.parametrize(
+    "error", [sqlite3.OperationalError("disk I/O error"), RuntimeError("the disk went away")], ids=["sqlite", "other"]
+)
+def test_a_failing_log_does_not_stop_inference(tmp_path, monkeypatch, error):
+    broken = threading.Event()
+    transaction = DecisionLog._transaction
+
+    def failing(self, batch, *, careful):
+        if broken.is_set():
+            raise error
+        return transaction(self, batch, careful=careful)
+
+    monkeypatch.setattr(DecisionLog, "_transaction", failing)
+    monkeypatch.setattr(writer_module, "RETRY_BACKOFF_S", (0.001, 0.001, 0.001))
+    sched = make(db=tmp_path / "log.db", store={"flush_interval_s": 0.01})
+    observed = use_everything(sched, 20)
+    sched.flush()
+    written = sched.stats()["log"]["written"]
+    assert written > 0 and sched.stats()["log"]["errors"] == 0
+
+    broken.set()
+    observed += use_everything(sched, 100)
+    sched.flush(timeout_s=5)
+    log = sched.stats()["log"]
+    assert log["errors"] > 0 and str(error) in log["last_error"]
+    if isinstance(error, sqlite3.Error):
+        assert log["failed"] > 0  # the rows it lost, counted
+    assert log["written"] == written
+    assert sched.stats()["observations"] == observed  # learning went on regardless
+
+    broken.clear()  # the disk is back: logging resumes
+    use_everything(sched, 10)
+    sched.flush(timeout_s=5)
+    assert sched.stats()["log"]["written"] > written
+    sched.close()  # does not raise
+
+
+def test_a_stalled_log_drops_rows_instead_of_blocking_inference(tmp_path, monkeypatch):
+    release = threading.Event()
+    transaction = DecisionLog._transaction
+
+    def stalled(self, batch, *, careful):
+        release.wait(30)  # a disk that stopped answering
+        return transaction(self, batch, careful=careful)
+
+    monkeypatch.setattr(DecisionLog, "_transaction", stalled)
+    sched = make(db=tmp_path / "log.db", store={"queue_size": 50, "flush_interval_s": 0.01})
+    try:
+        observed = use_everything(sched, 200)
+        assert sched.stats()["observations"] == observed
+        log = sched.stats()["log"]
+        assert log["dropped"] > 0 and log["queue_depth"] <= 2 * 50
+    finally:
+        release.set()
+    sched.close()
+    assert sched.stats()["log"]["written"] > 0
+
+
+def test_decide_and_observe_after_close_do_not_raise_and_are_counted_as_dropped(tmp_path):
+    sched = make(db=tmp_path / "log.db")
+    use_everything(sched, 3)
+    sched.close()
+    dropped = sched.stats()["log"]["dropped"]
+    dq = sched.decide("qkv", DECODE)
+    sched.observe(dq, 4e-3)
+    da = sched.decide("attn", DECODE, after=dq)
+    sched.observe(da, 1e-3)
+    assert dq.backend in (GPU, NPU) and da.after is dq.backend
+    assert sched.stats()["log"]["dropped"] == dropped + 4
+    sched.close()
+
+
+# -- 7. the learner thread ------------------------------------------------------------------------
+
+
+def test_many_threads_deciding_and_observing_with_the_learner_thread(tmp_path, caplog):
+    caplog.set_level(logging.ERROR)
+    path = tmp_path / "log.db"
+    shapes = [Shape(n=1, d=d, kv_len=kv, precision="int8") for d in (1024, 2048) for kv in (128, 256)]
+    ids, observed, errors = [], [], []
+    sched = make(db=path, policy={"learner": "thread", "online_classifiers": True})
+
+    def worker(k):
+        try:
+            mine, n = [], 0
+            for i in range(300):
+                shape = shapes[(i + k) % len(shapes)]
+                if i % 10 == 0:
+                    layer = sched.run_attention(shape)
+                    mine += [layer.qkv.decision.id, layer.attn.decision.id]
+                else:
+                    dq = sched.decide("qkv", shape)
+                    sched.observe(dq, 1e-3 if dq.backend is GPU else 2e-3)
+                    da = sched.decide("attn", shape, after=dq)
+                    sched.observe(da, 5e-4 if da.backend is NPU else 3e-3)
+                    mine += [dq.id, da.id]
+                n += 2
+            ids.extend(mine)
+            observed.append(n)
+        except Exception as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    sched.flush()
+    stats = sched.stats()
+    sched.close()
+    assert errors == []
+    assert sum(observed) == 8 * 600
+    assert stats["observations"] + stats["unlearned"] == sum(observed)
+    assert stats["unlearned"] == 0  # far below the backlog: nothing had to be skipped
+    assert stats["policy"]["observations"] == sum(observed)
+    assert len(set(ids)) == len(ids) == sum(observed)
+    assert {r.id for r in iter_logged(path)} == set(ids)
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+def test_a_learner_that_falls_behind_counts_what_it_skipped(monkeypatch):
+    monkeypatch.setattr(scheduler_module, "LEARN_BACKLOG", 32)
+    sched = make(policy={"learner": "thread"})
+    entered, gate = threading.Event(), threading.Event()
+    learn = sched.policy.learn
+
+    def slow_learn(decision, latency_s):
+        entered.set()
+        gate.wait(30)
+        learn(decision, latency_s)
+
+    monkeypatch.setattr(sched.policy, "learn", slow_learn)
+    try:
+        sched.observe(sched.decide("qkv", DECODE), 4e-3)
+        assert entered.wait(10)  # the learner is busy with the first observation
+        for _ in range(199):
+            sched.observe(sched.decide("qkv", DECODE), 4e-3)
+    finally:
+        gate.set()
+    sched.flush()
+    stats = sched.stats()
+    sched.close()
+    assert stats["observations"] + stats["unlearned"] == 200
+    assert stats["unlearned"] == 200 - 1 - 32  # beyond the backlog, the oldest were skipped
+
+
+# -- 8. bad latencies -----------------------------------------------------------------------------
+
+
+def test_bad_latencies_are_refused_unlearned_and_unlogged_with_the_learner_thread(tmp_path):
+    path = tmp_path / "log.db"
+    with make(db=path, policy={"learner": "thread"}) as sched:
+        d = sched.decide("qkv", DECODE)
+        for bad in (math.nan, math.inf, -math.inf, 0.0, -1e-3):
+            with pytest.raises(ValueError, match=r"latency_s must be finite and > 0, got"):
+                sched.observe(d, bad)
+        with pytest.raises(ValueError, match=r"latency_s must be a number, got 'fast'"):
+            sched.observe(d, "fast")
+        sched.flush()
+        assert sched.stats()["observations"] == 0
+        assert sched.stats()["policy"]["observations"] == 0
+    assert [(r.id, r.observed) for r in iter_logged(path)] == [(d.id, False)]
