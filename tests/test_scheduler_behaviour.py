@@ -167,6 +167,30 @@ def test_every_decision_carries_its_propensity_into_the_log(tmp_path):
         assert row.latency_s == pytest.approx(run.latency_s)
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_exploration_spends_no_more_latency_than_its_budget_on_a_settled_device(seed):
+    # attention at a decode shape where the GPU is 1.17x slower than the NPU: close enough that
+    # exploring it is tempting, far enough that every probe costs. The device never changes.
+    shape = Shape(n=1, d=1024, precision="fp16")
+    budget = 0.0005
+    shares = {}
+    for limit in (budget, 1.0):
+        rng = random.Random(seed)
+        with make(policy={"seed": seed, "explore_budget": limit}) as sched:
+            truth = dict(sched.prior.latency("attn", shape))
+            decisions = feed(sched, "attn", shape, truth, 20_000, rng)
+            shares[limit] = sched.stats()["policy"]["explore_share"]
+            assert sum(sched.stats()["policy"]["drift_alarms"].values()) == 0
+        if limit == budget:
+            # the same account, kept by hand over the second half (the policy's decays)
+            late = decisions[10_000:]
+            spent = sum(d.predicted[d.backend] - min(d.predicted.values()) for d in late if d.explored)
+            assert any(d.explored for d in late)  # still probing, within the budget
+            assert spent / sum(truth[d.backend] for d in late) <= 1.2 * budget
+    assert shares[1.0] > 2 * budget  # without the budget it would spend more: the budget is what holds
+    assert shares[budget] <= 1.2 * budget
+
+
 def test_a_far_slower_backend_is_not_explored_once_settled():
     with make(policy={"seed": 4}) as sched:
         for _ in range(300):
@@ -193,7 +217,11 @@ def test_exploration_rises_after_a_drift_alarm_even_when_the_choice_gets_clearer
             feed(sched, "qkv", DECODE, truth, 1, rng)
             steps += 1
             assert steps < 50
-        after_alarm = feed(sched, "qkv", DECODE, truth, 20, rng)
+        spent_at_alarm = sched.stats()["policy"]["explore_share"]
+        after_alarm = feed(sched, "qkv", DECODE, truth, 40, rng)
+        spent_after = sched.stats()["policy"]["explore_share"]
+    assert any(d.explored for d in after_alarm)
+    assert spent_after <= spent_at_alarm  # the probes an alarm asks for are not charged to the budget
     before = max(explore_probability(d) for d in settled[-200:] if not d.explored)
     after = max(explore_probability(d) for d in after_alarm if not d.explored)
     assert after > 5 * before and after > 0.05
