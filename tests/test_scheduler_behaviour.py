@@ -384,10 +384,8 @@ def use_everything(sched, n):
     return observed
 
 
-@pytest.mark.parametrize(
-    "error", [sqlite3.OperationalError("disk I/O error"), RuntimeError("the disk went away")], ids=["sqlite", "other"]
-)
-def test_a_failing_log_does_not_stop_inference(tmp_path, monkeypatch, error):
+def break_the_log(monkeypatch, error):
+    """Make every write of the log fail with ``error`` while the returned event is set."""
     broken = threading.Event()
     transaction = DecisionLog._transaction
 
@@ -398,6 +396,18 @@ def test_a_failing_log_does_not_stop_inference(tmp_path, monkeypatch, error):
 
     monkeypatch.setattr(DecisionLog, "_transaction", failing)
     monkeypatch.setattr(writer_module, "RETRY_BACKOFF_S", (0.001, 0.001, 0.001))
+    return broken
+
+
+WRITE_ERRORS = [
+    pytest.param(sqlite3.OperationalError("disk I/O error"), id="sqlite"),
+    pytest.param(RuntimeError("the disk went away"), id="other"),
+]
+
+
+@pytest.mark.parametrize("error", WRITE_ERRORS)
+def test_a_failing_log_does_not_stop_inference(tmp_path, monkeypatch, error):
+    broken = break_the_log(monkeypatch, error)
     sched = make(db=tmp_path / "log.db", store={"flush_interval_s": 0.01})
     observed = use_everything(sched, 20)
     sched.flush()
@@ -419,6 +429,36 @@ def test_a_failing_log_does_not_stop_inference(tmp_path, monkeypatch, error):
     sched.flush(timeout_s=5)
     assert sched.stats()["log"]["written"] > written
     sched.close()  # does not raise
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        WRITE_ERRORS[0],
+        pytest.param(
+            RuntimeError("the disk went away"),
+            id="other",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="store/writer.py counts a batch lost to an error other than sqlite3.Error in "
+                "errors and last_error, but not its rows in failed",
+            ),
+        ),
+    ],
+)
+def test_every_row_a_failing_log_loses_is_counted(tmp_path, monkeypatch, error):
+    broken = break_the_log(monkeypatch, error)
+    sched = make(db=tmp_path / "log.db", store={"flush_interval_s": 0.01})
+    use_everything(sched, 5)
+    broken.set()
+    use_everything(sched, 50)
+    sched.flush(timeout_s=5)
+    log = sched.stats()["log"]
+    sched.close()
+    # every row taken into the queue is written, failed, rejected, a duplicate, sampled out or still queued
+    accounted = ("written", "failed", "rejected", "duplicates", "sampled_out", "queue_depth")
+    assert log["enqueued"] == sum(log[k] for k in accounted)
+    assert log["failed"] > 0
 
 
 def test_a_stalled_log_drops_rows_instead_of_blocking_inference(tmp_path, monkeypatch):
