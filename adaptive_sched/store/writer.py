@@ -587,7 +587,7 @@ class DecisionLog:
                     inserted, bad = self._transaction(batch, careful=False)
                 except _DATA_ERRORS:
                     inserted, bad = self._transaction(batch, careful=True)
-            except sqlite3.Error as exc:
+            except Exception as exc:  # not only sqlite3.Error: whatever lost a batch, its rows are counted
                 self._errors += 1
                 self._last_error = f"{type(exc).__name__}: {exc}"
                 if attempt + 1 < attempts:
