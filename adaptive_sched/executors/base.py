@@ -175,3 +175,22 @@ def wall_time(fn: Any, *args: Any) -> tuple[Any, float]:
     start = time.perf_counter()
     result = fn(*args)
     return result, time.perf_counter() - start
+
+
+def read_only(a: np.ndarray) -> bool:
+    """True if nothing can write to ``a`` without first flipping a read-only flag.
+
+    Executors that keep a device copy of weights use this to trust an array by identity:
+    a read-only array (or a view of read-only memory) cannot change behind their back.
+    """
+    obj: Any = a
+    while isinstance(obj, np.ndarray):
+        if obj.flags.writeable:
+            return False
+        obj = obj.base
+    if obj is None:
+        return True
+    try:
+        return bool(memoryview(obj).readonly)
+    except TypeError:
+        return False

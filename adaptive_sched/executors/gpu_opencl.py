@@ -44,7 +44,7 @@ import numpy as np
 from ..errors import ConfigError, ExecutorError, ExecutorUnavailable
 from ..types import Backend, Precision, Shape, Stage
 from . import opencl_kernels as kernels
-from .base import Executor, RunResult
+from .base import Executor, RunResult, read_only
 
 logger = logging.getLogger(__name__)
 
@@ -186,21 +186,6 @@ def _short(exc: BaseException) -> str:
     text = (errors or lines or [type(exc).__name__])[0]
     text = " - ".join(dict.fromkeys(text.split(" - ")))  # pyopencl repeats "clX failed: CODE" per device
     return text if len(text) <= 200 else text[:197] + "..."
-
-
-def _read_only(a: np.ndarray) -> bool:
-    """True if nothing can write to ``a`` without first flipping a read-only flag."""
-    obj: Any = a
-    while isinstance(obj, np.ndarray):
-        if obj.flags.writeable:
-            return False
-        obj = obj.base
-    if obj is None:
-        return True
-    try:
-        return bool(memoryview(obj).readonly)
-    except TypeError:
-        return False
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -643,7 +628,7 @@ class OpenCLExecutor(Executor):
     def _cacheable(self, w: np.ndarray) -> bool:
         if self.weight_cache == "off" or self.max_cached_weights == 0:
             return False
-        return self.weight_cache == "identity" or _read_only(w)
+        return self.weight_cache == "identity" or read_only(w)
 
     def _weights_for(self, launch: _Launch, w: np.ndarray, quant: bool) -> tuple[Any, int, Any]:
         """Device weights ``(buffer, storage code, column scales or None)``, from the cache when allowed."""

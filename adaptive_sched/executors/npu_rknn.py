@@ -43,7 +43,7 @@ import numpy as np
 from ..errors import ConfigError, ExecutorError, ExecutorUnavailable
 from ..stages import output_shape
 from ..types import Backend, Precision, Shape, Stage
-from .base import Executor, RunResult
+from .base import Executor, RunResult, read_only
 from .rknn_models import Manifest, ModelEntry, ModelKey, model_key, read_manifest, weights_digest
 
 logger = logging.getLogger(__name__)
@@ -92,21 +92,6 @@ def matmuls(stage: Stage, shape: Shape) -> list[tuple[str, int, int]]:
     if stage is Stage.QKV:
         return [("x @ w", shape.d, 3 * shape.d)]
     return [("q @ k^T", shape.head_dim, shape.keys), ("p @ v", shape.keys, shape.head_dim)]
-
-
-def _read_only(a: np.ndarray) -> bool:
-    """True if nothing can write to ``a`` without first flipping a read-only flag."""
-    obj: Any = a
-    while isinstance(obj, np.ndarray):
-        if obj.flags.writeable:
-            return False
-        obj = obj.base
-    if obj is None:
-        return True
-    try:
-        return bool(memoryview(obj).readonly)
-    except TypeError:
-        return False
 
 
 @dataclass
@@ -374,7 +359,7 @@ class RknnExecutor(Executor):
                     f"the manifest says {want[:19]}...); convert a model for these weights, or use one that takes "
                     "them as inputs"
                 )
-            if self.weight_check == "identity" or (self.weight_check == "readonly" and _read_only(a)):
+            if self.weight_check == "identity" or (self.weight_check == "readonly" and read_only(a)):
                 self._checked[(id(a), want)] = a  # the reference keeps id(a) from being reused
                 while len(self._checked) > 4 * self.max_loaded_models:
                     self._checked.popitem(last=False)
@@ -385,7 +370,7 @@ class RknnExecutor(Executor):
         known = self._checked.get((id(a), want))
         if known is not a:
             return False
-        return self.weight_check == "identity" or _read_only(a)
+        return self.weight_check == "identity" or read_only(a)
 
     # -- running --------------------------------------------------------------
     def _run(
