@@ -82,7 +82,7 @@ class PolicyConfig:
     kind: str = "adaptive"
     seed: int = 0
     #: largest share of total latency the bandit may spend on exploration
-    explore_budget: float = 0.005
+    explore_budget: float = 0.01
     #: largest probability of exploring one alternative in one decision
     explore_cap: float = 0.2
     #: growth of an unobserved backend's log-latency variance per decision (staleness)

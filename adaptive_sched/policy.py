@@ -344,7 +344,7 @@ class AdaptivePolicy(Policy):
     def __init__(
         self,
         seed: int = 0,
-        explore_budget: float = 0.005,
+        explore_budget: float = 0.01,
         explore_cap: float = 0.2,
         staleness_per_decision: float = 2e-5,
         obs_variance: float = 0.01,
