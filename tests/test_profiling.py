@@ -246,6 +246,36 @@ def test_cpu_numpy_executor_sweeps(tmp_path: Path) -> None:
     assert all(r.ok and r.median_s > 0 and r.executor == "cpu_numpy" for r in rows(db, "host"))
 
 
+class InputsRecorder(FakeExecutor):
+    """Computes real outputs, so the sweep hands it inputs; remembers what it was given."""
+
+    latency_only = False
+
+    def __init__(self) -> None:
+        super().__init__("cpu")
+        self.seen: list[Mapping[str, np.ndarray]] = []
+
+    def _run(self, stage, shape, inputs, after):  # type: ignore[no-untyped-def]
+        self.seen.append(inputs)
+        return super()._run(stage, shape, inputs, after)
+
+
+def test_real_executors_are_timed_on_one_set_of_read_only_weights_per_point(tmp_path: Path) -> None:
+    # As a served model runs: weights resident, so a warm-up pays their conversion or upload
+    # and the repetitions time the stage itself.
+    recorder = InputsRecorder()
+    profile_grid({"cpu": recorder}, {"n": 1, "d": 64, "kv_len": 8}, tmp_path / "p.db", device="host",
+                 warmup=2, repetitions=3)  # fmt: skip
+    assert len(recorder.seen) == 2 * (2 + 3)  # qkv and attn, each warm-up and repetition
+    by_point = [recorder.seen[:5], recorder.seen[5:]]
+    for runs in by_point:
+        assert all(inputs is runs[0] for inputs in runs)
+    qkv = by_point[0][0]
+    assert set(qkv) >= {"x", "w"}
+    assert not qkv["w"].flags.writeable and not qkv["b"].flags.writeable
+    assert qkv["x"].flags.writeable  # activations are not weights
+
+
 def test_bad_arguments(tmp_path: Path) -> None:
     db = tmp_path / "p.db"
     with pytest.raises(ConfigError, match="runs on 'gpu', not 'npu'"):
