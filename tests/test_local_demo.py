@@ -19,6 +19,8 @@ from adaptive_sched.policy import FixedPolicy
 from adaptive_sched.runner import run_workload
 from adaptive_sched.scheduler import Scheduler
 from adaptive_sched.stages import make_inputs
+from adaptive_sched.store.profiles import read_profiles
+from adaptive_sched.store.schema import open_database
 from adaptive_sched.types import Backend, Shape
 
 
@@ -154,3 +156,35 @@ def test_executors_shows_which_opencl_device_the_config_matched(opencl, capsys):
     assert code == 0
     assert devices["cpu"] == ""
     assert devices["gpu"].startswith("Portable Computing Language / ")
+
+
+# -- a prior for this host ------------------------------------------------------------------
+
+
+@pytest.mark.opencl
+def test_a_prior_profiled_on_this_host_starts_the_local_config_from_what_was_measured(opencl, tmp_path, capsys):
+    db, exported = tmp_path / "host.db", tmp_path / "host-prior.json"
+    code, out, _ = run(capsys, "profile", "--config", "local", "--grid", "local", "--db", str(db),
+                       "--warmup", "1", "--repetitions", "3")  # fmt: skip
+    assert code == 0 and "failed    0" in out
+    code, out, _ = run(capsys, "train", "--db", str(db), "--device", "local", "--export", str(exported))
+    assert code == 0 and exported.exists()
+
+    database = open_database(db)
+    try:
+        measured = {(r.stage, r.backend): r.median_s for r in read_profiles(database, device="local", ok_only=True)
+                    if r.shape.n == 1 and r.shape.d == 896 and r.shape.kv_len in (0, 256)}  # fmt: skip
+    finally:
+        database.close()
+    assert len(measured) == 4  # qkv and attn on cpu and gpu
+
+    config = dataclasses.replace(load_config("local"), priors=str(exported))
+    with Scheduler(config) as sched:
+        assert (sched.prior.name, sched.prior.device) == ("local", "local")
+        decode = Shape(n=1, d=896, kv_len=256, heads=14)
+        for stage in ("qkv", "attn"):
+            estimates = sched.prior.latency(stage, decode)
+            for backend in (Backend.CPU, Backend.GPU):
+                # at a point it was trained on, the prior says what was measured there
+                assert estimates[backend] == pytest.approx(measured[stage, backend.value], rel=1e-9)
+        assert sched.decide("qkv", decode).backend in (Backend.CPU, Backend.GPU)
