@@ -334,6 +334,11 @@ class AdaptivePolicy(Policy):
         Prior cost of consuming activations produced on another backend.
     alarm_variance : float
         Variance a backend's drift offset is reset to after a drift alarm or failure.
+    alarm_decisions, alarm_probes : int
+        A drift alarm lifts the exploration budget for at most ``alarm_decisions``
+        observations, and only until every usable backend has been observed
+        ``alarm_probes`` times since: re-measured, the choice needs no more probes, and
+        on a noisy host, where alarms are frequent, the budget keeps binding.
     republish_every : int
         Refresh every published entry at least this often (observations), so
         exploration follows the growing staleness of unobserved backends.
@@ -358,6 +363,7 @@ class AdaptivePolicy(Policy):
         republish_every: int = 256,
         offset_republish: float = 0.03,
         alarm_decisions: int = 400,
+        alarm_probes: int = 8,
     ) -> None:
         self.seed = seed
         self.explore_budget = explore_budget
@@ -374,6 +380,7 @@ class AdaptivePolicy(Policy):
         self.republish_every = republish_every
         self.offset_republish = offset_republish
         self.alarm_decisions = alarm_decisions
+        self.alarm_probes = alarm_probes
 
     # -- state ------------------------------------------------------------------
     def _setup(self) -> None:
@@ -409,6 +416,8 @@ class AdaptivePolicy(Policy):
         self._published_offsets = dict.fromkeys(self.candidates, 0.0)
         self._pending: deque[_Slot] = deque()  # slots a deferred full refresh has still to publish
         self._alarm_until = dict.fromkeys(self.candidates, -1)
+        # alarmed backend -> observations of each backend since its alarm
+        self._alarm_seen: dict[Backend, dict[Backend, int]] = {}
         # Exploration spend, in seconds, decayed so the budget follows recent work.
         self._spent = 0.0
         self._total = 0.0
@@ -676,14 +685,31 @@ class AdaptivePolicy(Policy):
             self._account(decision, latency_s)
             if alarm:
                 self._alarm_until[backend] = self._clock + self.alarm_decisions
+                self._alarm_seen[backend] = dict.fromkeys(self.available(), 0)
+            remeasured = self._alarm_seen and self._count_remeasured(backend)
             self._since_republish += 1
             moved = abs(drift.offset - self._published_offsets.get(backend, 0.0))
-            if alarm or moved > self.offset_republish or self._since_republish >= self.republish_every:
+            if alarm or remeasured or moved > self.offset_republish or self._since_republish >= self.republish_every:
                 self._republish_all()
             else:
                 slot = self._bucket_slots.get((stage, bucket, after))
                 if slot is not None:
                     self._publish(slot)
+
+    def _count_remeasured(self, observed: Backend) -> bool:
+        """Count an observation against open alarm windows; True if one closed."""
+        closed = False
+        for alarmed, seen in list(self._alarm_seen.items()):
+            if self._clock > self._alarm_until[alarmed]:
+                del self._alarm_seen[alarmed]  # ran its full length
+                continue
+            if observed in seen:
+                seen[observed] += 1
+            if min(seen.values()) >= self.alarm_probes:
+                self._alarm_until[alarmed] = self._clock - 1  # every backend re-measured: the budget binds again
+                del self._alarm_seen[alarmed]
+                closed = True
+        return closed
 
     def _learn_transition(
         self,

@@ -244,6 +244,29 @@ def test_probes_a_drift_alarm_asks_for_are_not_charged_to_the_budget():
     assert spent_after < spent_at_alarm  # only the unexplored total grew
 
 
+def test_an_alarm_lifts_the_budget_only_until_every_backend_is_re_measured():
+    # With no budget, only an alarm can make the policy explore, and only until the NPU has
+    # been probed alarm_probes times: not for the alarm's whole window of decisions.
+    rng = random.Random(5)
+    with make(policy={"seed": 1, "explore_budget": 0.0}) as sched:
+        truth = dict(sched.prior.latency("qkv", DECODE))
+        settled = feed(sched, "qkv", DECODE, truth, 1500, rng)
+        truth[GPU] *= 1.5
+        steps = 0
+        while sched.stats()["policy"]["drift_alarms"]["gpu"] == 0:
+            feed(sched, "qkv", DECODE, truth, 1, rng)
+            steps += 1
+            assert steps < 50
+        after_alarm = feed(sched, "qkv", DECODE, truth, 300, rng)
+        window = sched._policy.alarm_decisions
+        probes_needed = sched._policy.alarm_probes
+    assert not any(d.explored for d in settled)
+    probes = [i for i, d in enumerate(after_alarm) if d.explored]
+    assert len(probes) >= probes_needed - 1  # the alarm's own observation may count for the GPU
+    assert probes[-1] < window // 2  # closed early, not when the window ran out
+    assert all(d.propensity == 1.0 for d in after_alarm[probes[-1] + 1 :])
+
+
 # -- 3. online learning and drift ----------------------------------------------------------------
 
 
