@@ -32,7 +32,7 @@ in fact faster, given the uncertainty of both estimates (Thompson sampling's
 propensity for two arms), capped, and scaled down when the share of latency spent
 exploring exceeds the budget. The uncertainty of a backend grows while it goes
 unobserved, so a far-slower backend is left alone until its estimate is stale, and a
-drift alarm lifts the budget so the changed backend is re-measured at once.
+drift alarm lifts the budget until every backend has been re-measured a few times.
 
 The hot path is a dict lookup of a published table per (stage, shape, previous
 backend) and one random draw; learning republishes table entries off that path.
