@@ -686,7 +686,7 @@ class AdaptivePolicy(Policy):
             if alarm:
                 self._alarm_until[backend] = self._clock + self.alarm_decisions
                 self._alarm_seen[backend] = dict.fromkeys(self.available(), 0)
-            remeasured = self._alarm_seen and self._count_remeasured(backend)
+            remeasured = bool(self._alarm_seen) and self._count_remeasured(backend)
             self._since_republish += 1
             moved = abs(drift.offset - self._published_offsets.get(backend, 0.0))
             if alarm or remeasured or moved > self.offset_republish or self._since_republish >= self.republish_every:

@@ -483,7 +483,7 @@ def serving_inputs(stage: Stage, shape: Shape) -> dict[str, np.ndarray]:
     A model's weights never change while it runs, and executors keep what they derive from
     read-only weights (converted copies, device buffers). Fresh weights on every run would
     time their conversion or upload instead of the stage: on a 2-core host that made numpy's
-    FP16 decode projection look 30x slower than it runs in a decode loop.
+    FP16 decode projection at d=896 take 13.6 ms instead of 0.12 ms.
     """
     inputs = make_inputs(stage, shape)
     for name in ("w", "b"):
