@@ -72,6 +72,15 @@ def feed(sched, stage, shape, truth, n, rng, after=None):
     return decisions
 
 
+def feed_until_alarm(sched, backend, truth, rng, limit=50):
+    """Feed qkv decode decisions until ``backend`` raises a drift alarm (within ``limit``)."""
+    for _ in range(limit):
+        if sched.stats()["policy"]["drift_alarms"][backend.value]:
+            return
+        feed(sched, "qkv", DECODE, truth, 1, rng)
+    raise AssertionError(f"no drift alarm on {backend.value} within {limit} decisions")
+
+
 def explore_probability(decision):
     """The probability the policy gave to exploring, read off an exploit decision."""
     assert not decision.explored
@@ -212,11 +221,7 @@ def test_exploration_rises_after_a_drift_alarm_even_when_the_choice_gets_clearer
         settled = feed(sched, "qkv", DECODE, truth, 1500, rng)
         assert sched.stats()["policy"]["drift_alarms"] == {"gpu": 0, "npu": 0}
         truth[GPU] /= 2
-        steps = 0
-        while sched.stats()["policy"]["drift_alarms"]["gpu"] == 0:
-            feed(sched, "qkv", DECODE, truth, 1, rng)
-            steps += 1
-            assert steps < 50
+        feed_until_alarm(sched, GPU, truth, rng)
         after_alarm = feed(sched, "qkv", DECODE, truth, 40, rng)
     before = max(explore_probability(d) for d in settled[-200:] if not d.explored)
     after = max(explore_probability(d) for d in after_alarm if not d.explored)
@@ -232,11 +237,7 @@ def test_probes_a_drift_alarm_asks_for_are_not_charged_to_the_budget():
         truth = dict(sched.prior.latency("qkv", DECODE))
         feed(sched, "qkv", DECODE, truth, 1500, rng)
         truth[GPU] *= 1.5
-        steps = 0
-        while sched.stats()["policy"]["drift_alarms"]["gpu"] == 0:
-            feed(sched, "qkv", DECODE, truth, 1, rng)
-            steps += 1
-            assert steps < 50
+        feed_until_alarm(sched, GPU, truth, rng)
         spent_at_alarm = sched.stats()["policy"]["explore_share"]
         after_alarm = feed(sched, "qkv", DECODE, truth, 40, rng)
         spent_after = sched.stats()["policy"]["explore_share"]
@@ -252,11 +253,7 @@ def test_an_alarm_lifts_the_budget_only_until_every_backend_is_re_measured():
         truth = dict(sched.prior.latency("qkv", DECODE))
         settled = feed(sched, "qkv", DECODE, truth, 1500, rng)
         truth[GPU] *= 1.5
-        steps = 0
-        while sched.stats()["policy"]["drift_alarms"]["gpu"] == 0:
-            feed(sched, "qkv", DECODE, truth, 1, rng)
-            steps += 1
-            assert steps < 50
+        feed_until_alarm(sched, GPU, truth, rng)
         after_alarm = feed(sched, "qkv", DECODE, truth, 300, rng)
         window = sched._policy.alarm_decisions
         probes_needed = sched._policy.alarm_probes
