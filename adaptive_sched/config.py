@@ -89,9 +89,11 @@ class PolicyConfig:
     staleness_per_decision: float = 2e-5
     #: log-latency noise variance assumed per observation
     obs_variance: float = 0.01
-    #: Page-Hinkley drift detector: tolerated mean shift and alarm threshold (log units)
-    drift_delta: float = 0.05
-    drift_threshold: float = 1.5
+    #: Page-Hinkley drift detector: tolerated mean shift and alarm threshold (log units). By
+    #: default they follow the noise: 0.5 and 15 standard deviations of one observation
+    #: (0.05 and 1.5 at the default ``obs_variance``), so a noisier device does not alarm on noise.
+    drift_delta: float | None = None
+    drift_threshold: float | None = None
     #: plan ``qkv`` with a look-ahead over where ``attn`` will run (transition-aware)
     lookahead: bool = True
     #: for kind "fixed": the backend; for kind "epsilon": the exploration rate
@@ -121,8 +123,9 @@ class PolicyConfig:
             "staleness_per_decision", "obs_variance", "drift_delta", "drift_threshold", "timeout_s",
             "transition_sync_s",
         ):  # fmt: skip
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{where}.{name}: must be >= 0, got {getattr(self, name)!r}")
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ConfigError(f"{where}.{name}: must be >= 0, got {value!r}")
         if self.kind == "fixed" and self.backend is None:
             raise ConfigError(f"{where}.backend: required when kind is 'fixed'")
 

@@ -59,6 +59,10 @@ Choice = tuple[Backend, float, bool, Mapping[Backend, float], "Backend | None", 
 
 _EMPTY: Mapping[Backend, float] = MappingProxyType({})
 
+#: default Page-Hinkley tolerance and threshold, in standard deviations of one observation's
+#: log-latency noise: tuned on the simulated RK3588 (0.05 and 1.5 at its noise of 0.1)
+DRIFT_DELTA_SDS = 0.5
+DRIFT_THRESHOLD_SDS = 15.0
 #: what exploration probabilities are scaled by while exploration is over its latency budget
 BUDGET_FLOOR = 0.02
 
@@ -326,8 +330,10 @@ class AdaptivePolicy(Policy):
         Log-latency noise variance of one observation.
     prior_variance : float
         Uncertainty of the prior for a bucket never observed (log units squared).
-    drift_delta, drift_threshold : float
-        Page-Hinkley parameters for drift alarms.
+    drift_delta, drift_threshold : float, optional
+        Page-Hinkley parameters for drift alarms (log units). By default 0.5 and 15
+        standard deviations of one observation's noise (``obs_variance``), so the
+        detector tolerates what the device's noise alone does.
     lookahead : bool
         Plan ``qkv`` over where ``attn`` will run next.
     transition_sync_s, transition_bytes_per_s : float
@@ -354,8 +360,8 @@ class AdaptivePolicy(Policy):
         staleness_per_decision: float = 2e-5,
         obs_variance: float = 0.01,
         prior_variance: float = 0.04,
-        drift_delta: float = 0.05,
-        drift_threshold: float = 1.5,
+        drift_delta: float | None = None,
+        drift_threshold: float | None = None,
         lookahead: bool = True,
         transition_sync_s: float = 1e-4,
         transition_bytes_per_s: float = 1e10,
@@ -371,8 +377,9 @@ class AdaptivePolicy(Policy):
         self.staleness_per_decision = staleness_per_decision
         self.obs_variance = obs_variance
         self.prior_variance = prior_variance
-        self.drift_delta = drift_delta
-        self.drift_threshold = drift_threshold
+        noise_sd = math.sqrt(obs_variance)
+        self.drift_delta = DRIFT_DELTA_SDS * noise_sd if drift_delta is None else drift_delta
+        self.drift_threshold = DRIFT_THRESHOLD_SDS * noise_sd if drift_threshold is None else drift_threshold
         self.lookahead = lookahead
         self.transition_sync_s = transition_sync_s
         self.transition_bytes_per_s = transition_bytes_per_s

@@ -192,3 +192,26 @@ def test_a_changed_handoff_cost_is_learned_for_every_shape():
     other = Shape(n=1, d=2048, kv_len=64, precision="int8")
     predicted = p.decide(Stage.ATTN, other, GPU)[3]
     assert predicted[NPU] == pytest.approx(1e-3 + 6e-4, rel=0.15)
+
+
+def noisy(truth, sd, rng):
+    return lambda backend: truth[backend] * rng.lognormvariate(0.0, sd)
+
+
+def test_drift_alarms_follow_the_observation_noise_by_default():
+    import random
+
+    table = {("qkv", "gpu"): 1e-3, ("qkv", "npu"): 1.6e-3}
+    truth = {GPU: 1e-3, NPU: 1.6e-3}
+    scaled = bound(AdaptivePolicy(seed=1, obs_variance=0.09), table)
+    assert (scaled.drift_delta, scaled.drift_threshold) == pytest.approx((0.15, 4.5))
+    fixed = bound(AdaptivePolicy(seed=1, obs_variance=0.09, drift_delta=0.05, drift_threshold=1.5), table)
+    for policy in (scaled, fixed):
+        feed(policy, Stage.QKV, SHAPE, noisy(truth, 0.3, random.Random(7)), 2000)  # a noisy, steady device
+    false_alarms = scaled.state()["drift_alarms"]["gpu"], fixed.state()["drift_alarms"]["gpu"]
+    assert false_alarms[0] <= 2 < 10 <= false_alarms[1]
+
+    truth[GPU] = 3e-3  # a real change still raises an alarm and moves the choice
+    chosen = feed(scaled, Stage.QKV, SHAPE, noisy(truth, 0.3, random.Random(8)), 200)
+    assert scaled.state()["drift_alarms"]["gpu"] > false_alarms[0]
+    assert chosen[-50:].count(NPU) >= 45
