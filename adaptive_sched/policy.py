@@ -163,9 +163,9 @@ class Policy(abc.ABC):
     #: between slices); when false, :meth:`learn` refreshes before it returns.
     defer_republish = False
 
-    def catch_up(self, deadline: float | None = None) -> bool:
-        """Do queued table refreshes until ``deadline`` (``time.perf_counter``); True when none remain."""
-        return True
+    def catch_up(self, deadline: float | None = None) -> None:
+        """Do queued table refreshes until ``deadline`` (``time.perf_counter``), or all of them."""
+        return None
 
     def refresh_pending(self) -> bool:
         """Whether :meth:`catch_up` has work queued."""
@@ -635,7 +635,7 @@ class AdaptivePolicy(Policy):
     def refresh_pending(self) -> bool:
         return bool(self._pending)
 
-    def catch_up(self, deadline: float | None = None) -> bool:
+    def catch_up(self, deadline: float | None = None) -> None:
         """Publish the slots a full refresh queued, until ``deadline`` if given (at least one).
 
         A refresh costs tens of microseconds per bucket; a learner thread does it in
@@ -643,14 +643,13 @@ class AdaptivePolicy(Policy):
         """
         pending = self._pending
         if not pending:
-            return True
+            return
         clock = time.perf_counter
         with self._lock:
             while pending:
                 self._publish(pending.popleft())
                 if deadline is not None and clock() >= deadline:
                     break
-            return not pending
 
     def mark_unsupported(self, stage: Stage, shape: Shape, backend: Backend) -> None:
         """``backend`` cannot run ``stage`` at ``shape``'s bucket: never choose it there."""

@@ -25,7 +25,7 @@ import numpy as np
 from .config import Config
 from .policy import FixedPolicy, Policy
 from .scheduler import Scheduler
-from .stages import make_inputs
+from .stages import make_inputs, serving_inputs
 from .types import Backend, Shape, Stage
 from .workload import Step, decode_steps, model_shape
 
@@ -235,13 +235,9 @@ class _LayerInputs:
     """Random weights per layer and growing KV caches, for executors that compute real outputs."""
 
     def __init__(self, shape: Shape, layers: int) -> None:
-        self._weights = [make_inputs(Stage.QKV, dataclasses.replace(shape, n=1, kv_len=0), seed=layer)
+        # Read-only, as a model's weights are: executors keep their device copies of them.
+        self._weights = [serving_inputs(Stage.QKV, dataclasses.replace(shape, n=1, kv_len=0), seed=layer)
                          for layer in range(layers)]  # fmt: skip
-        for weights in self._weights:
-            # A model's weights never change while it runs. Saying so lets executors keep their
-            # device copies (gpu_opencl's default weight cache takes only read-only arrays).
-            for name in ("w", "b"):
-                weights[name].setflags(write=False)
         self._caches: list[tuple[np.ndarray, np.ndarray] | None] = [None] * layers
         self._rng = np.random.default_rng(0)
 

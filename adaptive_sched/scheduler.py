@@ -609,7 +609,7 @@ class Scheduler:
                     self._stop.wait(0.002)
                     continue
             except Exception:  # learning must never take the service down
-                log.exception("the learner failed on an observation; it goes on with the next")
+                log.exception("the learner thread failed on an observation or a table refresh; it goes on")
             time.sleep(LEARN_PAUSE_S)
 
     def flush(self, timeout_s: float | None = None) -> None:
