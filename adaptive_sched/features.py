@@ -30,7 +30,7 @@ distinct shape and cached.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 
 from .types import Shape, Stage, parse_stage
@@ -64,6 +64,30 @@ def pad_fraction(size: int, itemsize: int, align_bytes: int = ALIGN_BYTES) -> fl
     per_line = max(1, align_bytes // itemsize)
     padded = math.ceil(size / per_line) * per_line
     return (padded - size) / padded
+
+
+def kv_bucket(keys: int, buckets: Sequence[int]) -> int | None:
+    """The smallest bucket that holds ``keys`` keys, or None when ``keys`` exceeds the largest.
+
+    Static-graph accelerators (the RK3588 NPU) run one prepared graph per shape; attention
+    over a growing KV cache runs on the smallest prepared length that holds it, with the
+    padded keys masked out. ``buckets`` need not be sorted.
+
+    >>> kv_bucket(129, (64, 128, 256)), kv_bucket(128, (64, 128, 256)), kv_bucket(300, (64, 128, 256))
+    (256, 128, None)
+    """
+    fitting = [b for b in buckets if b >= keys]
+    return min(fitting) if fitting else None
+
+
+def pad_kv_fraction(keys: int, buckets: Sequence[int]) -> float:
+    """Fraction of a bucketed KV length that is padding (0.0 when no bucket holds ``keys``).
+
+    >>> pad_kv_fraction(129, (128, 256))
+    0.49609375
+    """
+    bucket = kv_bucket(keys, buckets)
+    return 0.0 if bucket is None else (bucket - keys) / bucket
 
 
 def stage_flops(stage: Stage, shape: Shape) -> int:
