@@ -62,7 +62,7 @@ class SimulatorConfig:
 
     def make_device(self) -> Any:
         """The simulated device this section describes (imports the simulator)."""
-        from .simdevice import SimulatedDevice
+        from .sim import SimulatedDevice
 
         return SimulatedDevice(
             self.profile,

@@ -20,7 +20,7 @@ import time
 from typing import Any
 
 from adaptive_sched.executors.sim import SimExecutor
-from adaptive_sched.simdevice import SimulatedDevice
+from adaptive_sched.sim import SimulatedDevice
 from adaptive_sched.types import Shape, Stage
 
 BACKENDS = ("gpu", "npu")

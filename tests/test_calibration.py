@@ -17,7 +17,7 @@ import statistics
 import pytest
 
 from adaptive_sched.paths import CONFIG_DIR
-from adaptive_sched.simdevice import (
+from adaptive_sched.sim import (
     CALIBRATION_KV_LEN,
     CalibrationRow,
     SimulatedDevice,

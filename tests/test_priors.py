@@ -326,7 +326,7 @@ def test_builtin_prior_ships_for_the_simulated_rk3588() -> None:
 def test_builtin_prior_matches_the_current_simulator() -> None:
     # The shipped rows are noisy medians of the simulated RK3588. If the simulator's
     # calibration changes, this fails: run scripts/build_priors.sh to regenerate the prior.
-    from adaptive_sched.simdevice import SimulatedDevice
+    from adaptive_sched.sim import SimulatedDevice
 
     prior = load_prior("builtin", device="rk3588")
     device = SimulatedDevice("rk3588", noise=False, thermal=False, contention=False)

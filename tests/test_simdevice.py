@@ -21,7 +21,7 @@ from adaptive_sched.executors import create_executor
 from adaptive_sched.executors.sim import SimExecutor
 from adaptive_sched.features import stage_mem_bytes
 from adaptive_sched.paths import CONFIG_DIR
-from adaptive_sched.simdevice import (
+from adaptive_sched.sim import (
     DeviceProfile,
     SimulatedDevice,
     Step,

@@ -3,7 +3,7 @@
 Several executors (one per backend) share one device, so heat, contention and the virtual
 clock are common to them, as on a real SoC::
 
-    >>> from adaptive_sched.simdevice import SimulatedDevice
+    >>> from adaptive_sched.sim import SimulatedDevice
     >>> from adaptive_sched.types import Shape
     >>> dev = SimulatedDevice("rk3588", seed=0)
     >>> gpu, npu = SimExecutor("gpu", device=dev), SimExecutor("npu", device=dev)
@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
-from ..simdevice import DeviceProfile, SimulatedDevice, load_profile, why_unsupported
+from ..sim import DeviceProfile, SimulatedDevice, load_profile, why_unsupported
 from ..stages import reference
 from ..types import Backend, Shape, Stage
 from .base import Executor, RunResult
@@ -42,7 +42,7 @@ class SimExecutor(Executor):
     seed : int, default 0
     **drift
         ``noise``, ``thermal``, ``contention``, ``steps``: passed to
-        :class:`~adaptive_sched.simdevice.SimulatedDevice` when it is built here.
+        :class:`~adaptive_sched.sim.SimulatedDevice` when it is built here.
 
     With inputs, the output is the numpy reference of :mod:`adaptive_sched.stages`
     (bit for bit); without, the run is latency-only. Either way the latency comes from

@@ -1,0 +1,152 @@
+"""Device profiles: the frozen dataclasses a profile YAML file is read into.
+
+:func:`~adaptive_sched.sim.loading.load_profile` builds them, validating every key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import ConfigError
+from ..types import Backend, Precision, Stage
+
+
+@dataclass(frozen=True)
+class PrecisionRate:
+    """Compute rate of one backend at one precision."""
+
+    peak_flops: float
+    #: fraction of the peak a well-shaped, well-sized kernel reaches
+    efficiency: float
+    #: seconds per input element (weights included) spent converting inputs on every call
+    element_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Alignment:
+    """Matmul alignment: K padded to ``k_bytes``, N padded to ``n_elements[precision]``."""
+
+    k_bytes: int
+    n_elements: Mapping[Precision, int]
+
+
+@dataclass(frozen=True)
+class ShapeHalf:
+    """Shape sensitivity: a GEMM dim ``x`` scales efficiency by ``x / (x + half)`` (0 = no effect)."""
+
+    m: float
+    k: float
+    n: float
+
+
+@dataclass(frozen=True)
+class KVStride:
+    """Decode attention over a token-major KV cache, read one head at a time."""
+
+    page_bytes: int
+    tlb_entries: int
+    walk_s: float
+    #: the effect applies to attention with at most this many query rows (decode kernels)
+    max_n: int
+
+
+@dataclass(frozen=True)
+class ThermalParams:
+    """First-order thermal model of one backend, with clock trip points."""
+
+    #: steady-state rise over ambient when busy all the time at the nominal clock (C)
+    rise_c: float
+    #: time constant of heating and cooling (s)
+    tau_s: float
+    #: power (hence the steady rise) scales with (clock / nominal) ** power_exponent
+    power_exponent: float
+    #: a trip is released once the temperature falls this far below it (C)
+    hysteresis_c: float
+    #: ascending (temperature C, clock Hz) pairs: at or above the temperature the clock steps down
+    trips: tuple[tuple[float, float], ...]
+
+
+@dataclass(frozen=True)
+class ContentionParams:
+    """Background load on one backend: a two-state Markov process in virtual time."""
+
+    on_rate_hz: float
+    off_rate_hz: float
+    slowdown: float
+
+
+@dataclass(frozen=True)
+class BackendProfile:
+    """Everything that prices a stage on one backend."""
+
+    name: Backend
+    clock_hz: float
+    bandwidth_Bps: float
+    launch_s: float
+    #: launches (kernels, graph runs) per stage and precision
+    calls: Mapping[Stage, Mapping[Precision, int]]
+    rates: Mapping[Precision, PrecisionRate]
+    max_buffer_bytes: float
+    max_k: int | None = None
+    unsupported: tuple[str, ...] = ()
+    align: Alignment | None = None
+    shape_half: ShapeHalf | None = None
+    occupancy_half: float = 0.0
+    row_align: int = 0
+    unaligned_efficiency: float = 1.0
+    kv_stride: KVStride | None = None
+    layout_Bps: float = 0.0
+    #: the memory path is clocked with the backend (a per-core DMA port), so it slows when throttled
+    clock_bound_memory: bool = False
+
+
+@dataclass(frozen=True)
+class TransitionProfile:
+    """Cost of a stage consuming an output produced on another backend."""
+
+    bandwidth_Bps: float
+    #: (producer, consumer) -> synchronisation seconds
+    sync_s: Mapping[tuple[Backend, Backend], float]
+
+
+@dataclass(frozen=True)
+class ThermalProfile:
+    enabled: bool
+    ambient_c: float
+    backends: Mapping[Backend, ThermalParams]
+
+
+@dataclass(frozen=True)
+class ContentionProfile:
+    enabled: bool
+    backends: Mapping[Backend, ContentionParams]
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    """A simulated SoC: per-backend cost model, transitions, noise and drift defaults.
+
+    Load one with :func:`load_profile`; another SoC is another YAML file.
+    """
+
+    name: str
+    description: str
+    backends: Mapping[Backend, BackendProfile]
+    transition: TransitionProfile
+    noise_sigma: float
+    thermal: ThermalProfile
+    contention: ContentionProfile
+    #: the file it came from ('' for a mapping)
+    source: str = ""
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str = "") -> DeviceProfile:
+        """Validate a mapping (parsed YAML) into a profile; errors name the key and ``source``."""
+        from .loading import _Node, _parse_profile
+
+        try:
+            return _parse_profile(_Node(data), source)
+        except ConfigError as exc:
+            raise ConfigError(f"{source or '<mapping>'}: {exc}") from None
