@@ -28,6 +28,7 @@ from adaptive_sched.sim import (
     load_profile,
     stage_cost,
     transition_cost,
+    why_unsupported,
 )
 from adaptive_sched.stages import make_inputs, reference
 from adaptive_sched.types import Backend, Shape, Stage
@@ -207,6 +208,9 @@ BAD_PROFILES = [
     ("backends/tpu", {}, "backends.tpu: unknown backend"),
     ("backends/npu/unsupported", ["attn:fp8"], "backends.npu.unsupported: bad rule 'attn:fp8'"),
     ("backends/npu/align/n_elements/int8", 0, "backends.npu.align.n_elements.int8: expected an integer >= 1"),
+    ("backends/npu/kv_buckets", [], "backends.npu.kv_buckets: expected 'pow2' or a non-empty list of KV lengths"),
+    ("backends/npu/kv_buckets", [64, 0], "backends.npu.kv_buckets: expected 'pow2' or a non-empty list"),
+    ("backends/npu/kv_buckets", "pow3", "backends.npu.kv_buckets: expected 'pow2' or a non-empty list"),
     ("transition/sync_s/gpu->npu", _DELETE, "transition.sync_s.gpu->npu: required key is missing"),
     ("transition/sync_s/gpu-npu", 1e-4, "transition.sync_s.gpu-npu: expected a 'producer->consumer' pair"),
     ("thermal/backends/npu/trips", [[95, 8e8], [85, 6e8]], "thermal.backends.npu.trips[1]: trips must rise"),
@@ -302,6 +306,45 @@ def test_npu_pads_to_its_alignment_and_pays_for_the_padding() -> None:
     a, b = Shape(n=1, d=1024, kv_len=128), Shape(n=1, d=1024, kv_len=143)
     assert stage_cost(profile, "attn", a, "npu").compute_s == stage_cost(profile, "attn", b, "npu").compute_s
     assert stage_cost(profile, "attn", a, "gpu").compute_s < stage_cost(profile, "attn", b, "gpu").compute_s
+
+
+def bucketed_profile(profile_data: dict[str, Any], buckets: Any) -> DeviceProfile:
+    data = copy.deepcopy(profile_data)
+    data["backends"]["npu"]["kv_buckets"] = buckets
+    return DeviceProfile.from_dict(data, "bucketed")
+
+
+def test_static_graph_npu_attention_costs_its_kv_bucket(profile_data: dict[str, Any]) -> None:
+    profile = bucketed_profile(profile_data, [256, 64, 128])  # any order
+    # 129 and 256 keys both run on the 256-key graph: the same NPU cost, as the padded cache is what it reads
+    short, full = Shape(n=1, d=2048, kv_len=128, precision="int8"), Shape(n=1, d=2048, kv_len=255, precision="int8")
+    assert stage_cost(profile, "attn", short, "npu") == stage_cost(profile, "attn", full, "npu")
+    assert stage_cost(profile, "attn", Shape(n=1, d=2048, kv_len=127, precision="int8"), "npu").memory_s < (
+        stage_cost(profile, "attn", short, "npu").memory_s
+    )
+    # prefill buckets too: 40 queries from an empty cache run on the 64-key graph
+    assert stage_cost(profile, "attn", Shape(n=40, d=1024), "npu") == stage_cost(
+        profile, "attn", Shape(n=40, d=1024, kv_len=24), "npu"
+    )
+    # other backends and the qkv stage run the shape as it is
+    assert stage_cost(profile, "attn", short, "gpu") != stage_cost(profile, "attn", full, "gpu")
+    assert stage_cost(profile, "qkv", short, "npu") == stage_cost(load_profile("rk3588"), "qkv", short, "npu")
+
+
+def test_past_the_largest_kv_bucket_attention_is_unsupported(profile_data: dict[str, Any]) -> None:
+    profile = bucketed_profile(profile_data, [64, 128, 256])
+    assert why_unsupported(profile, "attn", Shape(n=1, d=1024, kv_len=255), "npu") is None
+    reason = why_unsupported(profile, "attn", Shape(n=1, d=1024, kv_len=256), "npu")
+    assert reason == "attention over 257 keys: no prepared KV bucket on npu holds them (largest 256)"
+    assert why_unsupported(profile, "qkv", Shape(n=1, d=1024, kv_len=256), "npu") is None
+    assert why_unsupported(profile, "attn", Shape(n=1, d=1024, kv_len=256), "gpu") is None
+    # every power of two is prepared with pow2; the matmul limit K <= 10240 still applies to the bucket
+    pow2 = bucketed_profile(profile_data, "pow2")
+    assert stage_cost(pow2, "attn", Shape(n=1, d=1024, kv_len=128), "npu") == stage_cost(
+        pow2, "attn", Shape(n=1, d=1024, kv_len=255), "npu"
+    )
+    assert why_unsupported(pow2, "attn", Shape(n=1, d=1024, kv_len=8191), "npu") is None
+    assert "K=16384" in (why_unsupported(pow2, "attn", Shape(n=1, d=1024, kv_len=8192), "npu") or "")
 
 
 def test_gpu_uses_small_tensors_poorly() -> None:

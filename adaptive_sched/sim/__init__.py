@@ -28,7 +28,9 @@ Effects a profile may switch on for any backend:
 * ``kv_stride``: decode attention reading a token-major KV cache head by head touches one
   memory page per key once the row stride reaches a page; past the TLB's reach every access
   pays a page-table walk;
-* ``layout_Bps``: activations converted to and from the accelerator's native layout on the CPU.
+* ``layout_Bps``: activations converted to and from the accelerator's native layout on the CPU;
+* ``kv_buckets``: static-graph attention, run on the smallest prepared KV length holding
+  ``kv_len + n`` keys (it costs what that length costs); past the largest it is unsupported.
 
 Drift, all in virtual time: per-backend temperature (heats while busy towards a
 clock-dependent steady state, cools towards ambient while idle; trip points step the

@@ -5,11 +5,11 @@ See :mod:`adaptive_sched.sim` for the formula and the effects a profile may swit
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..features import stage_mem_bytes
 from ..types import Backend, Shape, Stage, parse_backend, parse_stage
-from .schema import DeviceProfile, KVStride
+from .schema import BackendProfile, DeviceProfile, KVStride
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,19 @@ def _ceil_to(x: int, multiple: int) -> int:
     return -(-x // multiple) * multiple
 
 
+def bucketed_shape(bp: BackendProfile, stage: Stage, shape: Shape) -> Shape:
+    """The shape ``backend`` actually runs: attention on a static-graph backend runs on the
+    smallest prepared KV bucket holding ``kv_len + n`` keys (``shape`` itself otherwise, and
+    when no bucket holds them: :func:`why_unsupported` then says so).
+    """
+    if stage is not Stage.ATTN or bp.kv_buckets is None:
+        return shape
+    bucket = bp.kv_buckets.bucket(shape.keys)
+    if bucket is None or bucket == shape.keys:
+        return shape
+    return replace(shape, kv_len=bucket - shape.n)
+
+
 def stage_cost(profile: DeviceProfile, stage: Stage | str, shape: Shape, backend: Backend | str) -> StageCost:
     """The noise-free :class:`StageCost` of ``stage`` at ``shape`` on ``backend``.
 
@@ -73,6 +86,7 @@ def stage_cost(profile: DeviceProfile, stage: Stage | str, shape: Shape, backend
     """
     stage, backend = parse_stage(stage), parse_backend(backend)
     bp = profile.backends[backend]
+    shape = bucketed_shape(bp, stage, shape)
     prec = shape.precision
     s = prec.itemsize
     rate = bp.rates[prec]
@@ -168,6 +182,10 @@ def why_unsupported(profile: DeviceProfile, stage: Stage | str, shape: Shape, ba
         if rule_stage in ("*", stage.value) and rule_prec in ("*", shape.precision.value):
             what = f"{stage.value} {shape.precision.value}"
             return f"profile {profile.name!r} marks {what} unsupported on {backend.value}"
+    if stage is Stage.ATTN and bp.kv_buckets is not None and bp.kv_buckets.bucket(shape.keys) is None:
+        where = f"on {backend.value} holds them (largest {bp.kv_buckets.largest})"
+        return f"attention over {shape.keys} keys: no prepared KV bucket {where}"
+    shape = bucketed_shape(bp, stage, shape)
     if bp.max_k is not None:
         k = max(k for _, _, k, _ in _gemms(stage, shape))
         if k > bp.max_k:

@@ -20,6 +20,7 @@ from .schema import (
     ContentionParams,
     ContentionProfile,
     DeviceProfile,
+    KVBuckets,
     KVStride,
     PrecisionRate,
     ShapeHalf,
@@ -146,6 +147,17 @@ def _parse_rate(node: _Node, name: str) -> PrecisionRate:
     return rate
 
 
+def _parse_kv_buckets(node: _Node, name: str) -> KVBuckets:
+    """``kv_buckets``: a list of prepared KV lengths, or ``pow2`` (every power of two)."""
+    value = node.raw(name)
+    if value == "pow2":
+        return KVBuckets(pow2=True)
+    ok = isinstance(value, list) and value and all(not isinstance(v, bool) and isinstance(v, int) for v in value)
+    if not ok or min(value) < 1:
+        raise ConfigError(f"{node.key(name)}: expected 'pow2' or a non-empty list of KV lengths >= 1, got {value!r}")
+    return KVBuckets(lengths=tuple(sorted(set(value))))
+
+
 def _parse_backend(node: _Node, name: Backend) -> BackendProfile:
     calls_node = node.node("calls")
     calls = {stage: _calls(calls_node, stage.value) for stage in Stage}
@@ -201,6 +213,7 @@ def _parse_backend(node: _Node, name: Backend) -> BackendProfile:
         unaligned_efficiency=node.number("unaligned_efficiency", 1.0, strict=True),
         kv_stride=kv_stride,
         layout_Bps=node.number("layout_Bps", 0.0),
+        kv_buckets=_parse_kv_buckets(node, "kv_buckets") if node.has("kv_buckets") else None,
         clock_bound_memory=node.boolean("clock_bound_memory", False),
     )
     if profile.unaligned_efficiency > 1:

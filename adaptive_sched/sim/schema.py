@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ConfigError
+from ..features import kv_bucket
 from ..types import Backend, Precision, Stage
 
 
@@ -50,6 +51,36 @@ class KVStride:
     walk_s: float
     #: the effect applies to attention with at most this many query rows (decode kernels)
     max_n: int
+
+
+@dataclass(frozen=True)
+class KVBuckets:
+    """The KV lengths a static-graph backend has prepared attention graphs for.
+
+    Attention over ``keys`` keys runs on the smallest prepared length that holds them
+    (the padded keys are masked out), so it costs what that length costs; past the
+    largest there is no graph. ``pow2`` prepares every power of two (no largest).
+
+    >>> KVBuckets(lengths=(64, 128, 256)).bucket(129), KVBuckets(pow2=True).bucket(129)
+    (256, 256)
+    >>> KVBuckets(lengths=(64, 128)).bucket(129) is None
+    True
+    """
+
+    #: the prepared lengths, ascending (empty when ``pow2``)
+    lengths: tuple[int, ...] = ()
+    pow2: bool = False
+
+    def bucket(self, keys: int) -> int | None:
+        """The prepared length attention over ``keys`` keys runs on, or None if none holds it."""
+        if self.pow2:
+            return 1 << max(0, keys - 1).bit_length()
+        return kv_bucket(keys, self.lengths)
+
+    @property
+    def largest(self) -> int | None:
+        """The largest prepared length (None for ``pow2``)."""
+        return None if self.pow2 else self.lengths[-1]
 
 
 @dataclass(frozen=True)
@@ -98,6 +129,8 @@ class BackendProfile:
     unaligned_efficiency: float = 1.0
     kv_stride: KVStride | None = None
     layout_Bps: float = 0.0
+    #: static-graph attention: the KV lengths prepared (None: any length runs as it is)
+    kv_buckets: KVBuckets | None = None
     #: the memory path is clocked with the backend (a per-core DMA port), so it slows when throttled
     clock_bound_memory: bool = False
 
