@@ -8,7 +8,7 @@ backend into a latency and keeps the device state that drifts at run time.
 The cost of one stage run on one backend (at the nominal clock) is::
 
     latency = fixed + max(compute * f_nominal / f_now, memory)     # roofline
-    fixed   = calls * launch_s + layout conversion + page walks    # not clock-bound
+    fixed   = calls * launch_s + layout conversion + page-stride penalty   # not clock-bound
     compute = sum over the stage's GEMMs of padded FLOPs / (peak * efficiency * shape factors)
               + element_s * input elements                         # per-call input conversion
     memory  = bytes moved / (bandwidth * occupancy)                # clock-bound if the profile says so
@@ -18,19 +18,25 @@ transition cost when the stage consumes an output produced on another backend
 (a synchronisation plus the activations moved through shared DRAM), times
 log-normal noise ``exp(sigma * z)`` (so the noise-free latency is the median).
 
-Effects a profile may switch on for any backend:
+Effects a profile may switch on for any backend, each bounded (the profile says by what):
 
 * ``align``: matmul dims padded to the hardware's alignment (the padded work is what costs);
 * ``shape_half``: shape sensitivity, each GEMM dim ``x`` scales efficiency by ``x / (x + half)``;
 * ``occupancy_half``: small-tensor inefficiency, a stage with ``w`` outputs reaches ``w / (w + half)``
-  of the compute rate and of the bandwidth;
-* ``row_align``: GEMMs whose row count is not a multiple of it take a slow path;
-* ``kv_stride``: decode attention reading a token-major KV cache head by head touches one
-  memory page per key once the row stride reaches a page; past the TLB's reach every access
-  pays a page-table walk;
+  of the compute rate and of the bandwidth (for attention, of the bandwidth on K and V);
+* ``row_align``: GEMMs of more rows than one tile, not a multiple of it, take a slow path;
+* ``page_stride``: decode attention reading a token-major KV cache head by head touches one
+  memory page per key once the row stride reaches a page; past the TLB's reach a share of
+  the accesses miss, and the penalty grows with that share up to ``penalty_s`` per call;
 * ``layout_Bps``: activations converted to and from the accelerator's native layout on the CPU;
 * ``kv_buckets``: static-graph attention, run on the smallest prepared KV length holding
   ``kv_len + n`` keys (it costs what that length costs); past the largest it is unsupported.
+
+Physical bounds: :func:`roofline_s` is a stage's floor (bytes over the backend's bandwidth,
+FLOPs over its peak); a backend's ``bound`` in the profile documents the envelope every
+stage latency stays in (:func:`latency_bound`), checked over the whole shape grid by the
+tests. End to end, :func:`anchor_table` prices whole-model decode tokens from the same
+constants and compares them with the public figures the profile lists under ``anchors``.
 
 Drift, all in virtual time: per-backend temperature (heats while busy towards a
 clock-dependent steady state, cools towards ambient while idle; trip points step the
@@ -45,7 +51,8 @@ Modules: :mod:`~adaptive_sched.sim.schema` (the profile's dataclasses),
 :mod:`~adaptive_sched.sim.loading` (YAML in, validated profile out),
 :mod:`~adaptive_sched.sim.costs` (the cost model), :mod:`~adaptive_sched.sim.drift`
 (thermal, contention, scripted steps), :mod:`~adaptive_sched.sim.device` (the device on its
-virtual clock) and :mod:`~adaptive_sched.sim.calibration` (the figures against the paper).
+virtual clock), :mod:`~adaptive_sched.sim.calibration` (the figures against the paper) and
+:mod:`~adaptive_sched.sim.anchors` (whole-model decode speeds against public figures).
 
 Examples
 --------
@@ -59,6 +66,7 @@ True
 True
 """
 
+from .anchors import AnchorRow, TokenLatency, anchor_table, format_anchor_table, token_latency
 from .calibration import (
     CALIBRATION_KV_LEN,
     CalibrationRow,
@@ -66,27 +74,45 @@ from .calibration import (
     format_calibration_table,
     layer_latency,
 )
-from .costs import StageCost, largest_buffer_bytes, stage_cost, transition_cost, why_unsupported
+from .costs import (
+    StageCost,
+    gemv_s,
+    largest_buffer_bytes,
+    latency_bound,
+    roofline_s,
+    stage_cost,
+    transition_cost,
+    why_unsupported,
+)
 from .device import SimulatedDevice
 from .drift import Step
 from .loading import load_profile
-from .schema import BackendProfile, DeviceProfile, TransitionProfile
+from .schema import Anchor, BackendProfile, DeviceProfile, TransitionProfile
 
 __all__ = [
     "CALIBRATION_KV_LEN",
+    "Anchor",
+    "AnchorRow",
     "BackendProfile",
     "CalibrationRow",
     "DeviceProfile",
     "SimulatedDevice",
     "StageCost",
     "Step",
+    "TokenLatency",
     "TransitionProfile",
+    "anchor_table",
     "calibration_table",
+    "format_anchor_table",
     "format_calibration_table",
+    "gemv_s",
     "largest_buffer_bytes",
+    "latency_bound",
     "layer_latency",
     "load_profile",
+    "roofline_s",
     "stage_cost",
+    "token_latency",
     "transition_cost",
     "why_unsupported",
 ]

@@ -5,18 +5,19 @@ See :mod:`adaptive_sched.sim` for the formula and the effects a profile may swit
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
-from ..features import stage_mem_bytes
-from ..types import Backend, Shape, Stage, parse_backend, parse_stage
-from .schema import BackendProfile, DeviceProfile, KVStride
+from ..features import stage_flops, stage_mem_bytes
+from ..types import Backend, Precision, Shape, Stage, parse_backend, parse_stage
+from .schema import BackendProfile, DeviceProfile, PageStride
 
 
 @dataclass(frozen=True)
 class StageCost:
     """Noise-free cost of one stage run at the nominal clock, split by what scales it.
 
-    ``fixed_s`` (launches, layout conversion, page walks) does not depend on the backend's
+    ``fixed_s`` (launches, layout conversion, the page-stride penalty) does not depend on the backend's
     clock; ``compute_s`` scales with it, and so does ``memory_s`` when ``memory_clocked``
     (else it is bound by DRAM). The latency is
     ``fixed_s + max(compute_s, memory_s) * f_nominal / f_now`` with the clocked parts scaled.
@@ -76,6 +77,27 @@ def bucketed_shape(bp: BackendProfile, stage: Stage, shape: Shape) -> Shape:
     return replace(shape, kv_len=bucket - shape.n)
 
 
+def _occupancy(bp: BackendProfile, outputs: int) -> float:
+    """Share of the rate and bandwidth a stage with ``outputs`` work-items reaches (small-tensor effect)."""
+    return outputs / (outputs + bp.occupancy_half) if bp.occupancy_half > 0 else 1.0
+
+
+def _gemm_s(bp: BackendProfile, precision: Precision, count: int, m: int, k: int, n: int, occupancy: float) -> float:
+    """Compute seconds of ``count`` (M x K) @ (K x N) products: padded FLOPs over the effective rate."""
+    s = precision.itemsize
+    rate = bp.rates[precision]
+    if bp.align is not None:
+        k_elems = max(1, bp.align.k_bytes // s)
+        k, n = _ceil_to(k, k_elems), _ceil_to(n, bp.align.n_elements[precision])
+    eff = occupancy * rate.efficiency
+    if bp.shape_half is not None:
+        h = bp.shape_half
+        eff *= (m / (m + h.m)) * (k / (k + h.k)) * (n / (n + h.n))
+    if bp.row_align and m > bp.row_align and m % bp.row_align:
+        eff *= bp.unaligned_efficiency
+    return 2.0 * count * m * k * n / (rate.peak_flops * eff)
+
+
 def stage_cost(profile: DeviceProfile, stage: Stage | str, shape: Shape, backend: Backend | str) -> StageCost:
     """The noise-free :class:`StageCost` of ``stage`` at ``shape`` on ``backend``.
 
@@ -88,60 +110,118 @@ def stage_cost(profile: DeviceProfile, stage: Stage | str, shape: Shape, backend
     bp = profile.backends[backend]
     shape = bucketed_shape(bp, stage, shape)
     prec = shape.precision
-    s = prec.itemsize
     rate = bp.rates[prec]
-    peak = rate.peak_flops * rate.efficiency
     gemms = _gemms(stage, shape)
-    if bp.occupancy_half > 0:
-        count, m, _, n = gemms[0]
-        outputs = count * m * n
-        occupancy = outputs / (outputs + bp.occupancy_half)
-    else:
-        occupancy = 1.0
-    compute = 0.0
-    for count, m, k, n in gemms:
-        if bp.align is not None:
-            k_elems = max(1, bp.align.k_bytes // s)
-            k, n = _ceil_to(k, k_elems), _ceil_to(n, bp.align.n_elements[prec])
-        eff = occupancy
-        if bp.shape_half is not None:
-            h = bp.shape_half
-            eff *= (m / (m + h.m)) * (k / (k + h.k)) * (n / (n + h.n))
-        if bp.row_align and m > 1 and m % bp.row_align:
-            eff *= bp.unaligned_efficiency
-        compute += 2.0 * count * m * k * n / (peak * eff)
+    count, m, _, n = gemms[0]
+    occupancy = _occupancy(bp, count * m * n)
+    compute = sum(_gemm_s(bp, prec, *g, occupancy) for g in gemms)
     if stage is Stage.ATTN:
         # softmax: about five element-wise operations per score, on the padded score row
         keys = shape.keys
         if bp.align is not None:
             keys = _ceil_to(keys, bp.align.n_elements[prec])
         assert shape.heads is not None
-        compute += 5.0 * shape.batch * shape.heads * shape.n * keys / (peak * occupancy)
+        compute += 5.0 * shape.batch * shape.heads * shape.n * keys / (rate.peak_flops * rate.efficiency * occupancy)
     compute += rate.element_s * _input_elements(stage, shape)
-    memory = stage_mem_bytes(stage, shape) / (bp.bandwidth_Bps * occupancy)
+    moved = stage_mem_bytes(stage, shape)
+    if stage is Stage.ATTN:
+        # the work-items (one per score) stream the K and V rows; the query rows and the
+        # output are a fixed share of the bytes, not spread over more work-items as keys grow
+        cache = 2 * shape.precision.itemsize * shape.batch * shape.keys * shape.d
+        memory = (cache / occupancy + moved - cache) / bp.bandwidth_Bps
+    else:
+        memory = moved / (bp.bandwidth_Bps * occupancy)
     fixed = bp.calls[stage][prec] * bp.launch_s
     if bp.layout_Bps > 0:
         fixed += sum(_activation_bytes(stage, shape)) / bp.layout_Bps
-    if bp.kv_stride is not None and stage is Stage.ATTN and shape.n <= bp.kv_stride.max_n:
-        fixed += _page_walks(bp.kv_stride, shape) * bp.kv_stride.walk_s
+    if bp.page_stride is not None and stage is Stage.ATTN:
+        fixed += page_stride_s(bp.page_stride, shape)
     return StageCost(fixed_s=fixed, compute_s=compute, memory_s=memory, memory_clocked=bp.clock_bound_memory)
 
 
-def _page_walks(kv: KVStride, shape: Shape) -> float:
-    """Expected TLB misses of one decode attention run over a token-major cache.
+def page_stride_s(ps: PageStride, shape: Shape) -> float:
+    """The page-stride penalty of one decode attention run over a token-major KV cache.
 
     Each head reads ``head_dim`` elements per key at a stride of one cache row
-    (``d * itemsize`` bytes), for K and for V. One head's sweep touches
-    ``2 * keys * min(1, row / page)`` pages; with more pages than TLB entries a
-    cyclic sweep misses on a fraction ``1 - entries / pages`` of its accesses
-    (random replacement), and every miss is a page-table walk.
+    (``d * itemsize`` bytes), for K and for V, so one head's sweep touches
+    ``2 * keys * min(1, row / page)`` pages. Up to the TLB's reach they all hit; past it a
+    cyclic sweep misses each page once per sweep, on a fraction ``1 - entries / pages`` of its
+    pages, that is on ``(1 - entries / pages) * min(1, row / page)`` of its accesses (rows
+    shorter than a page share one). The penalty is that fraction of ``penalty_s`` per
+    sequence: bounded by ``batch * penalty_s``, whatever the number of keys (see the profile
+    for why it saturates).
     """
-    assert shape.heads is not None
-    keys = shape.keys
-    row = shape.d * shape.precision.itemsize
-    pages = 2 * keys * min(1.0, row / kv.page_bytes)
-    miss = max(0.0, 1.0 - kv.tlb_entries / pages)
-    return 2.0 * shape.batch * shape.heads * shape.n * keys * miss
+    if shape.n > ps.max_n:
+        return 0.0
+    per_page = min(1.0, shape.d * shape.precision.itemsize / ps.page_bytes)
+    pages = 2 * shape.keys * per_page
+    miss = max(0.0, 1.0 - ps.tlb_entries / pages) * per_page
+    return ps.penalty_s[shape.precision] * shape.batch * miss
+
+
+def gemv_s(
+    profile: DeviceProfile,
+    backend: Backend | str,
+    k: int,
+    n: int,
+    precision: Precision | str,
+    *,
+    weight_bytes: float | None = None,
+    cores: int = 1,
+) -> float:
+    """Seconds of one ``(1 x K) @ (K x N)`` product on ``backend`` with no launch: the larger of its
+    compute and its weight stream, ``weight_bytes`` per weight (default: the precision's size) over
+    ``cores`` cores, whose streams add up to ``profile.dram_Bps`` at most.
+
+    The ``qkv`` stage of a decode step is this product at ``K = d, N = 3d`` (plus its launches).
+
+    >>> from adaptive_sched.sim import load_profile
+    >>> p = load_profile("rk3588")
+    >>> gemv_s(p, "npu", 4096, 4096, "int8", cores=3) < gemv_s(p, "npu", 4096, 4096, "int8")
+    True
+    """
+    bp = profile.backends[parse_backend(backend)]
+    precision = Precision(precision)
+    size = precision.itemsize if weight_bytes is None else weight_bytes
+    occupancy = _occupancy(bp, n)
+    compute = _gemm_s(bp, precision, 1, 1, k, n, occupancy)
+    bandwidth = min(cores * bp.bandwidth_Bps, profile.dram_Bps)
+    memory = (size * k * n + precision.itemsize * (k + n)) / (bandwidth * occupancy)
+    return max(compute, memory)
+
+
+def roofline_s(profile: DeviceProfile, stage: Stage | str, shape: Shape, backend: Backend | str) -> float:
+    """The physical floor of a stage: the larger of its bytes over the backend's bandwidth and its
+    FLOPs over the backend's peak (Table 1's ``mem_bytes`` and ``flops``), with no launch.
+
+    >>> from adaptive_sched.sim import load_profile
+    >>> shape = Shape(n=1, d=4096, kv_len=4096, precision="int8")
+    >>> round(roofline_s(load_profile("rk3588"), "attn", shape, "gpu") * 1e3, 2)  # 33.6 MB of K and V
+    1.23
+    """
+    stage, backend = parse_stage(stage), parse_backend(backend)
+    bp = profile.backends[backend]
+    memory = stage_mem_bytes(stage, shape) / bp.bandwidth_Bps
+    compute = stage_flops(stage, shape) / bp.rates[shape.precision].peak_flops
+    return max(memory, compute)
+
+
+def latency_bound(profile: DeviceProfile, stage: Stage | str, shape: Shape, backend: Backend | str) -> float:
+    """The backend's documented envelope at ``shape`` (see :class:`~adaptive_sched.sim.schema.Bound`):
+    ``roofline_factor`` times the roofline at the shape the backend runs (its KV bucket), plus
+    its launches, ``extra_s`` and the page-stride penalty at its saturation. Infinite when the
+    profile declares no bound for the backend.
+    """
+    stage, backend = parse_stage(stage), parse_backend(backend)
+    bp = profile.backends[backend]
+    if bp.bound is None:
+        return math.inf
+    run = bucketed_shape(bp, stage, shape)
+    out = bp.bound.roofline_factor * roofline_s(profile, stage, run, backend)
+    out += bp.calls[stage][shape.precision] * bp.launch_s + bp.bound.extra_s
+    if bp.page_stride is not None and stage is Stage.ATTN and shape.n <= bp.page_stride.max_n:
+        out += bp.page_stride.penalty_s[shape.precision] * shape.batch
+    return out
 
 
 def transition_cost(

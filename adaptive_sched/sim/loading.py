@@ -16,12 +16,14 @@ from ..paths import resolve_config
 from ..types import Backend, Precision, Stage
 from .schema import (
     Alignment,
+    Anchor,
     BackendProfile,
+    Bound,
     ContentionParams,
     ContentionProfile,
     DeviceProfile,
     KVBuckets,
-    KVStride,
+    PageStride,
     PrecisionRate,
     ShapeHalf,
     ThermalParams,
@@ -176,16 +178,21 @@ def _parse_backend(node: _Node, name: Backend) -> BackendProfile:
         s = node.node("shape_half")
         shape_half = ShapeHalf(m=s.number("m"), k=s.number("k"), n=s.number("n"))
         s.done()
-    kv_stride = None
-    if node.has("kv_stride"):
-        k = node.node("kv_stride")
-        kv_stride = KVStride(
+    page_stride = None
+    if node.has("page_stride"):
+        k = node.node("page_stride")
+        page_stride = PageStride(
             page_bytes=k.integer("page_bytes", low=1),
             tlb_entries=k.integer("tlb_entries", low=1),
-            walk_s=k.number("walk_s"),
+            penalty_s=_per_precision(k, "penalty_s", lambda n, key: n.number(key)),
             max_n=k.integer("max_n", 1, low=1),
         )
         k.done()
+    bound = None
+    if node.has("bound"):
+        bn = node.node("bound")
+        bound = Bound(roofline_factor=bn.number("roofline_factor", low=1.0), extra_s=bn.number("extra_s"))
+        bn.done()
     unsupported = node.raw("unsupported", [])
     if not isinstance(unsupported, list) or not all(isinstance(u, str) for u in unsupported):
         raise ConfigError(f"{node.key('unsupported')}: expected a list of 'stage:precision' strings")
@@ -211,10 +218,11 @@ def _parse_backend(node: _Node, name: Backend) -> BackendProfile:
         occupancy_half=node.number("occupancy_half", 0.0),
         row_align=node.integer("row_align", 0),
         unaligned_efficiency=node.number("unaligned_efficiency", 1.0, strict=True),
-        kv_stride=kv_stride,
+        page_stride=page_stride,
         layout_Bps=node.number("layout_Bps", 0.0),
         kv_buckets=_parse_kv_buckets(node, "kv_buckets") if node.has("kv_buckets") else None,
         clock_bound_memory=node.boolean("clock_bound_memory", False),
+        bound=bound,
     )
     if profile.unaligned_efficiency > 1:
         raise ConfigError(f"{node.key('unaligned_efficiency')}: expected a fraction in (0, 1]")
@@ -297,6 +305,37 @@ def _parse_transition(node: _Node, backends: Iterable[Backend]) -> TransitionPro
     return out
 
 
+def _parse_anchor(node: _Node, name: str, backends: Iterable[Backend]) -> Anchor:
+    from ..workload import MODELS
+
+    model = node.string("model")
+    if model not in MODELS:
+        raise ConfigError(f"{node.key('model')}: unknown model {model!r} (known: {', '.join(MODELS)})")
+    backend = _backend_key(node, node.string("backend"))
+    if backend not in backends:
+        raise ConfigError(f"{node.key('backend')}: {backend.value} is not a backend of this profile")
+    kv = node.raw("kv_len")
+    if not (isinstance(kv, list) and len(kv) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in kv)):
+        raise ConfigError(f"{node.key('kv_len')}: expected [first, last] decode KV lengths, got {kv!r}")
+    if not 0 <= kv[0] <= kv[1]:
+        raise ConfigError(f"{node.key('kv_len')}: expected 0 <= first <= last, got {kv!r}")
+    anchor = Anchor(
+        name=name,
+        source=node.string("source"),
+        model=model,
+        backend=backend,
+        precision=_precision_key(node, node.string("precision")),
+        weight_bytes=node.number("weight_bytes", strict=True),
+        cores=node.integer("cores", 1, low=1),
+        launches=node.integer("launches", 0),
+        kv_len=(kv[0], kv[1]),
+        tok_s=node.number("tok_s", strict=True),
+        tolerance=node.number("tolerance", strict=True),
+    )
+    node.done()
+    return anchor
+
+
 def _parse_profile(root: _Node, source: str) -> DeviceProfile:
     b = root.node("backends")
     backends = {_backend_key(b, k): _parse_backend(b.node(k), _backend_key(b, k)) for k in list(b.data)}
@@ -305,6 +344,16 @@ def _parse_profile(root: _Node, source: str) -> DeviceProfile:
     noise = root.node("noise")
     sigma = noise.number("sigma")
     noise.done()
+    dram_Bps = float("inf")
+    if root.has("memory"):
+        memory = root.node("memory")
+        dram_Bps = memory.number("dram_Bps", strict=True)
+        memory.done()
+    anchors: list[Anchor] = []
+    if root.has("anchors"):
+        a = root.node("anchors")
+        anchors = [_parse_anchor(a.node(k), str(k), backends) for k in list(a.data)]
+        a.done()
     profile = DeviceProfile(
         name=root.string("name"),
         description=root.string("description", ""),
@@ -313,6 +362,8 @@ def _parse_profile(root: _Node, source: str) -> DeviceProfile:
         noise_sigma=sigma,
         thermal=_parse_thermal(root.node("thermal")),
         contention=_parse_contention(root.node("contention")),
+        dram_Bps=dram_Bps,
+        anchors=tuple(anchors),
         source=source,
     )
     root.done()

@@ -43,14 +43,34 @@ class ShapeHalf:
 
 
 @dataclass(frozen=True)
-class KVStride:
-    """Decode attention over a token-major KV cache, read one head at a time."""
+class PageStride:
+    """Decode attention over a token-major KV cache, read one head at a time, past the TLB's reach.
+
+    A head's sweep touches ``2 * keys * min(1, row / page_bytes)`` pages (``row = d * itemsize``);
+    past ``tlb_entries`` pages a fraction ``1 - tlb_entries / pages`` of its accesses miss. The
+    cost is ``penalty_s[precision] * batch * miss``: it saturates at ``penalty_s`` per sequence
+    and call, and never grows with the number of keys beyond that.
+    """
 
     page_bytes: int
     tlb_entries: int
-    walk_s: float
+    #: seconds per sequence and call once every access misses
+    penalty_s: Mapping[Precision, float]
     #: the effect applies to attention with at most this many query rows (decode kernels)
-    max_n: int
+    max_n: int = 1
+
+
+@dataclass(frozen=True)
+class Bound:
+    """A backend's documented physical envelope, checked over the whole shape grid by the tests.
+
+    Every stage latency is at most ``roofline_factor`` times its roofline (bytes over
+    ``bandwidth_Bps``, FLOPs over ``peak_flops``, at the shape the backend runs, i.e. its
+    KV bucket), plus its launches, plus ``extra_s``, plus the page-stride penalty at most.
+    """
+
+    roofline_factor: float
+    extra_s: float
 
 
 @dataclass(frozen=True)
@@ -127,12 +147,14 @@ class BackendProfile:
     occupancy_half: float = 0.0
     row_align: int = 0
     unaligned_efficiency: float = 1.0
-    kv_stride: KVStride | None = None
+    page_stride: PageStride | None = None
     layout_Bps: float = 0.0
     #: static-graph attention: the KV lengths prepared (None: any length runs as it is)
     kv_buckets: KVBuckets | None = None
     #: the memory path is clocked with the backend (a per-core DMA port), so it slows when throttled
     clock_bound_memory: bool = False
+    #: the documented envelope of this backend's latencies (None: not declared)
+    bound: Bound | None = None
 
 
 @dataclass(frozen=True)
@@ -158,6 +180,39 @@ class ContentionProfile:
 
 
 @dataclass(frozen=True)
+class Anchor:
+    """A public end-to-end decode speed of a whole model on this SoC, which the profile reproduces.
+
+    The simulated token streams every weight matrix of :attr:`model` (see
+    :meth:`~adaptive_sched.workload.ModelShape.layer_matrices`) as one GEMV each, at
+    ``weight_bytes`` per weight over ``cores`` cores, runs the attention core as the
+    simulated ``attn`` stage, and launches ``launches`` other kernels per layer; see
+    :func:`~adaptive_sched.sim.anchors.token_latency`.
+    """
+
+    name: str
+    #: where the figure was published
+    source: str
+    #: a key of :data:`adaptive_sched.workload.MODELS`
+    model: str
+    backend: Backend
+    #: precision of the stages (the GEMVs' arithmetic and the attention core)
+    precision: Precision
+    #: bytes per weight as the runtime streams them (1 for int8, 0.5625 for 4-bit with fp16 group scales)
+    weight_bytes: float
+    #: cores the runtime spreads each GEMV over (their streams add up to the DRAM's limit)
+    cores: int
+    #: kernels launched per layer besides the attention core (GEMVs and element-wise kernels)
+    launches: int
+    #: the KV lengths the figure was measured over (first and last decode step)
+    kv_len: tuple[int, int]
+    #: the published decode speed
+    tok_s: float
+    #: the relative error the simulated speed must stay within, over the whole ``kv_len`` range
+    tolerance: float
+
+
+@dataclass(frozen=True)
 class DeviceProfile:
     """A simulated SoC: per-backend cost model, transitions, noise and drift defaults.
 
@@ -171,6 +226,10 @@ class DeviceProfile:
     noise_sigma: float
     thermal: ThermalProfile
     contention: ContentionProfile
+    #: DRAM bandwidth shared by every backend: what several cores' streams add up to at most
+    dram_Bps: float = float("inf")
+    #: public end-to-end figures the profile reproduces
+    anchors: tuple[Anchor, ...] = ()
     #: the file it came from ('' for a mapping)
     source: str = ""
 
