@@ -219,6 +219,18 @@ BAD_PROFILES = [
     ("thermal/enabled", "yes", "thermal.enabled: expected true or false, got 'yes'"),
     ("contention/backends/gpu/slowdown", 0.5, "contention.backends.gpu.slowdown: expected a number >= 1"),
     ("noise", _DELETE, "noise: required key is missing"),
+    ("backends/gpu/kv_stride", {"page_bytes": 4096}, "backends.gpu.kv_stride: unknown key"),
+    ("backends/gpu/page_stride/penalty_s/int8", _DELETE, "backends.gpu.page_stride.penalty_s.int8: required key"),
+    ("backends/gpu/page_stride/tlb_entries", 0, "backends.gpu.page_stride.tlb_entries: expected an integer >= 1"),
+    ("backends/gpu/bound/roofline_factor", 0.5, "backends.gpu.bound.roofline_factor: expected a number >= 1"),
+    ("memory/dram_Bps", 0, "memory.dram_Bps: expected a number > 0, got 0"),
+    ("anchors/mlc-llama-2-7b/model", "llama-9", "anchors.mlc-llama-2-7b.model: unknown model 'llama-9'"),
+    ("anchors/mlc-llama-2-7b/backend", "tpu", "anchors.mlc-llama-2-7b.backend: 'tpu' is not a backend"),
+    ("anchors/mlc-llama-2-7b/precision", "fp8", "anchors.mlc-llama-2-7b.precision: unknown precision 'fp8'"),
+    ("anchors/mlc-llama-2-7b/kv_len", [512, 64], "anchors.mlc-llama-2-7b.kv_len: expected 0 <= first <= last"),
+    ("anchors/mlc-llama-2-7b/kv_len", 128, "anchors.mlc-llama-2-7b.kv_len: expected [first, last]"),
+    ("anchors/rkllm-qwen2-0.5b/tok_s", _DELETE, "anchors.rkllm-qwen2-0.5b.tok_s: required key is missing"),
+    ("anchors/rkllm-qwen2-0.5b/speed", 1, "anchors.rkllm-qwen2-0.5b.speed: unknown key"),
 ]
 
 

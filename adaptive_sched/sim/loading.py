@@ -305,15 +305,24 @@ def _parse_transition(node: _Node, backends: Iterable[Backend]) -> TransitionPro
     return out
 
 
+def _anchor_precision(node: _Node) -> Precision:
+    value = node.string("precision")
+    try:
+        return Precision(value)
+    except ValueError:
+        raise ConfigError(f"{node.key('precision')}: unknown precision {value!r} (expected fp16 or int8)") from None
+
+
 def _parse_anchor(node: _Node, name: str, backends: Iterable[Backend]) -> Anchor:
     from ..workload import MODELS
 
     model = node.string("model")
     if model not in MODELS:
         raise ConfigError(f"{node.key('model')}: unknown model {model!r} (known: {', '.join(MODELS)})")
-    backend = _backend_key(node, node.string("backend"))
-    if backend not in backends:
-        raise ConfigError(f"{node.key('backend')}: {backend.value} is not a backend of this profile")
+    name_b = node.string("backend")
+    if name_b not in {b.value for b in backends}:
+        raise ConfigError(f"{node.key('backend')}: {name_b!r} is not a backend of this profile")
+    backend = Backend(name_b)
     kv = node.raw("kv_len")
     if not (isinstance(kv, list) and len(kv) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in kv)):
         raise ConfigError(f"{node.key('kv_len')}: expected [first, last] decode KV lengths, got {kv!r}")
@@ -324,7 +333,7 @@ def _parse_anchor(node: _Node, name: str, backends: Iterable[Backend]) -> Anchor
         source=node.string("source"),
         model=model,
         backend=backend,
-        precision=_precision_key(node, node.string("precision")),
+        precision=_anchor_precision(node),
         weight_bytes=node.number("weight_bytes", strict=True),
         cores=node.integer("cores", 1, low=1),
         launches=node.integer("launches", 0),
