@@ -74,60 +74,57 @@ class SimulatorConfig:
         )
 
 
+#: keys of the ``policy`` section that every kind shares; the rest are the kind's own ``Params``
+POLICY_COMMON = ("kind", "learner", "timeout_s")
+
+
 @dataclass(frozen=True)
 class PolicyConfig:
-    """The contextual-bandit layer (see :mod:`adaptive_sched.policy`)."""
+    """The ``policy`` section: which policy, how the scheduler runs it, and the kind's own parameters.
+
+    The kind's parameters sit beside these keys in YAML (``policy: {kind: adaptive,
+    explore_budget: 0.01}``) and are declared by the kind's class (its ``Params``
+    dataclass, see :mod:`adaptive_sched.policies`).
+    """
 
     #: "adaptive" (the bandit), or a baseline: "static", "fixed", "epsilon", "oracle"
     kind: str = "adaptive"
-    seed: int = 0
-    #: largest share of total latency the bandit may spend on exploration
-    explore_budget: float = 0.01
-    #: largest probability of exploring one alternative in one decision
-    explore_cap: float = 0.2
-    #: growth of an unobserved backend's log-latency variance per decision (staleness)
-    staleness_per_decision: float = 2e-5
-    #: log-latency noise variance assumed per observation
-    obs_variance: float = 0.01
-    #: Page-Hinkley drift detector: tolerated mean shift and alarm threshold (log units). By
-    #: default they follow the noise: 0.5 and 15 standard deviations of one observation
-    #: (0.05 and 1.5 at the default ``obs_variance``), so a noisier device does not alarm on noise.
-    drift_delta: float | None = None
-    drift_threshold: float | None = None
-    #: plan ``qkv`` with a look-ahead over where ``attn`` will run (transition-aware)
-    lookahead: bool = True
-    #: for kind "fixed": the backend; for kind "epsilon": the exploration rate
-    backend: str | None = None
-    epsilon: float = 0.05
-    #: prior cost of moving a stage's input between backends: a sync plus bytes at this rate
-    transition_sync_s: float = 1e-4
-    transition_bytes_per_s: float = 1e10
     #: learn on the caller's thread ("inline", deterministic) or on a background thread ("thread")
     learner: str = "inline"
-    #: train the per-stage river classifiers online (off the hot path)
-    online_classifiers: bool = True
     #: a stage run slower than this (seconds) counts as a failure and quarantines the backend
     timeout_s: float = 1.0
+    #: the kind's parameters (an instance of its ``Params``); None means its defaults
+    params: Any = field(default=None, metadata={"internal": True})
 
     def _validate(self, where: str) -> None:
-        kinds = ("adaptive", "static", "fixed", "epsilon", "oracle")
-        if self.kind not in kinds:
-            raise ConfigError(f"{where}.kind: expected one of {', '.join(kinds)}, got {self.kind!r}")
+        from .policies import POLICIES
+
+        if self.kind not in POLICIES:
+            raise ConfigError(f"{where}.kind: expected one of {', '.join(sorted(POLICIES))}, got {self.kind!r}")
         if self.learner not in ("inline", "thread"):
             raise ConfigError(f"{where}.learner: expected 'inline' or 'thread', got {self.learner!r}")
-        for name in ("explore_budget", "explore_cap", "epsilon"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise ConfigError(f"{where}.{name}: expected a number in [0, 1], got {value!r}")
-        for name in (
-            "staleness_per_decision", "obs_variance", "drift_delta", "drift_threshold", "timeout_s",
-            "transition_sync_s",
-        ):  # fmt: skip
-            value = getattr(self, name)
-            if value is not None and value < 0:
-                raise ConfigError(f"{where}.{name}: must be >= 0, got {value!r}")
-        if self.kind == "fixed" and self.backend is None:
-            raise ConfigError(f"{where}.backend: required when kind is 'fixed'")
+        if not self.timeout_s > 0:
+            raise ConfigError(f"{where}.timeout_s: must be > 0, got {self.timeout_s!r}")
+
+    def resolved_params(self) -> Any:
+        """The kind's parameters, its defaults filled in."""
+        from .policies import policy_class
+
+        return self.params if self.params is not None else policy_class(self.kind).Params()
+
+
+def _build_policy(data: Any) -> PolicyConfig:
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"policy: expected a mapping, got {type(data).__name__}")
+    common = {k: v for k, v in data.items() if k in POLICY_COMMON}
+    config: PolicyConfig = _build(PolicyConfig, common, "policy")
+    from .policies import policy_class
+
+    own = {k: v for k, v in data.items() if k not in POLICY_COMMON}
+    params = _build(policy_class(config.kind).Params, own, "policy")
+    return dataclasses.replace(config, params=params)
 
 
 @dataclass(frozen=True)
@@ -209,9 +206,12 @@ class Config:
         return tuple(b for b, bc in self.backends.items() if bc.role == "fallback")
 
     def as_dict(self) -> dict[str, Any]:
-        """Plain data (JSON-able), without ``source``."""
+        """Plain data (JSON-able, loadable again), without ``source``."""
         data = _plain(dataclasses.asdict(self))
         data.pop("source", None)
+        policy = data["policy"]
+        policy.update(_plain(dataclasses.asdict(self.policy.resolved_params())))
+        policy.pop("params", None)
         return data
 
     def content_hash(self) -> str:
@@ -234,8 +234,9 @@ class Config:
         uses_sim = any(bc.executor == "sim" for bc in self.backends.values())
         if uses_sim and self.simulator is None:
             raise ConfigError("simulator: required because a backend uses executor 'sim'")
-        if self.policy.kind == "fixed" and self.policy.backend not in {b.value for b in self.backends}:
-            raise ConfigError(f"policy.backend: {self.policy.backend!r} is not a configured backend")
+        params = self.policy.resolved_params()
+        if self.policy.kind == "fixed" and params.backend not in {b.value for b in self.backends}:
+            raise ConfigError(f"policy.backend: {params.backend!r} is not a configured backend")
         if self.policy.kind == "oracle" and not uses_sim:
             raise ConfigError("policy.kind: 'oracle' needs a simulated device")
 
@@ -295,8 +296,9 @@ def _build_config(data: Mapping[str, Any], origin: str) -> Config:
             spec = {"executor": spec}
         backends[backend] = _build(BackendConfig, spec, f"backends.{name}")
     data["backends"] = {}
+    policy = _build_policy(data.pop("policy", None))
     config: Config = _build(Config, data, "")
-    config = dataclasses.replace(config, backends=backends, source=origin)
+    config = dataclasses.replace(config, backends=backends, policy=policy, source=origin)
     config._validate("")
     return config
 
@@ -317,7 +319,10 @@ def _build(cls: type, data: Any, where: str) -> Any:
     ]  # fmt: skip
     if missing:
         raise ConfigError(f"{_join(where, missing[0])}: required key is missing")
-    obj = cls(**kwargs)
+    try:
+        obj = cls(**kwargs)
+    except ValueError as exc:
+        raise ConfigError(f"{where or 'config'}: {exc}") from None
     if cls is not Config and hasattr(obj, "_validate"):
         obj._validate(where)
     return obj

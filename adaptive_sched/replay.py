@@ -33,10 +33,10 @@ from pathlib import Path
 from typing import Any
 
 from .errors import StoreError
-from .policy import Policy, shape_bucket
+from .policies import Observation, Policy, bucket_key
 from .store.reads import iter_logged
 from .store.schema import connect
-from .types import Backend, Decision, Shape, Stage
+from .types import Backend, Shape, Stage
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,7 @@ class LoggedCandidate(Candidate):
 
 
 class PolicyCandidate(Candidate):
-    """Any :class:`~adaptive_sched.policy.Policy`; learning policies learn from each logged outcome in order."""
+    """Any :class:`~adaptive_sched.policies.Policy`; learning policies learn from each logged outcome in order."""
 
     def __init__(self, policy: Policy, name: str, learns: bool = True) -> None:
         self.policy = policy
@@ -120,9 +120,7 @@ class PolicyCandidate(Candidate):
 
     def learn(self, row: LoggedRow) -> None:
         if self.learns:
-            decision = Decision(0, row.stage, row.shape, row.backend, row.propensity, row.explored,
-                                row.predicted or {}, row.after)  # fmt: skip
-            self.policy.learn(decision, row.latency_s)
+            self.policy.learn(Observation(row.stage, row.shape, row.after, row.backend, row.latency_s))
 
 
 # -- estimators ---------------------------------------------------------------------------------
@@ -225,13 +223,13 @@ class LatencyModel:
     def __init__(self, rows: Iterable[LoggedRow]) -> None:
         sums: dict[tuple[Any, ...], list[float]] = defaultdict(lambda: [0.0, 0.0])
         for r in rows:
-            s = sums[(r.stage, shape_bucket(r.stage, r.shape), r.after, r.backend)]
+            s = sums[(r.stage, bucket_key(r.stage, r.shape, lookahead=False), r.after, r.backend)]
             s[0] += r.latency_s / r.sample_rate
             s[1] += 1.0 / r.sample_rate
         self._means = {k: v[0] / v[1] for k, v in sums.items()}
 
     def predict(self, row: LoggedRow, backend: Backend) -> float:
-        mean = self._means.get((row.stage, shape_bucket(row.stage, row.shape), row.after, backend))
+        mean = self._means.get((row.stage, bucket_key(row.stage, row.shape, lookahead=False), row.after, backend))
         if mean is not None:
             return mean
         if row.predicted and backend in row.predicted:
@@ -260,9 +258,9 @@ def evaluate(
 
 # -- commands -------------------------------------------------------------------------------
 def _candidates(names: Sequence[str], config_source: str) -> dict[str, Candidate]:
+    from .build import build_policy, load_prior
     from .config import load_config
-    from .policy import AdaptivePolicy, StaticPriorPolicy
-    from .scheduler import Scheduler
+    from .policies import AdaptivePolicy, StaticPriorPolicy
 
     out: dict[str, Candidate] = {}
     config = None
@@ -273,12 +271,10 @@ def _candidates(names: Sequence[str], config_source: str) -> dict[str, Candidate
             out[f"{name}-only"] = FixedCandidate(Backend(name))
         elif name in ("static", "adaptive"):
             config = config or load_config(config_source)
-            prior = Scheduler._load_prior(config)
-            policy: Policy = StaticPriorPolicy() if name == "static" else Scheduler._make_policy(config)
+            prior = load_prior(config)
+            policy: Policy = StaticPriorPolicy() if name == "static" else build_policy(config)
             if name == "adaptive" and not isinstance(policy, AdaptivePolicy):
-                from .policy import make_policy
-
-                policy = make_policy("adaptive", seed=config.policy.seed)
+                policy = AdaptivePolicy()
             policy.bind(config.candidates, prior)
             out[name] = PolicyCandidate(policy, name, learns=name == "adaptive")
         else:

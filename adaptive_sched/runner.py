@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from .config import Config
-from .policy import FixedPolicy, Policy
+from .policies import FixedPolicy, Policy
 from .scheduler import Scheduler
 from .stages import make_inputs, serving_inputs
 from .types import Backend, Shape, Stage

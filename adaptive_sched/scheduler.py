@@ -28,23 +28,19 @@ from typing import Any
 
 import numpy as np
 
+from .build import build_executors, build_policy, load_prior
 from .config import Config, load_config
 from .errors import ExecutorError, StoreError, UnsupportedShape
-from .executors import Executor, RunResult, create_executor
-from .learners.online import OnlineClassifiers
-from .policy import Policy, make_policy
+from .executors import Executor, RunResult
+from .policies import Observation, Policy
+from .policies.base import certain
 from .stages import split_heads
 from .types import Backend, Decision, Shape, Stage, check_latency, parse_backend, parse_stage
 
 log = logging.getLogger(__name__)
 
 _STAGES: dict[Any, Stage] = {**{s.value: s for s in Stage}, **{s: s for s in Stage}}
-_new_tuple = tuple.__new__
 _wallclock = time.time
-
-#: observations of a stage between two lessons for its online classifier (a lesson costs 0.05-0.4 ms
-#: of river; on a learner thread that is GIL time taken from inference threads)
-ONLINE_EVERY = {"inline": 16, "thread": 256}
 
 #: longest stretch the learner thread runs before yielding the GIL to inference threads ...
 LEARN_SLICE_S = 50e-6
@@ -55,6 +51,10 @@ LEARN_PAUSE_S = 50e-6
 #: observations waiting for the learner thread; beyond that the oldest are skipped (and counted):
 #: a learner that cannot keep up learns from a sample, and memory stays bounded
 LEARN_BACKLOG = 16_384
+#: past this backlog the caller of ``observe`` learns a few queued observations itself: a
+#: caller that never releases the GIL would otherwise starve the learner thread
+HELP_MARK = 256
+HELP_BATCH = 4
 
 #: decisions a quarantined backend sits out after its first failure; doubles with each strike
 QUARANTINE_BASE = 64
@@ -144,27 +144,20 @@ class Scheduler:
         self._closed = False
         self._lock = threading.RLock()
         self._counters = _Counters()
-        self.device: Any = None  # the simulated device, when the config uses one
-        self._executors = self._build_executors(config, executors)
-        self._prior = prior if prior is not None else self._load_prior(config)
-        self._policy = policy if policy is not None else self._make_policy(config)
-        self._policy.bind(config.candidates, self._prior, self.device, supports=self._supports)
-        self._online: OnlineClassifiers | None = None
-        if config.policy.online_classifiers and hasattr(self._policy, "best"):
-            self._online = OnlineClassifiers(
-                self._prior, seed=config.policy.seed, every=ONLINE_EVERY[config.policy.learner]
-            )
-            if config.policy.learner == "thread":
-                # Build the classifiers (river's import and training) now, before serving,
-                # not on the learner thread while inference threads compete for the GIL.
-                self._online.prepare()
+        built = build_executors(config, executors)
+        self._executors = built.executors
+        #: the simulated device the config's ``sim`` executors share (None on real hardware)
+        self.device: Any = built.sim_device
+        self._prior = prior if prior is not None else load_prior(config)
+        self._policy = policy if policy is not None else build_policy(config, built)
+        self._policy.bind(config.candidates, self._prior, supports=self._supports)
+        self._inline = config.policy.learner == "inline"
+        if not self._inline:
+            self._policy.prepare()  # one-time costs now, not on the learner thread while serving
         self._quarantine: dict[Backend, int] = {}  # backend -> observation count it sits out until
         self._strikes: dict[Backend, int] = {}  # failures since the backend's last success
-        self._inline = config.policy.learner == "inline"
-        self._learn_queue: deque[tuple[Decision, float]] = deque(maxlen=None if self._inline else LEARN_BACKLOG)
+        self._learn_queue: deque[Observation] = deque(maxlen=None if self._inline else LEARN_BACKLOG)
         self._unlearned = 0  # observations skipped because the learner was behind (approximate)
-        if not self._inline:
-            self._policy.defer_republish = True
         self._timeout_s = config.policy.timeout_s
         self._next_id = itertools.count(1).__next__  # restarted above the run's id base by _open_log
         self._log: Any = None
@@ -172,7 +165,7 @@ class Scheduler:
         if db_path:
             self._open_log(db_path)
         # The decision hot path reads these directly (see decide()).
-        self._hot_index = self._policy.hot_index
+        self._table = self._policy.table
         self._draw = self._policy.draw
         fast_path = getattr(self._log, "fast_path", None)
         self._log_queue: deque[Any] | None = None
@@ -198,62 +191,6 @@ class Scheduler:
         return executor is not None and executor.supports(stage, shape)
 
     # -- construction -------------------------------------------------------------
-    def _build_executors(
-        self, config: Config, given: Mapping[Backend | str, Executor] | None
-    ) -> dict[Backend, Executor]:
-        if given is not None:
-            return {parse_backend(b): ex for b, ex in given.items()}
-        executors: dict[Backend, Executor] = {}
-        for backend, bc in config.backends.items():
-            options = dict(bc.options)
-            if bc.executor == "sim":
-                options["device"] = self._sim_device(config)
-            executors[backend] = create_executor(bc.executor, backend=backend, **options)
-        for backend, ex in executors.items():
-            if not ex.is_available():
-                log.warning("backend %s (%s) is not available: %s", backend.value, ex.kind, ex.unavailable_reason)
-        return executors
-
-    def _sim_device(self, config: Config) -> Any:
-        if self.device is None:
-            assert config.simulator is not None
-            self.device = config.simulator.make_device()
-        return self.device
-
-    @staticmethod
-    def _load_prior(config: Config) -> Any:
-        if config.priors in ("none", ""):
-            return None
-        from .learners.priors import load_prior
-
-        source = config.priors if config.priors == "builtin" else config.resolve_path(config.priors)
-        return load_prior(source, device=config.device)
-
-    @staticmethod
-    def _make_policy(config: Config) -> Policy:
-        p = config.policy
-        if p.kind == "adaptive":
-            return make_policy(
-                "adaptive",
-                seed=p.seed,
-                explore_budget=p.explore_budget,
-                explore_cap=p.explore_cap,
-                staleness_per_decision=p.staleness_per_decision,
-                obs_variance=p.obs_variance,
-                drift_delta=p.drift_delta,
-                drift_threshold=p.drift_threshold,
-                lookahead=p.lookahead,
-                transition_sync_s=p.transition_sync_s,
-                transition_bytes_per_s=p.transition_bytes_per_s,
-            )
-        if p.kind == "fixed":
-            return make_policy("fixed", backend=p.backend)
-        if p.kind == "epsilon":
-            return make_policy("epsilon", epsilon=p.epsilon, seed=p.seed)
-        if p.kind == "oracle":
-            return make_policy("oracle", lookahead=p.lookahead)
-        return make_policy(p.kind)
-
     def _open_log(self, path: str) -> None:
         from .store.writer import DecisionLog
 
@@ -299,9 +236,11 @@ class Scheduler:
 
         n = 0
         candidates = set(self.config.candidates)
+        learn = self._policy.learn
         for decision, latency_s in recent_for_warm_start(path, device=self.config.device, limit=limit):
             if decision.backend in candidates and (decision.after is None or decision.after in candidates):
-                self._policy.learn(decision, latency_s)
+                # No choice attached: a restart re-learns what runs cost, not what probing spent.
+                learn(Observation(decision.stage, decision.shape, decision.after, decision.backend, latency_s))
                 n += 1
         if n:
             log.info("warm start: learned from %d logged outcomes in %s", n, path)
@@ -320,29 +259,22 @@ class Scheduler:
         so ``attn`` accounts for where ``qkv`` ran. ``context`` carries optional device
         state (temperatures, clocks, load) that is logged with the decision.
         """
-        # The hot path: one dict lookup of the policy's published table, one draw, one tuple.
+        # The hot path: one lookup in the policy's published table, one draw, one named tuple.
         if after is None:
             prev = None
         elif after.__class__ is Decision:
-            prev = after[3]  # .backend, by index: cheaper than the named accessor
+            prev = after.choice.backend
         else:
             prev = parse_backend(after)  # type: ignore[arg-type]
-        slot = self._hot_index.get((stage, shape, prev))
-        if slot is None:
+        stage_ = _STAGES.get(stage)
+        table = self._table
+        if stage_ is None or table is None or shape.__class__ is not Shape:
             return self._decide_slow(stage, shape, context, prev)
-        choice, alternatives = slot.table
-        if alternatives:
-            u = self._draw()
-            for threshold, alternative in alternatives:
-                if u < threshold:
-                    choice = alternative
-                    break
-        # Unpacked by name: a starred display would build a list first (about 50 ns more).
-        backend, propensity, explored, predicted, prev, version = choice
-        decision = _new_tuple(
-            Decision,
-            (self._next_id(), slot.stage, shape, backend, propensity, explored, predicted, prev, version, _wallclock()),
-        )
+        entry = table.lookup(stage_, shape, prev)
+        if entry is None:
+            return self._decide_slow(stage, shape, context, prev)
+        choice = entry.pick(self._draw()) if entry.alternatives else entry.exploit
+        decision = Decision(self._next_id(), stage_, shape, choice, prev, _wallclock())
         queue = self._log_queue
         if queue is not None:
             if len(queue) < self._log_kick_at:
@@ -361,8 +293,9 @@ class Scheduler:
             stage_ = parse_stage(stage)
         if shape.__class__ is not Shape:
             raise TypeError(f"shape must be a Shape, got {type(shape).__name__}")
-        choice = self._policy.decide(stage, shape, prev)
-        decision = _new_tuple(Decision, (self._next_id(), stage_, shape, *choice, _wallclock()))
+        with self._lock:
+            choice = self._policy.choose(stage_, shape, prev)
+        decision = Decision(self._next_id(), stage_, shape, choice, prev, _wallclock())
         if self._log is not None:
             self._log.decision(decision, context)
         return decision
@@ -382,14 +315,18 @@ class Scheduler:
         if not ok:
             self._on_failure(decision.backend, error)
             return
+        observation = Observation(decision.stage, decision.shape, decision.after, decision.backend, latency,
+                                  decision.choice)  # fmt: skip
         queue = self._learn_queue
         if self._inline:
-            queue.append((decision, latency))
+            queue.append(observation)
             self._drain()
             return
         if len(queue) == LEARN_BACKLOG:
             self._unlearned += 1  # the append below pushes the oldest out
-        queue.append((decision, latency))
+        queue.append(observation)
+        if len(queue) > HELP_MARK:
+            self._help()
 
     def run_stage(
         self,
@@ -525,26 +462,16 @@ class Scheduler:
     def _forced_decision(self, failed: Decision, backend: Backend, context: Mapping[str, float] | None) -> Decision:
         with self._lock:
             self._counters.reruns += 1
-        decision = Decision(
-            id=self._next_id(),
-            stage=failed.stage,
-            shape=failed.shape,
-            backend=backend,
-            propensity=1.0,  # forced by a failure: not a policy choice
-            explored=False,
-            predicted=failed.predicted,
-            after=failed.after,
-            policy_version=failed.policy_version,
-            time=time.time(),
-        )
+        # Forced by a failure, not a policy choice: probability 1.
+        choice = certain(backend, failed.predicted, failed.policy_version)
+        decision = Decision(self._next_id(), failed.stage, failed.shape, choice, failed.after, time.time())
         if self._log is not None:
             self._log.decision(decision, context)
         return decision
 
     def _mark_unsupported(self, decision: Decision) -> None:
-        mark = getattr(self._policy, "mark_unsupported", None)
-        if mark is not None:
-            mark(decision.stage, decision.shape, decision.backend)
+        with self._lock:
+            self._policy.mark_unsupported(decision.stage, decision.shape, decision.backend)
 
     def _on_failure(self, backend: Backend, error: str | None) -> None:
         with self._lock:
@@ -570,55 +497,70 @@ class Scheduler:
         queue = self._learn_queue
         with self._lock:
             while queue:
-                decision, latency = queue.popleft()
-                self._learn_one(decision, latency)
+                self._learn_one(queue.popleft())
 
-    def _learn_one(self, decision: Decision, latency: float) -> None:
+    def _help(self) -> None:
+        """Learn a few queued observations on the caller's thread (the backlog is past its mark).
+
+        Only if nobody is learning right now: the caller never waits for the learner.
+        """
+        if not self._lock.acquire(blocking=False):
+            return
+        queue = self._learn_queue
+        try:
+            for _ in range(HELP_BATCH):
+                if not queue:
+                    break
+                try:
+                    self._learn_one(queue.popleft())
+                except IndexError:  # the learner thread took the last one
+                    break
+                except Exception:  # learning must never raise into inference
+                    log.exception("learning from an observation failed; it is skipped")
+        finally:
+            self._lock.release()
+
+    def _learn_one(self, observation: Observation) -> None:
         c = self._counters
         c.observations += 1
-        key = decision.backend.value
+        key = observation.backend.value
         c.by_backend[key] = c.by_backend.get(key, 0) + 1
         if self._quarantine:
             self._release_quarantine()
         if self._strikes:
-            self._strikes.pop(decision.backend, None)
-        policy = self._policy
-        policy.learn(decision, latency)
-        if self._online is not None:
-            stage, shape, after = decision.stage, decision.shape, decision.after
-            self._online.observe(stage, shape, lambda: policy.best(stage, shape, after))  # type: ignore[attr-defined]
+            self._strikes.pop(observation.backend, None)
+        self._policy.learn(observation)
 
     def _learner_loop(self) -> None:
         queue = self._learn_queue
         policy = self._policy
         clock = time.perf_counter
-        # Each round holds the GIL for about one slice (a table refresh, or observations to
-        # learn from), then sleeps so that inference threads take it: a learner that held it
-        # longer would show in their tail latency. A refresh goes first: drift alarms queue one.
+        # Each round holds the GIL for about one slice (observations to learn from, or a
+        # refresh of the policy's entries), then sleeps so that inference threads take it:
+        # a learner that held it longer would show in their tail latency.
         while not self._stop.is_set() or queue:
             deadline = clock() + LEARN_SLICE_S
             try:
-                if policy.refresh_pending():
-                    policy.catch_up(deadline)
-                elif queue:
+                if queue:
                     with self._lock:
                         while queue and clock() < deadline:
-                            decision, latency = queue.popleft()
-                            self._learn_one(decision, latency)
+                            self._learn_one(queue.popleft())
+                elif policy.pending():
+                    policy.catch_up(deadline)
                 else:
                     self._stop.wait(0.002)
                     continue
+            except IndexError:  # a helping caller took the last observation
+                pass
             except Exception:  # learning must never take the service down
-                log.exception("the learner thread failed on an observation or a table refresh; it goes on")
+                log.exception("the learner thread failed on an observation or a refresh; it goes on")
             time.sleep(LEARN_PAUSE_S)
 
     def flush(self, timeout_s: float | None = None) -> None:
         """Learn from every queued observation and commit the log."""
         if self._learner is not None:
             deadline = None if timeout_s is None else time.monotonic() + timeout_s
-            while (self._learn_queue or self._policy.refresh_pending()) and (
-                deadline is None or time.monotonic() < deadline
-            ):
+            while (self._learn_queue or self._policy.pending()) and (deadline is None or time.monotonic() < deadline):
                 time.sleep(0.001)
         else:
             self._drain()
@@ -626,12 +568,10 @@ class Scheduler:
             self._log.flush(timeout_s)
 
     # -- introspection ------------------------------------------------------------------
-    def online_choice(self, stage: Stage | str, shape: Shape) -> Backend | None:
-        """What the stage's online classifier (the prior's, kept learning) picks for ``shape`` now."""
-        if self._online is None:
-            return None
+    def online_choice(self, stage: Stage | str, shape: Shape, after: Backend | None = None) -> Backend:
+        """The backend the policy holds fastest for ``stage`` at ``shape`` now (its exploit choice)."""
         with self._lock:
-            return self._online.predict(parse_stage(stage), shape)
+            return self._policy.best(parse_stage(stage), shape, after)
 
     @property
     def policy(self) -> Policy:
@@ -659,8 +599,6 @@ class Scheduler:
                 "quarantined": sorted(b.value for b in self._quarantine),
                 "policy": {"kind": self._policy.name, **self._policy.state()},
             }
-            if self._online is not None:
-                out["online_classifiers"] = dict(self._online.state())
         if self._log is not None:
             out["log"] = dict(self._log.stats) if isinstance(self._log.stats, Mapping) else _asdict(self._log.stats)
         return out
@@ -675,8 +613,14 @@ class Scheduler:
         self._stop.set()
         if self._learner is not None:
             self._learner.join(timeout=10)
-        else:
-            self._drain()
+            if self._learner.is_alive():
+                log.error("the learner thread did not stop within 10 s; learning what is queued here")
+        left = len(self._learn_queue)
+        if left:
+            try:
+                self._drain()
+            except Exception:  # closing must not raise into shutdown paths
+                log.exception("learning the %d queued observations at close failed", left)
         if self._log is not None:
             try:
                 self._log.close()

@@ -220,61 +220,120 @@ class Shape:
         return cls(**dict(data))
 
 
-class _DecisionFields(NamedTuple):
+class Choice(NamedTuple):
+    """What a policy hands out for one decision: a backend and why.
+
+    ``propensity`` is the probability the policy gave ``backend`` (in (0, 1]);
+    ``probabilities`` is the whole vector it drew from (so offline replay can evaluate
+    any policy on the log, the logging one included); ``predicted`` maps each candidate
+    to the latency (seconds) the policy expected, handoff from the previous stage
+    included; ``explored`` says the backend is not the one the policy holds fastest.
+    Policies publish choices once and hand the same object to many decisions.
+    """
+
+    backend: Backend
+    propensity: float
+    explored: bool
+    predicted: Mapping[Backend, float]
+    probabilities: Mapping[Backend, float]
+    version: int = 0
+
+
+class Decision(NamedTuple):
+    """One stage decision: which stage, at which shape, after which backend, and the policy's choice.
+
+    >>> c = Choice(Backend.GPU, 0.99, False, {}, {Backend.GPU: 0.99, Backend.NPU: 0.01})
+    >>> d = Decision(1, Stage.QKV, Shape(n=1, d=64), c)
+    >>> d.backend, d.propensity, d.explored
+    (<Backend.GPU: 'gpu'>, 0.99, False)
+    """
+
     id: int
     stage: Stage
     shape: Shape
-    backend: Backend
-    propensity: float
-    explored: bool = False
-    predicted: Mapping[Backend, float] = MappingProxyType({})
+    choice: Choice
+    #: the backend the previous stage of the same layer ran on
     after: Backend | None = None
-    policy_version: int = 0
+    #: Unix time of the decision
     time: float = 0.0
 
+    @classmethod
+    def of(
+        cls,
+        id: int,
+        stage: Stage | str,
+        shape: Shape,
+        backend: Backend | str,
+        propensity: float = 1.0,
+        *,
+        explored: bool = False,
+        predicted: Mapping[Backend | str, float] | None = None,
+        probabilities: Mapping[Backend | str, float] | None = None,
+        after: Backend | str | None = None,
+        policy_version: int = 0,
+        time: float = 0.0,
+    ) -> Decision:
+        """A decision built by hand (tests, tools), every field validated.
 
-class Decision(_DecisionFields):
-    """Where one stage runs, and why.
+        ``probabilities`` defaults to the whole mass on ``backend`` when ``propensity`` is 1.
 
-    ``propensity`` is the probability the policy gave to ``backend`` at decision
-    time (in (0, 1]); offline replay re-weights logged outcomes by it.
-    ``predicted`` maps each candidate backend to the latency (seconds) the policy
-    expected for this stage, including any transition cost from ``after``.
-    ``after`` is the backend the previous stage of the same layer ran on.
+        >>> Decision.of(1, "qkv", Shape(n=1, d=64), "gpu", propensity=1.5)
+        Traceback (most recent call last):
+        ...
+        ValueError: propensity must be in (0, 1], got 1.5
+        """
+        if not isinstance(shape, Shape):
+            raise ValueError(f"shape must be a Shape, got {shape!r}")
+        b = parse_backend(backend)
+        probs = probabilities if probabilities is not None else ({b: propensity} if propensity == 1.0 else {})
+        choice = check_choice((b, propensity, explored, predicted or {}, probs, policy_version))
+        return cls(int(id), parse_stage(stage), shape, choice, None if after is None else parse_backend(after),
+                   float(time))  # fmt: skip
 
-    A named tuple rather than a dataclass: the scheduler creates one per decision on
-    its hot path, and a tuple is built several times faster. Constructing one by hand
-    validates the fields; the scheduler's own construction skips that.
+    @property
+    def backend(self) -> Backend:
+        return self.choice.backend
 
-    >>> Decision(1, Stage.QKV, Shape(n=1, d=64), Backend.GPU, propensity=1.5)
-    Traceback (most recent call last):
-    ...
-    ValueError: propensity must be in (0, 1], got 1.5
-    """
+    @property
+    def propensity(self) -> float:
+        return self.choice.propensity
 
-    __slots__ = ()
+    @property
+    def explored(self) -> bool:
+        return self.choice.explored
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> Decision:
-        self = super().__new__(cls, *args, **kwargs)
-        if not (0.0 < self.propensity <= 1.0):
-            raise ValueError(f"propensity must be in (0, 1], got {self.propensity!r}")
-        if not isinstance(self.shape, Shape):
-            raise ValueError(f"shape must be a Shape, got {self.shape!r}")
-        return tuple.__new__(
-            cls,
-            (
-                int(self.id),
-                parse_stage(self.stage),
-                self.shape,
-                parse_backend(self.backend),
-                float(self.propensity),
-                bool(self.explored),
-                MappingProxyType({parse_backend(b): float(v) for b, v in self.predicted.items()}),
-                None if self.after is None else parse_backend(self.after),
-                int(self.policy_version),
-                float(self.time),
-            ),
-        )
+    @property
+    def predicted(self) -> Mapping[Backend, float]:
+        return self.choice.predicted
+
+    @property
+    def probabilities(self) -> Mapping[Backend, float]:
+        return self.choice.probabilities
+
+    @property
+    def policy_version(self) -> int:
+        return self.choice.version
+
+
+def check_choice(c: Any) -> Choice:
+    """``c`` as a Choice with plain, valid fields, or ``ValueError`` naming the field (for hand-built choices)."""
+    if not isinstance(c, tuple) or len(c) != len(Choice._fields):
+        raise ValueError(f"choice must be a Choice, got {c!r}")
+    backend = parse_backend(c[0])
+    propensity = float(c[1])
+    if not 0.0 < propensity <= 1.0:
+        raise ValueError(f"propensity must be in (0, 1], got {c[1]!r}")
+    probs = {parse_backend(b): float(v) for b, v in dict(c[4] or {}).items()}
+    if probs and (abs(sum(probs.values()) - 1.0) > 1e-6 or abs(probs.get(backend, 0.0) - propensity) > 1e-9):
+        raise ValueError(f"probabilities must sum to 1 and give {backend.value} its propensity, got {probs!r}")
+    return Choice(
+        backend,
+        propensity,
+        bool(c[2]),
+        MappingProxyType({parse_backend(b): float(v) for b, v in dict(c[3] or {}).items()}),
+        MappingProxyType(probs or {backend: propensity}),
+        int(c[5]),
+    )
 
 
 @dataclass(frozen=True, slots=True)

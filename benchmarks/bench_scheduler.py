@@ -23,8 +23,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from adaptive_sched.build import Executors, build_executors, build_policy
 from adaptive_sched.config import Config, load_config
-from adaptive_sched.policy import FixedPolicy, Policy, make_policy
+from adaptive_sched.policies import FixedPolicy, OraclePolicy, Policy, make_policy
 from adaptive_sched.scheduler import Scheduler
 from adaptive_sched.types import Backend, Shape, Stage
 from adaptive_sched.workload import decode_steps, model_shape
@@ -32,15 +33,16 @@ from adaptive_sched.workload import decode_steps, model_shape
 POLICY_ORDER = ("gpu-only", "npu-only", "static-prior", "epsilon-greedy", "oracle", "adaptive")
 
 
-def policies(config: Config) -> dict[str, Callable[[], Policy]]:
-    p = config.policy
+def policies(config: Config) -> dict[str, Callable[[Executors], Policy]]:
+    """name -> a policy for a run on the given executors (the oracle reads their simulated device)."""
+    seed = getattr(config.policy.resolved_params(), "seed", 0)
     return {
-        "gpu-only": lambda: FixedPolicy(Backend.GPU),
-        "npu-only": lambda: FixedPolicy(Backend.NPU),
-        "static-prior": lambda: make_policy("static"),
-        "epsilon-greedy": lambda: make_policy("epsilon", epsilon=0.05, seed=p.seed),
-        "oracle": lambda: make_policy("oracle"),
-        "adaptive": lambda: Scheduler._make_policy(config),
+        "gpu-only": lambda built: FixedPolicy(Backend.GPU),
+        "npu-only": lambda built: FixedPolicy(Backend.NPU),
+        "static-prior": lambda built: make_policy("static"),
+        "epsilon-greedy": lambda built: make_policy("epsilon", epsilon=0.05, seed=seed),
+        "oracle": lambda built: OraclePolicy(expected_latency=built.sim_device.expected_latency),
+        "adaptive": lambda built: build_policy(config, built),
     }
 
 
@@ -56,11 +58,12 @@ class Trace:
     choices: list[tuple[float, Stage, Backend]] = dataclasses.field(default_factory=list)
 
 
-def drive(config: Config, policy: Policy, shapes: list[Shape], layers: int, *, idle_s: float = 0.0,
-          trace: bool = False) -> Trace:  # fmt: skip
+def drive(config: Config, make: Callable[[Executors], Policy], shapes: list[Shape], layers: int, *,
+          idle_s: float = 0.0, trace: bool = False) -> Trace:  # fmt: skip
     out = Trace()
-    with Scheduler(config, policy=policy) as sched:
-        device = sched.device
+    built = build_executors(config)  # a fresh simulated device per run: same seed, same conditions
+    with Scheduler(config, policy=make(built), executors=built.executors) as sched:
+        device = built.sim_device
         for shape in shapes:
             for _ in range(layers):
                 t = device.now
@@ -85,7 +88,7 @@ def run_grid(config: Config, repeats: int) -> tuple[list[dict[str, Any]], bool]:
     config = with_sim(config, thermal=False, contention=False)
     rows, ok = [], True
     for phase, shape in GRID:
-        totals = {name: drive(config, make(), [shape], repeats).total_s for name, make in policies(config).items()}
+        totals = {name: drive(config, make, [shape], repeats).total_s for name, make in policies(config).items()}
         best_single = min(totals["gpu-only"], totals["npu-only"])
         row = {
             "cell": f"{phase} n={shape.n} d={shape.d} {shape.precision.value}",
@@ -158,8 +161,7 @@ def run_drift(config: Config) -> tuple[list[dict[str, Any]], bool]:
         ]
         layers = model.layers
         traces = {
-            n: drive(cfg, make(), shapes, layers, trace=n in ("adaptive", "oracle"))
-            for n, make in policies(cfg).items()
+            n: drive(cfg, make, shapes, layers, trace=n in ("adaptive", "oracle")) for n, make in policies(cfg).items()
         }
         totals = {n: t.total_s for n, t in traces.items()}
         oracle = totals["oracle"]

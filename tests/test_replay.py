@@ -2,7 +2,7 @@ import random
 
 import pytest
 
-from adaptive_sched.policy import AdaptivePolicy
+from adaptive_sched.policies import AdaptivePolicy
 from adaptive_sched.replay import (
     DM,
     DR,

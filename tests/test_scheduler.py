@@ -183,4 +183,6 @@ def test_cold_runs_are_returned_but_not_learned_from():
         first_gpu = next(r for r in runs if r.backend is GPU)
         assert first_gpu.latency_s == 0.5
         assert sched.stats()["observations"] == 19
-        assert [r.backend for r in runs[-10:]].count(GPU) >= 9  # the 0.5 s build did not scare it off
+        # the 0.5 s build did not scare it off: every exploit choice is still the GPU (the NPU
+        # is only checked, a few times, as any backend not yet observed here is)
+        assert all(r.backend is GPU for r in runs[-10:] if not r.decision.explored)

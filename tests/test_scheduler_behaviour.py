@@ -53,12 +53,7 @@ def sim_config(**sections):
 
 
 def make(db=None, executors=None, **sections) -> Scheduler:
-    """A scheduler on the shipped simulated RK3588 config, with ``sections`` overridden.
-
-    The online river classifiers are off unless asked for: they only report what the policy
-    picks (decisions never read them) and building them costs about a second per scheduler.
-    """
-    sections["policy"] = {"online_classifiers": False, **sections.get("policy", {})}
+    """A scheduler on the shipped simulated RK3588 config, with ``sections`` overridden."""
     return Scheduler.from_config(sim_config(**sections), db=db, executors=executors)
 
 
@@ -206,15 +201,19 @@ def test_a_far_slower_backend_is_not_explored_once_settled():
             sched.run_attention(DECODE)
         layers = [sched.run_attention(DECODE) for _ in range(2000)]
     attn = [layer.attn.decision for layer in layers]
-    # attention on the GPU is predicted 11x slower than on the NPU (over 5x once learned): no probe is worth it
+    # attention on the GPU is predicted 7x slower than on the NPU: once it has been checked, a
+    # probe is worth it only when a drift alarm (the NPU heats and steps its clock down) says
+    # the NPU's estimate is in doubt, and then rarely
     assert all(d.predicted[GPU] > 5 * d.predicted[NPU] for d in attn)
-    assert [d.backend for d in attn].count(GPU) == 0
-    assert min(d.propensity for d in attn) > 1 - 1e-4
+    assert [d.backend for d in attn].count(GPU) <= 3
+    assert min(d.propensity for d in attn if not d.explored) > 0.999
 
 
-def test_exploration_rises_after_a_drift_alarm_even_when_the_choice_gets_clearer():
-    # The GPU, already the choice for qkv, becomes twice as fast: the gap to the NPU widens, so
-    # without the alarm exploration would only fall. The alarm makes the policy look again.
+def test_a_backend_that_got_faster_is_followed_without_probing_the_others():
+    # The GPU, already the choice for qkv, becomes twice as fast: its own estimate follows
+    # within a few observations, and the gap to the NPU only widens, so nothing calls for
+    # probing the NPU outside the budget (a change that makes the choice faster cannot
+    # make another backend win).
     rng = random.Random(5)
     with make(policy={"seed": 5}) as sched:
         truth = dict(sched.prior.latency("qkv", DECODE))
@@ -222,46 +221,55 @@ def test_exploration_rises_after_a_drift_alarm_even_when_the_choice_gets_clearer
         assert sched.stats()["policy"]["drift_alarms"] == {"gpu": 0, "npu": 0}
         truth[GPU] /= 2
         feed_until_alarm(sched, GPU, truth, rng)
+        assert sched.stats()["policy"]["alarm_windows"] == []
         after_alarm = feed(sched, "qkv", DECODE, truth, 40, rng)
     before = max(explore_probability(d) for d in settled[-200:] if not d.explored)
-    after = max(explore_probability(d) for d in after_alarm if not d.explored)
-    assert after > 5 * before and after > 0.05
-    assert after_alarm[-1].predicted[GPU] < 0.7 * settled[-1].predicted[GPU]  # the clearer choice
+    after = max(explore_probability(d) for d in after_alarm[5:] if not d.explored)
+    assert after <= before + 1e-3
+    assert after_alarm[5].predicted[GPU] < 0.7 * settled[-1].predicted[GPU]  # followed at once
 
 
 def test_probes_a_drift_alarm_asks_for_are_not_charged_to_the_budget():
     # The GPU, the choice for qkv, becomes 1.5x slower: still the choice, but close enough to
-    # the NPU that the alarm's re-exploration probes the NPU several times.
+    # the NPU that the alarm's re-measurement probes the NPU several times, outside the budget.
     rng = random.Random(5)
     with make(policy={"seed": 1}) as sched:
         truth = dict(sched.prior.latency("qkv", DECODE))
         feed(sched, "qkv", DECODE, truth, 1500, rng)
         truth[GPU] *= 1.5
         feed_until_alarm(sched, GPU, truth, rng)
+        assert sched.stats()["policy"]["alarm_windows"] == ["gpu"]
         spent_at_alarm = sched.stats()["policy"]["explore_share"]
-        after_alarm = feed(sched, "qkv", DECODE, truth, 40, rng)
+        in_window = []
+        while sched.stats()["policy"]["alarm_windows"] and len(in_window) < 400:
+            in_window += feed(sched, "qkv", DECODE, truth, 1, rng)
         spent_after = sched.stats()["policy"]["explore_share"]
-    assert sum(d.explored for d in after_alarm) >= 2
+    assert sum(d.explored for d in in_window) >= 2
     assert spent_after < spent_at_alarm  # only the unexplored total grew
 
 
 def test_an_alarm_lifts_the_budget_only_until_every_backend_is_re_measured():
-    # With no budget, only an alarm can make the policy explore, and only until the NPU has
-    # been probed alarm_probes times: not for the alarm's whole window of decisions.
+    # With a budget too small for any probe of the NPU once settled, a detected slowdown of the
+    # GPU makes the policy probe the NPU, and only until it has been re-measured alarm_probes
+    # times: not for the alarm's whole window of observations.
     rng = random.Random(5)
-    with make(policy={"seed": 1, "explore_budget": 0.0}) as sched:
+    budget = 1e-4
+    with make(policy={"seed": 1, "explore_budget": budget}) as sched:
         truth = dict(sched.prior.latency("qkv", DECODE))
-        settled = feed(sched, "qkv", DECODE, truth, 1500, rng)
+        # long enough for the NPU's first checks, which even this budget pays for (10x its allowance)
+        settled = feed(sched, "qkv", DECODE, truth, 4000, rng)
         truth[GPU] *= 1.5
         feed_until_alarm(sched, GPU, truth, rng)
-        after_alarm = feed(sched, "qkv", DECODE, truth, 300, rng)
-        window = sched._policy.alarm_decisions
-        probes_needed = sched._policy.alarm_probes
-    assert not any(d.explored for d in settled)
-    probes = [i for i, d in enumerate(after_alarm) if d.explored]
-    assert len(probes) >= probes_needed - 1  # the alarm's own observation may count for the GPU
-    assert probes[-1] < window // 2  # closed early, not when the window ran out
-    assert all(d.propensity == 1.0 for d in after_alarm[probes[-1] + 1 :])
+        in_window = []
+        while sched.stats()["policy"]["alarm_windows"]:
+            in_window += feed(sched, "qkv", DECODE, truth, 1, rng)
+        after = feed(sched, "qkv", DECODE, truth, 300, rng)
+        window = sched.policy.params.alarm_observations
+        probes_needed = sched.policy.params.alarm_probes
+    assert sum(d.explored for d in settled[-500:]) == 0
+    assert sum(d.backend is NPU for d in in_window) >= probes_needed - 1  # the alarm's own may count
+    assert len(in_window) < window // 2  # closed once re-measured, not when the window ran out
+    assert sum(d.explored for d in after) <= 3  # the budget binds again
 
 
 # -- 3. online learning and drift ----------------------------------------------------------------
@@ -334,13 +342,17 @@ def test_a_handoff_learned_to_be_expensive_is_avoided(seed):
             qkv_decisions.append(dq)
             pairs.append((dq.backend, da.backend))
         on_gpu = next(d for d in qkv_decisions if d.backend is GPU)
-        after_gpu = sched.decide("attn", HANDOFF, after=on_gpu)
-        alone = sched.decide("attn", HANDOFF)
+        after_gpu = sched.policy.best("attn", HANDOFF, on_gpu.backend)
+        alone = sched.policy.best("attn", HANDOFF, None)
+        predicted = sched.decide("attn", HANDOFF, after=on_gpu).predicted
         learned = sched.stats()["policy"]["transitions_ms"]["gpu->npu"]
-    assert learned == pytest.approx(1.5, rel=0.2)
-    assert alone.backend is NPU  # the independent best is unchanged ...
-    assert after_gpu.backend is GPU  # ... but after qkv on the GPU, the pair's best is to stay
-    assert after_gpu.predicted[NPU] > after_gpu.predicted[GPU]
+    # Learned from the few crossings it took to avoid them: the first is split between the
+    # crossing and attention's own run (then unknown), so the estimate lands between the
+    # config's 0.1 ms and the true 1.5 ms, far enough above the gain to keep the pair away.
+    assert 0.5 <= learned <= 1.8
+    assert alone is NPU  # the independent best is unchanged ...
+    assert after_gpu is GPU  # ... but after qkv on the GPU, the pair's best is to stay
+    assert predicted[NPU] > predicted[GPU]
     assert Counter(pairs[-200:])[(GPU, NPU)] <= 2
     assert Counter(pairs[-200:])[(NPU, NPU)] >= 180  # the best pair (2.18 ms)
 
@@ -525,7 +537,7 @@ def test_many_threads_deciding_and_observing_with_the_learner_thread(tmp_path, c
     path = tmp_path / "log.db"
     shapes = [Shape(n=1, d=d, kv_len=kv, precision="int8") for d in (1024, 2048) for kv in (128, 256)]
     ids, observed, errors = [], [], []
-    sched = make(db=path, policy={"learner": "thread", "online_classifiers": True})
+    sched = make(db=path, policy={"learner": "thread"})
 
     def worker(k):
         try:
@@ -571,10 +583,10 @@ def test_a_learner_that_falls_behind_counts_what_it_skipped(monkeypatch):
     entered, gate = threading.Event(), threading.Event()
     learn = sched.policy.learn
 
-    def slow_learn(decision, latency_s):
+    def slow_learn(observation):
         entered.set()
         gate.wait(30)
-        learn(decision, latency_s)
+        learn(observation)
 
     monkeypatch.setattr(sched.policy, "learn", slow_learn)
     try:

@@ -17,21 +17,23 @@ from adaptive_sched.types import Backend, Decision, Shape, Stage
 REPO = Path(__file__).resolve().parents[1]
 SHAPES = [Shape(n=1, d=256, kv_len=k, heads=4, precision="int8") for k in range(0, 512, 64)]
 PRED = MappingProxyType({Backend.GPU: 2e-3, Backend.NPU: 1e-3})
+PROBS = MappingProxyType({Backend.GPU: 0.95, Backend.NPU: 0.05})
 
 
 def make_decision(run: int, seq: int, *, explored: bool = False, t: float | None = None) -> Decision:
     stage = Stage.QKV if seq % 2 else Stage.ATTN
-    return Decision(
+    return Decision.of(
         run << 32 | seq,
         stage,
         SHAPES[seq % len(SHAPES)],
         Backend.NPU if explored else Backend.GPU,
         0.05 if explored else 0.95,
-        explored,
-        PRED,
-        None if stage is Stage.QKV else Backend.GPU,
-        7,
-        time.time() if t is None else t,
+        explored=explored,
+        predicted=PRED,
+        probabilities=PROBS,
+        after=None if stage is Stage.QKV else Backend.GPU,
+        policy_version=7,
+        time=time.time() if t is None else t,
     )
 
 
@@ -79,6 +81,7 @@ SHAPES = [Shape(n=1, d=256, kv_len=k, heads=4, precision="int8") for k in range(
 PRED = MappingProxyType({Backend.GPU: 2e-3, Backend.NPU: 1e-3})
 def make(run, seq):
     stage = Stage.QKV if seq % 2 else Stage.ATTN
-    return Decision(run << 32 | seq, stage, SHAPES[seq % len(SHAPES)], Backend.GPU, 0.95, False, PRED,
-                    None if stage is Stage.QKV else Backend.GPU, 7, time.time())
+    return Decision.of(run << 32 | seq, stage, SHAPES[seq % len(SHAPES)], Backend.GPU, 0.95, predicted=PRED,
+                       probabilities={Backend.GPU: 0.95, Backend.NPU: 0.05},
+                       after=None if stage is Stage.QKV else Backend.GPU, policy_version=7, time=time.time())
 """

@@ -16,7 +16,7 @@ from adaptive_sched.features import feature_vector
 from adaptive_sched.store import writer as writer_module
 from adaptive_sched.store.rows import INSERT_DECISION_COLUMNS, keeps_exploit
 from adaptive_sched.store.writer import DecisionLog, LogStats
-from adaptive_sched.types import Backend, Decision, Shape, Stage
+from adaptive_sched.types import Backend, Choice, Decision, Shape, Stage
 
 from .test_store_support import count, make_decision, wait_until
 
@@ -85,7 +85,7 @@ def test_decisions_and_outcomes_round_trip(path: Path) -> None:
 
 def test_decision_without_time_is_stamped(path: Path) -> None:
     with DecisionLog(path) as log:
-        d = Decision(7, Stage.ATTN, Shape(n=4, d=128), Backend.CPU, 1.0)
+        d = Decision.of(7, Stage.ATTN, Shape(n=4, d=128), Backend.CPU, 1.0)
         assert d.time == 0.0
         log.decision(d)
     conn = sqlite3.connect(path)
@@ -191,7 +191,8 @@ def test_bad_rows_are_rejected_alone(path: Path, caplog: pytest.LogCaptureFixtur
         log.decision(good[0])
         log.decision("not a decision")  # type: ignore[arg-type]
         log.decision(good[1])
-        log.decision(good[2]._replace(propensity=7.0))  # hand-built, skipping validation
+        # hand-built, skipping validation
+        log.decision(good[2]._replace(choice=good[2].choice._replace(propensity=7.0)))
         for d in good[3:]:
             log.decision(d)
         log.outcome(good[0].id, 1e-3)
@@ -212,7 +213,7 @@ def test_duplicate_ids_keep_the_first_row(path: Path) -> None:
         run = log.start_run()
         d = make_decision(run, 1)
         log.decision(d)
-        log.decision(d._replace(backend=Backend.NPU))
+        log.decision(d._replace(choice=d.choice._replace(backend=Backend.NPU)))
         log.outcome(d.id, 1e-3)
         log.outcome(d.id, 5e-3)
         log.flush()
@@ -338,7 +339,7 @@ def test_shape_columns_survive_the_shape_cache_starting_over(path: Path, monkeyp
     with DecisionLog(path, flush_rows=40) as log:
         run = log.start_run()
         decisions = [
-            Decision(run << 32 | i, Stage.QKV if i % 3 else Stage.ATTN, shape, Backend.GPU, 1.0)
+            Decision.of(run << 32 | i, Stage.QKV if i % 3 else Stage.ATTN, shape, Backend.GPU, 1.0)
             for i, shape in enumerate(shapes, start=1)
         ]
         for d in decisions:
@@ -356,6 +357,5 @@ def test_shape_columns_survive_the_shape_cache_starting_over(path: Path, monkeyp
 
 def test_the_writer_knows_the_decision_layout() -> None:
     # The writer unpacks decisions positionally (fast): a new field must be added there too.
-    assert Decision._fields == (
-        "id", "stage", "shape", "backend", "propensity", "explored", "predicted", "after", "policy_version", "time",
-    )  # fmt: skip
+    assert Decision._fields == ("id", "stage", "shape", "choice", "after", "time")
+    assert Choice._fields == ("backend", "propensity", "explored", "predicted", "probabilities", "version")

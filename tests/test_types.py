@@ -61,12 +61,16 @@ def test_enums_parse_names_and_reject_others():
 
 
 def test_decision_validates_when_built_by_hand():
-    d = Decision(1, "qkv", Shape(n=1, d=64), "gpu", 0.25, predicted={"npu": 2})
+    d = Decision.of(1, "qkv", Shape(n=1, d=64), "gpu", 0.25, predicted={"npu": 2},
+                    probabilities={"gpu": 0.25, "npu": 0.75})  # fmt: skip
     assert d.stage is Stage.QKV and d.backend is Backend.GPU and d.predicted[Backend.NPU] == 2.0
+    assert dict(d.probabilities) == {Backend.GPU: 0.25, Backend.NPU: 0.75}
     with pytest.raises(ValueError, match="propensity"):
-        Decision(1, "qkv", Shape(n=1, d=64), "gpu", 0.0)
+        Decision.of(1, "qkv", Shape(n=1, d=64), "gpu", 0.0)
     with pytest.raises(ValueError, match="backend: unknown value 'tpu'"):
-        Decision(1, "qkv", Shape(n=1, d=64), "tpu", 1.0)
+        Decision.of(1, "qkv", Shape(n=1, d=64), "tpu", 1.0)
+    with pytest.raises(ValueError, match="probabilities must sum to 1"):
+        Decision.of(1, "qkv", Shape(n=1, d=64), "gpu", 0.5, probabilities={"gpu": 0.5, "npu": 0.4})
 
 
 @pytest.mark.parametrize("bad", [0, -1e-3, math.nan, math.inf, "fast", None])

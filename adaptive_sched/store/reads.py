@@ -36,7 +36,7 @@ from types import MappingProxyType
 from typing import Any, NamedTuple
 
 from ..errors import StoreError
-from ..types import Backend, Decision, Shape, Stage
+from ..types import Backend, Choice, Decision, Shape, Stage
 from .schema import RUN_COLUMNS, connect, run_id_range
 
 logger = logging.getLogger(__name__)
@@ -48,8 +48,16 @@ _BACKENDS = {b.value: b for b in Backend}
 
 _DECISION_SELECT = (
     "d.id, d.run, d.time, d.stage, d.n, d.d, d.kv_len, d.batch, d.heads, d.precision, d.after, d.backend, "
-    "d.propensity, d.explored, d.policy_version, d.pred_cpu, d.pred_gpu, d.pred_npu, d.sample_rate, d.context"
+    "d.propensity, d.explored, d.policy_version, d.pred_cpu, d.pred_gpu, d.pred_npu, d.sample_rate, d.context, "
+    "d.prob_cpu, d.prob_gpu, d.prob_npu"
 )
+#: the same for a log older than schema 3, opened read-only (no probability vector was logged)
+_DECISION_SELECT_V2 = _DECISION_SELECT.replace("d.prob_cpu, d.prob_gpu, d.prob_npu", "NULL, NULL, NULL")
+
+
+def _decision_select(conn: sqlite3.Connection) -> str:
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(decisions)")}
+    return _DECISION_SELECT if "prob_gpu" in columns else _DECISION_SELECT_V2
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +96,8 @@ class LoggedDecision(NamedTuple):
     propensity: float
     explored: bool
     predicted: Mapping[Backend, float]
+    #: the probability the logging policy gave each backend (empty for logs older than schema 3)
+    probabilities: Mapping[Backend, float]
     policy_version: int
     sample_rate: float
     context: Mapping[str, Any] | None
@@ -104,10 +114,9 @@ class LoggedDecision(NamedTuple):
 
     def as_decision(self) -> Decision:
         """The :class:`~adaptive_sched.types.Decision` as the scheduler made it."""
-        return Decision(
-            self.id, self.stage, self.shape, self.backend, self.propensity, self.explored,
-            self.predicted, self.after, self.policy_version, self.time,
-        )  # fmt: skip
+        probs = self.probabilities or MappingProxyType({self.backend: self.propensity})
+        choice = Choice(self.backend, self.propensity, self.explored, self.predicted, probs, self.policy_version)
+        return Decision(self.id, self.stage, self.shape, choice, self.after, self.time)
 
 
 @contextlib.contextmanager
@@ -155,7 +164,7 @@ class _Decoder:
 
     def record(self, row: tuple[Any, ...]) -> LoggedDecision:
         (id_, run, t, stage, n, d, kv, batch, heads, prec, after, backend, prop, explored, pv,
-         p_cpu, p_gpu, p_npu, rate, context, observed_at, latency, ok, error) = row  # fmt: skip
+         p_cpu, p_gpu, p_npu, rate, context, q_cpu, q_gpu, q_npu, observed_at, latency, ok, error) = row  # fmt: skip
         shape = self.shapes.get((n, d, kv, batch, heads, prec))
         if shape is None:
             shape = self.shape(n, d, kv, batch, heads, prec)
@@ -171,6 +180,7 @@ class _Decoder:
                 prop,
                 explored == 1,
                 self.predicted(p_cpu, p_gpu, p_npu),
+                self.predicted(q_cpu, q_gpu, q_npu),
                 pv or 0,
                 1.0 if rate is None else rate,
                 json.loads(context) if context else None,
@@ -240,17 +250,15 @@ def iter_logged(
     elif observed_only:
         where.append("o.decision_id IS NOT NULL")
     join = "JOIN" if ok_only or observed_only else "LEFT JOIN"
-    sql = (
-        f"SELECT {_DECISION_SELECT}, o.time, o.latency_s, o.ok, o.error "
-        f"FROM decisions d {join} outcomes o ON o.decision_id = d.id"
-    )
+    sql = "SELECT {select}, o.time, o.latency_s, o.ok, o.error FROM decisions d " + join
+    sql += " outcomes o ON o.decision_id = d.id"
     if where:
         sql += " WHERE " + " AND ".join(where)
     sql += " ORDER BY d.id" if run is not None else " ORDER BY d.time, d.id"
     decoder = _Decoder()
     with _connection(source) as conn:
         try:
-            cursor = conn.execute(sql, params)
+            cursor = conn.execute(sql.format(select=_decision_select(conn)), params)
             for row in cursor:
                 yield decoder.record(row)
         except sqlite3.Error as exc:
@@ -329,7 +337,7 @@ def recent_for_warm_start(
         where += " AND d.run IN (SELECT id FROM runs WHERE device_profile = ?)"
         params.append(device)
     sql = (
-        f"SELECT {_DECISION_SELECT}, o.time, o.latency_s, o.ok, o.error "
+        "SELECT {select}, o.time, o.latency_s, o.ok, o.error "
         f"FROM decisions d JOIN outcomes o ON o.decision_id = d.id WHERE {where} "
         "ORDER BY d.time DESC, d.id DESC LIMIT ?"
     )
@@ -337,7 +345,7 @@ def recent_for_warm_start(
     decoder = _Decoder()
     with _connection(source) as conn:
         try:
-            rows = conn.execute(sql, params).fetchall()
+            rows = conn.execute(sql.format(select=_decision_select(conn)), params).fetchall()
         except sqlite3.Error as exc:
             raise StoreError(f"{_name(source)}: cannot read the decision log ({exc})") from exc
     skipped = 0

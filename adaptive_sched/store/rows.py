@@ -18,14 +18,14 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ..features import feature_vector
-from ..types import Backend, Decision, Shape, Stage, parse_backend, parse_stage
+from ..types import Backend, Decision, Shape, Stage, check_choice, parse_backend, parse_stage
 
 _M64 = (1 << 64) - 1
 
 #: decision columns bound per row, in row order (after them, one shape key)
 HEAD_COLUMNS: tuple[str, ...] = (
     "id", "run", "time", "after", "backend", "propensity", "explored", "policy_version",
-    "pred_cpu", "pred_gpu", "pred_npu", "sample_rate", "context",
+    "pred_cpu", "pred_gpu", "pred_npu", "sample_rate", "context", "prob_cpu", "prob_gpu", "prob_npu",
 )  # fmt: skip
 #: decision columns that depend only on the stage and shape: stored once per shape in a
 #: temporary table of the writer's connection and joined in by SQLite
@@ -189,7 +189,8 @@ class RowBuilder:
         rows: list[tuple[Any, ...]] = []
         append = rows.append
         for d, ctx in items:
-            id_, stage, shape, backend, prop, explored, predicted, after, pv, t = d
+            id_, stage, shape, choice, after, t = d
+            backend, prop, explored, predicted, probs, pv = choice
             cache = qkv if stage is _QKV else attn if stage is _ATTN else None
             st = cache.get(shape) if cache is not None else None
             if st is None:
@@ -200,6 +201,7 @@ class RowBuilder:
                 prop, 1 if explored else 0, pv,
                 predicted.get(_CPU, _NAN), predicted.get(_GPU, _NAN), predicted.get(_NPU, _NAN),
                 1.0, "" if ctx is None else _json(ctx),
+                probs.get(_CPU, _NAN), probs.get(_GPU, _NAN), probs.get(_NPU, _NAN),
             )  # fmt: skip
             # tuple + tuple: a starred display builds a list first (about 15% slower here)
             append(head + st)
@@ -211,7 +213,8 @@ class RowBuilder:
         rows: list[tuple[Any, ...]] = []
         append = rows.append
         for d, ctx in items:
-            id_, stage, shape, backend, prop, explored, predicted, after, pv, t = d
+            id_, stage, shape, choice, after, t = d
+            backend, prop, explored, predicted, probs, pv = choice
             if unit_hash(id_) < threshold:
                 keep_rate = 1.0 if explored else rate
             elif explored:
@@ -229,6 +232,7 @@ class RowBuilder:
                 prop, 1 if explored else 0, pv,
                 predicted.get(_CPU, _NAN), predicted.get(_GPU, _NAN), predicted.get(_NPU, _NAN),
                 keep_rate, "" if ctx is None else _json(ctx),
+                probs.get(_CPU, _NAN), probs.get(_GPU, _NAN), probs.get(_NPU, _NAN),
             )  # fmt: skip
             # tuple + tuple: a starred display builds a list first (about 15% slower here)
             append(head + st)
@@ -277,16 +281,12 @@ class RowBuilder:
         d, ctx = item
         if not isinstance(d, tuple) or len(d) != len(Decision._fields):
             raise TypeError(f"expected an adaptive_sched.types.Decision, got {type(d).__name__}")
-        id_, stage, shape, backend, prop, explored, predicted, after, pv, t = d
+        id_, stage, shape, choice, after, t = d
         if isinstance(id_, bool) or not isinstance(id_, int) or not 0 <= id_ < (1 << 63):
             raise ValueError(f"id must be an integer in [0, 2**63), got {id_!r}")
-        prop = float(prop)
-        if not 0.0 < prop <= 1.0:
-            raise ValueError(f"propensity must be in (0, 1], got {prop!r}")
+        backend, prop, explored, pred, probs, pv = check_choice(choice)
         stage = parse_stage(stage)
-        backend = parse_backend(backend)
         after = None if after is None else parse_backend(after)
-        pred = {parse_backend(b): float(v) for b, v in dict(predicted or {}).items()}
         t = float(t or now)
         if not math.isfinite(t):
             raise ValueError(f"time must be finite, got {t!r}")
@@ -305,6 +305,7 @@ class RowBuilder:
             prop, 1 if explored else 0, int(pv),
             pred.get(_CPU, _NAN), pred.get(_GPU, _NAN), pred.get(_NPU, _NAN),
             rate, "" if ctx is None else _json(ctx),
+            probs.get(_CPU, _NAN), probs.get(_GPU, _NAN), probs.get(_NPU, _NAN),
             *st,
         )  # fmt: skip
 

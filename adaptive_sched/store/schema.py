@@ -4,7 +4,8 @@ Table names and columns are a public contract: dashboards, replay and other tool
 query them directly.
 
 ``runs``       one row per scheduler process (start time, host, config hash, device profile, version)
-``decisions``  one row per stage decision: shape, features, backend, propensity, explored, predictions
+``decisions``  one row per stage decision: shape, features, backend, propensity, explored, predictions,
+               and the probability the policy gave each backend (``prob_cpu``, ``prob_gpu``, ``prob_npu``)
 ``outcomes``   one row per observed decision: latency or error
 ``profiles``   offline sweep measurements: shape, backend, repetitions, median and spread
 ``priors``     offline priors: training rows, model spec, content hash, metrics
@@ -48,7 +49,7 @@ if TYPE_CHECKING:  # sqlite_utils costs ~0.3 s to import: only schema creation n
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
@@ -65,8 +66,8 @@ DECISION_COLUMNS: tuple[str, ...] = (
     "pred_cpu", "pred_gpu", "pred_npu",
     *DECISION_FEATURE_COLUMNS,
     "sample_rate", "context",
+    "prob_cpu", "prob_gpu", "prob_npu",
 )  # fmt: skip
-
 OUTCOME_COLUMNS: tuple[str, ...] = ("decision_id", "time", "latency_s", "ok", "error")
 
 RUN_COLUMNS: tuple[str, ...] = (
@@ -164,8 +165,16 @@ def _upgrade_v2(db: sqlite_utils.Database) -> None:
     )
 
 
+def _upgrade_v3(db: sqlite_utils.Database) -> None:
+    # The whole probability vector of each decision (NULL for a backend it could not choose),
+    # so replay can evaluate any policy on the log, the one that wrote it included. Rows of
+    # older versions have NULL here: their logged policy's distribution is unknown.
+    for backend in ("cpu", "gpu", "npu"):
+        db.execute(f"ALTER TABLE decisions ADD COLUMN prob_{backend} FLOAT")
+
+
 #: version -> function that brings a database from version - 1 to version
-MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {1: _create_v1, 2: _upgrade_v2}
+MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {1: _create_v1, 2: _upgrade_v2, 3: _upgrade_v3}
 
 
 def check_sqlite_file(path: Path) -> None:

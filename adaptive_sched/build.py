@@ -1,0 +1,86 @@
+"""Config -> executors, prior, policy, log: the one place things are wired.
+
+The scheduler, the offline tools, the command line and the benchmarks all build what a
+config describes through these functions, so a config means the same thing everywhere.
+
+>>> from adaptive_sched.config import load_config
+>>> config = load_config("rk3588-sim")
+>>> built = build_executors(config)
+>>> sorted(b.value for b in built.executors), built.sim_device is not None
+(['cpu', 'gpu', 'npu'], True)
+>>> build_policy(config, built).name
+'adaptive'
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .config import Config
+from .executors import Executor, create_executor
+from .policies import Policy, policy_class
+from .types import Backend, parse_backend
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Executors:
+    """The executors a config describes, and the simulated device they share (if any)."""
+
+    executors: dict[Backend, Executor]
+    #: the simulated device behind every ``executor: sim`` backend (None on real hardware)
+    sim_device: Any = None
+
+
+def build_executors(config: Config, given: Mapping[Backend | str, Executor] | None = None) -> Executors:
+    """One executor per configured backend (or ``given`` ones), with a shared simulated device.
+
+    Executors that are not available here are kept (the scheduler knows not to choose them)
+    and a warning names each with its reason.
+    """
+    if given is not None:
+        executors = {parse_backend(b): ex for b, ex in given.items()}
+        return Executors(executors, None)
+    device = None
+    executors = {}
+    for backend, bc in config.backends.items():
+        options = dict(bc.options)
+        if bc.executor == "sim":
+            if device is None:
+                assert config.simulator is not None
+                device = config.simulator.make_device()
+            options["device"] = device
+        executors[backend] = create_executor(bc.executor, backend=backend, **options)
+    for backend, ex in executors.items():
+        if not ex.is_available():
+            log.warning("backend %s (%s) is not available: %s", backend.value, ex.kind, ex.unavailable_reason)
+    return Executors(executors, device)
+
+
+def load_prior(config: Config) -> Any:
+    """The offline prior the config names (None for ``priors: none``)."""
+    if config.priors in ("none", ""):
+        return None
+    from .learners.priors import load_prior as _load
+
+    source = config.priors if config.priors == "builtin" else config.resolve_path(config.priors)
+    return _load(source, device=config.device)
+
+
+def build_policy(config: Config, executors: Executors | None = None, **overrides: Any) -> Policy:
+    """The policy of the config's ``policy`` section (unbound), with ``overrides`` of its parameters.
+
+    The oracle takes its true latencies from the simulated device of ``executors``.
+    """
+    cls = policy_class(config.policy.kind)
+    params = config.policy.resolved_params()
+    if cls.name == "oracle":
+        device = executors.sim_device if executors is not None else None
+        if device is None:
+            raise ValueError("the oracle policy needs a simulated device (executor: sim)")
+        return cls(params, expected_latency=device.expected_latency, **overrides)
+    return cls(params, **overrides)

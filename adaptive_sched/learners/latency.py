@@ -1,0 +1,574 @@
+"""The online latency model: how far this device is from the prior, and how sure of it we are.
+
+For a stage ``s`` run on backend ``b`` at shape ``x``, the log of the stage's own run
+time (without any handoff from another backend) is modelled as::
+
+    log t = log prior(s, x, b) + device[b] + w[s, b, g] . phi_s(x) + bucket[s, b, x] + noise
+
+``device[b]``
+    One random walk per backend: what moves every stage on it at once (throttling,
+    contention, a governor pinned low). It starts at zero and nearly sure of it, and
+    grows uncertain while the backend goes unobserved, so a stale backend is worth a
+    probe; faster after changes were seen on it (contention that comes and goes).
+``w[s, b, g] . phi_s(x)``
+    A Bayesian linear regression per (stage, backend) and group ``g`` (precision and
+    phase: INT8 and FP16 kernels, a GEMV and a GEMM, are wrong in their own ways) on an
+    intercept and two Table 1 features of the shape (:func:`stage_features`): how far the
+    prior is from this device for this stage, and how that error grows with the shape.
+    What it learns at one shape moves the estimate at shapes never observed. The first
+    regression of a (stage, backend) starts wide (by default a prior wrong by 20x is two
+    standard deviations away); the next ones start from what their siblings learned, a
+    little less wide (a hierarchical prior, empirical Bayes).
+``bucket[s, b, x]``
+    A small random effect per shape bucket: what the regression cannot express. Its
+    spread is learned per regression, so where the regression fits badly a bucket never
+    observed is uncertain, and checked.
+``noise``
+    Log-normal with a variance learned per regression, and a heavy right tail: a stage
+    can be delayed by any amount (preemption, page faults), never sped up.
+
+One observation makes one Kalman step on the three terms it touches with the same
+innovation (the prior covariance is block-diagonal between the terms, so the mean update
+is the joint one; the cross-covariance it creates is dropped, which makes the variance
+of their sum err on the wide side by at most the device's and the bucket's small prior
+variances: the terms were chosen not to be collinear). The step has bounded influence:
+the standardised innovation is winsorised at ``clip`` standard deviations, so a rare 8x
+spike moves an estimate by at most a few noise widths. A surprise that repeats is a
+change: a run of innovations beyond the clip in one direction (``confirm_slower``, or
+``confirm_faster`` since noise cannot speed a run up) re-opens the device term and the
+regression's intercept and is learned at once, and a :class:`river.drift.ADWIN` on the
+winsorised innovations catches the slow or small shifts the clip hides from that test.
+
+An observation costs a constant amount of work whatever the number of shapes seen:
+nothing here is keyed by shape except the bounded bucket table. Everything is plain
+Python floats: at three features, numpy's per-call overhead would cost more than the
+arithmetic.
+
+Examples
+--------
+>>> model = LatencyModel(ModelParams())
+>>> group, phi = stage_features(Stage.ATTN, Shape(n=1, d=2048, kv_len=511))
+>>> for clock in range(1, 40):          # the prior was 3x too pessimistic here
+...     _ = model.observe(Stage.ATTN, Backend.GPU, group, phi, ("k",), prior_log=0.0, log_t=-math.log(3), clock=clock)
+>>> est = model.estimate(Stage.ATTN, Backend.GPU, group, phi, ("k",))
+>>> round(math.exp(est.mean), 2), est.var(40) < 0.01
+(0.33, True)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from operator import mul
+from typing import Any, NamedTuple
+
+from ..types import Backend, Shape, Stage
+
+#: feature names of :func:`stage_features` per stage, after the intercept
+FEATURES: dict[Stage, tuple[str, str]] = {Stage.QKV: ("log2_d", "log2_n"), Stage.ATTN: ("log2_keys", "log2_d")}
+#: centres of the log2 features, so that the intercept is the error at a typical decode shape
+_CENTRE_KEYS, _CENTRE_D = 9.0, 11.0
+
+Group = tuple[Any, ...]
+
+#: the largest change (log units, 10x) one detection applies at once
+MAX_CHANGE = math.log(10.0)
+
+
+def stage_features(stage: Stage, shape: Shape) -> tuple[Group, tuple[float, float, float]]:
+    """The group a shape's regression belongs to, and its inputs: the intercept, then :data:`FEATURES`.
+
+    qkv does not see the KV cache; attention's cost grows with the keys and the width.
+
+    >>> stage_features(Stage.ATTN, Shape(n=1, d=2048, kv_len=511, precision="int8"))
+    ((<Precision.INT8: 'int8'>, 'decode'), (1.0, 0.0, 0.0))
+    >>> stage_features(Stage.QKV, Shape(n=128, d=4096))
+    ((<Precision.FP16: 'fp16'>, 'prefill'), (1.0, 1.0, 7.0))
+    """
+    group = (shape.precision, "decode" if shape.n == 1 else "prefill")
+    if stage is Stage.QKV:
+        return group, (1.0, math.log2(shape.d) - _CENTRE_D, math.log2(shape.n))
+    return group, (1.0, math.log2(shape.kv_len + shape.n) - _CENTRE_KEYS, math.log2(shape.d) - _CENTRE_D)
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    """Prior widths, forgetting and robustness of :class:`LatencyModel` (log units; clocks are observations).
+
+    The defaults are set from what they mean, not fitted to one device: the prior is trusted
+    to about 20x before it has been checked (``stage_sd``), a group may differ from what its
+    siblings learned by a further ~2.7x (``group_sd``), a shape twice as large may be wrong
+    by a further ~19% (``slope_sd``), a backend's state may move by ~1.5x over a few
+    thousand observations (``device_q``), and noise starts at 10% (``noise_var``) and is
+    then learned.
+    """
+
+    #: prior standard deviation of a (stage, backend)'s error before any group of it was observed
+    stage_sd: float = 1.5
+    #: prior standard deviation of a group's error around what its siblings learned
+    group_sd: float = 1.0
+    #: variance a regression's intercept gains per observation made (a driver or firmware changes)
+    stage_q: float = 1e-6
+    #: prior standard deviation of the error's growth per octave of keys, d and n
+    slope_sd: float = 0.25
+    #: prior standard deviation of the per-backend device term
+    device_sd: float = 0.1
+    #: variance the device term gains per observation made (of any backend): forgetting
+    device_q: float = 1e-4
+    #: observations over which a backend's moves raise its forgetting (see ``_Device``) ...
+    volatility_horizon: float = 2000.0
+    #: ... and moves that add up to this (log units, a 1.3x change) make it volatile: it may change back
+    volatile_change: float = 0.25
+    #: prior standard deviation of one shape bucket's own effect (then learned per regression)
+    bucket_sd: float = 0.15
+    #: initial noise variance of one observation (then learned per regression)
+    noise_var: float = 0.01
+    #: smallest noise variance learned (a perfectly repeatable device still varies a little)
+    min_noise_var: float = 1e-4
+    #: weight of one observation in the learned noise and bucket variances
+    noise_rate: float = 0.01
+    #: standardised innovations are winsorised at this many standard deviations ...
+    clip: float = 3.0
+    #: ... unless this many in a row are beyond it in the slower direction (spikes are
+    #: one-sided and rarely come three in a row: at 2% spikes, 8e-6 per observation) ...
+    confirm_slower: int = 3
+    #: ... or this many in the faster direction (a run cannot be sped up by noise): then
+    #: it is a change, learned at once
+    confirm_faster: int = 2
+    #: variance the device term and the intercept are re-opened to when a change is detected
+    alarm_var: float = 0.25
+    #: ADWIN's confidence and how often (observations) it checks for a change
+    adwin_delta: float = 0.002
+    adwin_clock: int = 8
+    #: learn the per-(stage, backend) regressions; off leaves the device term and buckets only
+    regression: bool = True
+    #: bucket effects kept at most (a stream of distinct shapes cannot grow memory)
+    max_buckets: int = 20_000
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first parameter out of range."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool):
+                continue
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"{f.name} must be a finite number >= 0, got {value!r}")
+        for name in (
+            "clip", "noise_var", "min_noise_var", "adwin_delta", "noise_rate", "max_buckets", "adwin_clock",
+            "volatility_horizon", "confirm_slower", "confirm_faster",
+        ):  # fmt: skip
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if self.noise_rate > 1 or self.adwin_delta >= 1:
+            raise ValueError("noise_rate must be <= 1 and adwin_delta < 1")
+
+
+class _Device:
+    """One backend's device term: a scalar random walk.
+
+    It forgets at ``q`` per observation at least, and faster after it moved: ``energy`` is a
+    decayed sum (over about ``horizon`` observations) of the squared moves of its mean, so a
+    backend that just jumped (contention that comes and goes, a governor stepping) grows
+    uncertain faster while unobserved and is re-checked sooner, and one that never changes
+    is re-checked rarely.
+    """
+
+    __slots__ = ("_decay", "energy", "horizon", "last", "mean", "n", "q", "var", "version")
+
+    def __init__(self, var: float, q: float, horizon: float) -> None:
+        self.mean = 0.0
+        self.var = var
+        self.q = q
+        self.horizon = horizon
+        self._decay = 1.0 - 1.0 / horizon
+        self.energy = 0.0
+        self.last = 0
+        self.n = 0
+        self.version = 0
+
+    def rate(self) -> float:
+        """Variance gained per observation while unobserved."""
+        return self.q + self.energy / self.horizon
+
+    def var_at(self, clock: int) -> float:
+        return self.var + self.rate() * (clock - self.last) if clock > self.last else self.var
+
+    def changed(self, reopen_var: float) -> None:
+        """A change was seen: distrust the mean (the next observations move it, and count as volatility)."""
+        self.var = max(self.var, reopen_var)
+        self.version += 1
+
+
+class _Regression:
+    """Bayesian linear regression: mean vector and covariance (a list of rows), with its noise and detector."""
+
+    __slots__ = ("between", "cov", "detector", "k", "last", "mean", "n", "noise", "q", "run", "run_size", "version")
+
+    def __init__(self, mean: list[float], variances: list[float], q: float, noise: float, between: float,
+                 detector: Any) -> None:  # fmt: skip
+        k = len(mean)
+        self.k = k
+        self.mean = mean
+        self.cov = [[variances[i] if i == j else 0.0 for j in range(k)] for i in range(k)]
+        self.q = q  # the intercept's forgetting
+        self.last = 0
+        self.noise = noise
+        #: variance of the bucket effects of this regression: what it cannot express, learned
+        self.between = between
+        self.n = 0
+        self.detector = detector
+        #: consecutive innovations beyond the clip, signed (positive: slower than predicted),
+        #: and the smallest of their sizes (a spike within the run does not inflate the change)
+        self.run = 0
+        self.run_size = 0.0
+        self.version = 0
+
+    def grow(self, clock: int) -> None:
+        if clock > self.last:
+            if self.k:
+                self.cov[0][0] += self.q * (clock - self.last)
+            self.last = clock
+
+
+class Estimate:
+    """An offset estimate whose variance grows linearly with the clock: ``var(clock) = a + b * clock``.
+
+    ``versions`` say which state of the model it was computed from, so a caller can keep
+    it until the model is observed there again.
+    """
+
+    __slots__ = ("a", "b", "mean", "versions")
+
+    def __init__(self, mean: float, a: float, b: float, versions: tuple[Any, ...]) -> None:
+        self.mean = mean
+        self.a = a
+        self.b = b
+        self.versions = versions
+
+    def var(self, clock: int) -> float:
+        return self.a + self.b * clock
+
+
+class Learned(NamedTuple):
+    """What one observation did to the model, for its owner to decide what to refresh."""
+
+    #: a change was detected on the observation's regression
+    alarm: bool
+    #: how far the backend's device term moved (log units, signed)
+    device_shift: float
+    #: how far the prediction at the observed shape moved, all terms together (log units, signed)
+    shift: float
+    #: the share of its variance the prediction lost (near 1 for the first observations)
+    gain: float
+
+
+NOTHING_LEARNED = Learned(False, 0.0, 0.0, 0.0)
+
+
+class LatencyModel:
+    """The per-device state of every backend and stage (see the module docstring).
+
+    Not thread-safe: its owner (a policy) serialises calls.
+    """
+
+    def __init__(self, params: ModelParams) -> None:
+        params.validate()
+        self.params = params
+        self._devices: dict[Backend, _Device] = {}
+        self._groups: dict[tuple[Stage, Backend, Group], _Regression] = {}
+        # per (stage, backend): a counter of observations of any of its groups, and the prior
+        # a group not yet observed starts from (derived from its siblings at that count)
+        self._families: dict[tuple[Stage, Backend], int] = {}
+        self._unobserved: dict[tuple[Stage, Backend], tuple[int, _Regression]] = {}
+        # (stage, backend, bucket) -> [mean, variance]
+        self._buckets: dict[tuple[Any, ...], list[float]] = {}
+        self._bucket_var = params.bucket_sd**2
+        #: drift detections per (stage, backend): ADWIN's, and the run test's
+        self.alarms: dict[tuple[Stage, Backend], int] = {}
+        self.changes: dict[tuple[Stage, Backend], int] = {}
+        self.observations = 0
+
+    # -- state, created on first use ------------------------------------------------------
+    def _device_of(self, backend: Backend) -> _Device:
+        device = self._devices.get(backend)
+        if device is None:
+            p = self.params
+            device = self._devices[backend] = _Device(p.device_sd**2, p.device_q, p.volatility_horizon)
+        return device
+
+    def _group_of(self, stage: Stage, backend: Backend, group: Group) -> _Regression:
+        """The regression of a group, created (from its siblings) when first observed."""
+        reg = self._groups.get((stage, backend, group))
+        if reg is None:
+            reg = self._groups[(stage, backend, group)] = self._new_regression(stage, backend)
+        return reg
+
+    def _group_or_prior(self, stage: Stage, backend: Backend, group: Group) -> tuple[_Regression, Any]:
+        """The regression of a group and its version; for a group never observed, the prior its
+        siblings give it now (not stored: it follows them until the group is observed)."""
+        reg = self._groups.get((stage, backend, group))
+        if reg is not None:
+            return reg, reg.version
+        family = self._families.get((stage, backend), 0)
+        cached = self._unobserved.get((stage, backend))
+        if cached is None or cached[0] != family:
+            cached = self._unobserved[(stage, backend)] = (family, self._new_regression(stage, backend))
+        return cached[1], ("prior", family)
+
+    def _new_regression(self, stage: Stage, backend: Backend) -> _Regression:
+        p = self.params
+        if not p.regression:
+            return _Regression([], [], 0.0, p.noise_var, self._bucket_var, self._detector())
+        # What the siblings (the other groups of this stage and backend) learned, weighted by
+        # how sure each is, is where a new group starts: the prior's error on this device is
+        # mostly shared between precisions and phases.
+        siblings = [r for (s, b, _), r in self._groups.items() if s is stage and b is backend and r.n]
+        mean = [0.0, 0.0, 0.0]
+        first = p.stage_sd**2
+        if siblings:
+            weights = [1.0 / (r.cov[0][0] + p.group_sd**2) for r in siblings]
+            total = sum(weights)
+            mean = [sum(w * r.mean[i] for w, r in zip(weights, siblings, strict=True)) / total for i in range(3)]
+            first = p.group_sd**2 + 1.0 / total
+        return _Regression(mean, [first, p.slope_sd**2, p.slope_sd**2], p.stage_q, p.noise_var, self._bucket_var,
+                           self._detector())  # fmt: skip
+
+    def _detector(self) -> Any:
+        from river.drift import ADWIN
+
+        return ADWIN(delta=self.params.adwin_delta, clock=self.params.adwin_clock)
+
+    def _bucket_of(self, key: tuple[Any, ...], between: float) -> list[float]:
+        b = self._buckets.get(key)
+        if b is None:
+            if len(self._buckets) >= self.params.max_buckets:
+                # Forget the older half (dicts keep insertion order): the regressions and the
+                # device terms still hold what the forgotten buckets taught.
+                for old in list(self._buckets)[: len(self._buckets) // 2]:
+                    del self._buckets[old]
+            b = self._buckets[key] = [0.0, between]
+        return b
+
+    def prepare(self) -> None:
+        """Pay the one-time cost of the first regression (river's import) now, not on first use."""
+        self._detector()
+
+    def versions(self, stage: Stage, backend: Backend, group: Group) -> tuple[Any, ...]:
+        """Counters that change whenever an estimate of ``stage`` on ``backend`` in ``group`` may have."""
+        device = self._devices.get(backend) or self._device_of(backend)
+        return device.version, self._group_or_prior(stage, backend, group)[1]
+
+    def volatile(self, backend: Backend, clock: int) -> bool:
+        """Whether changes were detected on ``backend`` recently (within about the volatility horizon):
+        one that changed is likely to change back (contention that comes and goes)."""
+        device = self._devices.get(backend)
+        if device is None or not device.energy:
+            return False
+        decayed = device.energy * device._decay ** max(0, clock - device.last)
+        return decayed > self.params.volatile_change**2
+
+    def observed(self, stage: Stage, backend: Backend, group: Group) -> int:
+        """How many observations the regression of ``stage`` on ``backend`` in ``group`` has learned from."""
+        reg = self._groups.get((stage, backend, group))
+        return 0 if reg is None else reg.n
+
+    def noise_var(self, stage: Stage, backend: Backend, group: Group) -> float:
+        """The learned noise variance of one observation of ``stage`` on ``backend`` in ``group``."""
+        return self._group_or_prior(stage, backend, group)[0].noise
+
+    # -- estimates --------------------------------------------------------------------------
+    def estimate(self, stage: Stage, backend: Backend, group: Group, phi: tuple[float, ...], bucket: Any) -> Estimate:
+        """The offset of the log-latency from the prior at ``phi`` and ``bucket``, and its variance.
+
+        The variance is that of the expected value (what exploration weighs), not of one
+        observation's noise; it grows with the clock while nothing is observed.
+        """
+        device = self._devices.get(backend) or self._device_of(backend)
+        reg, version = self._group_or_prior(stage, backend, group)
+        mean = device.mean
+        rate = device.rate()
+        a = device.var - rate * device.last
+        b = rate
+        if reg.k:
+            mean += sum(map(mul, reg.mean, phi))
+            a += sum(map(mul, [sum(map(mul, row, phi)) for row in reg.cov], phi)) - reg.q * reg.last
+            b += reg.q
+        bk = self._buckets.get((stage, backend, bucket))
+        if bk is None:
+            a += reg.between
+        else:
+            mean += bk[0]
+            a += bk[1]
+        return Estimate(mean, a, b, (device.version, version))
+
+    # -- learning ---------------------------------------------------------------------------
+    def observe(
+        self,
+        stage: Stage,
+        backend: Backend,
+        group: Group,
+        phi: tuple[float, ...],
+        bucket: Any,
+        *,
+        prior_log: float,
+        log_t: float,
+        clock: int,
+    ) -> Learned:
+        """Learn from one run whose log run time was ``log_t`` where the prior said ``prior_log``."""
+        p = self.params
+        device = self._devices.get(backend) or self._device_of(backend)
+        reg = self._groups.get((stage, backend, group)) or self._group_of(stage, backend, group)
+        bkey = (stage, backend, bucket)
+        bk = self._buckets.get(bkey) or self._bucket_of(bkey, reg.between)
+        self.observations += 1
+        family = (stage, backend)
+        self._families[family] = self._families.get(family, 0) + 1
+
+        v_device = device.var_at(clock)
+        reg.grow(clock)
+        predicted = prior_log + device.mean + bk[0]
+        k = reg.k
+        if k:
+            cov = reg.cov
+            p_phi = [sum(map(mul, row, phi)) for row in cov]
+            v_reg = sum(map(mul, p_phi, phi))
+            predicted += sum(map(mul, reg.mean, phi))
+        else:
+            v_reg = 0.0
+        v_model = v_device + v_reg + bk[1]
+        s = v_model + reg.noise
+        sd = math.sqrt(s)
+        raw = log_t - predicted
+        z = raw / sd
+        clip = p.clip
+        # Bounded influence, unless the surprise repeats: a run of innovations beyond the
+        # clip in one direction is a change (throttling, contention, a new driver), not noise.
+        run = reg.run
+        change = False
+        if z > clip:
+            reg.run_size = min(reg.run_size, raw) if run > 0 else raw
+            run = run + 1 if run > 0 else 1
+            change = run >= p.confirm_slower
+        elif z < -clip:
+            reg.run_size = min(reg.run_size, -raw) if run < 0 else -raw
+            run = run - 1 if run < 0 else -1
+            change = -run >= p.confirm_faster
+        else:
+            run = 0
+        if change:
+            reg.run = 0
+            size = min(reg.run_size, MAX_CHANGE)
+            self.changes[(stage, backend)] = self.changes.get((stage, backend), 0) + 1
+            # Where the change is, the next observations tell: the backend's device term, this
+            # regression, or this shape bucket alone are all re-opened.
+            self._reopen(device, reg, bk)
+            v_device = device.var
+            if k:
+                p_phi = [sum(map(mul, row, phi)) for row in cov]
+                v_reg = sum(map(mul, p_phi, phi))
+            v_model = v_device + v_reg + bk[1]
+            s = v_model + reg.noise
+            e = size if raw > 0 else -size
+            zw = e / math.sqrt(s)
+        else:
+            reg.run = run
+            zw = clip if z > clip else -clip if z < -clip else z
+            e = zw * sd
+        step = e / s
+
+        # One Kalman step per term, all with the innovation's total variance s.
+        device_move = v_device * step
+        device.mean += device_move
+        device.var = v_device * (1.0 - v_device / s)
+        if device.energy and clock > device.last:
+            device.energy *= device._decay ** (clock - device.last)
+        # How far the device term moves beyond what noise moves it (2 standard deviations of a
+        # right model's move, v_device / sqrt(s)) is the evidence of how much it changes: a
+        # backend whose term jumped (detected as a change or not) is re-checked sooner.
+        surprise = device_move * device_move - 4.0 * v_device * v_device / s
+        if surprise > 0.0:
+            device.energy += surprise
+        device.last = clock
+        device.n += 1
+        device.version += 1
+        if k:
+            reg.mean = [m + x * step for m, x in zip(reg.mean, p_phi, strict=True)]
+            inv_s = 1.0 / s
+            reg.cov = [
+                [c - gi * pj for c, pj in zip(row, p_phi, strict=True)]
+                for row, gi in zip(cov, [x * inv_s for x in p_phi], strict=True)
+            ]
+        reg.n += 1
+        reg.version += 1
+        bk_mean, bk_var = bk[0], bk[1]
+        bk[0] += bk_var * step
+        bk[1] = bk_var * (1.0 - bk_var / s)
+
+        # The noise variance: what the (winsorised) innovations show beyond the model's own
+        # uncertainty, followed slowly so that a change in level is not mistaken for noise.
+        sample = e * e - v_model
+        floor = p.min_noise_var
+        noise = reg.noise
+        reg.noise += p.noise_rate * ((sample if sample > floor else floor) - noise)
+        if not change:
+            # The variance between buckets: what the residual left by every term but the
+            # bucket's shows beyond noise and the terms' uncertainty (empirical Bayes).
+            r = e + bk_mean
+            sample = r * r - (v_model - bk_var) - noise
+            floor = self._bucket_var
+            reg.between += p.noise_rate * ((sample if sample > floor else floor) - reg.between)
+
+        gain = v_model / s
+        if change:
+            reg.detector = self._detector()
+            return Learned(True, device_move, gain * e, gain)
+        # Slow or small shifts, which the clip hides from the run test: river's ADWIN on the
+        # winsorised innovations.
+        detector = reg.detector
+        detector.update(zw)
+        alarm = detector.drift_detected
+        if alarm:
+            reg.detector = self._detector()
+            key = (stage, backend)
+            self.alarms[key] = self.alarms.get(key, 0) + 1
+            self._reopen(device, reg, bk)
+        return Learned(alarm, device_move, gain * e, gain)
+
+    def _reopen(self, device: _Device, reg: _Regression, bucket: list[float] | None) -> None:
+        var = self.params.alarm_var
+        device.changed(var)
+        if reg.k:
+            reg.cov[0][0] = max(reg.cov[0][0], var)
+        reg.version += 1
+        if bucket is not None:
+            bucket[1] = max(bucket[1], var)
+
+    def reopen(self, stage: Stage, backend: Backend, group: Group) -> None:
+        """Distrust what is known of ``stage`` on ``backend`` (a failure, a long outage): the next
+        observations move it fast."""
+        reg = self._groups.get((stage, backend, group))
+        if reg is None:
+            self._device_of(backend).changed(self.params.alarm_var)
+        else:
+            self._reopen(self._device_of(backend), reg, None)
+
+    # -- introspection ------------------------------------------------------------------------
+    def summary(self) -> dict[str, Any]:
+        """Plain-data state for reports: the device factor per backend, the fitted error per stage and group."""
+        out: dict[str, Any] = {
+            "device": {b.value: {"factor": round(math.exp(d.mean), 4), "sd": round(math.sqrt(d.var), 4),
+                                 "forgetting": d.rate()}
+                       for b, d in self._devices.items()},
+            "groups": {},
+            "buckets": len(self._buckets),
+            "alarms": {f"{s.value}/{b.value}": n for (s, b), n in self.alarms.items()},
+            "changes": {f"{s.value}/{b.value}": n for (s, b), n in self.changes.items()},
+        }  # fmt: skip
+        for (stage, backend, (precision, phase)), reg in self._groups.items():
+            entry: dict[str, Any] = {"observations": reg.n, "noise_sd": round(math.sqrt(reg.noise), 4)}
+            if reg.k:
+                entry["factor"] = round(math.exp(reg.mean[0]), 4)
+                entry["sd"] = round(math.sqrt(reg.cov[0][0]), 4)
+                entry["slopes"] = {name: round(v, 4) for name, v in zip(FEATURES[stage], reg.mean[1:], strict=True)}
+            out["groups"][f"{stage.value}/{backend.value}/{precision.value}/{phase}"] = entry
+        return out

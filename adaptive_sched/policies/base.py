@@ -1,0 +1,289 @@
+"""The contract every policy keeps, and the published table the scheduler reads.
+
+A policy answers, for a stage at a shape after the previous stage's backend, a
+:class:`~adaptive_sched.types.Choice`: the backend, the probability it gave that backend
+(the propensity), the whole probability vector, and what it predicted. It learns from
+observed latencies. The scheduler talks to a policy only through :class:`Policy`:
+
+=====================================  ================================================
+``bind(candidates, prior, supports)``  attach to a scheduler (required, done by it)
+``choose(stage, shape, after)``        the slow path: a Choice (required)
+``probabilities(stage, shape, after)`` the probability vector a Choice would carry
+``table``                              (optional) a :class:`PublishedTable` the scheduler
+                                       reads on its hot path before calling ``choose``
+``learn(observation)``                 (optional) learn from one observed latency
+``catch_up(deadline)``                 (optional) bounded background work (refreshes)
+``pending()``                          (optional) whether ``catch_up`` has work queued
+``exclude(backends)``                  stop choosing quarantined backends (base class)
+``on_excluded()``                      (optional) react to a change of the exclusions
+``mark_unsupported(stage, shape, b)``  (optional) ``b`` cannot run ``stage`` there
+``prepare()``                          (optional) pay one-time costs before serving
+``state()``                            (optional) a plain-data summary for reports
+=====================================  ================================================
+
+Optional hooks default to doing nothing, so the scheduler never probes for them.
+Every policy declares its parameters as a frozen dataclass ``Params`` beside its class
+(configs set them by name); ``__init__`` only stores them, randomness comes only from
+a ``seed``, and learned state lives in private attributes built by :meth:`Policy.bind`.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import random
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from types import MappingProxyType
+from typing import Any, ClassVar, NamedTuple, Protocol
+
+from ..types import Backend, Choice, Shape, Stage, parse_stage
+
+#: predictions or probabilities that are empty
+EMPTY: Mapping[Backend, float] = MappingProxyType({})
+
+
+class Prior(Protocol):
+    """What policies need from an offline prior (see :mod:`adaptive_sched.learners.priors`)."""
+
+    backends: tuple[Backend, ...]
+
+    def latency(self, stage: Stage | str, shape: Shape) -> Mapping[Backend, float]: ...
+
+    def choose(self, stage: Stage | str, shape: Shape) -> Backend: ...
+
+
+Supports = Callable[[Stage, Shape, Backend], bool]
+
+
+class Observation(NamedTuple):
+    """One observed stage run, as a policy learns from it."""
+
+    stage: Stage
+    shape: Shape
+    after: Backend | None
+    backend: Backend
+    latency_s: float
+    #: the choice the decision carried (None for a run the policy did not choose, e.g. a warm start row)
+    choice: Choice | None = None
+
+
+def choice(
+    backend: Backend,
+    probabilities: Mapping[Backend, float],
+    predicted: Mapping[Backend, float] = EMPTY,
+    exploit: Backend | None = None,
+    version: int = 0,
+) -> Choice:
+    """A Choice of ``backend`` from a probability vector (``exploit`` defaults to ``backend``)."""
+    probs = probabilities if isinstance(probabilities, MappingProxyType) else MappingProxyType(dict(probabilities))
+    return Choice(backend, probs[backend], backend is not (exploit or backend), predicted, probs, version)
+
+
+def certain(backend: Backend, predicted: Mapping[Backend, float] = EMPTY, version: int = 0) -> Choice:
+    """The Choice of a deterministic policy: ``backend`` with probability 1."""
+    return Choice(backend, 1.0, False, predicted, MappingProxyType({backend: 1.0}), version)
+
+
+class Epoch:
+    """A counter shared by the entries computed from one part of a policy's state.
+
+    The policy bumps it when that state has moved enough to change a decision; an entry
+    remembers the value it was computed at, and is stale (recomputed on its next use)
+    once the two differ. Invalidating any number of entries costs one increment.
+    """
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def bump(self) -> None:
+        self.value += 1
+
+
+#: the epoch of entries that never go stale
+FOREVER = Epoch()
+
+
+class Entry:
+    """What the scheduler draws from for one (stage, shape bucket, previous backend).
+
+    ``exploit`` is taken unless the uniform draw ``u`` falls below one of the cumulative
+    thresholds of ``alternatives``. Entries are immutable once published: a refresh
+    replaces the whole entry, so a reader on another thread sees the old one or the new one.
+    """
+
+    __slots__ = ("alternatives", "epoch", "exploit", "seen")
+
+    def __init__(
+        self, exploit: Choice, alternatives: tuple[tuple[float, Choice], ...] = (), epoch: Epoch = FOREVER
+    ) -> None:
+        self.exploit = exploit
+        self.alternatives = alternatives
+        self.epoch = epoch
+        self.seen = epoch.value
+
+    def pick(self, u: float) -> Choice:
+        for threshold, alternative in self.alternatives:
+            if u < threshold:
+                return alternative
+        return self.exploit
+
+
+def _bucket(x: int) -> int:
+    # Quarter-octave buckets from the top three bits, exact below 16: neighbouring kv
+    # lengths share what is learned, and the key costs two integer operations.
+    if x <= 16:
+        return x
+    b = x.bit_length()
+    return (b << 2) | ((x >> (b - 3)) & 3)
+
+
+def bucket_key(stage: Stage, shape: Shape, lookahead: bool = True) -> tuple[Any, ...]:
+    """The shape bucket a published entry is shared by (never the exact shape: kv_len grows every token).
+
+    ``qkv`` ignores the KV cache unless it plans ``attn`` after it (``lookahead``).
+
+    >>> a, b = Shape(n=1, d=2048, kv_len=300), Shape(n=1, d=2048, kv_len=310)
+    >>> bucket_key(Stage.ATTN, a) == bucket_key(Stage.ATTN, b), bucket_key(Stage.QKV, a, lookahead=False)
+    (True, (1, 2048, 32, 1, <Precision.FP16: 'fp16'>, 0))
+    """
+    n = shape.n
+    kv = _bucket(shape.kv_len + n) if stage is Stage.ATTN or lookahead else 0
+    return (n if n <= 64 else _bucket(n), shape.d, shape.heads, shape.batch, shape.precision, kv)
+
+
+class PublishedTable:
+    """The entries a policy publishes, keyed by (stage, :func:`bucket_key`, previous backend).
+
+    The policy owns and writes it; the scheduler only calls :meth:`lookup`. Its size is
+    bounded: past ``max_entries`` it starts over (a miss only costs a slow decision).
+    """
+
+    __slots__ = ("_entries", "lookahead", "max_entries")
+
+    def __init__(self, lookahead: bool = True, max_entries: int = 50_000) -> None:
+        self._entries: dict[tuple[Any, ...], Entry] = {}
+        self.lookahead = lookahead
+        self.max_entries = max_entries
+
+    def key(self, stage: Stage, shape: Shape, after: Backend | None) -> tuple[Any, ...]:
+        """The key of the entry for this decision."""
+        return (stage, *bucket_key(stage, shape, self.lookahead), after)
+
+    def lookup(self, stage: Stage, shape: Shape, after: Backend | None) -> Entry | None:
+        """The entry for this decision, or None if there is none or it is stale (the scheduler then asks the policy)."""
+        entry = self._entries.get((stage, *bucket_key(stage, shape, self.lookahead), after))
+        if entry is None or entry.seen != entry.epoch.value:
+            return None
+        return entry
+
+    def publish(self, key: tuple[Any, ...], entry: Entry) -> None:
+        if len(self._entries) >= self.max_entries and key not in self._entries:
+            self._entries.clear()
+        self._entries[key] = entry
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+class Policy(abc.ABC):
+    """Base class of every policy (see the module docstring for the contract)."""
+
+    #: the kind name configs use
+    name: ClassVar[str] = "policy"
+
+    @dataclasses.dataclass(frozen=True)
+    class Params:
+        """A policy's parameters (none by default)."""
+
+    #: the published table, for policies that have one (read by the scheduler's hot path)
+    table: PublishedTable | None = None
+
+    def __init__(self, params: Any = None, **overrides: Any) -> None:
+        params = params if params is not None else self.Params()
+        self.params = dataclasses.replace(params, **overrides) if overrides else params
+
+    @classmethod
+    def from_params(cls, **params: Any) -> Policy:
+        """Build from keyword parameters (a ``TypeError`` names an unknown one)."""
+        return cls(cls.Params(**params))
+
+    def clone(self) -> Policy:
+        """A new, unbound policy with the same parameters."""
+        return type(self)(self.params)
+
+    # -- binding -------------------------------------------------------------------------
+    def bind(self, candidates: Iterable[Backend], prior: Prior | None, supports: Supports | None = None) -> None:
+        """Attach to a scheduler: the backends it chooses between, the offline prior, and a
+        predicate telling whether a backend's executor can run a stage at a shape."""
+        self.candidates = tuple(candidates)
+        if not self.candidates:
+            raise ValueError("a policy needs at least one candidate backend")
+        self.prior = prior
+        self.supports = supports
+        self._excluded: frozenset[Backend] = frozenset()
+        self._lock = threading.RLock()
+        self.draw: Callable[[], float] = random.Random(getattr(self.params, "seed", 0)).random
+        self._setup()
+
+    def _setup(self) -> None:
+        """Build learned state (subclasses)."""
+
+    # -- deciding ------------------------------------------------------------------------
+    @abc.abstractmethod
+    def choose(self, stage: Stage, shape: Shape, after: Backend | None) -> Choice:
+        """Choose a backend for ``stage`` at ``shape``; ``after`` is where the previous stage ran."""
+
+    def probabilities(self, stage: Stage | str, shape: Shape, after: Backend | None) -> Mapping[Backend, float]:
+        """The probability this policy gives each backend now (offline replay asks this).
+
+        Drawing many choices gives these frequencies. The default suits deterministic
+        policies; stochastic ones override it without drawing.
+        """
+        return self.choose(parse_stage(stage), shape, after).probabilities
+
+    def best(self, stage: Stage | str, shape: Shape, after: Backend | None) -> Backend:
+        """The backend this policy holds most likely to be fastest now."""
+        probs = self.probabilities(stage, shape, after)
+        return max(probs, key=probs.__getitem__)
+
+    # -- learning (optional) -------------------------------------------------------------
+    def learn(self, observation: Observation) -> None:
+        """Learn from one observed latency (already validated; the backend may be outside the candidates)."""
+
+    def catch_up(self, deadline: float | None = None) -> None:
+        """Do queued background work until ``deadline`` (``time.perf_counter``), or all of it."""
+
+    def pending(self) -> bool:
+        """Whether :meth:`catch_up` has work queued."""
+        return False
+
+    def prepare(self) -> None:
+        """Pay one-time costs (imports, models) before serving."""
+
+    # -- exclusions ----------------------------------------------------------------------
+    def exclude(self, backends: Iterable[Backend]) -> None:
+        """Stop choosing ``backends`` (quarantined after failures) until excluded no more."""
+        with self._lock:
+            self._excluded = frozenset(backends)
+            self.on_excluded()
+
+    def on_excluded(self) -> None:
+        """React to a change of the excluded set (optional)."""
+
+    def mark_unsupported(self, stage: Stage, shape: Shape, backend: Backend) -> None:
+        """``backend`` cannot run ``stage`` at ``shape`` (optional: policies that remember it)."""
+
+    def usable(self) -> tuple[Backend, ...]:
+        """The candidates not excluded (all of them if every one is)."""
+        usable = tuple(b for b in self.candidates if b not in self._excluded)
+        return usable or self.candidates
+
+    def state(self) -> dict[str, Any]:
+        """A plain-data summary of what the policy has learned (for reports)."""
+        return {}

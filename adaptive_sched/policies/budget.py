@@ -1,0 +1,106 @@
+"""The exploration budget: how much latency exploration may cost, and when it may cost more.
+
+:class:`ExplorationBudget` keeps a decayed account of total latency and of what probes
+cost beyond the exploit choice (measured, not predicted: a probe of a backend the prior
+wrongly called slow costs nothing, so a wrong prior is checked again soon). While the
+spend is over ``share`` of the total, exploration probabilities are scaled down to a
+trickle (``floor``), so stale estimates are still probed now and then.
+
+:class:`AlarmWindows` lifts the budget after a detected change on a backend until every
+usable backend has been observed ``probes`` times since (re-measured, the choice needs
+no more probes), or ``max_observations`` have passed.
+
+>>> b = ExplorationBudget(share=0.01)
+>>> for _ in range(100):
+...     b.charge(latency_s=1e-3, extra_s=0.0)
+>>> b.scale()
+1.0
+>>> b.charge(latency_s=5e-3, extra_s=4e-3)   # one probe cost 4 ms more than the exploit choice
+>>> b.scale() < 1.0
+True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from ..types import Backend
+
+
+class ExplorationBudget:
+    """A decayed ratio of exploration spend to total latency, and the throttle it implies."""
+
+    __slots__ = ("_decay", "count", "floor", "share", "spent", "total")
+
+    def __init__(self, share: float, floor: float = 0.02, horizon: int = 2000) -> None:
+        self.share = share
+        self.floor = floor
+        self._decay = 1.0 - 1.0 / horizon
+        self.spent = 0.0
+        self.total = 0.0
+        self.count = 0.0
+
+    def charge(self, latency_s: float, extra_s: float) -> None:
+        """Account one observed stage: its latency, and what it cost beyond the exploit choice."""
+        decay = self._decay
+        self.total = self.total * decay + latency_s
+        self.spent = self.spent * decay + extra_s
+        self.count = self.count * decay + 1.0
+
+    def allowance(self) -> float:
+        """Seconds of exploration one decision may cost on average: ``share`` of a recent mean stage."""
+        return self.share * self.total / self.count if self.count else 0.0
+
+    def scale(self) -> float:
+        """1 within budget, ``floor`` over it (0 with a zero budget)."""
+        if self.share <= 0.0:
+            return 0.0
+        return 1.0 if self.spent <= self.share * self.total else self.floor
+
+    def share_spent(self) -> float:
+        return self.spent / self.total if self.total > 0 else 0.0
+
+
+class AlarmWindows:
+    """Backends whose detected change lifts the budget, until everything is re-measured."""
+
+    __slots__ = ("_open", "max_observations", "probes")
+
+    def __init__(self, probes: int = 8, max_observations: int = 400) -> None:
+        self.probes = probes
+        self.max_observations = max_observations
+        # alarmed backend -> (clock it closes at, observations of each backend since)
+        self._open: dict[Backend, tuple[int, dict[Backend, int]]] = {}
+
+    def open(self, backend: Backend, clock: int, usable: Iterable[Backend]) -> None:
+        self._open[backend] = (clock + self.max_observations, dict.fromkeys(usable, 0))
+
+    def lifted(self, backend: Backend, clock: int) -> bool:
+        """Whether probes involving ``backend`` are outside the budget now."""
+        window = self._open.get(backend)
+        return window is not None and clock <= window[0]
+
+    def any_lifted(self, backends: Iterable[Backend], clock: int) -> bool:
+        return bool(self._open) and any(self.lifted(b, clock) for b in backends)
+
+    def count(self, observed: Backend, clock: int) -> bool:
+        """Count an observation against open windows; True if one closed."""
+        closed = False
+        for alarmed, (until, seen) in list(self._open.items()):
+            if clock > until:
+                del self._open[alarmed]
+                closed = True
+                continue
+            if observed in seen:
+                seen[observed] += 1
+            if min(seen.values()) >= self.probes:
+                del self._open[alarmed]
+                closed = True
+        return closed
+
+    def open_for(self) -> list[Backend]:
+        """The backends whose windows are open."""
+        return sorted(self._open, key=lambda b: b.value)
+
+    def __bool__(self) -> bool:
+        return bool(self._open)

@@ -1,0 +1,223 @@
+"""Latency estimates: the offline prior, corrected by the online model, plus the cost of a handoff.
+
+:class:`Estimates` answers "how long will ``stage`` take at ``shape`` on ``backend`` after
+``after``, and how sure are we" and learns from what a run took. The prior gives the
+starting log-latency (evaluated on a grid, so a decode loop whose ``kv_len`` grows
+every token does not pay for a prior evaluation per token); the
+:class:`~adaptive_sched.learners.latency.LatencyModel` holds what this device has shown
+since; a :class:`TransitionCost` per ordered backend pair holds what moving a stage's
+input between processors costs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from ..learners.latency import NOTHING_LEARNED, Estimate, LatencyModel, Learned, ModelParams, stage_features
+from ..types import Backend, Shape, Stage
+from .base import Prior, bucket_key
+
+#: distinct shapes whose prior, features and bucket are kept (a cache: past it, it starts over)
+POINT_CACHE = 65_536
+
+
+class Point:
+    """What the estimates need of one (stage, shape), computed once per shape."""
+
+    __slots__ = ("bucket", "cache", "group", "moved_bytes", "phi", "prior_log", "shape", "stage")
+
+    def __init__(self, stage: Stage, shape: Shape, prior_log: Mapping[Backend, float]) -> None:
+        self.stage = stage
+        self.shape = shape
+        self.bucket = bucket_key(stage, shape, lookahead=False)
+        self.group, self.phi = stage_features(stage, shape)
+        #: backend -> the model's estimate here, kept until the model's state moves
+        self.cache: dict[Backend, Estimate] = {}
+        self.prior_log = prior_log
+        # bytes the stage takes from the previous stage: X for qkv; Q, K, V for attn
+        rows = (3 if stage is Stage.ATTN else 1) * shape.batch * shape.n
+        self.moved_bytes = rows * shape.d * shape.precision.itemsize
+
+
+class TransitionCost:
+    """The synchronisation cost (seconds) of handing a stage's input from one backend to another.
+
+    A scalar Kalman filter in seconds: it starts at the prior guess with standard
+    deviation ``prior_sd_s`` (a handoff is known only roughly before it is seen), drifts
+    slowly (``drift_sd_s`` per crossing) so a changed driver or load is followed, and takes
+    its share of a crossing's surprise in proportion to its uncertainty against that of
+    the stage's own run.
+    """
+
+    __slots__ = ("_q", "mean", "n", "variance")
+
+    def __init__(self, prior_s: float, prior_sd_s: float = 3e-4, drift_sd_s: float = 1e-5) -> None:
+        self.mean = prior_s
+        self.variance = prior_sd_s * prior_sd_s
+        self._q = drift_sd_s * drift_sd_s
+        self.n = 0
+
+    def update(self, innovation_s: float, other_variance: float) -> float:
+        """Take this estimate's share of ``innovation_s``; return the share taken (seconds)."""
+        self.variance += self._q
+        total = self.variance + other_variance
+        k = self.variance / total if total > 0 else 0.5
+        taken = k * innovation_s
+        self.mean = max(0.0, self.mean + taken)
+        self.variance *= 1.0 - k
+        self.n += 1
+        return taken
+
+
+class Estimates:
+    """Prior + online model + handoff costs, for the candidates of one policy.
+
+    Parameters
+    ----------
+    prior : Prior
+        The offline prior (an object with ``latency(stage, shape)``).
+    candidates : tuple of Backend
+    params : ModelParams
+        The online model's parameters.
+    transition_sync_s, transition_bytes_per_s : float
+        Prior cost of a handoff: a synchronisation, plus the bytes moved at this rate.
+    transition_sd_s : float
+        How far (seconds) a handoff may be from that before it has been seen.
+    """
+
+    def __init__(
+        self,
+        prior: Prior,
+        candidates: tuple[Backend, ...],
+        params: ModelParams,
+        *,
+        transition_sync_s: float,
+        transition_bytes_per_s: float,
+        transition_sd_s: float = 1e-3,
+    ) -> None:
+        if transition_bytes_per_s <= 0:
+            raise ValueError(f"transition_bytes_per_s must be > 0, got {transition_bytes_per_s!r}")
+        self.prior = prior
+        self.candidates = candidates
+        self.model = LatencyModel(params)
+        self.transition_sync_s = transition_sync_s
+        self.transition_bytes_per_s = transition_bytes_per_s
+        self.transition_sd_s = transition_sd_s
+        self._transitions: dict[tuple[Backend, Backend], TransitionCost] = {}
+        self._points: dict[tuple[Stage, Shape], Point] = {}
+        self._grid: dict[tuple[Stage, Shape], Mapping[Backend, float]] = {}
+
+    # -- the prior, on a grid -------------------------------------------------------------
+    def point(self, stage: Stage, shape: Shape) -> Point:
+        """The cached :class:`Point` of ``stage`` at ``shape``."""
+        key = (stage, shape)
+        pt = self._points.get(key)
+        if pt is None:
+            if len(self._points) >= POINT_CACHE:
+                self._points.clear()
+            pt = self._points[key] = Point(stage, shape, self._prior_log(stage, shape))
+        return pt
+
+    def _prior_log(self, stage: Stage, shape: Shape) -> Mapping[Backend, float]:
+        # A prior's estimate costs ~0.1 ms: evaluate it on a grid of 1/16 octave of kv_len
+        # (~4%) and share it among the shapes of one grid point (qkv does not see kv_len).
+        kv = 0 if stage is Stage.QKV else shape.kv_len
+        if kv > 64:
+            kv = round(2.0 ** (round(16 * math.log2(kv)) / 16))
+        grid_shape = shape if kv == shape.kv_len else Shape(shape.n, shape.d, kv, shape.batch, shape.heads,
+                                                             shape.precision)  # fmt: skip
+        key = (stage, grid_shape)
+        cached = self._grid.get(key)
+        if cached is None:
+            est = self.prior.latency(stage, grid_shape)
+            # A backend the prior knows nothing about (or calls free) is never chosen on purpose.
+            cached = {
+                b: math.log(est[b]) if b in est and est[b] > 0 and math.isfinite(est[b]) else math.inf
+                for b in self.candidates
+            }
+            if len(self._grid) >= POINT_CACHE:
+                self._grid.clear()
+            self._grid[key] = cached
+        return cached
+
+    # -- estimates ------------------------------------------------------------------------
+    def compute(self, point: Point, backend: Backend, clock: int) -> tuple[float, float]:
+        """(mean, variance) of the log of the stage's own run time on ``backend``."""
+        base = point.prior_log.get(backend, math.inf)
+        if not math.isfinite(base):
+            return math.inf, 0.0
+        model = self.model
+        est = point.cache.get(backend)
+        if est is None or est.versions != model.versions(point.stage, backend, point.group):
+            est = point.cache[backend] = model.estimate(point.stage, backend, point.group, point.phi, point.bucket)
+        return base + est.mean, est.a + est.b * clock
+
+    def transition(self, point: Point, after: Backend | None, backend: Backend) -> tuple[float, float]:
+        """(seconds, variance in seconds squared) to bring the stage's input from ``after`` to ``backend``."""
+        if after is None or after is backend:
+            return 0.0, 0.0
+        copy = point.moved_bytes / self.transition_bytes_per_s
+        t = self._transitions.get((after, backend))
+        if t is None:
+            return self.transition_sync_s + copy, self.transition_sd_s**2
+        return t.mean + copy, t.variance
+
+    def total(self, point: Point, after: Backend | None, backend: Backend, clock: int) -> tuple[float, float]:
+        """(seconds, variance in seconds squared) of the stage on ``backend`` after ``after``, handoff included."""
+        mean, var = self.compute(point, backend, clock)
+        if not math.isfinite(mean):
+            return math.inf, 0.0
+        seconds = math.exp(mean)
+        t, t_var = self.transition(point, after, backend)
+        # delta method: the compute part's variance is given in log units
+        return seconds + t, seconds * seconds * var + t_var
+
+    # -- learning -------------------------------------------------------------------------
+    def observe(self, point: Point, after: Backend | None, backend: Backend, latency_s: float, clock: int) -> Learned:
+        """Learn from one run; says what moved (see :class:`~adaptive_sched.learners.latency.Learned`)."""
+        base = point.prior_log.get(backend, math.inf)
+        if not math.isfinite(base):
+            return NOTHING_LEARNED
+        compute_s = latency_s
+        if after is not None and after is not backend:
+            split = self._split_transition(point, after, backend, latency_s, clock)
+            if split is None:
+                return NOTHING_LEARNED
+            compute_s = split
+        return self.model.observe(
+            point.stage,
+            backend,
+            point.group,
+            point.phi,
+            point.bucket,
+            prior_log=base,
+            log_t=math.log(compute_s),
+            clock=clock,
+        )
+
+    def _split_transition(
+        self, point: Point, after: Backend, backend: Backend, latency_s: float, clock: int
+    ) -> float | None:
+        """Split what a crossing stage cost between its own run and the crossing, in proportion to how
+        uncertain each part is (a joint Kalman step). Returns the run's part, or None if nothing is left."""
+        mean, var = self.compute(point, backend, clock)
+        compute = math.exp(mean)
+        t_est, _ = self.transition(point, after, backend)
+        pair = self._transitions.get((after, backend))
+        if pair is None:
+            pair = self._transitions[(after, backend)] = TransitionCost(self.transition_sync_s, self.transition_sd_s)
+        noise = self.model.noise_var(point.stage, backend, point.group)
+        innovation = latency_s - (compute + t_est)
+        taken = pair.update(innovation, compute * compute * (var + noise))
+        part = compute + innovation - taken
+        return part if part > 0 else None
+
+    def state(self) -> dict[str, Any]:
+        return {
+            **self.model.summary(),
+            "transitions_ms": {
+                f"{a.value}->{b.value}": round(t.mean * 1e3, 4) for (a, b), t in self._transitions.items()
+            },
+        }

@@ -1,0 +1,74 @@
+"""Exploration: turning value estimates with their uncertainty into a probability vector.
+
+A strategy is a function of the candidates' estimated values (seconds, lower is better)
+and the variances of those estimates. The rule here gives each alternative the
+probability that it is in fact faster than the exploit choice (Thompson sampling's
+propensity for two arms, with a normal approximation in log space), capped per
+alternative, so a backend is probed in proportion to how plausibly it could win: a
+far-slower backend whose estimate is fresh is left alone; one that is uncertain (never
+checked here, or unobserved for long) is tried. The exploit choice keeps the majority
+of the mass. Scaling by the budget happens before the cap is applied to the total.
+
+>>> from adaptive_sched.types import Backend
+>>> probs = win_probabilities({Backend.GPU: 1.0, Backend.NPU: 1.1}, {Backend.GPU: 0.01, Backend.NPU: 0.01}, cap=0.2)
+>>> best, alternatives = probs
+>>> best, round(alternatives[Backend.NPU], 3)
+(<Backend.GPU: 'gpu'>, 0.2)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+from ..types import Backend
+
+#: below this, a probe would almost never happen: publish none (and keep entries small)
+MIN_PROBABILITY = 1e-4
+#: exploration never takes more than this share of one decision's probability
+MAX_EXPLORE = 0.5
+
+
+def normal_sf(z: float) -> float:
+    """P(Z > z) for a standard normal Z."""
+    return 0.5 * math.erfc(z * 0.7071067811865476)
+
+
+def win_probabilities(
+    values: Mapping[Backend, float],
+    log_variances: Mapping[Backend, float],
+    *,
+    cap: float,
+    scale: Mapping[Backend, float] | None = None,
+    allowance: Mapping[Backend, float] | None = None,
+) -> tuple[Backend, dict[Backend, float]]:
+    """The exploit choice and, per alternative, its probability of being explored.
+
+    ``values`` are expected seconds, ``log_variances`` the variances of their logs;
+    ``scale`` multiplies an alternative's probability (the budget's throttle, 1 by default);
+    ``allowance`` bounds what exploring it may cost on average per decision (seconds): an
+    alternative expected to cost 30 stages is tried 30 times more rarely than one expected
+    to cost one. Non-finite values are never chosen.
+    """
+    finite = {b: v for b, v in values.items() if math.isfinite(v)}
+    best = min(finite, key=finite.__getitem__)
+    best_log, best_var = math.log(finite[best]), log_variances[best]
+    out: dict[Backend, float] = {}
+    total = 0.0
+    for b, v in finite.items():
+        if b is best:
+            continue
+        spread = math.sqrt(log_variances[b] + best_var)
+        gap = math.log(v) - best_log
+        p = normal_sf(gap / spread) if spread > 0 else 0.0
+        p = min(cap, p) * (1.0 if scale is None else scale.get(b, 1.0))
+        if allowance is not None and b in allowance:
+            extra = v - finite[best]
+            if extra * p > allowance[b]:
+                p = allowance[b] / extra  # 0 with a zero budget
+        if p >= MIN_PROBABILITY:
+            out[b] = p
+            total += p
+    if total > MAX_EXPLORE:
+        out = {b: p * MAX_EXPLORE / total for b, p in out.items()}
+    return best, out

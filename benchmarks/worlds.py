@@ -1,0 +1,302 @@
+"""Latency worlds for the learning benchmark: latency models that are not our simulator.
+
+The scheduler's prior is built from our simulated RK3588, so judging the scheduler on
+that simulator would judge it where its prior is right by construction. These worlds are
+written independently of :mod:`adaptive_sched.sim` (no code or constant shared with it):
+
+``soc``
+    An RK3588-like SoC from first principles: per backend a launch cost per kernel, a
+    compute rate and a memory bandwidth per precision, small-tensor inefficiency, NPU
+    alignment padding; GPU attention is a bandwidth-bound 3-kernel pipeline, NPU
+    attention pays for its softmax. Which backend wins moves with d, kv_len and precision,
+    and in places differs from what the prior believes by large factors.
+``npu-heavy``
+    A different SoC (a Snapdragon-class NPU several times the GPU, a slower GPU).
+``prior``
+    A world that is exactly the prior (the prior is right), so that one perturbation of it
+    measures what one wrong belief costs (for example one (stage, backend) 10x faster than
+    the prior says).
+
+A :class:`Scenario` scales a world's latencies over the run: by (stage, backend), by
+backend over a span of the run (throttling, contention), periodically, as a ramp, or
+with heavy-tailed noise. Time is the layer index, so every policy meets the same
+conditions at the same point of the workload, and the oracle is well defined.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from adaptive_sched.types import Backend, Shape, Stage
+
+GPU, NPU = Backend.GPU, Backend.NPU
+QKV, ATTN = Stage.QKV, Stage.ATTN
+
+# ------------------------------------------------------------------------------------------
+# Base latency models
+# ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One processor: a roofline with per-kernel costs."""
+
+    launch_s: float
+    #: effective ops/s of a large, well-shaped GEMM per precision
+    ops: dict[str, float]
+    #: effective bytes/s streaming weights or the KV cache, per precision
+    bandwidth: dict[str, float]
+    #: kernels per stage (the GPU runs attention as QK^T, softmax, AV)
+    kernels: dict[Stage, int]
+    #: work (outputs) at which a kernel reaches half its rate: small tensors are inefficient
+    half_outputs: float
+    #: matmul dimensions are padded to this many elements (0: none)
+    align: int = 0
+    #: extra cost factor of attention's softmax and layout on this unit
+    attn_factor: float = 1.0
+
+
+def _pad(x: int, a: int) -> int:
+    return x if a <= 0 else -(-x // a) * a
+
+
+def roofline(unit: Unit, stage: Stage, shape: Shape) -> float:
+    p = shape.precision.value
+    s = shape.precision.itemsize
+    b, n, d = shape.batch, shape.n, shape.d
+    if stage is QKV:
+        m, k, nn = b * n, _pad(d, unit.align), _pad(3 * d, unit.align)
+        flops = 2 * m * k * nn
+        nbytes = s * (m * k + k * nn + m * nn)
+        outputs = m * nn
+    else:
+        keys = shape.kv_len + n
+        keys_p = _pad(keys, unit.align)
+        flops = 4 * b * n * keys_p * d + 5 * b * shape.heads * n * keys_p
+        nbytes = s * (2 * b * n * d + 2 * b * keys_p * d)
+        outputs = b * shape.heads * n * keys_p
+    occupancy = outputs / (outputs + unit.half_outputs)
+    compute = flops / (unit.ops[p] * occupancy)
+    memory = nbytes / (unit.bandwidth[p] * min(1.0, 4 * occupancy))
+    t = unit.kernels[stage] * unit.launch_s + max(compute, memory)
+    return t * (unit.attn_factor if stage is ATTN else 1.0)
+
+
+SOC = {
+    # Mali-class GPU through OpenCL: cheap-ish launches, good FP16 rate, INT8 needs unpacking.
+    GPU: Unit(launch_s=9e-5, ops={"fp16": 6.0e11, "int8": 2.4e11}, bandwidth={"fp16": 1.9e10, "int8": 1.3e10},
+              kernels={QKV: 1, ATTN: 3}, half_outputs=2.0e3),
+    # A 3-core NPU through a static-graph runtime: costly calls, strong INT8, weak FP16, weak softmax.
+    NPU: Unit(launch_s=2.2e-4, ops={"fp16": 2.5e11, "int8": 1.1e12}, bandwidth={"fp16": 1.4e10, "int8": 2.0e10},
+              kernels={QKV: 1, ATTN: 1}, half_outputs=8.0e3, align=32, attn_factor=1.6),
+}  # fmt: skip
+
+NPU_HEAVY = {
+    GPU: Unit(launch_s=1.5e-4, ops={"fp16": 2.5e11, "int8": 1.2e11}, bandwidth={"fp16": 1.2e10, "int8": 9e9},
+              kernels={QKV: 1, ATTN: 3}, half_outputs=4.0e3),
+    NPU: Unit(launch_s=6e-5, ops={"fp16": 1.5e12, "int8": 3.0e12}, bandwidth={"fp16": 3.0e10, "int8": 3.6e10},
+              kernels={QKV: 1, ATTN: 1}, half_outputs=2.0e3, align=64, attn_factor=1.1),
+}  # fmt: skip
+
+
+class BaseWorld:
+    """Noise-free latencies of one stage on one backend, and of handing a stage's input between backends."""
+
+    name = "base"
+    sync_s = 1.2e-4
+    copy_bps = 8e9
+
+    def stage_s(self, stage: Stage, shape: Shape, backend: Backend) -> float:
+        raise NotImplementedError
+
+    def handoff_s(self, stage: Stage, shape: Shape, src: Backend | None, dst: Backend) -> float:
+        if src is None or src is dst:
+            return 0.0
+        moved = (3 if stage is ATTN else 1) * shape.batch * shape.n * shape.d * shape.precision.itemsize
+        return self.sync_s + moved / self.copy_bps
+
+
+class RooflineWorld(BaseWorld):
+    def __init__(self, name: str, units: dict[Backend, Unit]) -> None:
+        self.name = name
+        self.units = units
+
+    def stage_s(self, stage: Stage, shape: Shape, backend: Backend) -> float:
+        return roofline(self.units[backend], stage, shape)
+
+
+class PriorWorld(BaseWorld):
+    """Exactly what the prior predicts (at the prior's 1/16-octave grid, as the policy reads it)."""
+
+    name = "prior"
+
+    def __init__(self, prior: Any) -> None:
+        self.prior = prior
+        self._cache: dict[tuple[Stage, Shape], dict[Backend, float]] = {}
+
+    def stage_s(self, stage: Stage, shape: Shape, backend: Backend) -> float:
+        key = (stage, shape)
+        est = self._cache.get(key)
+        if est is None:
+            est = self._cache[key] = dict(self.prior.latency(stage, shape))
+        return est[backend]
+
+
+def make_base(name: str, prior: Any = None) -> BaseWorld:
+    if name == "soc":
+        return RooflineWorld("soc", SOC)
+    if name == "npu-heavy":
+        return RooflineWorld("npu-heavy", NPU_HEAVY)
+    if name == "prior":
+        return PriorWorld(prior)
+    raise ValueError(f"unknown world {name!r}")
+
+
+# ------------------------------------------------------------------------------------------
+# Scenarios: how the world changes over the run
+# ------------------------------------------------------------------------------------------
+
+#: (stage or None for every stage, backend, progress in [0, 1]) -> latency factor
+Factor = Callable[[Stage, Backend, float], float]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    what: str
+    factors: tuple[Factor, ...] = ()
+    #: log-normal noise sigma
+    sigma: float = 0.08
+    #: share of observations that are spikes, and their factor
+    spike_rate: float = 0.0
+    spike_factor: float = 8.0
+    #: the workload's models (d values); None: the default mix
+    models: tuple[tuple[int, int], ...] | None = None
+    #: base world names this scenario runs on
+    worlds: tuple[str, ...] = ("soc", "npu-heavy")
+
+
+def during(backend: Backend, start: float, end: float, factor: float, stage: Stage | None = None) -> Factor:
+    def f(s: Stage, b: Backend, t: float) -> float:
+        return factor if b is backend and start <= t < end and (stage is None or s is stage) else 1.0
+
+    return f
+
+
+def periodic(backend: Backend, period: float, duty: float, factor: float) -> Factor:
+    def f(s: Stage, b: Backend, t: float) -> float:
+        return factor if b is backend and (t / period) % 1.0 < duty else 1.0
+
+    return f
+
+
+def ramp(backend: Backend, top: float) -> Factor:
+    def f(s: Stage, b: Backend, t: float) -> float:
+        return 1.0 + (top - 1.0) * t if b is backend else 1.0
+
+    return f
+
+
+def always(stage: Stage, backend: Backend, factor: float) -> Factor:
+    def f(s: Stage, b: Backend, t: float) -> float:
+        return factor if s is stage and b is backend else 1.0
+
+    return f
+
+
+DEFAULT_MODELS = ((1024, 16), (1536, 12), (2048, 32), (3072, 24), (4096, 32))
+UNSEEN_MODELS = ((896, 14), (2560, 20), (3584, 28), (5120, 40))
+
+SCENARIOS: dict[str, Scenario] = {
+    s.name: s
+    for s in (
+        Scenario("steady", "a steady device"),
+        Scenario("npu-throttle", "the NPU runs 2.6x slower for 40% of the run", (during(NPU, 0.3, 0.7, 2.6),)),
+        Scenario("npu-periodic", "the NPU throttles 2.5x on and off (8 periods)", (periodic(NPU, 0.125, 0.5, 2.5),)),
+        Scenario("gpu-contention", "another client slows the GPU 3x in bursts (5 periods, 30% duty)",
+                 (periodic(GPU, 0.2, 0.3, 3.0),)),
+        Scenario("gpu-attn-faster", "GPU attention 2.2x faster than the base world", (always(ATTN, GPU, 1 / 2.2),)),
+        Scenario("spikes", "2% of observations are 8x spikes (preemption); means steady", spike_rate=0.02),
+        Scenario("heavy-noise", "noise sigma 0.3 and 1% 20x spikes", sigma=0.3, spike_rate=0.01, spike_factor=20.0),
+        Scenario("firmware-swap", "at half time the NPU's qkv gets 2x faster and GPU attention 2x slower",
+                 (during(NPU, 0.5, 1.01, 0.5, QKV), during(GPU, 0.5, 1.01, 2.0, ATTN))),
+        Scenario("npu-ramp", "the NPU slows steadily to 2.5x by the end (thermal creep)", (ramp(NPU, 2.5),)),
+        Scenario("unseen-models", "model widths the prior never saw (896, 2560, 3584, 5120)", models=UNSEEN_MODELS),
+        # The prior is exactly right, but for one (stage, backend) that is faster than it believes: the
+        # direction that hides the best choice.
+        Scenario("prior-3x-off", "the prior is right but GPU attention is 3x faster than it says",
+                 (always(ATTN, GPU, 1 / 3),), worlds=("prior",)),
+        Scenario("prior-20x-off", "the prior is right but NPU qkv is 20x faster than it says",
+                 (always(QKV, NPU, 1 / 20),), worlds=("prior",)),
+        Scenario("prior-right", "the prior is exactly right", worlds=("prior",)),
+    )
+}  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------
+# The workload and the world that answers it
+# ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Step:
+    """One attention layer of one decode (or prefill) step."""
+
+    index: int
+    shape: Shape
+
+
+def workload(layers: int, seed: int, models: Sequence[tuple[int, int]] | None = None) -> list[Step]:
+    """``layers`` attention layers: requests of a random model and precision, a prefill then decode tokens.
+
+    Each request takes a model width from ``models``, a precision, a prompt of 64 to 1024
+    tokens and runs 8 layers per token for a random number of tokens; kv_len grows by one
+    per token, so shapes are almost never repeated exactly.
+    """
+    rng = random.Random(seed)
+    models = models or DEFAULT_MODELS
+    steps: list[Step] = []
+    while len(steps) < layers:
+        d, heads = rng.choice(models)
+        precision = rng.choice(("fp16", "int8"))
+        kv = int(2 ** rng.uniform(6, 10.5))
+        tokens = rng.randint(20, 120)
+        per_token = 8
+        prefill = Shape(n=min(kv, 512), d=d, heads=heads, precision=precision)
+        steps.extend(Step(len(steps) + i, prefill) for i in range(per_token))
+        for t in range(tokens):
+            shape = Shape(n=1, d=d, kv_len=min(kv + t, 2048), heads=heads, precision=precision)
+            steps.extend(Step(len(steps) + i, shape) for i in range(per_token))
+    return steps[:layers]
+
+
+@dataclass
+class World:
+    """A base world under a scenario, with seeded noise. ``progress`` is set by the driver."""
+
+    base: BaseWorld
+    scenario: Scenario
+    seed: int
+    progress: float = 0.0
+    _rng: random.Random = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._rng = random.Random(self.seed * 7919 + 17)
+
+    def expected(self, stage: Stage, shape: Shape, backend: Backend, after: Backend | None) -> float:
+        t = self.base.stage_s(stage, shape, backend)
+        for f in self.scenario.factors:
+            t *= f(stage, backend, self.progress)
+        return t + self.base.handoff_s(stage, shape, after, backend)
+
+    def sample(self, stage: Stage, shape: Shape, backend: Backend, after: Backend | None) -> float:
+        t = self.expected(stage, shape, backend, after)
+        sc = self.scenario
+        t *= math.exp(sc.sigma * self._rng.gauss(0.0, 1.0) - sc.sigma**2 / 2)
+        if sc.spike_rate and self._rng.random() < sc.spike_rate:
+            t *= sc.spike_factor
+        return t

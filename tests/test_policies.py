@@ -1,0 +1,208 @@
+"""Every policy against the conformance suite, then what the adaptive policy promises on its own."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+
+from adaptive_sched.learners.latency import ModelParams
+from adaptive_sched.policies import (
+    POLICIES,
+    AdaptiveParams,
+    AdaptivePolicy,
+    EpsilonGreedyPolicy,
+    FixedPolicy,
+    Observation,
+    OraclePolicy,
+    StaticPriorPolicy,
+    make_policy,
+)
+from adaptive_sched.policies.checks import CHECKS, truth
+from adaptive_sched.types import Backend, Shape, Stage
+
+from .conftest import TablePrior
+
+GPU, NPU = Backend.GPU, Backend.NPU
+SHAPE = Shape(n=1, d=1024, kv_len=256, precision="int8")
+
+#: every registered kind at least once, each as a factory of seed -> unbound policy
+FACTORIES = {
+    "adaptive": lambda seed: AdaptivePolicy(AdaptiveParams(seed=seed)),
+    "adaptive-no-regression": lambda seed: AdaptivePolicy(
+        AdaptiveParams(seed=seed, model=ModelParams(regression=False))
+    ),
+    "static": lambda seed: StaticPriorPolicy(),
+    "fixed-gpu": lambda seed: FixedPolicy("gpu"),
+    "fixed-npu": lambda seed: FixedPolicy("npu"),
+    "epsilon": lambda seed: EpsilonGreedyPolicy(epsilon=0.1, seed=seed),
+    "oracle": lambda seed: OraclePolicy(expected_latency=truth),
+}
+
+
+def test_every_registered_kind_is_checked():
+    assert {type(f(0)).name for f in FACTORIES.values()} == set(POLICIES)
+
+
+@pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__.removeprefix("check_"))
+@pytest.mark.parametrize("name", list(FACTORIES))
+def test_policy_conformance(name, check):
+    check(FACTORIES[name])
+
+
+# -- the adaptive policy ----------------------------------------------------------------------
+
+
+def bound(policy, table, candidates=(GPU, NPU)):
+    policy.bind(candidates, TablePrior(table))
+    return policy
+
+
+def feed(policy, stage, shape, latency_of, n, after=None):
+    """Choose n times and feed back latency_of(backend); return the choices."""
+    chosen = []
+    for _ in range(n):
+        c = policy.choose(stage, shape, after)
+        chosen.append(c)
+        policy.learn(Observation(stage, shape, after, c.backend, latency_of(c.backend), c))
+    return chosen
+
+
+def test_starts_from_the_prior_not_at_random():
+    p = bound(AdaptivePolicy(seed=0), {("qkv", "gpu"): 1e-3, ("qkv", "npu"): 3e-3})
+    c = p.choose(Stage.QKV, SHAPE, None)
+    assert p.best(Stage.QKV, SHAPE, None) is GPU
+    assert c.predicted[GPU] == pytest.approx(1e-3) and c.predicted[NPU] == pytest.approx(3e-3)
+
+
+def test_a_backend_never_checked_here_is_checked_within_a_bounded_number_of_decisions():
+    # the prior calls the NPU 10x slower; on this device it is 2x faster than the GPU
+    p = bound(AdaptivePolicy(seed=0), {("qkv", "gpu"): 1e-3, ("qkv", "npu"): 1e-2})
+    chosen = feed(p, Stage.QKV, SHAPE, {GPU: 1e-3, NPU: 5e-4}.__getitem__, 600)
+    first = next(i for i, c in enumerate(chosen) if c.backend is NPU)
+    assert first < 300
+    assert [c.backend for c in chosen[-100:]].count(NPU) >= 95
+
+
+def test_a_far_slower_backend_is_not_explored_once_checked():
+    p = bound(AdaptivePolicy(seed=0), {("qkv", "gpu"): 1e-3, ("qkv", "npu"): 4e-3})
+    feed(p, Stage.QKV, SHAPE, {GPU: 1e-3, NPU: 4e-3}.__getitem__, 3000)
+    assert p.probabilities(Stage.QKV, SHAPE, None).get(NPU, 0.0) < 1e-3
+
+
+def test_exploration_grows_while_a_backend_goes_unobserved():
+    p = bound(AdaptivePolicy(seed=0), {("qkv", "gpu"): 1e-3, ("qkv", "npu"): 2e-3})
+    feed(p, Stage.QKV, SHAPE, {GPU: 1e-3, NPU: 2e-3}.__getitem__, 3000)
+    early = p.probabilities(Stage.QKV, SHAPE, None).get(NPU, 0.0)
+    for _ in range(3000):  # only the GPU is observed from here on (another shape, another stage)
+        p.learn(Observation(Stage.ATTN, Shape(n=1, d=2048), None, GPU, 1e-3))
+    late = p.probabilities(Stage.QKV, SHAPE, None).get(NPU, 0.0)
+    assert late > early
+
+
+def test_one_observation_moves_every_shape_of_a_backend_through_its_device_term():
+    p = bound(AdaptivePolicy(seed=0), {("qkv", "gpu"): 1e-3, ("qkv", "npu"): 1.3e-3, ("attn", "gpu"): 1e-3,
+                                       ("attn", "npu"): 2e-3})  # fmt: skip
+    feed(p, Stage.QKV, SHAPE, {GPU: 1e-3, NPU: 1.3e-3}.__getitem__, 400)
+    feed(p, Stage.ATTN, SHAPE, {GPU: 1e-3, NPU: 2e-3}.__getitem__, 400)
+    other = Shape(n=1, d=4096, kv_len=2000, precision="fp16")  # another group, another bucket
+    before = p.choose(Stage.ATTN, other, None).predicted[GPU]
+    feed(p, Stage.QKV, SHAPE, {GPU: 3e-3, NPU: 1.3e-3}.__getitem__, 60)  # the GPU throttles 3x
+    after = p.choose(Stage.ATTN, other, None).predicted[GPU]
+    assert after > 1.5 * before
+
+
+def test_what_one_group_learns_starts_its_siblings():
+    # the prior is 10x too pessimistic about NPU qkv; learned in INT8, FP16 starts from it
+    table = {("qkv", "gpu"): 1e-3, ("qkv", "npu"): 1e-2}
+    p = bound(AdaptivePolicy(seed=0), table)
+    feed(p, Stage.QKV, SHAPE, {GPU: 1e-3, NPU: 1e-3}.__getitem__, 800)
+    fp16 = Shape(n=1, d=1024, precision="fp16")
+    assert p.choose(Stage.QKV, fp16, None).predicted[NPU] < 3e-3  # not the prior's 10 ms
+
+
+def test_rare_spikes_neither_move_the_estimate_nor_raise_alarms():
+    rng = random.Random(0)
+    p = bound(AdaptivePolicy(seed=0), {("qkv", "gpu"): 1e-3, ("qkv", "npu"): 1.4e-3})
+
+    def latency(b):
+        t = {GPU: 1e-3, NPU: 1.4e-3}[b] * rng.lognormvariate(0, 0.05)
+        return t * 8 if rng.random() < 0.02 else t
+
+    feed(p, Stage.QKV, SHAPE, latency, 20_000)
+    assert sum(p.state()["drift_alarms"].values()) <= 2  # at most 1 per 10,000 observations
+    assert p.choose(Stage.QKV, SHAPE, None).predicted[GPU] == pytest.approx(1e-3, rel=0.1)
+
+
+def test_follows_a_step_change_within_a_few_decisions():
+    p = bound(AdaptivePolicy(seed=3), {("qkv", "gpu"): 1e-3, ("qkv", "npu"): 1.6e-3})
+    truth_ = {GPU: 1e-3, NPU: 1.6e-3}
+    feed(p, Stage.QKV, SHAPE, truth_.__getitem__, 500)
+    truth_[GPU] = 3e-3  # the GPU is throttled
+    best = []
+    chosen = []
+    for _ in range(200):
+        chosen += [c.backend for c in feed(p, Stage.QKV, SHAPE, truth_.__getitem__, 1)]
+        best.append(p.best(Stage.QKV, SHAPE, None))
+    # the exploit choice flips once the surprise has repeated (three observations of the GPU)
+    assert best.index(NPU) < 5 and all(b is NPU for b in best[10:])
+    assert chosen[-50:].count(NPU) >= 45
+
+
+def test_pair_choice_accounts_for_the_transition_cost():
+    # alone, qkv is fastest on the GPU and attn on the NPU, but moving between them costs 2 ms
+    table = {("qkv", "gpu"): 1.0e-3, ("qkv", "npu"): 1.2e-3, ("attn", "gpu"): 1.0e-3, ("attn", "npu"): 0.8e-3}
+    p = bound(AdaptivePolicy(seed=0, transition_sync_s=2e-3), table)
+    q = p.best(Stage.QKV, SHAPE, None)
+    assert p.best(Stage.ATTN, SHAPE, q) is q  # a hybrid would pay 2 ms to save 0.2 ms
+    cheap = bound(AdaptivePolicy(seed=0, transition_sync_s=1e-6, transition_bytes_per_s=1e15), table)
+    q = cheap.best(Stage.QKV, SHAPE, None)
+    assert (q, cheap.best(Stage.ATTN, SHAPE, q)) == (GPU, NPU)
+
+
+def test_lookahead_picks_the_best_pair_not_the_greedy_first_stage():
+    # greedy qkv would take the GPU (1.0 < 1.1), then attn stays on the GPU (2.0); but NPU->NPU is 1.1+1.0
+    table = {("qkv", "gpu"): 1.0e-3, ("qkv", "npu"): 1.1e-3, ("attn", "gpu"): 2.0e-3, ("attn", "npu"): 1.0e-3}
+    p = bound(AdaptivePolicy(seed=0, transition_sync_s=5e-3), table)
+    assert p.best(Stage.QKV, SHAPE, None) is NPU
+    greedy = bound(AdaptivePolicy(seed=0, transition_sync_s=5e-3, lookahead=False), table)
+    assert greedy.best(Stage.QKV, SHAPE, None) is GPU
+
+
+def test_exploration_spend_stays_near_the_budget():
+    p = bound(AdaptivePolicy(seed=0, explore_budget=0.01), {("qkv", "gpu"): 1e-3, ("qkv", "npu"): 1.05e-3})
+    truth_ = {GPU: 1e-3, NPU: 1.4e-3}
+    chosen = [c.backend for c in feed(p, Stage.QKV, SHAPE, truth_.__getitem__, 5000)]
+    extra = sum(truth_[b] - truth_[GPU] for b in chosen[1000:])
+    assert extra / (len(chosen[1000:]) * 1e-3) < 0.02
+
+
+def test_a_zero_budget_never_explores_outside_a_detected_change():
+    p = bound(AdaptivePolicy(seed=0, explore_budget=0.0), {("qkv", "gpu"): 1e-3, ("qkv", "npu"): 1.05e-3})
+    assert not any(c.explored for c in feed(p, Stage.QKV, SHAPE, {GPU: 1e-3, NPU: 1.1e-3}.__getitem__, 2000))
+
+
+def test_learning_touches_a_bounded_amount_of_state_whatever_the_shapes():
+    p = bound(AdaptivePolicy(seed=0), {("qkv", "gpu"): 1e-3, ("qkv", "npu"): 1.4e-3, ("attn", "gpu"): 1e-3,
+                                       ("attn", "npu"): 2e-3})  # fmt: skip
+    rng = random.Random(1)
+    for i in range(30_000):  # an adversarial stream: a new width, batch and kv length every time
+        shape = Shape(n=1, d=64 * rng.randint(1, 200), kv_len=rng.randint(0, 100_000), batch=rng.randint(1, 64),
+                      heads=1)  # fmt: skip
+        stage = Stage.QKV if i % 2 else Stage.ATTN
+        c = p.choose(stage, shape, None)
+        p.learn(Observation(stage, shape, None, c.backend, 1e-3, c))
+    state = p.state()
+    assert state["entries"] <= p.table.max_entries
+    assert state["buckets"] <= p.params.model.max_buckets
+    assert len(p._est._points) <= 65_536
+
+
+def test_same_policy_kinds_are_made_by_name():
+    assert isinstance(make_policy("fixed", backend="npu"), FixedPolicy)
+    with pytest.raises(TypeError, match="bogus"):
+        make_policy("adaptive", bogus=1)
+    with pytest.raises(ValueError, match="explore_budget"):
+        make_policy("adaptive", explore_budget=2.0)
+    assert math.isclose(make_policy("epsilon", epsilon=0.2).params.epsilon, 0.2)
