@@ -83,13 +83,39 @@ CASES: tuple[tuple[Stage, Shape], ...] = tuple(
 )
 
 
+#: bucket models (the largest shape each holds) a static-graph backend serves :data:`PADDED_CASES` from:
+#: decode attention over up to 16 keys, prefill attention and projection of up to 8 rows
+BUCKETS: tuple[tuple[Stage, Shape], ...] = tuple(
+    (stage, Shape(**dims, precision=p))
+    for p in Precision
+    for stage, dims in (
+        (Stage.ATTN, {"n": 1, "d": 128, "kv_len": 15, "heads": 2}),
+        (Stage.ATTN, {"n": 8, "d": 128, "heads": 2}),
+        (Stage.QKV, {"n": 8, "d": 64}),
+    )
+)
+
+#: shapes the suite also runs where supported, that no exact conformance model has: a
+#: backend with only the :data:`BUCKETS` models runs them padded and masked
+PADDED_CASES: tuple[tuple[Stage, Shape], ...] = tuple(
+    (stage, Shape(**dims, precision=p))
+    for p in Precision
+    for stage, dims in (
+        (Stage.ATTN, {"n": 1, "d": 128, "kv_len": 0, "heads": 2}),
+        (Stage.ATTN, {"n": 1, "d": 128, "kv_len": 12, "heads": 2}),
+        (Stage.ATTN, {"n": 6, "d": 128, "heads": 2}),
+        (Stage.QKV, {"n": 3, "d": 64}),
+    )
+)
+
+
 def _available(executor: Executor) -> None:
     if not executor.is_available():
         raise CheckSkipped(f"{executor.kind} not available here: {executor.unavailable_reason}")
 
 
 def _supported_cases(executor: Executor) -> list[tuple[Stage, Shape]]:
-    cases = [(s, sh) for s, sh in CASES if executor.supports(s, sh)]
+    cases = [(s, sh) for s, sh in CASES + PADDED_CASES if executor.supports(s, sh)]
     if not cases:
         raise CheckSkipped(f"{executor.kind} supports none of the conformance shapes")
     return cases
@@ -152,7 +178,7 @@ def check_bad_inputs_rejected(executor: Executor) -> None:
 def check_unsupported_rejected(executor: Executor) -> None:
     """A shape the executor says it does not support raises UnsupportedShape with the reason."""
     _available(executor)
-    probes = [(s, sh) for s, sh in CASES] + [
+    probes = [(s, sh) for s, sh in CASES + PADDED_CASES] + [
         (Stage.QKV, Shape(n=1, d=65536 + 64, heads=1)),
         (Stage.ATTN, Shape(n=4096, d=64, kv_len=1 << 20, heads=1)),
     ]

@@ -14,7 +14,7 @@ from typing import ClassVar
 import numpy as np
 import pytest
 
-from adaptive_sched.checks import CASES, EXECUTOR_CHECKS, TOLERANCE, CheckSkipped
+from adaptive_sched.checks import BUCKETS, CASES, EXECUTOR_CHECKS, CheckSkipped, tolerance
 from adaptive_sched.errors import ConfigError, ExecutorError, UnsupportedShape
 from adaptive_sched.executors import create_executor
 from adaptive_sched.executors.npu_rknn import RknnExecutor, parse_core_mask
@@ -26,7 +26,7 @@ from adaptive_sched.executors.rknn_models import (
     weights_digest,
     write_manifest,
 )
-from adaptive_sched.stages import make_inputs, reference
+from adaptive_sched.stages import exact, make_inputs, reference
 from adaptive_sched.types import Shape, Stage
 
 FAKE_DIR = Path(__file__).parent / "fake_rknnlite"
@@ -71,7 +71,7 @@ def runtime(fake):
 @pytest.fixture
 def model_dir(tmp_path, convert):
     """Calibrated models for every conformance case."""
-    convert.build_model_dir(tmp_path / "models", CASES)
+    convert.build_model_dir(tmp_path / "models", CASES, buckets=BUCKETS)
     return tmp_path / "models"
 
 
@@ -81,6 +81,11 @@ def executor(model_dir, runtime, **options):
 
 def rel_error(got, want):
     return float(np.max(np.abs(np.asarray(got, np.float64) - want))) / (float(np.max(np.abs(want))) or 1.0)
+
+
+def within(got, stage, shape, inputs):
+    """The output is within the conformance tolerance of the float64 math."""
+    return rel_error(got, exact(stage, shape, inputs)) <= tolerance(stage, shape)
 
 
 # -- conformance ----------------------------------------------------------------------------------
@@ -101,7 +106,7 @@ def test_rknnlite_is_imported_lazily_from_sys_path(model_dir, fake):
     assert ex.is_available(), ex.unavailable_reason
     inputs = make_inputs("qkv", QKV)
     out = ex.run("qkv", QKV, inputs).output
-    assert rel_error(out, reference("qkv", QKV, inputs)) <= TOLERANCE[QKV.precision]
+    assert within(out, "qkv", QKV, inputs)
     ex.close()
 
 
@@ -187,25 +192,30 @@ def test_model_lookup_ignores_fields_that_do_not_change_the_graph(model_dir, run
 
 def test_unsupported_shape_reason_says_how_to_build_one(model_dir, runtime):
     ex = executor(model_dir, runtime)
-    shape = Shape(n=8, d=64, precision="int8")
+    shape = Shape(n=9, d=64, precision="int8")  # one row more than the n=8 bucket
     reason = ex.why_unsupported("qkv", shape)
     assert reason.startswith("no prepared RKNN model for qkv at")
-    assert "scripts/build_rknn_models.py --stage qkv --n 8 --d 64 --batch 1 --precision int8" in reason
-    reason = ex.why_unsupported("attn", Shape(n=1, d=128, kv_len=3, heads=2))
-    assert "--stage attn --n 1 --d 128 --batch 1 --precision fp16 --kv-len 3 --heads 2" in reason
+    assert "scripts/build_rknn_models.py --stage qkv --n 9 --d 64 --batch 1 --precision int8" in reason
+    reason = ex.why_unsupported("attn", Shape(n=1, d=128, kv_len=3, heads=4))
+    assert "--stage attn --n 1 --d 128 --batch 1 --precision fp16 --kv-len 3 --heads 4" in reason
     with pytest.raises(UnsupportedShape, match="no prepared RKNN model"):
         ex.run("qkv", shape)
 
 
 def test_missing_model_file_is_an_unsupported_shape_with_the_path(model_dir, runtime, caplog):
-    (model_dir / model_filename("qkv", QKV)).unlink()
+    wide = Shape(n=33, d=96, heads=3)  # no bucket model holds it
+    (model_dir / model_filename("qkv", wide)).unlink()
     with caplog.at_level(logging.WARNING, logger="adaptive_sched.executors.npu_rknn"):
         ex = executor(model_dir, runtime)
         assert ex.is_available()
-    reason = ex.why_unsupported("qkv", QKV)
-    assert "lists qkv_n7_d64_b1_fp16.rknn but" in reason and "does not exist" in reason
+    reason = ex.why_unsupported("qkv", wide)
+    assert "lists qkv_n33_d96_b1_fp16.rknn but" in reason and "does not exist" in reason
     assert "is missing" in caplog.text
     assert ex.supports("attn", ATTN)
+    # a missing exact model whose shape a bucket holds runs on the bucket
+    (model_dir / model_filename("qkv", QKV)).unlink()
+    ex = executor(model_dir, runtime)
+    assert ex.entry_for("qkv", QKV).file == "qkv_bucket_n8_d64_b1_fp16.rknn"
 
 
 def test_matmul_limits(model_dir, runtime):
@@ -358,7 +368,7 @@ def test_optional_bias_with_and_without_a_bias_input(tmp_path, runtime, convert)
         no_bias = {k: v for k, v in inputs.items() if k != "b"}
         for given in (inputs, no_bias):
             out = ex.run("qkv", shape, given).output
-            assert rel_error(out, reference("qkv", shape, given)) <= TOLERANCE[shape.precision]
+            assert within(out, "qkv", shape, given)
 
 
 @pytest.fixture
@@ -383,12 +393,12 @@ def test_baked_weights_run_and_match_the_reference(baked, runtime):
     assert ex.entry_for("qkv", shape).input_names == ("x",)
     x = make_inputs("qkv", shape, seed=3)["x"]
     result = ex.run("qkv", shape, {"x": x, "w": w, "b": b})
-    assert rel_error(result.output, reference("qkv", shape, {"x": x, "w": w, "b": b})) <= TOLERANCE[shape.precision]
+    assert within(result.output, "qkv", shape, {"x": x, "w": w, "b": b})
     assert result.details["weight_check_s"] >= 0 and result.details["model"].startswith("qkv_n4_d64_b1_int8_w")
     # a model without a baked bias gets the caller's bias on the host
     x2 = make_inputs("qkv", nob, seed=3)["x"]
     out = ex.run("qkv", nob, {"x": x2, "w": w, "b": b}).output
-    assert rel_error(out, reference("qkv", nob, {"x": x2, "w": w, "b": b})) <= TOLERANCE[nob.precision]
+    assert within(out, "qkv", nob, {"x": x2, "w": w, "b": b})
 
 
 def test_other_weights_are_refused(baked, runtime):
@@ -413,7 +423,7 @@ def test_fp16_baked_model_accepts_a_float16_copy_of_its_weights(tmp_path, runtim
     write_manifest(tmp_path, [entry])
     half = {k: v.astype(np.float16) for k, v in inputs.items()}
     out = executor(tmp_path, runtime).run("qkv", QKV, half).output
-    assert rel_error(out, reference("qkv", QKV, inputs)) <= TOLERANCE[QKV.precision]
+    assert within(out, "qkv", QKV, inputs)
 
 
 @pytest.mark.parametrize(("mode", "read_only", "hashes"), [("readonly", True, 1), ("readonly", False, 3),
@@ -439,20 +449,20 @@ def test_static_int8_scales_clip_inputs_outside_the_calibrated_range(tmp_path, r
     convert.build_model_dir(calibrated, [(Stage.ATTN, shape)])
     convert.build_model_dir(dynamic, [(Stage.ATTN, shape)], calibrate=False)
     inputs = {k: v * 4 for k, v in make_inputs("attn", shape, seed=5).items()}  # 4x the calibration data's range
-    want = reference("attn", shape, inputs)
+    want = exact("attn", shape, inputs)
     assert rel_error(executor(calibrated, runtime).run("attn", shape, inputs).output, want) > 0.2
-    assert rel_error(executor(dynamic, runtime).run("attn", shape, inputs).output, want) <= TOLERANCE[shape.precision]
+    assert within(executor(dynamic, runtime).run("attn", shape, inputs).output, "attn", shape, inputs)
 
 
 def test_concurrent_runs_are_serialised_and_correct(model_dir, runtime):
     ex = executor(model_dir, runtime)
     inputs = make_inputs("qkv", QKV, seed=2)
-    want = reference("qkv", QKV, inputs)
+    want = exact("qkv", QKV, inputs)
     errors = []
 
     def work():
         for _ in range(20):
-            if rel_error(ex.run("qkv", QKV, inputs).output, want) > TOLERANCE[QKV.precision]:
+            if rel_error(ex.run("qkv", QKV, inputs).output, want) > tolerance("qkv", QKV):
                 errors.append("mismatch")
 
     threads = [threading.Thread(target=work) for _ in range(4)]
@@ -505,12 +515,12 @@ def test_fake_runtime_takes_4d_inputs_as_nhwc_unless_told(fake, tmp_path, conver
     rt = fake.RKNNLite()
     assert rt.load_rknn(str(tmp_path / "attn4d.rknn")) == 0 and rt.init_runtime() == 0
     feed = [inputs["q"], inputs["k"], inputs["v"]]
-    assert rel_error(rt.inference(inputs=feed, data_format="nchw")[0], want) <= TOLERANCE[shape.precision]
+    assert rel_error(rt.inference(inputs=feed, data_format="nchw")[0], want) <= tolerance("attn", shape)
     assert rel_error(rt.inference(inputs=feed)[0], want) > 0.1  # taken as NHWC: scrambled
 
     write_manifest(tmp_path, [ModelEntry(**{**four_d.__dict__, "data_format": "nchw"})])
     ex = RknnExecutor(model_dir=tmp_path, runtime=fake.RKNNLite)
-    assert rel_error(ex.run("attn", shape, inputs).output, want) <= TOLERANCE[shape.precision]
+    assert rel_error(ex.run("attn", shape, inputs).output, want) <= tolerance("attn", shape)
 
 
 # -- the manifest ---------------------------------------------------------------------------------
@@ -614,7 +624,7 @@ def test_build_script_graphs_compute_the_stages(tmp_path, opset):
         (out,) = session.run(None, feed)
         assert out.shape == entry.output
         err = rel_error(out.reshape(reference(stage, shape, inputs).shape), reference(stage, shape, inputs))
-        assert err <= TOLERANCE[shape.precision], (entry.file, err)
+        assert err <= tolerance(stage, shape), (entry.file, err)
     # INT8 models come with their calibration data in the model's layout
     dataset = (tmp_path / "m" / "calibration" / "qkv_n7_d64_b1_int8" / "dataset.txt").read_text().splitlines()
     assert len(dataset) == 32 and [Path(p).name for p in dataset[0].split()] == ["000_x.npy", "000_w.npy", "000_b.npy"]
@@ -629,3 +639,137 @@ def test_build_script_without_the_toolkit_writes_onnx_and_fails(tmp_path, monkey
         assert script.main([str(tmp_path), "--stage", "qkv", "--n", "1", "--d", "64", "--precision", "fp16"]) == 1
     assert "rknn.api is not importable" in caplog.text
     assert (tmp_path / "onnx" / "qkv_n1_d64_b1_fp16.onnx").is_file() and not (tmp_path / "manifest.json").exists()
+
+
+# -- buckets: padded and masked runs on static graphs ------------------------------------------------
+DECODE_BUCKET = Shape(n=1, d=128, kv_len=15, heads=2)  # holds up to 16 keys
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_decode_runs_on_the_bucket_at_every_kv_len_it_holds(model_dir, runtime, precision):
+    ex = executor(model_dir, runtime)
+    for kv_len in range(16):
+        shape = Shape(n=1, d=128, kv_len=kv_len, heads=2, precision=precision)
+        inputs = make_inputs("attn", shape, seed=40 + kv_len)
+        result = ex.run("attn", shape, inputs)
+        assert result.output.shape == (1, 2, 1, 64)
+        assert within(result.output, "attn", shape, inputs), kv_len
+        if kv_len == 9:  # the conformance suite's exact model wins over the bucket
+            assert "bucket" not in result.details
+        else:
+            assert result.details["bucket"] == {"n": 1, "keys": 16}
+            assert result.details["pad_kv"] == pytest.approx((16 - (kv_len + 1)) / 16)
+    assert ex.why_unsupported("attn", Shape(n=1, d=128, kv_len=16, heads=2)).startswith("no prepared RKNN model")
+
+
+def test_padding_is_masked_out_whatever_it_holds(model_dir, runtime, monkeypatch):
+    # the output at the true length must not depend on the padded keys: poison the padding
+    from adaptive_sched.executors import rknn_models
+
+    shape = Shape(n=1, d=128, kv_len=4, heads=2)
+    inputs = make_inputs("attn", shape, seed=3)
+    clean = executor(model_dir, runtime).run("attn", shape, inputs).output
+    real_pad = rknn_models._pad
+    monkeypatch.setattr(rknn_models, "_pad", lambda a, axis, size: real_pad(a, axis, size) + _poison(a, axis, size))
+    poisoned = executor(model_dir, runtime).run("attn", shape, inputs).output
+    np.testing.assert_array_equal(poisoned, clean)
+
+
+def _poison(a, axis, size):
+    out = np.zeros([size if i == axis else n for i, n in enumerate(a.shape)], np.float32)
+    index = [slice(None)] * a.ndim
+    index[axis] = slice(a.shape[axis], size)
+    out[tuple(index)] = 1e3
+    return out
+
+
+def test_the_runtime_refuses_an_unpadded_cache(model_dir, fake):
+    # a static graph takes exactly its shapes: K and V at the true length are refused, as on the board
+    rt = fake.RKNNLite()
+    entry = ModelEntry.for_shape("attn", DECODE_BUCKET, bucket=True)
+    assert rt.load_rknn(str(model_dir / entry.file)) == 0 and rt.init_runtime() == 0
+    shape = Shape(n=1, d=128, kv_len=4, heads=2)
+    inputs = make_inputs("attn", shape)
+    short = [inputs["q"].reshape(2, 1, 64), inputs["k"].reshape(2, 5, 64), inputs["v"].reshape(2, 5, 64),
+             np.ones((1, 1, 5), np.float32)]  # fmt: skip
+    assert rt.inference(inputs=short) is None
+    assert rt.inference(inputs=short[:3]) is None  # and a bucket model needs its mask
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_prefill_rows_are_padded_and_dropped(model_dir, runtime, precision):
+    ex = executor(model_dir, runtime)
+    for n in (2, 6, 8):
+        for stage, shape in (("attn", Shape(n=n, d=128, heads=2, precision=precision)),
+                             ("qkv", Shape(n=n, d=64, precision=precision))):  # fmt: skip
+            inputs = make_inputs(stage, shape, seed=n)
+            result = ex.run(stage, shape, inputs)
+            assert within(result.output, stage, shape, inputs), (stage, n)
+            assert result.details["bucket"]["n"] == 8 and result.details["pad_n"] == pytest.approx((8 - n) / 8)
+
+
+def test_calibration_of_a_bucket_holds_over_fresh_seeds(model_dir, runtime):
+    # static int8 ranges calibrated over the lengths the bucket serves hold for 30 unseen inputs at each end
+    ex = executor(model_dir, runtime)
+    errors = []
+    for kv_len in (0, 7, 15):
+        shape = Shape(n=1, d=128, kv_len=kv_len, heads=2, precision="int8")
+        for seed in range(500, 530):
+            inputs = make_inputs("attn", shape, seed=seed)
+            errors.append(rel_error(ex.run("attn", shape, inputs).output, exact("attn", shape, inputs)))
+    assert max(errors) <= tolerance("attn", shape), max(errors)
+
+
+def test_configured_buckets_select_the_models_and_name_what_is_missing(tmp_path, runtime, convert):
+    buckets = [(Stage.ATTN, Shape(n=1, d=128, kv_len=k - 1, heads=2)) for k in (16, 32, 64)]
+    convert.build_model_dir(tmp_path, [], buckets=buckets)
+    ex = executor(tmp_path, runtime, kv_buckets=[16, 32, 128])  # the 64 model is not configured; 128 is missing
+    assert ex.is_available()
+    assert ex.entry_for("attn", Shape(n=1, d=128, kv_len=20, heads=2)).shape.keys == 32
+    reason = ex.why_unsupported("attn", Shape(n=1, d=128, kv_len=40, heads=2))
+    assert "kv bucket 128 is configured but" in reason and "--kv-buckets 128" in reason
+    reason = ex.why_unsupported("attn", Shape(n=1, d=128, kv_len=200, heads=2))
+    assert "201 keys exceed the largest kv bucket (128)" in reason
+    assert ex.bucket_summary == "kv 16,32,128 (2/3 built)"
+    assert ex.buckets()["models"]["attn"] == [[1, 16], [1, 32]]
+    everything = executor(tmp_path, runtime)  # no configuration: every bucket model in the manifest
+    assert everything.entry_for("attn", Shape(n=1, d=128, kv_len=40, heads=2)).shape.keys == 64
+    assert everything.bucket_summary == "kv 16,32,64"
+    pow2 = executor(tmp_path, runtime, kv_buckets={"pow2": [16, 64]})
+    assert pow2.kv_buckets == (16, 32, 64) and pow2.bucket_summary == "kv 16,32,64 (3/3 built)"
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("128", "kv_buckets: expected a non-empty list"),
+        ([128, 0], "kv_buckets: sizes must be positive integers, got 0"),
+        ([True], "sizes must be positive integers, got True"),
+        ({"pow2": [256, 128]}, "pow2 \\[lo, hi\\] has lo 256 > hi 128"),
+        ({"pow2": [3, 3]}, "no power of two between 3 and 3"),
+        ({"powers": [1, 2]}, "expected a list of sizes or"),
+    ],
+)
+def test_bad_bucket_options_are_config_errors(value, message):
+    with pytest.raises(ConfigError, match=message):
+        RknnExecutor(kv_buckets=value)
+
+
+def test_bucket_entries_round_trip_and_need_their_mask(tmp_path):
+    entry = ModelEntry.for_shape("attn", DECODE_BUCKET, bucket=True)
+    assert entry.input_names == ("q", "k", "v", "mask") and entry.file == "attn_bucket_n1_keys16_d128_h2_b1_fp16.rknn"
+    stats = {"seeds": 30, "median": 0.01, "p95": 0.02, "max": 0.03, "tolerance": 0.1}
+    checked = ModelEntry(**{**entry.__dict__, "check": stats, "calibration": {"samples": 64}})
+    write_manifest(tmp_path, [checked, ModelEntry.for_shape("attn", DECODE_BUCKET)])  # exact and bucket coexist
+    back = read_manifest(tmp_path).entries[0]
+    assert back == entry and back.bucket and back.check == stats and back.calibration == {"samples": 64}
+    assert back.describe() == "attn bucket (n<=1, keys<=16, d=128, batch=1, heads=2, fp16)"
+    doc = json.loads((tmp_path / "manifest.json").read_text())
+    doc["models"][0]["inputs"].pop()  # no mask
+    (tmp_path / "manifest.json").write_text(json.dumps(doc))
+    with pytest.raises(ConfigError, match=r"models\[0\]: inputs: missing 'mask'"):
+        read_manifest(tmp_path)
+    doc["models"][0]["bucket"] = "yes"
+    (tmp_path / "manifest.json").write_text(json.dumps(doc))
+    with pytest.raises(ConfigError, match=r"models\[0\]: bucket: expected true or false"):
+        read_manifest(tmp_path)
