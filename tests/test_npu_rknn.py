@@ -773,3 +773,16 @@ def test_bucket_entries_round_trip_and_need_their_mask(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps(doc))
     with pytest.raises(ConfigError, match=r"models\[0\]: bucket: expected true or false"):
         read_manifest(tmp_path)
+
+
+def test_run_details_and_features_agree_on_the_padding(model_dir, runtime):
+    from adaptive_sched.features import bucket_features, features
+
+    shape = Shape(n=1, d=128, kv_len=4, heads=2, precision="int8")
+    details = executor(model_dir, runtime).run("attn", shape).details
+    f = features("attn", shape, kv_buckets=[16])
+    assert f["kv_bucket"] == 16.0 and f["pad_kv"] == details["pad_kv"] == 11 / 16
+    beyond = bucket_features("attn", Shape(n=1, d=128, kv_len=40, heads=2), kv_buckets=[16])
+    assert beyond == {"kv_bucket": 0.0, "pad_kv": 0.0}
+    assert bucket_features("qkv", Shape(n=6, d=64), n_buckets=[8]) == {"n_bucket": 8.0, "pad_n_bucket": 0.25}
+    assert "pad_kv" not in features("attn", shape)  # not a Table 1 feature unless buckets are given
