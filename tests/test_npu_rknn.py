@@ -16,7 +16,7 @@ import pytest
 
 from adaptive_sched.checks import BUCKETS, CASES, EXECUTOR_CHECKS, CheckSkipped, tolerance
 from adaptive_sched.errors import ConfigError, ExecutorError, UnsupportedShape
-from adaptive_sched.executors import create_executor
+from adaptive_sched.executors import create_executor, rknn_models
 from adaptive_sched.executors.npu_rknn import RknnExecutor, parse_core_mask
 from adaptive_sched.executors.rknn_models import (
     ModelEntry,
@@ -593,15 +593,53 @@ def test_build_script_selects_distinct_models():
                               "--precision", "int8"])  # fmt: skip
     cases = script.select_cases(args)
     # qkv ignores kv_len: one qkv model, two attention models
-    assert [(s.value, sh.kv_len) for s, sh in cases] == [("qkv", 0), ("attn", 0), ("attn", 8)]
-    assert len(script.select_cases(script.parse_args(["out", "--conformance", "--precision", "fp16"]))) == 6
+    assert [(s.value, sh.kv_len, b) for s, sh, b in cases] == [("qkv", 0, False), ("attn", 0, False),
+                                                               ("attn", 8, False)]  # fmt: skip
+    conformance = script.select_cases(script.parse_args(["out", "--conformance", "--precision", "fp16"]))
+    assert sum(not b for _, _, b in conformance) == 6 and sum(b for _, _, b in conformance) == 3
     with pytest.raises(SystemExit):
         script.parse_args(["out", "--conformance", "--opset", "21"])
 
 
+def test_build_script_models_for_a_config():
+    script = load_build_script()
+    cases = script.select_cases(script.parse_args(["out", "--config", "rk3588"]))
+    # qwen2.5-1.5b (d=1536, 12 heads), INT8: the decode projection, 7 kv buckets, 5 n buckets for qkv and attn
+    assert {(s.value, sh.n, sh.keys, b) for s, sh, b in cases} >= {("qkv", 1, 1, False), ("attn", 1, 64, True),
+                                                                    ("attn", 1, 4096, True), ("qkv", 256, 256, True),
+                                                                    ("attn", 16, 16, True)}  # fmt: skip
+    assert len(cases) == 1 + 7 + 5 + 5
+    assert {(sh.d, sh.heads, sh.precision.value) for _, sh, _ in cases} == {(1536, 12, "int8")}
+    both = script.select_cases(script.parse_args(["out", "--config", "rk3588", "--precision", "fp16", "int8"]))
+    assert len(both) == 2 * len(cases)
+    with pytest.raises(ConfigError, match="no backend runs the npu_rknn executor"):
+        script.select_cases(script.parse_args(["out", "--config", "rk3588-sim"]))
+    buckets = script.select_cases(script.parse_args(["out", "--stage", "attn", "--d", "256", "--kv-buckets", "64",
+                                                     "128", "--precision", "int8"]))  # fmt: skip
+    assert [(sh.n, sh.keys, b) for _, sh, b in buckets] == [(1, 64, True), (1, 128, True)]
+
+
+def test_build_script_reads_real_activations(tmp_path):
+    script = load_build_script()
+    shape = Shape(n=1, d=128, kv_len=20, heads=2)
+    np.savez(tmp_path / "a0.npz", **{k: v for k, v in make_inputs("attn", shape, seed=1).items()})
+    np.savez(tmp_path / "x0.npz", x=np.ones((1, 3, 64), np.float32))
+    calls = script.load_activations(str(tmp_path))
+    assert [(s.value, sh.n, sh.keys) for s, sh, _ in calls] == [("attn", 1, 21), ("qkv", 3, 3)]
+    bucket = ModelEntry.for_shape("attn", Shape(n=1, d=128, kv_len=31, heads=2, precision="int8"), bucket=True)
+    used, source = script.calibration_calls(bucket, 8, 17, calls)
+    assert source == "activations" and [sh.keys for sh, _ in used] == [21]
+    other = ModelEntry.for_shape("attn", Shape(n=1, d=128, kv_len=15, heads=2, precision="int8"), bucket=True)
+    used, source = script.calibration_calls(other, 8, 1, calls)  # 21 keys do not fit: synthetic samples
+    assert source == "synthetic" and len(used) == 8 and {sh.keys for sh, _ in used} >= {1, 16}
+    np.savez(tmp_path / "bad.npz", q=np.ones((1, 2, 1, 64), np.float32))
+    with pytest.raises(ConfigError, match=r"bad\.npz: has \['q'\], expected x, or q, k and v"):
+        script.load_activations(str(tmp_path))
+
+
 @pytest.mark.parametrize("opset", [13, 17, 19])
 def test_build_script_graphs_compute_the_stages(tmp_path, opset):
-    """The ONNX graphs, run by onnxruntime in float32, match the reference within its precision's tolerance."""
+    """The ONNX graphs, run by onnxruntime in float32, compute the float64 math to float32 rounding."""
     pytest.importorskip("onnx", reason="the build script's graphs need the onnx package (not a project dependency)")
     ort = pytest.importorskip("onnxruntime", reason="checking the graphs needs onnxruntime (not a project dependency)")
     script = load_build_script()
@@ -612,22 +650,31 @@ def test_build_script_graphs_compute_the_stages(tmp_path, opset):
     assert script.main([str(tmp_path / "baked"), "--stage", "qkv", "--n", "7", "--d", "64", "--weights",
                         str(tmp_path / "w.npz"), "--onnx-only", "--opset", str(opset)]) == 0  # fmt: skip
     runs = [(tmp_path / "m", s, sh, None) for s, sh in CASES] + [(tmp_path / "baked", Stage.QKV, w_shape, baked)]
+    runs += [(tmp_path / "m", s, sh, "bucket") for s, sh in BUCKETS]
     for root, stage, shape, weights in runs:
+        call = shape
         if weights is None:
             entry = ModelEntry.for_shape(stage, shape)
-            inputs = make_inputs(stage, shape, seed=3)
+        elif weights == "bucket":
+            entry = ModelEntry.for_shape(stage, shape, bucket=True)
+            # a smaller call, padded and masked: decode over 5 of 16 keys, 3 of 8 prefill rows
+            call = Shape(n=1 if shape.n == 1 else 3, d=shape.d, kv_len=4 if shape.n == 1 else 0, heads=shape.heads,
+                         precision=shape.precision)  # fmt: skip
         else:
             entry = ModelEntry.for_shape(stage, shape, weights="baked", w=weights["w"], b=weights["b"])
-            inputs = {**make_inputs(stage, shape, seed=3), "w": weights["w"], "b": weights["b"]}
+        inputs = make_inputs(stage, call, seed=3)
+        if weights is not None and weights != "bucket":
+            inputs.update(w=weights["w"], b=weights["b"])
         session = ort.InferenceSession(str(root / "onnx" / entry.file.replace(".rknn", ".onnx")))
-        feed = {t.name: inputs[t.name].reshape(t.shape).astype(np.float32) for t in entry.inputs}
+        feed = dict(zip(entry.input_names, rknn_models.model_feed(entry, call, inputs), strict=True))
         (out,) = session.run(None, feed)
         assert out.shape == entry.output
-        err = rel_error(out.reshape(reference(stage, shape, inputs).shape), reference(stage, shape, inputs))
-        assert err <= tolerance(stage, shape), (entry.file, err)
+        got = rknn_models.take_output(entry, call, out)
+        err = rel_error(got, exact(stage, call, inputs))
+        assert err <= 1e-5, (entry.file, err)  # float32 math: the graph is exact, quantisation comes later
     # INT8 models come with their calibration data in the model's layout
     dataset = (tmp_path / "m" / "calibration" / "qkv_n7_d64_b1_int8" / "dataset.txt").read_text().splitlines()
-    assert len(dataset) == 32 and [Path(p).name for p in dataset[0].split()] == ["000_x.npy", "000_w.npy", "000_b.npy"]
+    assert len(dataset) == 64 and [Path(p).name for p in dataset[0].split()] == ["000_x.npy", "000_w.npy", "000_b.npy"]
     assert np.load(dataset[0].split()[0]).shape == (7, 64)
 
 
@@ -786,3 +833,66 @@ def test_run_details_and_features_agree_on_the_padding(model_dir, runtime):
     assert beyond == {"kv_bucket": 0.0, "pad_kv": 0.0}
     assert bucket_features("qkv", Shape(n=6, d=64), n_buckets=[8]) == {"n_bucket": 8.0, "pad_n_bucket": 0.25}
     assert "pad_kv" not in features("attn", shape)  # not a Table 1 feature unless buckets are given
+
+
+# -- the real converter: rknn-toolkit2 in its own venv (pytest -m rknn_toolkit) ----------------------
+def toolkit_python() -> Path:
+    """rknn-toolkit2's interpreter: $RKNN_TOOLKIT_PYTHON, else scripts/rknn-toolkit-env.sh's .rknn-venv."""
+    import os
+    import subprocess
+
+    path = Path(os.environ.get("RKNN_TOOLKIT_PYTHON") or Path(__file__).parents[1] / ".rknn-venv" / "bin" / "python")
+    if not path.exists():
+        pytest.skip(f"rknn-toolkit2's venv is not here ({path}); create it with bash scripts/rknn-toolkit-env.sh")
+    probe = subprocess.run([str(path), "-c", "from rknn.api import RKNN"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"{path} cannot import rknn.api: {probe.stderr.strip().splitlines()[-1:]}")
+    return path
+
+
+def run_build(python: Path, *args: str) -> None:
+    import subprocess
+
+    script = Path(__file__).parents[1] / "scripts" / "build_rknn_models.py"
+    proc = subprocess.run([str(python), str(script), *args], capture_output=True, text=True, timeout=1200)
+    verdicts = [line for line in proc.stderr.splitlines() if "error over" in line or "failed" in line]
+    assert proc.returncode == 0, "\n".join(verdicts or proc.stderr.splitlines()[-20:])
+
+
+def assert_checked(model_dir: Path, expected: int) -> None:
+    entries = read_manifest(model_dir).entries
+    assert len(entries) == expected
+    for entry in entries:
+        check = entry.check
+        assert check is not None and check["passed"] and check["seeds"] >= 30, entry.file
+        assert check["max"] <= tolerance(entry.stage, entry.shape), entry.file  # the largest call has the widest limit
+        assert (model_dir / entry.file).stat().st_size > 0
+        if entry.shape.precision.value == "int8":
+            assert entry.calibration["source"] == "synthetic" and entry.calibration["headroom"] == 0.25
+
+
+@pytest.mark.rknn_toolkit
+def test_toolkit_builds_and_verifies_the_conformance_models(tmp_path):
+    run_build(toolkit_python(), str(tmp_path), "--conformance", "--check")
+    assert_checked(tmp_path, len(CASES) + len(BUCKETS))
+
+
+@pytest.mark.rknn_toolkit
+def test_toolkit_builds_and_verifies_the_bucketed_models_of_a_config(tmp_path):
+    import yaml
+
+    config = {
+        "device": "rk3588",
+        "backends": {
+            "npu": {"executor": "npu_rknn", "options": {"model_dir": str(tmp_path / "models"),
+                                                         "kv_buckets": [16, 32], "n_buckets": [8]}},
+            "cpu": {"executor": "cpu_numpy", "role": "fallback"},
+        },
+        "workload": {"model": "tiny", "precision": "int8", "prompt": 8, "tokens": 16},
+    }  # fmt: skip
+    (tmp_path / "board.yaml").write_text(yaml.safe_dump(config))
+    run_build(toolkit_python(), str(tmp_path / "models"), "--config", str(tmp_path / "board.yaml"), "--check")
+    # tiny (d=256, 4 heads): decode qkv, attention buckets of 16 and 32 keys, prefill qkv and attention of 8 rows
+    assert_checked(tmp_path / "models", 5)
+    decode = [e for e in read_manifest(tmp_path / "models").entries if e.bucket and e.shape.n == 1]
+    assert sorted(e.check["sizes"][0] for e in decode) == [1, 17]  # each bucket checked over the calls it serves
