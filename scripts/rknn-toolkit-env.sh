@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Creates rknn-toolkit2's own virtual environment: the RKNN converter and x86 simulator that
-# scripts/build_rknn_models.py needs (see docs/rknn.md). x86_64 Linux, Python 3.8 to 3.12.
+# scripts/build_rknn_models.py needs (see docs/rknn.md). x86_64 Linux (or an aarch64 board, which
+# converts but was not checked here with the simulator), Python 3.8 to 3.12.
 #
 #   bash scripts/rknn-toolkit-env.sh [VENV]      # default: $RKNN_VENV, else .rknn-venv in this checkout
 #
@@ -16,9 +17,9 @@ VENV="${1:-${RKNN_VENV:-.rknn-venv}}"
 PYTHON="${PYTHON:-python3}"
 
 machine="$(uname -m)"
-if [ "$machine" != "x86_64" ]; then
-    echo "rknn-toolkit-env: rknn-toolkit2 converts models on x86_64 Linux hosts; this one is $machine." >&2
-    echo "  On an RK3588 board, install the runtime instead: pip install 'adaptive-sched[rknn]'" >&2
+if [ "$machine" != "x86_64" ] && [ "$machine" != "aarch64" ]; then
+    echo "rknn-toolkit-env: rknn-toolkit2 $TOOLKIT_VERSION has wheels for x86_64 and aarch64 Linux; this host is" \
+         "$machine." >&2
     exit 2
 fi
 pyver="$("$PYTHON" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')"

@@ -896,3 +896,82 @@ def test_toolkit_builds_and_verifies_the_bucketed_models_of_a_config(tmp_path):
     assert_checked(tmp_path / "models", 5)
     decode = [e for e in read_manifest(tmp_path / "models").entries if e.bucket and e.shape.n == 1]
     assert sorted(e.check["sizes"][0] for e in decode) == [1, 17]  # each bucket checked over the calls it serves
+
+
+# -- the board smoke script, on a fake board --------------------------------------------------------
+SMOKE = Path(__file__).parents[1] / "scripts" / "rk3588-smoke.sh"
+
+
+def fake_board(root: Path, npu: bool = True) -> Path:
+    """A directory tree with what the smoke script reads on an RK3588: device tree, rknpu, librknnrt."""
+    dt = root / "proc" / "device-tree"
+    dt.mkdir(parents=True)
+    (dt / "compatible").write_bytes(b"radxa,rock-5b\0rockchip,rk3588\0")
+    (dt / "model").write_bytes(b"Radxa ROCK 5B\0")
+    if npu:
+        driver = root / "sys" / "bus" / "platform" / "drivers" / "RKNPU"
+        driver.mkdir(parents=True)
+        device = root / "sys" / "class" / "drm" / "renderD129" / "device"
+        device.mkdir(parents=True)
+        (device / "driver").symlink_to(driver)
+        (root / "sys" / "kernel" / "debug" / "rknpu").mkdir(parents=True)
+        (root / "sys" / "kernel" / "debug" / "rknpu" / "version").write_text("RKNPU driver: v0.9.8\n")
+    (root / "usr" / "lib").mkdir(parents=True)
+    (root / "usr" / "lib" / "librknnrt.so").write_bytes(b"\0librknnrt version: 2.3.2 (fake)\0")
+    return root
+
+
+def smoke_models(model_dir: Path, convert) -> None:
+    """The models the script's header says to build: conformance, smoke buckets, decode projections."""
+    buckets = list(BUCKETS)
+    exact_cases = list(CASES)
+    for p in ("fp16", "int8"):
+        for d in (64, 128):
+            buckets += [
+                (Stage.ATTN, Shape(n=1, d=d, kv_len=63, precision=p)),
+                (Stage.ATTN, Shape(n=16, d=d, precision=p)),
+                (Stage.QKV, Shape(n=16, d=d, precision=p)),
+            ]
+            exact_cases.append((Stage.QKV, Shape(n=1, d=d, precision=p)))
+    convert.build_model_dir(model_dir, exact_cases, buckets=buckets)
+
+
+def run_smoke(root: Path, model_dir: Path, machine: str = "aarch64"):
+    import os
+    import subprocess
+
+    path = os.pathsep.join([str(FAKE_DIR), str(Path(__file__).parents[1])])
+    env = dict(os.environ, PYTHON=sys.executable, RK3588_SMOKE_SYSROOT=str(root), RK3588_SMOKE_MACHINE=machine,
+               REPETITIONS="2", PYTHONPATH=path)  # fmt: skip
+    env.pop("RKNN_TOOLKIT_PYTHON", None)
+    return subprocess.run(["bash", str(SMOKE), str(model_dir)], capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_smoke_script_on_a_fake_board_passes_and_prints_a_summary(tmp_path, convert):
+    smoke_models(tmp_path / "models", convert)
+    proc = run_smoke(fake_board(tmp_path / "board"), tmp_path / "models")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "### adaptive-sched NPU smoke test" in out and "board: Radxa ROCK 5B" in out
+    assert "NPU device: /dev/dri/renderD129" in out and "rknpu driver: RKNPU driver: v0.9.8" in out
+    assert "librknnrt version: 2.3.2 (fake)" in out
+    assert "npu: 7 passed, 0 failed, 0 skipped" in out
+    # the profile table has an npu column with a latency for a decode attention the 64-key bucket serves
+    rows = [line.split() for line in out.splitlines() if line.startswith("attn  int8    1   128    32")]
+    header = next(line.split() for line in out.splitlines() if line.startswith("stage prec"))
+    assert rows and float(rows[0][header.index("npu")]) > 0
+    assert out.rstrip().endswith("result: PASS")
+
+
+def test_smoke_script_refuses_other_hosts_and_reports_a_missing_npu(tmp_path, convert):
+    proc = run_smoke(fake_board(tmp_path / "board"), tmp_path / "models", machine="x86_64")
+    assert proc.returncode == 2 and "this host is not an RK3588 board (machine x86_64" in proc.stderr
+    nowhere = tmp_path / "nowhere"
+    nowhere.mkdir()
+    proc = run_smoke(nowhere, tmp_path / "models")
+    assert proc.returncode == 2 and "device tree: none" in proc.stderr
+    proc = run_smoke(fake_board(tmp_path / "no-models"), tmp_path / "models")  # no manifest there
+    assert proc.returncode == 2 and "has no manifest.json; build them on an x86 host" in proc.stdout
+    smoke_models(tmp_path / "models", convert)
+    proc = run_smoke(fake_board(tmp_path / "no-npu", npu=False), tmp_path / "models")
+    assert proc.returncode == 1 and "FAIL: no NPU device node" in proc.stdout and "result: FAIL" in proc.stdout
