@@ -18,8 +18,9 @@ Precision (what each precision's reference computes):
 * INT8 ``attn``: what the RKNN ``w8a8`` models of ``scripts/build_rknn_models.py`` hold
   in int8, each tensor quantised per tensor with an asymmetric int8 scale over its range
   (:func:`quantize_asymmetric`): the inputs ``q``, ``k``, ``v``; the scaled scores
-  ``Q K^T / sqrt(h_d)``; ``exp(s - rowmax)`` (in [0, 1] by construction); its products
-  with ``V`` and its row sums; their quotient, the output. Products accumulate exactly.
+  ``s = Q K^T / sqrt(h_d)``, their row maximum and ``s - rowmax``; ``exp(s - rowmax)``
+  (in [0, 1] by construction); its products with ``V`` and its row sums; their quotient,
+  the output. Products accumulate exactly.
   The probabilities themselves are never held in int8: spread over hundreds of keys they
   are all far below the largest one, and one scale for the tensor rounds them away (the
   old reference, with a fixed 1/127 step, was off by 0.19 of max|output| at 128 keys).
@@ -48,7 +49,7 @@ INT8_MAX = 127
 INT8_LEVELS = 255
 
 #: the tensors of INT8 attention that an RKNN model quantises, in graph order
-ATTN_INT8_TENSORS = ("q", "k", "v", "scores", "exp", "num", "den", "out")
+ATTN_INT8_TENSORS = ("q", "k", "v", "scores", "rowmax", "shifted", "exp", "num", "den", "out")
 
 
 def quantize_symmetric(a: np.ndarray, axis: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -177,9 +178,10 @@ def attention_core(
     qd, kd, vd = (fake_quantize(a, r.get(name)) for name, a in (("q", q), ("k", k), ("v", v)))
     # the int32 accumulation of int8 products is exact, and so is this float64 product of them
     scores = fake_quantize(np.matmul(qd, np.swapaxes(kd, -1, -2)) * float(scale), r.get("scores"))
-    row_max = np.max(np.where(visible, scores, -np.inf), axis=-1, keepdims=True)
+    row_max = fake_quantize(np.max(np.where(visible, scores, -np.inf), axis=-1, keepdims=True), r.get("rowmax"))
+    shifted = fake_quantize(np.where(visible, scores - row_max, 0.0), r.get("shifted"))
     # exp(s - max) lies in [0, 1] whatever the data: its int8 range needs no calibration
-    e = fake_quantize(np.where(visible, np.exp(scores - row_max), 0.0), r.get("exp", QuantRange(0.0, 1.0)))
+    e = fake_quantize(np.where(visible, np.exp(shifted), 0.0), r.get("exp", QuantRange(0.0, 1.0)))
     num = fake_quantize(np.matmul(e, vd), r.get("num"))
     den = fake_quantize(np.sum(e, axis=-1, keepdims=True), r.get("den"))
     return fake_quantize(num / den, r.get("out")).astype(np.float32)
