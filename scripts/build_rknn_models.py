@@ -81,6 +81,15 @@ IR_VERSION = 8
 MASK_VALUE = -1.0e4
 #: seeds of the synthetic calibration samples and of the check's input sets (kept apart)
 CALIBRATION_SEED0, CHECK_SEED0 = 1000, 5000
+#: INT8 attention: the subgraph kept in float16 (from exp(s - rowmax), as rknn-toolkit2 names it, to the
+#: output): e @ V, the row sums and their quotient. Their ranges are heavy-tailed (attention on one key
+#: makes the output a row of V), so one static int8 scale for them clips (see docs/rknn.md).
+FLOAT_TAIL = ("e-rs", "out")
+
+
+def float_tail(entry: ModelEntry, args: argparse.Namespace) -> bool:
+    """Whether ``entry``'s model keeps :data:`FLOAT_TAIL` in float16."""
+    return entry.stage is Stage.ATTN and entry.shape.precision is Precision.INT8 and not args.all_int8
 
 
 # -- which models -----------------------------------------------------------------------------------
@@ -384,14 +393,15 @@ def rknn_convert(onnx_path: Path, rknn_path: Path, entry: ModelEntry, dataset: P
     try:
         ok("config", rknn.config(**options))
         ok("load_onnx", rknn.load_onnx(model=str(onnx_path)))
-        if quant and args.headroom > 0:
+        if quant and (args.headroom > 0 or float_tail(entry, args)):
             # calibrate, widen the ranges, then quantise with them (the toolkit's hybrid quantisation steps)
             with tempfile.TemporaryDirectory(prefix="rknn-quant-") as tmp:
                 cwd = os.getcwd()
                 os.chdir(tmp)
                 try:
                     data = str(Path(str(dataset)).resolve())
-                    ok("hybrid_quantization_step1", rknn.hybrid_quantization_step1(dataset=data))
+                    hybrid = {"custom_hybrid": [list(FLOAT_TAIL)]} if float_tail(entry, args) else {}
+                    ok("hybrid_quantization_step1", rknn.hybrid_quantization_step1(dataset=data, **hybrid))
                     stem = onnx_path.stem
                     widened = widen_ranges(Path(tmp) / f"{stem}.quantization.cfg", graph_tensors, args.headroom)
                     log.debug("%s: %d ranges widened by %.0f%%", entry.describe(), widened, 100 * args.headroom)
@@ -508,6 +518,7 @@ def build(args: argparse.Namespace) -> int:
             entries.append(ModelEntry.for_shape(stage, shape, bucket=bucket))
 
     built: list[ModelEntry] = []
+    dropped: set[Any] = set()  # models whose conversion or check failed: an older entry for them goes too
     failures = 0
     for entry in entries:
         shape = entry.shape
@@ -526,7 +537,8 @@ def build(args: argparse.Namespace) -> int:
             dataset = write_calibration(entry, out / "calibration" / stem, calls, w)
             sizes = [c.keys if entry.stage is Stage.ATTN and c.n == 1 else c.n for c, _ in calls]
             calibration = {"source": source, "samples": len(calls), "sizes": [min(sizes), max(sizes)],
-                           "headroom": args.headroom, "algorithm": args.quantized_algorithm}  # fmt: skip
+                           "headroom": args.headroom, "algorithm": args.quantized_algorithm,
+                           "float16": ["num", "den", "out"] if float_tail(entry, args) else []}  # fmt: skip
         log.info("%s: wrote %s", entry.describe(), onnx_path)
         if not convert:
             continue
@@ -535,6 +547,7 @@ def build(args: argparse.Namespace) -> int:
             converted = rknn_convert(onnx_path, out / entry.file, entry, dataset, args, graph_tensors)
         except Exception as exc:
             failures += 1
+            dropped.add(entry.key)
             log.error("%s: conversion failed: %s", entry.describe(), exc)
             continue
         build_s = time.perf_counter() - start
@@ -546,6 +559,7 @@ def build(args: argparse.Namespace) -> int:
                 check["build_s"] = round(build_s, 2)
         except Exception as exc:
             failures += 1
+            dropped.add(entry.key)
             log.error("%s: simulator check failed to run: %s", entry.describe(), exc)
             continue
         finally:
@@ -556,18 +570,21 @@ def build(args: argparse.Namespace) -> int:
                        f"(tolerance {check['tolerance']}); built in {build_s:.1f} s")  # fmt: skip
             if not check["passed"]:
                 failures += 1
+                dropped.add(entry.key)
+                (out / entry.file).unlink(missing_ok=True)  # never leave a model that failed where one is looked for
                 log.error("%s: %s; left out of the manifest", entry.describe(), summary)
                 continue
             log.info("%s: %s", entry.describe(), summary)
         built.append(ModelEntry(**{**entry.__dict__, "calibration": calibration, "check": check}))
         log.info("%s: built %s", entry.describe(), out / entry.file)
 
-    if built:
-        previous = []
-        if (out / "manifest.json").exists():
-            keys = {e.key for e in built}
-            previous = [e for e in read_manifest(out).entries if e.key not in keys]
+    previous = []
+    if convert and (out / "manifest.json").exists():
+        replaced = {e.key for e in built} | dropped
+        previous = [e for e in read_manifest(out).entries if e.key not in replaced]
+    if built or (dropped and convert and (out / "manifest.json").exists()):
         write_manifest(out, [*previous, *built], target_platform=args.target)
+    if built:
         print(f"{len(built)} model(s) built into {out}; manifest: {out / 'manifest.json'}")
     elif not convert:
         print(f"{len(entries)} ONNX graph(s) written to {out / 'onnx'}; no .rknn built")
@@ -608,6 +625,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=0.25,
         help="INT8: widen every calibrated range by this fraction (default 0.25; 0: as calibrated)",
     )
+    conv.add_argument("--all-int8", action="store_true",
+                      help="INT8 attention: also hold e @ V, the row sums and the output in int8")  # fmt: skip
     conv.add_argument("--opset", type=int, default=17, help="ONNX opset, 13..19 (default 17)")
     conv.add_argument("--onnx-only", action="store_true", help="write the ONNX graphs without converting")
     conv.add_argument("--check", action="store_true",

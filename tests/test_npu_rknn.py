@@ -975,3 +975,20 @@ def test_smoke_script_refuses_other_hosts_and_reports_a_missing_npu(tmp_path, co
     smoke_models(tmp_path / "models", convert)
     proc = run_smoke(fake_board(tmp_path / "no-npu", npu=False), tmp_path / "models")
     assert proc.returncode == 1 and "FAIL: no NPU device node" in proc.stdout and "result: FAIL" in proc.stdout
+
+
+@pytest.mark.rknn_toolkit
+def test_toolkit_model_failing_its_check_replaces_no_entry(tmp_path):
+    import subprocess
+
+    python = toolkit_python()
+    shape = ["--stage", "attn", "--n", "5", "--d", "128", "--heads", "2", "--precision", "int8", "--check"]
+    run_build(python, str(tmp_path), *shape)
+    (entry,) = read_manifest(tmp_path).entries
+    assert entry.check["passed"] and (tmp_path / entry.file).exists()
+    # without headroom, 40 seeds include one the static ranges clip (0.13 > 0.1 in rknn-toolkit2 2.5.0)
+    script = Path(__file__).parents[1] / "scripts" / "build_rknn_models.py"
+    proc = subprocess.run([str(python), str(script), str(tmp_path), *shape, "--headroom", "0", "--check-seeds", "40"],
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 1 and "left out of the manifest" in proc.stderr
+    assert read_manifest(tmp_path).entries == () and not (tmp_path / entry.file).exists()

@@ -31,8 +31,9 @@ key), applied after the exponential like the build script's graphs.
 The numerics follow the NPU: FP16 models round inputs, intermediate tensors and the
 output to float16 and accumulate in float32. INT8 models hold every tensor in int8 per
 tensor with an asymmetric range (zero point), as rknn-toolkit2's ``w8a8`` does: the
-inputs, the attention scores, ``exp(s - rowmax)``, its product with V and row sum, and
-the output; constant weights per output channel (symmetric). The ranges are the static
+inputs, the attention scores, ``exp(s - rowmax)`` (its product with V, row sum and the
+output are float16, as in the build script's models); qkv's output; constant weights per
+output channel (symmetric). The ranges are the static
 ones the model was calibrated with (``quant`` in its header), clipping what falls
 outside, or each tensor's own when the model has none. Products accumulate exactly.
 
@@ -284,8 +285,10 @@ class _Graph:
         n, keys, hd = q.shape[-2], k.shape[-2], q.shape[-1]
         visible = self._visible(v, n, keys)
         scores = quant("scores", (q @ np.swapaxes(k, -1, -2)) / math.sqrt(hd))
-        row_max = np.where(visible, scores, -np.inf).max(axis=-1, keepdims=True)
-        e = quant("exp", np.where(visible, np.exp(scores - row_max), 0.0), fixed=(0.0, 1.0))
-        num = quant("num", e @ val)
-        den = quant("den", e.sum(axis=-1, keepdims=True))
-        return quant("out", num / den)
+        row_max = quant("rowmax", np.where(visible, scores, -np.inf).max(axis=-1, keepdims=True))
+        shifted = quant("shifted", np.where(visible, scores - row_max, 0.0))
+        e = quant("exp", np.where(visible, np.exp(shifted), 0.0), fixed=(0.0, 1.0))
+        # the division side is float16, as the build script's models keep it
+        num = _f16(e @ val)
+        den = _f16(e.sum(axis=-1, keepdims=True))
+        return _f16(num / den)
