@@ -19,11 +19,12 @@ Precision (what each precision's reference computes):
   each tensor per tensor with an asymmetric int8 scale over its range
   (:func:`quantize_asymmetric`), as rknn-toolkit2's ``w8a8`` quantisation table shows: the
   inputs ``q``, ``k``, ``v``; the scaled scores ``s = Q K^T / sqrt(h_d)``, their row
-  maximum and ``s - rowmax``; ``exp(s - rowmax)`` (in [0, 1] by construction). Products
-  accumulate exactly. The rest (``exp(..) @ V``, its row sums, their quotient: the output)
-  runs in float16, as the models keep it: those tensors are heavy-tailed (attention on one
-  key makes the output a row of V), and one static int8 scale for them clipped outliers in
-  2 of 7 decode buckets over 30 seeds. The probabilities themselves are never quantised:
+  maximum and ``s - rowmax``; ``exp(s - rowmax)`` (in [0, 1] by construction). The integer
+  products of ``Q K^T`` accumulate exactly (up to head_dim 256). The rest (``exp(..) @ V``,
+  its row sums, their quotient: the output) runs in float16, as the models keep it: those
+  tensors are heavy-tailed (attention on one key makes the output a row of V), and one
+  static int8 scale for them clipped outliers in 2 of 7 decode buckets over 30 seeds. The
+  probabilities themselves are never quantised:
   spread over hundreds of keys they are all far below the largest, and one scale for the
   tensor rounds them away (the old reference, with a fixed 1/127 step, was off by 0.19 of
   max|output| at 128 keys). The ranges are each tensor's own (the best a calibration can
@@ -37,7 +38,7 @@ executor is *right* is judged against :func:`exact`, the float64 math, within
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -99,8 +100,8 @@ class QuantRange(NamedTuple):
         return int(np.clip(np.rint(-128 - self.lo / self.scale), -128, 127))
 
 
-def _f16(a: np.ndarray) -> np.ndarray:
-    return np.asarray(a, dtype=np.float64).astype(np.float16).astype(np.float64)
+def _f16(a: Any) -> np.ndarray:
+    return np.asarray(a).astype(np.float16).astype(np.float32)
 
 
 def quantize_asymmetric(a: np.ndarray, rng: QuantRange | None = None) -> tuple[np.ndarray, float, int]:
@@ -115,14 +116,22 @@ def quantize_asymmetric(a: np.ndarray, rng: QuantRange | None = None) -> tuple[n
     """
     rng = QuantRange.of(a) if rng is None else rng
     scale, zp = rng.scale, rng.zero_point
-    q = np.clip(np.rint(np.asarray(a, dtype=np.float64) / scale) + zp, -128, 127).astype(np.int8)
-    return q, scale, zp
+    levels = np.rint(np.asarray(a, dtype=np.float64) / scale) if np.asarray(a).dtype == np.float64 else (
+        np.rint(np.asarray(a, dtype=np.float32) / np.float32(scale)))  # fmt: skip
+    return np.clip(levels + zp, -128, 127).astype(np.int8), scale, zp
+
+
+def _levels(a: np.ndarray, rng: QuantRange | None) -> tuple[np.ndarray, float]:
+    """``a`` quantised, as the float32 integers ``q - zero_point``, and the scale."""
+    q, scale, zp = quantize_asymmetric(a, rng)
+    return q.astype(np.float32) - np.float32(zp), scale
 
 
 def fake_quantize(a: np.ndarray, rng: QuantRange | None = None) -> np.ndarray:
-    """``a`` quantised by :func:`quantize_asymmetric` and dequantised again, in float64."""
+    """``a`` quantised by :func:`quantize_asymmetric` and dequantised again (float32 for float32 input)."""
     q, scale, zp = quantize_asymmetric(a, rng)
-    return (q.astype(np.float64) - zp) * scale
+    dtype = np.float64 if np.asarray(a).dtype == np.float64 else np.float32
+    return ((q.astype(np.float64) - zp) * scale).astype(dtype)
 
 
 def qkv_projection(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, precision: Precision) -> np.ndarray:
@@ -181,17 +190,18 @@ def attention_core(
     if unknown:
         raise ValueError(f"ranges: unknown tensor(s) {', '.join(sorted(unknown))} (expected {ATTN_INT8_TENSORS})")
     visible = causal_mask(n, keys)
-    qd, kd, vd = (fake_quantize(a, r.get(name)) for name, a in (("q", q), ("k", k), ("v", v)))
-    # the int32 accumulation of int8 products is exact, and so is this float64 product of them
-    scores = fake_quantize(np.matmul(qd, np.swapaxes(kd, -1, -2)) * float(scale), r.get("scores"))
+    (qi, qs), (ki, ks), (vi, vs) = (_levels(a, r.get(name)) for name, a in (("q", q), ("k", k), ("v", v)))
+    # integer products summed in float32: exact as an int32 accumulator while head_dim <= 256 (255**2 * 256 < 2**24)
+    raw = np.matmul(qi, np.swapaxes(ki, -1, -2))
+    scores = fake_quantize(raw * np.float32(qs * ks * float(scale)), r.get("scores"))
     row_max = fake_quantize(np.max(np.where(visible, scores, -np.inf), axis=-1, keepdims=True), r.get("rowmax"))
-    shifted = fake_quantize(np.where(visible, scores - row_max, 0.0), r.get("shifted"))
+    shifted = fake_quantize(np.where(visible, scores - row_max, np.float32(0)), r.get("shifted"))
     # exp(s - max) lies in [0, 1] whatever the data: its int8 range needs no calibration
-    e = fake_quantize(np.where(visible, np.exp(shifted), 0.0), r.get("exp", QuantRange(0.0, 1.0)))
+    e = fake_quantize(np.where(visible, np.exp(shifted), np.float32(0)), r.get("exp", QuantRange(0.0, 1.0)))
     # the division side runs in float16: e @ V, the row sums and the output are heavy-tailed (attention
     # on one key makes the output a row of V), so a static int8 scale would clip them
-    num = _f16(np.matmul(e, vd))
-    den = _f16(np.sum(e, axis=-1, keepdims=True))
+    num = _f16(np.matmul(e, vi) * np.float32(vs))
+    den = _f16(np.sum(e, axis=-1, keepdims=True, dtype=np.float32))
     return _f16(num / den).astype(np.float32)
 
 
