@@ -784,6 +784,8 @@ def test_configured_buckets_select_the_models_and_name_what_is_missing(tmp_path,
     assert everything.bucket_summary == "kv 16,32,64"
     pow2 = executor(tmp_path, runtime, kv_buckets={"pow2": [16, 64]})
     assert pow2.kv_buckets == (16, 32, 64) and pow2.bucket_summary == "kv 16,32,64 (3/3 built)"
+    nowhere = executor(tmp_path / "missing", runtime, kv_buckets=[16, 32], n_buckets=[8])
+    assert nowhere.bucket_summary == "kv 16,32 (configured); n 8 (configured)"
 
 
 @pytest.mark.parametrize(

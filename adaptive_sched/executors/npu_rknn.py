@@ -342,6 +342,9 @@ class RknnExecutor(Executor):
     def bucket_summary(self) -> str:
         """One line for ``adaptive-sched executors``: the kv and n buckets and how many have models."""
         info = self.buckets()
+        if not self.is_available():  # no manifest was read: only the configuration is known
+            named = [(label, b) for label, b in (("kv", self.kv_buckets), ("n", self.n_buckets)) if b is not None]
+            return "; ".join(f"{label} {_sizes(b)} (configured)" for label, b in named)
         decode = sorted({keys for n, keys in info["models"]["attn"] if n == 1})
         rows = sorted({n for (n, *_) in info["models"]["attn"] + info["models"]["qkv"] if n > 1})
         parts = []
