@@ -43,6 +43,7 @@ import itertools
 import logging
 import math
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -564,6 +565,9 @@ def build(args: argparse.Namespace) -> int:
             continue
         finally:
             converted.release()
+            if dataset is not None and not args.keep_calibration:
+                # 64 samples of a 4096-key bucket are 3 GB; the manifest records what they were
+                shutil.rmtree(dataset.parent, ignore_errors=True)
         if check is not None:
             summary = (f"error over {check['seeds']} seeds (sizes {check['sizes'][0]}..{check['sizes'][1]}): "
                        f"median {check['median']:.3g}, p95 {check['p95']:.3g}, max {check['max']:.3g} "
@@ -619,6 +623,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     conv.add_argument("--calibration-samples", type=int, default=64, help="INT8 calibration inputs (default 64)")
     conv.add_argument("--activations", help="a directory of .npz files, one real call's inputs each, to calibrate\n"
                                             "the models they fit with instead of synthetic inputs")  # fmt: skip
+    conv.add_argument("--keep-calibration", action="store_true",
+                      help="keep calibration/<model>/ after converting (--onnx-only always keeps it)")  # fmt: skip
     conv.add_argument(
         "--headroom",
         type=float,
