@@ -21,7 +21,7 @@ import numpy as np
 
 from .errors import UnsupportedShape
 from .executors.base import Executor
-from .stages import make_inputs, output_shape, reference
+from .stages import exact, make_inputs, output_shape, relative_error
 from .types import Precision, Shape, Stage
 
 
@@ -33,9 +33,41 @@ class CheckSkipped(Exception):
     """A check cannot run here (the reason says why); it is not a failure."""
 
 
-#: maximum error relative to max|reference| per precision. FP16 allows fp32 kernels
-#: that skip the fp16 rounding of inputs; INT8 allows a different rounding of scales.
-TOLERANCE = {Precision.FP16: 2e-2, Precision.INT8: 5e-2}
+#: largest error allowed, relative to max|exact| (:func:`adaptive_sched.stages.relative_error`
+#: against the float64 math of :func:`adaptive_sched.stages.exact`), per precision; see :func:`tolerance`
+TOLERANCE = {Precision.FP16: 1e-2, Precision.INT8: 5e-2}
+#: INT8 attention over up to this many keys is allowed :data:`INT8_ATTN_TOLERANCE` ...
+INT8_ATTN_KEYS = 512
+INT8_ATTN_TOLERANCE = 0.10
+#: ... and this much more for every doubling of the keys beyond
+INT8_ATTN_PER_DOUBLING = 0.025
+
+
+def tolerance(stage: Stage | str, shape: Shape) -> float:
+    """The largest error relative to max|exact| an executor may have on ``stage`` at ``shape``.
+
+    * FP16, both stages: 1e-2. Rounding the inputs to float16 costs about 6e-4 (the FP16
+      reference); the rest allows fp16 accumulation where a backend has it.
+    * INT8 ``qkv``: 5e-2 (the INT8 reference is off by 1 to 3e-2 at the conformance shapes).
+    * INT8 ``attn``: 0.10 up to 512 keys, plus 0.025 per doubling beyond (0.15 at 2048 keys).
+      Per-tensor int8 scales cost more the longer the softmax row: with each tensor's own
+      range (:func:`adaptive_sched.stages.attention_core`) the error reaches 0.04 at 128 keys
+      and 0.10 at 2048 keys (d=2048, 32 heads, 8 to 30 seeds), and models whose ranges were
+      fixed by calibration reach 0.077 at 512 keys and 0.138 at 2048 keys over 30 seeds in
+      rknn-toolkit2 2.5.0's simulator (d=1536, 12 heads). A wrong mask or padding is off by
+      0.3 or more.
+
+    >>> tolerance("attn", Shape(n=1, d=2048, kv_len=2047, precision="int8"))
+    0.15
+    """
+    from .types import parse_stage
+
+    stage = parse_stage(stage)
+    if shape.precision is Precision.FP16 or stage is Stage.QKV:
+        return TOLERANCE[shape.precision]
+    doublings = max(0.0, math.log2(shape.keys / INT8_ATTN_KEYS))
+    return round(INT8_ATTN_TOLERANCE + INT8_ATTN_PER_DOUBLING * doublings, 6)
+
 
 #: small shapes covering prefill (causal, odd sizes) and decode over a cache, multi-head and batched
 CASES: tuple[tuple[Stage, Shape], ...] = tuple(
@@ -52,13 +84,39 @@ CASES: tuple[tuple[Stage, Shape], ...] = tuple(
 )
 
 
+#: bucket models (the largest shape each holds) a static-graph backend serves :data:`PADDED_CASES` from:
+#: decode attention over up to 16 keys, prefill attention and projection of up to 8 rows
+BUCKETS: tuple[tuple[Stage, Shape], ...] = tuple(
+    (stage, Shape(**dims, precision=p))
+    for p in Precision
+    for stage, dims in (
+        (Stage.ATTN, {"n": 1, "d": 128, "kv_len": 15, "heads": 2}),
+        (Stage.ATTN, {"n": 8, "d": 128, "heads": 2}),
+        (Stage.QKV, {"n": 8, "d": 64}),
+    )
+)
+
+#: shapes the suite also runs where supported, that no exact conformance model has: a
+#: backend with only the :data:`BUCKETS` models runs them padded and masked
+PADDED_CASES: tuple[tuple[Stage, Shape], ...] = tuple(
+    (stage, Shape(**dims, precision=p))
+    for p in Precision
+    for stage, dims in (
+        (Stage.ATTN, {"n": 1, "d": 128, "kv_len": 0, "heads": 2}),
+        (Stage.ATTN, {"n": 1, "d": 128, "kv_len": 12, "heads": 2}),
+        (Stage.ATTN, {"n": 6, "d": 128, "heads": 2}),
+        (Stage.QKV, {"n": 3, "d": 64}),
+    )
+)
+
+
 def _available(executor: Executor) -> None:
     if not executor.is_available():
         raise CheckSkipped(f"{executor.kind} not available here: {executor.unavailable_reason}")
 
 
 def _supported_cases(executor: Executor) -> list[tuple[Stage, Shape]]:
-    cases = [(s, sh) for s, sh in CASES if executor.supports(s, sh)]
+    cases = [(s, sh) for s, sh in CASES + PADDED_CASES if executor.supports(s, sh)]
     if not cases:
         raise CheckSkipped(f"{executor.kind} supports none of the conformance shapes")
     return cases
@@ -74,23 +132,20 @@ def check_is_available_never_raises(executor: Executor) -> None:
 
 
 def check_numerics_match_reference(executor: Executor) -> None:
-    """Outputs match the numpy reference within the per-precision tolerance."""
+    """Outputs match the float64 math (:func:`~adaptive_sched.stages.exact`) within :func:`tolerance`."""
     _available(executor)
     for stage, shape in _supported_cases(executor):
         inputs = make_inputs(stage, shape, seed=7)
         result = executor.run(stage, shape, inputs)
         if result.output is None:
             raise CheckFailed(f"{stage.value} {shape}: no output although inputs were given")
-        expected = reference(stage, shape, inputs)
         got = np.asarray(result.output)
         if got.shape != output_shape(stage, shape):
-            raise CheckFailed(f"{stage.value} {shape}: output shape {got.shape}, expected {expected.shape}")
-        scale = float(np.max(np.abs(expected))) or 1.0
-        err = float(np.max(np.abs(got.astype(np.float64) - expected))) / scale
-        if not err <= TOLERANCE[shape.precision]:
-            raise CheckFailed(
-                f"{stage.value} {shape}: max error {err:.3g} of max|ref| exceeds {TOLERANCE[shape.precision]}"
-            )
+            raise CheckFailed(f"{stage.value} {shape}: output shape {got.shape}, expected {output_shape(stage, shape)}")
+        err = relative_error(got, exact(stage, shape, inputs))
+        limit = tolerance(stage, shape)
+        if not err <= limit:
+            raise CheckFailed(f"{stage.value} {shape}: max error {err:.3g} of max|exact| exceeds {limit}")
 
 
 def check_latency_finite_positive(executor: Executor) -> None:
@@ -124,7 +179,7 @@ def check_bad_inputs_rejected(executor: Executor) -> None:
 def check_unsupported_rejected(executor: Executor) -> None:
     """A shape the executor says it does not support raises UnsupportedShape with the reason."""
     _available(executor)
-    probes = [(s, sh) for s, sh in CASES] + [
+    probes = [(s, sh) for s, sh in CASES + PADDED_CASES] + [
         (Stage.QKV, Shape(n=1, d=65536 + 64, heads=1)),
         (Stage.ATTN, Shape(n=4096, d=64, kv_len=1 << 20, heads=1)),
     ]

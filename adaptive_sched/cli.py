@@ -166,11 +166,13 @@ def cmd_executors(args: argparse.Namespace) -> int:
         ex = create_executor(bc.executor, backend=backend, **options)
         ok = ex.is_available()
         device = getattr(ex, "device_name", None) or ""  # which OpenCL device a name substring matched
-        rows.append([backend.value, bc.executor, bc.role, "yes" if ok else "no", device, ex.unavailable_reason])
+        buckets = getattr(ex, "bucket_summary", None) or ""  # a static-graph backend's kv and n buckets
+        rows.append([backend.value, bc.executor, bc.role, "yes" if ok else "no", device, buckets,
+                     ex.unavailable_reason])  # fmt: skip
         data.append({"backend": backend.value, "executor": bc.executor, "role": bc.role, "available": ok,
-                     "device": device, "reason": ex.unavailable_reason})  # fmt: skip
+                     "device": device, "buckets": buckets, "reason": ex.unavailable_reason})  # fmt: skip
         ex.close()
-    headers = ["backend", "executor", "role", "available", "device", "reason"]
+    headers = ["backend", "executor", "role", "available", "device", "buckets", "reason"]
     _emit(args, data, lambda: render_table(headers, rows))
     return 0
 

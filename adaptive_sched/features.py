@@ -24,7 +24,10 @@ batch       ``b``                                       same
 ==========  ==========================================  =========================================
 
 Features are pure functions of the stage and shape, so they are computed once per
-distinct shape and cached.
+distinct shape and cached. :func:`features` can add what a static-graph backend's buckets
+cost (``kv_bucket`` and ``pad_kv``, the fraction of the bucket's keys that is padding, and
+``n_bucket`` and ``pad_n_bucket`` for prefill rows); they are not in :data:`FEATURE_NAMES`,
+whose order trained priors depend on.
 """
 
 from __future__ import annotations
@@ -133,14 +136,52 @@ def feature_vector(stage: Stage | str, shape: Shape) -> tuple[float, ...]:
     return _features(parse_stage(stage), shape)
 
 
-def features(stage: Stage | str, shape: Shape, context: Mapping[str, float] | None = None) -> dict[str, float]:
+def bucket_features(
+    stage: Stage | str,
+    shape: Shape,
+    kv_buckets: Sequence[int] | None = None,
+    n_buckets: Sequence[int] | None = None,
+) -> dict[str, float]:
+    """The bucket that holds ``shape`` and its padding: ``kv_bucket``, ``pad_kv``, ``n_bucket``, ``pad_n_bucket``.
+
+    Keys count ``kv_len + n`` (attention only, decode steps); rows count ``n`` (prefill).
+    A size beyond the largest bucket gives bucket 0 and padding 0 (no bucket holds it).
+
+    >>> bucket_features("attn", Shape(n=1, d=64, kv_len=128), kv_buckets=(128, 256))
+    {'kv_bucket': 256.0, 'pad_kv': 0.49609375}
+    """
+    stage = parse_stage(stage)
+    out: dict[str, float] = {}
+    if kv_buckets is not None and stage is Stage.ATTN and shape.n == 1:
+        out["kv_bucket"] = float(kv_bucket(shape.keys, kv_buckets) or 0)
+        out["pad_kv"] = pad_kv_fraction(shape.keys, kv_buckets)
+    if n_buckets is not None and shape.n > 1:
+        out["n_bucket"] = float(kv_bucket(shape.n, n_buckets) or 0)
+        out["pad_n_bucket"] = pad_kv_fraction(shape.n, n_buckets)
+    return out
+
+
+def features(
+    stage: Stage | str,
+    shape: Shape,
+    context: Mapping[str, float] | None = None,
+    *,
+    kv_buckets: Sequence[int] | None = None,
+    n_buckets: Sequence[int] | None = None,
+) -> dict[str, float]:
     """The features as a dict; optional device-state ``context`` values are added as is.
+
+    With ``kv_buckets`` or ``n_buckets`` (a static-graph backend's), the
+    :func:`bucket_features` are added too.
 
     >>> f = features("qkv", Shape(n=1, d=64, precision="int8"))
     >>> f["flops"], f["mem_bytes"], f["P"]
     (24576.0, 12544.0, 1.0)
+    >>> features("attn", Shape(n=1, d=64, kv_len=99), kv_buckets=(128,))["pad_kv"]
+    0.21875
     """
     out = dict(zip(FEATURE_NAMES, feature_vector(stage, shape), strict=True))
+    out.update(bucket_features(stage, shape, kv_buckets, n_buckets))
     if context:
         for key, value in context.items():
             if key in out:

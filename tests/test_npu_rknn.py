@@ -14,9 +14,9 @@ from typing import ClassVar
 import numpy as np
 import pytest
 
-from adaptive_sched.checks import CASES, EXECUTOR_CHECKS, TOLERANCE, CheckSkipped
+from adaptive_sched.checks import BUCKETS, CASES, EXECUTOR_CHECKS, CheckSkipped, tolerance
 from adaptive_sched.errors import ConfigError, ExecutorError, UnsupportedShape
-from adaptive_sched.executors import create_executor
+from adaptive_sched.executors import create_executor, rknn_models
 from adaptive_sched.executors.npu_rknn import RknnExecutor, parse_core_mask
 from adaptive_sched.executors.rknn_models import (
     ModelEntry,
@@ -26,7 +26,7 @@ from adaptive_sched.executors.rknn_models import (
     weights_digest,
     write_manifest,
 )
-from adaptive_sched.stages import make_inputs, reference
+from adaptive_sched.stages import exact, make_inputs, reference
 from adaptive_sched.types import Shape, Stage
 
 FAKE_DIR = Path(__file__).parent / "fake_rknnlite"
@@ -71,7 +71,7 @@ def runtime(fake):
 @pytest.fixture
 def model_dir(tmp_path, convert):
     """Calibrated models for every conformance case."""
-    convert.build_model_dir(tmp_path / "models", CASES)
+    convert.build_model_dir(tmp_path / "models", CASES, buckets=BUCKETS)
     return tmp_path / "models"
 
 
@@ -81,6 +81,11 @@ def executor(model_dir, runtime, **options):
 
 def rel_error(got, want):
     return float(np.max(np.abs(np.asarray(got, np.float64) - want))) / (float(np.max(np.abs(want))) or 1.0)
+
+
+def within(got, stage, shape, inputs):
+    """The output is within the conformance tolerance of the float64 math."""
+    return rel_error(got, exact(stage, shape, inputs)) <= tolerance(stage, shape)
 
 
 # -- conformance ----------------------------------------------------------------------------------
@@ -101,7 +106,7 @@ def test_rknnlite_is_imported_lazily_from_sys_path(model_dir, fake):
     assert ex.is_available(), ex.unavailable_reason
     inputs = make_inputs("qkv", QKV)
     out = ex.run("qkv", QKV, inputs).output
-    assert rel_error(out, reference("qkv", QKV, inputs)) <= TOLERANCE[QKV.precision]
+    assert within(out, "qkv", QKV, inputs)
     ex.close()
 
 
@@ -187,25 +192,30 @@ def test_model_lookup_ignores_fields_that_do_not_change_the_graph(model_dir, run
 
 def test_unsupported_shape_reason_says_how_to_build_one(model_dir, runtime):
     ex = executor(model_dir, runtime)
-    shape = Shape(n=8, d=64, precision="int8")
+    shape = Shape(n=9, d=64, precision="int8")  # one row more than the n=8 bucket
     reason = ex.why_unsupported("qkv", shape)
     assert reason.startswith("no prepared RKNN model for qkv at")
-    assert "scripts/build_rknn_models.py --stage qkv --n 8 --d 64 --batch 1 --precision int8" in reason
-    reason = ex.why_unsupported("attn", Shape(n=1, d=128, kv_len=3, heads=2))
-    assert "--stage attn --n 1 --d 128 --batch 1 --precision fp16 --kv-len 3 --heads 2" in reason
+    assert "scripts/build_rknn_models.py --stage qkv --n 9 --d 64 --batch 1 --precision int8" in reason
+    reason = ex.why_unsupported("attn", Shape(n=1, d=128, kv_len=3, heads=4))
+    assert "--stage attn --n 1 --d 128 --batch 1 --precision fp16 --kv-len 3 --heads 4" in reason
     with pytest.raises(UnsupportedShape, match="no prepared RKNN model"):
         ex.run("qkv", shape)
 
 
 def test_missing_model_file_is_an_unsupported_shape_with_the_path(model_dir, runtime, caplog):
-    (model_dir / model_filename("qkv", QKV)).unlink()
+    wide = Shape(n=33, d=96, heads=3)  # no bucket model holds it
+    (model_dir / model_filename("qkv", wide)).unlink()
     with caplog.at_level(logging.WARNING, logger="adaptive_sched.executors.npu_rknn"):
         ex = executor(model_dir, runtime)
         assert ex.is_available()
-    reason = ex.why_unsupported("qkv", QKV)
-    assert "lists qkv_n7_d64_b1_fp16.rknn but" in reason and "does not exist" in reason
+    reason = ex.why_unsupported("qkv", wide)
+    assert "lists qkv_n33_d96_b1_fp16.rknn but" in reason and "does not exist" in reason
     assert "is missing" in caplog.text
     assert ex.supports("attn", ATTN)
+    # a missing exact model whose shape a bucket holds runs on the bucket
+    (model_dir / model_filename("qkv", QKV)).unlink()
+    ex = executor(model_dir, runtime)
+    assert ex.entry_for("qkv", QKV).file == "qkv_bucket_n8_d64_b1_fp16.rknn"
 
 
 def test_matmul_limits(model_dir, runtime):
@@ -358,7 +368,7 @@ def test_optional_bias_with_and_without_a_bias_input(tmp_path, runtime, convert)
         no_bias = {k: v for k, v in inputs.items() if k != "b"}
         for given in (inputs, no_bias):
             out = ex.run("qkv", shape, given).output
-            assert rel_error(out, reference("qkv", shape, given)) <= TOLERANCE[shape.precision]
+            assert within(out, "qkv", shape, given)
 
 
 @pytest.fixture
@@ -383,12 +393,12 @@ def test_baked_weights_run_and_match_the_reference(baked, runtime):
     assert ex.entry_for("qkv", shape).input_names == ("x",)
     x = make_inputs("qkv", shape, seed=3)["x"]
     result = ex.run("qkv", shape, {"x": x, "w": w, "b": b})
-    assert rel_error(result.output, reference("qkv", shape, {"x": x, "w": w, "b": b})) <= TOLERANCE[shape.precision]
+    assert within(result.output, "qkv", shape, {"x": x, "w": w, "b": b})
     assert result.details["weight_check_s"] >= 0 and result.details["model"].startswith("qkv_n4_d64_b1_int8_w")
     # a model without a baked bias gets the caller's bias on the host
     x2 = make_inputs("qkv", nob, seed=3)["x"]
     out = ex.run("qkv", nob, {"x": x2, "w": w, "b": b}).output
-    assert rel_error(out, reference("qkv", nob, {"x": x2, "w": w, "b": b})) <= TOLERANCE[nob.precision]
+    assert within(out, "qkv", nob, {"x": x2, "w": w, "b": b})
 
 
 def test_other_weights_are_refused(baked, runtime):
@@ -413,7 +423,7 @@ def test_fp16_baked_model_accepts_a_float16_copy_of_its_weights(tmp_path, runtim
     write_manifest(tmp_path, [entry])
     half = {k: v.astype(np.float16) for k, v in inputs.items()}
     out = executor(tmp_path, runtime).run("qkv", QKV, half).output
-    assert rel_error(out, reference("qkv", QKV, inputs)) <= TOLERANCE[QKV.precision]
+    assert within(out, "qkv", QKV, inputs)
 
 
 @pytest.mark.parametrize(("mode", "read_only", "hashes"), [("readonly", True, 1), ("readonly", False, 3),
@@ -439,20 +449,20 @@ def test_static_int8_scales_clip_inputs_outside_the_calibrated_range(tmp_path, r
     convert.build_model_dir(calibrated, [(Stage.ATTN, shape)])
     convert.build_model_dir(dynamic, [(Stage.ATTN, shape)], calibrate=False)
     inputs = {k: v * 4 for k, v in make_inputs("attn", shape, seed=5).items()}  # 4x the calibration data's range
-    want = reference("attn", shape, inputs)
+    want = exact("attn", shape, inputs)
     assert rel_error(executor(calibrated, runtime).run("attn", shape, inputs).output, want) > 0.2
-    assert rel_error(executor(dynamic, runtime).run("attn", shape, inputs).output, want) <= TOLERANCE[shape.precision]
+    assert within(executor(dynamic, runtime).run("attn", shape, inputs).output, "attn", shape, inputs)
 
 
 def test_concurrent_runs_are_serialised_and_correct(model_dir, runtime):
     ex = executor(model_dir, runtime)
     inputs = make_inputs("qkv", QKV, seed=2)
-    want = reference("qkv", QKV, inputs)
+    want = exact("qkv", QKV, inputs)
     errors = []
 
     def work():
         for _ in range(20):
-            if rel_error(ex.run("qkv", QKV, inputs).output, want) > TOLERANCE[QKV.precision]:
+            if rel_error(ex.run("qkv", QKV, inputs).output, want) > tolerance("qkv", QKV):
                 errors.append("mismatch")
 
     threads = [threading.Thread(target=work) for _ in range(4)]
@@ -505,12 +515,12 @@ def test_fake_runtime_takes_4d_inputs_as_nhwc_unless_told(fake, tmp_path, conver
     rt = fake.RKNNLite()
     assert rt.load_rknn(str(tmp_path / "attn4d.rknn")) == 0 and rt.init_runtime() == 0
     feed = [inputs["q"], inputs["k"], inputs["v"]]
-    assert rel_error(rt.inference(inputs=feed, data_format="nchw")[0], want) <= TOLERANCE[shape.precision]
+    assert rel_error(rt.inference(inputs=feed, data_format="nchw")[0], want) <= tolerance("attn", shape)
     assert rel_error(rt.inference(inputs=feed)[0], want) > 0.1  # taken as NHWC: scrambled
 
     write_manifest(tmp_path, [ModelEntry(**{**four_d.__dict__, "data_format": "nchw"})])
     ex = RknnExecutor(model_dir=tmp_path, runtime=fake.RKNNLite)
-    assert rel_error(ex.run("attn", shape, inputs).output, want) <= TOLERANCE[shape.precision]
+    assert rel_error(ex.run("attn", shape, inputs).output, want) <= tolerance("attn", shape)
 
 
 # -- the manifest ---------------------------------------------------------------------------------
@@ -583,15 +593,53 @@ def test_build_script_selects_distinct_models():
                               "--precision", "int8"])  # fmt: skip
     cases = script.select_cases(args)
     # qkv ignores kv_len: one qkv model, two attention models
-    assert [(s.value, sh.kv_len) for s, sh in cases] == [("qkv", 0), ("attn", 0), ("attn", 8)]
-    assert len(script.select_cases(script.parse_args(["out", "--conformance", "--precision", "fp16"]))) == 6
+    assert [(s.value, sh.kv_len, b) for s, sh, b in cases] == [("qkv", 0, False), ("attn", 0, False),
+                                                               ("attn", 8, False)]  # fmt: skip
+    conformance = script.select_cases(script.parse_args(["out", "--conformance", "--precision", "fp16"]))
+    assert sum(not b for _, _, b in conformance) == 6 and sum(b for _, _, b in conformance) == 3
     with pytest.raises(SystemExit):
         script.parse_args(["out", "--conformance", "--opset", "21"])
 
 
+def test_build_script_models_for_a_config():
+    script = load_build_script()
+    cases = script.select_cases(script.parse_args(["out", "--config", "rk3588"]))
+    # qwen2.5-1.5b (d=1536, 12 heads), INT8: the decode projection, 7 kv buckets, 5 n buckets for qkv and attn
+    assert {(s.value, sh.n, sh.keys, b) for s, sh, b in cases} >= {("qkv", 1, 1, False), ("attn", 1, 64, True),
+                                                                    ("attn", 1, 4096, True), ("qkv", 256, 256, True),
+                                                                    ("attn", 16, 16, True)}  # fmt: skip
+    assert len(cases) == 1 + 7 + 5 + 5
+    assert {(sh.d, sh.heads, sh.precision.value) for _, sh, _ in cases} == {(1536, 12, "int8")}
+    both = script.select_cases(script.parse_args(["out", "--config", "rk3588", "--precision", "fp16", "int8"]))
+    assert len(both) == 2 * len(cases)
+    with pytest.raises(ConfigError, match="no backend runs the npu_rknn executor"):
+        script.select_cases(script.parse_args(["out", "--config", "rk3588-sim"]))
+    buckets = script.select_cases(script.parse_args(["out", "--stage", "attn", "--d", "256", "--kv-buckets", "64",
+                                                     "128", "--precision", "int8"]))  # fmt: skip
+    assert [(sh.n, sh.keys, b) for _, sh, b in buckets] == [(1, 64, True), (1, 128, True)]
+
+
+def test_build_script_reads_real_activations(tmp_path):
+    script = load_build_script()
+    shape = Shape(n=1, d=128, kv_len=20, heads=2)
+    np.savez(tmp_path / "a0.npz", **{k: v for k, v in make_inputs("attn", shape, seed=1).items()})
+    np.savez(tmp_path / "x0.npz", x=np.ones((1, 3, 64), np.float32))
+    calls = script.load_activations(str(tmp_path))
+    assert [(s.value, sh.n, sh.keys) for s, sh, _ in calls] == [("attn", 1, 21), ("qkv", 3, 3)]
+    bucket = ModelEntry.for_shape("attn", Shape(n=1, d=128, kv_len=31, heads=2, precision="int8"), bucket=True)
+    used, source = script.calibration_calls(bucket, 8, 17, calls)
+    assert source == "activations" and [sh.keys for sh, _ in used] == [21]
+    other = ModelEntry.for_shape("attn", Shape(n=1, d=128, kv_len=15, heads=2, precision="int8"), bucket=True)
+    used, source = script.calibration_calls(other, 8, 1, calls)  # 21 keys do not fit: synthetic samples
+    assert source == "synthetic" and len(used) == 8 and {sh.keys for sh, _ in used} >= {1, 16}
+    np.savez(tmp_path / "bad.npz", q=np.ones((1, 2, 1, 64), np.float32))
+    with pytest.raises(ConfigError, match=r"bad\.npz: has \['q'\], expected x, or q, k and v"):
+        script.load_activations(str(tmp_path))
+
+
 @pytest.mark.parametrize("opset", [13, 17, 19])
 def test_build_script_graphs_compute_the_stages(tmp_path, opset):
-    """The ONNX graphs, run by onnxruntime in float32, match the reference within its precision's tolerance."""
+    """The ONNX graphs, run by onnxruntime in float32, compute the float64 math to float32 rounding."""
     pytest.importorskip("onnx", reason="the build script's graphs need the onnx package (not a project dependency)")
     ort = pytest.importorskip("onnxruntime", reason="checking the graphs needs onnxruntime (not a project dependency)")
     script = load_build_script()
@@ -602,22 +650,31 @@ def test_build_script_graphs_compute_the_stages(tmp_path, opset):
     assert script.main([str(tmp_path / "baked"), "--stage", "qkv", "--n", "7", "--d", "64", "--weights",
                         str(tmp_path / "w.npz"), "--onnx-only", "--opset", str(opset)]) == 0  # fmt: skip
     runs = [(tmp_path / "m", s, sh, None) for s, sh in CASES] + [(tmp_path / "baked", Stage.QKV, w_shape, baked)]
+    runs += [(tmp_path / "m", s, sh, "bucket") for s, sh in BUCKETS]
     for root, stage, shape, weights in runs:
+        call = shape
         if weights is None:
             entry = ModelEntry.for_shape(stage, shape)
-            inputs = make_inputs(stage, shape, seed=3)
+        elif weights == "bucket":
+            entry = ModelEntry.for_shape(stage, shape, bucket=True)
+            # a smaller call, padded and masked: decode over 5 of 16 keys, 3 of 8 prefill rows
+            call = Shape(n=1 if shape.n == 1 else 3, d=shape.d, kv_len=4 if shape.n == 1 else 0, heads=shape.heads,
+                         precision=shape.precision)  # fmt: skip
         else:
             entry = ModelEntry.for_shape(stage, shape, weights="baked", w=weights["w"], b=weights["b"])
-            inputs = {**make_inputs(stage, shape, seed=3), "w": weights["w"], "b": weights["b"]}
+        inputs = make_inputs(stage, call, seed=3)
+        if weights is not None and weights != "bucket":
+            inputs.update(w=weights["w"], b=weights["b"])
         session = ort.InferenceSession(str(root / "onnx" / entry.file.replace(".rknn", ".onnx")))
-        feed = {t.name: inputs[t.name].reshape(t.shape).astype(np.float32) for t in entry.inputs}
+        feed = dict(zip(entry.input_names, rknn_models.model_feed(entry, call, inputs), strict=True))
         (out,) = session.run(None, feed)
         assert out.shape == entry.output
-        err = rel_error(out.reshape(reference(stage, shape, inputs).shape), reference(stage, shape, inputs))
-        assert err <= TOLERANCE[shape.precision], (entry.file, err)
+        got = rknn_models.take_output(entry, call, out)
+        err = rel_error(got, exact(stage, call, inputs))
+        assert err <= 1e-5, (entry.file, err)  # float32 math: the graph is exact, quantisation comes later
     # INT8 models come with their calibration data in the model's layout
     dataset = (tmp_path / "m" / "calibration" / "qkv_n7_d64_b1_int8" / "dataset.txt").read_text().splitlines()
-    assert len(dataset) == 32 and [Path(p).name for p in dataset[0].split()] == ["000_x.npy", "000_w.npy", "000_b.npy"]
+    assert len(dataset) == 64 and [Path(p).name for p in dataset[0].split()] == ["000_x.npy", "000_w.npy", "000_b.npy"]
     assert np.load(dataset[0].split()[0]).shape == (7, 64)
 
 
@@ -629,3 +686,311 @@ def test_build_script_without_the_toolkit_writes_onnx_and_fails(tmp_path, monkey
         assert script.main([str(tmp_path), "--stage", "qkv", "--n", "1", "--d", "64", "--precision", "fp16"]) == 1
     assert "rknn.api is not importable" in caplog.text
     assert (tmp_path / "onnx" / "qkv_n1_d64_b1_fp16.onnx").is_file() and not (tmp_path / "manifest.json").exists()
+
+
+# -- buckets: padded and masked runs on static graphs ------------------------------------------------
+DECODE_BUCKET = Shape(n=1, d=128, kv_len=15, heads=2)  # holds up to 16 keys
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_decode_runs_on_the_bucket_at_every_kv_len_it_holds(model_dir, runtime, precision):
+    ex = executor(model_dir, runtime)
+    for kv_len in range(16):
+        shape = Shape(n=1, d=128, kv_len=kv_len, heads=2, precision=precision)
+        inputs = make_inputs("attn", shape, seed=40 + kv_len)
+        result = ex.run("attn", shape, inputs)
+        assert result.output.shape == (1, 2, 1, 64)
+        assert within(result.output, "attn", shape, inputs), kv_len
+        if kv_len == 9:  # the conformance suite's exact model wins over the bucket
+            assert "bucket" not in result.details
+        else:
+            assert result.details["bucket"] == {"n": 1, "keys": 16}
+            assert result.details["pad_kv"] == pytest.approx((16 - (kv_len + 1)) / 16)
+    assert ex.why_unsupported("attn", Shape(n=1, d=128, kv_len=16, heads=2)).startswith("no prepared RKNN model")
+
+
+def test_padding_is_masked_out_whatever_it_holds(model_dir, runtime, monkeypatch):
+    # the output at the true length must not depend on the padded keys: poison the padding
+    from adaptive_sched.executors import rknn_models
+
+    shape = Shape(n=1, d=128, kv_len=4, heads=2)
+    inputs = make_inputs("attn", shape, seed=3)
+    clean = executor(model_dir, runtime).run("attn", shape, inputs).output
+    real_pad = rknn_models._pad
+    monkeypatch.setattr(rknn_models, "_pad", lambda a, axis, size: real_pad(a, axis, size) + _poison(a, axis, size))
+    poisoned = executor(model_dir, runtime).run("attn", shape, inputs).output
+    np.testing.assert_array_equal(poisoned, clean)
+
+
+def _poison(a, axis, size):
+    out = np.zeros([size if i == axis else n for i, n in enumerate(a.shape)], np.float32)
+    index = [slice(None)] * a.ndim
+    index[axis] = slice(a.shape[axis], size)
+    out[tuple(index)] = 1e3
+    return out
+
+
+def test_the_runtime_refuses_an_unpadded_cache(model_dir, fake):
+    # a static graph takes exactly its shapes: K and V at the true length are refused, as on the board
+    rt = fake.RKNNLite()
+    entry = ModelEntry.for_shape("attn", DECODE_BUCKET, bucket=True)
+    assert rt.load_rknn(str(model_dir / entry.file)) == 0 and rt.init_runtime() == 0
+    shape = Shape(n=1, d=128, kv_len=4, heads=2)
+    inputs = make_inputs("attn", shape)
+    short = [inputs["q"].reshape(2, 1, 64), inputs["k"].reshape(2, 5, 64), inputs["v"].reshape(2, 5, 64),
+             np.ones((1, 1, 5), np.float32)]  # fmt: skip
+    assert rt.inference(inputs=short) is None
+    assert rt.inference(inputs=short[:3]) is None  # and a bucket model needs its mask
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_prefill_rows_are_padded_and_dropped(model_dir, runtime, precision):
+    ex = executor(model_dir, runtime)
+    for n in (2, 6, 8):
+        for stage, shape in (("attn", Shape(n=n, d=128, heads=2, precision=precision)),
+                             ("qkv", Shape(n=n, d=64, precision=precision))):  # fmt: skip
+            inputs = make_inputs(stage, shape, seed=n)
+            result = ex.run(stage, shape, inputs)
+            assert within(result.output, stage, shape, inputs), (stage, n)
+            assert result.details["bucket"]["n"] == 8 and result.details["pad_n"] == pytest.approx((8 - n) / 8)
+
+
+def test_calibration_of_a_bucket_holds_over_fresh_seeds(model_dir, runtime):
+    # static int8 ranges calibrated over the lengths the bucket serves hold for 30 unseen inputs at each end
+    ex = executor(model_dir, runtime)
+    errors = []
+    for kv_len in (0, 7, 15):
+        shape = Shape(n=1, d=128, kv_len=kv_len, heads=2, precision="int8")
+        for seed in range(500, 530):
+            inputs = make_inputs("attn", shape, seed=seed)
+            errors.append(rel_error(ex.run("attn", shape, inputs).output, exact("attn", shape, inputs)))
+    assert max(errors) <= tolerance("attn", shape), max(errors)
+
+
+def test_configured_buckets_select_the_models_and_name_what_is_missing(tmp_path, runtime, convert):
+    buckets = [(Stage.ATTN, Shape(n=1, d=128, kv_len=k - 1, heads=2)) for k in (16, 32, 64)]
+    convert.build_model_dir(tmp_path, [], buckets=buckets)
+    ex = executor(tmp_path, runtime, kv_buckets=[16, 32, 128])  # the 64 model is not configured; 128 is missing
+    assert ex.is_available()
+    assert ex.entry_for("attn", Shape(n=1, d=128, kv_len=20, heads=2)).shape.keys == 32
+    reason = ex.why_unsupported("attn", Shape(n=1, d=128, kv_len=40, heads=2))
+    assert "kv bucket 128 is configured but" in reason and "--kv-buckets 128" in reason
+    reason = ex.why_unsupported("attn", Shape(n=1, d=128, kv_len=200, heads=2))
+    assert "201 keys exceed the largest kv bucket (128)" in reason
+    assert ex.bucket_summary == "kv 16,32,128 (2/3 built)"
+    assert ex.buckets()["models"]["attn"] == [[1, 16], [1, 32]]
+    everything = executor(tmp_path, runtime)  # no configuration: every bucket model in the manifest
+    assert everything.entry_for("attn", Shape(n=1, d=128, kv_len=40, heads=2)).shape.keys == 64
+    assert everything.bucket_summary == "kv 16,32,64"
+    pow2 = executor(tmp_path, runtime, kv_buckets={"pow2": [16, 64]})
+    assert pow2.kv_buckets == (16, 32, 64) and pow2.bucket_summary == "kv 16,32,64 (3/3 built)"
+    nowhere = executor(tmp_path / "missing", runtime, kv_buckets=[16, 32], n_buckets=[8])
+    assert nowhere.bucket_summary == "kv 16,32 (configured); n 8 (configured)"
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("128", "kv_buckets: expected a non-empty list"),
+        ([128, 0], "kv_buckets: sizes must be positive integers, got 0"),
+        ([True], "sizes must be positive integers, got True"),
+        ({"pow2": [256, 128]}, "pow2 \\[lo, hi\\] has lo 256 > hi 128"),
+        ({"pow2": [3, 3]}, "no power of two between 3 and 3"),
+        ({"powers": [1, 2]}, "expected a list of sizes or"),
+    ],
+)
+def test_bad_bucket_options_are_config_errors(value, message):
+    with pytest.raises(ConfigError, match=message):
+        RknnExecutor(kv_buckets=value)
+
+
+def test_bucket_entries_round_trip_and_need_their_mask(tmp_path):
+    entry = ModelEntry.for_shape("attn", DECODE_BUCKET, bucket=True)
+    assert entry.input_names == ("q", "k", "v", "mask") and entry.file == "attn_bucket_n1_keys16_d128_h2_b1_fp16.rknn"
+    stats = {"seeds": 30, "median": 0.01, "p95": 0.02, "max": 0.03, "tolerance": 0.1}
+    checked = ModelEntry(**{**entry.__dict__, "check": stats, "calibration": {"samples": 64}})
+    write_manifest(tmp_path, [checked, ModelEntry.for_shape("attn", DECODE_BUCKET)])  # exact and bucket coexist
+    back = read_manifest(tmp_path).entries[0]
+    assert back == entry and back.bucket and back.check == stats and back.calibration == {"samples": 64}
+    assert back.describe() == "attn bucket (n<=1, keys<=16, d=128, batch=1, heads=2, fp16)"
+    doc = json.loads((tmp_path / "manifest.json").read_text())
+    doc["models"][0]["inputs"].pop()  # no mask
+    (tmp_path / "manifest.json").write_text(json.dumps(doc))
+    with pytest.raises(ConfigError, match=r"models\[0\]: inputs: missing 'mask'"):
+        read_manifest(tmp_path)
+    doc["models"][0]["bucket"] = "yes"
+    (tmp_path / "manifest.json").write_text(json.dumps(doc))
+    with pytest.raises(ConfigError, match=r"models\[0\]: bucket: expected true or false"):
+        read_manifest(tmp_path)
+
+
+def test_run_details_and_features_agree_on_the_padding(model_dir, runtime):
+    from adaptive_sched.features import bucket_features, features
+
+    shape = Shape(n=1, d=128, kv_len=4, heads=2, precision="int8")
+    details = executor(model_dir, runtime).run("attn", shape).details
+    f = features("attn", shape, kv_buckets=[16])
+    assert f["kv_bucket"] == 16.0 and f["pad_kv"] == details["pad_kv"] == 11 / 16
+    beyond = bucket_features("attn", Shape(n=1, d=128, kv_len=40, heads=2), kv_buckets=[16])
+    assert beyond == {"kv_bucket": 0.0, "pad_kv": 0.0}
+    assert bucket_features("qkv", Shape(n=6, d=64), n_buckets=[8]) == {"n_bucket": 8.0, "pad_n_bucket": 0.25}
+    assert "pad_kv" not in features("attn", shape)  # not a Table 1 feature unless buckets are given
+
+
+# -- the real converter: rknn-toolkit2 in its own venv (pytest -m rknn_toolkit) ----------------------
+def toolkit_python() -> Path:
+    """rknn-toolkit2's interpreter: $RKNN_TOOLKIT_PYTHON, else scripts/rknn-toolkit-env.sh's .rknn-venv."""
+    import os
+    import subprocess
+
+    path = Path(os.environ.get("RKNN_TOOLKIT_PYTHON") or Path(__file__).parents[1] / ".rknn-venv" / "bin" / "python")
+    if not path.exists():
+        pytest.skip(f"rknn-toolkit2's venv is not here ({path}); create it with bash scripts/rknn-toolkit-env.sh")
+    probe = subprocess.run([str(path), "-c", "from rknn.api import RKNN"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"{path} cannot import rknn.api: {probe.stderr.strip().splitlines()[-1:]}")
+    return path
+
+
+def run_build(python: Path, *args: str) -> None:
+    import subprocess
+
+    script = Path(__file__).parents[1] / "scripts" / "build_rknn_models.py"
+    proc = subprocess.run([str(python), str(script), *args], capture_output=True, text=True, timeout=1200)
+    verdicts = [line for line in proc.stderr.splitlines() if "error over" in line or "failed" in line]
+    assert proc.returncode == 0, "\n".join(verdicts or proc.stderr.splitlines()[-20:])
+
+
+def assert_checked(model_dir: Path, expected: int) -> None:
+    entries = read_manifest(model_dir).entries
+    assert len(entries) == expected
+    for entry in entries:
+        check = entry.check
+        assert check is not None and check["passed"] and check["seeds"] >= 30, entry.file
+        assert check["max"] <= tolerance(entry.stage, entry.shape), entry.file  # the largest call has the widest limit
+        assert (model_dir / entry.file).stat().st_size > 0
+        if entry.shape.precision.value == "int8":
+            assert entry.calibration["source"] == "synthetic" and entry.calibration["headroom"] == 0.25
+
+
+@pytest.mark.rknn_toolkit
+def test_toolkit_builds_and_verifies_the_conformance_models(tmp_path):
+    run_build(toolkit_python(), str(tmp_path), "--conformance", "--check")
+    assert_checked(tmp_path, len(CASES) + len(BUCKETS))
+
+
+@pytest.mark.rknn_toolkit
+def test_toolkit_builds_and_verifies_the_bucketed_models_of_a_config(tmp_path):
+    import yaml
+
+    config = {
+        "device": "rk3588",
+        "backends": {
+            "npu": {"executor": "npu_rknn", "options": {"model_dir": str(tmp_path / "models"),
+                                                         "kv_buckets": [16, 32], "n_buckets": [8]}},
+            "cpu": {"executor": "cpu_numpy", "role": "fallback"},
+        },
+        "workload": {"model": "tiny", "precision": "int8", "prompt": 8, "tokens": 16},
+    }  # fmt: skip
+    (tmp_path / "board.yaml").write_text(yaml.safe_dump(config))
+    run_build(toolkit_python(), str(tmp_path / "models"), "--config", str(tmp_path / "board.yaml"), "--check")
+    # tiny (d=256, 4 heads): decode qkv, attention buckets of 16 and 32 keys, prefill qkv and attention of 8 rows
+    assert_checked(tmp_path / "models", 5)
+    decode = [e for e in read_manifest(tmp_path / "models").entries if e.bucket and e.shape.n == 1]
+    assert sorted(e.check["sizes"][0] for e in decode) == [1, 17]  # each bucket checked over the calls it serves
+
+
+# -- the board smoke script, on a fake board --------------------------------------------------------
+SMOKE = Path(__file__).parents[1] / "scripts" / "rk3588-smoke.sh"
+
+
+def fake_board(root: Path, npu: bool = True) -> Path:
+    """A directory tree with what the smoke script reads on an RK3588: device tree, rknpu, librknnrt."""
+    dt = root / "proc" / "device-tree"
+    dt.mkdir(parents=True)
+    (dt / "compatible").write_bytes(b"radxa,rock-5b\0rockchip,rk3588\0")
+    (dt / "model").write_bytes(b"Radxa ROCK 5B\0")
+    if npu:
+        driver = root / "sys" / "bus" / "platform" / "drivers" / "RKNPU"
+        driver.mkdir(parents=True)
+        device = root / "sys" / "class" / "drm" / "renderD129" / "device"
+        device.mkdir(parents=True)
+        (device / "driver").symlink_to(driver)
+        (root / "sys" / "kernel" / "debug" / "rknpu").mkdir(parents=True)
+        (root / "sys" / "kernel" / "debug" / "rknpu" / "version").write_text("RKNPU driver: v0.9.8\n")
+    (root / "usr" / "lib").mkdir(parents=True)
+    (root / "usr" / "lib" / "librknnrt.so").write_bytes(b"\0librknnrt version: 2.3.2 (fake)\0")
+    return root
+
+
+def smoke_models(model_dir: Path, convert) -> None:
+    """The models the script's header says to build: conformance, smoke buckets, decode projections."""
+    buckets = list(BUCKETS)
+    exact_cases = list(CASES)
+    for p in ("fp16", "int8"):
+        for d in (64, 128):
+            buckets += [
+                (Stage.ATTN, Shape(n=1, d=d, kv_len=63, precision=p)),
+                (Stage.ATTN, Shape(n=16, d=d, precision=p)),
+                (Stage.QKV, Shape(n=16, d=d, precision=p)),
+            ]
+            exact_cases.append((Stage.QKV, Shape(n=1, d=d, precision=p)))
+    convert.build_model_dir(model_dir, exact_cases, buckets=buckets)
+
+
+def run_smoke(root: Path, model_dir: Path, machine: str = "aarch64"):
+    import os
+    import subprocess
+
+    path = os.pathsep.join([str(FAKE_DIR), str(Path(__file__).parents[1])])
+    env = dict(os.environ, PYTHON=sys.executable, RK3588_SMOKE_SYSROOT=str(root), RK3588_SMOKE_MACHINE=machine,
+               REPETITIONS="2", PYTHONPATH=path)  # fmt: skip
+    env.pop("RKNN_TOOLKIT_PYTHON", None)
+    return subprocess.run(["bash", str(SMOKE), str(model_dir)], capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_smoke_script_on_a_fake_board_passes_and_prints_a_summary(tmp_path, convert):
+    smoke_models(tmp_path / "models", convert)
+    proc = run_smoke(fake_board(tmp_path / "board"), tmp_path / "models")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "### adaptive-sched NPU smoke test" in out and "board: Radxa ROCK 5B" in out
+    assert "NPU device: /dev/dri/renderD129" in out and "rknpu driver: RKNPU driver: v0.9.8" in out
+    assert "librknnrt version: 2.3.2 (fake)" in out
+    assert "npu: 7 passed, 0 failed, 0 skipped" in out
+    # the profile table has an npu column with a latency for a decode attention the 64-key bucket serves
+    rows = [line.split() for line in out.splitlines() if line.startswith("attn  int8    1   128    32")]
+    header = next(line.split() for line in out.splitlines() if line.startswith("stage prec"))
+    assert rows and float(rows[0][header.index("npu")]) > 0
+    assert out.rstrip().endswith("result: PASS")
+
+
+def test_smoke_script_refuses_other_hosts_and_reports_a_missing_npu(tmp_path, convert):
+    proc = run_smoke(fake_board(tmp_path / "board"), tmp_path / "models", machine="x86_64")
+    assert proc.returncode == 2 and "this host is not an RK3588 board (machine x86_64" in proc.stderr
+    nowhere = tmp_path / "nowhere"
+    nowhere.mkdir()
+    proc = run_smoke(nowhere, tmp_path / "models")
+    assert proc.returncode == 2 and "device tree: none" in proc.stderr
+    proc = run_smoke(fake_board(tmp_path / "no-models"), tmp_path / "models")  # no manifest there
+    assert proc.returncode == 2 and "has no manifest.json; build them on an x86 host" in proc.stdout
+    smoke_models(tmp_path / "models", convert)
+    proc = run_smoke(fake_board(tmp_path / "no-npu", npu=False), tmp_path / "models")
+    assert proc.returncode == 1 and "FAIL: no NPU device node" in proc.stdout and "result: FAIL" in proc.stdout
+
+
+@pytest.mark.rknn_toolkit
+def test_toolkit_model_failing_its_check_replaces_no_entry(tmp_path):
+    import subprocess
+
+    python = toolkit_python()
+    shape = ["--stage", "attn", "--n", "5", "--d", "128", "--heads", "2", "--precision", "int8", "--check"]
+    run_build(python, str(tmp_path), *shape)
+    (entry,) = read_manifest(tmp_path).entries
+    assert entry.check["passed"] and (tmp_path / entry.file).exists()
+    # without headroom, 40 seeds include one the static ranges clip (0.13 > 0.1 in rknn-toolkit2 2.5.0)
+    script = Path(__file__).parents[1] / "scripts" / "build_rknn_models.py"
+    proc = subprocess.run([str(python), str(script), str(tmp_path), *shape, "--headroom", "0", "--check-seeds", "40"],
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 1 and "left out of the manifest" in proc.stderr
+    assert read_manifest(tmp_path).entries == () and not (tmp_path / entry.file).exists()

@@ -3,12 +3,19 @@ import pytest
 
 from adaptive_sched.errors import UnsupportedShape
 from adaptive_sched.stages import (
+    ATTN_INT8_TENSORS,
+    QuantRange,
     attention_core,
+    attention_int8_fixed_grid,
     causal_mask,
+    exact,
+    fake_quantize,
     make_inputs,
     output_shape,
+    quantize_asymmetric,
     quantize_symmetric,
     reference,
+    relative_error,
     softmax,
     split_heads,
 )
@@ -105,3 +112,61 @@ def test_bad_inputs_name_the_input():
         reference("qkv", shape, {"x": np.zeros((1, 2, 64))})
     with pytest.raises(UnsupportedShape, match="input 'x' has shape"):
         reference("qkv", shape, {"x": np.zeros((2, 64)), "w": np.zeros((64, 192))})
+
+
+def test_exact_matches_naive_loops_in_float64():
+    shape = Shape(n=3, d=32, kv_len=4, batch=2, heads=1)
+    inp = make_inputs("attn", shape, seed=2)
+    want = naive_attention(*(inp[k].astype(np.float64) for k in ("q", "k", "v")))
+    np.testing.assert_allclose(exact("attn", shape, inp), want, rtol=1e-10)
+    qkv = Shape(n=4, d=64)
+    x = make_inputs("qkv", qkv, seed=2)
+    np.testing.assert_allclose(exact("qkv", qkv, x), x["x"].astype(np.float64) @ x["w"] + x["b"], rtol=1e-12)
+
+
+def test_asymmetric_quantisation_matches_rknn_parameters():
+    # rknn-toolkit2 2.5.0 quantised a v tensor with range [-5.6127, 5.2321] to scale 0.0425288, zero point 4
+    rng = QuantRange(-5.612707138061523, 5.232148170471191)
+    assert rng.scale == pytest.approx(0.042528844347187116, rel=1e-12) and rng.zero_point == 4
+    # and the softmax output [0, 0.2607] to zero point -128: all 256 levels on the positive side
+    assert QuantRange(0.0, 0.2607351541519165).zero_point == -128
+    a = np.linspace(-6, 6, 101)
+    q, scale, _ = quantize_asymmetric(a, rng)
+    assert q.min() == -128 and q.max() == 127  # outside the range clips
+    inside = (a >= rng.lo) & (a <= rng.hi)
+    assert np.abs(fake_quantize(a, rng) - a)[inside].max() <= scale / 2 + 1e-12
+    assert QuantRange.of(np.array([2.0, 3.0])) == QuantRange(0.0, 3.0)  # 0 is always representable
+
+
+@pytest.mark.parametrize("kv_len", [127, 511])
+def test_int8_attention_stays_accurate_over_long_caches(kv_len):
+    # the probabilities are never quantised on their own: 30 seeds stay within 0.06 of float64
+    shape = Shape(n=1, d=256, kv_len=kv_len, heads=4, precision="int8")
+    errors = []
+    for seed in range(30):
+        inp = make_inputs("attn", shape, seed=seed)
+        errors.append(relative_error(reference("attn", shape, inp), exact("attn", shape, inp)))
+    assert max(errors) < 0.06, max(errors)
+    # the fixed 1/127 grid rounds the probabilities away at these lengths
+    inp = make_inputs("attn", shape, seed=0)
+    assert relative_error(attention_int8_fixed_grid(inp["q"], inp["k"], inp["v"]), exact("attn", shape, inp)) > 0.15
+
+
+def test_int8_attention_static_ranges_clip_like_a_calibrated_model():
+    shape = Shape(n=1, d=128, kv_len=31, heads=2, precision="int8")
+    inp = make_inputs("attn", shape, seed=3)
+    own = {name: QuantRange(-1.0, 1.0) for name in ("q", "k", "v")}
+    clipped = attention_core(inp["q"], inp["k"], inp["v"], Precision.INT8, ranges=own)
+    assert relative_error(clipped, exact("attn", shape, inp)) > 0.1  # N(0, 1) inputs clip at +-1
+    wide = {name: QuantRange(-4 * 5.0, 4 * 5.0) for name in ("q", "k", "v")}
+    coarse = attention_core(inp["q"], inp["k"], inp["v"], Precision.INT8, ranges=wide)
+    fine = attention_core(inp["q"], inp["k"], inp["v"], Precision.INT8)
+    assert relative_error(coarse, exact("attn", shape, inp)) > relative_error(fine, exact("attn", shape, inp))
+    with pytest.raises(ValueError, match="ranges: unknown tensor"):
+        attention_core(inp["q"], inp["k"], inp["v"], Precision.INT8, ranges={"probs": QuantRange(0.0, 1.0)})
+    assert "exp" in ATTN_INT8_TENSORS
+
+
+def test_relative_error_scale_and_non_finite():
+    assert relative_error(np.zeros(3), np.zeros(3)) == 0.0
+    assert relative_error(np.array([np.nan]), np.array([1.0])) == float("inf")

@@ -6,6 +6,14 @@ The NPU runs static graphs only, so this executor does not compile anything: it 
 :mod:`adaptive_sched.executors.rknn_models`). A shape without a model is unsupported,
 and the reason says how to build one.
 
+Buckets: a shape runs on its exact model if the manifest has one, else on the smallest
+*bucket model* that holds it (``rknn_models``: the fewest query rows, then the fewest
+keys): attention at any ``kv_len`` up to the largest bucket runs with the K/V cache padded
+and the padding masked out of the softmax, and prefill at any ``n`` up to the largest
+``n`` bucket with padded query rows, whose outputs are dropped. ``kv_buckets`` and
+``n_buckets`` name the buckets a deployment uses (the models outside them are ignored,
+and a named bucket whose model is missing is reported as such).
+
 What a run does
 ---------------
 1. ``prepare`` loads the shape's model and initialises the runtime with the configured
@@ -41,10 +49,22 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, ExecutorError, ExecutorUnavailable
+from ..features import kv_bucket, pad_kv_fraction
 from ..stages import output_shape
 from ..types import Backend, Precision, Shape, Stage
 from .base import Executor, RunResult, read_only
-from .rknn_models import Manifest, ModelEntry, ModelKey, model_key, read_manifest, weights_digest
+from .rknn_models import (
+    Manifest,
+    ModelEntry,
+    ModelKey,
+    group_key,
+    model_feed,
+    model_key,
+    parse_buckets,
+    read_manifest,
+    take_output,
+    weights_digest,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -134,6 +154,12 @@ class RknnExecutor(Executor):
         models, so they run, only slower.
     verbose : bool, default False
         Passed to ``RKNNLite(verbose=...)``.
+    kv_buckets : list of int or {"pow2": [lo, hi]}, optional
+        The key lengths (``kv_len + n``) of the bucket attention models to use, e.g.
+        ``{"pow2": [128, 2048]}``; default: every bucket model in the manifest.
+    n_buckets : list of int or {"pow2": [lo, hi]}, optional
+        The query rows of the prefill bucket models (``qkv``, and ``attn`` from an empty
+        cache, whose keys equal its rows) to use; default: every one in the manifest.
 
     Examples
     --------
@@ -156,9 +182,13 @@ class RknnExecutor(Executor):
         max_loaded_models: int = 16,
         require_aligned: bool = False,
         verbose: bool = False,
+        kv_buckets: Any = None,
+        n_buckets: Any = None,
         **options: Any,
     ) -> None:
         super().__init__(backend, **options)
+        self.kv_buckets = parse_buckets(kv_buckets, "kv_buckets")
+        self.n_buckets = parse_buckets(n_buckets, "n_buckets")
         self.model_dir = None if model_dir is None or str(model_dir) == "" else Path(model_dir).expanduser()
         self.core_mask = parse_core_mask(core_mask)
         self.runtime = runtime
@@ -176,6 +206,7 @@ class RknnExecutor(Executor):
         self._cls: Any = None
         self._manifest: Manifest | None = None
         self._models: dict[ModelKey, ModelEntry] = {}
+        self._buckets: dict[ModelKey, list[ModelEntry]] = {}  # group_key -> bucket models, fewest rows first
         self._missing: dict[ModelKey, str] = {}  # entries whose .rknn file is absent
         self._loaded: OrderedDict[ModelKey, _Loaded] = OrderedDict()
         self._checked: OrderedDict[tuple[int, str], np.ndarray] = OrderedDict()  # (id(array), digest) -> array
@@ -219,21 +250,31 @@ class RknnExecutor(Executor):
                 )
             return str(exc)
         models, missing = {}, {}
+        buckets: dict[ModelKey, list[ModelEntry]] = {}
         for entry in manifest.entries:
+            if entry.bucket and not self._configured(entry):
+                logger.info("RKNN model %s: bucket %s is not in kv_buckets/n_buckets; not used", entry.file,
+                            entry.describe())  # fmt: skip
+                continue
             if manifest.path(entry).is_file():
                 models[entry.key] = entry
+                if entry.bucket:
+                    buckets.setdefault(group_key(entry.stage, entry.shape), []).append(entry)
             else:
                 missing[entry.key] = f"the manifest lists {entry.file} but {manifest.path(entry)} does not exist"
                 logger.warning("RKNN model %s for %s is missing", manifest.path(entry), entry.describe())
         if not models:
             return f"{manifest.directory / 'manifest.json'} lists no model whose .rknn file exists"
+        for group in buckets.values():
+            group.sort(key=lambda e: (e.shape.n, e.shape.keys))
         self._cls, self._manifest, self._models, self._missing = cls, manifest, models, missing
+        self._buckets = buckets
         # Proving the runtime works on one model catches a missing driver or library now, not at first run.
         first = min(models.values(), key=lambda e: manifest.path(e).stat().st_size)
         try:
             self._load(first)
         except ExecutorError as exc:
-            self._manifest, self._models, self._missing = None, {}, {}
+            self._manifest, self._models, self._missing, self._buckets = None, {}, {}, {}
             return str(exc)
         logger.info("RKNN executor: %d model(s) in %s, core mask %s", len(models), manifest.directory, self.core_mask)
         return None
@@ -261,9 +302,59 @@ class RknnExecutor(Executor):
             return dict(self._counters, loaded=len(self._loaded), models=len(self._models))
 
     def entry_for(self, stage: Stage | str, shape: Shape) -> ModelEntry | None:
-        """The manifest entry that runs ``stage`` at ``shape``, if any."""
+        """The model that runs ``stage`` at ``shape``: its exact model, else the smallest bucket that holds it."""
         self.is_available()
-        return self._models.get(model_key(stage, shape))
+        exact = self._models.get(model_key(stage, shape))
+        if exact is not None:
+            return exact
+        for entry in self._buckets.get(group_key(stage, shape), ()):
+            if entry.holds(stage, shape):
+                return entry
+        return None
+
+    def _configured(self, entry: ModelEntry) -> bool:
+        """Whether a bucket model is one of the configured buckets (any, when none are configured)."""
+        big = entry.shape
+        kv_ok = self.kv_buckets is None or big.keys in self.kv_buckets
+        n_ok = self.n_buckets is None or big.n in self.n_buckets
+        if entry.stage is Stage.QKV or big.kv_len == 0:  # prefill rows (from an empty cache: keys = rows)
+            return n_ok
+        return kv_ok if big.n == 1 else kv_ok and n_ok  # decode, or a chunk of prefill after a cache
+
+    def buckets(self) -> dict[str, Any]:
+        """The buckets in use: configured sizes (None: from the manifest) and the bucket models found.
+
+        ``{"kv_buckets": [...] | None, "n_buckets": [...] | None, "models": {"attn": [[n, keys], ...],
+        "qkv": [[n], ...]}}``, each model listed once per size.
+        """
+        self.is_available()
+        found: dict[str, set[tuple[int, ...]]] = {"attn": set(), "qkv": set()}
+        for group in self._buckets.values():
+            for e in group:
+                found[e.stage.value].add((e.shape.n, e.shape.keys) if e.stage is Stage.ATTN else (e.shape.n,))
+        return {
+            "kv_buckets": None if self.kv_buckets is None else list(self.kv_buckets),
+            "n_buckets": None if self.n_buckets is None else list(self.n_buckets),
+            "models": {stage: [list(t) for t in sorted(v)] for stage, v in found.items()},
+        }
+
+    @property
+    def bucket_summary(self) -> str:
+        """One line for ``adaptive-sched executors``: the kv and n buckets and how many have models."""
+        info = self.buckets()
+        if not self.is_available():  # no manifest was read: only the configuration is known
+            named = [(label, b) for label, b in (("kv", self.kv_buckets), ("n", self.n_buckets)) if b is not None]
+            return "; ".join(f"{label} {_sizes(b)} (configured)" for label, b in named)
+        decode = sorted({keys for n, keys in info["models"]["attn"] if n == 1})
+        rows = sorted({n for (n, *_) in info["models"]["attn"] + info["models"]["qkv"] if n > 1})
+        parts = []
+        for label, configured, built in (("kv", info["kv_buckets"], decode), ("n", info["n_buckets"], rows)):
+            if configured is not None:
+                have = sum(1 for b in configured if b in built)
+                parts.append(f"{label} {_sizes(configured)} ({have}/{len(configured)} built)")
+            elif built:
+                parts.append(f"{label} {_sizes(built)}")
+        return "; ".join(parts) or "none (exact shapes only)"
 
     # -- support --------------------------------------------------------------
     def _supports(self, stage: Stage, shape: Shape) -> str | None:
@@ -277,15 +368,39 @@ class RknnExecutor(Executor):
                             f"for {shape.precision.value} (require_aligned is on)")  # fmt: skip
         if not self.is_available():
             return f"{self.kind} is not available here: {self.unavailable_reason}"
-        key = model_key(stage, shape)
-        if key in self._models:
+        if self.entry_for(stage, shape) is not None:
             return None
+        key = model_key(stage, shape)
         if key in self._missing:
             return self._missing[key]
+        bucket = self._missing_bucket(stage, shape)
+        if bucket:
+            return bucket
         return (
             f"no prepared RKNN model for {stage.value} at {shape} in {self.model_dir}; build one with "
             f"scripts/build_rknn_models.py --stage {stage.value} {_shape_args(stage, shape)} (see docs/rknn.md)"
         )
+
+    def _missing_bucket(self, stage: Stage, shape: Shape) -> str | None:
+        """Why a configured bucket does not serve ``shape`` (too long, or its model is not built), if one should."""
+        if stage is Stage.ATTN and shape.n == 1 and self.kv_buckets is not None:
+            bucket = kv_bucket(shape.keys, self.kv_buckets)
+            if bucket is None:
+                return (f"{shape.keys} keys exceed the largest kv bucket ({max(self.kv_buckets)}); "
+                        f"kv_buckets are {_sizes(self.kv_buckets)}")  # fmt: skip
+            return (f"kv bucket {bucket} is configured but {self.model_dir} has no bucket model for attn at "
+                    f"n=1, keys<={bucket}, d={shape.d}, heads={shape.heads}, batch={shape.batch}, "
+                    f"{shape.precision.value}; build it with scripts/build_rknn_models.py --stage attn --n 1 "
+                    f"--d {shape.d} --heads {shape.heads} --batch {shape.batch} --precision {shape.precision.value} "
+                    f"--kv-buckets {bucket}")  # fmt: skip
+        if shape.n > 1 and self.n_buckets is not None and (stage is Stage.QKV or shape.kv_len == 0):
+            bucket = kv_bucket(shape.n, self.n_buckets)
+            if bucket is None:
+                return f"n={shape.n} exceeds the largest n bucket ({max(self.n_buckets)})"
+            return (f"n bucket {bucket} is configured but {self.model_dir} has no bucket model for {stage.value} at "
+                    f"n<={bucket}, d={shape.d}; build it with scripts/build_rknn_models.py --stage {stage.value} "
+                    f"--d {shape.d} --precision {shape.precision.value} --n-buckets {bucket}")  # fmt: skip
+        return None
 
     # -- runtimes ---------------------------------------------------------------
     def _load(self, entry: ModelEntry) -> _Loaded:
@@ -335,9 +450,14 @@ class RknnExecutor(Executor):
             logger.warning("RKNN release of %s failed: %s", path, exc)
         self._counters["releases"] += 1
 
+    def _entry(self, stage: Stage, shape: Shape) -> ModelEntry:
+        entry = self.entry_for(stage, shape)
+        assert entry is not None  # supports() said so
+        return entry
+
     def _prepare(self, stage: Stage, shape: Shape) -> None:
         self._require()
-        self._load(self._models[model_key(stage, shape)])
+        self._load(self._entry(stage, shape))
 
     # -- weights ----------------------------------------------------------------
     def _check_weights(self, entry: ModelEntry, inputs: Mapping[str, np.ndarray]) -> None:
@@ -378,7 +498,7 @@ class RknnExecutor(Executor):
     ) -> RunResult:
         assert inputs is not None
         self._require()
-        entry = self._models[model_key(stage, shape)]
+        entry = self._entry(stage, shape)
         with self._lock:
             loaded = self._load(entry)
             check_s = 0.0
@@ -387,7 +507,7 @@ class RknnExecutor(Executor):
                 self._check_weights(entry, inputs)
                 check_s = time.perf_counter() - start
             start = time.perf_counter()
-            feed = self._feed(entry, inputs)
+            feed = model_feed(entry, shape, inputs)
             kwargs = {} if entry.data_format is None else {"data_format": entry.data_format}
             t0 = time.perf_counter()
             try:
@@ -403,19 +523,15 @@ class RknnExecutor(Executor):
             # the first inference of a fresh runtime allocates its input and output buffers
             cold = loaded.runs == 0
             loaded.runs += 1
-        details = {"model": entry.file, "core_mask": self.core_mask, "inference_s": inference_s,
-                   "weight_check_s": check_s}  # fmt: skip
+        details: dict[str, Any] = {"model": entry.file, "core_mask": self.core_mask, "inference_s": inference_s,
+                                   "weight_check_s": check_s}  # fmt: skip
+        if entry.bucket:
+            big = entry.shape
+            details["bucket"] = {"n": big.n, "keys": big.keys} if stage is Stage.ATTN else {"n": big.n}
+            details["pad_n"] = (big.n - shape.n) / big.n
+            if stage is Stage.ATTN:
+                details["pad_kv"] = pad_kv_fraction(shape.keys, (big.keys,))
         return RunResult(output=output, latency_s=max(latency, 1e-9), details=details, cold=cold)
-
-    @staticmethod
-    def _feed(entry: ModelEntry, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        feed = []
-        for spec in entry.inputs:
-            a = inputs.get(spec.name)
-            if a is None:  # only the optional bias can be absent: the model adds zeros
-                a = np.zeros(spec.shape, dtype=spec.dtype)
-            feed.append(np.ascontiguousarray(np.asarray(a).reshape(spec.shape), dtype=spec.dtype))
-        return feed
 
     def _output(
         self, entry: ModelEntry, stage: Stage, shape: Shape, outputs: Any, inputs: Mapping[str, np.ndarray]
@@ -428,11 +544,11 @@ class RknnExecutor(Executor):
             raise ExecutorError(f"{self.kind}: inference on {entry.file} returned {type(outputs).__name__} "
                                 "instead of a list of outputs")  # fmt: skip
         out = np.asarray(outputs[0])
-        want = output_shape(stage, shape)
-        if out.size != math.prod(want):
+        full = output_shape(stage, entry.shape)
+        if out.size != math.prod(full):
             raise ExecutorError(f"{self.kind}: {entry.file} returned an output of shape {out.shape}; "
-                                f"{stage.value} at {shape} needs {math.prod(want)} elements {want}")  # fmt: skip
-        result = out.reshape(want).astype(np.float32, copy=False)
+                                f"{stage.value} at {entry.shape} needs {math.prod(full)} elements {full}")  # fmt: skip
+        result = take_output(entry, shape, out)
         bias = inputs.get("b") if stage is Stage.QKV else None
         if bias is not None and not entry.adds_bias:
             result = result + np.asarray(bias, dtype=np.float32)
@@ -452,6 +568,10 @@ class RknnExecutor(Executor):
             f"{type(self).__name__}(backend={self.backend.value!r}, model_dir={self.model_dir!r}, "
             f"core_mask={self.core_mask!r})"
         )
+
+
+def _sizes(sizes: Any) -> str:
+    return ",".join(str(s) for s in sizes)
 
 
 def _shape_args(stage: Stage, shape: Shape) -> str:

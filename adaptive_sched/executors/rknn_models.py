@@ -40,6 +40,15 @@ treats 4-D inputs as NHWC images unless told otherwise (``data_format``).
   precision) let the executor
   refuse weights other than the model's; ``"b": null`` means the model adds no bias.
 
+Bucket models (``"bucket": true``): a static graph serves every smaller call. The entry's
+shape is the largest it holds (``n`` query rows, ``keys = kv_len + n`` key rows); a call
+with ``n' <= n`` (and, for ``attn``, ``keys' <= keys``) runs on it with the inputs padded
+with zeros and, for ``attn``, a ``mask`` input (1 where query ``i`` may see key ``j``,
+0 for the causal future and the padding) that the graph applies after the exponential;
+the padded output rows are dropped. :func:`model_feed` builds the padded inputs and
+:func:`take_output` the caller's output; an entry may also carry the build's
+``"calibration"`` and ``"check"`` records (the error distribution of its simulator check).
+
 >>> entry = ModelEntry.for_shape("qkv", Shape(n=1, d=64))
 >>> entry.file, [t.name for t in entry.inputs], entry.output
 ('qkv_n1_d64_b1_fp16.rknn', ['x', 'w', 'b'], (1, 192))
@@ -53,14 +62,14 @@ import math
 import os
 import tempfile
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import ConfigError
-from ..stages import input_shapes, output_shape
+from ..stages import causal_mask, input_shapes, output_shape
 from ..types import Precision, Shape, Stage, parse_precision, parse_stage
 
 MANIFEST = "manifest.json"
@@ -68,6 +77,8 @@ FORMAT = 1
 DTYPES = ("float32", "float16", "int8")
 DATA_FORMATS = ("nchw", "nhwc")
 WEIGHT_MODES = ("input", "baked")
+#: the extra input of a bucket attention model: 1 where a query row may see a key row
+MASK = "mask"
 
 #: the shape fields that select a model, per stage (the others do not change the graph)
 KEY_FIELDS: dict[Stage, tuple[str, ...]] = {
@@ -90,19 +101,30 @@ def model_key(stage: Stage | str, shape: Shape) -> ModelKey:
     return (stage, *(getattr(shape, f) for f in KEY_FIELDS[stage]), shape.precision)
 
 
-def model_filename(stage: Stage | str, shape: Shape, suffix: str = "") -> str:
-    """The conventional file name of the model for ``stage`` at ``shape``.
+def model_filename(stage: Stage | str, shape: Shape, suffix: str = "", bucket: bool = False) -> str:
+    """The conventional file name of the model for ``stage`` at ``shape`` (a bucket model's largest shape).
 
     >>> model_filename("attn", Shape(n=1, d=128, kv_len=9, heads=2, precision="int8"))
     'attn_n1_kv9_d128_h2_b1_int8.rknn'
+    >>> model_filename("attn", Shape(n=1, d=128, kv_len=511, heads=2), bucket=True)
+    'attn_bucket_n1_keys512_d128_h2_b1_fp16.rknn'
     """
     stage = parse_stage(stage)
     p = shape.precision.value
     if stage is Stage.QKV:
-        stem = f"qkv_n{shape.n}_d{shape.d}_b{shape.batch}_{p}"
+        stem = f"qkv{'_bucket' if bucket else ''}_n{shape.n}_d{shape.d}_b{shape.batch}_{p}"
+    elif bucket:
+        stem = f"attn_bucket_n{shape.n}_keys{shape.keys}_d{shape.d}_h{shape.heads}_b{shape.batch}_{p}"
     else:
         stem = f"attn_n{shape.n}_kv{shape.kv_len}_d{shape.d}_h{shape.heads}_b{shape.batch}_{p}"
     return f"{stem}{suffix}.rknn"
+
+
+def group_key(stage: Stage | str, shape: Shape) -> ModelKey:
+    """What bucket models that may serve ``stage`` at ``shape`` share: everything but ``n`` and ``kv_len``."""
+    stage = parse_stage(stage)
+    fields = [f for f in KEY_FIELDS[stage] if f not in ("n", "kv_len")]
+    return (stage, *(getattr(shape, f) for f in fields), shape.precision)
 
 
 def weights_digest(a: np.ndarray, precision: Precision | str | None = None) -> str:
@@ -203,6 +225,9 @@ class ModelEntry:
     w_digest: str | None = None
     b_digest: str | None = None
     data_format: str | None = None
+    bucket: bool = False
+    calibration: Mapping[str, Any] | None = field(default=None, compare=False)
+    check: Mapping[str, Any] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stage", parse_stage(self.stage))
@@ -210,7 +235,19 @@ class ModelEntry:
 
     @property
     def key(self) -> ModelKey:
-        return model_key(self.stage, self.shape)
+        key = model_key(self.stage, self.shape)
+        return (*key, "bucket") if self.bucket else key
+
+    def holds(self, stage: Stage | str, shape: Shape) -> bool:
+        """True if this model computes ``stage`` at ``shape``: exactly, or padded for a bucket model."""
+        stage = parse_stage(stage)
+        if not self.bucket:
+            return stage is self.stage and model_key(stage, shape) == model_key(self.stage, self.shape)
+        if stage is not self.stage or group_key(stage, shape) != group_key(self.stage, self.shape):
+            return False
+        if shape.n > self.shape.n:
+            return False
+        return stage is Stage.QKV or shape.keys <= self.shape.keys
 
     @property
     def input_names(self) -> tuple[str, ...]:
@@ -222,6 +259,10 @@ class ModelEntry:
         return "b" in self.input_names or (self.weights == "baked" and self.b_digest is not None)
 
     def describe(self) -> str:
+        if self.bucket:
+            sizes = [f"n<={self.shape.n}"] + ([f"keys<={self.shape.keys}"] if self.stage is Stage.ATTN else [])
+            rest = [f"{f}={getattr(self.shape, f)}" for f in KEY_FIELDS[self.stage] if f not in ("n", "kv_len")]
+            return f"{self.stage.value} bucket ({', '.join(sizes + rest)}, {self.shape.precision.value})"
         fields = ", ".join(f"{f}={getattr(self.shape, f)}" for f in KEY_FIELDS[self.stage])
         return f"{self.stage.value} ({fields}, {self.shape.precision.value})"
 
@@ -237,14 +278,17 @@ class ModelEntry:
             raise ValueError(f"weights.w: a baked model needs the 'sha256:...' digest of its w, got {self.w_digest!r}")
         if self.data_format is not None and self.data_format not in DATA_FORMATS:
             raise ValueError(f"data_format: {self.data_format!r} is not one of {', '.join(DATA_FORMATS)}")
-        reference = input_shapes(self.stage, self.shape)
+        reference = dict(input_shapes(self.stage, self.shape))
+        if self.bucket and self.stage is Stage.ATTN:
+            reference[MASK] = (self.shape.n, self.shape.keys)  # which keys each query row sees
         allowed = {"x"} if self.weights == "baked" else set(reference)
         required = {"x", "w"} & allowed if self.stage is Stage.QKV else set(reference)
         names = self.input_names
         for i, spec in enumerate(self.inputs):
             where = f"inputs[{i}] ({spec.name!r})"
             if spec.name not in allowed:
-                raise ValueError(f"{where}: not an input of a {self.weights}-weights {self.stage.value} model "
+                kind = "bucket" if self.bucket else f"{self.weights}-weights"
+                raise ValueError(f"{where}: not an input of a {kind} {self.stage.value} model "
                                  f"(expected {', '.join(sorted(allowed))})")  # fmt: skip
             if names.count(spec.name) > 1:
                 raise ValueError(f"{where}: listed twice")
@@ -257,6 +301,10 @@ class ModelEntry:
         missing = sorted(required - set(names))
         if missing:
             raise ValueError(f"inputs: missing {', '.join(map(repr, missing))}")
+        for name in ("calibration", "check"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Mapping):
+                raise ValueError(f"{name}: expected a mapping, got {value!r}")
         want_out = output_shape(self.stage, self.shape)
         if math.prod(self.output) != math.prod(want_out):
             raise ValueError(f"output: shape {list(self.output)} has {math.prod(self.output)} elements; "
@@ -274,11 +322,13 @@ class ModelEntry:
         bias: bool = True,
         dtype: str = "float32",
         file: str | None = None,
+        bucket: bool = False,
     ) -> ModelEntry:
         """The entry of a model built with the default layout and file name.
 
         For ``weights="baked"`` pass the weights the model was converted with (``w``, and
         ``b`` or None): their digests go into the entry and a digest prefix into the name.
+        ``bucket=True`` makes a bucket model whose largest call is ``shape``.
         """
         stage = parse_stage(stage)
         w_digest = b_digest = None
@@ -289,15 +339,19 @@ class ModelEntry:
             w_digest = weights_digest(w, shape.precision)
             b_digest = None if b is None else weights_digest(b, shape.precision)
             suffix = "_w" + w_digest.split(":", 1)[1][:10]
+        inputs = default_inputs(stage, shape, weights, bias, dtype)
+        if bucket and stage is Stage.ATTN:
+            inputs = (*inputs, TensorSpec(MASK, (1, shape.n, shape.keys), dtype))
         return cls(
             stage=stage,
             shape=shape,
-            file=file or model_filename(stage, shape, suffix),
-            inputs=default_inputs(stage, shape, weights, bias, dtype),
+            file=file or model_filename(stage, shape, suffix, bucket=bucket),
+            inputs=inputs,
             output=default_output(stage, shape),
             weights=weights,
             w_digest=w_digest,
             b_digest=b_digest,
+            bucket=bucket,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -316,6 +370,11 @@ class ModelEntry:
             data["weights"] = {"mode": "input"} if self.weights == "input" else baked
         if self.data_format is not None:
             data["data_format"] = self.data_format
+        if self.bucket:
+            data["bucket"] = True
+        for name in ("calibration", "check"):
+            if getattr(self, name) is not None:
+                data[name] = dict(getattr(self, name))
         return data
 
     @classmethod
@@ -323,7 +382,8 @@ class ModelEntry:
         """Parse a manifest entry; a ``ValueError`` names the field at fault."""
         if not isinstance(data, Mapping):
             raise ValueError(f"expected a mapping, got {type(data).__name__}")
-        unknown = set(data) - {"stage", "shape", "file", "inputs", "output", "weights", "data_format"}
+        unknown = set(data) - {"stage", "shape", "file", "inputs", "output", "weights", "data_format", "bucket",
+                               "calibration", "check"}  # fmt: skip
         if unknown:
             raise ValueError(f"unknown field(s): {', '.join(sorted(unknown))}")
         for name in ("stage", "shape", "file", "inputs", "output"):
@@ -358,7 +418,16 @@ class ModelEntry:
             w_digest=weights.get("w"),
             b_digest=weights.get("b"),
             data_format=data.get("data_format"),
+            bucket=_flag(data.get("bucket", False), "bucket"),
+            calibration=data.get("calibration"),
+            check=data.get("check"),
         )
+
+
+def _flag(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name}: expected true or false, got {value!r}")
+    return value
 
 
 def _as_list(value: Any, name: str) -> list[Any]:
@@ -372,6 +441,160 @@ def _dims(value: Any, name: str) -> tuple[int, ...]:
     if not dims or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in dims):
         raise ValueError(f"{name}: expected a list of positive integers, got {value!r}")
     return tuple(dims)
+
+
+def parse_buckets(value: Any, name: str) -> tuple[int, ...] | None:
+    """A bucket option: None, a list of sizes, or ``{"pow2": [lo, hi]}`` (the powers of two from lo to hi).
+
+    A :class:`~adaptive_sched.errors.ConfigError` names the option when the value is not one.
+
+    >>> parse_buckets({"pow2": [128, 1024]}, "kv_buckets"), parse_buckets([512, 64], "kv_buckets")
+    ((128, 256, 512, 1024), (64, 512))
+    """
+    if value is None:
+        return None
+    if isinstance(value, Mapping):
+        if set(value) != {"pow2"}:
+            raise ConfigError(f"{name}: expected a list of sizes or {{pow2: [lo, hi]}}, got {dict(value)!r}")
+        bounds = value["pow2"]
+        if (not isinstance(bounds, (list, tuple)) or len(bounds) != 2
+                or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in bounds)):  # fmt: skip
+            raise ConfigError(f"{name}: pow2 takes [lo, hi], two positive integers, got {bounds!r}")
+        lo, hi = bounds
+        if lo > hi:
+            raise ConfigError(f"{name}: pow2 [lo, hi] has lo {lo} > hi {hi}")
+        sizes = [1 << e for e in range(max(0, (lo - 1).bit_length()), hi.bit_length()) if lo <= 1 << e <= hi]
+        if not sizes:
+            raise ConfigError(f"{name}: no power of two between {lo} and {hi}")
+        return tuple(sizes)
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ConfigError(f"{name}: expected a non-empty list of sizes or {{pow2: [lo, hi]}}, got {value!r}")
+    for v in value:
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ConfigError(f"{name}: sizes must be positive integers, got {v!r}")
+    return tuple(sorted(set(value)))
+
+
+def _pad(a: np.ndarray, axis: int, size: int) -> np.ndarray:
+    extra = size - a.shape[axis]
+    if extra == 0:
+        return a
+    widths = [(0, 0)] * a.ndim
+    widths[axis] = (0, extra)
+    return np.pad(a, widths)
+
+
+def bucket_mask(n: int, kv_len: int, rows: int, keys: int) -> np.ndarray:
+    """The ``[rows, keys]`` 0/1 mask of a bucket attention model serving ``n`` queries after ``kv_len`` keys.
+
+    Query ``i < n`` sees keys ``0 .. kv_len + i`` (causal); a padding row sees key 0 only,
+    so its softmax stays finite (its output is dropped).
+
+    >>> bucket_mask(2, 1, rows=3, keys=4).astype(int).tolist()
+    [[1, 1, 0, 0], [1, 1, 1, 0], [1, 0, 0, 0]]
+    """
+    if n > rows or kv_len + n > keys:
+        raise ValueError(f"bucket of {rows} rows x {keys} keys cannot hold n={n} after kv_len={kv_len}")
+    mask = np.zeros((rows, keys), dtype=np.float32)
+    mask[:n, : kv_len + n] = causal_mask(n, kv_len + n)
+    mask[n:, 0] = 1.0
+    return mask
+
+
+def model_feed(entry: ModelEntry, shape: Shape, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    """The arrays to pass to ``inference`` for ``entry`` running a call at ``shape``, in the model's order.
+
+    Each input is reshaped and cast to its spec; for a bucket model, ``shape`` may be
+    smaller than the entry's and the inputs are padded with zeros (query rows, key rows)
+    and the ``mask`` built. A missing optional bias becomes zeros.
+    """
+    if not entry.holds(entry.stage, shape):
+        raise ValueError(f"{entry.file} ({entry.describe()}) does not hold {entry.stage.value} at {shape}")
+    big = entry.shape
+    feed = []
+    for spec in entry.inputs:
+        a: np.ndarray | None
+        if spec.name == MASK:
+            a = bucket_mask(shape.n, shape.kv_len, big.n, big.keys)
+        else:
+            a = inputs.get(spec.name)
+            if a is None:  # only the optional bias can be absent: the model adds zeros
+                a = np.zeros(spec.shape, dtype=spec.dtype)
+            elif entry.bucket and spec.name in ("x", "q", "k", "v"):
+                dims = input_shapes(entry.stage, shape)[spec.name]
+                a = np.asarray(a).reshape(dims)
+                axis, size = (1, big.n) if spec.name == "x" else (2, big.n if spec.name == "q" else big.keys)
+                a = _pad(a, axis, size)
+        feed.append(np.ascontiguousarray(np.asarray(a).reshape(spec.shape), dtype=spec.dtype))
+    return feed
+
+
+def take_output(entry: ModelEntry, shape: Shape, out: np.ndarray) -> np.ndarray:
+    """The caller's output at ``shape`` from the model's output (padding rows dropped), float32."""
+    want = output_shape(entry.stage, shape)
+    full = output_shape(entry.stage, entry.shape)
+    out = np.asarray(out).reshape(full)
+    if entry.bucket and shape.n != entry.shape.n:
+        out = out[:, : shape.n] if entry.stage is Stage.QKV else out[:, :, : shape.n]
+    return np.ascontiguousarray(out.reshape(want), dtype=np.float32)
+
+
+def bucket_size(entry: ModelEntry) -> int:
+    """What a bucket model's size is counted in: keys for decode attention, query rows otherwise."""
+    return entry.shape.keys if entry.stage is Stage.ATTN and entry.shape.n == 1 else entry.shape.n
+
+
+def smallest_served(entry: ModelEntry, siblings: Iterable[ModelEntry]) -> int:
+    """The smallest size (see :func:`bucket_size`) of the calls a bucket model serves among ``siblings``.
+
+    The executor runs a call on the smallest bucket that holds it, so a bucket serves the
+    sizes above the next smaller sibling bucket of its group, and the smallest bucket
+    every size from 1.
+
+    >>> group = [ModelEntry.for_shape("attn", Shape(n=1, d=64, kv_len=k - 1), bucket=True) for k in (16, 32)]
+    >>> smallest_served(group[1], group), smallest_served(group[0], group)
+    (17, 1)
+    """
+    size = bucket_size(entry)
+    below = [
+        bucket_size(e)
+        for e in siblings
+        if e.bucket
+        and e.stage is entry.stage
+        and group_key(e.stage, e.shape) == group_key(entry.stage, entry.shape)
+        and (e.shape.n == 1) == (entry.shape.n == 1)
+        and bucket_size(e) < size
+    ]
+    return max(below) + 1 if below else 1
+
+
+def calibration_shapes(entry: ModelEntry, samples: int, seed: int = 0, smallest: int | None = None) -> list[Shape]:
+    """The call shapes a model's calibration samples are drawn at: the range of calls it will serve.
+
+    An exact model serves one shape. A bucket model serves every size from ``smallest``
+    (:func:`smallest_served`; default half its size plus one, as for power-of-two buckets)
+    up to its own, and its int8 ranges must hold for all of them: fewer keys give larger
+    outputs, and the padding is zeros. A quarter of the samples are at each end of that
+    range (where the tensors' ranges are widest), the rest drawn uniformly in between.
+    """
+    big = entry.shape
+    if not entry.bucket or samples < 1:
+        return [big] * samples
+    size = bucket_size(entry)
+    lo = max(1, min(size, size // 2 + 1 if smallest is None else smallest))
+    rng = np.random.default_rng(seed)
+    # a quarter at each end: the fewest keys give the widest outputs, the most the widest sums
+    ends = max(1, samples // 4)
+    middle = [int(v) for v in rng.integers(lo, size + 1, size=max(0, samples - 2 * ends))]
+    picks = [lo] * ends + [size] * ends + middle
+    shapes = []
+    for pick in sorted(picks[:samples]):
+        if entry.stage is Stage.ATTN and big.n == 1:
+            n, kv = 1, pick - 1  # decode over `pick` keys
+        else:
+            n, kv = pick, big.kv_len  # prefill rows (after the same cache, if any)
+        shapes.append(Shape(n=n, d=big.d, kv_len=kv, batch=big.batch, heads=big.heads, precision=big.precision))
+    return shapes
 
 
 @dataclass(frozen=True)
@@ -470,14 +693,23 @@ def read_manifest(model_dir: str | os.PathLike[str]) -> Manifest:
 
 __all__ = [
     "MANIFEST",
+    "MASK",
     "Manifest",
     "ModelEntry",
     "TensorSpec",
+    "bucket_mask",
+    "bucket_size",
+    "calibration_shapes",
     "default_inputs",
     "default_output",
+    "group_key",
+    "model_feed",
     "model_filename",
     "model_key",
+    "parse_buckets",
     "read_manifest",
+    "smallest_served",
+    "take_output",
     "weights_digest",
     "write_manifest",
 ]

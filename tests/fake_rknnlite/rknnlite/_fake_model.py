@@ -10,7 +10,7 @@ The header::
      "inputs": [{"name": "x", "shape": [7, 64], "dtype": "float32"}, ...],
      "output": [7, 192],
      "consts": ["w", "b"],                 # arrays in the payload
-     "quant": {"x": 0.02, "out": 0.1}}     # static int8 scales from calibration; absent: dynamic
+     "quant": {"x": [-3.9, 4.1], ...}}    # static int8 ranges from calibration; absent: dynamic
 """
 
 from __future__ import annotations

@@ -23,12 +23,19 @@ toolkit's examples and its ``rknn_lite.py`` of versions 1.6 to 2.3):
 * ``release()`` may be called any number of times.
 * Errors are logged on the ``"rknnlite"`` logger, never raised, as the real one does.
 
+Static shapes: a model takes exactly its inputs' element counts, as the real runtime
+does, so a call at a smaller ``kv_len`` than the model's must be padded by the caller;
+a bucket attention model has a fourth input, ``mask`` (1 where a query row may see a
+key), applied after the exponential like the build script's graphs.
+
 The numerics follow the NPU: FP16 models round inputs, intermediate tensors and the
-output to float16 and accumulate in float32. INT8 models quantise every input tensor
-per tensor (symmetric, with the model's static calibration scale, or the tensor's own
-max when the model has none), baked weights per output channel, accumulate in int32 and
-re-quantise the output to int8 before handing back float32. Attention probabilities are
-quantised with the fixed scale 1/127.
+output to float16 and accumulate in float32. INT8 models hold every tensor in int8 per
+tensor with an asymmetric range (zero point), as rknn-toolkit2's ``w8a8`` does: the
+inputs, the attention scores, ``exp(s - rowmax)`` (its product with V, row sum and the
+output are float16, as in the build script's models); qkv's output; constant weights per
+output channel (symmetric). The ranges are the static
+ones the model was calibrated with (``quant`` in its header), clipping what falls
+outside, or each tensor's own when the model has none. Products accumulate exactly.
 
 Not modelled: timing (it runs numpy at host speed), async mode, zero-copy and
 pass-through inputs, asymmetric zero points, dynamic-shape models, multiple outputs.
@@ -166,15 +173,35 @@ def _f16(a: np.ndarray) -> np.ndarray:
     return np.asarray(a, dtype=np.float32).astype(np.float16).astype(np.float32)
 
 
-def _quant(a: np.ndarray, scale: float | None, axis: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric int8: ``(q as int32, scale)``; ``scale`` None takes the tensor's (or each channel's) max."""
-    a = np.asarray(a, dtype=np.float32)
-    if scale is None:
-        amax = np.max(np.abs(a), axis=axis, keepdims=axis is not None) if a.size else np.float32(0)
-        s = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
-    else:
-        s = np.asarray(scale, dtype=np.float32)
-    return np.clip(np.rint(a / s), -127, 127).astype(np.int32), s
+class _Quantiser:
+    """Asymmetric per-tensor int8, with static ranges, or recording each tensor's range (calibration)."""
+
+    def __init__(self, ranges: dict[str, list[float]] | None, record: dict[str, list[float]] | None = None) -> None:
+        self.ranges = ranges or {}
+        self.record = record
+
+    def __call__(self, name: str, a: np.ndarray, fixed: tuple[float, float] | None = None) -> np.ndarray:
+        a = np.asarray(a, dtype=np.float64)
+        if self.record is not None:  # calibration: float math, ranges noted
+            lo, hi = self.record.get(name, [0.0, 0.0])
+            self.record[name] = [min(lo, float(a.min())), max(hi, float(a.max()))]
+            return a
+        if fixed is not None:
+            lo, hi = fixed
+        elif name in self.ranges:
+            lo, hi = self.ranges[name]
+        else:
+            lo, hi = min(0.0, float(a.min())), max(0.0, float(a.max()))
+        scale = (hi - lo) / 255.0 if hi > lo else 1.0
+        zero = np.clip(np.rint(-128 - lo / scale), -128, 127)
+        return (np.clip(np.rint(a / scale) + zero, -128, 127) - zero) * scale
+
+
+def _per_channel(w: np.ndarray) -> np.ndarray:
+    """A constant quantised symmetrically per output column (how RKNN quantises weights best)."""
+    amax = np.max(np.abs(w), axis=0, keepdims=True)
+    scale = np.where(amax > 0, amax / 127.0, 1.0)
+    return np.clip(np.rint(w / scale), -127, 127) * scale
 
 
 class _Graph:
@@ -187,7 +214,7 @@ class _Graph:
             raise ValueError(f"corrupt RKNN model (op {self.op!r}, precision {self.precision!r})")
         self.inputs = [(t["name"], tuple(t["shape"])) for t in header["inputs"]]
         self.output = tuple(header["output"])
-        self.quant: dict[str, float] = dict(header.get("quant") or {})
+        self.quant: dict[str, list[float]] = dict(header.get("quant") or {})
         self.consts = consts
 
     def set_inputs(self, inputs: Any, data_format: Any, pass_through: Any) -> dict[str, np.ndarray]:
@@ -214,45 +241,54 @@ class _Graph:
             feeds[name] = a.reshape(shape).astype(np.float32)
         return feeds
 
-    def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    def run(self, feeds: dict[str, np.ndarray], record: dict[str, list[float]] | None = None) -> np.ndarray:
+        """The model's output; with ``record``, float math that notes every int8 tensor's range instead."""
         values = {**self.consts, **feeds}
-        out = self._qkv(values) if self.op == "qkv" else self._attn(values)
         if self.precision == "fp16":
-            out = _f16(out)
+            out = _f16(self._qkv16(values) if self.op == "qkv" else self._attn16(values))
         else:
-            q, s = _quant(out, self.quant.get("out"))
-            out = q.astype(np.float32) * s
-        return out.reshape(self.output).astype(np.float32)
+            quant = _Quantiser(self.quant, record)
+            out = self._qkv8(values, quant) if self.op == "qkv" else self._attn8(values, quant)
+        return np.asarray(out, dtype=np.float32).reshape(self.output)
 
-    def _qkv(self, v: dict[str, np.ndarray]) -> np.ndarray:
+    @staticmethod
+    def _visible(v: dict[str, np.ndarray], n: int, keys: int) -> np.ndarray:
+        if "mask" in v:
+            return v["mask"].reshape(-1, n, keys) > 0.5
+        return np.arange(keys)[None, :] <= np.arange(n)[:, None] + (keys - n)
+
+    def _qkv16(self, v: dict[str, np.ndarray]) -> np.ndarray:
         w = v["w"]
-        x = v["x"].reshape(-1, w.shape[0])
-        if self.precision == "fp16":
-            acc = _f16(x) @ _f16(w)
-            bias = _f16(v["b"]) if "b" in v else None
-        else:
-            xq, xs = _quant(x, self.quant.get("x"))
-            # a constant is quantised per output channel, an input per tensor like any activation
-            wq, ws = _quant(w, None, axis=0) if "w" in self.consts else _quant(w, self.quant.get("w"))
-            acc = (xq @ wq).astype(np.float32) * (xs * ws.reshape(-1))
-            bias = v.get("b")
-        return acc if bias is None else acc + bias
+        acc = _f16(v["x"].reshape(-1, w.shape[0])) @ _f16(w)
+        return acc + _f16(v["b"]) if "b" in v else acc
 
-    def _attn(self, v: dict[str, np.ndarray]) -> np.ndarray:
+    def _qkv8(self, v: dict[str, np.ndarray], quant: _Quantiser) -> np.ndarray:
+        w = v["w"]
+        x = quant("x", v["x"].reshape(-1, w.shape[0]))
+        # a constant is quantised per output channel, an input per tensor like any activation
+        wq = _per_channel(w) if "w" in self.consts else quant("w", w)
+        acc = x @ wq
+        if "b" in v:
+            acc = acc + (v["b"] if "b" in self.consts else quant("b", v["b"]))
+        return quant("out", acc)
+
+    def _attn16(self, v: dict[str, np.ndarray]) -> np.ndarray:
         q, k, val = v["q"], v["k"], v["v"]
         n, keys, hd = q.shape[-2], k.shape[-2], q.shape[-1]
-        visible = np.arange(keys)[None, :] <= np.arange(n)[:, None] + (keys - n)
-        scale = np.float32(1.0 / math.sqrt(hd))
-        if self.precision == "fp16":
-            scores = _f16(_f16(q) @ np.swapaxes(_f16(k), -1, -2)) * scale
-        else:
-            qq, qs = _quant(q, self.quant.get("q"))
-            kq, ks = _quant(k, self.quant.get("k"))
-            scores = (qq @ np.swapaxes(kq, -1, -2)).astype(np.float32) * (qs * ks * scale)
-        scores = np.where(visible, scores, -np.inf)
+        scores = _f16(_f16(q) @ np.swapaxes(_f16(k), -1, -2)) * np.float32(1.0 / math.sqrt(hd))
+        scores = np.where(self._visible(v, n, keys), scores, -np.inf)
         e = np.exp(scores - scores.max(axis=-1, keepdims=True))
-        p = e / e.sum(axis=-1, keepdims=True)
-        if self.precision == "fp16":
-            return _f16(p) @ _f16(val)
-        vq, vs = _quant(val, self.quant.get("v"))
-        return (np.rint(p * 127).astype(np.int32) @ vq).astype(np.float32) * (vs / 127)
+        return _f16(e / e.sum(axis=-1, keepdims=True)) @ _f16(val)
+
+    def _attn8(self, v: dict[str, np.ndarray], quant: _Quantiser) -> np.ndarray:
+        q, k, val = quant("q", v["q"]), quant("k", v["k"]), quant("v", v["v"])
+        n, keys, hd = q.shape[-2], k.shape[-2], q.shape[-1]
+        visible = self._visible(v, n, keys)
+        scores = quant("scores", (q @ np.swapaxes(k, -1, -2)) / math.sqrt(hd))
+        row_max = quant("rowmax", np.where(visible, scores, -np.inf).max(axis=-1, keepdims=True))
+        shifted = quant("shifted", np.where(visible, scores - row_max, 0.0))
+        e = quant("exp", np.where(visible, np.exp(shifted), 0.0), fixed=(0.0, 1.0))
+        # the division side is float16, as the build script's models keep it
+        num = _f16(e @ val)
+        den = _f16(e.sum(axis=-1, keepdims=True))
+        return _f16(num / den)
