@@ -107,7 +107,8 @@ class _Counters:
     failures: int = 0
     rejected: int = 0
     reruns: int = 0
-    by_backend: dict[str, int] = field(default_factory=dict)
+    learn_errors: int = 0
+    by_backend: dict[Backend, int] = field(default_factory=dict)
 
 
 class Scheduler:
@@ -152,8 +153,8 @@ class Scheduler:
         self._policy = policy if policy is not None else build_policy(config, built)
         self._policy.bind(config.candidates, self._prior, supports=self._supports)
         self._inline = config.policy.learner == "inline"
-        if not self._inline:
-            self._policy.prepare()  # one-time costs now, not on the learner thread while serving
+        # One-time costs (river's import, about a second) now, not in the first observation.
+        self._policy.prepare()
         self._quarantine: dict[Backend, int] = {}  # backend -> observation count it sits out until
         self._strikes: dict[Backend, int] = {}  # failures since the backend's last success
         self._learn_queue: deque[Observation] = deque(maxlen=None if self._inline else LEARN_BACKLOG)
@@ -523,13 +524,18 @@ class Scheduler:
     def _learn_one(self, observation: Observation) -> None:
         c = self._counters
         c.observations += 1
-        key = observation.backend.value
-        c.by_backend[key] = c.by_backend.get(key, 0) + 1
+        backend = observation.backend
+        c.by_backend[backend] = c.by_backend.get(backend, 0) + 1
         if self._quarantine:
             self._release_quarantine()
         if self._strikes:
             self._strikes.pop(observation.backend, None)
-        self._policy.learn(observation)
+        try:
+            self._policy.learn(observation)
+        except Exception:  # learning must never raise into inference: count it, say it (rarely), go on
+            c.learn_errors += 1
+            if c.learn_errors & (c.learn_errors - 1) == 0:  # the 1st, 2nd, 4th, 8th, ...
+                log.exception("the policy failed to learn from an observation (%d so far)", c.learn_errors)
 
     def _learner_loop(self) -> None:
         queue = self._learn_queue
@@ -595,7 +601,8 @@ class Scheduler:
                 "unlearned": self._unlearned,
                 "failures": c.failures,
                 "reruns": c.reruns,
-                "observed_by_backend": dict(c.by_backend),
+                "learn_errors": c.learn_errors,
+                "observed_by_backend": {b.value: n for b, n in c.by_backend.items()},
                 "quarantined": sorted(b.value for b in self._quarantine),
                 "policy": {"kind": self._policy.name, **self._policy.state()},
             }

@@ -92,10 +92,11 @@ def test_a_far_slower_backend_is_not_explored_once_checked():
 
 
 def test_exploration_grows_while_a_backend_goes_unobserved():
-    p = bound(AdaptivePolicy(seed=0), {("qkv", "gpu"): 1e-3, ("qkv", "npu"): 2e-3})
+    # (an entry nobody observes is recomputed after expire_after observations)
+    p = bound(AdaptivePolicy(seed=0, expire_after=2048), {("qkv", "gpu"): 1e-3, ("qkv", "npu"): 2e-3})
     feed(p, Stage.QKV, SHAPE, {GPU: 1e-3, NPU: 2e-3}.__getitem__, 3000)
     early = p.probabilities(Stage.QKV, SHAPE, None).get(NPU, 0.0)
-    for _ in range(3000):  # only the GPU is observed from here on (another shape, another stage)
+    for _ in range(5000):  # only the GPU is observed from here on (another shape, another stage)
         p.learn(Observation(Stage.ATTN, Shape(n=1, d=2048), None, GPU, 1e-3))
     late = p.probabilities(Stage.QKV, SHAPE, None).get(NPU, 0.0)
     assert late > early

@@ -7,13 +7,16 @@ is valued looking ahead to the best ``attn`` after it, so the pair chosen is the
 pair, not two independent bests, and ``attn`` knows where ``qkv`` ran.
 
 The hot path reads a :class:`~.base.PublishedTable` of entries per (stage, shape bucket,
-previous backend). Learning never walks that table: each entry remembers the
-:class:`~.base.Epoch` of the state it was computed from (one per precision and phase), and
-an observation that moves that state by more than ``publish_tolerance`` (or that is very
-informative, or a detected change) bumps the epoch, so the entries of that state are
-recomputed when they are next used. Every ``refresh_every`` observations every epoch is
-bumped, so exploration follows the growing uncertainty of backends nobody observes.
-Learning thus costs the same whatever the number of shapes seen.
+previous backend). Learning never walks that table: an observation recomputes its own
+shape's entry (and qkv's, which looks ahead to attention) if the observed backend's
+estimate there has moved by more than ``publish_tolerance`` since the entry was computed,
+or if it is older than ``refresh_every`` observations (so exploration follows the
+uncertainty that grows while a backend goes unobserved); an entry nobody observes is
+served for at most ``expire_after`` observations, and a detected change makes every entry
+stale at once (:class:`~.base.Freshness`). A stale entry is recomputed when next asked
+for. Learning thus costs the same whatever the number of shapes seen; between
+recomputations an entry may be off by the noise of its estimates, which costs a near-tie
+little and cannot flip a clear winner.
 """
 
 from __future__ import annotations
@@ -24,9 +27,10 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, ClassVar
 
+from ..cache import BoundedDict
 from ..learners.latency import ModelParams
 from ..types import Backend, Choice, Shape, Stage, parse_stage
-from .base import EMPTY, Entry, Epoch, Observation, Policy, PublishedTable
+from .base import EMPTY, Entry, Freshness, Observation, Policy, PublishedTable
 from .budget import AlarmWindows, ExplorationBudget
 from .estimates import Estimates, Point
 from .exploration import win_probabilities
@@ -61,12 +65,14 @@ class AdaptiveParams:
     alarm_probes: int = 8
     #: ... or for at most this many observations
     alarm_observations: int = 400
-    #: entries are recomputed when their estimates have moved by more than this (log units) ...
-    publish_tolerance: float = 0.03
-    #: ... or when one observation removed more than this share of an estimate's variance ...
-    publish_gain: float = 0.3
-    #: ... and at least every this many observations (so exploration follows staleness)
-    refresh_every: int = 256
+    #: an observation whose backend's estimate at its shape has moved by more than this (log
+    #: units) since that shape's entry was computed recomputes the entry ...
+    publish_tolerance: float = 0.05
+    #: ... or if older than this many observations (so exploration follows the uncertainty
+    #: that grows while a backend goes unobserved) ...
+    refresh_every: int = 1024
+    #: ... and an entry is served for at most this many observations however rarely it is used
+    expire_after: int = 8192
     #: the online latency model's prior widths, forgetting and robustness
     model: ModelParams = dataclasses.field(default_factory=ModelParams)
 
@@ -81,9 +87,9 @@ class AdaptiveParams:
             raise ValueError(f"transition_sd_s must be finite and > 0, got {self.transition_sd_s!r}")
         if self.transition_bytes_per_s <= 0 or not math.isfinite(self.transition_bytes_per_s):
             raise ValueError(f"transition_bytes_per_s must be finite and > 0, got {self.transition_bytes_per_s!r}")
-        if not (self.publish_tolerance > 0 and 0 < self.publish_gain <= 1):
-            raise ValueError("publish_tolerance must be > 0 and publish_gain in (0, 1]")
-        for name in ("alarm_probes", "alarm_observations", "refresh_every"):
+        if not self.publish_tolerance > 0:
+            raise ValueError(f"publish_tolerance must be > 0, got {self.publish_tolerance!r}")
+        for name in ("alarm_probes", "alarm_observations", "refresh_every", "expire_after"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
         self.model.validate()
@@ -123,11 +129,10 @@ class AdaptivePolicy(Policy):
         self._alarms = AlarmWindows(p.alarm_probes, p.alarm_observations)
         self.table = PublishedTable(lookahead=p.lookahead)
         # key -> (stage, representative shape, after): what an entry is computed from
-        self._reps: dict[tuple[Any, ...], tuple[Stage, Shape, Backend | None]] = {}
-        # per (precision, phase): the epoch of its entries, and how far its state moved since
-        self._epochs: dict[tuple[Any, ...], Epoch] = {}
-        self._moved: dict[tuple[Any, ...], float] = {}
-        self._device_moved: dict[Backend, float] = dict.fromkeys(self.candidates, 0.0)
+        self._reps: BoundedDict[tuple[Any, ...], tuple[Stage, Shape, Backend | None]] = BoundedDict(
+            self.table.max_entries
+        )
+        self._freshness = Freshness(span=float(p.expire_after))
         self._unsupported: set[tuple[Any, ...]] = set()
         self._checked: set[tuple[Any, ...]] = set()
         self._clock = 0  # observations learned: the clock of forgetting
@@ -141,10 +146,18 @@ class AdaptivePolicy(Policy):
         return self._entry(stage, shape, after).pick(self.draw())
 
     def probabilities(self, stage: Stage | str, shape: Shape, after: Backend | None) -> Mapping[Backend, float]:
-        return self._entry(parse_stage(stage), shape, after).exploit.probabilities
+        return self._current(parse_stage(stage), shape, after).exploit.probabilities
 
     def best(self, stage: Stage | str, shape: Shape, after: Backend | None) -> Backend:
-        return self._entry(parse_stage(stage), shape, after).exploit.backend
+        return self._current(parse_stage(stage), shape, after).exploit.backend
+
+    def _current(self, stage: Stage, shape: Shape, after: Backend | None) -> Entry:
+        """The entry as the estimates stand now (introspection: recomputed if due for renewal)."""
+        entry = self._entry(stage, shape, after)
+        if self._freshness.now < entry.renew:
+            return entry
+        with self._lock:
+            return self._publish(self.table.key(stage, shape, after))  # type: ignore[union-attr]
 
     def _entry(self, stage: Stage, shape: Shape, after: Backend | None) -> Entry:
         table = self.table
@@ -154,23 +167,8 @@ class AdaptivePolicy(Policy):
             return entry
         with self._lock:
             key = table.key(stage, shape, after)
-            if len(self._reps) >= table.max_entries:
-                self._reps.clear()  # the table starts over too (see PublishedTable.publish)
             self._reps.setdefault(key, (stage, shape, after))
             return self._publish(key)
-
-    def _bump(self, group: tuple[Any, ...] | None = None) -> None:
-        """Mark the entries of ``group`` (or every entry) stale."""
-        if group is None:
-            for epoch in self._epochs.values():
-                epoch.bump()
-            for g in self._moved:
-                self._moved[g] = 0.0
-        else:
-            found = self._epochs.get(group)
-            if found is not None:
-                found.bump()
-            self._moved[group] = 0.0
 
     # -- publishing --------------------------------------------------------------------
     def _usable_at(self, point: Point) -> list[Backend]:
@@ -214,21 +212,19 @@ class AdaptivePolicy(Policy):
             log_vars[b] = var / (seconds * seconds)
         version = clock
         shown = MappingProxyType(predicted)
-        found = self._epochs.get(point.group)
-        if found is None:
-            found = self._epochs[point.group] = Epoch()
-            self._moved[point.group] = 0.0
-        epoch = found
+        freshness = self._freshness
         if not values:  # nothing known about any usable backend: the first, certainly
             only = usable[0]
-            entry = Entry(Choice(only, 1.0, False, EMPTY, MappingProxyType({only: 1.0}), version), (), epoch)
+            entry = Entry(Choice(only, 1.0, False, EMPTY, MappingProxyType({only: 1.0}), version), (), freshness,
+                          float(self.params.expire_after), float(self.params.refresh_every))  # fmt: skip
         else:
             fastest = min(values, key=values.__getitem__)
             budget = self._budget.scale()
             alarms = self._alarms
             p = self.params
             observed, volatile = est.model.observed, est.model.volatile
-            allowed = self._budget.allowance()
+            # before any observation, the budget's share of what the exploit choice should cost
+            allowed = self._budget.allowance() or p.explore_budget * predicted.get(fastest, 0.0)
             scale: dict[Backend, float] = {}
             allowance: dict[Backend, float] = {}
             for b in values:
@@ -240,8 +236,15 @@ class AdaptivePolicy(Policy):
                 else:
                     scale[b] = budget
                     allowance[b] = allowed
+            # A backend whose last change may have reverted since it was last seen: its own
+            # stage's share of the value moves back by the change.
+            reversion = {}
+            for b in values:
+                hazard, shift = est.model.reversion(b, clock)
+                if hazard > 0.0:
+                    reversion[b] = (hazard, shift * predicted[b] / values[b])
             best, alternatives = win_probabilities(
-                values, log_vars, cap=p.explore_cap, scale=scale, allowance=allowance
+                values, log_vars, cap=p.explore_cap, scale=scale, allowance=allowance, reversion=reversion
             )
             probs = MappingProxyType({best: 1.0 - sum(alternatives.values()), **alternatives})
             cumulative = 0.0
@@ -249,7 +252,10 @@ class AdaptivePolicy(Policy):
             for b, prob in alternatives.items():
                 cumulative += prob
                 table_alts.append((cumulative, Choice(b, prob, True, shown, probs, version)))
-            entry = Entry(Choice(best, probs[best], False, shown, probs, version), tuple(table_alts), epoch)
+            # An entry weighing a backend that just moved (it may move back) is renewed sooner.
+            renew = p.refresh_every / 8 if any(volatile(b, clock) for b in values) else p.refresh_every
+            entry = Entry(Choice(best, probs[best], False, shown, probs, version), tuple(table_alts), freshness,
+                          float(p.expire_after), float(renew))  # fmt: skip
         assert self.table is not None
         self.table.publish(key, entry)
         return entry
@@ -264,35 +270,51 @@ class AdaptivePolicy(Policy):
         with self._lock:
             self._clock += 1
             clock = self._clock
+            self._freshness.tick()
             point = self._est.point(stage, shape)
             learned = self._est.observe(point, after, backend, latency_s, clock)
             self._charge(choice, backend, latency_s, clock)
-            p = self.params
             if learned.alarm:
                 if learned.shift > 0:
                     # The backend got slower: another may win now, so every backend is
                     # re-measured outside the budget. (One that got faster needs no probe of
                     # the others: its own estimate already moved.)
                     self._alarms.open(backend, clock, self.usable())
-                self._bump()
+                self._invalidate()
             elif self._alarms and self._alarms.count(backend, clock):
-                self._bump()  # every backend re-measured: the budget binds again everywhere
-            elif clock % p.refresh_every == 0:
-                self._bump()
+                self._invalidate()  # every backend re-measured: the budget binds again everywhere
             else:
-                # Signed sums: noise moves estimates back and forth, a change moves them one way.
-                moved = self._device_moved[backend] + learned.device_shift
-                if abs(moved) > p.publish_tolerance:
-                    self._bump()  # a backend's shared term moves every stage and shape on it
-                    self._device_moved[backend] = 0.0
-                    return
-                self._device_moved[backend] = moved
-                group = point.group
-                local = self._moved.get(group, 0.0) + learned.shift - learned.device_shift
-                if abs(local) > p.publish_tolerance or learned.gain > p.publish_gain:
-                    self._bump(group)
-                else:
-                    self._moved[group] = local
+                self._renew(stage, shape, after, backend, learned.predicted)
+
+    def _renew(self, stage: Stage, shape: Shape, after: Backend | None, backend: Backend, log_now: float) -> None:
+        """Recompute this observation's entry if the observed backend's estimate there (``log_now``,
+        the stage's own log run time) has moved by more than ``publish_tolerance`` since it was
+        computed (changes add up, noise comes and goes), or if it is due; qkv's entry looks ahead
+        to attention, so it follows attention's."""
+        table = self.table
+        assert table is not None
+        key = table.key(stage, shape, after)
+        entry = table.get(key)
+        if entry is None or key not in self._reps:
+            return
+        if self._freshness.now < entry.renew:
+            then = entry.exploit.predicted.get(backend)
+            if then is None or not math.isfinite(log_now):
+                return
+            now = math.exp(log_now)
+            if after is not None and after is not backend:
+                now += self._est.transition(self._est.point(stage, shape), after, backend)[0]
+            if abs(math.log(now / then)) <= self.params.publish_tolerance:
+                return
+        self._publish(key)
+        if stage is Stage.ATTN and self.params.lookahead:
+            qkv_key = table.key(Stage.QKV, shape, None)
+            if table.get(qkv_key) is not None and qkv_key in self._reps:
+                self._publish(qkv_key)
+
+    def _invalidate(self) -> None:
+        """Make every entry stale (it is recomputed on its next use)."""
+        self._freshness.invalidate()
 
     def _charge(self, choice: Choice | None, backend: Backend, latency_s: float, clock: int) -> None:
         extra = 0.0
@@ -312,14 +334,14 @@ class AdaptivePolicy(Policy):
     def on_excluded(self) -> None:
         # Entries are recomputed on their next use, so a quarantine costs nothing now
         # whatever the number of entries.
-        self._bump()
+        self._invalidate()
 
     def mark_unsupported(self, stage: Stage, shape: Shape, backend: Backend) -> None:
         with self._lock:
             point = self._est.point(stage, shape)
             self._checked.add((stage, point.bucket, backend))
             self._unsupported.add((stage, point.bucket, backend))
-            self._bump()
+            self._invalidate()
 
     def state(self) -> dict[str, Any]:
         with self._lock:

@@ -31,12 +31,14 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import math
 import random
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 from typing import Any, ClassVar, NamedTuple, Protocol
 
+from ..cache import BoundedDict
 from ..types import Backend, Choice, Shape, Stage, parse_stage
 
 #: predictions or probabilities that are empty
@@ -85,25 +87,30 @@ def certain(backend: Backend, predicted: Mapping[Backend, float] = EMPTY, versio
     return Choice(backend, 1.0, False, predicted, MappingProxyType({backend: 1.0}), version)
 
 
-class Epoch:
-    """A counter shared by the entries computed from one part of a policy's state.
+class Freshness:
+    """The clock entries are checked against: one counter that learning advances.
 
-    The policy bumps it when that state has moved enough to change a decision; an entry
-    remembers the value it was computed at, and is stale (recomputed on its next use)
-    once the two differ. Invalidating any number of entries costs one increment.
+    An entry is served until the counter reaches its ``expires``; then the scheduler asks
+    the policy, which recomputes it. Every observation learned advances the counter by one;
+    a detected change or a quarantine advances it past every entry's expiry at once
+    (``span``, the longest lifetime), for the cost of one addition.
     """
 
-    __slots__ = ("value",)
+    __slots__ = ("now", "span")
 
-    def __init__(self) -> None:
-        self.value = 0
+    def __init__(self, span: float = math.inf) -> None:
+        self.now = 0.0
+        self.span = span
 
-    def bump(self) -> None:
-        self.value += 1
+    def tick(self) -> None:
+        self.now += 1.0
+
+    def invalidate(self) -> None:
+        self.now += self.span + 1.0
 
 
-#: the epoch of entries that never go stale
-FOREVER = Epoch()
+#: the freshness of entries that never go stale
+FOREVER = Freshness()
 
 
 class Entry:
@@ -114,15 +121,25 @@ class Entry:
     replaces the whole entry, so a reader on another thread sees the old one or the new one.
     """
 
-    __slots__ = ("alternatives", "epoch", "exploit", "seen")
+    __slots__ = ("alternatives", "expires", "exploit", "freshness", "renew")
 
     def __init__(
-        self, exploit: Choice, alternatives: tuple[tuple[float, Choice], ...] = (), epoch: Epoch = FOREVER
+        self,
+        exploit: Choice,
+        alternatives: tuple[tuple[float, Choice], ...] = (),
+        freshness: Freshness = FOREVER,
+        lifetime: float = math.inf,
+        renew_after: float = math.inf,
     ) -> None:
         self.exploit = exploit
         self.alternatives = alternatives
-        self.epoch = epoch
-        self.seen = epoch.value
+        self.freshness = freshness
+        self.expires = freshness.now + lifetime
+        #: past this, the policy recomputes the entry when it next learns from its shape
+        self.renew = freshness.now + min(renew_after, lifetime)
+
+    def fresh(self) -> bool:
+        return self.freshness.now < self.expires
 
     def pick(self, u: float) -> Choice:
         for threshold, alternative in self.alternatives:
@@ -131,61 +148,101 @@ class Entry:
         return self.exploit
 
 
-def _bucket(x: int) -> int:
-    # Quarter-octave buckets from the top three bits, exact below 16: neighbouring kv
-    # lengths share what is learned, and the key costs two integer operations.
-    if x <= 16:
-        return x
-    b = x.bit_length()
-    return (b << 2) | ((x >> (b - 3)) & 3)
+#: distinct shapes whose bucket number is remembered, per stage
+SHAPE_CACHE = 8192
+
+_ATTN = Stage.ATTN  # a module constant: looking it up on the enum costs more than the rest
+
+
+def entry_key(stage: Stage, shape: Shape, after: Backend | None, lookahead: bool = True) -> tuple[Any, ...]:
+    """The key of the published entry a decision reads: the stage, the shape's bucket, the previous backend.
+
+    Never the exact shape (kv_len grows every token): sequence and KV lengths in
+    quarter-octave buckets (from their top three bits; exact up to 16) share what is
+    learned, and the key costs a few integer operations. ``qkv`` ignores the KV cache
+    unless it plans ``attn`` after it (``lookahead``). Written out rather than in helper
+    calls: every decision computes it.
+
+    >>> a, b = Shape(n=1, d=2048, kv_len=300), Shape(n=1, d=2048, kv_len=310)
+    >>> entry_key(Stage.ATTN, a, None) == entry_key(Stage.ATTN, b, None)
+    True
+    """
+    n = shape.n
+    if stage is _ATTN or lookahead:
+        kv = shape.kv_len + n
+        if kv > 16:
+            top = kv.bit_length()
+            kv = (top << 2) | ((kv >> (top - 3)) & 3)
+    else:
+        kv = 0
+    if n > 64:
+        top = n.bit_length()
+        n = (top << 2) | ((n >> (top - 3)) & 3)
+    return (stage, n, shape.d, shape.heads, shape.batch, shape.precision, kv, after)
 
 
 def bucket_key(stage: Stage, shape: Shape, lookahead: bool = True) -> tuple[Any, ...]:
-    """The shape bucket a published entry is shared by (never the exact shape: kv_len grows every token).
+    """The shape bucket of :func:`entry_key` alone (what learned corrections are shared by).
 
-    ``qkv`` ignores the KV cache unless it plans ``attn`` after it (``lookahead``).
-
-    >>> a, b = Shape(n=1, d=2048, kv_len=300), Shape(n=1, d=2048, kv_len=310)
-    >>> bucket_key(Stage.ATTN, a) == bucket_key(Stage.ATTN, b), bucket_key(Stage.QKV, a, lookahead=False)
-    (True, (1, 2048, 32, 1, <Precision.FP16: 'fp16'>, 0))
+    >>> bucket_key(Stage.QKV, Shape(n=1, d=2048, kv_len=300), lookahead=False)
+    (1, 2048, 32, 1, <Precision.FP16: 'fp16'>, 0)
     """
-    n = shape.n
-    kv = _bucket(shape.kv_len + n) if stage is Stage.ATTN or lookahead else 0
-    return (n if n <= 64 else _bucket(n), shape.d, shape.heads, shape.batch, shape.precision, kv)
+    return entry_key(stage, shape, None, lookahead)[1:-1]
 
 
 class PublishedTable:
-    """The entries a policy publishes, keyed by (stage, :func:`bucket_key`, previous backend).
+    """The entries a policy publishes, one per (stage and shape bucket, previous backend).
 
-    The policy owns and writes it; the scheduler only calls :meth:`lookup`. Its size is
-    bounded: past ``max_entries`` it starts over (a miss only costs a slow decision).
+    The policy owns and writes it; the scheduler only calls :meth:`lookup`. A shape's
+    bucket (:func:`entry_key`) is computed once per distinct shape and kept as a small
+    integer, so a decision costs two dictionary reads. Its size is bounded: past
+    ``max_entries`` the oldest entry is forgotten (a miss only costs a slow decision).
     """
 
-    __slots__ = ("_entries", "lookahead", "max_entries")
+    __slots__ = ("_attn", "_buckets", "_entries", "_next", "_qkv", "lookahead", "max_entries")
 
     def __init__(self, lookahead: bool = True, max_entries: int = 50_000) -> None:
-        self._entries: dict[tuple[Any, ...], Entry] = {}
+        self._entries: BoundedDict[tuple[int, Backend | None], Entry] = BoundedDict(max_entries)
+        self._buckets: BoundedDict[tuple[Any, ...], int] = BoundedDict(max_entries)  # (stage, bucket) -> number
+        # shape -> its bucket's number, per stage (a cache of a pure function of the shape)
+        self._qkv: BoundedDict[Shape, int] = BoundedDict(SHAPE_CACHE)
+        self._attn: BoundedDict[Shape, int] = BoundedDict(SHAPE_CACHE)
+        self._next = 0  # bucket numbers are never reused: a forgotten bucket's entries just age out
         self.lookahead = lookahead
         self.max_entries = max_entries
 
-    def key(self, stage: Stage, shape: Shape, after: Backend | None) -> tuple[Any, ...]:
-        """The key of the entry for this decision."""
-        return (stage, *bucket_key(stage, shape, self.lookahead), after)
+    def _bucket_of(self, stage: Stage, shape: Shape) -> int:
+        bucket = entry_key(stage, shape, None, self.lookahead)
+        number = self._buckets.get(bucket)
+        if number is None:
+            number = self._buckets[bucket] = self._next
+            self._next += 1
+        (self._attn if stage is _ATTN else self._qkv)[shape] = number
+        return number
+
+    def key(self, stage: Stage, shape: Shape, after: Backend | None) -> tuple[int, Backend | None]:
+        """The key of the entry for this decision: its stage and shape bucket's number, and ``after``."""
+        number = (self._attn if stage is _ATTN else self._qkv).get(shape)
+        if number is None:
+            number = self._bucket_of(stage, shape)
+        return (number, after)
 
     def lookup(self, stage: Stage, shape: Shape, after: Backend | None) -> Entry | None:
         """The entry for this decision, or None if there is none or it is stale (the scheduler then asks the policy)."""
-        entry = self._entries.get((stage, *bucket_key(stage, shape, self.lookahead), after))
-        if entry is None or entry.seen != entry.epoch.value:
-            return None
+        number = (self._attn if stage is _ATTN else self._qkv).get(shape)
+        if number is None:
+            number = self._bucket_of(stage, shape)
+        entry = self._entries.get((number, after))
+        if entry is None or entry.freshness.now >= entry.expires:
+            return None  # none yet, or stale: the policy recomputes it
         return entry
 
-    def publish(self, key: tuple[Any, ...], entry: Entry) -> None:
-        if len(self._entries) >= self.max_entries and key not in self._entries:
-            self._entries.clear()
-        self._entries[key] = entry
+    def get(self, key: tuple[int, Backend | None]) -> Entry | None:
+        """The entry under ``key``, fresh or not (for the policy that owns the table)."""
+        return self._entries.get(key)
 
-    def clear(self) -> None:
-        self._entries.clear()
+    def publish(self, key: tuple[int, Backend | None], entry: Entry) -> None:
+        self._entries[key] = entry
 
     def __len__(self) -> int:
         return len(self._entries)

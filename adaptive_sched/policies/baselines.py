@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any, ClassVar
 
+from ..cache import BoundedDict
 from ..types import Backend, Choice, Shape, Stage, parse_backend, parse_stage
 from .base import Observation, Policy, bucket_key, certain, choice
 
@@ -68,7 +69,7 @@ class StaticPriorPolicy(Policy):
     def _setup(self) -> None:
         if self.prior is None:
             raise ValueError("the static policy needs an offline prior (config key 'priors')")
-        self._cache: dict[tuple[Stage, Shape], Backend] = {}
+        self._cache: BoundedDict[tuple[Stage, Shape], Backend] = BoundedDict(STATIC_CACHE)
         self._choices: dict[Backend, Choice] = {}
 
     def choose(self, stage: Stage, shape: Shape, after: Backend | None) -> Choice:
@@ -76,8 +77,6 @@ class StaticPriorPolicy(Policy):
         backend = self._cache.get(key)
         if backend is None:
             assert self.prior is not None
-            if len(self._cache) >= STATIC_CACHE:
-                self._cache.clear()
             backend = self._cache[key] = parse_backend(self.prior.choose(stage, shape))
         if backend in self._excluded or backend not in self.candidates:
             backend = self.usable()[0]
@@ -111,7 +110,8 @@ class EpsilonGreedyPolicy(Policy):
 
     def _setup(self) -> None:
         self._rng = random.Random(self.params.seed)
-        self._means: dict[tuple[Any, ...], list[float]] = {}  # key + backend -> [mean, count]
+        # key + backend -> [mean, count], for at most STATIC_CACHE buckets
+        self._means: BoundedDict[tuple[Any, ...], list[float]] = BoundedDict(STATIC_CACHE)
 
     def probabilities(self, stage: Stage | str, shape: Shape, after: Backend | None) -> Mapping[Backend, float]:
         stage = parse_stage(stage)

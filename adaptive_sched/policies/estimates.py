@@ -15,12 +15,14 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from ..cache import BoundedDict
 from ..learners.latency import NOTHING_LEARNED, Estimate, LatencyModel, Learned, ModelParams, stage_features
 from ..types import Backend, Shape, Stage
 from .base import Prior, bucket_key
 
-#: distinct shapes whose prior, features and bucket are kept (a cache: past it, it starts over)
-POINT_CACHE = 65_536
+#: distinct shapes whose prior, features and bucket are kept, and grid points of the prior
+#: (caches: past the limit the oldest is forgotten)
+POINT_CACHE = 8192
 
 
 class Point:
@@ -106,8 +108,8 @@ class Estimates:
         self.transition_bytes_per_s = transition_bytes_per_s
         self.transition_sd_s = transition_sd_s
         self._transitions: dict[tuple[Backend, Backend], TransitionCost] = {}
-        self._points: dict[tuple[Stage, Shape], Point] = {}
-        self._grid: dict[tuple[Stage, Shape], Mapping[Backend, float]] = {}
+        self._points: BoundedDict[tuple[Stage, Shape], Point] = BoundedDict(POINT_CACHE)
+        self._grid: BoundedDict[tuple[Stage, Shape], Mapping[Backend, float]] = BoundedDict(POINT_CACHE)
 
     # -- the prior, on a grid -------------------------------------------------------------
     def point(self, stage: Stage, shape: Shape) -> Point:
@@ -115,8 +117,6 @@ class Estimates:
         key = (stage, shape)
         pt = self._points.get(key)
         if pt is None:
-            if len(self._points) >= POINT_CACHE:
-                self._points.clear()
             pt = self._points[key] = Point(stage, shape, self._prior_log(stage, shape))
         return pt
 
@@ -137,8 +137,6 @@ class Estimates:
                 b: math.log(est[b]) if b in est and est[b] > 0 and math.isfinite(est[b]) else math.inf
                 for b in self.candidates
             }
-            if len(self._grid) >= POINT_CACHE:
-                self._grid.clear()
             self._grid[key] = cached
         return cached
 

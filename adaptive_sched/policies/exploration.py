@@ -41,6 +41,7 @@ def win_probabilities(
     cap: float,
     scale: Mapping[Backend, float] | None = None,
     allowance: Mapping[Backend, float] | None = None,
+    reversion: Mapping[Backend, tuple[float, float]] | None = None,
 ) -> tuple[Backend, dict[Backend, float]]:
     """The exploit choice and, per alternative, its probability of being explored.
 
@@ -48,7 +49,10 @@ def win_probabilities(
     ``scale`` multiplies an alternative's probability (the budget's throttle, 1 by default);
     ``allowance`` bounds what exploring it may cost on average per decision (seconds): an
     alternative expected to cost 30 stages is tried 30 times more rarely than one expected
-    to cost one. Non-finite values are never chosen.
+    to cost one; ``reversion`` gives, per alternative, the probability that a change it
+    went through has reverted and the log shift of its value if so (the probability of
+    being faster is then a mixture of the two cases: a thin Gaussian tail would miss that
+    contention which came is likely to go). Non-finite values are never chosen.
     """
     finite = {b: v for b, v in values.items() if math.isfinite(v)}
     best = min(finite, key=finite.__getitem__)
@@ -61,9 +65,14 @@ def win_probabilities(
         spread = math.sqrt(log_variances[b] + best_var)
         gap = math.log(v) - best_log
         p = normal_sf(gap / spread) if spread > 0 else 0.0
+        hazard = 0.0
+        if reversion is not None and b in reversion:
+            hazard, shift = reversion[b]
+            if hazard > 0.0 and spread > 0:
+                p = (1.0 - hazard) * p + hazard * normal_sf((gap + shift) / spread)
         p = min(cap, p) * (1.0 if scale is None else scale.get(b, 1.0))
         if allowance is not None and b in allowance:
-            extra = v - finite[best]
+            extra = (v - finite[best]) * (1.0 - hazard)  # what the probe is expected to cost
             if extra * p > allowance[b]:
                 p = allowance[b] / extra  # 0 with a zero budget
         if p >= MIN_PROBABILITY:

@@ -1,0 +1,39 @@
+"""A dict that keeps at most ``limit`` items: caches that no stream of new keys can grow.
+
+Past the limit, each insert forgets the oldest item (insertion order), so the cost of
+staying bounded is one deletion per insert, never a pause to clear a large cache.
+
+>>> c = BoundedDict(2)
+>>> c["a"], c["b"], c["c"] = 1, 2, 3
+>>> list(c)
+['b', 'c']
+"""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class BoundedDict(dict[K, V]):
+    """``dict`` with a size limit; reads are plain dict reads."""
+
+    __slots__ = ("limit",)
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit!r}")
+        self.limit = limit
+
+    def __setitem__(self, key: K, value: V) -> None:
+        if len(self) >= self.limit and key not in self:
+            del self[next(iter(self))]
+        super().__setitem__(key, value)
+
+    def setdefault(self, key: K, default: V) -> V:
+        if key not in self:
+            self[key] = default
+        return self[key]

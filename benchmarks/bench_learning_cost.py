@@ -1,0 +1,178 @@
+"""What deciding and learning cost per call, with every piece of learning done inline, beside Vowpal Wabbit.
+
+    python benchmarks/bench_learning_cost.py             # ~1 minute
+    python benchmarks/bench_learning_cost.py --calls 50000
+
+Two streams of decode layers (qkv then attention, latencies from the ``soc`` world of
+:mod:`worlds`, so the policy keeps learning as it would on a device):
+
+``100 shapes``       a service cycling over 100 distinct shapes
+``100,000 shapes``   decode requests of six widths, both precisions and batches 1 to 8, from KV
+                     lengths up to 60,000, growing by one per token: every layer a shape never
+                     seen before
+
+For each: ``decide`` p50/p99 (every call, and the calls whose exact shape was never seen
+before), inline ``observe`` p50/mean/p99 and the longest single call after construction,
+and the ratio of the two streams' observe medians. Vowpal Wabbit's predict + learn on the
+same stream is measured beside it (``--cb_explore_adf --epsilon 0.02 -q sa``; skipped
+when the optional ``bench`` extra is not installed).
+
+Targets: decide p50 <= 1 us (never-seen shapes too); observe median <= 10 us, mean <= 20 us,
+no call over 5 ms; the 100,000-shape stream within 1.2x of the 100-shape one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import random
+import statistics
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from worlds import SCENARIOS, World, make_base
+
+from adaptive_sched import Scheduler, Shape
+from adaptive_sched.config import load_config
+from adaptive_sched.types import Stage
+
+QKV, ATTN = Stage.QKV, Stage.ATTN
+
+
+def stream(kind: str, n: int, seed: int) -> Iterator[Shape]:
+    """The shapes of a stream, made as they are used (a list of them would weigh on the measure)."""
+    rng = random.Random(seed)
+    if kind == "100":
+        pool = [
+            Shape(n=1, d=d, kv_len=rng.randint(64, 2048), precision=rng.choice(("fp16", "int8")))
+            for d in (1024, 1536, 2048, 4096)
+            for _ in range(25)
+        ]
+        return (pool[i % len(pool)] for i in range(n))
+    # decode requests of six widths, both precisions, batches 1 to 8, each starting at a KV
+    # length up to 60,000 and growing by one per token: every layer a shape never seen before
+    return itertools.islice(_decode_requests(rng), n)
+
+
+def _decode_requests(rng: random.Random) -> Iterator[Shape]:
+    while True:
+        d = rng.choice((1024, 1536, 2048, 3072, 4096, 5120))
+        batch, precision = rng.choice((1, 2, 4, 8)), rng.choice(("fp16", "int8"))
+        start = rng.randint(0, 60_000)
+        for t in range(64):
+            yield Shape(n=1, d=d, kv_len=start + t, batch=batch, precision=precision)
+
+
+def percentile(xs: list[int], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))] / 1e3
+
+
+def measure(shapes: Iterable[Shape], warmup: int) -> dict[str, Any]:
+    config = load_config("rk3588-sim")
+    config = dataclasses.replace(config, policy=dataclasses.replace(config.policy, learner="inline"))
+    world = World(make_base("soc"), SCENARIOS["steady"], seed=0)
+    sample = world.sample
+    clock = time.perf_counter_ns
+    decide_all: list[int] = []
+    decide_new: list[int] = []
+    observe: list[int] = []
+    seen: set[tuple[int, ...]] = set()
+    with Scheduler(config) as sched:
+        decide, obs = sched.decide, sched.observe
+        for i, shape in enumerate(shapes):
+            exact = (shape.n, shape.d, shape.kv_len, shape.batch, shape.heads, shape.precision.code)
+            new = exact not in seen
+            seen.add(exact)
+            t0 = clock()
+            dq = decide(QKV, shape)
+            t1 = clock()
+            lq = sample(QKV, shape, dq.backend, None)  # the world's answer, outside the timing
+            t2 = clock()
+            obs(dq, lq)
+            t3 = clock()
+            da = decide(ATTN, shape, after=dq)
+            t4 = clock()
+            la = sample(ATTN, shape, da.backend, dq.backend)
+            t5 = clock()
+            obs(da, la)
+            t6 = clock()
+            if i >= warmup:
+                decide_all += (t1 - t0, t4 - t3)
+                observe += (t3 - t2, t6 - t5)
+                if new:
+                    decide_new.append(t1 - t0)
+        stats = sched.stats()
+    return {
+        "decide_p50": percentile(decide_all, 0.5),
+        "decide_p99": percentile(decide_all, 0.99),
+        "decide_new_p50": percentile(decide_new, 0.5) if decide_new else float("nan"),
+        "observe_p50": percentile(observe, 0.5),
+        "observe_mean": statistics.mean(observe) / 1e3,
+        "observe_p99": percentile(observe, 0.99),
+        "observe_max": max(observe) / 1e3,
+        "distinct": len(seen),
+        "entries": stats["policy"]["entries"],
+    }
+
+
+def measure_vw(shapes: Iterable[Shape], warmup: int) -> float | None:
+    try:
+        from vowpalwabbit import Workspace
+    except ImportError:
+        return None
+    import math
+
+    vw = Workspace("--cb_explore_adf --epsilon 0.02 -q sa --quiet")
+    clock = time.perf_counter_ns
+    out: list[int] = []
+    for i, s in enumerate(shapes):
+        t0 = clock()
+        shared = f"shared |s qkv {s.precision.value} ld:{math.log2(s.d):.3f} lk:{math.log2(s.kv_len + 2):.3f}"
+        ex = [shared, "|a gpu", "|a npu"]
+        pmf = vw.predict(ex)
+        vw.learn([shared, f"0:1.0:{max(pmf[0], 1e-6):.6f} |a gpu", "|a npu"])
+        if i >= warmup:
+            out.append(clock() - t0)
+    vw.finish()
+    return percentile(out, 0.5)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--calls", type=int, default=100_000, help="layers per stream (two decisions each)")
+    ap.add_argument("--warmup", type=int, default=3_000)
+    args = ap.parse_args(argv)
+    rows = {}
+    for kind, label in (("100", "100 shapes"), ("100k", "100,000 shapes")):
+        rows[label] = measure(stream(kind, args.calls, seed=1), args.warmup)
+    head = ["stream", "distinct", "entries", "decide p50", "p99", "never-seen p50", "observe p50", "mean", "p99", "max"]
+    print("  ".join(f"{h:>14s}" for h in head))
+    for label, r in rows.items():
+        cells = [label, str(r["distinct"]), str(r["entries"])] + [
+            f"{r[k]:.2f}"
+            for k in (
+                "decide_p50",
+                "decide_p99",
+                "decide_new_p50",
+                "observe_p50",
+                "observe_mean",
+                "observe_p99",
+                "observe_max",
+            )
+        ]
+        print("  ".join(f"{c:>14s}" for c in cells))  # fmt: skip
+    a, b = rows["100 shapes"], rows["100,000 shapes"]
+    print(f"\nobserve median, 100,000 over 100 shapes: {b['observe_p50'] / a['observe_p50']:.2f}x (target <= 1.2)")
+    vw = measure_vw(stream("100", args.calls, seed=1), args.warmup)
+    if vw is not None:
+        print(f"Vowpal Wabbit predict + learn, one decision, p50: {vw:.1f} us")
+    print("(microseconds; this machine's load shows in every figure: compare within one run)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
