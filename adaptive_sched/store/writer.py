@@ -27,7 +27,7 @@ Examples
 >>> path = os.path.join(tempfile.mkdtemp(), "log.db")
 >>> with DecisionLog(path) as log:
 ...     run = log.start_run(device_profile="rk3588")
-...     d = Decision(run << 32 | 1, Stage.QKV, Shape(n=1, d=4096), Backend.GPU, propensity=0.97)
+...     d = Decision.of(run << 32 | 1, Stage.QKV, Shape(n=1, d=4096), Backend.GPU, propensity=0.97)
 ...     log.decision(d)
 ...     log.outcome(d.id, 0.00123)
 ...     log.flush()
