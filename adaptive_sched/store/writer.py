@@ -57,7 +57,7 @@ from typing import Any
 
 from ..errors import StoreError
 from ..types import Decision
-from .retention import RetentionPolicy, retention_step, vacuum_free_pages
+from .retention import VACUUM_FREE_PAGES, RetentionPolicy, RetentionTracker, vacuum_free_pages
 from .rows import (
     CREATE_SHAPE_TABLE,
     INSERT_DECISIONS,
@@ -274,10 +274,13 @@ class DecisionLog:
         self._dropped_reported = 0
         self._failing = False
         self._every = _Every(WARN_EVERY_S)
-        self._next_retention = 0.0
-        self._retention_more = False
-        self._retention_pass = 0  # decisions deleted in the current retention pass
-        self._retention_vacuum = False  # the pass is returning freed pages
+        self._tracker = RetentionTracker(self.retention) if self.retention is not None else None
+        # Twice what a batch adds: retention keeps up with a writer at its full rate, and catches up.
+        self._retention_limit = max(self.retention.batch_rows, 2 * self._chunk) if self.retention else 0
+        self._retention_more = False  # owed rows or free pages left: do not wait before the next pass
+        self._retention_paused_until = 0.0  # after a retention error
+        self._vacuum_pending = False  # deleted since the free pages were last handed back
+        self._outcomes_unswept = 0  # outcomes written since retention last swept orphans
 
         self._thread = threading.Thread(target=self._run, name="adaptive-sched-log-writer", daemon=True)
         self._thread.start()
@@ -498,9 +501,9 @@ class DecisionLog:
                 self._kicked = False
                 stopping = self._stopping
                 try:
-                    self._write_pending()
-                    if self.retention is not None and not stopping:
-                        self._maybe_retention()
+                    wrote = self._write_pending()
+                    if not stopping:
+                        self._retention_tick(busy=wrote)
                 except Exception as exc:  # the writer must outlive any surprise
                     self._errors += 1
                     self._last_error = f"{type(exc).__name__}: {exc}"
@@ -516,12 +519,15 @@ class DecisionLog:
             with self._progress:
                 self._progress.notify_all()
 
-    def _write_pending(self) -> None:
+    def _write_pending(self) -> bool:
+        """Write every queued row, in batches; whether there was any."""
         # Outcomes are counted first: every outcome taken in this pass then has its
         # decision in this pass or an earlier one, and decisions are written first,
         # so exploit sampling always sees a decision before its outcome.
         n_o = len(self._outcomes)
         n_d = len(self._decisions)
+        if not n_o and not n_d:
+            return False
         chunk = self._chunk
         while n_d > chunk:
             self._take_and_write(chunk, 0)
@@ -532,6 +538,7 @@ class DecisionLog:
             k = min(n_o, chunk)
             self._take_and_write(0, k)
             n_o -= k
+        return True
 
     def _take_and_write(self, n_d: int, n_o: int) -> None:
         if not n_d and not n_o:
@@ -545,6 +552,8 @@ class DecisionLog:
             self._progress.notify_all()  # room for producers waiting with on_full="block"
         try:
             self._write_batch(items, outs)
+            if not self._stopping:
+                self._retention_tick(busy=True)
         finally:
             with self._progress:
                 self._done_d += n_d
@@ -584,9 +593,9 @@ class DecisionLog:
         for attempt in range(attempts):
             try:
                 try:
-                    inserted, bad = self._transaction(batch, careful=False)
+                    inserted_d, inserted, bad = self._transaction(batch, careful=False)
                 except _DATA_ERRORS:
-                    inserted, bad = self._transaction(batch, careful=True)
+                    inserted_d, inserted, bad = self._transaction(batch, careful=True)
             except Exception as exc:  # not only sqlite3.Error: whatever lost a batch, its rows are counted
                 self._errors += 1
                 self._last_error = f"{type(exc).__name__}: {exc}"
@@ -608,36 +617,43 @@ class DecisionLog:
             self._failing = False
             self._written += inserted
             self._batches += 1
+            if self._tracker is not None:
+                self._tracker.wrote(inserted_d)
+                self._outcomes_unswept += inserted - inserted_d
             self._duplicates += len(batch.rows_d) + len(batch.outcome_rows()) - inserted - len(bad)
             for row, reason in bad:
                 self._reject(row, reason)
             return
 
-    def _transaction(self, batch: _Batch, *, careful: bool) -> tuple[int, list[tuple[Any, str]]]:
+    def _transaction(self, batch: _Batch, *, careful: bool) -> tuple[int, int, list[tuple[Any, str]]]:
+        """Insert the batch in one transaction: ``(decisions inserted, rows inserted, rejected rows)``."""
         conn = self._wconn
         bad: list[tuple[Any, str]] = []
         conn.execute("BEGIN IMMEDIATE")
         try:
             if careful:
-                inserted = 0
+                counts = [0, 0]
                 batch.build_all()
-                for sql, rows in ((INSERT_DECISIONS, batch.rows_d), (INSERT_OUTCOMES, batch.outcome_rows())):
+                for i, (sql, rows) in enumerate(
+                    ((INSERT_DECISIONS, batch.rows_d), (INSERT_OUTCOMES, batch.outcome_rows()))
+                ):
                     for row in rows:  # one bad row must not cost its batch
                         try:
-                            inserted += conn.execute(sql, row).rowcount
+                            counts[i] += conn.execute(sql, row).rowcount
                         except _DATA_ERRORS as exc:
                             bad.append((row, f"{type(exc).__name__}: {exc}"))
+                inserted_d, inserted = counts[0], counts[0] + counts[1]
             else:
-                inserted = self._insert_many(INSERT_DECISIONS, batch.rows_d)
+                inserted_d = self._insert_many(INSERT_DECISIONS, batch.rows_d)
                 # Decisions first: exploit sampling must see a decision before its outcome.
-                inserted += self._insert_many(INSERT_OUTCOMES, batch.outcome_rows())
+                inserted = inserted_d + self._insert_many(INSERT_OUTCOMES, batch.outcome_rows())
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
             raise
-        return inserted, bad
+        return inserted_d, inserted, bad
 
     def _group(self, sql: str) -> tuple[int, str]:
         group = self._multi_sql.get(sql)
@@ -666,34 +682,38 @@ class DecisionLog:
             what = describe_rejected(item)
             logger.error("%s: rejected %s: %s (%d rows rejected so far)", self.path, what, reason, self._rejected)
 
-    def _maybe_retention(self) -> None:
-        policy = self.retention
-        assert policy is not None
-        now = _monotonic()
-        if now < self._next_retention:
+    def _retention_tick(self, *, busy: bool) -> None:
+        """Count when due, delete what is owed (one bounded transaction), hand free pages back."""
+        tracker = self._tracker
+        if tracker is None:
             return
+        now = _monotonic()
+        if now < self._retention_paused_until:
+            return
+        conn = self._wconn
         try:
-            # One short step per writer pass: logging goes on between the steps.
-            if self._retention_vacuum:
-                _, still_free = vacuum_free_pages(self._wconn, VACUUM_PAGES_PER_STEP)
-                self._retention_vacuum = self._retention_more = still_free > 0
-                if still_free:
-                    return
-                self._next_retention = now + policy.check_every_s
-                if now < self._next_retention:
-                    return
-            step = retention_step(self._wconn, policy)
-            self._retention_deleted += step.deleted_decisions
-            self._retention_pass += step.deleted_decisions
-            self._retention_more = step.more
-            if not step.more and self._retention_pass:
-                self._retention_pass = 0
-                self._retention_vacuum = self._retention_more = True
-            if not self._retention_more:
-                self._next_retention = now + policy.check_every_s
+            if tracker.due():
+                tracker.check(conn)
+            if tracker.owed:
+                step = tracker.step(conn, limit=self._retention_limit)
+                self._retention_deleted += step.deleted_decisions
+                self._vacuum_pending = self._vacuum_pending or step.deleted_decisions > 0
+            if self._outcomes_unswept:
+                # Outcomes of decisions already deleted (they were still queued) go too.
+                self._outcomes_unswept = 0
+                tracker.sweep(conn)
+            more = tracker.owed > 0
+            if self._vacuum_pending and not more:
+                # While busy, freed pages are left for the next inserts unless there are many.
+                if not busy or conn.execute("PRAGMA freelist_count").fetchone()[0] > VACUUM_FREE_PAGES:
+                    _, still_free = vacuum_free_pages(conn, VACUUM_PAGES_PER_STEP)
+                    self._vacuum_pending = still_free > 0
+                more = self._vacuum_pending and not busy
+            self._retention_more = more
         except sqlite3.Error as exc:
-            self._retention_more = self._retention_vacuum = False
-            self._next_retention = now + policy.check_every_s
+            tracker.forget()
+            self._retention_more = False
+            self._retention_paused_until = now + 1.0
             self._errors += 1
             self._last_error = f"retention: {type(exc).__name__}: {exc}"
             if self._every("retention"):
