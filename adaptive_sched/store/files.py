@@ -19,6 +19,7 @@ is never written through.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import stat
 import tempfile
@@ -100,3 +101,52 @@ def _fsync_directory(directory: Path) -> None:
             os.fsync(fd)
     finally:
         os.close(fd)
+
+
+#: the byte of a WAL index (``-shm``) on which every connection using it holds a shared lock
+#: (SQLite's ``UNIX_SHM_DMS``: ``(22 + 8) * 4 + 8``)
+SHM_DMS_BYTE = 128
+
+
+def remove_orphaned_wal(path: str | Path) -> bool:
+    """Remove ``path-wal`` and ``path-shm`` if ``path`` is gone and no other process uses them.
+
+    After a log file is deleted, SQLite leaves its WAL and WAL index behind (it does not
+    delete the WAL of an unlinked database), and a new database created at ``path`` would
+    take them for its own. They are removed only when the database file is missing and no
+    other process has them open: every connection holds a shared lock on one byte of the
+    index, so an exclusive lock on it, tried without waiting, tells. Returns whether
+    ``path`` is now free of them (True if there were none).
+
+    The caller must not have the old database open in this process (a process does not
+    conflict with its own locks, and closing the descriptor used here drops them).
+    """
+    path = Path(path)
+    wal, shm = Path(f"{path}-wal"), Path(f"{path}-shm")
+    if path.exists() or not (wal.exists() or shm.exists()):
+        return not wal.exists()
+    if shm.exists():
+        try:
+            fd = os.open(shm, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return False
+        try:
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, SHM_DMS_BYTE)
+            except OSError:
+                return False  # someone still has the deleted database open
+            try:
+                if path.exists():  # created meanwhile by another process: its files now
+                    return not wal.exists()
+                for leftover in (wal, shm):
+                    with contextlib.suppress(FileNotFoundError):
+                        leftover.unlink()
+            finally:
+                fcntl.lockf(fd, fcntl.LOCK_UN, 1, SHM_DMS_BYTE)
+        finally:
+            os.close(fd)
+        return True
+    # A WAL without its index: no connection can be using it.
+    with contextlib.suppress(FileNotFoundError):
+        wal.unlink()
+    return True
