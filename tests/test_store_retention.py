@@ -264,3 +264,18 @@ def test_deleting_the_oldest_keeps_a_newer_row_inside_an_old_runs_id_range(conn:
     result = delete_oldest(conn, 2)
     assert result.deleted_decisions == 2
     assert [r[0] for r in conn.execute("SELECT time FROM decisions ORDER BY time")] == [3.0, 50.0]
+
+
+def test_rows_drained_at_close_are_kept_within_the_limit(tmp_path: Path) -> None:
+    path = tmp_path / "log.db"
+    policy = RetentionPolicy(max_rows=300)
+    # The writer sleeps until close: every row is written by the closing drain.
+    log = DecisionLog(path, flush_rows=100_000, queue_size=100_000, flush_interval_s=3600, retention=policy)
+    run = log.start_run()
+    for seq in range(1, 3001):
+        d = make_decision(run, seq)
+        log.decision(d)
+        log.outcome(d.id, 1e-3)
+    log.close()
+    assert log.stats.written == 6000
+    assert counts(path)["decisions"] == 300

@@ -618,8 +618,8 @@ class DecisionLog:
                 self._write_batch(items, outs)
             else:
                 self._fail_unwritable(items, outs)
-            if not self._stopping:
-                self._retention_tick(busy=True)
+            # also while closing: the rows drained then are kept within the limits too
+            self._retention_tick(busy=True)
         finally:
             with self._progress:
                 self._done_d += n_d
