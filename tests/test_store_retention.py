@@ -279,3 +279,25 @@ def test_rows_drained_at_close_are_kept_within_the_limit(tmp_path: Path) -> None
     log.close()
     assert log.stats.written == 6000
     assert counts(path)["decisions"] == 300
+
+
+def test_the_config_sets_the_check_interval_and_a_scheduler_keeps_its_log_to_the_limit(tmp_path: Path) -> None:
+    from adaptive_sched import Scheduler, Shape
+    from adaptive_sched.config import load_config
+    from adaptive_sched.errors import ConfigError
+
+    from .conftest import TablePrior, base_config
+
+    store = {"retention": {"max_rows": 300, "check_every_s": 2.5}, "flush_rows": 256, "on_full": "block"}
+    assert load_config(base_config(store=store)).store.retention.check_every_s == 2.5
+    assert load_config(base_config()).store.retention.check_every_s == RetentionPolicy().check_every_s
+    with pytest.raises(ConfigError, match=r"store\.retention\.check_every_s"):
+        load_config(base_config(store={"retention": {"check_every_s": "often"}}))
+    path = tmp_path / "log.db"
+    prior = TablePrior({("qkv", "gpu"): 1e-3, ("qkv", "npu"): 2e-3, ("attn", "gpu"): 1e-3, ("attn", "npu"): 2e-3})
+    shape = Shape(n=1, d=128, kv_len=6, heads=2)
+    with Scheduler.from_config(base_config(store=store), db=str(path), prior=prior) as sched:
+        for _ in range(3000):
+            d = sched.decide("qkv", shape)
+            sched.observe(d, latency_s=1e-3)
+    assert counts(path)["decisions"] <= 300 + 256
