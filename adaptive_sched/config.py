@@ -131,6 +131,8 @@ def _build_policy(data: Any) -> PolicyConfig:
 class RetentionConfig:
     max_rows: int | None = None
     max_age_days: float | None = None
+    #: how often the log writer counts the rows against the limits (seconds; 0: before every batch)
+    check_every_s: float = 10.0
 
 
 @dataclass(frozen=True)

@@ -203,7 +203,9 @@ class Scheduler:
             from .store.retention import RetentionPolicy
 
             max_age = s.retention.max_age_days * 86400.0 if s.retention.max_age_days is not None else None
-            retention = RetentionPolicy(max_rows=s.retention.max_rows, max_age_s=max_age)
+            retention = RetentionPolicy(
+                max_rows=s.retention.max_rows, max_age_s=max_age, check_every_s=s.retention.check_every_s
+            )
         self._log = DecisionLog(
             path,
             queue_size=s.queue_size,

@@ -9,6 +9,9 @@ Prints, measured side by side in one run (medians over ``--rounds``):
   (``DecisionLog.decision`` / ``.outcome`` from one thread, ``on_full="block"``, until
   ``flush()`` returns), and the writer alone draining a full queue (target >= 300,000 rows/s);
   and the rate ``iter_logged`` streams the log back;
+* retention at full rate: the same API run into a log limited to ``--max-rows`` decisions
+  (the policy's other settings at their defaults): rows/s, the decisions left right after
+  ``flush()`` and the largest size of the file and its WAL seen during the run;
 * enqueue cost: p50/p99 of one ``decision()`` and one ``outcome()`` call, the timer's own
   overhead subtracted (target p50 < 1 us);
 * a stage loop (a small numpy matmul + softmax per iteration, each timed) with no log, with
@@ -33,25 +36,27 @@ from types import MappingProxyType
 
 import numpy as np
 
-from adaptive_sched.store.reads import iter_logged
+from adaptive_sched.store.reads import counts, iter_logged
+from adaptive_sched.store.retention import RetentionPolicy
 from adaptive_sched.store.writer import DecisionLog
-from adaptive_sched.types import Backend, Decision, Shape, Stage
+from adaptive_sched.types import Backend, Choice, Decision, Shape, Stage
 
 PRED = MappingProxyType({Backend.GPU: 1.1e-3, Backend.NPU: 0.9e-3})
+PROBS = MappingProxyType({Backend.GPU: 0.97, Backend.NPU: 0.03})
+EXPLOIT = Choice(Backend.GPU, 0.97, False, PRED, PROBS, 3)
+EXPLORE = Choice(Backend.NPU, 0.03, True, PRED, PROBS, 3)
 SHAPES = [Shape(n=1, d=1536, kv_len=k, heads=12, precision="int8") for k in range(128, 640, 8)]
 
 
 def make_decisions(run: int, start: int, n: int) -> list[Decision]:
-    """Decisions as the scheduler builds them (a validated tuple, built without re-validation)."""
+    """Decisions as the scheduler builds them: a policy publishes its choices once and shares them."""
     now = time.time()
     out = []
     for i in range(start, start + n):
         stage = Stage.QKV if i % 2 == 0 else Stage.ATTN
-        explored = i % 37 == 0
-        backend = Backend.NPU if explored else Backend.GPU
+        choice = EXPLORE if i % 37 == 0 else EXPLOIT
         after = None if stage is Stage.QKV else Backend.GPU
-        fields = (run << 32 | i, stage, SHAPES[(i // 2) % len(SHAPES)], backend, 0.97, explored, PRED, after, 3, now)
-        out.append(tuple.__new__(Decision, fields))
+        out.append(Decision(run << 32 | i, stage, SHAPES[(i // 2) % len(SHAPES)], choice, after, now))
     return out
 
 
@@ -81,7 +86,7 @@ def throughput(directory: Path, n: int) -> dict[str, float]:
         t0 = time.perf_counter()
         for d in decisions:
             dec(d)
-            obs(d[0], 1e-3)
+            obs(d.id, 1e-3)
         log.flush()
         out["api rows/s"] = 2 * n / (time.perf_counter() - t0)
         assert log.stats.written == 2 * n, log.stats
@@ -96,13 +101,43 @@ def throughput(directory: Path, n: int) -> dict[str, float]:
         run = log.start_run(device_profile="bench")
         for d in make_decisions(run, 1, n):
             log.decision(d)
-            log.outcome(d[0], 1e-3)
+            log.outcome(d.id, 1e-3)
         log.flush_rows = 2000  # batches as in service
         t0 = time.perf_counter()
         log.flush()
         out["writer-only rows/s"] = 2 * n / (time.perf_counter() - t0)
         assert log.stats.written == 2 * n, log.stats
     return out
+
+
+def with_retention(directory: Path, n: int, max_rows: int) -> dict[str, float]:
+    """The API at full rate into a log limited to ``max_rows`` decisions (the policy's other defaults)."""
+    path = fresh_path(directory, "retention.db")
+    wal = Path(f"{path}-wal")
+
+    def size() -> int:
+        return sum(p.stat().st_size for p in (path, wal) if p.exists())
+
+    peak = 0
+    with DecisionLog(path, on_full="block", retention=RetentionPolicy(max_rows=max_rows)) as log:
+        run = log.start_run(device_profile="bench")
+        decisions = make_decisions(run, 1, n)
+        dec, obs = log.decision, log.outcome
+        gc.collect()
+        t0 = time.perf_counter()
+        for i, d in enumerate(decisions):
+            dec(d)
+            obs(d.id, 1e-3)
+            if i % 10_000 == 0:
+                peak = max(peak, size())
+        log.flush()
+        rate = 2 * n / (time.perf_counter() - t0)
+        peak = max(peak, size())
+    return {
+        "api rows/s": rate,
+        "decisions kept": float(counts(path)["decisions"]),
+        "peak db + wal MiB": peak / 2**20,
+    }
 
 
 # -- enqueue cost ------------------------------------------------------------------------------------
@@ -131,7 +166,7 @@ def enqueue_cost(directory: Path, n: int) -> dict[str, tuple[float, float]]:
         for k in range(0, n, 1000):
             block = decisions[k : k + 1000]
             d_samples += timed(dec, [(d,) for d in block])
-            o_samples += timed(obs, [(d[0], 1e-3) for d in block])
+            o_samples += timed(obs, [(d.id, 1e-3) for d in block])
             time.sleep(0.0005)
         log.flush()
         out["timer overhead"] = percentiles([x / 1e3 for x in empty])
@@ -156,7 +191,7 @@ def stage_loop(iterations: int, log: DecisionLog | None, decisions: list[Decisio
         if log is not None:
             d = decisions[i]
             log.decision(d)
-            log.outcome(d[0], 1e-4)
+            log.outcome(d.id, 1e-4)
         samples.append((clock() - t) / 1e6)
     return samples
 
@@ -179,7 +214,7 @@ def loop_scenarios(directory: Path, iterations: int, backlog: int) -> dict[str, 
             if name == BUSY:
                 for d in rest:  # a backlog for the writer to chew on while the loop runs
                     log.decision(d)
-                    log.outcome(d[0], 1e-3)
+                    log.outcome(d.id, 1e-3)
             gc.collect()
             before = log.stats.written
             t0 = time.perf_counter()
@@ -197,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iterations", type=int, default=20_000, help="stage-loop iterations per scenario")
     p.add_argument("--backlog", type=int, default=150_000, help="decisions queued before the busy loop")
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--max-rows", type=int, default=20_000, help="retention limit of the retention trial")
     p.add_argument("--quick", action="store_true")
     args = p.parse_args(argv)
     if args.quick:
@@ -205,11 +241,14 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
         tp: dict[str, list[float]] = {}
+        ret: dict[str, list[float]] = {}
         enq: dict[str, list[tuple[float, float]]] = {}
         loops: dict[str, list[tuple[float, float, float]]] = {}
         for r in range(args.rounds):
             for k, v in throughput(directory, args.rows).items():
                 tp.setdefault(k, []).append(v)
+            for k, v in with_retention(directory, args.rows, args.max_rows).items():
+                ret.setdefault(k, []).append(v)
             for k, v2 in enqueue_cost(directory, min(args.rows, 100_000)).items():
                 enq.setdefault(k, []).append(v2)
             for k, v3 in loop_scenarios(directory, args.iterations, args.backlog).items():
@@ -221,6 +260,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {k:32s} {statistics.median(vals):>12,.0f}   (rounds: {', '.join(f'{v:,.0f}' for v in vals)})")
     ratio = statistics.median(tp["api rows/s"]) / statistics.median(tp["writer-only rows/s"])
     print(f"  {'api / writer-only ratio':32s} {ratio:12.2f}")
+
+    print(f"\nretention at full rate: {args.rows:,} decisions into max_rows={args.max_rows:,}, median of rounds")
+    for k, vals in ret.items():
+        print(f"  {k:32s} {statistics.median(vals):>12,.1f}   (rounds: {', '.join(f'{v:,.1f}' for v in vals)})")
 
     print("\nenqueue cost, microseconds (timer overhead subtracted), median of rounds")
     print(f"  {'call':28s} {'p50':>8s} {'p99':>8s}")

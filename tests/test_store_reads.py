@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 
 from adaptive_sched.errors import StoreError
+from adaptive_sched.store import schema
 from adaptive_sched.store.reads import LoggedDecision, counts, iter_logged, last_run, recent_for_warm_start, runs
 from adaptive_sched.store.schema import SCHEMA_VERSION, open_database
 from adaptive_sched.store.writer import DecisionLog
 from adaptive_sched.types import Backend, Decision, Stage
 
-from .test_store_support import digest, make_decision
+from .test_store_support import digest, make_decision, read_only
 
 
 @pytest.fixture(scope="module")
@@ -131,10 +132,97 @@ def test_read_errors_name_the_file(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="no such database"):
         list(iter_logged(tmp_path / "missing.db"))
     future = tmp_path / "future.db"
+    open_database(future).close()
     conn = sqlite3.connect(future)
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
-    conn.execute("CREATE TABLE decisions (id INTEGER PRIMARY KEY)")
     conn.commit()
     conn.close()
     with pytest.raises(StoreError, match=f"{future}: schema version"):
         runs(future)
+    other = tmp_path / "other.db"
+    conn = sqlite3.connect(other)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.execute("CREATE TABLE decisions (id INTEGER PRIMARY KEY)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(StoreError, match=f"{other}: an SQLite database of another application"):
+        runs(other)
+
+
+# -- read-only media -------------------------------------------------------------------------------
+def _log_with_rows(path: Path, n: int) -> None:
+    with DecisionLog(path) as log:
+        run = log.start_run()
+        for seq in range(1, n + 1):
+            d = make_decision(run, seq)
+            log.decision(d)
+            log.outcome(d.id, 1e-3)
+
+
+def test_a_wal_log_on_read_only_media_is_read(tmp_path: Path) -> None:
+    directory = tmp_path / "media"
+    directory.mkdir()
+    path = directory / "log.db"
+    _log_with_rows(path, 50)
+    before = digest(path)
+    with read_only(directory):
+        # mode=ro alone fails here ("unable to open database file"): SQLite cannot create the
+        # -shm index a WAL reader needs, so the log is opened immutable.
+        assert counts(path)["decisions"] == 50
+        assert len(list(iter_logged(path))) == 50
+        assert runs(path)[0].id == 1
+        assert sorted(p.name for p in directory.iterdir()) == ["log.db"]
+    assert digest(path) == before
+
+
+def test_on_read_only_media_a_wal_that_cannot_be_read_is_named_in_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import shutil
+
+    live, directory = tmp_path / "live.db", tmp_path / "media"
+    directory.mkdir()
+    _log_with_rows(live, 10)
+    conn = sqlite3.connect(live, isolation_level=None)
+    conn.execute("PRAGMA wal_autocheckpoint = 0")
+    conn.execute("INSERT INTO runs (id) VALUES (99)")  # committed to the WAL only
+    path = directory / "log.db"
+    shutil.copy(live, path)  # a copy of a live log, WAL and all, on a read-only card
+    shutil.copy(f"{live}-wal", f"{path}-wal")
+    conn.close()
+    with read_only(directory):
+        with caplog.at_level("WARNING", logger="adaptive_sched.store.schema"):
+            assert counts(path)["decisions"] == 10
+        assert f"{path}-wal" in caplog.text and "missing" in caplog.text
+
+
+def test_the_immutable_fallback_is_taken_only_where_the_file_cannot_be_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fallback on its own, on any machine: mode=ro failing as it does on read-only media."""
+    path = tmp_path / "log.db"
+    _log_with_rows(path, 5)
+    real = schema._raw_connect
+
+    class NoShm:
+        def __init__(self, conn: sqlite3.Connection) -> None:
+            self.conn = conn
+
+        def execute(self, *args: object) -> sqlite3.Cursor:
+            exc = sqlite3.OperationalError("unable to open database file")
+            exc.sqlite_errorname = "SQLITE_CANTOPEN"  # type: ignore[attr-defined]
+            raise exc
+
+        def close(self) -> None:
+            self.conn.close()
+
+    def connect(path: Path, **kwargs: object) -> object:
+        conn = real(path, **kwargs)  # type: ignore[arg-type]
+        return NoShm(conn) if kwargs["readonly"] else conn
+
+    monkeypatch.setattr(schema, "_raw_connect", connect)
+    with pytest.raises(StoreError, match="unable to open"):
+        counts(path)  # writable here: the error is real, not read-only media
+    monkeypatch.setattr(schema, "_writable", lambda p: False)
+    assert counts(path)["decisions"] == 5
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["log.db"]

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import MappingProxyType
+
+import pytest
 
 from adaptive_sched.types import Backend, Decision, Shape, Stage
 
@@ -49,6 +53,42 @@ def count(path: Path, table: str) -> int:
         conn.close()
 
 
+@contextlib.contextmanager
+def read_only(directory: Path) -> Iterator[str]:
+    """Make ``directory`` unwritable while in the block, as read-only media are; yields how.
+
+    Permission bits stop anyone but root (``os.geteuid() == 0`` ignores them); for root,
+    the immutable attribute (``chattr +i``) does. Skips the test, saying why, when neither
+    is possible here.
+    """
+    how = ""
+    directory.chmod(0o555)
+    probe = directory / ".probe"
+    try:
+        probe.touch()
+    except PermissionError:
+        how = "chmod"
+    else:
+        probe.unlink()
+        if (
+            shutil.which("chattr")
+            and subprocess.run(["chattr", "+i", str(directory)], capture_output=True).returncode == 0
+        ):
+            how = "chattr"
+    if not how:
+        directory.chmod(0o755)
+        pytest.skip(
+            f"cannot make a directory read-only here: running as uid {os.geteuid()}, which ignores "
+            "permission bits, and chattr +i is not available"
+        )
+    try:
+        yield how
+    finally:
+        if how == "chattr":
+            subprocess.run(["chattr", "-i", str(directory)], check=True)
+        directory.chmod(0o755)
+
+
 def wait_until(condition: Callable[[], bool], timeout_s: float = 60.0) -> bool:
     """Poll ``condition``: a liveness bound for background work, not a speed threshold."""
     deadline = time.monotonic() + timeout_s
@@ -75,6 +115,8 @@ def python(code: str, *args: str, **kwargs) -> subprocess.Popen:
 CHILD_PRELUDE = """
 import sys, time, json
 from types import MappingProxyType
+
+import pytest
 from adaptive_sched.store.writer import DecisionLog
 from adaptive_sched.types import Backend, Decision, Shape, Stage
 SHAPES = [Shape(n=1, d=256, kv_len=k, heads=4, precision="int8") for k in range(0, 512, 64)]

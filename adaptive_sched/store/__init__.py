@@ -1,5 +1,8 @@
 """The SQLite decision log: schema, background writer, retention, reads for replay and training.
 
+A file is only ever written if it is ours (see :mod:`adaptive_sched.store.schema`);
+whole files the package writes go through :func:`write_atomic`.
+
 >>> from adaptive_sched.store import DecisionLog, RetentionPolicy, iter_logged   # doctest: +SKIP
 >>> log = DecisionLog("log.db", retention=RetentionPolicy(max_rows=5_000_000))   # doctest: +SKIP
 
@@ -7,21 +10,26 @@ Importing this package reads nothing and does not import sqlite_utils (only crea
 the schema needs it).
 """
 
+from .files import write_atomic
 from .reads import LoggedDecision, Run, counts, iter_logged, last_run, recent_for_warm_start, runs
-from .retention import RetentionPolicy, apply_retention
+from .retention import RetentionPolicy, RetentionTracker, apply_retention
 from .rows import keeps_exploit
-from .schema import SCHEMA_VERSION, open_database, run_id_range
+from .schema import APPLICATION_ID, SCHEMA_VERSION, Inspection, inspect_file, open_database, run_id_range
 from .writer import DecisionLog, LogStats
 
 __all__ = [
+    "APPLICATION_ID",
     "SCHEMA_VERSION",
     "DecisionLog",
+    "Inspection",
     "LogStats",
     "LoggedDecision",
     "RetentionPolicy",
+    "RetentionTracker",
     "Run",
     "apply_retention",
     "counts",
+    "inspect_file",
     "iter_logged",
     "keeps_exploit",
     "last_run",
@@ -29,4 +37,5 @@ __all__ = [
     "recent_for_warm_start",
     "run_id_range",
     "runs",
+    "write_atomic",
 ]

@@ -13,7 +13,7 @@ Examples
 >>> path = os.path.join(tempfile.mkdtemp(), "log.db")
 >>> with DecisionLog(path) as log:
 ...     run = log.start_run(device_profile="rk3588")
-...     d = Decision(run << 32 | 1, Stage.QKV, Shape(n=1, d=4096), Backend.GPU, propensity=0.9)
+...     d = Decision.of(run << 32 | 1, Stage.QKV, Shape(n=1, d=4096), Backend.GPU, propensity=0.9)
 ...     log.decision(d)
 ...     log.outcome(d.id, 0.002)
 >>> [(r.stage.value, r.backend.value, r.propensity, r.latency_s) for r in iter_logged(path)]

@@ -309,6 +309,13 @@ class RowBuilder:
             *st,
         )  # fmt: skip
 
+    def forget_shapes(self) -> None:
+        """Start the shape cache over: the shape table it fed is gone (a new connection)."""
+        self._qkv.clear()
+        self._attn.clear()
+        self.new_shapes = []
+        self.obsolete_below = self._next_key
+
     def take_new_shapes(self) -> list[tuple[Any, ...]]:
         """Rows for the shape table created since the last call."""
         new, self.new_shapes = self.new_shapes, []

@@ -27,7 +27,7 @@ Examples
 >>> path = os.path.join(tempfile.mkdtemp(), "log.db")
 >>> with DecisionLog(path) as log:
 ...     run = log.start_run(device_profile="rk3588")
-...     d = Decision(run << 32 | 1, Stage.QKV, Shape(n=1, d=4096), Backend.GPU, propensity=0.97)
+...     d = Decision.of(run << 32 | 1, Stage.QKV, Shape(n=1, d=4096), Backend.GPU, propensity=0.97)
 ...     log.decision(d)
 ...     log.outcome(d.id, 0.00123)
 ...     log.flush()
@@ -57,7 +57,8 @@ from typing import Any
 
 from ..errors import StoreError
 from ..types import Decision
-from .retention import RetentionPolicy, retention_step, vacuum_free_pages
+from .files import remove_orphaned_wal
+from .retention import VACUUM_FREE_PAGES, RetentionPolicy, RetentionTracker, vacuum_free_pages
 from .rows import (
     CREATE_SHAPE_TABLE,
     INSERT_DECISIONS,
@@ -69,7 +70,7 @@ from .rows import (
     describe_rejected,
     multi_row_sql,
 )
-from .schema import allocate_run, connect
+from .schema import RUN_COLUMNS, allocate_run, connect
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +98,9 @@ VACUUM_PAGES_PER_STEP = 2048
 #: at most one warning of each kind per this many seconds
 WARN_EVERY_S = 10.0
 
+#: the most often the writer tries to start a new file after the log's was deleted or replaced
+REOPEN_EVERY_S = 0.5
+
 
 @dataclass(frozen=True)
 class LogStats:
@@ -122,10 +126,44 @@ class LogStats:
     batches: int = 0
     #: decisions deleted by retention
     retention_deleted: int = 0
+    #: times the log file was found deleted or replaced while logging, and a new one started
+    file_replaced: int = 0
+    #: rows committed to a log file that was then found deleted or replaced: those written
+    #: since the check before, which found it in place (at most one batch per time)
+    lost_with_file: int = 0
     #: rows waiting in the queue
     queue_depth: int = 0
     #: the last write error, if any
     last_error: str | None = None
+
+
+class _OpenFiles:
+    """The log files (device, inode) this process's writers have open, and how many each."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._count: dict[tuple[int, int], int] = {}
+
+    def add(self, identity: tuple[int, int] | None) -> None:
+        if identity is not None:
+            with self._lock:
+                self._count[identity] = self._count.get(identity, 0) + 1
+
+    def remove(self, identity: tuple[int, int] | None) -> None:
+        if identity is not None:
+            with self._lock:
+                left = self._count.get(identity, 0) - 1
+                if left > 0:
+                    self._count[identity] = left
+                else:
+                    self._count.pop(identity, None)
+
+    def __contains__(self, identity: object) -> bool:
+        with self._lock:
+            return identity in self._count
+
+
+_OPEN_FILES = _OpenFiles()
 
 
 class _Every:
@@ -169,6 +207,13 @@ class DecisionLog:
         (:func:`adaptive_sched.store.rows.keeps_exploit`), so outcomes follow it.
     timeout_s : float, default 5.0
         How long a write waits for another process's lock before it is retried.
+
+    Before each batch the writer checks that ``path`` is still the file it opened. If
+    the file was deleted or replaced (another inode at the path), it says so in a
+    rate-limited warning and in :attr:`stats` (``file_replaced``, ``lost_with_file``),
+    and logs on into a new file in its place, which becomes ours; while that is not
+    possible (the directory is gone, another application's file is there, or the old
+    file's WAL is still held open by another process), batches fail and are counted.
 
     Raises
     ------
@@ -214,6 +259,7 @@ class DecisionLog:
         if not _is_number(timeout_s) or not timeout_s > 0:
             raise ValueError(f"timeout_s must be a number > 0, got {timeout_s!r}")
         self.path = Path(path)
+        self._timeout_s = float(timeout_s)
         self.queue_size = int(queue_size)
         self.flush_rows = int(flush_rows)
         self.flush_interval_s = float(flush_interval_s)
@@ -274,10 +320,23 @@ class DecisionLog:
         self._dropped_reported = 0
         self._failing = False
         self._every = _Every(WARN_EVERY_S)
-        self._next_retention = 0.0
-        self._retention_more = False
-        self._retention_pass = 0  # decisions deleted in the current retention pass
-        self._retention_vacuum = False  # the pass is returning freed pages
+        self._tracker = RetentionTracker(self.retention) if self.retention is not None else None
+        # Twice what a batch adds: retention keeps up with a writer at its full rate, and catches up.
+        self._retention_limit = max(self.retention.batch_rows, 2 * self._chunk) if self.retention else 0
+        self._retention_more = False  # owed rows or free pages left: do not wait before the next pass
+        self._retention_paused_until = 0.0  # after a retention error
+        self._vacuum_pending = False  # deleted since the free pages were last handed back
+        self._outcomes_unswept = 0  # outcomes written since retention last swept orphans
+        # -- the file itself --------------------------------------------------------------
+        self._identity = _identity(self.path)
+        _OPEN_FILES.add(self._identity)
+        self._written_since_check = 0
+        self._file_replaced = self._lost_with_file = 0
+        self._reopen_at = 0.0
+        self._file_ok = True
+        self._gone: tuple[int, int] | None = None  # the file found deleted or replaced
+        self._seen: tuple[int, int] | None = None  # what was at the path at the last attempt to reopen
+        self._run_fields: dict[str, Any] | None = None
 
         self._thread = threading.Thread(target=self._run, name="adaptive-sched-log-writer", daemon=True)
         self._thread.start()
@@ -399,6 +458,7 @@ class DecisionLog:
                 except sqlite3.Error as exc:
                     raise StoreError(f"{self.path}: cannot record the run ({exc})") from exc
         self.run_id = run_id
+        self._run_fields = {**fields, "id": run_id}
         logger.info("%s: run %d started (device %s)", self.path, run_id, device_profile)
         return run_id
 
@@ -447,6 +507,8 @@ class DecisionLog:
             return
         with self._control_lock:
             self._conn.close()
+        if self._file_ok:
+            _OPEN_FILES.remove(self._identity)
         self._report_drops(force=True)
 
     def __enter__(self) -> DecisionLog:
@@ -478,6 +540,8 @@ class DecisionLog:
             errors=self._errors,
             batches=self._batches,
             retention_deleted=self._retention_deleted,
+            file_replaced=self._file_replaced,
+            lost_with_file=self._lost_with_file,
             queue_depth=depth,
             last_error=self._last_error,
         )
@@ -498,9 +562,11 @@ class DecisionLog:
                 self._kicked = False
                 stopping = self._stopping
                 try:
-                    self._write_pending()
-                    if self.retention is not None and not stopping:
-                        self._maybe_retention()
+                    wrote = self._write_pending()
+                    if not wrote:
+                        self._check_file()  # also when idle: a deleted log is noticed, and replaced
+                    if not stopping:
+                        self._retention_tick(busy=wrote)
                 except Exception as exc:  # the writer must outlive any surprise
                     self._errors += 1
                     self._last_error = f"{type(exc).__name__}: {exc}"
@@ -516,12 +582,15 @@ class DecisionLog:
             with self._progress:
                 self._progress.notify_all()
 
-    def _write_pending(self) -> None:
+    def _write_pending(self) -> bool:
+        """Write every queued row, in batches; whether there was any."""
         # Outcomes are counted first: every outcome taken in this pass then has its
         # decision in this pass or an earlier one, and decisions are written first,
         # so exploit sampling always sees a decision before its outcome.
         n_o = len(self._outcomes)
         n_d = len(self._decisions)
+        if not n_o and not n_d:
+            return False
         chunk = self._chunk
         while n_d > chunk:
             self._take_and_write(chunk, 0)
@@ -532,6 +601,7 @@ class DecisionLog:
             k = min(n_o, chunk)
             self._take_and_write(0, k)
             n_o -= k
+        return True
 
     def _take_and_write(self, n_d: int, n_o: int) -> None:
         if not n_d and not n_o:
@@ -544,7 +614,12 @@ class DecisionLog:
         with self._progress:
             self._progress.notify_all()  # room for producers waiting with on_full="block"
         try:
-            self._write_batch(items, outs)
+            if self._check_file():
+                self._write_batch(items, outs)
+            else:
+                self._fail_unwritable(items, outs)
+            # also while closing: the rows drained then are kept within the limits too
+            self._retention_tick(busy=True)
         finally:
             with self._progress:
                 self._done_d += n_d
@@ -584,9 +659,9 @@ class DecisionLog:
         for attempt in range(attempts):
             try:
                 try:
-                    inserted, bad = self._transaction(batch, careful=False)
+                    inserted_d, inserted, bad = self._transaction(batch, careful=False)
                 except _DATA_ERRORS:
-                    inserted, bad = self._transaction(batch, careful=True)
+                    inserted_d, inserted, bad = self._transaction(batch, careful=True)
             except Exception as exc:  # not only sqlite3.Error: whatever lost a batch, its rows are counted
                 self._errors += 1
                 self._last_error = f"{type(exc).__name__}: {exc}"
@@ -607,37 +682,45 @@ class DecisionLog:
                 return
             self._failing = False
             self._written += inserted
+            self._written_since_check += inserted
             self._batches += 1
+            if self._tracker is not None:
+                self._tracker.wrote(inserted_d)
+                self._outcomes_unswept += inserted - inserted_d
             self._duplicates += len(batch.rows_d) + len(batch.outcome_rows()) - inserted - len(bad)
             for row, reason in bad:
                 self._reject(row, reason)
             return
 
-    def _transaction(self, batch: _Batch, *, careful: bool) -> tuple[int, list[tuple[Any, str]]]:
+    def _transaction(self, batch: _Batch, *, careful: bool) -> tuple[int, int, list[tuple[Any, str]]]:
+        """Insert the batch in one transaction: ``(decisions inserted, rows inserted, rejected rows)``."""
         conn = self._wconn
         bad: list[tuple[Any, str]] = []
         conn.execute("BEGIN IMMEDIATE")
         try:
             if careful:
-                inserted = 0
+                counts = [0, 0]
                 batch.build_all()
-                for sql, rows in ((INSERT_DECISIONS, batch.rows_d), (INSERT_OUTCOMES, batch.outcome_rows())):
+                for i, (sql, rows) in enumerate(
+                    ((INSERT_DECISIONS, batch.rows_d), (INSERT_OUTCOMES, batch.outcome_rows()))
+                ):
                     for row in rows:  # one bad row must not cost its batch
                         try:
-                            inserted += conn.execute(sql, row).rowcount
+                            counts[i] += conn.execute(sql, row).rowcount
                         except _DATA_ERRORS as exc:
                             bad.append((row, f"{type(exc).__name__}: {exc}"))
+                inserted_d, inserted = counts[0], counts[0] + counts[1]
             else:
-                inserted = self._insert_many(INSERT_DECISIONS, batch.rows_d)
+                inserted_d = self._insert_many(INSERT_DECISIONS, batch.rows_d)
                 # Decisions first: exploit sampling must see a decision before its outcome.
-                inserted += self._insert_many(INSERT_OUTCOMES, batch.outcome_rows())
+                inserted = inserted_d + self._insert_many(INSERT_OUTCOMES, batch.outcome_rows())
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
             raise
-        return inserted, bad
+        return inserted_d, inserted, bad
 
     def _group(self, sql: str) -> tuple[int, str]:
         group = self._multi_sql.get(sql)
@@ -666,38 +749,124 @@ class DecisionLog:
             what = describe_rejected(item)
             logger.error("%s: rejected %s: %s (%d rows rejected so far)", self.path, what, reason, self._rejected)
 
-    def _maybe_retention(self) -> None:
-        policy = self.retention
-        assert policy is not None
-        now = _monotonic()
-        if now < self._next_retention:
+    def _retention_tick(self, *, busy: bool) -> None:
+        """Count when due, delete what is owed (one bounded transaction), hand free pages back."""
+        tracker = self._tracker
+        if tracker is None or not self._file_ok:
             return
+        now = _monotonic()
+        if now < self._retention_paused_until:
+            return
+        conn = self._wconn
         try:
-            # One short step per writer pass: logging goes on between the steps.
-            if self._retention_vacuum:
-                _, still_free = vacuum_free_pages(self._wconn, VACUUM_PAGES_PER_STEP)
-                self._retention_vacuum = self._retention_more = still_free > 0
-                if still_free:
-                    return
-                self._next_retention = now + policy.check_every_s
-                if now < self._next_retention:
-                    return
-            step = retention_step(self._wconn, policy)
-            self._retention_deleted += step.deleted_decisions
-            self._retention_pass += step.deleted_decisions
-            self._retention_more = step.more
-            if not step.more and self._retention_pass:
-                self._retention_pass = 0
-                self._retention_vacuum = self._retention_more = True
-            if not self._retention_more:
-                self._next_retention = now + policy.check_every_s
+            if tracker.due():
+                tracker.check(conn)
+            if tracker.owed:
+                step = tracker.step(conn, limit=self._retention_limit)
+                self._retention_deleted += step.deleted_decisions
+                self._vacuum_pending = self._vacuum_pending or step.deleted_decisions > 0
+            if self._outcomes_unswept:
+                # Outcomes of decisions already deleted (they were still queued) go too.
+                self._outcomes_unswept = 0
+                tracker.sweep(conn)
+            more = tracker.owed > 0
+            if self._vacuum_pending and not more:
+                # While busy, freed pages are left for the next inserts unless there are many.
+                if not busy or conn.execute("PRAGMA freelist_count").fetchone()[0] > VACUUM_FREE_PAGES:
+                    _, still_free = vacuum_free_pages(conn, VACUUM_PAGES_PER_STEP)
+                    self._vacuum_pending = still_free > 0
+                more = self._vacuum_pending and not busy
+            self._retention_more = more
         except sqlite3.Error as exc:
-            self._retention_more = self._retention_vacuum = False
-            self._next_retention = now + policy.check_every_s
+            tracker.forget()
+            self._retention_more = False
+            self._retention_paused_until = now + 1.0
             self._errors += 1
             self._last_error = f"retention: {type(exc).__name__}: {exc}"
             if self._every("retention"):
                 logger.warning("%s: retention failed (%s); will retry", self.path, exc)
+
+    # -- the file ----------------------------------------------------------------------------
+    def _check_file(self) -> bool:
+        """Whether the log can be written: its file is still the one we opened, or a new one is."""
+        if self._file_ok:
+            current = _identity(self.path)
+            if current == self._identity:
+                self._written_since_check = 0
+                return True
+            self._file_ok = False
+            self._file_replaced += 1
+            self._lost_with_file += self._written_since_check
+            lost, self._written_since_check = self._written_since_check, 0
+            if self._every("replaced"):
+                logger.warning(
+                    "%s: the log file was %s while logging (%d rows went to the old file since the check before); "
+                    "starting a new log in its place",
+                    self.path, "deleted" if current is None else "replaced", lost,
+                )  # fmt: skip
+            self._close_connections()
+            _OPEN_FILES.remove(self._identity)
+            self._gone = self._identity
+        now = _monotonic()
+        seen = _identity(self.path)
+        if now < self._reopen_at and seen == self._seen:
+            return False  # tried moments ago, and nothing changed at the path since
+        self._reopen_at, self._seen = now + REOPEN_EVERY_S, seen
+        # SQLite leaves the WAL and index of a deleted database behind; a new file must not
+        # take them for its own. They go once no writer here or elsewhere uses them.
+        if self._gone not in _OPEN_FILES:
+            remove_orphaned_wal(self.path)
+        try:
+            self._reopen()
+        except (StoreError, sqlite3.Error) as exc:
+            self._errors += 1
+            self._last_error = f"{type(exc).__name__}: {exc}"
+            if self._every("reopen"):
+                logger.error("%s: cannot start a new log in place of the deleted one (%s); will retry", self.path, exc)
+            return False
+        self._file_ok = True
+        logger.warning("%s: logging into a new log file", self.path)
+        return True
+
+    def _close_connections(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self._wconn.close()
+        with self._control_lock, contextlib.suppress(sqlite3.Error):
+            self._conn.close()
+
+    def _reopen(self) -> None:
+        conn = connect(self.path, timeout_s=self._timeout_s, isolation_level=None)
+        try:
+            wconn = connect(self.path, timeout_s=self._timeout_s, isolation_level=None, migrate=False)
+            try:
+                wconn.execute("PRAGMA temp_store = MEMORY")
+                wconn.execute(CREATE_SHAPE_TABLE)
+                if self._run_fields is not None:
+                    _record_run(conn, self._run_fields)  # the rows that follow belong to it
+            except BaseException:
+                wconn.close()
+                raise
+        except BaseException:
+            conn.close()
+            raise
+        with self._control_lock:
+            self._conn = conn
+        self._wconn = wconn
+        self._identity = _identity(self.path)
+        _OPEN_FILES.add(self._identity)
+        self._builder.forget_shapes()  # the new connection's shape table is empty
+        self._shapes_kept_from = self._builder.obsolete_below
+        if self._tracker is not None:
+            self._tracker.forget()
+
+    def _fail_unwritable(self, items: list[tuple[Any, Any]], outs: list[tuple[Any, ...]]) -> None:
+        lost = len(items) + len(outs)
+        self._failed += lost
+        if self._every("failed"):
+            logger.error(
+                "%s: could not write %d log rows (no usable log file); dropped them (%d rows lost so far)",
+                self.path, lost, self._failed,
+            )  # fmt: skip
 
     def _report_drops(self, force: bool = False) -> None:
         dropped = self._dropped
@@ -758,3 +927,31 @@ def _is_number(value: Any) -> bool:
 def _check_int(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """The file at ``path`` as (device, inode), or None if it is missing (``os.stat``: no descriptor opened)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _record_run(conn: sqlite3.Connection, fields: Mapping[str, Any]) -> None:
+    """Record an existing run (same id) in a new log file, so its rows there are not orphans."""
+    run_id = int(fields["id"])
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute(
+            f"INSERT OR IGNORE INTO runs ({', '.join(RUN_COLUMNS)}) VALUES ({', '.join('?' * len(RUN_COLUMNS))})",
+            [fields.get(c) for c in RUN_COLUMNS],
+        )
+        row = conn.execute("SELECT value FROM meta WHERE key = 'last_run_id'").fetchone()
+        if row is None or int(row[0]) < run_id:
+            conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('last_run_id', ?)", (str(run_id),))
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
