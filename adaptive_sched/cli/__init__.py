@@ -1,0 +1,85 @@
+"""The ``adaptive-sched`` command line: one small module per verb.
+
+Results go to stdout (``--output json`` for scripts), diagnostics to stderr.
+Exit codes: 0 success, 1 failure, 2 usage or configuration error.
+
+Each verb module declares ``HELP``, whether it takes ``--config`` (``CONFIG``) and
+``--output`` (``OUTPUT``), ``add_arguments(parser)`` and ``run(args) -> int``; this
+module only assembles them. Verb modules import nothing heavy at import time, so
+``adaptive-sched --help`` and a decision stay fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from ..errors import AdaptiveSchedError, ConfigError
+from ..paths import DEFAULT_CONFIG
+
+#: verb name -> module of this package, in the order ``--help`` lists them
+VERBS: dict[str, str] = {
+    "run": "run",
+    "decide": "decide",
+    "profile": "profile",
+    "train": "train",
+    "replay": "replay",
+    "report": "report",
+    "executors": "executors",
+    "check": "check",
+    "stress": "stress",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="adaptive-sched",
+        description="Choose, stage by stage, which processor runs an LLM's attention.",
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more diagnostics on stderr")
+    from .. import __version__
+
+    parser.add_argument("--version", action="version", version=f"adaptive-sched {__version__}")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    for name, module_name in VERBS.items():
+        module = importlib.import_module(f".{module_name}", __name__)
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        if module.CONFIG:
+            p.add_argument("--config", "-c", default=DEFAULT_CONFIG,
+                           help=f"YAML config path or shipped name (default: {DEFAULT_CONFIG})")  # fmt: skip
+        if module.OUTPUT:
+            p.add_argument("--output", "-o", choices=("table", "json"), default="table")
+        module.add_arguments(p)
+        p.set_defaults(func=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING - 10 * min(args.verbose, 2),
+        format="adaptive-sched: %(levelname)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(f"adaptive-sched: error: {exc}", file=sys.stderr)
+        return 2
+    except (AdaptiveSchedError, ValueError, OSError) as exc:
+        print(f"adaptive-sched: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("adaptive-sched: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
