@@ -364,3 +364,78 @@ def recent_for_warm_start(
     if skipped > 1:
         logger.warning("%s: skipped %d logged decisions that are not valid", _name(source), skipped)
     yield from out
+
+
+#: codes of the columns :func:`iter_logged_columns` returns (-1: NULL, -2: a value this version does not know)
+STAGE_CODES: tuple[Stage, ...] = (Stage.QKV, Stage.ATTN)
+BACKEND_CODES: tuple[Backend, ...] = (Backend.CPU, Backend.GPU, Backend.NPU)
+PRECISION_CODES: tuple[str, ...] = ("fp16", "int8")
+
+#: the columns of each chunk :func:`iter_logged_columns` yields, in order
+LOGGED_COLUMNS: tuple[str, ...] = (
+    "run", "seq", "time", "stage", "n", "d", "kv_len", "batch", "heads", "precision",
+    "after", "backend", "propensity", "sample_rate", "prob_cpu", "prob_gpu", "prob_npu", "latency_s",
+)  # fmt: skip
+
+
+def _code(column: str, values: tuple[str, ...]) -> str:
+    cases = " ".join(f"WHEN {column} = '{v}' THEN {i}" for i, v in enumerate(values))
+    return f"CASE WHEN {column} IS NULL THEN -1 {cases} ELSE -2 END"
+
+
+def iter_logged_columns(
+    source: Source, *, run: int | None = None, chunk_rows: int = 65_536
+) -> Iterator[list[tuple[Any, ...]]]:
+    """Stream the successfully observed decisions as numeric rows, in chunks, in id order.
+
+    For columnar readers (offline replay over millions of rows): every value is a
+    number (or None for SQL NULL), in the order of :data:`LOGGED_COLUMNS`. Stage,
+    backends and precision are small codes (indices into :data:`STAGE_CODES`,
+    :data:`BACKEND_CODES`, :data:`PRECISION_CODES`; -1 for NULL, -2 for a value this
+    version does not know); the decision id is split into its run and sequence number
+    so that every value fits a float64 exactly. Logs older than schema 3 give None for
+    the probability columns. Each chunk is a list of at most ``chunk_rows`` tuples.
+
+    Raises
+    ------
+    StoreError
+        The file is missing, not a log, or cannot be read (the message names it).
+    """
+    backend_cases = _code("{col}", tuple(b.value for b in BACKEND_CODES))
+    select = ", ".join(
+        (
+            "d.id >> 32", "d.id & 4294967295", "d.time",
+            _code("d.stage", tuple(s.value for s in STAGE_CODES)),
+            "d.n", "d.d", "d.kv_len", "d.batch", "d.heads", _code("d.precision", PRECISION_CODES),
+            backend_cases.format(col="d.after"), backend_cases.format(col="d.backend"),
+            "d.propensity", "d.sample_rate", "{probs}", "o.latency_s",
+        )
+    )  # fmt: skip
+    where = "o.ok = 1"
+    params: list[Any] = []
+    if run is not None:
+        lo, hi = run_id_range(run)
+        where += " AND d.id BETWEEN ? AND ?"
+        params += [lo, hi]
+    sql = f"SELECT {select} FROM decisions d JOIN outcomes o ON o.decision_id = d.id WHERE {where} ORDER BY d.id"
+    with _connection(source) as conn:
+        try:
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(decisions)")}
+            probs = "d.prob_cpu, d.prob_gpu, d.prob_npu" if "prob_gpu" in columns else "NULL, NULL, NULL"
+            cursor = conn.execute(sql.replace("{probs}", probs), params)
+            while True:
+                chunk = cursor.fetchmany(chunk_rows)
+                if not chunk:
+                    break
+                yield chunk
+        except sqlite3.Error as exc:
+            raise StoreError(f"{_name(source)}: cannot read the decision log ({exc})") from exc
+
+
+def schema_of(source: Source) -> int:
+    """The schema version a log was written with (``PRAGMA user_version``)."""
+    with _connection(source) as conn:
+        try:
+            return int(conn.execute("PRAGMA user_version").fetchone()[0])
+        except sqlite3.Error as exc:
+            raise StoreError(f"{_name(source)}: cannot read the schema version ({exc})") from exc
