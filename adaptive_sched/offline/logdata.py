@@ -40,9 +40,13 @@ from ..errors import StoreError
 from ..policies import bucket_key
 from ..store.reads import (
     BACKEND_CODES,
+    CODE_FIELDS,
     LOGGED_COLUMNS,
     PRECISION_CODES,
+    SHAPE_PACKING,
     STAGE_CODES,
+    UNKNOWN_CODE,
+    counts,
     iter_logged_columns,
     runs,
     schema_of,
@@ -53,7 +57,6 @@ logger = logging.getLogger(__name__)
 
 #: index of each column in a chunk from :func:`iter_logged_columns`
 _COL = {name: i for i, name in enumerate(LOGGED_COLUMNS)}
-_SHAPE_COLS = [_COL[c] for c in ("stage", "n", "d", "kv_len", "batch", "heads", "precision")]
 #: code of "no previous backend" in :attr:`LogData.after` (backends are 0, 1, 2)
 NO_AFTER = 3
 #: the backends, in the order of the columns of probability arrays
@@ -76,15 +79,14 @@ class LogData:
 
     sources: tuple[str, ...]
     source: np.ndarray  # int16: index into sources
-    run: np.ndarray  # int64
-    seq: np.ndarray  # int64: the decision's sequence number in its run
-    time: np.ndarray  # float64
+    run: np.ndarray  # int32
+    seq: np.ndarray  # uint32: the decision's sequence number in its run
     stage: np.ndarray  # int8
     backend: np.ndarray  # int8
     after: np.ndarray  # int8
     propensity: np.ndarray  # float64
-    sample_rate: np.ndarray  # float64
-    probs: np.ndarray  # float64 (rows, 3)
+    sample_rate: np.ndarray  # float32
+    probs: np.ndarray  # float32 (rows, 3)
     latency_s: np.ndarray  # float64
     shape_id: np.ndarray  # int32: index into shapes
     cell: np.ndarray  # int32: index into cell_shapes
@@ -107,7 +109,7 @@ class LogData:
     @property
     def weight(self) -> np.ndarray:
         """Each row's sampling weight: ``1 / sample_rate`` undoes exploit sampling."""
-        return 1.0 / self.sample_rate
+        return 1.0 / self.sample_rate.astype(np.float64)
 
 
 def log_paths(paths: Iterable[str | Path]) -> list[Path]:
@@ -132,7 +134,7 @@ def log_paths(paths: Iterable[str | Path]) -> list[Path]:
     return out
 
 
-def read_logs(paths: Sequence[str | Path], *, run: int | None = None, chunk_rows: int = 65_536) -> LogData:
+def read_logs(paths: Sequence[str | Path], *, run: int | None = None, chunk_rows: int = 16_384) -> LogData:
     """Read the successfully observed decisions of every log in ``paths`` (files or directories).
 
     Raises
@@ -143,7 +145,11 @@ def read_logs(paths: Sequence[str | Path], *, run: int | None = None, chunk_rows
         from different device profiles. The message names the file and the column.
     """
     files = log_paths(paths)
-    parts: list[dict[str, np.ndarray]] = []
+    # Arrays sized once from the outcome counts (an upper bound) and filled chunk by chunk:
+    # concatenating chunks would hold the log twice, and leave the heap fragmented.
+    capacity = sum(counts(p, run=run)["outcomes"] for p in files)
+    cols: dict[str, np.ndarray] = {}
+    filled = 0
     shape_ids: dict[tuple[int, ...], int] = {}
     devices: dict[str, list[str]] = {}
     schemas: list[int] = []
@@ -157,7 +163,14 @@ def read_logs(paths: Sequence[str | Path], *, run: int | None = None, chunk_rows
         for chunk in iter_logged_columns(path, run=run, chunk_rows=chunk_rows):
             part = _columns(name, chunk, shape_ids)
             part["source"] = np.full(len(chunk), index, dtype=np.int16)
-            parts.append(part)
+            if not cols:
+                cols = {k: np.empty((capacity, *v.shape[1:]), dtype=v.dtype) for k, v in part.items()}
+            if filled + len(chunk) > capacity:  # outcomes were added while reading: grow
+                capacity = 2 * (filled + len(chunk))
+                cols = {k: np.resize(v, (capacity, *v.shape[1:])) for k, v in cols.items()}
+            for k, v in part.items():
+                cols[k][filled : filled + len(chunk)] = v
+            filled += len(chunk)
             rows_here += len(chunk)
         if rows_here == 0:
             where = f" in run {run}" if run is not None else ""
@@ -166,12 +179,12 @@ def read_logs(paths: Sequence[str | Path], *, run: int | None = None, chunk_rows
     if len(known) > 1:
         listed = "; ".join(f"{d!r} in {', '.join(sorted(set(f)))}" for d, f in sorted(known.items()))
         raise StoreError(f"the logs come from different device profiles ({listed}); replay one device at a time")
-    cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    cols = {k: v[:filled] for k, v in cols.items()}
     shapes, shape_stage = _shapes(shape_ids)
     cells, cell_shapes, cell_stage = _buckets(shapes, shape_stage, lookahead=False)
     keys, key_shapes, key_stage = _buckets(shapes, shape_stage, lookahead=True)
     shape_id = cols["shape_id"]
-    probs = np.stack([cols["prob_cpu"], cols["prob_gpu"], cols["prob_npu"]], axis=1)
+    probs = cols["probs"]
     logged_vector = ~np.isnan(probs).all(axis=1)
     probs[logged_vector] = np.nan_to_num(probs[logged_vector], nan=0.0)  # NULL: a backend it could not choose
     return LogData(
@@ -179,7 +192,6 @@ def read_logs(paths: Sequence[str | Path], *, run: int | None = None, chunk_rows
         source=cols["source"],
         run=cols["run"],
         seq=cols["seq"],
-        time=cols["time"],
         stage=cols["stage"],
         backend=cols["backend"],
         after=cols["after"],
@@ -204,15 +216,17 @@ def read_logs(paths: Sequence[str | Path], *, run: int | None = None, chunk_rows
 def _columns(name: str, chunk: list[tuple[Any, ...]], shape_ids: dict[tuple[int, ...], int]) -> dict[str, np.ndarray]:
     """One chunk of rows as typed columns, checked; shapes mapped to global ids."""
     a = np.array(chunk, dtype=np.float64)
-    seq = a[:, _COL["seq"]].astype(np.int64)
-    run = a[:, _COL["run"]].astype(np.int64)
+    seq = a[:, _COL["seq"]].astype(np.uint32)  # ids are run << 32 | seq, and runs fit 31 bits
+    run = a[:, _COL["run"]].astype(np.int32)
 
-    def bad(mask: np.ndarray, column: str, what: str) -> None:
+    def bad(mask: np.ndarray, column: str, what: str, value: Any = None) -> None:
         if mask.any():
             i = int(np.argmax(mask))
+            shown = chunk[i][_COL[column]] if value is None else value
+            where = f"column {column}" if "," not in column else f"columns {column}"
             raise StoreError(
-                f"{name}: {int(mask.sum())} logged decision(s) with {what} in column {column} "
-                f"(the first: decision {int(run[i]) << 32 | int(seq[i])}, value {chunk[i][_COL[column]]!r})"
+                f"{name}: {int(mask.sum())} logged decision(s) with {what} in {where} "
+                f"(the first: decision {int(run[i]) << 32 | int(seq[i])}, value {shown!r})"
             )
 
     prop = a[:, _COL["propensity"]]
@@ -227,15 +241,20 @@ def _columns(name: str, chunk: list[tuple[Any, ...]], shape_ids: dict[tuple[int,
     bad(~((rate > 0) & (rate <= 1)), "sample_rate", "a sample rate outside (0, 1]")
     lat = a[:, _COL["latency_s"]]
     bad(~(np.isfinite(lat) & (lat >= 0)), "latency_s", "a latency that is not a finite number >= 0")
-    for column in ("stage", "backend"):
+    code = a[:, _COL["code"]].astype(np.int64)
+    fields = {}
+    for field, (shift, mask) in CODE_FIELDS.items():
+        fields[field] = ((code >> shift) & mask).astype(np.int8)
+        bad(fields[field] == UNKNOWN_CODE[field], field, "a missing or unknown value", "not one of the known names")
+    packed = []
+    for column, parts in SHAPE_PACKING.items():
         v = a[:, _COL[column]]
-        bad(v < 0, column, "a missing or unknown value")
-    bad(a[:, _COL["after"]] == -2, "after", "an unknown backend")
-    bad(a[:, _COL["precision"]] < 0, "precision", "a missing or unknown precision")
-    for column in ("n", "d", "kv_len", "batch", "heads"):
-        bad(np.isnan(a[:, _COL[column]]), column, "a missing value")
-    raw = a[:, _SHAPE_COLS].astype(np.int64)
-    uniq, inverse = np.unique(raw, axis=0, return_inverse=True)
+        names = ", ".join(f for f, _, _ in parts)
+        bad(~(v >= 0), names, "a missing, negative or too large value", "out of range")
+        packed.append(v.astype(np.int64))
+    n_kv, d_hb = packed
+    raw = np.stack([fields["stage"], fields["precision"], n_kv, d_hb], axis=1).astype(np.int64)
+    uniq, inverse = _unique_rows(raw)
     local = np.empty(len(uniq), dtype=np.int32)
     for i, row in enumerate(map(tuple, uniq.tolist())):
         sid = shape_ids.get(row)
@@ -243,26 +262,39 @@ def _columns(name: str, chunk: list[tuple[Any, ...]], shape_ids: dict[tuple[int,
             _check_shape(name, row)
             sid = shape_ids[row] = len(shape_ids)
         local[i] = sid
-    after = a[:, _COL["after"]]
+    probs = a[:, [_COL["prob_cpu"], _COL["prob_gpu"], _COL["prob_npu"]]]
     return {
         "run": run,
         "seq": seq,
-        "time": a[:, _COL["time"]].copy(),
-        "stage": a[:, _COL["stage"]].astype(np.int8),
-        "backend": a[:, _COL["backend"]].astype(np.int8),
-        "after": np.where(after < 0, NO_AFTER, after).astype(np.int8),
+        "stage": fields["stage"],
+        "backend": fields["backend"],
+        "after": fields["after"],
         "propensity": prop.copy(),
-        "sample_rate": rate,
-        "prob_cpu": a[:, _COL["prob_cpu"]].copy(),
-        "prob_gpu": a[:, _COL["prob_gpu"]].copy(),
-        "prob_npu": a[:, _COL["prob_npu"]].copy(),
+        "sample_rate": rate.astype(np.float32),
+        "probs": probs.astype(np.float32),
         "latency_s": lat.copy(),
         "shape_id": local[inverse.reshape(-1)],
     }
 
 
+def _unique_rows(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(raw, axis=0, return_inverse=True)``, through one integer per row when the values allow it."""
+    low = raw.min(axis=0)
+    span = raw.max(axis=0) - low + 1
+    if (low >= 0).all() and float(np.prod(span.astype(np.float64))) < 2.0**62:
+        key = np.zeros(len(raw), dtype=np.int64)
+        for j in range(raw.shape[1]):  # mixed radix: exact, and sorting one column is many times faster
+            key = key * span[j] + (raw[:, j] - low[j])
+        _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+        return raw[first], inverse
+    uniq, inverse = np.unique(raw, axis=0, return_inverse=True)
+    return uniq, inverse
+
+
 def _shape_of(row: tuple[int, ...]) -> Shape:
-    _, n, d, kv, batch, heads, prec = row
+    _, prec, n_kv, d_hb = row
+    n, kv = n_kv >> 26, n_kv & ((1 << 26) - 1)
+    d, heads, batch = d_hb >> 26, (d_hb >> 13) & ((1 << 13) - 1), d_hb & ((1 << 13) - 1)
     return Shape(n=n, d=d, kv_len=kv, batch=batch, heads=heads, precision=PRECISION_CODES[prec])
 
 

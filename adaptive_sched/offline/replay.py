@@ -48,7 +48,7 @@ from __future__ import annotations
 import abc
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -300,7 +300,7 @@ class Settings:
     #: contiguous blocks of the log for the block bootstrap
     blocks: int = 100
     #: above this many rows the row bootstrap resamples this many random groups of rows
-    max_groups: int = 20_000
+    max_groups: int = 5_000
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -392,6 +392,66 @@ def find_pairs(data: LogData) -> tuple[np.ndarray, np.ndarray]:
     return q[ok], a[ok]
 
 
+@dataclass(frozen=True)
+class _StageRows:
+    """What every candidate's evaluation of one stage's rows shares."""
+
+    rows: np.ndarray
+    key_after: np.ndarray  # key * len(AFTERS) + after: the row's slot in a candidate's table
+    backend: np.ndarray
+    propensity: np.ndarray
+    reward: np.ndarray
+    weight: np.ndarray
+    q_logged: np.ndarray  # the model's latency of the logged backend
+
+
+@dataclass(frozen=True)
+class _PairRows:
+    """What every candidate's evaluation of the layers shares."""
+
+    q_slot: np.ndarray  # the qkv row's slot in a candidate's table (key * len(AFTERS) + after)
+    q_backend: np.ndarray
+    a_slot: np.ndarray
+    a_backend: np.ndarray
+    #: the layer's (qkv slot, attn key) combination: an index into per-candidate tables of them
+    combo: np.ndarray
+    propensity: np.ndarray  # the product of the two stages'
+    reward: np.ndarray
+    weight: np.ndarray
+    q_logged: np.ndarray
+
+
+def _stage_rows(data: LogData, model: LatencyModel, rows: np.ndarray) -> _StageRows:
+    after, backend = data.after[rows], data.backend[rows]
+    return _StageRows(
+        rows=rows.astype(np.int32),
+        key_after=data.key[rows] * len(AFTERS) + after,
+        backend=backend,
+        propensity=data.propensity[rows],
+        reward=data.latency_s[rows],
+        weight=data.weight[rows],
+        q_logged=model.means[data.cell[rows], after, backend],
+    )
+
+
+def _pair_rows(data: LogData, model: LatencyModel, qr: np.ndarray, ar: np.ndarray) -> _PairRows:
+    q_slot = data.key[qr] * len(AFTERS) + data.after[qr]
+    q_b, a_b, a_after = data.backend[qr], data.backend[ar], data.after[ar]
+    w = data.weight
+    return _PairRows(
+        q_slot=q_slot,
+        q_backend=q_b,
+        a_slot=data.key[ar] * len(AFTERS) + a_after,
+        a_backend=a_b,
+        combo=q_slot.astype(np.int64) * len(data.key_shapes) + data.key[ar],
+        propensity=data.propensity[qr] * data.propensity[ar],
+        reward=data.latency_s[qr] + data.latency_s[ar],
+        # exploit sampling keeps each row on its own (a hash of its id): a layer survives with both rates
+        weight=w[qr] * w[ar],
+        q_logged=model.means[data.cell[qr], data.after[qr], q_b] + model.means[data.cell[ar], a_after, a_b],
+    )
+
+
 def evaluate(data: LogData, candidates: Sequence[Candidate], settings: Settings | None = None) -> ReplayResult:
     """Every estimator's estimate of every candidate in every view, with support and verdicts.
 
@@ -412,15 +472,20 @@ def evaluate(data: LogData, candidates: Sequence[Candidate], settings: Settings 
         raise ValueError(f"candidates: the name {dupes[0]!r} is given twice")
     model = LatencyModel(data)
     q_rows, a_rows = find_pairs(data)
-    views = {"qkv": np.flatnonzero(data.stage == QKV), "attn": np.flatnonzero(data.stage == ATTN)}
+    stage_rows = {
+        name: _stage_rows(data, model, rows)
+        for name, rows in (("qkv", np.flatnonzero(data.stage == QKV)), ("attn", np.flatnonzero(data.stage == ATTN)))
+        if len(rows)
+    }
+    pairs = _pair_rows(data, model, q_rows, a_rows) if len(q_rows) else None
     notes: list[str] = []
     unpaired = len(data) - 2 * len(q_rows)
-    if len(q_rows):
+    if pairs is not None:
         headline = "pair"
     else:
-        headline = max(views, key=lambda v: len(views[v]))
+        headline = max(stage_rows, key=lambda v: len(stage_rows[v].rows))
         notes.append(f"no layer's qkv and attn decisions could be paired: the verdict uses the {headline} stage")
-    if unpaired and len(q_rows):
+    if unpaired and pairs is not None:
         notes.append(f"{unpaired} decision(s) could not be paired with the other stage of their layer; "
                      "the per-layer view leaves them out")  # fmt: skip
     if not data.has_probabilities:
@@ -428,23 +493,34 @@ def evaluate(data: LogData, candidates: Sequence[Candidate], settings: Settings 
             f"the log (schema {data.schema}) does not record the logging policy's probability vector: "
             "DM and DR of the logged policy are unavailable (its observed mean is exact)"
         )
-    thin = _thin(model, settings)
+    # Everything a candidate's probabilities enter is computed per key (stage, bucket) and previous
+    # backend, then gathered per row.
+    key_cell = np.zeros(len(data.key_shapes), dtype=np.int64)
+    key_cell[data.key] = data.cell
+    means_k = model.means[key_cell]  # key x after x backend
+    thin_k = {k: u[key_cell] for k, u in _thin(model, settings).items()}
     stage_enums = [stage_of(int(s)) for s in data.key_stage]
-    reference = _observed(data, model, views, q_rows, a_rows, settings)
+    boot = _Resampler(settings)
+    reference = _observed(data, model, stage_rows, pairs, boot)
     results = []
     for cand in candidates:
         table = cand.table(stage_enums, data.key_shapes)
+        direct_k = _expect(table, means_k)  # key x after
+        shares_k = {k: (table * u).sum(axis=-1) for k, u in thin_k.items()}
         cviews: dict[str, View] = {}
-        if len(q_rows):
-            fb = _pair_feedback(data, model, table, q_rows, a_rows)
-            shares = _pair_shares(data, thin, table, q_rows, a_rows)
-            cviews["pair"] = _view("pair", fb, shares, None, data, settings)
-        for name, rows in views.items():
-            if len(rows) == 0:
-                continue
-            pi = table[data.key[rows], data.after[rows]]
-            fb = _stage_feedback(data, model, pi, rows)
-            cviews[name] = _view(name, fb, _stage_shares(data, thin, pi, rows), rows, data, settings)
+        if pairs is not None:
+            fb, shares = _pair_feedback(pairs, table, direct_k, thin_k, shares_k)
+            cviews["pair"] = _view("pair", fb, shares, None, data, settings, boot)
+        for name, sr in stage_rows.items():
+            fb = Feedback(
+                sr.reward,
+                table.reshape(-1, N_BACKENDS)[sr.key_after, sr.backend] / sr.propensity,
+                direct_k.reshape(-1)[sr.key_after],
+                sr.q_logged,
+                sr.weight,
+            )
+            shares = {k: v.reshape(-1)[sr.key_after] for k, v in shares_k.items()}
+            cviews[name] = _view(name, fb, shares, sr.rows, data, settings, boot)
         hv = headline if headline in cviews else next(iter(cviews))
         view = cviews[hv]
         verdict = _verdict(view.estimates[HEADLINE], view.support)
@@ -481,15 +557,6 @@ def _verdict(est: Estimate, support: Support) -> str:
     return "can't tell"
 
 
-def _stage_feedback(data: LogData, model: LatencyModel, pi: np.ndarray, rows: np.ndarray) -> Feedback:
-    """Feedback of one stage's rows under the probabilities ``pi`` (rows x backends)."""
-    cell, after, backend = data.cell[rows], data.after[rows], data.backend[rows]
-    q = model.means[cell, after]  # rows x backends
-    direct = _expect(pi, q)
-    iw = pi[np.arange(len(rows)), backend] / data.propensity[rows]
-    return Feedback(data.latency_s[rows], iw, direct, q[np.arange(len(rows)), backend], data.weight[rows])
-
-
 def _thin(model: LatencyModel, settings: Settings) -> dict[str, np.ndarray]:
     """(cell, after, backend) -> 1 where the log tried the backend fewer than ``min_rows`` times ("rare") or never."""
     return {
@@ -498,52 +565,40 @@ def _thin(model: LatencyModel, settings: Settings) -> dict[str, np.ndarray]:
     }
 
 
-def _stage_shares(
-    data: LogData, thin: Mapping[str, np.ndarray], pi: np.ndarray, rows: np.ndarray
-) -> dict[str, np.ndarray]:
-    """Each row's share of the candidate's mass on thinly logged backends."""
-    cell, after = data.cell[rows], data.after[rows]
-    return {k: (pi * u[cell, after]).sum(axis=1) for k, u in thin.items()}
+def _pair_feedback(
+    pairs: _PairRows,
+    table: np.ndarray,
+    direct_k: np.ndarray,
+    thin_k: Mapping[str, np.ndarray],
+    shares_k: Mapping[str, np.ndarray],
+) -> tuple[Feedback, dict[str, np.ndarray]]:
+    """Feedback of each layer; attn is asked, and modelled, after the candidate's own qkv choice.
 
-
-def _pair_shares(
-    data: LogData, thin: Mapping[str, np.ndarray], table: np.ndarray, qr: np.ndarray, ar: np.ndarray
-) -> dict[str, np.ndarray]:
-    """Each layer's share of the candidate's mass on (qkv, attn) choices either of which is thinly logged."""
-    pi_q = table[data.key[qr], data.after[qr]]
-    pi_a = table[data.key[ar]][:, :N_BACKENDS, :]
-    out = {}
-    for k, u in thin.items():
-        u_q = u[data.cell[qr], data.after[qr]]
-        u_a = u[data.cell[ar]][:, :N_BACKENDS, :]
-        out[k] = (pi_q * (u_q + (1.0 - u_q) * (pi_a * u_a).sum(axis=2))).sum(axis=1)
-    return out
-
-
-def _pair_feedback(data: LogData, model: LatencyModel, table: np.ndarray, qr: np.ndarray, ar: np.ndarray) -> Feedback:
-    """Feedback of each layer (a qkv row and its attn row); attn is asked after the candidate's own qkv choice."""
-    n = len(qr)
-    idx = np.arange(n)
-    bq, ba = data.backend[qr], data.backend[ar]
-    pi_q = table[data.key[qr], data.after[qr]]  # n x 3
-    pi_a = table[data.key[ar]][:, :N_BACKENDS, :]  # n x (after = each backend) x 3
-    q_q = model.means[data.cell[qr], data.after[qr]]  # n x 3
-    q_a = model.means[data.cell[ar]][:, :N_BACKENDS, :]  # n x after x 3
-    attn_direct = _expect(pi_a, q_a)  # n x after
-    direct = _expect(pi_q, q_q + attn_direct)
-    iw = pi_q[idx, bq] / data.propensity[qr] * pi_a[idx, bq, ba] / data.propensity[ar]
-    q_logged = q_q[idx, bq] + q_a[idx, bq, ba]
-    reward = data.latency_s[qr] + data.latency_s[ar]
-    # exploit sampling keeps each row on its own (a hash of its id): a layer survives with both rates
-    weight = data.weight[qr] * data.weight[ar]
-    return Feedback(reward, iw, direct, q_logged, weight)
+    Also each layer's share of the candidate's mass on (qkv, attn) choices either of which
+    is thinly logged. Everything is computed per (qkv slot, attn key) combination, of which
+    a log has few, then gathered per layer.
+    """
+    flat = table.reshape(-1, N_BACKENDS)  # slot x backend
+    iw = flat[pairs.q_slot, pairs.q_backend] * flat[pairs.a_slot, pairs.a_backend] / pairs.propensity
+    # attn after each backend qkv may choose: key x qkv's backend
+    attn_direct = direct_k[:, :N_BACKENDS]
+    # per combination: qkv's modelled latency plus attn's after the candidate's qkv choice
+    combo_direct = direct_k.reshape(-1)[:, None] + _expect(flat[:, None, :], attn_direct[None, :, :])
+    direct = combo_direct.reshape(-1)[pairs.combo]
+    shares = {}
+    for kind, u in thin_k.items():
+        u_flat = u.reshape(-1, N_BACKENDS)
+        attn_share = shares_k[kind][:, :N_BACKENDS]
+        combo = shares_k[kind].reshape(-1)[:, None] + (
+            (flat * (1.0 - u_flat))[:, None, :] * attn_share[None, :, :]
+        ).sum(axis=-1)
+        shares[kind] = combo.reshape(-1)[pairs.combo]
+    return Feedback(pairs.reward, iw, direct, pairs.q_logged, pairs.weight), shares
 
 
 def _expect(pi: np.ndarray, q: np.ndarray) -> np.ndarray:
     """``sum_b pi[..., b] q[..., b]``, where a zero probability ignores a missing (NaN) model value."""
-    return np.where(pi > 0, pi * np.nan_to_num(q, nan=0.0), 0.0).sum(axis=-1) + np.where(
-        (pi > 0) & np.isnan(q), np.nan, 0.0
-    ).sum(axis=-1)
+    return np.where(pi > 0, pi * q, 0.0).sum(axis=-1)
 
 
 def _view(
@@ -553,6 +608,7 @@ def _view(
     rows: np.ndarray | None,
     data: LogData,
     settings: Settings,
+    boot: _Resampler,
 ) -> View:
     s, iw = fb.weight, fb.iw
     sw, sw2 = float((s * iw).sum()), float((s * iw * iw).sum())
@@ -583,8 +639,7 @@ def _view(
         reasons=tuple(reasons),
         buckets=buckets,
     )
-    estimates = _bootstrap_estimates(fb, settings)
-    return View(name, estimates, support)
+    return View(name, _bootstrap_estimates(fb, boot), support)
 
 
 def _bucket_support(data: LogData, rows: np.ndarray, share: np.ndarray, s: np.ndarray) -> tuple[BucketSupport, ...]:
@@ -606,19 +661,20 @@ def _bucket_support(data: LogData, rows: np.ndarray, share: np.ndarray, s: np.nd
     return tuple(sorted(out, key=lambda b: (-b.unsupported_share, -b.rows)))
 
 
-def _bootstrap_estimates(fb: Feedback, settings: Settings) -> dict[str, Estimate]:
+def _bootstrap_estimates(fb: Feedback, boot: _Resampler) -> dict[str, Estimate]:
     """Every estimator's value and paired difference to the observed mean, with row and block intervals."""
-    cols = []
-    for cls in ESTIMATORS:
-        num, den = cls().terms(fb)
-        cols += [fb.weight * num, fb.weight * den]
-    cols += [fb.weight * fb.reward, fb.weight]  # the logged policy's observed mean: the reference
-    m = np.stack(cols, axis=1)
-    full = m.sum(axis=0)
+
+    def columns() -> Iterator[np.ndarray]:
+        for cls in ESTIMATORS:
+            num, den = cls().terms(fb)
+            yield fb.weight * num
+            yield fb.weight * den
+        yield fb.weight * fb.reward  # the logged policy's observed mean: the reference
+        yield fb.weight
+
+    full, row, block = boot.replicates(columns(), len(fb.reward))
     with np.errstate(invalid="ignore", divide="ignore"):
         values = full[0::2] / full[1::2]
-    row = _replicates(m, settings, blocks=False)
-    block = _replicates(m, settings, blocks=True)
     out = {}
     for j, cls in enumerate(ESTIMATORS):
         value, ref = float(values[j]), float(values[-1])
@@ -636,36 +692,74 @@ def _bootstrap_estimates(fb: Feedback, settings: Settings) -> dict[str, Estimate
     return out
 
 
-def _replicates(m: np.ndarray, settings: Settings, *, blocks: bool) -> np.ndarray:
-    """Bootstrap replicates (B x ratios) of the column-pair ratios of ``m``'s column sums.
+class _Resampler:
+    """Bootstrap replicates of ratios of column sums, the same resamples for every candidate of a view.
 
-    Rows are resampled, or (``blocks``) contiguous blocks of rows in log order, which keeps
-    drift and the correlation of neighbouring decisions inside each replicate. Past
-    ``max_groups`` rows, rows are first summed into that many groups of randomly assigned
-    rows and the groups resampled: sums of random groups have the variance of sums of rows,
-    at a fraction of the cost.
+    Rows are resampled, and (the block bootstrap) contiguous blocks of rows in log order,
+    which keeps drift and the correlation of neighbouring decisions inside each replicate.
+    Past ``max_groups`` rows, rows are first summed into that many groups of randomly
+    assigned rows and the groups resampled: a sum of randomly assigned rows has the
+    variance of the same number of resampled rows, at a fraction of the cost. Resamples
+    depend only on the number of rows and the seed, so candidates evaluated on the same
+    rows are compared on the same resamples (a paired bootstrap).
     """
-    # the same seed for every candidate: their replicates resample the same rows
-    rng = np.random.default_rng([settings.seed, int(blocks)])
-    n = m.shape[0]
-    if blocks:
-        g = min(settings.blocks, n)
-        group = (np.arange(n) * g) // n
-    elif n > settings.max_groups:
-        g = settings.max_groups
-        group = rng.integers(0, g, size=n)
-    else:
-        g, group = n, None
-    if group is None:
-        sums = m
-    else:
-        sums = np.stack([np.bincount(group, weights=m[:, k], minlength=g) for k in range(m.shape[1])], axis=1)
-    counts = rng.multinomial(g, np.full(g, 1.0 / g), size=settings.bootstrap).astype(np.float64)
-    totals = counts @ np.nan_to_num(sums, nan=0.0)
-    nan_cols = np.isnan(sums).any(axis=0)
-    totals[:, nan_cols] = np.nan
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.asarray(totals[:, 0::2] / totals[:, 1::2])
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._plans: dict[tuple[int, bool], tuple[np.ndarray | None, np.ndarray]] = {}
+
+    def _plan(self, n: int, blocks: bool) -> tuple[np.ndarray | None, np.ndarray]:
+        """(each row's group, or None for rows themselves, or each block's first row; resample counts).
+
+        The counts are replicate x group: how often each group is drawn in each replicate.
+        """
+        plan = self._plans.get((n, blocks))
+        if plan is None:
+            st = self.settings
+            rng = np.random.default_rng([st.seed, n, int(blocks)])
+            group: np.ndarray | None
+            if blocks:
+                g = min(st.blocks, n)
+                group = np.flatnonzero(np.diff((np.arange(n) * g) // n, prepend=-1))  # block starts
+            elif n > st.max_groups:
+                g = st.max_groups
+                group = rng.integers(0, g, size=n)
+            else:
+                g, group = n, None
+            draws = rng.integers(0, g, size=(st.bootstrap, g))
+            offsets = (np.arange(st.bootstrap) * g)[:, None]
+            counts = np.bincount((draws + offsets).ravel(), minlength=st.bootstrap * g).reshape(st.bootstrap, g)
+            plan = self._plans[(n, blocks)] = (group, counts.astype(np.float64))
+        return plan
+
+    def replicates(self, columns: Iterable[np.ndarray], n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Column sums, and (row, block) bootstrap replicates (B x ratios) of the ratios of column pairs.
+
+        ``columns`` (each of ``n`` rows) are consumed one at a time: only their group sums are kept.
+        """
+        plans = [self._plan(n, blocks) for blocks in (False, True)]
+        full: list[float] = []
+        sums: list[list[np.ndarray]] = [[], []]
+        for col in columns:
+            bad = bool(np.isnan(col).any())
+            if bad:
+                col = np.nan_to_num(col, nan=0.0)
+            full.append(math.nan if bad else float(col.sum()))
+            for i, (group, counts) in enumerate(plans):
+                g = counts.shape[1]
+                if group is None:
+                    s = col
+                elif i == 1:
+                    s = np.add.reduceat(col, group)
+                else:
+                    s = np.bincount(group, weights=col, minlength=g)
+                sums[i].append(np.full(g, np.nan) if bad else s)
+        out = []
+        for (_, counts), per_group in zip(plans, sums, strict=True):
+            totals = counts @ np.stack(per_group, axis=1)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out.append(np.asarray(totals[:, 0::2] / totals[:, 1::2]))
+        return np.array(full), out[0], out[1]
 
 
 def _interval(samples: np.ndarray) -> Interval:
@@ -679,34 +773,29 @@ def _interval(samples: np.ndarray) -> Interval:
 def _observed(
     data: LogData,
     model: LatencyModel,
-    views: Mapping[str, np.ndarray],
-    q_rows: np.ndarray,
-    a_rows: np.ndarray,
-    settings: Settings,
+    stage_rows: Mapping[str, _StageRows],
+    pairs: _PairRows | None,
+    boot: _Resampler,
 ) -> dict[str, Observed]:
     """The logged policy's observed mean in each view, and its own estimates from its logged probability vectors."""
     out: dict[str, Observed] = {}
-    if len(q_rows):
-        reward = data.latency_s[q_rows] + data.latency_s[a_rows]
-        weight = data.weight[q_rows] * data.weight[a_rows]
-        out["pair"] = _observed_view(reward, weight, settings)
-    for name, rows in views.items():
-        if len(rows) == 0:
-            continue
-        obs = _observed_view(data.latency_s[rows], data.weight[rows], settings)
+    if pairs is not None:
+        out["pair"] = _observed_view(pairs.reward, pairs.weight, boot)
+    for name, sr in stage_rows.items():
+        obs = _observed_view(sr.reward, sr.weight, boot)
         if data.has_probabilities:
-            fb = _stage_feedback(data, model, data.probs[rows], rows)
-            obs = Observed(obs.value, obs.row, obs.block, obs.rows, _bootstrap_estimates(fb, settings))
+            pi = data.probs[sr.rows]
+            q = model.means[data.cell[sr.rows], data.after[sr.rows]]
+            iw = pi[np.arange(len(sr.rows)), sr.backend] / sr.propensity
+            fb = Feedback(sr.reward, iw, _expect(pi, q), sr.q_logged, sr.weight)
+            obs = Observed(obs.value, obs.row, obs.block, obs.rows, _bootstrap_estimates(fb, boot))
         out[name] = obs
     return out
 
 
-def _observed_view(reward: np.ndarray, weight: np.ndarray, settings: Settings) -> Observed:
-    m = np.stack([weight * reward, weight], axis=1)
-    total = m.sum(axis=0)
-    row = _replicates(m, settings, blocks=False)[:, 0]
-    block = _replicates(m, settings, blocks=True)[:, 0]
-    return Observed(float(total[0] / total[1]), _interval(row), _interval(block), len(reward))
+def _observed_view(reward: np.ndarray, weight: np.ndarray, boot: _Resampler) -> Observed:
+    total, row, block = boot.replicates(iter((weight * reward, weight)), len(reward))
+    return Observed(float(total[0] / total[1]), _interval(row[:, 0]), _interval(block[:, 0]), len(reward))
 
 
 __all__ = [
