@@ -19,5 +19,6 @@ if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e ".[dev,opencl,rknn]"
+# plots and export: the tests of `replay --plot` and `export --format parquet` need them
+.venv/bin/python -m pip install -q -e ".[dev,opencl,rknn,plots,export]"
 echo "adaptive-sched installed in .venv: run the tests with .venv/bin/python -m pytest"

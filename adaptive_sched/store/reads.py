@@ -469,3 +469,60 @@ def schema_of(source: Source) -> int:
             return int(conn.execute("PRAGMA user_version").fetchone()[0])
         except sqlite3.Error as exc:
             raise StoreError(f"{_name(source)}: cannot read the schema version ({exc})") from exc
+
+
+#: the columns of each row :func:`iter_export_rows` yields, in order
+EXPORT_COLUMNS: tuple[str, ...] = (
+    "id", "run", "time", "stage", "n", "d", "kv_len", "batch", "heads", "precision", "after",
+    "action", "cost_s", "probability", "explored", "sample_rate", "prob_cpu", "prob_gpu", "prob_npu",
+)  # fmt: skip
+
+
+def iter_export_rows(
+    source: Source, *, run: int | None = None, chunk_rows: int = 16_384
+) -> Iterator[list[tuple[Any, ...]]]:
+    """Stream the successfully observed decisions as plain rows (:data:`EXPORT_COLUMNS`), in chunks, in id order.
+
+    The logged bandit feedback as other tools read it: the context (stage, shape, previous
+    backend), the action (the backend chosen), its cost (the observed latency in seconds)
+    and its probability (the propensity); ``sample_rate`` below 1 marks a row kept by
+    exploit sampling (weight it by ``1 / sample_rate``). Logs older than schema 3 give
+    None for the probability vector.
+    """
+    where = "o.ok = 1"
+    params: list[Any] = []
+    if run is not None:
+        lo, hi = run_id_range(run)
+        where += " AND d.id BETWEEN ? AND ?"
+        params += [lo, hi]
+    with _connection(source) as conn:
+        try:
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(decisions)")}
+            probs = "d.prob_cpu, d.prob_gpu, d.prob_npu" if "prob_gpu" in columns else "NULL, NULL, NULL"
+            cursor = conn.execute(
+                "SELECT d.id, d.id >> 32, d.time, d.stage, d.n, d.d, d.kv_len, d.batch, d.heads, d.precision, "
+                "d.after, d.backend, o.latency_s, d.propensity, d.explored, coalesce(d.sample_rate, 1.0), "
+                f"{probs} FROM decisions d JOIN outcomes o ON o.decision_id = d.id WHERE {where} ORDER BY d.id",
+                params,
+            )
+            while True:
+                chunk = cursor.fetchmany(chunk_rows)
+                if not chunk:
+                    break
+                yield chunk
+        except sqlite3.Error as exc:
+            raise StoreError(f"{_name(source)}: cannot read the decision log ({exc})") from exc
+
+
+def backends_seen(source: Source) -> set[str]:
+    """The backends the log's decisions chose, or gave a probability above zero."""
+    with _connection(source) as conn:
+        try:
+            seen = {r[0] for r in conn.execute("SELECT DISTINCT backend FROM decisions") if r[0] is not None}
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(decisions)")}
+            for b in ("cpu", "gpu", "npu"):
+                if f"prob_{b}" in columns and conn.execute(f"SELECT max(prob_{b}) > 0 FROM decisions").fetchone()[0]:
+                    seen.add(b)
+        except sqlite3.Error as exc:
+            raise StoreError(f"{_name(source)}: cannot read the decision log ({exc})") from exc
+    return seen
