@@ -153,6 +153,10 @@ def as_json(result: Any) -> dict[str, Any]:
     }
 
 
+def _num(x: float) -> str:
+    return "-" if not math.isfinite(x) else f"{x:.0f}" if abs(x) >= 100 else f"{x:.3g}"
+
+
 def _cell(value: float, iv: Any) -> str:
     if not math.isfinite(value):
         return "-"
@@ -180,7 +184,7 @@ def as_table(result: Any) -> str:
         body.append([
             c.name + mark, _cell(dr.value, dr.row), _cell(dr.diff, dr.diff_row),
             "-" if not math.isfinite(dr.diff) else f"{{{dr.diff_block.low * 1e3:.4g}, {dr.diff_block.high * 1e3:.4g}}}",
-            _cell(snips.value, snips.row), round(v.support.ess, 1), round(v.support.max_weight, 2),
+            _cell(snips.value, snips.row), _num(v.support.ess), _num(v.support.max_weight),
             round(100 * v.support.unsupported_share, 2), c.verdict,
         ])  # fmt: skip
     lines.append(render_table(head, body))
@@ -208,8 +212,8 @@ def as_table(result: Any) -> str:
             rows.append([
                 c.name + ("" if s.supported else " *"), view, _cell(e["IPS"].value, e["IPS"].row),
                 _cell(e["SNIPS"].value, e["SNIPS"].row), "-" if not math.isfinite(e["DM"].value)
-                else f"{e['DM'].value * 1e3:.4g}", _cell(e["DR"].value, e["DR"].row), round(s.ess, 1),
-                round(s.max_weight, 2), round(100 * s.unsupported_share, 2), round(100 * s.untried_share, 2),
+                else f"{e['DM'].value * 1e3:.4g}", _cell(e["DR"].value, e["DR"].row), _num(s.ess),
+                _num(s.max_weight), round(100 * s.unsupported_share, 2), round(100 * s.untried_share, 2),
                 "-" if worst is None else f"{worst.bucket} ({worst.unsupported_share:.0%} of {worst.rows})",
             ])  # fmt: skip
     lines += ["", "per stage (ms per decision; attn given the logged qkv backend):", render_table(stage_head, rows)]

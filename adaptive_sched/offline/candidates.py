@@ -31,7 +31,10 @@ NAMED = ("static", "adaptive", "cpu", "gpu", "npu")
 
 
 def policy_candidate(config: Config, name: str, source: str = "", kind: str | None = None) -> PolicyCandidate:
-    """The policy ``config`` would build (or the ``kind`` named), bound to its backends and prior."""
+    """The policy ``config`` would build (or the ``kind`` named), bound to its backends and prior.
+
+    A ``kind`` other than the config's own policy kind is built with its default parameters.
+    """
     from ..build import build_policy, load_prior
     from ..policies import policy_class
 
@@ -39,7 +42,7 @@ def policy_candidate(config: Config, name: str, source: str = "", kind: str | No
         raise ConfigError(
             f"{source or name}: the oracle policy reads the simulator's true latencies; it cannot be replayed"
         )
-    policy = build_policy(config) if kind is None else policy_class(kind)()
+    policy = build_policy(config) if kind in (None, config.policy.kind) else policy_class(kind)()
     policy.bind(config.candidates, load_prior(config))
     return PolicyCandidate(policy, name, source)
 
