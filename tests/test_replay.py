@@ -19,6 +19,7 @@ from adaptive_sched.offline.replay import (
     Candidate,
     Feedback,
     FixedCandidate,
+    Settings,
     evaluate,
     find_pairs,
 )
@@ -303,3 +304,31 @@ def test_cli_plot_writes_a_png_and_never_overwrites(capsys, tmp_path, log):
     before = target.read_bytes()
     code, _, err = run(capsys, "replay", "--db", log, "--policies", "npu", "--plot", target)
     assert code == 1 and "not overwritten" in err and target.read_bytes() == before
+
+
+# -- the bootstrap ------------------------------------------------------------------------------
+def test_block_bootstrap_widens_the_interval_under_drift(tmp_path, log):
+    # every latency doubles over the run (a device heating up): neighbouring rows are alike,
+    # so resampling rows understates the uncertainty that resampling stretches of time shows
+    path = write_log(tmp_path / "drift.db", layers=3000)
+    _sql(path, "UPDATE outcomes SET latency_s = latency_s * (1.0 + (decision_id & 4294967295) / 6000.0)")
+    obs = evaluate(read_logs([path]), []).logged["pair"]
+    assert obs.row.low <= obs.value <= obs.row.high and obs.block.low <= obs.value <= obs.block.high
+    assert (obs.block.high - obs.block.low) > 1.5 * (obs.row.high - obs.row.low)
+    steady = evaluate(read_logs([log]), []).logged["pair"]  # the same traffic without drift
+    assert (steady.block.high - steady.block.low) < 1.5 * (steady.row.high - steady.row.low)
+
+
+def test_grouped_row_bootstrap_matches_resampling_rows(log):
+    data = read_logs([log])
+    rows = evaluate(data, [FixedCandidate(NPU)], Settings(max_groups=100_000, bootstrap=400)).candidates[0]
+    grouped = evaluate(data, [FixedCandidate(NPU)], Settings(max_groups=300, bootstrap=400)).candidates[0]
+    for a, b in ((rows.headline.row, grouped.headline.row), (rows.headline.diff_row, grouped.headline.diff_row)):
+        assert (b.high - b.low) == pytest.approx(a.high - a.low, rel=0.25)
+
+
+def test_a_backend_no_row_ever_ran_has_no_estimate(log):
+    cpu = evaluate(read_logs([log]), [FixedCandidate(Backend.CPU)]).candidates[0]
+    assert cpu.verdict == "unsupported" and cpu.views["pair"].support.untried_share == 1.0
+    assert cpu.headline.unavailable and np.isnan(cpu.headline.value)
+    assert cpu.headline.row.low != cpu.headline.row.low  # NaN: no interval is made up
