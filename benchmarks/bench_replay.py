@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -90,29 +89,34 @@ FETCH_ONLY = (
 )
 
 
+def measure(cmd: list[str]) -> tuple[float, float, int, float]:
+    """(wall seconds, peak RSS in MB, exit status, CPU seconds) of one process running ``cmd``."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
+    # wait4 gives this child's own resource usage (ru_maxrss in kB on Linux)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return wall, usage.ru_maxrss / 1024, proc.returncode, usage.ru_utime + usage.ru_stime
+
+
 def fetch_once(db: Path) -> float:
     """Wall seconds of a process that only fetches the rows replay reads (the floor SQLite sets)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    start = time.perf_counter()
-    subprocess.run([sys.executable, "-c", FETCH_ONLY, str(db)], env=env, check=True)
-    return time.perf_counter() - start
+    wall, _, status, _ = measure([sys.executable, "-c", FETCH_ONLY, str(db)])
+    if status != 0:
+        raise SystemExit(f"fetching failed ({status})")
+    return wall
 
 
-def replay_once(db: Path, args: list[str]) -> tuple[float, float, int]:
-    """(wall seconds, peak RSS in MB, exit status) of one replay process."""
-    cmd = [sys.executable, "-m", "adaptive_sched", "replay", "--db", str(db), *args, "--output", "json"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False)
-    wall = time.perf_counter() - start
-    if proc.returncode not in (0, 3):
-        raise SystemExit(f"replay failed ({proc.returncode}): {proc.stderr}")
-    return wall, _child_peak_mb(), proc.returncode
-
-
-def _child_peak_mb() -> float:
-    # ru_maxrss of RUSAGE_CHILDREN is the largest of any waited-for child so far (kB on Linux)
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+def replay_once(db: Path, args: list[str]) -> tuple[float, float, int, float]:
+    """(wall seconds, peak RSS in MB, exit status, CPU seconds) of one replay process."""
+    wall, peak, status, cpu = measure(
+        [sys.executable, "-m", "adaptive_sched", "replay", "--db", str(db), *args, "--output", "json"]
+    )
+    if status not in (0, 3):
+        raise SystemExit(f"replay failed ({status})")
+    return wall, peak, status, cpu
 
 
 def main() -> None:
@@ -140,15 +144,18 @@ def main() -> None:
         t = time.perf_counter()
         subprocess.run(base, env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True)
         startup = time.perf_counter() - t
-        walls, fetches = [], []
+        walls, peaks, cpus, fetches = [], [], [], []
         for _ in range(a.repeat):  # interleaved, so both see the same load on the machine
-            wall, peak, status = replay_once(db, candidates)
+            wall, peak, status, cpu = replay_once(db, candidates)
             walls.append(wall)
+            peaks.append(peak)
+            cpus.append(cpu)
             fetches.append(fetch_once(db))
         print(f"replay of {a.decisions} decisions, 3 candidates (rk3588-sim config, gpu-only, npu-only):")
         print(f"  wall time median {statistics.median(walls):.2f} s over {a.repeat} runs "
               f"(min {min(walls):.2f}, max {max(walls):.2f}); exit status {status}")  # fmt: skip
-        print(f"  peak RSS {peak:.0f} MB (largest of the replay processes)")
+        print(f"  CPU time (user + system) median {statistics.median(cpus):.2f} s: less sensitive to other load")
+        print(f"  peak RSS {max(peaks):.0f} MB (the largest of the replay processes)")
         fetch = statistics.median(fetches)
         print(f"  fetching the same rows from SQLite alone: median {fetch:.2f} s "
               f"(replay / fetch = {statistics.median(walls) / fetch:.2f})")  # fmt: skip

@@ -46,7 +46,7 @@ from ..store.reads import (
     SHAPE_PACKING,
     STAGE_CODES,
     UNKNOWN_CODE,
-    counts,
+    count_outcomes,
     iter_logged_columns,
     runs,
     schema_of,
@@ -147,7 +147,7 @@ def read_logs(paths: Sequence[str | Path], *, run: int | None = None, chunk_rows
     files = log_paths(paths)
     # Arrays sized once from the outcome counts (an upper bound) and filled chunk by chunk:
     # concatenating chunks would hold the log twice, and leave the heap fragmented.
-    capacity = sum(counts(p, run=run)["outcomes"] for p in files)
+    capacity = sum(count_outcomes(p, run=run) for p in files)
     cols: dict[str, np.ndarray] = {}
     filled = 0
     shape_ids: dict[tuple[int, ...], int] = {}

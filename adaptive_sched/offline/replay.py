@@ -91,41 +91,41 @@ class Estimator(abc.ABC):
     name: ClassVar[str] = "estimator"
 
     @abc.abstractmethod
-    def terms(self, fb: Feedback) -> tuple[np.ndarray, np.ndarray]:
-        """(numerator, denominator) of each row."""
+    def terms(self, fb: Feedback) -> tuple[np.ndarray, np.ndarray | None]:
+        """(numerator, denominator) of each row; a None denominator is 1 (a plain mean)."""
 
     def estimate_policy_value(self, fb: Feedback) -> float:
         num, den = self.terms(fb)
-        total = float((fb.weight * den).sum())
+        total = float(fb.weight.sum() if den is None else (fb.weight * den).sum())
         return float((fb.weight * num).sum() / total) if total > 0 else math.nan
 
 
 class IPS(Estimator):
     name = "IPS"
 
-    def terms(self, fb: Feedback) -> tuple[np.ndarray, np.ndarray]:
-        return fb.iw * fb.reward, np.ones_like(fb.iw)
+    def terms(self, fb: Feedback) -> tuple[np.ndarray, np.ndarray | None]:
+        return fb.iw * fb.reward, None
 
 
 class SNIPS(Estimator):
     name = "SNIPS"
 
-    def terms(self, fb: Feedback) -> tuple[np.ndarray, np.ndarray]:
+    def terms(self, fb: Feedback) -> tuple[np.ndarray, np.ndarray | None]:
         return fb.iw * fb.reward, fb.iw
 
 
 class DM(Estimator):
     name = "DM"
 
-    def terms(self, fb: Feedback) -> tuple[np.ndarray, np.ndarray]:
-        return fb.direct, np.ones_like(fb.direct)
+    def terms(self, fb: Feedback) -> tuple[np.ndarray, np.ndarray | None]:
+        return fb.direct, None
 
 
 class DR(Estimator):
     name = "DR"
 
-    def terms(self, fb: Feedback) -> tuple[np.ndarray, np.ndarray]:
-        return fb.direct + fb.iw * (fb.reward - fb.q_logged), np.ones_like(fb.direct)
+    def terms(self, fb: Feedback) -> tuple[np.ndarray, np.ndarray | None]:
+        return fb.direct + fb.iw * (fb.reward - fb.q_logged), None
 
 
 ESTIMATORS: tuple[type[Estimator], ...] = (IPS, SNIPS, DM, DR)
@@ -663,18 +663,28 @@ def _bucket_support(data: LogData, rows: np.ndarray, share: np.ndarray, s: np.nd
 
 def _bootstrap_estimates(fb: Feedback, boot: _Resampler) -> dict[str, Estimate]:
     """Every estimator's value and paired difference to the observed mean, with row and block intervals."""
+    # columns: the sampling weight (every plain mean's denominator), the observed latency (the
+    # logged policy's mean: the reference), then each estimator's numerator and, if it has
+    # one, its own denominator
+    pairs: list[tuple[int, int]] = []
+    terms = [cls().terms(fb) for cls in ESTIMATORS]
+    col = 2
+    for _, den in terms:
+        pairs.append((col, 0 if den is None else col + 1))
+        col += 1 if den is None else 2
+    pairs.append((1, 0))
 
     def columns() -> Iterator[np.ndarray]:
-        for cls in ESTIMATORS:
-            num, den = cls().terms(fb)
-            yield fb.weight * num
-            yield fb.weight * den
-        yield fb.weight * fb.reward  # the logged policy's observed mean: the reference
         yield fb.weight
+        yield fb.weight * fb.reward
+        for num, den in terms:
+            yield fb.weight * num
+            if den is not None:
+                yield fb.weight * den
 
-    full, row, block = boot.replicates(columns(), len(fb.reward))
+    full, row, block = boot.replicates(columns(), len(fb.reward), pairs)
     with np.errstate(invalid="ignore", divide="ignore"):
-        values = full[0::2] / full[1::2]
+        values = np.array([full[a] / full[b] for a, b in pairs])
     out = {}
     for j, cls in enumerate(ESTIMATORS):
         value, ref = float(values[j]), float(values[-1])
@@ -732,10 +742,13 @@ class _Resampler:
             plan = self._plans[(n, blocks)] = (group, counts.astype(np.float64))
         return plan
 
-    def replicates(self, columns: Iterable[np.ndarray], n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Column sums, and (row, block) bootstrap replicates (B x ratios) of the ratios of column pairs.
+    def replicates(
+        self, columns: Iterable[np.ndarray], n: int, ratios: Sequence[tuple[int, int]]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Column sums, and (row, block) bootstrap replicates (B x ratios) of the ``ratios`` of columns.
 
-        ``columns`` (each of ``n`` rows) are consumed one at a time: only their group sums are kept.
+        ``columns`` (each of ``n`` rows) are consumed one at a time: only their group sums are
+        kept. ``ratios`` are (numerator, denominator) column indices.
         """
         plans = [self._plan(n, blocks) for blocks in (False, True)]
         full: list[float] = []
@@ -757,8 +770,9 @@ class _Resampler:
         out = []
         for (_, counts), per_group in zip(plans, sums, strict=True):
             totals = counts @ np.stack(per_group, axis=1)
+            num, den = (list(x) for x in zip(*ratios, strict=True))
             with np.errstate(invalid="ignore", divide="ignore"):
-                out.append(np.asarray(totals[:, 0::2] / totals[:, 1::2]))
+                out.append(np.asarray(totals[:, num] / totals[:, den]))
         return np.array(full), out[0], out[1]
 
 
@@ -794,7 +808,7 @@ def _observed(
 
 
 def _observed_view(reward: np.ndarray, weight: np.ndarray, boot: _Resampler) -> Observed:
-    total, row, block = boot.replicates(iter((weight * reward, weight)), len(reward))
+    total, row, block = boot.replicates(iter((weight * reward, weight)), len(reward), [(0, 1)])
     return Observed(float(total[0] / total[1]), _interval(row[:, 0]), _interval(block[:, 0]), len(reward))
 
 

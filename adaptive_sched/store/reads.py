@@ -526,3 +526,15 @@ def backends_seen(source: Source) -> set[str]:
         except sqlite3.Error as exc:
             raise StoreError(f"{_name(source)}: cannot read the decision log ({exc})") from exc
     return seen
+
+
+def count_outcomes(source: Source, *, run: int | None = None) -> int:
+    """Outcomes logged (of ``run``, if given): an upper bound on the observed decisions, found cheaply."""
+    where, params = "", tuple[int, ...]()
+    if run is not None:
+        where, params = " WHERE decision_id BETWEEN ? AND ?", tuple(run_id_range(run))
+    with _connection(source) as conn:
+        try:
+            return int(conn.execute(f"SELECT count(*) FROM outcomes{where}", params).fetchone()[0])
+        except sqlite3.Error as exc:
+            raise StoreError(f"{_name(source)}: cannot count rows ({exc})") from exc
