@@ -255,6 +255,8 @@ class View:
 
 @dataclass(frozen=True)
 class CandidateResult:
+    """A candidate's views (``pair``, ``qkv``, ``attn``) and its verdict."""
+
     name: str
     source: str
     views: Mapping[str, View]
@@ -316,6 +318,8 @@ class Settings:
 
 @dataclass(frozen=True)
 class ReplayResult:
+    """Everything a replay found: the logs, the logging policy's observed means, each candidate."""
+
     sources: tuple[str, ...]
     device: str | None
     rows: int
