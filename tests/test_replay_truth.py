@@ -25,6 +25,8 @@ WORKLOADS = {
     "qwen2-0.5b": ("qwen2-0.5b", 64, 48, 6, False),
     "llama-2-7b-int8": ("llama-2-7b", 32, 48, 4, False),
     "qwen2.5-1.5b-thermal": ("qwen2.5-1.5b", 128, 64, 6, True),
+    # a thousand tokens: the NPU throttles, and the default policy settles on it for good
+    "qwen2.5-1.5b-1024-thermal": ("qwen2.5-1.5b", 128, 1024, 4, True),
 }
 TOLERANCE = 0.05
 
@@ -53,7 +55,7 @@ def simulate(tmp_path, workload, seed, behaviour):
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-@pytest.mark.parametrize("workload", list(WORKLOADS))
+@pytest.mark.parametrize("workload", ["qwen2-0.5b", "llama-2-7b-int8", "qwen2.5-1.5b-thermal"])
 def test_dr_covers_the_truth_where_supported_and_flags_the_rest(tmp_path, workload, seed):
     result, truth = simulate(tmp_path, workload, seed, EXPLORING)
     assert result.logged["pair"].value == pytest.approx(truth["logged"], rel=1e-9)
@@ -75,11 +77,12 @@ def test_dr_covers_the_truth_where_supported_and_flags_the_rest(tmp_path, worklo
     assert supported >= 1  # an exploring log supports some candidates (so the check above ran)
 
 
-def test_off_support_candidates_are_flagged_not_estimated(tmp_path):
-    # the default adaptive policy explores little: on llama-2-7b it never tries some pairs
-    result, truth = simulate(tmp_path, "llama-2-7b-int8", 0, {"kind": "adaptive", "learner": "inline"})
+@pytest.mark.parametrize("workload", ["llama-2-7b-int8", "qwen2.5-1.5b-1024-thermal"])
+def test_off_support_candidates_are_flagged_not_estimated(tmp_path, workload):
+    # the default adaptive policy explores little: it never tries some (qkv, attn) pairs
+    result, truth = simulate(tmp_path, workload, 0, {"kind": "adaptive", "learner": "inline"})
     flagged = {c.name: c for c in result.candidates if not c.supported}
-    assert "gpu-only" in flagged and "npu-only" in flagged
+    assert "gpu-only" in flagged
     assert flagged["gpu-only"].views["pair"].support.untried_share > 0
     for cand in result.candidates:
         error = abs(cand.headline.value / truth[cand.name] - 1)
