@@ -190,6 +190,16 @@ def test_without_the_vector_dm_and_dr_of_logged_are_unavailable(tmp_path):
     assert any("DM and DR of the logged policy are unavailable" in n for n in result.notes)
 
 
+def test_cli_json_says_why_the_logged_policy_has_no_dm_or_dr(capsys, tmp_path):
+    path = write_log(tmp_path / "novec.db", layers=100, p_gpu=0.7)
+    _sql(path, "UPDATE decisions SET prob_cpu = NULL, prob_gpu = NULL, prob_npu = NULL")
+    code, out, _ = run(capsys, "replay", "--db", path, "--policies", "npu", "-o", "json", "--bootstrap", "20")
+    logged = json.loads(out)["logged"]
+    assert code in (0, 3) and logged["attn"]["estimates"] is None
+    assert "probability vector" in logged["attn"]["estimates_unavailable"]
+    assert any("unavailable" in n for n in json.loads(out)["notes"])
+
+
 # -- bad logs -----------------------------------------------------------------------------------
 def _sql(path, *statements):
     conn = sqlite3.connect(path)

@@ -109,8 +109,8 @@ def as_json(result: Any) -> dict[str, Any]:
             "row_interval_ms": _interval(o.row),
             "block_interval_ms": _interval(o.block),
             "rows": o.rows,
-            "estimates": {k: _estimate(e) for k, e in o.estimates.items()}
-            or {"DM": None, "DR": None, "unavailable": "the log does not record the logging policy's probabilities"},
+            "estimates": {k: _estimate(e) for k, e in o.estimates.items()} or None,
+            "estimates_unavailable": None if o.estimates else _why_no_estimates(view),
         }
         for view, o in result.logged.items()
     }
@@ -155,6 +155,12 @@ def as_json(result: Any) -> dict[str, Any]:
 
 def _num(x: float) -> str:
     return "-" if not math.isfinite(x) else f"{x:.0f}" if abs(x) >= 100 else f"{x:.3g}"
+
+
+def _why_no_estimates(view: str) -> str:
+    if view == "pair":
+        return "per layer, only the observed mean: the log holds attn's probabilities after the logged qkv choice only"
+    return "the logs do not record the logging policy's probability vector (schema older than 3)"
 
 
 def _cell(value: float, iv: Any) -> str:
