@@ -293,6 +293,18 @@ def test_cli_exits_3_and_warns_when_the_headline_is_unsupported(capsys, tmp_path
     assert data["candidates"]["npu-only"]["supported"] is True
 
 
+def test_cli_thresholds_decide_what_is_supported(capsys, tmp_path):
+    path = write_log(tmp_path / "rare.db", layers=1000, attn_p_gpu=0.03)
+    args = ["replay", "--db", path, "--policies", "gpu", "-o", "json", "--bootstrap", "20"]
+    code, out, _ = run(capsys, *args)
+    assert code == 3 and json.loads(out)["candidates"]["gpu-only"]["supported"] is False
+    code, out, _ = run(capsys, *args, "--min-ess", "1", "--max-thin", "0.99", "--min-rows", "1")
+    assert code == 0 and json.loads(out)["candidates"]["gpu-only"]["supported"] is True
+    with pytest.raises(SystemExit) as exit_:
+        run(capsys, *args, "--max-thin", "1.5")
+    assert exit_.value.code == 2 and "--max-thin" in capsys.readouterr().err
+
+
 def test_cli_candidate_files_and_device_checks(capsys, tmp_path, log):
     good = tmp_path / "npu.yaml"
     good.write_text("device: rk3588\nbackends: {gpu: {executor: sim}, npu: {executor: sim}}\n"

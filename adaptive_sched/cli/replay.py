@@ -23,6 +23,16 @@ OUTPUT = True
 EXIT_UNSUPPORTED = 3
 
 
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {text!r}")
+    return value
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db", action="append", required=True, metavar="PATH",
                    help="decision log, or a directory of them (*.db); repeat for several")  # fmt: skip
@@ -38,6 +48,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="contiguous blocks of the log for the block bootstrap (default 100)")  # fmt: skip
     p.add_argument("--min-rows", type=positive_int, default=5,
                    help="a backend tried fewer times in a bucket is thinly supported there (default 5)")  # fmt: skip
+    p.add_argument("--max-thin", type=_fraction, default=0.05,
+                   help="largest share of a candidate's probability on thinly logged backends (0.05)")  # fmt: skip
+    p.add_argument("--max-untried", type=_fraction, default=0.01,
+                   help="largest share of it on backends the logs never tried there (default 0.01)")  # fmt: skip
     p.add_argument("--min-ess", type=positive_float, default=30.0,
                    help="smallest effective sample size of a supported estimate (default 30)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
@@ -65,8 +79,8 @@ def run(args: argparse.Namespace) -> int:
         if any(n in ("static", "adaptive") for n in names):
             check_device(base, f"--config {args.config}", data.device, data.sources)
         cands += named_candidates(names, base)
-    settings = Settings(min_rows=args.min_rows, min_ess=args.min_ess, bootstrap=args.bootstrap,
-                        blocks=args.blocks, seed=args.seed)  # fmt: skip
+    settings = Settings(min_rows=args.min_rows, max_unsupported=args.max_thin, max_untried=args.max_untried,
+                        min_ess=args.min_ess, bootstrap=args.bootstrap, blocks=args.blocks, seed=args.seed)  # fmt: skip
     result = evaluate(data, cands, settings)
     for c in result.candidates:
         if not c.supported:
