@@ -136,6 +136,26 @@ class Mixed(Candidate):
         return {GPU: 0.5, NPU: 0.5}
 
 
+class Broken(Candidate):
+    def __init__(self, probs=None):
+        super().__init__("broken")
+        self.probs = probs
+
+    def probabilities(self, stage, shape, after):
+        if self.probs is None:
+            raise KeyError("no table entry")
+        return self.probs
+
+
+@pytest.mark.parametrize(
+    "probs, message", [(None, "KeyError"), ({GPU: 0.5}, "not a distribution"), ({GPU: 1.5, NPU: -0.5}, "not a")]
+)
+def test_a_candidate_that_fails_is_named_with_the_context(log, probs, message):
+    with pytest.raises(ValueError, match=r"candidate broken: .*(qkv|attn) at Shape\(") as err:
+        evaluate(read_logs([log]), [Broken(probs)])
+    assert message in str(err.value)
+
+
 def test_a_worse_candidate_is_worse(tmp_path):
     path = write_log(tmp_path / "npu-heavy.db", p_gpu=0.1)
     result = evaluate(read_logs([path]), [FixedCandidate(GPU)])

@@ -151,7 +151,13 @@ class Candidate(abc.ABC):
         out = np.zeros((len(shapes), len(AFTERS), N_BACKENDS))
         for k, (stage, shape) in enumerate(zip(stages, shapes, strict=True)):
             for j, after in enumerate(AFTERS):
-                probs = self.probabilities(stage, shape, after)
+                try:
+                    probs = self.probabilities(stage, shape, after)
+                except Exception as exc:  # any policy's failure, named with the context it failed on
+                    raise ValueError(
+                        f"candidate {self.name}: no probabilities for {stage.value} at {shape} after "
+                        f"{after.value if after else 'nothing'} ({type(exc).__name__}: {exc})"
+                    ) from exc
                 for b, p in probs.items():
                     out[k, j, BACKENDS.index(b)] = p
                 total = out[k, j].sum()
