@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     from ..offline.replay import Candidate, Settings, evaluate
 
     if args.plot:
-        from ..offline.plot import check_target
+        from ..offline.replay_plot import check_target
 
         check_target(args.plot)
     data = read_logs(args.db, run=args.run)
@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
                   "left out of the verdict", file=sys.stderr)  # fmt: skip
     emit(args, as_json(result), lambda: as_table(result))
     if args.plot:
-        from ..offline.plot import plot_replay
+        from ..offline.replay_plot import plot_replay
 
         plot_replay(result, args.plot)
     return EXIT_UNSUPPORTED if any(not c.supported for c in result.candidates) else 0
