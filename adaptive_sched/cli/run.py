@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .output import Progress, emit, render_table
+from .output import add_quiet, emit, progress_for, render_table
 
 HELP = "run the config's decode workload through the scheduler and compare with single backends"
 CONFIG = True
@@ -20,6 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=("fp16", "int8"))
     p.add_argument("--policy", choices=("adaptive", "static", "epsilon", "oracle"), help="override the policy")
     p.add_argument("--no-compare", action="store_true", help="skip the single-backend baselines")
+    add_quiet(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -42,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         config = dataclasses.replace(config, policy=dataclasses.replace(config.policy, kind=args.policy))
         config._validate("")
     compare = () if args.no_compare else tuple(b.value for b in config.candidates)
-    report = run_workload(config, db=args.db, compare=compare, progress=Progress("run"))
+    report = run_workload(config, db=args.db, compare=compare, progress=progress_for(args, "run"))
 
     def table() -> str:
         # per candidate: the mean of the warm runs it made in the bucket, what the scheduler learned from
