@@ -134,6 +134,34 @@ def add_quiet(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar on stderr")
 
 
+_TICKS = "▁▂▃▄▅▆▇█"
+_ASCII_TICKS = "_.-:=+*#"
+
+
+def sparkline(values: Sequence[float], width: int = 40, lo: float | None = None, hi: float | None = None) -> str:
+    """``values`` as a line of block characters, ``width`` wide (each the mean of its share of values).
+
+    ``lo`` and ``hi`` fix the scale, so lines drawn for several series compare.
+
+    >>> sparkline([1, 2, 3, 4, 5, 6, 7, 8], width=8) in ("▁▂▃▄▅▆▇█", "_.-:=+*#")  # ASCII unless stdout is UTF-8
+    True
+    >>> len(sparkline(list(range(1000)), width=40))
+    40
+    """
+    if not values:
+        return ""
+    n = min(width, len(values))
+    means = [sum(chunk) / len(chunk) for chunk in (values[i * len(values) // n : (i + 1) * len(values) // n]
+                                                   for i in range(n))]  # fmt: skip
+    lo = min(means) if lo is None else lo
+    hi = max(means) if hi is None else hi
+    span = hi - lo
+    encoding = (getattr(sys.stdout, "encoding", None) or "").lower().replace("-", "").replace("_", "")
+    ticks = _TICKS if encoding == "utf8" else _ASCII_TICKS
+    top = len(ticks) - 1
+    return "".join(ticks[min(top, max(0, round((m - lo) / span * top)))] if span > 0 else ticks[0] for m in means)
+
+
 def emit(args: argparse.Namespace, data: Any, table: Callable[[], str]) -> None:
     """``data`` as JSON when ``--output json`` was asked for, else the text of ``table()``."""
     if getattr(args, "output", "table") == "json":
