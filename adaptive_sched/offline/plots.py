@@ -76,6 +76,18 @@ def _bins(t: np.ndarray, n: int = BINS) -> np.ndarray:
     return np.linspace(0.0, hi if hi > 0 else 1.0, n + 1)
 
 
+def _plain_log_ticks(ax: Any) -> None:
+    """Log-scale ticks as plain numbers (0.4, 1, 10), not powers of ten."""
+    from matplotlib.ticker import FuncFormatter
+
+    def minor(v: float, _pos: int) -> str:
+        # label 2x, 3x and 5x of each decade only: all nine crowd the axis
+        return f"{v:g}" if v > 0 and round(v / 10 ** math.floor(math.log10(v))) in (2, 3, 5) else ""
+
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(FuncFormatter(minor))
+
+
 def plot_latency(s: Series, path: Path, plt: Any) -> None:
     stages = _stages(s)
     fig, axes = _figure(plt, len(stages), 1, sharex=True)
@@ -90,9 +102,14 @@ def plot_latency(s: Series, path: Path, plt: Any) -> None:
             ax.scatter(s.t[probes], s.latency_s[probes] * 1e3, s=28, facecolors="none", edgecolors="black",
                        linewidths=0.8, label=f"exploration probe ({int(probes.sum())})")  # fmt: skip
         ax.set_yscale("log")
+        _plain_log_ticks(ax)
         ax.set_ylabel(f"{stage} latency (ms)")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(loc="upper left", fontsize=8, markerscale=2)
+        legend = ax.legend(loc="upper left", fontsize=8)
+        for handle in legend.legend_handles:
+            handle.set_alpha(1.0)
+            if hasattr(handle, "set_sizes"):  # the data's dots are too small to read in a legend
+                handle.set_sizes([30])
     axes[-1, 0].set_xlabel(s.time_label)
     fig.suptitle("Stage latency over time, by backend chosen")
     fig.tight_layout()
@@ -102,8 +119,10 @@ def plot_latency(s: Series, path: Path, plt: Any) -> None:
 def plot_share(s: Series, path: Path, plt: Any) -> None:
     stages = _stages(s)
     counts = Counter(s.bucket)
-    # The buckets with most decisions (a service sees many; three per stage stay readable).
-    buckets = [b for b, _ in counts.most_common(3)]
+    # The buckets with most decisions (a service sees many; three per stage stay readable); a
+    # bucket of a few decisions (a single prefill) would be a sliver on this time axis.
+    buckets = [b for b, n in counts.most_common(3) if n >= 0.02 * len(s)] or [counts.most_common(1)[0][0]]
+    left_out = len(counts) - len(buckets)
     backends = sorted(set(s.backend))
     fig, axes = _figure(plt, len(stages), len(buckets), sharex=True, sharey=True)
     edges = _bins(s.t)
@@ -127,7 +146,8 @@ def plot_share(s: Series, path: Path, plt: Any) -> None:
             if i == len(stages) - 1:
                 ax.set_xlabel(s.time_label, fontsize=8)
     axes[0, 0].legend(loc="lower left", fontsize=8)
-    fig.suptitle("Share of each backend per stage and shape bucket")
+    more = f" ({left_out} smaller bucket(s) not shown)" if left_out else ""
+    fig.suptitle(f"Share of each backend per stage and shape bucket{more}")
     fig.tight_layout()
     _save(fig, path)
 
@@ -211,9 +231,11 @@ def counterfactual_totals(s: Series) -> dict[str, np.ndarray]:
 
 
 def plot_cumulative(s: Series, path: Path, plt: Any) -> None:
-    fig, axes = _figure(plt)
-    ax = axes[0, 0]
-    for name, total in counterfactual_totals(s).items():
+    fig, axes = _figure(plt, 1, 2, gridspec_kw={"width_ratios": [3, 2]})
+    ax, gap = axes[0, 0], axes[0, 1]
+    totals = counterfactual_totals(s)
+    observed = totals["observed (this run)"]
+    for name, total in totals.items():
         backend = name.split("-only")[0]
         style: dict[str, Any] = {"color": "black", "linewidth": 2.2}
         if name.startswith("static"):
@@ -222,41 +244,64 @@ def plot_cumulative(s: Series, path: Path, plt: Any) -> None:
             style = {"color": _colour(backend), "linestyle": ":", "linewidth": 1.6}
         label = f"{name}: {total[-1]:.2f} s" if len(total) else name
         ax.plot(s.t, total, label=label, **style)
+        if total is not observed:
+            gap.plot(s.t, total - observed, **style)
     ax.set_xlabel(s.time_label)
     ax.set_ylabel("cumulative stage latency (s)")
-    ax.set_title("Cumulative latency: observed against what the alternatives would have cost")
+    ax.set_title("Cumulative latency: observed and what the alternatives would have cost", fontsize=10)
     ax.grid(True, alpha=0.3)
-    ax.legend(loc="upper left", fontsize=9)
+    ax.legend(loc="upper left", fontsize=8)
+    gap.axhline(0.0, color="black", linewidth=2.2)
+    gap.set_xlabel(s.time_label, fontsize=8)
+    gap.set_ylabel("alternative minus observed (s)")
+    gap.set_title("What this run saved (above 0) or lost (below)", fontsize=10)
+    gap.grid(True, alpha=0.3)
     fig.tight_layout()
     _save(fig, path)
 
 
-def exploration_share(s: Series) -> np.ndarray:
-    """Running share of total latency spent on probes (their latency beyond the best prediction)."""
+def probe_costs(s: Series) -> np.ndarray:
+    """Per decision, what a probe cost beyond the best predicted backend (s; 0 for exploits)."""
     pred = np.vstack(list(s.predicted.values())) if s.predicted else np.full((1, len(s)), np.nan)
     with np.errstate(all="ignore"):
         best = np.nanmin(np.where(np.isfinite(pred), pred, np.inf), axis=0)
     lat = np.nan_to_num(s.latency_s)
-    extra = np.where(s.explored & np.isfinite(best), np.maximum(lat - best, 0.0), 0.0)
-    total = np.cumsum(lat)
+    return np.where(s.explored & np.isfinite(best), np.maximum(lat - best, 0.0), 0.0)
+
+
+def exploration_share(s: Series) -> np.ndarray:
+    """Running share of total latency spent on probes (their latency beyond the best prediction)."""
+    total = np.cumsum(np.nan_to_num(s.latency_s))
     with np.errstate(all="ignore"):
-        return np.where(total > 0, np.cumsum(extra) / total, 0.0)
+        return np.where(total > 0, np.cumsum(probe_costs(s)) / total, 0.0)
 
 
 def plot_exploration(s: Series, budget: float | None, path: Path, plt: Any) -> None:
     fig, axes = _figure(plt)
     ax = axes[0, 0]
+    edges = _bins(s.t)
+    spent = np.histogram(s.t, edges, weights=probe_costs(s))[0]
+    total = np.histogram(s.t, edges, weights=np.nan_to_num(s.latency_s))[0]
+    with np.errstate(all="ignore"):
+        per_bin = np.where(total > 0, spent / total * 100, np.nan)
     share = exploration_share(s) * 100
-    ax.plot(s.t, share, color="black", label=f"exploration cost so far: {share[-1]:.3f}%" if len(share) else "")
+    ax.stairs(per_bin, edges, color="#ff7f0e", fill=True, alpha=0.5, label="in each time bin")
+    ax.plot(s.t, share, color="black", label=f"since the start (now {share[-1]:.3f}%)" if len(share) else "")
     if budget is not None:
         ax.axhline(budget * 100, color="#d62728", linestyle="--", label=f"explore_budget: {budget * 100:.2f}%")
-    probes = s.explored
-    if probes.any():
-        ax.scatter(s.t[probes], share[probes], s=10, color="#ff7f0e", label=f"probes ({int(probes.sum())})", zorder=3)
+    # A costly probe of a rare shape (a prefill on the slow backend) would flatten the rest.
+    finite = per_bin[np.isfinite(per_bin)]
+    top = max(4 * (budget or 0) * 100, 2 * float(np.median(finite)) if finite.size else 0.0, 1e-3)
+    high = max(float(finite.max()) if finite.size else 0.0, float(share.max()) if len(share) else 0.0)
+    if high > top:
+        ax.set_ylim(0, top)
+        ax.text(0.01, 0.97, f"off the scale: up to {high:.1f}%", transform=ax.transAxes, va="top", fontsize=8)
+    else:
+        ax.set_ylim(bottom=0)
     ax.set_xlabel(s.time_label)
     ax.set_ylabel("probes' extra latency / total latency (%)")
-    ax.set_title("Exploration cost over time (a probe's cost: its latency beyond the best predicted backend)")
-    ax.set_ylim(bottom=0)
+    ax.set_title(f"Exploration cost over time ({int(s.explored.sum())} probes; a probe's cost: its latency beyond "
+                 "the best predicted backend)", fontsize=10)  # fmt: skip
     ax.grid(True, alpha=0.3)
     ax.legend(loc="upper right", fontsize=9)
     fig.tight_layout()
@@ -341,4 +386,12 @@ def write_report(
     return written
 
 
-__all__ = ["COLOURS", "FIGURES", "FIGURE_PX", "counterfactual_totals", "exploration_share", "write_report"]
+__all__ = [
+    "COLOURS",
+    "FIGURES",
+    "FIGURE_PX",
+    "counterfactual_totals",
+    "exploration_share",
+    "probe_costs",
+    "write_report",
+]
