@@ -152,8 +152,9 @@ def run_workload(
     policy : Policy, optional
         Overrides the config's policy.
     compare : sequence of str
-        ``"static"`` (the offline prior's choice, never updated) and backend names
-        (that backend alone); backends the config does not have are skipped.
+        ``"static"`` (the offline prior's choice, never updated; skipped when the config
+        has no prior) and backend names (that backend alone); backends the config does
+        not have are skipped.
     tokens : int, optional
         Overrides the workload's generated tokens.
     progress : callable, optional
@@ -171,7 +172,9 @@ def run_workload(
     comparisons: list[tuple[str, Config, Policy | None]] = []
     for name in compare:
         if name == "static":
-            if policy_name != "static":
+            if config.priors in ("none", ""):
+                log.info("no static-prior pass: the config has no offline prior (priors: none)")
+            elif policy_name != "static":
                 kind = dataclasses.replace(quiet.policy, kind="static", params=None)
                 comparisons.append((STATIC, dataclasses.replace(quiet, policy=kind), None))
             continue

@@ -36,7 +36,8 @@ def test_real_executors_take_turns_token_by_token(tmp_path, monkeypatch):
         return original(self, shape, inputs, **kw)
 
     monkeypatch.setattr(Scheduler, "run_attention", spy)
-    report = run_workload(real_config(tmp_path), compare=("cpu", "gpu"))
+    report = run_workload(real_config(tmp_path), compare=("static", "cpu", "gpu"))
+    # no offline prior in this config: no static-prior pass
     assert set(report.totals_s) == {"adaptive", "cpu-only", "gpu-only"}
     layers, passes = 2, 3
     # per step: each pass runs every layer, then the next pass: A A B B C C, A A B B C C, ...
