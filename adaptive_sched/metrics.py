@@ -88,17 +88,28 @@ class SchedulerMetrics:
                                              "timed out", labels, registry=self.registry)  # fmt: skip
         self.latency = client.Histogram("adaptive_sched_stage_latency_seconds", "observed stage latency (warm runs)",
                                         labels, buckets=LATENCY_BUCKETS, registry=self.registry)  # fmt: skip
+        self._children: dict[tuple[Any, Any], tuple[Any, Any, Any]] = {}
         self.registry.register(_StatsCollector(self))
         scheduler.add_observer(self.observe)
 
     def observe(self, decision: Decision, latency_s: float | None, ok: bool) -> None:
         """Count one outcome (the scheduler calls this; see :meth:`Scheduler.add_observer`)."""
-        stage, backend = decision.stage.value, decision.backend.value
-        self.decisions.labels(stage, backend).inc()
+        key = (decision.stage, decision.backend)
+        children = self._children.get(key)
+        if children is None:
+            # labels() takes a lock and builds its key on every call: look each child up once
+            stage, backend = decision.stage.value, decision.backend.value
+            children = self._children[key] = (
+                self.decisions.labels(stage, backend),
+                self.stage_failures.labels(stage, backend),
+                self.latency.labels(stage, backend),
+            )
+        decisions, failures, latency = children
+        decisions.inc()
         if not ok:
-            self.stage_failures.labels(stage, backend).inc()
+            failures.inc()
         elif latency_s is not None:
-            self.latency.labels(stage, backend).observe(latency_s)
+            latency.observe(latency_s)
 
     def stats_families(self) -> Iterator[Any]:
         """The series read from ``Scheduler.stats()`` (nothing once the scheduler is gone)."""
