@@ -155,3 +155,17 @@ def test_the_summary_does_not_import_matplotlib():
     code = "import sys, adaptive_sched.cli.report, adaptive_sched.offline.report; print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_plots_take_the_last_run_unless_told(tmp_path):
+    path = tmp_path / "two.db"
+    config = load_config("rk3588-sim")
+    for steps in (3, 5):
+        with Scheduler(config, db=path) as sched:
+            for i in range(steps):
+                sched.run_attention(Shape(n=1, d=1536, kv_len=64 + i, heads=12, precision="int8"))
+    assert load_report(path).selected_runs == [1, 2]
+    last = load_report(path, series=True)
+    assert last.selected_runs == [2] and len(last.series) == 5 * 2
+    first = load_report(path, run=1, series=True)
+    assert first.selected_runs == [1] and len(first.series) == 3 * 2
