@@ -313,7 +313,7 @@ class Learned(NamedTuple):
     gain: float
 
 
-NOTHING_LEARNED = Learned(False, 0.0, 0.0, 0.0, 0.0, math.nan)
+NOTHING_LEARNED = Learned(alarm=False, device_shift=0.0, shift=0.0, shared_shift=0.0, predicted=math.nan, gain=0.0)
 
 
 class LatencyModel:
@@ -568,7 +568,8 @@ class LatencyModel:
         if change:
             reg.detector = self._detector()
             device.jumped(shared, clock)
-            return Learned(True, device_move, gain * e, shared, gain, predicted + gain * e)
+            return Learned(alarm=True, device_shift=device_move, shift=gain * e, shared_shift=shared,
+                           predicted=predicted + gain * e, gain=gain)  # fmt: skip
         # Slow or small shifts, which the clip hides from the run test: river's ADWIN on the
         # winsorised innovations.
         detector = reg.detector
@@ -581,7 +582,8 @@ class LatencyModel:
             key = (stage, backend)
             self.alarms[key] = self.alarms.get(key, 0) + 1
             self._reopen(device, reg, bk)
-        return Learned(alarm, device_move, gain * e, shared, gain, predicted + gain * e)
+        return Learned(alarm=alarm, device_shift=device_move, shift=gain * e, shared_shift=shared,
+                       predicted=predicted + gain * e, gain=gain)  # fmt: skip
 
     def _reopen(self, device: _Device, reg: _Regression, bucket: list[float] | None) -> None:
         var = self.params.alarm_var
