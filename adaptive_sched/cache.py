@@ -16,6 +16,7 @@ It is an ``OrderedDict`` because forgetting the oldest item of a plain ``dict``
 
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict
 from typing import TypeVar
 
@@ -36,10 +37,9 @@ class BoundedDict(OrderedDict[K, V]):
 
     def __setitem__(self, key: K, value: V) -> None:
         if len(self) >= self.limit and key not in self:
-            try:
+            # another thread may have emptied it meanwhile: it stays bounded all the same
+            with contextlib.suppress(KeyError):
                 self.popitem(last=False)
-            except KeyError:  # another thread emptied it meanwhile: it stays bounded all the same
-                pass
         super().__setitem__(key, value)
 
     def setdefault(self, key: K, default: V) -> V:
