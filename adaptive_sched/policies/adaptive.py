@@ -338,8 +338,10 @@ class AdaptivePolicy(Policy):
             # qkv's value holds the best attention after it: a move there moves qkv's by at most as much
             qkv_key = table.key(Stage.QKV, shape, None)
             qkv_entry = table.get(qkv_key)
-            if qkv_entry is not None and qkv_key in self._reps and (
-                moved > qkv_entry.tolerance or now_clock >= qkv_entry.renew
+            if (
+                qkv_entry is not None
+                and qkv_key in self._reps
+                and (moved > qkv_entry.tolerance or now_clock >= qkv_entry.renew)
             ):
                 self._publish(qkv_key)
 
