@@ -422,6 +422,11 @@ class LatencyModel:
         decayed = device.energy * device._decay ** max(0, clock - device.last)
         return decayed > self.params.volatile_change**2
 
+    def unobserved_for(self, backend: Backend, clock: int) -> int:
+        """Observations (of any backend) made since ``backend`` was last observed."""
+        device = self._devices.get(backend)
+        return clock if device is None else max(0, clock - device.last)
+
     def reversion(self, backend: Backend, clock: int) -> tuple[float, float]:
         """(probability, log shift) that ``backend``'s last detected change has reverted by now (see ``_Device``)."""
         device = self._devices.get(backend)

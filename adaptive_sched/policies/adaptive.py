@@ -254,10 +254,15 @@ class AdaptivePolicy(Policy):
             for b, prob in alternatives.items():
                 cumulative += prob
                 table_alts.append((cumulative, Choice(b, prob, True, shown, probs, version)))
-            # An entry weighing a backend that just moved (it may move back) is renewed sooner.
-            renew = p.refresh_every / 8 if any(volatile(b, clock) for b in values) else p.refresh_every
+            # An entry weighing a backend that changed (it may change back) is renewed as often as
+            # that backend has gone unobserved: the chance that it reverted grows with that time,
+            # fast at first, so the renewals come at first often, then rarely.
+            renew = float(p.refresh_every)
+            for b in values:
+                if b in reversion or volatile(b, clock):
+                    renew = min(renew, max(p.refresh_every / 64, est.model.unobserved_for(b, clock)))
             entry = Entry(Choice(best, probs[best], False, shown, probs, version), tuple(table_alts), freshness,
-                          float(p.expire_after), float(renew), self._tolerance(values, log_vars))  # fmt: skip
+                          float(p.expire_after), renew, self._tolerance(values, log_vars))  # fmt: skip
         assert self.table is not None
         self.table.publish(key, entry)
         return entry
