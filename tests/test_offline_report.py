@@ -169,3 +169,20 @@ def test_plots_take_the_last_run_unless_told(tmp_path):
     assert last.selected_runs == [2] and len(last.series) == 5 * 2
     first = load_report(path, run=1, series=True)
     assert first.selected_runs == [1] and len(first.series) == 3 * 2
+
+
+def test_a_log_without_a_single_latency_still_renders_without_warnings(tmp_path):
+    import warnings
+
+    from adaptive_sched.offline.plots import FIGURES, write_report
+
+    path = tmp_path / "bare.db"
+    shape = Shape(n=1, d=1536, kv_len=10, heads=12, precision="int8")
+    with Scheduler(load_config("rk3588-sim"), db=path) as sched:
+        sched.observe(sched.decide("qkv", shape), None, ok=False, error="boom")
+        sched.decide("attn", shape)
+    report = load_report(path, series=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        written = write_report(report, tmp_path / "rep")
+    assert [p.name for p in written] == [*FIGURES, "report.md"]

@@ -76,6 +76,12 @@ def _bins(t: np.ndarray, n: int = BINS) -> np.ndarray:
     return np.linspace(0.0, hi if hi > 0 else 1.0, n + 1)
 
 
+def _legend(ax: Any, **kw: Any) -> Any:
+    """A legend, if anything on ``ax`` has a label (a log with no outcomes has nothing to list)."""
+    handles, labels = ax.get_legend_handles_labels()
+    return ax.legend(handles, labels, **kw) if handles else None
+
+
 def _plain_log_ticks(ax: Any) -> None:
     """Log-scale ticks as plain numbers (0.4, 1, 10), not powers of ten."""
     from matplotlib.ticker import FuncFormatter
@@ -105,8 +111,8 @@ def plot_latency(s: Series, path: Path, plt: Any) -> None:
         _plain_log_ticks(ax)
         ax.set_ylabel(f"{stage} latency (ms)")
         ax.grid(True, which="both", alpha=0.3)
-        legend = ax.legend(loc="upper left", fontsize=8)
-        for handle in legend.legend_handles:
+        legend = _legend(ax, loc="upper left", fontsize=8)
+        for handle in legend.legend_handles if legend is not None else ():
             handle.set_alpha(1.0)
             if hasattr(handle, "set_sizes"):  # the data's dots are too small to read in a legend
                 handle.set_sizes([30])
@@ -145,7 +151,7 @@ def plot_share(s: Series, path: Path, plt: Any) -> None:
                 ax.set_ylabel("share of decisions (%)")
             if i == len(stages) - 1:
                 ax.set_xlabel(s.time_label, fontsize=8)
-    axes[0, 0].legend(loc="lower left", fontsize=8)
+    _legend(axes[0, 0], loc="lower left", fontsize=8)
     more = f" ({left_out} smaller bucket(s) not shown)" if left_out else ""
     fig.suptitle(f"Share of each backend per stage and shape bucket{more}")
     fig.tight_layout()
@@ -169,7 +175,7 @@ def plot_events(s: Series, path: Path, plt: Any) -> None:
     top.set_title("drift alarms are not rows of the log; after one, the policy lifts the exploration probability",
                   fontsize=9)  # fmt: skip
     top.grid(True, alpha=0.3)
-    top.legend(loc="upper right", fontsize=8)
+    _legend(top, loc="upper right", fontsize=8)
     backends = sorted(set(s.backend))
     for k, backend in enumerate(backends):
         m = s.failed & (s.backend == backend)
@@ -183,7 +189,7 @@ def plot_events(s: Series, path: Path, plt: Any) -> None:
     bottom.set_ylabel("quarantined backend")
     bottom.set_xlabel(s.time_label)
     bottom.grid(True, axis="x", alpha=0.3)
-    bottom.legend(loc="upper right", fontsize=7, ncol=max(1, len(backends)))
+    _legend(bottom, loc="upper right", fontsize=7, ncol=max(1, len(backends)))
     fig.suptitle("Drift alarms (their effect on exploration) and failures that quarantine a backend")
     fig.tight_layout()
     _save(fig, path)
@@ -250,7 +256,7 @@ def plot_cumulative(s: Series, path: Path, plt: Any) -> None:
     ax.set_ylabel("cumulative stage latency (s)")
     ax.set_title("Cumulative latency: observed and what the alternatives would have cost", fontsize=10)
     ax.grid(True, alpha=0.3)
-    ax.legend(loc="upper left", fontsize=8)
+    _legend(ax, loc="upper left", fontsize=8)
     gap.axhline(0.0, color="black", linewidth=2.2)
     gap.set_xlabel(s.time_label, fontsize=8)
     gap.set_ylabel("alternative minus observed (s)")
@@ -303,7 +309,7 @@ def plot_exploration(s: Series, budget: float | None, path: Path, plt: Any) -> N
     ax.set_title(f"Exploration cost over time ({int(s.explored.sum())} probes; a probe's cost: its latency beyond "
                  "the best predicted backend)", fontsize=10)  # fmt: skip
     ax.grid(True, alpha=0.3)
-    ax.legend(loc="upper right", fontsize=9)
+    _legend(ax, loc="upper right", fontsize=9)
     fig.tight_layout()
     _save(fig, path)
 
