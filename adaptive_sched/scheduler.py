@@ -21,7 +21,7 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,6 +110,7 @@ class _Counters:
     rejected: int = 0
     reruns: int = 0
     learn_errors: int = 0
+    observer_errors: int = 0
     by_backend: dict[Backend, int] = field(default_factory=dict)
 
 
@@ -164,6 +165,8 @@ class Scheduler:
         self._timeout_s = config.policy.timeout_s
         self._next_id = itertools.count(1).__next__  # restarted above the run's id base by _open_log
         self._log: Any = None
+        #: called with (decision, latency_s or None, ok) for every outcome; see add_observer
+        self._observers: tuple[Callable[[Decision, float | None, bool], None], ...] = ()
         db_path = str(db) if db is not None else (config.resolve_path(config.store.path) if config.store.path else None)
         if db_path:
             self._open_log(db_path)
@@ -317,6 +320,8 @@ class Scheduler:
             latency = float(latency_s) if latency_s is not None and math.isfinite(float(latency_s)) else math.nan
         if self._log is not None:
             self._log.outcome(decision.id, latency, ok, error)
+        if self._observers:
+            self._notify(decision, latency if ok else None, ok)
         if not ok:
             self._on_failure(decision.backend, error)
             return
@@ -424,6 +429,8 @@ class Scheduler:
                     # One-time costs (a kernel built, weights uploaded): logged, not learned from.
                     if self._log is not None:
                         self._log.outcome(decision.id, result.latency_s, True, "cold")
+                    if self._observers:
+                        self._notify(decision, None, True)
                 elif result.latency_s > self._timeout_s:
                     # A result that came too late is still a result: hand it back, but
                     # treat the backend as failing so the next stages go elsewhere.
@@ -447,6 +454,8 @@ class Scheduler:
             return
         if self._log is not None:
             self._log.outcome(decision.id, latency if latency is not None else math.nan, False, error)
+        if self._observers:
+            self._notify(decision, None, False)
         with self._lock:
             self._counters.failures += 1
         if quarantine:
@@ -576,6 +585,25 @@ class Scheduler:
             log.exception("learning the queued observations failed")
         if self._log is not None:
             self._log.flush(timeout_s)
+
+    def add_observer(self, fn: Callable[[Decision, float | None, bool], None]) -> None:
+        """Call ``fn(decision, latency_s, ok)`` for every outcome (metrics, say).
+
+        ``latency_s`` is None for a failure and for a cold run (one-time costs). ``fn``
+        runs on the thread that reports the outcome, never on the ``decide`` path: keep it
+        O(1). An exception from it is logged (once) and never reaches the caller.
+        """
+        with self._lock:
+            self._observers = (*self._observers, fn)
+
+    def _notify(self, decision: Decision, latency_s: float | None, ok: bool) -> None:
+        for fn in self._observers:
+            try:
+                fn(decision, latency_s, ok)
+            except Exception:  # an observer must never raise into inference
+                if not self._counters.observer_errors:
+                    log.exception("an outcome observer failed (further failures are counted, not logged)")
+                self._counters.observer_errors += 1
 
     # -- introspection ------------------------------------------------------------------
     def online_choice(self, stage: Stage | str, shape: Shape, after: Backend | None = None) -> Backend:
