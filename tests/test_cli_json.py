@@ -2,6 +2,7 @@
 
 import importlib
 import json
+import sqlite3
 
 import pytest
 
@@ -22,8 +23,11 @@ def logs(tmp_path_factory):
     run_db, bare_db, prof_db = root / "run.db", root / "bare.db", root / "prof.db"
     assert main(["run", "--tokens", "4", "--layers", "2", "--no-compare", "--db", str(run_db)]) == 0
     assert main(["decide", "--stage", "qkv", "--n", "1", "--d", "2048", "--db", str(bare_db)]) == 0
+    assert main(["decide", "--stage", "qkv", "--n", "1", "--d", "2048", "--db", str(prof_db)]) == 0
     assert main(["profile", "--grid", "smoke", "--repetitions", "2", "--db", str(prof_db)]) == 0
-    return {"run": str(run_db), "bare": str(bare_db), "prof": str(prof_db)}
+    with sqlite3.connect(prof_db) as conn:
+        (decision_id,) = conn.execute("SELECT max(id) FROM decisions").fetchone()
+    return {"run": str(run_db), "bare": str(bare_db), "prof": str(prof_db), "id": decision_id}
 
 
 #: verb -> the arguments each JSON case adds (several cases per verb where the data differ)
@@ -34,6 +38,7 @@ CASES = {
     "train": [["--db", "{prof}"]],
     "replay": [["--db", "{run}"], ["--db", "{bare}"]],
     "report": [["--db", "{run}"], ["--db", "{bare}"]],
+    "observe": [["--db", "{prof}", "--id", "{id}", "--latency-ms", "1.5"]],
     "executors": [[]],
     "check": [[]],
 }

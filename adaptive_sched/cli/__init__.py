@@ -24,6 +24,7 @@ from ..paths import DEFAULT_CONFIG
 VERBS: dict[str, str] = {
     "run": "run",
     "decide": "decide",
+    "observe": "observe",
     "profile": "profile",
     "train": "train",
     "replay": "replay",
