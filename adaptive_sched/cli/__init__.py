@@ -25,6 +25,7 @@ VERBS: dict[str, str] = {
     "run": "run",
     "decide": "decide",
     "observe": "observe",
+    "serve": "serve",
     "profile": "profile",
     "train": "train",
     "replay": "replay",
