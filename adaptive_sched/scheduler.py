@@ -35,7 +35,7 @@ from .executors import Executor, RunResult
 from .policies import Observation, Policy
 from .policies.base import certain
 from .stages import split_heads
-from .types import Backend, Decision, Shape, Stage, check_latency, parse_backend, parse_stage
+from .types import Backend, Choice, Decision, Shape, Stage, check_latency, parse_backend, parse_stage
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +132,9 @@ class Scheduler:
         Overrides the prior of the config (an object with ``latency`` and ``choose``).
     executors : mapping, optional
         Backend -> executor, overriding the config's executors (tests, embedding).
+    warm_start_from : str or Path, optional
+        Without ``db``: learn from this log's outcomes (as a scheduler opening it would)
+        but log nothing to it. For a one-shot decision that writes its own row.
     """
 
     def __init__(
@@ -142,6 +145,7 @@ class Scheduler:
         policy: Policy | None = None,
         prior: Any = None,
         executors: Mapping[Backend | str, Executor] | None = None,
+        warm_start_from: str | Path | None = None,
     ) -> None:
         self.config = config
         self._closed = False
@@ -169,6 +173,8 @@ class Scheduler:
         db_path = str(db) if db is not None else (config.resolve_path(config.store.path) if config.store.path else None)
         if db_path:
             self._open_log(db_path)
+        elif warm_start_from is not None and Path(warm_start_from).exists():
+            self._warm_start(str(warm_start_from))
         # The decision hot path reads these directly (see decide()).
         self._table = self._policy.table
         self._draw = self._policy.draw
@@ -209,6 +215,34 @@ class Scheduler:
                 return {}
             reasons[backend] = why
         return reasons
+
+    def published(
+        self, stage: Stage | str, shape: Shape, after: Backend | str | None = None
+    ) -> tuple[Choice, tuple[tuple[float, Choice], ...]]:
+        """What a decision here draws from now: the exploit choice and ``(threshold, choice)`` alternatives.
+
+        The same entry :meth:`decide` reads (a uniform draw below a threshold takes that
+        alternative), so it can be saved and drawn from by a process that has no policy
+        (``adaptive-sched decide``'s snapshot). Policies without a published table give
+        their probability vector in the same form.
+        """
+        stage_ = parse_stage(stage)
+        prev = None if after is None else parse_backend(after)
+        with self._lock:
+            choice = self._policy.choose(stage_, shape, prev)
+            table = self._policy.table
+            entry = table.lookup(stage_, shape, prev) if table is not None else None
+            if entry is not None:
+                return entry.exploit, entry.alternatives
+            probs = self._policy.probabilities(stage_, shape, prev)
+        exploit = max(probs, key=probs.__getitem__)
+        version = choice.version
+        alternatives, threshold = [], 0.0
+        for backend, p in probs.items():
+            if backend is not exploit and p > 0:
+                threshold += p
+                alternatives.append((threshold, Choice(backend, p, True, choice.predicted, probs, version)))
+        return Choice(exploit, probs[exploit], False, choice.predicted, probs, version), tuple(alternatives)
 
     # -- construction -------------------------------------------------------------
     def _open_log(self, path: str) -> None:

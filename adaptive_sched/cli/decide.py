@@ -1,8 +1,15 @@
-"""``adaptive-sched decide``: one decision, for firmware scripts."""
+"""``adaptive-sched decide``: one decision, for firmware scripts.
+
+A cold process answers from a snapshot of what the config's scheduler published (see
+:mod:`adaptive_sched.store.snapshot`) with the standard library only; only when there is
+none, or it is stale (new outcomes in the log, another boot, a changed prior), is a
+scheduler built, learning from the log, and the snapshot refreshed.
+"""
 
 from __future__ import annotations
 
 import argparse
+import random
 import sys
 from typing import Any
 
@@ -35,25 +42,146 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.socket:
         return _over_socket(args)
+    from .. import __version__
+    from ..paths import resolve_config
+    from ..store import snapshot
+    from ..types import Shape, Stage
+
+    shape = Shape(n=args.n, d=args.d, kv_len=args.kv_len, batch=args.batch, heads=args.heads,
+                  precision=args.precision)  # fmt: skip
+    stage = Stage(args.stage)
+    key = snapshot.config_key(resolve_config(args.config), __version__)
+    data = _from_snapshot(args, stage, shape, key)
+    if data is None:
+        data = _from_scheduler(args, stage, shape, key)
+    _emit(args, data)
+    return 0
+
+
+def _from_snapshot(args: argparse.Namespace, stage: Any, shape: Any, key: str) -> dict[str, Any] | None:
+    """The decision from a current snapshot (logged, with a log), or None to build a scheduler."""
+    from pathlib import Path
+
+    from ..store import snapshot
+
+    db = args.db
+    if db is None:
+        cached = snapshot.read_cached(key)
+        if cached is None or not cached.current():
+            return None
+        if cached.store_path is None:
+            return _answer(cached, stage, shape, args.after, None, None)
+        db = cached.store_path
+    if not Path(db).exists():
+        return None  # a new log: the scheduler's path creates it
+    conn = snapshot.open_log(db)
+    try:
+        snap = snapshot.read_logged(conn, key)
+        fresh = (
+            snap is not None
+            and snap.current()
+            and snap.watermark == snapshot.outcome_watermark(conn)
+            and snapshot.run_exists(conn, snap.run)
+        )
+        return _answer(snap, stage, shape, args.after, conn, snap.run) if fresh and snap else None
+    finally:
+        conn.close()
+
+
+def _answer(snap: Any, stage: Any, shape: Any, after: str | None, conn: Any, run: int | None) -> dict[str, Any] | None:
+    from ..store import snapshot
+
+    entry = snap.entries.get(snapshot.entry_key(stage, shape, after, snap.lookahead))
+    if entry is None:
+        return None
+    choice = snapshot.pick(entry, random.random())
+    decision_id = None if conn is None or run is None else snapshot.log_decision(conn, run, stage, shape, after, choice)
+    return {
+        "id": decision_id,
+        "stage": stage.value,
+        **snapshot.choice_fields(choice),
+        "usable": list(snap.usable),
+        "unavailable": dict(snap.unavailable),
+    }
+
+
+def _from_scheduler(args: argparse.Namespace, stage: Any, shape: Any, key: str) -> dict[str, Any]:
+    """Build the scheduler (learning from the log), publish this decision's entry, save the snapshot."""
+    from pathlib import Path
+
+    from .. import __version__
+    from ..build import config_dependencies
     from ..config import load_config
     from ..errors import UnsupportedShape
     from ..scheduler import Scheduler
-    from ..service import decision_fields
-    from ..types import Shape
+    from ..store import snapshot
 
     config = load_config(args.config)
-    shape = Shape(n=args.n, d=args.d, kv_len=args.kv_len, batch=args.batch, heads=args.heads,
-                  precision=args.precision)  # fmt: skip
-    with Scheduler(config, db=args.db) as sched:
-        why = sched.unsupported(args.stage, shape)
-        if why:
-            reasons = "; ".join(f"{b.value}: {r}" for b, r in why.items())
-            raise UnsupportedShape(f"unsupported: no usable backend runs {args.stage} at {shape}: {reasons}")
-        dq = sched.decide(args.stage, shape, after=args.after)
-        data = decision_fields(dq)
-        data["unavailable"] = {b.value: reason for b, reason in sched.unavailable.items()}
-    _emit(args, data)
-    return 0
+    store_path = config.resolve_path(config.store.path) if config.store.path else None
+    db = args.db or store_path
+    # An existing file is checked (refused untouched if not ours) before anything is built;
+    # a new log is created only once the scheduler exists (no backend usable: no file).
+    conn = snapshot.open_log(db) if db and Path(db).exists() else None
+    try:
+        # Read before learning: an outcome that lands meanwhile makes the snapshot stale, not lost.
+        watermark = snapshot.outcome_watermark(conn) if conn is not None else None
+        old = snapshot.read_logged(conn, key) if conn is not None else snapshot.read_cached(key)
+        with Scheduler(config, warm_start_from=db) as sched:
+            why = sched.unsupported(stage, shape)
+            if why:
+                reasons = "; ".join(f"{b.value}: {r}" for b, r in why.items())
+                raise UnsupportedShape(f"unsupported: no usable backend runs {stage.value} at {shape}: {reasons}")
+            exploit, alternatives = sched.published(stage, shape, args.after)
+            table = sched.policy.table
+            fresh = snapshot.Snapshot(
+                key=key,
+                host=snapshot.host_stamp(),
+                deps=[snapshot.file_stamp(p) for p in config_dependencies(config)],
+                store_path=store_path,
+                usable=[b.value for b in sched.usable],
+                unavailable={b.value: r for b, r in sched.unavailable.items()},
+                # without a table a policy may look at every shape field: key by all of them
+                lookahead=table.lookahead if table is not None else True,
+                watermark=watermark,
+            )
+        if db and conn is None:
+            conn = snapshot.open_log(db)
+            watermark = snapshot.outcome_watermark(conn)
+            fresh = snapshot.Snapshot(**{**fresh.__dict__, "watermark": watermark})
+        entry = [snapshot.store_choice(exploit), [[t, snapshot.store_choice(c)] for t, c in alternatives]]
+        keep = old is not None and old.watermark == watermark and old.current() and old.lookahead == fresh.lookahead
+        if keep and old is not None:
+            fresh = snapshot.Snapshot(**{**fresh.__dict__, "entries": old.entries})
+        run = old.run if old is not None and conn is not None and snapshot.run_exists(conn, old.run) else None
+        if conn is not None and run is None:
+            run = snapshot.new_run(conn, {"config_hash": config.content_hash(), "device_profile": config.device,
+                                          "package_version": __version__,
+                                          "config": _json(config.as_dict())})  # fmt: skip
+        fresh = snapshot.Snapshot(**{**fresh.__dict__, "run": run})
+        fresh = fresh.with_entry(snapshot.entry_key(stage, shape, args.after, fresh.lookahead), entry)
+        if conn is not None:
+            snapshot.save_logged(conn, fresh)
+        if args.db is None:
+            snapshot.write_cached(fresh if conn is None else _facts_only(fresh))
+        data = _answer(fresh, stage, shape, args.after, conn, run)
+        assert data is not None  # its entry was just added
+        return data
+    finally:
+        if conn is not None:
+            conn.close()
+
+
+def _facts_only(snap: Any) -> Any:
+    # The cache only says where the config's log is; its entries live in the log.
+    from dataclasses import replace
+
+    return replace(snap, entries={}, run=None, watermark=None)
+
+
+def _json(data: Any) -> str:
+    import json
+
+    return json.dumps(data, sort_keys=True)
 
 
 def _over_socket(args: argparse.Namespace) -> int:
