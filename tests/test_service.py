@@ -234,7 +234,8 @@ def test_serve_refuses_a_live_server_with_exit_1(served, capsys):
     assert "already listening" in capsys.readouterr().err
 
 
-def test_sigterm_answers_the_backlog_flushes_the_log_and_exits_0(short_dir):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_answers_the_backlog_flushes_the_log_and_exits_0(short_dir, signum):
     sock_path, db = short_dir / "s.sock", short_dir / "log.db"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     server = subprocess.Popen([sys.executable, "-m", "adaptive_sched", "serve", "--socket", str(sock_path),
@@ -251,7 +252,7 @@ def test_sigterm_answers_the_backlog_flushes_the_log_and_exits_0(short_dir):
         reader.start()
         n = 3000
         c.send_raw(b"".join(json.dumps({**DECIDE, "kv_len": i % 500}).encode() + b"\n" for i in range(n)))
-        server.send_signal(signal.SIGTERM)  # while most of the backlog is still unanswered
+        server.send_signal(signum)  # while most of the backlog is still unanswered
         reader.join(30)
         assert server.wait(30) == 0
         c.close()
