@@ -126,3 +126,15 @@ def test_a_file_that_is_not_a_log_is_refused_untouched(capsys, tmp_path):
     notes.write_text("my notes")
     assert main([*ARGV, "--db", str(notes)]) == 1
     assert "refusing to touch it" in capsys.readouterr().err and notes.read_text() == "my notes"
+
+
+def test_a_log_that_cannot_be_written_is_an_error_naming_it(capsys, tmp_path, monkeypatch):
+    db = tmp_path / "log.db"
+    _decide(capsys, "--db", str(db))
+
+    def locked(*args, **kwargs):
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(snapshot, "log_decision", locked)
+    assert main([*ARGV, "--db", str(db)]) == 1
+    assert f"{db}: cannot read or write the log (database is locked)" in capsys.readouterr().err

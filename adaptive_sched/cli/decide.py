@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import random
+import sqlite3
 import sys
+from dataclasses import replace
 from typing import Any
 
 from .args import nonnegative_int, positive_int
@@ -51,9 +53,14 @@ def run(args: argparse.Namespace) -> int:
                   precision=args.precision)  # fmt: skip
     stage = Stage(args.stage)
     key = snapshot.config_key(resolve_config(args.config), __version__)
-    data = _from_snapshot(args, stage, shape, key)
-    if data is None:
-        data = _from_scheduler(args, stage, shape, key)
+    try:
+        data = _from_snapshot(args, stage, shape, key)
+        if data is None:
+            data = _from_scheduler(args, stage, shape, key)
+    except sqlite3.Error as exc:  # locked past the busy timeout, read-only, disk full
+        from ..errors import StoreError
+
+        raise StoreError(f"{args.db or 'the log of ' + args.config}: cannot read or write the log ({exc})") from exc
     _emit(args, data)
     return 0
 
@@ -147,17 +154,17 @@ def _from_scheduler(args: argparse.Namespace, stage: Any, shape: Any, key: str) 
         if db and conn is None:
             conn = snapshot.open_log(db)
             watermark = snapshot.outcome_watermark(conn)
-            fresh = snapshot.Snapshot(**{**fresh.__dict__, "watermark": watermark})
+            fresh = replace(fresh, watermark=watermark)
         entry = [snapshot.store_choice(exploit), [[t, snapshot.store_choice(c)] for t, c in alternatives]]
         keep = old is not None and old.watermark == watermark and old.current() and old.lookahead == fresh.lookahead
         if keep and old is not None:
-            fresh = snapshot.Snapshot(**{**fresh.__dict__, "entries": old.entries})
+            fresh = replace(fresh, entries=old.entries)
         run = old.run if old is not None and conn is not None and snapshot.run_exists(conn, old.run) else None
         if conn is not None and run is None:
             run = snapshot.new_run(conn, {"config_hash": config.content_hash(), "device_profile": config.device,
                                           "package_version": __version__,
                                           "config": _json(config.as_dict())})  # fmt: skip
-        fresh = snapshot.Snapshot(**{**fresh.__dict__, "run": run})
+        fresh = replace(fresh, run=run)
         fresh = fresh.with_entry(snapshot.entry_key(stage, shape, args.after, fresh.lookahead), entry)
         if conn is not None:
             snapshot.save_logged(conn, fresh)
@@ -173,8 +180,6 @@ def _from_scheduler(args: argparse.Namespace, stage: Any, shape: Any, key: str) 
 
 def _facts_only(snap: Any) -> Any:
     # The cache only says where the config's log is; its entries live in the log.
-    from dataclasses import replace
-
     return replace(snap, entries={}, run=None, watermark=None)
 
 
