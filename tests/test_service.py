@@ -263,3 +263,38 @@ def test_a_stop_signal_answers_the_backlog_flushes_the_log_and_exits_0(short_dir
     assert len(replies) == n  # everything sent before the signal was answered ...
     assert _rows(db)[0] == n  # ... and is in the log
     assert not sock_path.exists()
+
+
+def test_connections_beyond_the_limit_are_told_busy(short_dir):
+    with (
+        Scheduler.from_config("rk3588-sim") as sched,
+        DecisionService(sched, short_dir / "s.sock", ServiceLimits(max_clients=2)) as service,
+    ):
+        held = [Client(service.path) for _ in range(2)]
+        assert all(c.ask(DECIDE)["ok"] for c in held)  # both are being served
+        extra = Client(service.path)
+        assert extra.read()["error"]["code"] == "busy" and extra.read() is None
+        extra.close()
+        held[0].close()
+        deadline = time.monotonic() + 10
+        while True:  # its thread notices the closed connection within a poll interval
+            again = Client(service.path)
+            try:
+                reply = again.ask(DECIDE)
+            except OSError:  # told busy and closed before the request was sent
+                reply = None
+            again.close()
+            if reply is not None and reply["ok"]:
+                break
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        held[1].close()
+
+
+def test_register_adds_an_operation_but_cannot_replace_a_built_in(short_dir):
+    with Scheduler.from_config("rk3588-sim") as sched:
+        service = DecisionService(sched, short_dir / "s.sock")
+        service.register("metrics", lambda request: {"text": f"decisions {service.stats()['service']['requests']}"})
+        assert service.handle({"op": "metrics"})["text"].startswith("decisions")
+        with pytest.raises(ValueError, match="built in"):
+            service.register("decide", lambda request: {})
