@@ -37,8 +37,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from .cache import BoundedDict
 from .errors import AdaptiveSchedError
-from .types import Backend, Decision, Shape, parse_backend, parse_stage
+from .types import Backend, Decision, Shape, Stage, parse_backend, parse_stage
 
 if TYPE_CHECKING:
     from .scheduler import Scheduler
@@ -57,6 +58,8 @@ SEND_TIMEOUT_S = 5.0
 POLL_S = 0.2
 #: after a stop, how long requests already sent are still read and answered
 DRAIN_S = 2.0
+#: distinct (stage, shape, after) remembered for the snapshot saved when a service stops
+SERVED_POINTS = 4096
 #: Unix socket paths longer than this do not fit ``sockaddr_un``
 MAX_PATH_BYTES = 107
 
@@ -132,6 +135,8 @@ class DecisionService:
         self._evicted = 0
         self._connections = 0
         self._unsupported: dict[tuple[Any, Shape], dict[Backend, str]] = {}
+        # distinct (stage, shape, after) decided, the earliest forgotten first: what a snapshot covers
+        self._served: BoundedDict[tuple[Stage, Shape, Backend | None], None] = BoundedDict(SERVED_POINTS)
         self._listener: socket.socket | None = None
         self._bound: tuple[int, int] | None = None
         self._accept_thread: threading.Thread | None = None
@@ -206,6 +211,7 @@ class DecisionService:
             reasons = "; ".join(f"{b.value}: {r}" for b, r in why.items())
             raise RequestError("unsupported", f"no usable backend runs {stage.value} at {shape}: {reasons}")
         decision = self.scheduler.decide(stage, shape, context, after)
+        self._served[(stage, shape, decision.after)] = None
         with self._pending_lock:
             self._pending[decision.id] = decision
             while len(self._pending) > self.limits.max_pending:
@@ -274,6 +280,16 @@ class DecisionService:
         _only(request, {"op", "tag"})
         self.scheduler.flush()
         return {}
+
+    def served(self) -> list[tuple[Stage, Shape, str | None]]:
+        """The distinct ``(stage, shape, after)`` decided (the last ``SERVED_POINTS``), for a snapshot."""
+        while True:
+            try:
+                points = list(self._served)
+                break
+            except RuntimeError:  # a connection decided meanwhile: read again
+                continue
+        return [(stage, shape, None if after is None else after.value) for stage, shape, after in points]
 
     def stats(self) -> dict[str, Any]:
         """The service's counters and the scheduler's :meth:`~adaptive_sched.Scheduler.stats`."""

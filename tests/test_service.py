@@ -236,6 +236,11 @@ def test_serve_refuses_a_live_server_with_exit_1(served, capsys):
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_stop_signal_answers_the_backlog_flushes_the_log_and_exits_0(short_dir, signum):
+    _stop_with_backlog(short_dir, signum)
+
+
+def _stop_with_backlog(short_dir, signum):
+    """A served log: 3000 decisions sent at once, the stop signal sent while most are unanswered."""
     sock_path, db = short_dir / "s.sock", short_dir / "log.db"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     server = subprocess.Popen([sys.executable, "-m", "adaptive_sched", "serve", "--socket", str(sock_path),
@@ -263,6 +268,22 @@ def test_a_stop_signal_answers_the_backlog_flushes_the_log_and_exits_0(short_dir
     assert len(replies) == n  # everything sent before the signal was answered ...
     assert _rows(db)[0] == n  # ... and is in the log
     assert not sock_path.exists()
+    return db
+
+
+def test_a_stopped_server_leaves_a_snapshot_that_decide_answers_from(short_dir, capsys, monkeypatch):
+    db = _stop_with_backlog(short_dir, signal.SIGTERM)
+
+    def no_scheduler(*args, **kwargs):
+        raise AssertionError("decide built a scheduler: the server left no current snapshot")
+
+    monkeypatch.setattr("adaptive_sched.scheduler.Scheduler.__init__", no_scheduler)
+    argv = ["decide", "--stage", "qkv", "--n", "1", "--d", "2048", "--kv-len", "100", "--precision", "int8"]
+    assert main([*argv, "--db", str(db), "-o", "json"]) == 0
+    reply = json.loads(capsys.readouterr().out)
+    assert reply["backend"] in reply["usable"] and reply["id"] is not None
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM decisions").fetchone()[0] == 3000 + 1
 
 
 def test_connections_beyond_the_limit_are_told_busy(short_dir):

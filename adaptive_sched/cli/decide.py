@@ -117,7 +117,6 @@ def _from_scheduler(args: argparse.Namespace, stage: Any, shape: Any, key: str) 
     from pathlib import Path
 
     from .. import __version__
-    from ..build import config_dependencies
     from ..config import load_config
     from ..errors import UnsupportedShape
     from ..scheduler import Scheduler
@@ -138,34 +137,20 @@ def _from_scheduler(args: argparse.Namespace, stage: Any, shape: Any, key: str) 
             if why:
                 reasons = "; ".join(f"{b.value}: {r}" for b, r in why.items())
                 raise UnsupportedShape(f"unsupported: no usable backend runs {stage.value} at {shape}: {reasons}")
-            exploit, alternatives = sched.published(stage, shape, args.after)
-            table = sched.policy.table
-            fresh = snapshot.Snapshot(
-                key=key,
-                host=snapshot.host_stamp(),
-                deps=[snapshot.file_stamp(p) for p in config_dependencies(config)],
-                store_path=store_path,
-                usable=[b.value for b in sched.usable],
-                unavailable={b.value: r for b, r in sched.unavailable.items()},
-                # without a table a policy may look at every shape field: key by all of them
-                lookahead=table.lookahead if table is not None else True,
-                watermark=watermark,
-            )
-        if db and conn is None:
-            conn = snapshot.open_log(db)
-            watermark = snapshot.outcome_watermark(conn)
-            fresh = replace(fresh, watermark=watermark)
-        entry = [snapshot.store_choice(exploit), [[t, snapshot.store_choice(c)] for t, c in alternatives]]
-        keep = old is not None and old.watermark == watermark and old.current() and old.lookahead == fresh.lookahead
-        if keep and old is not None:
+            if db and conn is None:
+                conn = snapshot.open_log(db)
+                watermark = snapshot.outcome_watermark(conn)
+            run = old.run if old is not None and conn is not None and snapshot.run_exists(conn, old.run) else None
+            if conn is not None and run is None:
+                run = snapshot.new_run(conn, snapshot.run_fields(config, __version__))
+            fresh = snapshot.from_scheduler(sched, key, [(stage, shape, args.after)], store_path=store_path,
+                                            watermark=watermark, run=run)  # fmt: skip
+        if old is not None and old.watermark == watermark and old.current() and old.lookahead == fresh.lookahead:
+            # the same learned state: what it published for other shapes still holds
+            added = fresh.entries
             fresh = replace(fresh, entries=old.entries)
-        run = old.run if old is not None and conn is not None and snapshot.run_exists(conn, old.run) else None
-        if conn is not None and run is None:
-            run = snapshot.new_run(conn, {"config_hash": config.content_hash(), "device_profile": config.device,
-                                          "package_version": __version__,
-                                          "config": _json(config.as_dict())})  # fmt: skip
-        fresh = replace(fresh, run=run)
-        fresh = fresh.with_entry(snapshot.entry_key(stage, shape, args.after, fresh.lookahead), entry)
+            for k, e in added.items():
+                fresh = fresh.with_entry(k, e)
         if conn is not None:
             snapshot.save_logged(conn, fresh)
         if args.db is None:
@@ -181,12 +166,6 @@ def _from_scheduler(args: argparse.Namespace, stage: Any, shape: Any, key: str) 
 def _facts_only(snap: Any) -> Any:
     # The cache only says where the config's log is; its entries live in the log.
     return replace(snap, entries={}, run=None, watermark=None)
-
-
-def _json(data: Any) -> str:
-    import json
-
-    return json.dumps(data, sort_keys=True)
 
 
 def _over_socket(args: argparse.Namespace) -> int:

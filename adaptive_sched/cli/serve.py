@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import sys
 import threading
@@ -11,6 +12,8 @@ from typing import Any
 HELP = "serve decisions and observations over a Unix socket (newline-delimited JSON, see docs/serve.md)"
 CONFIG = True
 OUTPUT = False
+
+log = logging.getLogger(__name__)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -47,8 +50,33 @@ def run(args: argparse.Namespace) -> int:
             finally:
                 # Answer what clients already sent, then the scheduler's close flushes the log.
                 service.stop()
+                db = args.db or (config.resolve_path(config.store.path) if config.store.path else None)
+                if db:
+                    _save_snapshot(args, sched, service, db)
         print("adaptive-sched: stopped; log flushed", file=sys.stderr)
         return 0
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+def _save_snapshot(args: argparse.Namespace, sched: Any, service: Any, db: str) -> None:
+    """Leave in the log what the scheduler publishes now, so ``decide --db`` starts from it.
+
+    Never fails the shutdown: without a snapshot, the next ``decide`` learns the log again.
+    """
+    import sqlite3
+
+    from .. import __version__
+    from ..errors import AdaptiveSchedError
+    from ..paths import resolve_config
+    from ..store import snapshot
+
+    try:
+        sched.flush()  # every outcome learned and committed: the watermark then covers them
+        key = snapshot.config_key(resolve_config(args.config), __version__)
+        fields = snapshot.run_fields(sched.config, __version__)
+        saved = snapshot.save_for_log(sched, key, db, service.served(), fields)
+        log.info("saved what the scheduler publishes for %d shape buckets in %s", len(saved.entries), db)
+    except (AdaptiveSchedError, sqlite3.Error, OSError) as exc:
+        log.warning("%s: no decision snapshot saved (%s); the next decide learns the log again", db, exc)

@@ -34,7 +34,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -189,6 +189,69 @@ def store_choice(choice: Any) -> StoredChoice:
     ]
 
 
+def from_scheduler(
+    sched: Any,
+    key: str,
+    points: Iterable[tuple[Stage, Shape, str | None]],
+    *,
+    store_path: str | None,
+    watermark: list[int] | None,
+    run: int | None = None,
+    entries: Mapping[str, list[Any]] | None = None,
+) -> Snapshot:
+    """What the scheduler ``sched`` publishes now at each ``(stage, shape, after)`` of ``points``.
+
+    ``entries`` are kept from an earlier snapshot of the same learned state; a point no
+    usable executor supports gets no entry (``decide`` then says why, from the scheduler).
+    """
+    from ..build import config_dependencies
+
+    table = sched.policy.table
+    snap = Snapshot(
+        key=key,
+        host=host_stamp(),
+        deps=[file_stamp(p) for p in config_dependencies(sched.config)],
+        store_path=store_path,
+        usable=[b.value for b in sched.usable],
+        unavailable={b.value: r for b, r in sched.unavailable.items()},
+        # without a table a policy may look at every shape field: key by all of them
+        lookahead=table.lookahead if table is not None else True,
+        run=run,
+        watermark=watermark,
+    )
+    out = dict(entries or {})
+    for stage, shape, after in points:
+        if sched.unsupported(stage, shape):
+            continue
+        exploit, alternatives = sched.published(stage, shape, after)
+        k = entry_key(stage, shape, after, snap.lookahead)
+        out.pop(k, None)
+        out[k] = [store_choice(exploit), [[t, store_choice(c)] for t, c in alternatives]]
+    while len(out) > MAX_ENTRIES:
+        del out[next(iter(out))]
+    return replace(snap, entries=out)
+
+
+def save_for_log(
+    sched: Any, key: str, db: str | Path, points: Iterable[tuple[Stage, Shape, str | None]], fields: Mapping[str, Any]
+) -> Snapshot:
+    """Save in the log ``db`` what ``sched`` publishes at ``points``, learned from every outcome in it now.
+
+    For a scheduler that has logged to ``db`` and flushed (a service stopping): the next
+    ``decide --db`` with the same config answers from it. ``fields`` make the command
+    line's ``runs`` row if the config has none yet.
+    """
+    conn = open_log(db)
+    try:
+        old = read_logged(conn, key)
+        run = old.run if old is not None and run_exists(conn, old.run) else new_run(conn, fields)
+        snap = from_scheduler(sched, key, points, store_path=None, watermark=outcome_watermark(conn), run=run)
+        save_logged(conn, snap)
+        return snap
+    finally:
+        conn.close()
+
+
 # -- without a log: the user's cache directory ---------------------------------------------
 def cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
@@ -244,6 +307,12 @@ def new_run(conn: sqlite3.Connection, fields: Mapping[str, Any]) -> int:
     """A ``runs`` row for the command line's decisions under one config (once per config, not per call)."""
     return allocate_run(conn, {"started_at": time.time(), "host": os.uname().nodename, "pid": os.getpid(),
                                **fields})  # fmt: skip
+
+
+def run_fields(config: Any, version: str) -> dict[str, Any]:
+    """The ``runs`` row of the command line's decisions under ``config`` (a :class:`~adaptive_sched.config.Config`)."""
+    return {"config_hash": config.content_hash(), "device_profile": config.device, "package_version": version,
+            "config": json.dumps(config.as_dict(), sort_keys=True)}  # fmt: skip
 
 
 def save_logged(conn: sqlite3.Connection, snap: Snapshot) -> None:
@@ -309,6 +378,7 @@ __all__ = [
     "config_key",
     "entry_key",
     "file_stamp",
+    "from_scheduler",
     "host_stamp",
     "log_decision",
     "new_run",
@@ -318,6 +388,8 @@ __all__ = [
     "read_cached",
     "read_logged",
     "run_exists",
+    "run_fields",
+    "save_for_log",
     "save_logged",
     "store_choice",
     "write_cached",
