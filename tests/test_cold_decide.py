@@ -60,7 +60,7 @@ def test_the_snapshot_draws_as_the_scheduler_published(capsys, tmp_path, monkeyp
     entry = snap.entries[key]
     assert entry[1], "the entry explores: some draws take an alternative"
     for u in (0.0, entry[1][0][0] - 1e-9, entry[1][-1][0], 0.999999):
-        monkeypatch.setattr(decide_module.random, "random", lambda u=u: u)
+        monkeypatch.setattr(decide_module, "_uniform", lambda u=u: u)
         reply = _decide(capsys, "--db", str(db))
         expected = snapshot.pick(entry, u)
         assert (reply["backend"], reply["propensity"], reply["explored"]) == tuple(expected[:3])

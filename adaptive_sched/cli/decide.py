@@ -9,8 +9,7 @@ scheduler built, learning from the log, and the snapshot refreshed.
 from __future__ import annotations
 
 import argparse
-import random
-import sqlite3
+import os
 import sys
 from dataclasses import replace
 from typing import Any
@@ -57,7 +56,12 @@ def run(args: argparse.Namespace) -> int:
         data = _from_snapshot(args, stage, shape, key)
         if data is None:
             data = _from_scheduler(args, stage, shape, key)
-    except sqlite3.Error as exc:  # locked past the busy timeout, read-only, disk full
+    except Exception as exc:
+        # SQLite's own errors (locked past the busy timeout, read-only, disk full); sqlite3 is
+        # loaded if one was raised, and a call without a log never imports it
+        sqlite3 = sys.modules.get("sqlite3")
+        if sqlite3 is None or not isinstance(exc, sqlite3.Error):
+            raise
         from ..errors import StoreError
 
         raise StoreError(f"{args.db or 'the log of ' + args.config}: cannot read or write the log ({exc})") from exc
@@ -101,7 +105,7 @@ def _answer(snap: Any, stage: Any, shape: Any, after: str | None, conn: Any, run
     entry = snap.entries.get(snapshot.entry_key(stage, shape, after, snap.lookahead))
     if entry is None:
         return None
-    choice = snapshot.pick(entry, random.random())
+    choice = snapshot.pick(entry, _uniform())
     decision_id = None if conn is None or run is None else snapshot.log_decision(conn, run, stage, shape, after, choice)
     return {
         "id": decision_id,
@@ -110,6 +114,11 @@ def _answer(snap: Any, stage: Any, shape: Any, after: str | None, conn: Any, run
         "usable": list(snap.usable),
         "unavailable": dict(snap.unavailable),
     }
+
+
+def _uniform() -> float:
+    """A uniform draw in [0, 1) from the OS (``random`` costs a module import per process)."""
+    return int.from_bytes(os.urandom(7), "big") / (1 << 56)
 
 
 def _from_scheduler(args: argparse.Namespace, stage: Any, shape: Any, key: str) -> dict[str, Any]:

@@ -32,16 +32,17 @@ import hashlib
 import json
 import logging
 import os
-import sqlite3
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import StoreError
 from ..types import Shape, Stage
-from .schema import DECISION_COLUMNS, DECISION_FEATURE_COLUMNS, allocate_run, connect, run_id_range
+
+if TYPE_CHECKING:  # sqlite3 and the schema load with the first log opened: a call without one needs neither
+    import sqlite3
 
 log = logging.getLogger(__name__)
 
@@ -282,6 +283,8 @@ def write_cached(snap: Snapshot) -> bool:
 # -- with a log: its meta table ---------------------------------------------------------------
 def open_log(path: str | Path) -> sqlite3.Connection:
     """A connection to the log at ``path`` (created if missing; refused untouched if not ours)."""
+    from .schema import connect
+
     return connect(path, isolation_level=None)
 
 
@@ -305,6 +308,8 @@ def run_exists(conn: sqlite3.Connection, run: int | None) -> bool:
 
 def new_run(conn: sqlite3.Connection, fields: Mapping[str, Any]) -> int:
     """A ``runs`` row for the command line's decisions under one config (once per config, not per call)."""
+    from .schema import allocate_run
+
     return allocate_run(conn, {"started_at": time.time(), "host": os.uname().nodename, "pid": os.getpid(),
                                **fields})  # fmt: skip
 
@@ -333,17 +338,14 @@ def save_logged(conn: sqlite3.Connection, snap: Snapshot) -> None:
         raise
 
 
-_INSERT_DECISION = (
-    f"INSERT INTO decisions ({', '.join(DECISION_COLUMNS)}) VALUES ({', '.join('?' * len(DECISION_COLUMNS))})"
-)
-
-
 def log_decision(
     conn: sqlite3.Connection, run: int, stage: Stage, shape: Shape, after: str | None, choice: StoredChoice
 ) -> int:
     """Write one decision row under ``run`` and return its id (the next of the run, taken atomically)."""
     from .rows import static_part
+    from .schema import DECISION_COLUMNS, DECISION_FEATURE_COLUMNS, run_id_range
 
+    insert = f"INSERT INTO decisions ({', '.join(DECISION_COLUMNS)}) VALUES ({', '.join('?' * len(DECISION_COLUMNS))})"
     backend, propensity, explored, version, predicted, probs = choice
     lo, hi = run_id_range(run)
     conn.execute("BEGIN IMMEDIATE")
@@ -362,7 +364,7 @@ def log_decision(
             **{f"prob_{b}": probs.get(b) for b in ("cpu", "gpu", "npu")},
             **dict(zip(DECISION_FEATURE_COLUMNS, features, strict=True)),
         }  # fmt: skip
-        conn.execute(_INSERT_DECISION, [row[c] for c in DECISION_COLUMNS])
+        conn.execute(insert, [row[c] for c in DECISION_COLUMNS])
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
