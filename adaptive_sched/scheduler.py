@@ -30,12 +30,12 @@ import numpy as np
 
 from .build import build_executors, build_policy, load_prior
 from .config import Config, load_config
-from .errors import ExecutorError, StoreError, UnsupportedShape
+from .errors import ExecutorError, ExecutorUnavailable, StoreError, UnsupportedShape
 from .executors import Executor, RunResult
 from .policies import Observation, Policy
 from .policies.base import certain
 from .stages import split_heads
-from .types import Backend, Decision, Shape, Stage, check_latency, parse_backend, parse_stage
+from .types import Backend, Choice, Decision, Shape, Stage, check_latency, parse_backend, parse_stage
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +133,9 @@ class Scheduler:
         Overrides the prior of the config (an object with ``latency`` and ``choose``).
     executors : mapping, optional
         Backend -> executor, overriding the config's executors (tests, embedding).
+    warm_start_from : str or Path, optional
+        Without ``db``: learn from this log's outcomes (as a scheduler opening it would)
+        but log nothing to it. For a one-shot decision that writes its own row.
     """
 
     def __init__(
@@ -143,6 +146,7 @@ class Scheduler:
         policy: Policy | None = None,
         prior: Any = None,
         executors: Mapping[Backend | str, Executor] | None = None,
+        warm_start_from: str | Path | None = None,
     ) -> None:
         self.config = config
         self._closed = False
@@ -152,9 +156,11 @@ class Scheduler:
         self._executors = built.executors
         #: the simulated device the config's ``sim`` executors share (None on real hardware)
         self.device: Any = built.sim_device
+        #: candidate backends whose executor runs here, in config order: the only ones decided between
+        self.usable, self.unavailable = usable_candidates(config.candidates, self._executors)
         self._prior = prior if prior is not None else load_prior(config)
         self._policy = policy if policy is not None else build_policy(config, built)
-        self._policy.bind(config.candidates, self._prior, supports=self._supports)
+        self._policy.bind(self.usable, self._prior, supports=self._supports)
         self._inline = config.policy.learner == "inline"
         # One-time costs (river's import, about a second) now, not in the first observation.
         self._policy.prepare()
@@ -170,6 +176,8 @@ class Scheduler:
         db_path = str(db) if db is not None else (config.resolve_path(config.store.path) if config.store.path else None)
         if db_path:
             self._open_log(db_path)
+        elif warm_start_from is not None and Path(warm_start_from).exists():
+            self._warm_start(str(warm_start_from))
         # The decision hot path reads these directly (see decide()).
         self._table = self._policy.table
         self._draw = self._policy.draw
@@ -195,6 +203,49 @@ class Scheduler:
     def _supports(self, stage: Stage, shape: Shape, backend: Backend) -> bool:
         executor = self._executors.get(backend)
         return executor is not None and executor.supports(stage, shape)
+
+    def unsupported(self, stage: Stage | str, shape: Shape) -> dict[Backend, str]:
+        """Why each usable candidate cannot run ``stage`` at ``shape``; empty if one of them can.
+
+        A decision for a shape no usable executor supports is a guess: callers that must
+        not act on one (the command line, the socket service) ask this first.
+        """
+        stage_ = parse_stage(stage)
+        reasons: dict[Backend, str] = {}
+        for backend in self.usable:
+            why = self._executors[backend].why_unsupported(stage_, shape)
+            if why is None:
+                return {}
+            reasons[backend] = why
+        return reasons
+
+    def published(
+        self, stage: Stage | str, shape: Shape, after: Backend | str | None = None
+    ) -> tuple[Choice, tuple[tuple[float, Choice], ...]]:
+        """What a decision here draws from now: the exploit choice and ``(threshold, choice)`` alternatives.
+
+        The same entry :meth:`decide` reads (a uniform draw below a threshold takes that
+        alternative), so it can be saved and drawn from by a process that has no policy
+        (``adaptive-sched decide``'s snapshot). Policies without a published table give
+        their probability vector in the same form.
+        """
+        stage_ = parse_stage(stage)
+        prev = None if after is None else parse_backend(after)
+        with self._lock:
+            choice = self._policy.choose(stage_, shape, prev)
+            table = self._policy.table
+            entry = table.lookup(stage_, shape, prev) if table is not None else None
+            if entry is not None:
+                return entry.exploit, entry.alternatives
+            probs = self._policy.probabilities(stage_, shape, prev)
+        exploit = max(probs, key=probs.__getitem__)
+        version = choice.version
+        alternatives, threshold = [], 0.0
+        for backend, p in probs.items():
+            if backend is not exploit and p > 0:
+                threshold += p
+                alternatives.append((threshold, Choice(backend, p, True, choice.predicted, probs, version)))
+        return Choice(exploit, probs[exploit], False, choice.predicted, probs, version), tuple(alternatives)
 
     # -- construction -------------------------------------------------------------
     def _open_log(self, path: str) -> None:
@@ -243,7 +294,7 @@ class Scheduler:
         from .store.reads import recent_for_warm_start
 
         n = 0
-        candidates = set(self.config.candidates)
+        candidates = set(self.usable)
         learn = self._policy.learn
         for decision, latency_s in recent_for_warm_start(path, device=self.config.device, limit=limit):
             if decision.backend in candidates and (decision.after is None or decision.after in candidates):
@@ -282,7 +333,7 @@ class Scheduler:
         if entry is None:
             return self._decide_slow(stage, shape, context, prev)
         choice = entry.pick(self._draw()) if entry.alternatives else entry.exploit
-        decision = Decision(self._next_id(), stage_, shape, choice, prev, _wallclock())
+        decision = Decision(self._next_id(), stage_, shape, choice, prev, _wallclock(), self.usable)
         queue = self._log_queue
         if queue is not None:
             if len(queue) < self._log_kick_at:
@@ -303,7 +354,7 @@ class Scheduler:
             raise TypeError(f"shape must be a Shape, got {type(shape).__name__}")
         with self._lock:
             choice = self._policy.choose(stage_, shape, prev)
-        decision = Decision(self._next_id(), stage_, shape, choice, prev, _wallclock())
+        decision = Decision(self._next_id(), stage_, shape, choice, prev, _wallclock(), self.usable)
         if self._log is not None:
             self._log.decision(decision, context)
         return decision
@@ -478,7 +529,7 @@ class Scheduler:
             self._counters.reruns += 1
         # Forced by a failure, not a policy choice: probability 1.
         choice = certain(backend, failed.predicted, failed.policy_version)
-        decision = Decision(self._next_id(), failed.stage, failed.shape, choice, failed.after, time.time())
+        decision = Decision(self._next_id(), failed.stage, failed.shape, choice, failed.after, time.time(), self.usable)
         if self._log is not None:
             self._log.decision(decision, context)
         return decision
@@ -694,6 +745,27 @@ def _extend_cache(inputs: Mapping[str, np.ndarray], name: str, new: np.ndarray, 
     return np.concatenate([cache, new], axis=2)
 
 
+def usable_candidates(
+    candidates: tuple[Backend, ...], executors: Mapping[Backend, Executor]
+) -> tuple[tuple[Backend, ...], dict[Backend, str]]:
+    """The candidates whose executor is available here, and why each other one is not.
+
+    Raises :class:`ExecutorUnavailable` naming every candidate and its reason when none is.
+    """
+    unavailable: dict[Backend, str] = {}
+    for backend in candidates:
+        executor = executors.get(backend)
+        if executor is None:
+            unavailable[backend] = "no executor is configured for it"
+        elif not executor.is_available():
+            unavailable[backend] = f"{executor.kind}: {executor.unavailable_reason}"
+    usable = tuple(b for b in candidates if b not in unavailable)
+    if not usable:
+        why = "; ".join(f"{b.value} ({reason})" for b, reason in unavailable.items())
+        raise ExecutorUnavailable(f"no candidate backend is usable here: {why}")
+    return usable, unavailable
+
+
 def _json(data: Any) -> str:
     import json
 
@@ -708,4 +780,4 @@ def _asdict(obj: Any) -> dict[str, Any]:
     return dict(vars(obj))
 
 
-__all__ = ["LayerRun", "Scheduler", "StageRun"]
+__all__ = ["LayerRun", "Scheduler", "StageRun", "usable_candidates"]

@@ -10,6 +10,7 @@ import argparse
 import io
 import json
 import logging
+import math
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -163,9 +164,28 @@ def sparkline(values: Sequence[float], width: int = 40, lo: float | None = None,
 
 
 def emit(args: argparse.Namespace, data: Any, table: Callable[[], str]) -> None:
-    """``data`` as JSON when ``--output json`` was asked for, else the text of ``table()``."""
+    """``data`` as JSON when ``--output json`` was asked for, else the text of ``table()``.
+
+    A number that is not finite (a mean of nothing, a ratio over zero) is written as
+    ``null``: bare ``NaN`` and ``Infinity`` are not JSON, and strict parsers reject them.
+    """
     if getattr(args, "output", "table") == "json":
-        json.dump(data, sys.stdout, indent=2, sort_keys=True, default=str)
+        json.dump(json_safe(data), sys.stdout, indent=2, sort_keys=True, default=str, allow_nan=False)
         sys.stdout.write("\n")
     else:
         sys.stdout.write(table() + "\n")
+
+
+def json_safe(data: Any) -> Any:
+    """``data`` with every float that is not finite replaced by None (recursively).
+
+    >>> json_safe({"mean": float("nan"), "runs": [1.5, float("inf")]})
+    {'mean': None, 'runs': [1.5, None]}
+    """
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: json_safe(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [json_safe(v) for v in data]
+    return data
