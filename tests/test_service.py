@@ -319,3 +319,41 @@ def test_register_adds_an_operation_but_cannot_replace_a_built_in(short_dir):
         assert service.handle({"op": "metrics"})["text"].startswith("decisions")
         with pytest.raises(ValueError, match="built in"):
             service.register("decide", lambda request: {})
+
+
+def test_serve_exposes_prometheus_metrics_on_the_loopback(short_dir):
+    pytest.importorskip("prometheus_client")
+    import socket as socket_
+    import urllib.request
+
+    with socket_.socket() as s:  # a free port on the loopback
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    sock_path = short_dir / "m.sock"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    server = subprocess.Popen([sys.executable, "-m", "adaptive_sched", "serve", "--socket", str(sock_path),
+                               "--metrics-port", str(port)], env=env, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not sock_path.exists():
+            assert server.poll() is None, server.stderr.read().decode()
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        c = Client(sock_path)
+        c.send_raw(json.dumps(DECIDE).encode() + b"\n")
+        decision = c.read()
+        c.send_raw(json.dumps({"op": "observe", "id": decision["id"], "latency_ms": 1.5}).encode() + b"\n")
+        assert c.read()["ok"]
+        c.close()
+        body = ""
+        while "adaptive_sched_decisions_total{" not in body:
+            assert time.monotonic() < deadline
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                body = r.read().decode()
+            time.sleep(0.05)
+        assert f'stage="{DECIDE["stage"]}"' in body
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(30) == 0
+    finally:
+        if server.poll() is None:
+            server.kill()

@@ -9,6 +9,8 @@ import sys
 import threading
 from typing import Any
 
+from .args import nonnegative_int
+
 HELP = "serve decisions and observations over a Unix socket (newline-delimited JSON, see docs/serve.md)"
 CONFIG = True
 OUTPUT = False
@@ -19,6 +21,8 @@ log = logging.getLogger(__name__)
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--socket", required=True, help="path of the socket to create (owner-only)")
     p.add_argument("--db", help="log decisions and outcomes to this SQLite file (overrides store.path)")
+    p.add_argument("--metrics-port", type=nonnegative_int, metavar="PORT",
+                   help="also serve Prometheus metrics on http://127.0.0.1:PORT/metrics")  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,10 +48,17 @@ def run(args: argparse.Namespace) -> int:
                 return 1
             usable = ", ".join(b.value for b in sched.usable)
             print(f"adaptive-sched: serving on {args.socket} (backends: {usable})", file=sys.stderr)
+            metrics = None
             try:
+                if args.metrics_port is not None:
+                    metrics = _serve_metrics(sched, args.metrics_port)
+                    if metrics is None:
+                        return 1
                 while not stop.is_set():
                     stop.wait(0.5)
             finally:
+                if metrics is not None:
+                    metrics.shutdown()
                 # Answer what clients already sent, then the scheduler's close flushes the log.
                 service.stop()
                 db = args.db or (config.resolve_path(config.store.path) if config.store.path else None)
@@ -58,6 +69,24 @@ def run(args: argparse.Namespace) -> int:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+def _serve_metrics(sched: Any, port: int) -> Any:
+    """Start the Prometheus endpoint; None (after saying why) if it cannot be started."""
+    try:
+        from ..metrics import start_metrics_server
+
+        server = start_metrics_server(sched, port)
+    except ImportError:
+        print("adaptive-sched: error: --metrics-port needs prometheus-client (pip install 'adaptive-sched[metrics]')",
+              file=sys.stderr)  # fmt: skip
+        return None
+    except OSError as exc:
+        print(f"adaptive-sched: error: --metrics-port {port}: {exc}", file=sys.stderr)
+        return None
+    host, bound = server.server_address[:2]
+    print(f"adaptive-sched: metrics at http://{host}:{bound}/metrics", file=sys.stderr)
+    return server
 
 
 def _save_snapshot(args: argparse.Namespace, sched: Any, service: Any, db: str) -> None:
