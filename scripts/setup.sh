@@ -19,6 +19,6 @@ if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip
-# plots and export: the tests of `replay --plot` and `export --format parquet` need them
-.venv/bin/python -m pip install -q -e ".[dev,opencl,rknn,plots,export]"
+# export: the tests of `export --format parquet` need pyarrow
+.venv/bin/python -m pip install -q -e ".[dev,opencl,rknn,plots,metrics,export]"
 echo "adaptive-sched installed in .venv: run the tests with .venv/bin/python -m pytest"

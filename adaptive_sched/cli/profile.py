@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .output import Progress
+from .output import add_quiet, progress_for
 
 HELP = "sweep a grid of shapes over the config's executors into the profiles table"
 CONFIG = True
@@ -16,9 +16,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db", required=True, help="SQLite file for the profiles")
     p.add_argument("--repetitions", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
+    add_quiet(p)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..profiling import profile_command
 
-    return int(profile_command(args, progress=Progress("profile")) or 0)
+    return int(profile_command(args, progress=progress_for(args, "profile")) or 0)
