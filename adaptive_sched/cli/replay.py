@@ -189,10 +189,11 @@ def as_table(result: Any) -> str:
     unit = "layer" if result.pairs else "decision"
     lines = [
         f"{result.rows} logged decisions ({result.pairs} layers) from {len(result.sources)} log(s), "
-        f"device {result.device or 'unknown'}; latencies in ms per {unit}, 95% bootstrap intervals "
-        "[rows] and {blocks of the log}"
+        f"device {result.device or 'unknown'}; latencies in ms per {unit}; 95% intervals: [a, b] from "
+        "resampling rows, {a, b} from resampling blocks of the log"
     ]
-    head = ["policy", "DR [rows]", "DR - logged [rows]", "{blocks}", "SNIPS [rows]", "ESS", "max w", "thin %",
+    # (no square brackets in headers: the table renderer reads them as markup)
+    head = ["policy", "DR", "DR - logged", "DR - logged, blocks", "SNIPS", "ESS", "max w", "thin %",
             "verdict"]  # fmt: skip
     body: list[list[Any]] = []
     ref = result.logged.get("pair") or next(iter(result.logged.values()))
@@ -210,7 +211,7 @@ def as_table(result: Any) -> str:
     lines.append(render_table(head, body))
     if any(not c.supported for c in result.candidates):
         lines.append("* unsupported by the logs: see the per-stage table and --output json for the buckets")
-    stage_head = ["policy", "stage", "IPS [rows]", "SNIPS [rows]", "DM", "DR [rows]", "ESS", "max w",
+    stage_head = ["policy", "stage", "IPS", "SNIPS", "DM", "DR", "ESS", "max w",
                   "thin %", "never %", "thinnest bucket"]  # fmt: skip
     rows: list[list[Any]] = []
     for view in ("qkv", "attn"):
