@@ -374,3 +374,10 @@ def test_a_backend_no_row_ever_ran_has_no_estimate(log):
     assert cpu.verdict == "unsupported" and cpu.views["pair"].support.untried_share == 1.0
     assert cpu.headline.unavailable and np.isnan(cpu.headline.value)
     assert cpu.headline.row.low != cpu.headline.row.low  # NaN: no interval is made up
+
+
+def test_reading_reports_progress_up_to_every_row(log):
+    calls = []
+    data = read_logs([log], chunk_rows=1000, progress=lambda done, total: calls.append((done, total)))
+    assert len(calls) >= 6 and calls[-1] == (len(data), len(data))
+    assert [c[0] for c in calls] == sorted(c[0] for c in calls)

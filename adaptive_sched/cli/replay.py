@@ -13,7 +13,7 @@ import sys
 from typing import Any
 
 from .args import positive_float, positive_int
-from .output import emit, render_table
+from .output import add_quiet, emit, progress_for, render_table
 
 HELP = "evaluate candidate policies offline on logged decisions: should we ship X?"
 CONFIG = True
@@ -56,6 +56,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="smallest effective sample size of a supported estimate (default 30)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     p.add_argument("--plot", metavar="FILE.png", help="draw each candidate's estimate and interval (needs matplotlib)")
+    add_quiet(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -68,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         from ..offline.replay_plot import check_target
 
         check_target(args.plot)
-    data = read_logs(args.db, run=args.run)
+    data = read_logs(args.db, run=args.run, progress=progress_for(args, "reading"))
     cands: list[Candidate] = []
     for path in args.candidate:
         cands.append(config_candidate(path, data.device, data.sources))

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -134,8 +134,16 @@ def log_paths(paths: Iterable[str | Path]) -> list[Path]:
     return out
 
 
-def read_logs(paths: Sequence[str | Path], *, run: int | None = None, chunk_rows: int = 16_384) -> LogData:
+def read_logs(
+    paths: Sequence[str | Path],
+    *,
+    run: int | None = None,
+    chunk_rows: int = 16_384,
+    progress: Callable[[int, int], None] | None = None,
+) -> LogData:
     """Read the successfully observed decisions of every log in ``paths`` (files or directories).
+
+    ``progress(rows_read, rows_expected)`` is called after each chunk.
 
     Raises
     ------
@@ -172,6 +180,8 @@ def read_logs(paths: Sequence[str | Path], *, run: int | None = None, chunk_rows
                 cols[k][filled : filled + len(chunk)] = v
             filled += len(chunk)
             rows_here += len(chunk)
+            if progress is not None:
+                progress(filled, max(capacity, filled))
         if rows_here == 0:
             where = f" in run {run}" if run is not None else ""
             raise StoreError(f"{name}: no logged decisions with a successful outcome{where}: nothing to replay")
@@ -179,6 +189,8 @@ def read_logs(paths: Sequence[str | Path], *, run: int | None = None, chunk_rows
     if len(known) > 1:
         listed = "; ".join(f"{d!r} in {', '.join(sorted(set(f)))}" for d, f in sorted(known.items()))
         raise StoreError(f"the logs come from different device profiles ({listed}); replay one device at a time")
+    if progress is not None:
+        progress(filled, filled)
     cols = {k: v[:filled] for k, v in cols.items()}
     shapes, shape_stage = _shapes(shape_ids)
     cells, cell_shapes, cell_stage = _buckets(shapes, shape_stage, lookahead=False)
