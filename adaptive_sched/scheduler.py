@@ -224,7 +224,7 @@ class Scheduler:
                 config_hash=self.config.content_hash(),
                 device_profile=self.config.device,
                 package_version=__version__,
-                config=_json(self.config.as_dict()),
+                config=self.config.log_json(),
             )
         except BaseException:
             self._log.close()
@@ -664,12 +664,6 @@ def _extend_cache(inputs: Mapping[str, np.ndarray], name: str, new: np.ndarray, 
     if tuple(cache.shape) != expected:
         raise UnsupportedShape(f"run_attention: input {name!r} has shape {tuple(cache.shape)}, expected {expected}")
     return np.concatenate([cache, new], axis=2)
-
-
-def _json(data: Any) -> str:
-    import json
-
-    return json.dumps(data, sort_keys=True)
 
 
 def _asdict(obj: Any) -> dict[str, Any]:

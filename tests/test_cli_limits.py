@@ -27,3 +27,14 @@ def test_bad_argument_values_exit_2_naming_the_argument(capsys, argv, named):
         main(argv)
     assert info.value.code == 2
     assert named in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("verb", ["executors", "check"])
+def test_a_config_that_does_not_exist_or_is_invalid_exits_2_naming_it(capsys, tmp_path, verb):
+    assert main([verb, "--config", str(tmp_path / "missing.yaml")]) == 2
+    assert "missing.yaml" in capsys.readouterr().err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("device: x\nbackends:\n  cpu:\n    executor: cpu_numpy\n    options: {thredas: 4}\npriors: none\n")
+    assert main([verb, "--config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "bad.yaml" in err and "backends.cpu.options.thredas" in err

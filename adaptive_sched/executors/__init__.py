@@ -36,8 +36,16 @@ def executor_class(kind: str) -> type[Executor]:
 
 
 def create_executor(kind: str, **options: Any) -> Executor:
-    """Create an executor of ``kind`` with ``options`` (cheap: no device is touched yet)."""
-    return executor_class(kind)(**options)
+    """Create an executor of ``kind`` with ``options`` (cheap: no device is touched yet).
+
+    An option the executor does not declare (:attr:`Executor.OPTIONS`) is a ``ConfigError``.
+    """
+    cls = executor_class(kind)
+    unknown = sorted(set(options) - {"backend", *cls.OPTIONS})
+    if unknown:
+        known = ", ".join(sorted(cls.OPTIONS)) or "none"
+        raise ConfigError(f"executor {kind!r}: unknown option {unknown[0]!r} (its options: {known})")
+    return cls(**options)
 
 
 __all__ = ["EXECUTORS", "Executor", "RunResult", "create_executor", "executor_class"]

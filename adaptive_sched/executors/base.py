@@ -12,7 +12,8 @@ import abc
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from types import MappingProxyType
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -54,6 +55,10 @@ class Executor(abc.ABC):
 
     #: registry name of the implementation, e.g. ``"cpu_numpy"``
     kind: str = "abstract"
+    #: the options this executor takes (name -> what it sets); a config naming another is refused
+    OPTIONS: ClassVar[Mapping[str, str]] = MappingProxyType({})
+    #: those of :attr:`OPTIONS` only code passes (objects a YAML file cannot hold)
+    INTERNAL_OPTIONS: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, backend: Backend | str = Backend.CPU, **options: Any) -> None:
         self.backend = Backend(backend)
