@@ -419,7 +419,8 @@ def _build(cls: type, data: Any, where: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
     unknown = [k for k in data if k not in fields]
     if unknown:
-        raise ConfigError(f"{_join(where, unknown[0])}: unknown key (expected one of {', '.join(sorted(fields))})")
+        expected = f"expected one of {', '.join(sorted(fields))}" if fields else "none is taken here"
+        raise ConfigError(f"{_join(where, unknown[0])}: unknown key ({expected})")
     kwargs = {name: _coerce(hints[name], value, _join(where, name)) for name, value in data.items()}
     missing = [
         n for n, f in fields.items()

@@ -149,6 +149,10 @@ class Executor(abc.ABC):
 
     #: True for executors that can report a latency without computing outputs
     latency_only: bool = False
+    #: True for an executor whose run returns in bounded host time by construction (the
+    #: simulator: a modelled latency, no device to wait for), so the scheduler may call it on
+    #: the caller's thread; any other runs on a worker thread the caller abandons at its deadline
+    RUNS_INLINE: ClassVar[bool] = False
 
     @abc.abstractmethod
     def _run(

@@ -61,6 +61,7 @@ class SimExecutor(Executor):
         "steps": "scripted changes of the device built here",
     })  # fmt: skip
     INTERNAL_OPTIONS = frozenset({"device"})
+    RUNS_INLINE = True  # its latency is modelled: a run never waits for a device
     latency_only = True
 
     def __init__(
