@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .executors import EXECUTORS, executor_class
+from .executors import executor_class
 from .paths import resolve_config
 from .types import Backend, Precision
 
@@ -50,13 +50,12 @@ class BackendConfig:
     options: dict[str, Any] = field(default_factory=dict)
 
     def _validate(self, where: str) -> None:
-        if self.executor not in EXECUTORS:
-            raise ConfigError(
-                f"{where}.executor: unknown executor {self.executor!r} (known: {', '.join(sorted(EXECUTORS))})"
-            )
         if self.role not in ("candidate", "fallback"):
             raise ConfigError(f"{where}.role: expected 'candidate' or 'fallback', got {self.role!r}")
-        cls = executor_class(self.executor)
+        try:  # built in, or installed by another package (an entry point)
+            cls = executor_class(self.executor)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}.executor: {exc}") from None
         known = cls.OPTIONS
         for key in self.options:
             if key not in known or key in cls.INTERNAL_OPTIONS:
