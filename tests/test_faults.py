@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from adaptive_sched import Scheduler, Shape
-from adaptive_sched.errors import ExecutorError
+from adaptive_sched.errors import ExecutorError, ObservationRefused
 from adaptive_sched.executors import Executor, RunResult
 from adaptive_sched.stages import make_inputs, output_shape, reference
 from adaptive_sched.types import Backend, Stage
@@ -235,3 +235,36 @@ class _Prior:
 
     def extrapolating(self, stage, shape):
         return False
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    latencies=st.lists(
+        st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.none(), st.integers(-5, 10**12)),
+        min_size=1,
+        max_size=12,
+    ),
+    shape=shapes,
+)
+def test_observed_latencies_are_learned_only_if_plausible(latencies, shape):
+    max_latency = 60.0
+    learned = refused = invalid = 0
+    with Scheduler.from_config(config(), executors={b: FaultyExecutor(b) for b in (GPU, NPU, CPU)}) as sched:
+        for value in latencies:
+            d = sched.decide("qkv", shape)
+            plausible = value is not None and math.isfinite(value) and 0 < value <= max_latency
+            try:
+                sched.observe(d, value)
+            except ObservationRefused:
+                refused += 1
+                assert value is not None and math.isfinite(value) and value > max_latency
+            except ValueError:
+                invalid += 1
+                assert not plausible
+            else:
+                learned += 1
+                assert plausible
+        stats = sched.stats()
+    assert stats["observations"] == learned
+    assert stats["refused"].get("implausible", 0) == refused
+    assert learned + refused + invalid == len(latencies)
