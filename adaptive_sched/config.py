@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -103,6 +104,18 @@ class SimulatorConfig:
             raise ConfigError(f"{where}.seed: must be an integer >= 0, got {self.seed!r}")
         if not isinstance(self.noise, bool) and not self.noise >= 0:
             raise ConfigError(f"{where}.noise: expected true, false or a sigma >= 0, got {self.noise!r}")
+        from .sim import load_profile
+
+        try:
+            load_profile(self.profile)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}.profile: {exc}") from None
+        try:  # the drift overrides are checked by the device they describe (the profile is cached)
+            self.make_device()
+        except (ConfigError, ValueError, TypeError) as exc:
+            head = re.split(r"[.\[:]", str(exc), maxsplit=1)[0]
+            sep = "." if head in {f.name for f in dataclasses.fields(self)} else ": "
+            raise ConfigError(f"{where}{sep}{exc}") from None
 
 
 #: keys of the ``policy`` section that every kind shares; the rest are the kind's own ``Params``

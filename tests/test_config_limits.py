@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
 
-from adaptive_sched import Scheduler
+from adaptive_sched import Scheduler, Shape
 from adaptive_sched.config import MAX_CONFIG_BYTES, MAX_RUN_CONFIG_BYTES, build_config, load_config
 from adaptive_sched.errors import ConfigError
 from adaptive_sched.executors import EXECUTORS, create_executor, executor_class
@@ -90,6 +92,9 @@ def test_non_utf8_and_deeply_nested_files_are_config_errors(tmp_path):
         ({"store": {"warm_start_rows": -1}}, "store.warm_start_rows"),
         ({"simulator": {"seed": -1}}, "simulator.seed"),
         ({"simulator": {"noise": -0.5}}, "simulator.noise"),
+        ({"simulator": {"profile": "nope"}}, "simulator.profile"),
+        ({"simulator": {"contention": {"enabled": True, "duty": 2}}}, "simulator.contention.duty"),
+        ({"simulator": {"steps": [{"time_s": 1, "backend": "gpu", "slowdown": -1}]}}, "simulator.steps"),
         ({"workload": {"layers": 0}}, "workload.layers"),
         ({"workload": {"tokens": 0}}, "workload.tokens"),
     ],
@@ -155,3 +160,83 @@ def test_the_config_stored_with_a_run_is_bounded(tmp_path):
     assert json.loads(stored)["config_hash"] == cfg.content_hash()
     small = load_config(base_config())
     assert json.loads(small.log_json()) == small.as_dict()
+
+
+hostile = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-(10**20), 10**20), st.floats(allow_nan=True), st.text(max_size=8)),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=12,
+)
+numbers = st.one_of(st.integers(-1, 100), st.floats(-1.0, 100.0), st.sampled_from([0, 0.0, 1e-9, 1e30]))
+counts = st.integers(-1, 5000)
+
+
+def typed(valid):
+    """Mostly a value of the key's type (in range or not), sometimes anything at all."""
+    return st.one_of(valid, valid, valid, hostile)
+
+
+SECTIONS = {
+    "policy": {
+        # not "static": it needs a prior, and these configs have none (a prior can also be given in code)
+        "kind": typed(st.sampled_from(["adaptive", "epsilon", "fixed", "oracle", "bogus"])),
+        "learner": typed(st.sampled_from(["inline", "thread", "later"])),
+        "timeout_s": typed(numbers),
+        "max_latency_s": typed(numbers),
+    },
+    "store": {
+        "queue_size": typed(counts),
+        "flush_rows": typed(counts),
+        "flush_interval_s": typed(numbers),
+        "on_full": typed(st.sampled_from(["drop", "block", "wait"])),
+        "warm_start_rows": typed(counts),
+        "exploit_sample_rate": typed(numbers),
+    },
+    "simulator": {
+        "seed": typed(counts),
+        "noise": typed(st.one_of(st.booleans(), numbers)),
+        "thermal": typed(st.booleans()),
+        "contention": typed(st.booleans()),
+    },
+    "workload": {
+        "precision": typed(st.sampled_from(["int8", "fp16", "fp8"])),
+        "prompt": typed(counts),
+        "tokens": typed(counts),
+        "layers": typed(st.one_of(st.none(), counts)),
+        "batch": typed(st.integers(-1, 8)),
+        "idle_between_tokens_s": typed(numbers),
+    },
+}
+
+
+@st.composite
+def configs(draw):
+    data = base_config(backends={"gpu": "sim", "npu": "sim"}, simulator={"profile": "rk3588"})
+    data["policy"] = {"kind": "adaptive"}
+    for section, keys in SECTIONS.items():
+        chosen = draw(st.lists(st.sampled_from(sorted(keys)), max_size=2, unique=True))
+        data[section] = {**data.get(section, {}), **{k: draw(keys[k]) for k in chosen}}
+    if draw(st.integers(0, 3)) == 0:
+        executor = draw(st.sampled_from(["sim", "cpu_numpy", "gpu_opencl", "x"]))
+        options = draw(st.dictionaries(st.text(max_size=6), hostile, max_size=2))
+        data["backends"]["gpu"] = {"executor": executor, "options": options}
+    return data
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=configs())
+def test_any_config_is_refused_at_load_naming_the_file_or_builds_a_scheduler(tmp_path_factory, data):
+    path = tmp_path_factory.mktemp("cfg") / "c.yaml"
+    path.write_text(yaml.safe_dump(data))
+    try:
+        cfg = load_config(path)
+    except ConfigError as exc:
+        assert str(exc).startswith(f"{path}: ")
+        event("refused at load")
+        return
+    event("loaded")
+    assert cfg.policy.timeout_s > 0 and cfg.policy.max_latency_s > 0
+    assert cfg.store.flush_interval_s > 0 and cfg.store.queue_size >= 1
+    json.loads(cfg.log_json())
+    with Scheduler.from_config(cfg) as sched:  # a loaded config builds: no error is left for later
+        sched.decide("qkv", Shape(n=1, d=1024, kv_len=8))
