@@ -27,7 +27,7 @@ class ObservedIds:
     lap, and too old to tell if a later one.
     """
 
-    __slots__ = ("_bits", "_lock", "_mask", "_slots", "_tag", "base")
+    __slots__ = ("_acquire", "_bits", "_mask", "_release", "_slots", "_tag", "base")
 
     def __init__(self, base: int, bits: int = DEFAULT_BITS) -> None:
         self.base = base
@@ -35,7 +35,10 @@ class ObservedIds:
         self._bits = bits
         self._mask = (1 << bits) - 1
         self._slots = array("I", bytes(4 << bits))
-        self._lock = threading.Lock()
+        lock = threading.Lock()
+        # Bound once, and no ``with``: every observation takes this lock (about 0.1 us less)
+        self._acquire = lock.acquire
+        self._release = lock.release
 
     def mark(self, decision_id: int) -> str | None:
         """Record ``decision_id`` as observed; or say why not: 'foreign', 'duplicate' or 'stale'."""
@@ -45,14 +48,14 @@ class ObservedIds:
         lap = (offset >> self._bits) + 1
         i = offset & self._mask
         slots = self._slots
-        with self._lock:
-            held = slots[i]
-            if held == lap:
-                return "duplicate"
-            if held > lap:
-                return "stale"
+        self._acquire()  # nothing between acquire and release can raise
+        held = slots[i]
+        if held < lap:
             slots[i] = lap
-        return None
+        self._release()
+        if held < lap:
+            return None
+        return "duplicate" if held == lap else "stale"
 
 
 __all__ = ["ObservedIds"]
