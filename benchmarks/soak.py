@@ -8,7 +8,11 @@ Each thread loops over the entry points a service uses, on the shipped simulated
 output checked against the reference) on a second scheduler whose backends are numpy
 executors on worker threads (the path that keeps ``policy.timeout_s``), logging to the same
 file. Decode shapes move through the KV cache as a generation would. A sampler thread reads
-the process's resident memory once a second.
+the process's resident memory and thread count once a second.
+
+``--faults RATE`` makes the second scheduler's GPU executor misbehave on that share of its
+runs (raise, return NaN, report a negative latency, or hang past ``policy.timeout_s``): the
+outputs must still be correct, and the failed runs are counted and logged like the others.
 
 At the end (after ``close()``) it prints throughput, resident memory (start, peak, end, and
 the growth over the second half of the run), the scheduler's counters, and the account of
@@ -30,7 +34,43 @@ from pathlib import Path
 import numpy as np
 
 from adaptive_sched import Scheduler, Shape
+from adaptive_sched.executors import RunResult
+from adaptive_sched.executors.cpu_numpy import CpuNumpyExecutor
 from adaptive_sched.stages import make_inputs, reference
+
+#: the deadline of the scheduler whose executor may hang (--faults), and how long a hang lasts
+TIMEOUT_S = 0.05
+HANG_S = 0.2
+
+
+class FlakyExecutor(CpuNumpyExecutor):
+    """numpy on the CPU that misbehaves on a share of its runs."""
+
+    def __init__(self, backend: str, rate: float, seed: int) -> None:
+        super().__init__(backend)
+        self._rate = rate
+        self._rng = np.random.default_rng(seed)
+        self._lock = threading.Lock()
+        self.faults = 0
+
+    def _run(self, stage, shape, inputs, after):  # type: ignore[no-untyped-def]
+        with self._lock:
+            u, kind = self._rng.random(), int(self._rng.integers(4))
+        result = super()._run(stage, shape, inputs, after)
+        if u >= self._rate:
+            return result
+        with self._lock:
+            self.faults += 1
+        if kind == 0:
+            raise RuntimeError("device lost")
+        if kind == 1:
+            out = result.output.copy()
+            out.flat[0] = np.nan
+            return RunResult(output=out, latency_s=result.latency_s)
+        if kind == 2:
+            return RunResult(output=result.output, latency_s=-1.0)
+        time.sleep(HANG_S)
+        return result
 
 
 def rss_mb() -> float:
@@ -81,6 +121,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=4)
     ap.add_argument("--seconds", type=float, default=120.0)
     ap.add_argument("--db", help="log path (default: a temporary directory)")
+    ap.add_argument("--faults", type=float, default=0.0, help="share of the GPU executor's runs that misbehave")
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -95,22 +136,24 @@ def main() -> int:
         base["policy"].update(config["policy"])
         base["store"].update(config["store"])
         sched = Scheduler.from_config(base)
+        flaky = FlakyExecutor("gpu", args.faults, seed=7)
         real = Scheduler.from_config(
             {
                 "device": "soak",
                 "priors": "none",
                 "backends": {"gpu": "cpu_numpy", "npu": "cpu_numpy"},
-                "policy": {"kind": "adaptive", "learner": "thread"},
+                "policy": {"kind": "adaptive", "learner": "thread", "timeout_s": TIMEOUT_S if args.faults else 1.0},
                 "store": {"path": str(db), "warm_start_rows": 0},
-            }
+            },
+            executors={"gpu": flaky, "npu": CpuNumpyExecutor("npu")},
         )
-        samples: list[tuple[float, float]] = []
+        samples: list[tuple[float, float, int]] = []
         stop = threading.Event()
 
         def sample() -> None:
             start = time.monotonic()
             while not stop.wait(1.0):
-                samples.append((time.monotonic() - start, rss_mb()))
+                samples.append((time.monotonic() - start, rss_mb(), threading.active_count()))
 
         tallies = [Tally() for _ in range(args.threads)]
         threads = [threading.Thread(target=worker, args=(sched, real, stop, t, i)) for i, t in enumerate(tallies)]
@@ -126,8 +169,9 @@ def main() -> int:
             t.join()
         elapsed = time.monotonic() - start
         sampler.join()
-        counted = ("observations", "unlearned", "failures", "late")
+        counted = ("observations", "unlearned", "failures", "late", "skipped_quarantined")
         stats = {key: sched.stats()[key] + real.stats()[key] for key in counted}
+        stats["abandoned_running"] = real.stats()["abandoned_running"]
         stats["refused"] = {**sched.stats()["refused"], **real.stats()["refused"]}
         sched.close()
         real.close()
@@ -137,18 +181,23 @@ def main() -> int:
             (db_decisions,) = con.execute("SELECT count(*) FROM decisions").fetchone()
             (db_outcomes,) = con.execute("SELECT count(*) FROM outcomes").fetchone()
 
-    made_decisions = sum(t.decisions for t in tallies)
-    made_outcomes = sum(t.outcomes for t in tallies)
+    # a stage sent past a quarantined backend adds a decision (and its 'not run' outcome)
+    made_decisions = sum(t.decisions for t in tallies) + stats["skipped_quarantined"]
+    made_outcomes = sum(t.outcomes for t in tallies) + stats["skipped_quarantined"]
     iterations = sum(t.iterations for t in tallies)
     errors = [e for t in tallies for e in t.errors]
-    rss = [r for _, r in samples] or [rss_start]
-    half = [r for s, r in samples if s >= elapsed / 2] or rss
+    rss = [r for _, r, _ in samples] or [rss_start]
+    half = [r for s, r, _ in samples if s >= elapsed / 2] or rss
+    threads_seen = [n for _, _, n in samples] or [0]
     print(f"{args.threads} threads x {elapsed:.0f} s: {iterations} iterations, {made_decisions} decisions "
           f"({made_decisions / elapsed:.0f}/s)")  # fmt: skip
     print(f"resident memory MB: start {rss_start:.1f}, peak {max(rss):.1f}, end {rss[-1]:.1f}; "
           f"second half {min(half):.1f} to {max(half):.1f} (growth {half[-1] - half[0]:+.1f})")  # fmt: skip
+    print(f"threads alive (sampled): {min(threads_seen)} to {max(threads_seen)}")
     print(f"scheduler: observations {stats['observations']}, unlearned {stats['unlearned']}, "
-          f"failures {stats['failures']}, refused {stats['refused']}, late {stats['late']}")  # fmt: skip
+          f"failures {stats['failures']} (faults injected {flaky.faults}), refused {stats['refused']}, "
+          f"late {stats['late']}, abandoned still running {stats['abandoned_running']}, "
+          f"skipped while quarantined {stats['skipped_quarantined']}")  # fmt: skip
     lost = log["dropped"] + log["failed"] + log["rejected"] + log["lost_with_file"] + log["sampled_out"]
     print(f"log: written {log['written']}, dropped {log['dropped']}, failed {log['failed']}, "
           f"rejected {log['rejected']}, duplicates {log['duplicates']}, sampled out {log['sampled_out']}, "
