@@ -17,6 +17,8 @@ from array import array
 #: outstanding decisions told apart: an id observed after ``2**DEFAULT_BITS`` later ids of the
 #: same slot were is refused as too old to tell (a decision is observed within milliseconds)
 DEFAULT_BITS = 16
+#: ids of one scheduler: its base (the tag in the upper 32 bits, then 1) up to the next tag
+_SPAN = (1 << 32) - 1
 
 
 class ObservedIds:
@@ -27,11 +29,10 @@ class ObservedIds:
     lap, and too old to tell if a later one.
     """
 
-    __slots__ = ("_acquire", "_bits", "_mask", "_release", "_slots", "_tag", "base")
+    __slots__ = ("_acquire", "_bits", "_mask", "_release", "_slots", "base")
 
     def __init__(self, base: int, bits: int = DEFAULT_BITS) -> None:
         self.base = base
-        self._tag = base >> 32
         self._bits = bits
         self._mask = (1 << bits) - 1
         self._slots = array("I", bytes(4 << bits))
@@ -42,8 +43,9 @@ class ObservedIds:
 
     def mark(self, decision_id: int) -> str | None:
         """Record ``decision_id`` as observed; or say why not: 'foreign', 'duplicate' or 'stale'."""
+        # One operation on the id (a large integer), the rest on its offset (a small one).
         offset = decision_id - self.base
-        if decision_id >> 32 != self._tag or offset < 0:
+        if not 0 <= offset < _SPAN:
             return "foreign"
         lap = (offset >> self._bits) + 1
         i = offset & self._mask

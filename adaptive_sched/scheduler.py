@@ -140,8 +140,8 @@ class _Throttle:
 
     __slots__ = ("_every", "_held", "_next")
 
-    def __init__(self, every_s: float = WARN_EVERY_S) -> None:
-        self._every = every_s
+    def __init__(self, every_s: float | None = None) -> None:
+        self._every = WARN_EVERY_S if every_s is None else every_s
         self._next: dict[Any, float] = {}
         self._held: dict[Any, int] = {}
 

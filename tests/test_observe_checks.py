@@ -6,6 +6,7 @@ import logging
 
 import pytest
 
+import adaptive_sched.scheduler as scheduler_module
 from adaptive_sched import Scheduler, Shape
 from adaptive_sched.errors import ObservationRefused
 from adaptive_sched.observed import ObservedIds
@@ -78,15 +79,21 @@ def test_implausible_latencies_in_a_log_are_not_learned_at_warm_start(tmp_path):
         assert stats["warm_start_refused"] == 30 and stats["observations"] == 0
 
 
-def test_a_failure_observed_by_the_caller_is_counted_and_its_warnings_rate_limited(caplog):
+def test_a_failure_observed_by_the_caller_is_counted_and_its_warnings_rate_limited(caplog, monkeypatch):
+    monkeypatch.setattr(scheduler_module, "WARN_EVERY_S", 3600.0)  # one warning per backend in this test
     caplog.set_level(logging.WARNING, logger="adaptive_sched.scheduler")
     with make() as sched:
         for _ in range(1000):
             d = sched.decide("qkv", SHAPE)
             sched.observe(d, None, ok=False, error="driver reset")
         assert sched.stats()["failures"] == 1000
-        quarantine_warnings = [r for r in caplog.records if "quarantined" in r.getMessage()]
-        assert 1 <= len(quarantine_warnings) <= 2
+        quarantine_warnings = [r.getMessage() for r in caplog.records if "quarantined" in r.getMessage()]
+        assert len(quarantine_warnings) == len({m.split()[1] for m in quarantine_warnings}) <= 2  # per backend
+        for _ in range(5):
+            with pytest.raises(ObservationRefused):
+                sched.observe(d, 1e-3)
+        assert sum("observation refused" in r.getMessage() for r in caplog.records) == 1
+        assert sched.stats()["refused"] == {"duplicate": 5}
 
 
 def test_after_must_be_a_decision_of_the_other_stage():
