@@ -4,11 +4,12 @@
 
 Each thread loops over the entry points a service uses, on the shipped simulated RK3588
 (learner thread, a SQLite log): ``decide`` + ``observe`` for both stages of a layer,
-``run_attention`` (latency only), and every 16th iteration a ``run`` with inputs (the
-output checked against the reference) on a second scheduler whose backends are numpy
-executors on worker threads (the path that keeps ``policy.timeout_s``), logging to the same
-file. Decode shapes move through the KV cache as a generation would. A sampler thread reads
-the process's resident memory and thread count once a second.
+``run_attention`` (latency only), and every 16th iteration a ``run`` with inputs (the output
+checked against the reference) on a second scheduler whose candidates are numpy executors on
+worker threads (the path that keeps ``policy.timeout_s``; its CPU fallback runs on the
+caller's thread), logging to the same file. Decode shapes move through the KV cache as a
+generation would. A sampler thread reads the process's resident memory and thread count once
+a second.
 
 ``--faults RATE`` makes the second scheduler's GPU executor misbehave on that share of its
 runs (raise, return NaN, report a negative latency, or hang past ``policy.timeout_s``): the
@@ -41,6 +42,12 @@ from adaptive_sched.stages import make_inputs, reference
 #: the deadline of the scheduler whose executor may hang (--faults), and how long a hang lasts
 TIMEOUT_S = 0.05
 HANG_S = 0.2
+
+
+class InlineCpuExecutor(CpuNumpyExecutor):
+    """numpy on the caller's thread: the fallback, which no deadline abandons."""
+
+    RUNS_INLINE = True
 
 
 class FlakyExecutor(CpuNumpyExecutor):
@@ -141,11 +148,17 @@ def main() -> int:
             {
                 "device": "soak",
                 "priors": "none",
-                "backends": {"gpu": "cpu_numpy", "npu": "cpu_numpy"},
+                # as on a board, a CPU fallback: on a loaded host a healthy run on a worker thread
+                # can wait past a 50 ms deadline for the GIL, and a stage must still run somewhere
+                "backends": {
+                    "gpu": "cpu_numpy",
+                    "npu": "cpu_numpy",
+                    "cpu": {"executor": "cpu_numpy", "role": "fallback"},
+                },
                 "policy": {"kind": "adaptive", "learner": "thread", "timeout_s": TIMEOUT_S if args.faults else 1.0},
                 "store": {"path": str(db), "warm_start_rows": 0},
             },
-            executors={"gpu": flaky, "npu": CpuNumpyExecutor("npu")},
+            executors={"gpu": flaky, "npu": CpuNumpyExecutor("npu"), "cpu": InlineCpuExecutor("cpu")},
         )
         samples: list[tuple[float, float, int]] = []
         stop = threading.Event()
