@@ -37,6 +37,7 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -242,6 +243,16 @@ class OpenCLExecutor(Executor):
     """
 
     kind = "gpu_opencl"
+
+    OPTIONS = MappingProxyType({
+        "platform": "OpenCL platform name substring",
+        "device": "OpenCL device name substring",
+        "fp16": "FP16 arithmetic: auto, half or float",
+        "weight_cache": "keep device copies of weights: readonly, identity or off",
+        "max_cached_weights": "device copies of weights kept",
+        "tuning": "kernel tuning overrides",
+        "build_options": "extra options for every OpenCL program build",
+    })  # fmt: skip
 
     def __init__(
         self,
