@@ -346,10 +346,13 @@ def test_serve_exposes_prometheus_metrics_on_the_loopback(short_dir):
         assert c.read()["ok"]
         c.close()
         body = ""
-        while "adaptive_sched_decisions_total{" not in body:
+        while "adaptive_sched_decisions_total{" not in body:  # the endpoint starts after the socket
             assert time.monotonic() < deadline
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-                body = r.read().decode()
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                    body = r.read().decode()
+            except OSError:  # refused until it listens (URLError is an OSError)
+                pass
             time.sleep(0.05)
         assert f'stage="{DECIDE["stage"]}"' in body
         server.send_signal(signal.SIGTERM)
