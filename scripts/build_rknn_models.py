@@ -139,7 +139,7 @@ def select_cases(args: argparse.Namespace) -> list[tuple[Stage, Shape, bool]]:
     if args.conformance:
         cases += [(s, sh, False) for s, sh in CASES] + [(s, sh, True) for s, sh in BUCKETS]
     if args.grid:
-        from adaptive_sched.profiling import load_grid
+        from adaptive_sched.offline.profiling import load_grid
 
         cases += [(s, sh, False) for s, sh in load_grid(args.grid).points()]
     if args.config:

@@ -27,7 +27,7 @@ from adaptive_sched.learners.priors import (
     save_prior,
     write_prior_json,
 )
-from adaptive_sched.profiling import load_grid
+from adaptive_sched.offline.profiling import load_grid
 from adaptive_sched.types import Backend, Shape, Stage
 
 GRID = {

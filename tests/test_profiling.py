@@ -14,7 +14,7 @@ from adaptive_sched.errors import ConfigError, ExecutorUnavailable
 from adaptive_sched.executors import create_executor
 from adaptive_sched.executors.base import Executor, RunResult
 from adaptive_sched.features import stage_flops, stage_mem_bytes
-from adaptive_sched.profiling import Grid, ProgressEvent, latency_stats, load_grid, profile_grid, stage_shape
+from adaptive_sched.offline.profiling import Grid, ProgressEvent, latency_stats, load_grid, profile_grid, stage_shape
 from adaptive_sched.store.profiles import read_profiles
 from adaptive_sched.store.schema import open_database
 from adaptive_sched.types import Backend, Precision, Shape, Stage
@@ -305,7 +305,7 @@ def test_profile_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     import argparse
     import json
 
-    from adaptive_sched.profiling import profile_command
+    from adaptive_sched.offline.profiling import profile_command
 
     config = {"device": "host", "backends": {"cpu": {"executor": "cpu_numpy"}}, "priors": "none"}
     bar: list[tuple[int, int]] = []

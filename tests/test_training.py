@@ -12,10 +12,10 @@ import pytest
 from adaptive_sched.errors import PriorError
 from adaptive_sched.features import stage_flops, stage_mem_bytes
 from adaptive_sched.learners.priors import TrainingRow, load_prior
-from adaptive_sched.profiling import load_grid
+from adaptive_sched.offline.profiling import load_grid
 from adaptive_sched.store.profiles import ProfileRow, write_profiles
 from adaptive_sched.store.schema import open_database
-from adaptive_sched.training import (
+from adaptive_sched.offline.training import (
     evaluate_models,
     format_table,
     group_key,
@@ -227,7 +227,7 @@ def test_bad_arguments(tmp_path: Path) -> None:
 def test_train_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import argparse
 
-    from adaptive_sched.training import train_command
+    from adaptive_sched.offline.training import train_command
 
     db = make_db(tmp_path / "p.db")
     export = tmp_path / "prior.json"

@@ -19,6 +19,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..profiling import profile_command
+    from ..offline.profiling import profile_command
 
     return int(profile_command(args, progress=Progress("profile")) or 0)

@@ -21,6 +21,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..training import train_command
+    from ..offline.training import train_command
 
     return int(train_command(args, render_table=render_table) or 0)

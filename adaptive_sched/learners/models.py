@@ -54,7 +54,7 @@ _LOG_FEATURES = frozenset({"n", "d", "flops", "mem_bytes", "intensity", "ar", "s
 
 @lru_cache(maxsize=65536)
 def _model_features(stage: Stage, shape: Shape) -> tuple[tuple[str, float], ...]:
-    from ..profiling import stage_shape
+    from ..offline.profiling import stage_shape
 
     values = feature_vector(stage, stage_shape(stage, shape))
     out = []

@@ -80,7 +80,7 @@ def river_version() -> str:
 
 
 def _stage_shape(stage: Stage, shape: Shape) -> Shape:
-    from ..profiling import stage_shape
+    from ..offline.profiling import stage_shape
 
     return stage_shape(stage, shape)
 

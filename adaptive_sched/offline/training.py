@@ -31,10 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import PriorError, StoreError
-from .learners.models import MODELS, build_model, fit, get_spec, model_features
-from .learners.priors import LatencyModel, PriorData, TrainingRow, make_prior_data, save_prior
-from .types import Backend, Shape, Stage, parse_backend, parse_stage
+from ..errors import PriorError, StoreError
+from ..learners.models import MODELS, build_model, fit, get_spec, model_features
+from ..learners.priors import LatencyModel, PriorData, TrainingRow, make_prior_data, save_prior
+from ..types import Backend, Shape, Stage, parse_backend, parse_stage
 
 logger = logging.getLogger(__name__)
 
@@ -73,8 +73,8 @@ def load_training_rows(
 
     Raises PriorError when the device has no profiles (naming the devices that have).
     """
-    from .store.profiles import iter_profiles, profile_devices
-    from .store.schema import open_database
+    from ..store.profiles import iter_profiles, profile_devices
+    from ..store.schema import open_database
 
     path = Path(db_path)
     if not path.is_file():
@@ -396,7 +396,7 @@ def train_priors(
     Parameters
     ----------
     db_path
-        Database with a ``profiles`` table (from :func:`adaptive_sched.profiling.profile_grid`);
+        Database with a ``profiles`` table (from :func:`adaptive_sched.offline.profiling.profile_grid`);
         the prior is written to its ``priors`` table when ``save``.
     device
         Profiles of this device are used; the prior is bound to it.
@@ -505,7 +505,7 @@ def train_command(
     import json
     import sys
 
-    from .learners.priors import write_prior_json
+    from ..learners.priors import write_prior_json
 
     # Optional flags (holdout, splits, name) are read when the parser defines them.
     report = train_priors(

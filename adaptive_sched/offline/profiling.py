@@ -44,14 +44,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigError, ExecutorUnavailable, StoreError
-from .executors.base import Executor
-from .paths import resolve_config
-from .stages import serving_inputs
-from .types import Backend, Shape, Stage, parse_backend, parse_precision, parse_stage
+from ..errors import ConfigError, ExecutorUnavailable, StoreError
+from ..executors.base import Executor
+from ..paths import resolve_config
+from ..stages import serving_inputs
+from ..types import Backend, Shape, Stage, parse_backend, parse_precision, parse_stage
 
 if TYPE_CHECKING:
-    from .store.profiles import ProfileRow
+    from ..store.profiles import ProfileRow
 
 logger = logging.getLogger(__name__)
 
@@ -367,8 +367,8 @@ def profile_grid(
     execs = _check_executors(executors)
     the_grid = load_grid(grid)
 
-    from .store.profiles import measured_keys, profile_key, write_profile
-    from .store.schema import open_database
+    from ..store.profiles import measured_keys, profile_key, write_profile
+    from ..store.schema import open_database
 
     points = the_grid.points()
     summary = ProfileSummary(device=device, grid=the_grid.name, db_path=str(db_path))
@@ -434,7 +434,7 @@ def _check_executors(executors: Mapping[Backend, Executor] | Mapping[str, Execut
 def _measure(
     executor: Executor, backend: Backend, stage: Stage, shape: Shape, device: str, warmup: int, repetitions: int
 ) -> ProfileRow:
-    from .store.profiles import ProfileRow
+    from ..store.profiles import ProfileRow
 
     failed = ProfileRow(
         device=device,
@@ -528,7 +528,7 @@ def executors_from_config(config: Any, *, include_fallback: bool = False) -> dic
     Fallback backends (the CPU in the RK3588 configs) are left out unless asked for: a prior
     chooses between the candidates.
     """
-    from .executors import create_executor
+    from ..executors import create_executor
 
     shared_device = None
     out: dict[Backend, Executor] = {}
@@ -554,7 +554,7 @@ def profile_command(args: Any, progress: Callable[[int, int], None] | None = Non
     import json
     import sys
 
-    from .config import load_config
+    from ..config import load_config
 
     config = load_config(args.config)
     execs = executors_from_config(config, include_fallback=bool(getattr(args, "include_fallback", False)))
