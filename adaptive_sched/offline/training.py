@@ -26,7 +26,7 @@ import random
 import statistics
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -498,46 +498,6 @@ def format_table(report: TrainingReport | Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def train_command(
-    args: Any, render_table: Callable[[Sequence[str], Sequence[Sequence[Any]]], str] | None = None
-) -> int:
-    """``adaptive-sched train``: train from ``args.db``, print the comparison, optionally export the prior."""
-    import json
-    import sys
-
-    from ..learners.priors import write_prior_json
-
-    # Optional flags (holdout, splits, name) are read when the parser defines them.
-    report = train_priors(
-        args.db,
-        device=args.device,
-        models={"qkv": args.qkv_model, "attn": args.attn_model},
-        seed=args.seed,
-        holdout=getattr(args, "holdout", None) or 0.25,
-        splits=getattr(args, "splits", None) or 3,
-        name=getattr(args, "name", None),
-    )
-    if getattr(args, "export", None):
-        assert report.prior is not None
-        write_prior_json(report.prior, args.export)
-    data = report.as_dict()
-    if getattr(args, "output", "table") == "json":
-        sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n")
-        return 0
-    if render_table is None:
-        sys.stdout.write(format_table(report) + "\n")
-    else:
-        headers = ["stage", "model", "accuracy", "regret %", "worst x", "wrong", "tested", "fit s"]
-        rows = [
-            [e["stage"], e["model"] + (" *" if e["chosen"] else ""), e["accuracy"], e["regret_pct"],
-             e["max_slowdown"], e["mispredicted"], e["tested"], e["fit_s"]]
-            for e in report.comparison
-        ]  # fmt: skip
-        sys.stdout.write(render_table(headers, rows) + "\n")
-    sys.stdout.write(f"prior {report.name!r} ({report.content_hash[:16]}) saved to {args.db}\n")
-    return 0
-
-
 __all__ = [
     "DEFAULT_COMPARE",
     "DEFAULT_MODELS",
@@ -547,6 +507,5 @@ __all__ = [
     "format_table",
     "grouped_split",
     "load_training_rows",
-    "train_command",
     "train_priors",
 ]
