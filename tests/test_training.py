@@ -11,7 +11,7 @@ import pytest
 
 from adaptive_sched.errors import PriorError
 from adaptive_sched.features import stage_flops, stage_mem_bytes
-from adaptive_sched.learners.priors import TrainingRow, load_prior
+from adaptive_sched.learners.priors import TrainingRow
 from adaptive_sched.offline.profiling import load_grid
 from adaptive_sched.offline.training import (
     evaluate_models,
@@ -21,6 +21,7 @@ from adaptive_sched.offline.training import (
     load_training_rows,
     train_priors,
 )
+from adaptive_sched.store.prior_files import load_prior
 from adaptive_sched.store.profiles import ProfileRow, write_profiles
 from adaptive_sched.store.schema import open_database
 from adaptive_sched.types import Backend, Shape, Stage

@@ -30,8 +30,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Train from ``--db``, print the comparison, optionally export the prior."""
-    from ..learners.priors import write_prior_json
     from ..offline.training import train_priors
+    from ..store.prior_files import write_prior_json
 
     report = train_priors(
         args.db,

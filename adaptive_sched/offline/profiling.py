@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, ExecutorUnavailable, StoreError
 from ..executors.base import Executor
+from ..features import stage_shape
 from ..paths import resolve_config
 from ..stages import serving_inputs
 from ..types import Backend, Shape, Stage, parse_backend, parse_precision, parse_stage
@@ -63,17 +64,6 @@ _SUB_KEYS = frozenset({"name", "description", *SHAPE_FIELDS})
 _RANGE_KEYS = frozenset({"start", "stop", "step", "factor"})
 #: a grid may not expand to more points than this (a typo in a range should not run for days)
 MAX_POINTS = 200_000
-
-
-def stage_shape(stage: Stage | str, shape: Shape) -> Shape:
-    """The shape that determines ``stage``'s cost: qkv ignores ``kv_len`` and ``heads``.
-
-    >>> stage_shape("qkv", Shape(n=1, d=128, kv_len=512, heads=4))
-    Shape(n=1, d=128, kv_len=0, batch=1, heads=2, precision=<Precision.FP16: 'fp16'>)
-    """
-    if parse_stage(stage) is Stage.QKV and (shape.kv_len != 0 or shape.heads != Shape(n=1, d=shape.d).heads):
-        return Shape(n=shape.n, d=shape.d, kv_len=0, batch=shape.batch, precision=shape.precision)
-    return shape
 
 
 # -- grids ---------------------------------------------------------------------------------

@@ -33,7 +33,8 @@ from typing import Any
 
 from ..errors import PriorError, StoreError
 from ..learners.models import MODELS, build_model, fit, get_spec, model_features
-from ..learners.priors import LatencyModel, PriorData, TrainingRow, make_prior_data, save_prior
+from ..learners.priors import LatencyModel, PriorData, TrainingRow, make_prior_data
+from ..store.priors import save_prior
 from ..types import Backend, Shape, Stage, parse_backend, parse_stage
 
 logger = logging.getLogger(__name__)
