@@ -53,7 +53,7 @@ def test_importing_the_registry_imports_no_backend_module():
 
     code = (
         "import sys, adaptive_sched.executors; "
-        "print(any(m in sys.modules for m in ('pyopencl', 'rknnlite', 'adaptive_sched.executors.gpu_opencl')))"
+        "print(any(m in sys.modules for m in ('pyopencl', 'rknnlite', 'adaptive_sched.executors.opencl.executor')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"

@@ -15,7 +15,7 @@ What runs on the device
 * INT8: activations (per tensor) and weights (per output column) are quantised on the
   device exactly as :func:`adaptive_sched.stages.quantize_symmetric` does, and products
   accumulate in int32 (or in float32 chunks that are exact, see
-  :data:`~adaptive_sched.executors.opencl_kernels.GEMM`), so outputs match the reference.
+  :data:`~adaptive_sched.executors.opencl.kernels.GEMM`), so outputs match the reference.
 
 FP16 precision is computed with float32 arithmetic everywhere. What changes with ``fp16``
 is the *storage* of cached weights: half (2 bytes, read with the core ``vload_half``) or
@@ -41,17 +41,17 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError, ExecutorError, ExecutorUnavailable
-from ..types import Backend, Precision, Shape, Stage
-from . import opencl_kernels as kernels
-from .base import Executor, RunResult, read_only
+from ...errors import ConfigError, ExecutorError, ExecutorUnavailable
+from ...types import Backend, Precision, Shape, Stage
+from ..base import Executor, RunResult, read_only
+from . import kernels
 
 logger = logging.getLogger(__name__)
 
 FP16_MODES = ("auto", "half", "float")
 WEIGHT_CACHE_MODES = ("readonly", "identity", "off")
 
-#: storage codes understood by the kernels (see :mod:`.opencl_kernels`)
+#: storage codes understood by the kernels (see :mod:`.kernels`)
 FLOAT, HALF, INT8 = 0, 1, 2
 
 #: largest head dimension the attention kernel keeps in registers
