@@ -34,7 +34,6 @@ import math
 import threading
 import time
 import warnings
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
@@ -43,7 +42,7 @@ import numpy as np
 
 from ...errors import ConfigError, ExecutorError, ExecutorUnavailable
 from ...types import Backend, Precision, Shape, Stage
-from ..base import Executor, RunResult, read_only
+from ..base import Executor, RunResult, WeightCache, read_only
 from . import kernels
 
 logger = logging.getLogger(__name__)
@@ -154,9 +153,8 @@ class _Device:
 
 @dataclass
 class _CachedWeights:
-    """Device copies of one weight array, kept while the array itself is alive and unchanged."""
+    """Device copies of one weight array (the :class:`WeightCache` keeps the array itself)."""
 
-    array: np.ndarray  # a strong reference: its id() cannot be reused while it is cached
     buffer: Any
     code: int
     scale: Any = None  # per-column scales (INT8)
@@ -170,6 +168,12 @@ class _Launch:
     kernels: list[tuple[str, Any]] = field(default_factory=list)
     transfers: list[Any] = field(default_factory=list)
     keep: list[Any] = field(default_factory=list)  # host arrays in flight (non-blocking uploads)
+
+
+def _release_weights(entry: _CachedWeights) -> None:
+    for buf in (entry.buffer, entry.scale):
+        if buf is not None:
+            buf.release()
 
 
 def _validate_choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
@@ -273,8 +277,9 @@ class OpenCLExecutor(Executor):
         self._programs: dict[tuple[str, tuple[tuple[str, int], ...]], Any] = {}
         self._kernels: dict[tuple[int, str], Any] = {}
         self._pool: dict[str, tuple[Any, int]] = {}
-        self._weights: OrderedDict[tuple[int, str], _CachedWeights] = OrderedDict()
-        self._biases: OrderedDict[int, _CachedWeights] = OrderedDict()
+        # weights (variant: int8, half or float storage) and biases, kept on the device
+        self._weights: WeightCache[_CachedWeights] = WeightCache(max_cached_weights, _release_weights)
+        self._biases: WeightCache[_CachedWeights] = WeightCache(max_cached_weights, _release_weights)
         self._zero_bias_len = 0  # floats of the pooled all-zero bias that are known to be zero
         self._counters = {
             "program_builds": 0,
@@ -634,11 +639,9 @@ class OpenCLExecutor(Executor):
         """Device weights ``(buffer, storage code, column scales or None)``, from the cache when allowed."""
         cacheable = self._cacheable(w)
         variant = "int8" if quant else ("half" if self.half_weights else "float")
-        key = (id(w), variant)
         if cacheable:
-            hit = self._weights.get(key)
-            if hit is not None and hit.array is w:
-                self._weights.move_to_end(key)
+            hit = self._weights.get(w, variant)
+            if hit is not None:
                 self._counters["weight_cache_hits"] += 1
                 return hit.buffer, hit.code, hit.scale
         self._counters["weight_uploads"] += 1
@@ -666,7 +669,7 @@ class OpenCLExecutor(Executor):
                 buf = dev.cl.Buffer(dev.context, mf.READ_WRITE, count)
                 scale = dev.cl.Buffer(dev.context, mf.READ_WRITE, 4 * n_cols)
                 self._quantize_columns(launch, src, k_rows, n_cols, scale, buf)
-                entry = _CachedWeights(w, buf, INT8, scale, count + 4 * n_cols)
+                entry = _CachedWeights(buf, INT8, scale, count + 4 * n_cols)
             elif src is not None:
                 buf = dev.cl.Buffer(dev.context, mf.READ_WRITE, 2 * count)
                 chunk = 1 << 16
@@ -681,22 +684,21 @@ class OpenCLExecutor(Executor):
                     np.int32(chunk),
                     buf,
                 )
-                entry = _CachedWeights(w, buf, HALF, None, 2 * count)
+                entry = _CachedWeights(buf, HALF, None, 2 * count)
             else:
                 buf = dev.cl.Buffer(dev.context, mf.READ_ONLY | mf.COPY_HOST_PTR, hostbuf=host)
-                entry = _CachedWeights(w, buf, code, None, host.nbytes)
+                entry = _CachedWeights(buf, code, None, host.nbytes)
         except ExecutorError:
             raise
         except Exception as exc:
             raise ExecutorError(
                 f"{self.kind}: cannot keep weights of shape {w.shape} on the device: {_short(exc)}"
             ) from exc
-        self._weights[key] = entry
-        while len(self._weights) > self.max_cached_weights:
-            _, old = self._weights.popitem(last=False)
-            self._release_weights(old)
-            self._counters["weight_evictions"] += 1
-            if self._counters["weight_evictions"] == 1:
+        dropped = self._weights.put(w, variant, entry)
+        if dropped:
+            first = self._counters["weight_evictions"] == 0
+            self._counters["weight_evictions"] += dropped
+            if first:
                 # A model with more layers than the cache holds uploads every layer's weights on
                 # every run, and each of those runs is cold, so the scheduler never learns this backend.
                 logger.warning(
@@ -745,25 +747,16 @@ class OpenCLExecutor(Executor):
             return buf
         if not self._cacheable(bias):
             return self._upload(launch, "b", np.asarray(bias, np.float32).reshape(-1))
-        hit = self._biases.get(id(bias))
-        if hit is not None and hit.array is bias:
-            self._biases.move_to_end(id(bias))
+        hit = self._biases.get(bias)
+        if hit is not None:
             return hit.buffer
         dev = self._require()
         self._counters["weight_cache_fills"] += 1
         host = np.ascontiguousarray(bias, dtype=np.float32).reshape(-1)
         mf = dev.cl.mem_flags
         buf = dev.cl.Buffer(dev.context, mf.READ_ONLY | mf.COPY_HOST_PTR, hostbuf=host)
-        self._biases[id(bias)] = _CachedWeights(bias, buf, FLOAT, None, host.nbytes)
-        while len(self._biases) > self.max_cached_weights:
-            self._release_weights(self._biases.popitem(last=False)[1])
+        self._biases.put(bias, None, _CachedWeights(buf, FLOAT, None, host.nbytes))
         return buf
-
-    @staticmethod
-    def _release_weights(entry: _CachedWeights) -> None:
-        for buf in (entry.buffer, entry.scale):
-            if buf is not None:
-                buf.release()
 
     # -- running --------------------------------------------------------------
     def _run(
@@ -895,12 +888,10 @@ class OpenCLExecutor(Executor):
                     dev.queue.finish()
                 except Exception as exc:  # a dying driver must not stop the release
                     logger.debug("OpenCL queue finish failed on close: %s", exc)
-            for entry in [*self._weights.values(), *self._biases.values()]:
-                self._release_weights(entry)
+            self._weights.clear()  # releases the device copies
             self._biases.clear()
             for buf, _ in self._pool.values():
                 buf.release()
-            self._weights.clear()
             self._pool.clear()
             self._kernels.clear()
             self._programs.clear()
