@@ -6,9 +6,23 @@ One concern per module:
 ``device``      finding and opening an OpenCL device; :class:`Tuning`
 ``programs``    the program and kernel cache (each variant built once)
 ``buffers``     the pool of device scratch buffers, reused across runs
+``geometry``    macros and work sizes of each kernel for a shape; the kernels' limits
 ``kernels``     the OpenCL C sources
 ``executor``    :class:`OpenCLExecutor`: weights on the device, launches, timing
 ==============  ==============================================================
+
+What runs on the device
+-----------------------
+* ``qkv``: a register-blocked GEMM (each work-item keeps ``R`` rows by ``VW`` columns of
+  the output in ``floatVW`` accumulators); for decode-sized inputs (``batch * n`` of a few
+  rows) the same kernel is built as a GEMV that gives each work-item several column vectors
+  instead of several rows.
+* ``attn``: causal multi-head attention with a numerically stable (online) softmax over
+  the KV cache; each work-item owns a few queries of one (batch, head).
+* INT8: activations (per tensor) and weights (per output column) are quantised on the
+  device exactly as :func:`adaptive_sched.stages.quantize_symmetric` does, and products
+  accumulate in int32 (or in float32 chunks that are exact, see
+  :data:`~adaptive_sched.executors.opencl.kernels.GEMM`), so outputs match the reference.
 
 Importing this package imports neither pyopencl nor the executor module (the registry
 imports :mod:`.executor` when a ``gpu_opencl`` backend is created); pyopencl is imported

@@ -19,6 +19,9 @@ reuse, instead of staging tiles through local memory.
 
 from __future__ import annotations
 
+#: storage codes of the ``*_STORE`` macros
+FLOAT, HALF, INT8 = 0, 1, 2
+
 #: shared by every program: token pasting for vector types and the storage loaders
 PRELUDE = r"""
 // Quantisation and epilogues must round exactly like the numpy reference: no silent fma.
