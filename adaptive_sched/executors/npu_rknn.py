@@ -53,16 +53,15 @@ from ..features import kv_bucket, pad_kv_fraction
 from ..stages import output_shape
 from ..types import Backend, Precision, Shape, Stage
 from .base import Executor, RunResult, WeightCache, read_only
+from .rknn_feed import model_feed, take_output
 from .rknn_models import (
     Manifest,
     ModelEntry,
     ModelKey,
     group_key,
-    model_feed,
     model_key,
     parse_buckets,
     read_manifest,
-    take_output,
     weights_digest,
 )
 
