@@ -14,9 +14,11 @@ config describes through these functions, so a config means the same thing every
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .config import Config
@@ -69,6 +71,27 @@ def load_prior(config: Config) -> Any:
 
     source = config.priors if config.priors == "builtin" else config.resolve_path(config.priors)
     return _load(source, device=config.device)
+
+
+def config_dependencies(config: Config) -> list[Path]:
+    """The files besides the config itself that what it builds depends on: its prior and device profile.
+
+    A decision cached for a config is stale once one of these changed.
+    """
+    out: list[Path] = []
+    if config.priors == "builtin":
+        from .store.prior_files import builtin_path
+
+        out.append(builtin_path(config.device))
+    elif config.priors not in ("none", ""):
+        out.append(Path(config.resolve_path(config.priors)))
+    if config.simulator is not None:
+        from .errors import ConfigError
+        from .paths import resolve_config
+
+        with contextlib.suppress(ConfigError):  # building the simulator says what is wrong with it
+            out.append(resolve_config(config.simulator.profile, "devices"))
+    return out
 
 
 def build_policy(config: Config, executors: Executors | None = None, **overrides: Any) -> Policy:

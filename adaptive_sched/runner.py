@@ -1,11 +1,19 @@
 """The main job: run a model's attention for a prompt and generated tokens through the scheduler.
 
 :func:`run_workload` drives the decode workload of a config through a scheduler with
-the configured policy, then (by default) through GPU-only and NPU-only schedulers on
-an identical fresh device, and summarises per stage and shape bucket which backend
-was chosen and what it cost. On the simulator the stages run in latency-only mode;
-on real executors they compute real outputs from random (read-only) weights, after a
-warm-up that pays every executor's one-time costs outside the timed run.
+the configured policy and, beside it, through the comparison passes (by default the
+static prior, the core paper's selector, and each single backend), and summarises per
+stage and shape bucket which backend was chosen and what it cost.
+
+Every pass meets the same conditions. On the simulator each has its own fresh device
+with the same seed (same noise, same thermal history for the same work, the same
+scripted contention). On real executors the passes take turns, token by token (A B C
+A B C ...), so a load that comes or goes during the run falls on all of them alike.
+
+On the simulator the stages run in latency-only mode; on real executors they compute
+real outputs from random (read-only) weights, after a warm-up that pays every
+executor's one-time costs outside the timed run. Only the configured policy's pass
+is logged (to ``db``, or the config's ``store.path``); comparison passes log nothing.
 """
 
 from __future__ import annotations
@@ -80,7 +88,7 @@ class BucketStats:
 
 @dataclass
 class RunReport:
-    """Totals per policy and the per-bucket breakdown of the scheduled run."""
+    """Totals per pass (the policy's and each comparison's) and the per-bucket breakdown of the policy's."""
 
     model: str
     precision: str
@@ -90,6 +98,8 @@ class RunReport:
     totals_s: dict[str, float]
     buckets: list[BucketStats]
     stats: dict[str, Any]
+    #: per pass, the latency of each step (the prefill, then one per token), in seconds
+    steps_s: dict[str, list[float]] = field(default_factory=dict)
 
     def speedup(self, baseline: str) -> float:
         """How many times faster the scheduled run was than ``baseline`` (e.g. ``"gpu-only"``)."""
@@ -104,6 +114,7 @@ class RunReport:
             "policy": self.policy,
             "totals_ms": {k: v * 1e3 for k, v in self.totals_s.items()},
             "speedup": {k: self.speedup(k) for k in self.totals_s if k != self.policy},
+            "steps_ms": {k: [v * 1e3 for v in steps] for k, steps in self.steps_s.items()},
             "buckets": [b.as_dict() for b in self.buckets],
             "stats": self.stats,
         }
@@ -117,6 +128,10 @@ def bucket_label(step: Step) -> str:
     return f"decode kv {lo}-{2 * lo - 1}"
 
 
+#: name of the static prior's comparison pass (``compare`` entry ``"static"``)
+STATIC = "static-prior"
+
+
 def run_workload(
     config: Config,
     *,
@@ -126,66 +141,115 @@ def run_workload(
     tokens: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> RunReport:
-    """Run the config's workload with its policy, then with each single backend in ``compare``."""
+    """Run the config's workload with its policy and, under the same conditions, each pass in ``compare``.
+
+    Parameters
+    ----------
+    config : Config
+    db : path, optional
+        Log the policy's pass here (default: the config's ``store.path``, if any).
+        Comparison passes are never logged.
+    policy : Policy, optional
+        Overrides the config's policy.
+    compare : sequence of str
+        ``"static"`` (the offline prior's choice, never updated; skipped when the config
+        has no prior) and backend names (that backend alone); backends the config does
+        not have are skipped.
+    tokens : int, optional
+        Overrides the workload's generated tokens.
+    progress : callable, optional
+        Called with ``(done, total)`` steps over every pass.
+    """
     w = config.workload
     model = model_shape(w.model)
     layers = w.layers or model.layers
     n_tokens = w.tokens if tokens is None else tokens
     steps = list(decode_steps(model, prompt=w.prompt, tokens=n_tokens, precision=w.precision, batch=w.batch))
-    policy_name = config.policy.kind
+    policy_name = config.policy.kind if policy is None else policy.name
+
+    # Comparison passes log nowhere: not to the config's store.path, nor to db.
+    quiet = dataclasses.replace(config, store=dataclasses.replace(config.store, path=None))
+    comparisons: list[tuple[str, Config, Policy | None]] = []
+    for name in compare:
+        if name == "static":
+            if config.priors in ("none", ""):
+                log.info("no static-prior pass: the config has no offline prior (priors: none)")
+            elif policy_name != "static":
+                kind = dataclasses.replace(quiet.policy, kind="static", params=None)
+                comparisons.append((STATIC, dataclasses.replace(quiet, policy=kind), None))
+            continue
+        backend = Backend(name)
+        if backend in config.backends:
+            comparisons.append((f"{name}-only", quiet, FixedPolicy(backend)))
 
     buckets: dict[tuple[str, str], BucketStats] = {}
-    totals: dict[str, float] = {}
-    with Scheduler(config, db=db, policy=policy) as sched:
-        totals[policy_name] = _drive(sched, steps, layers, w.idle_between_tokens_s, buckets, progress)
-        sched.flush()
-        stats = sched.stats()
-    for name in compare:
-        backend = Backend(name)
-        if backend not in config.backends:
-            continue
-        # A fresh scheduler builds a fresh simulated device with the same seed: same conditions.
-        with Scheduler(config, policy=FixedPolicy(backend)) as baseline:
-            totals[f"{name}-only"] = _drive(baseline, steps, layers, w.idle_between_tokens_s, None, None)
+    passes: list[_Pass] = []
+    try:
+        passes.append(_Pass(policy_name, Scheduler(config, db=db, policy=policy), buckets))
+        for name, cfg, fixed in comparisons:
+            passes.append(_Pass(name, Scheduler(cfg, policy=fixed), None))
+        real = passes[0].sched.device is None
+        if real:
+            shared = _LayerInputs(steps[0].shape, layers)
+            for p in passes:
+                p.inputs = shared.fresh()
+                _warm_up(p.sched, steps, p.inputs)
+        total = len(steps) * len(passes)
+        done = 0
+        if real:
+            # Interleaved, token by token: what the host does meanwhile falls on every pass alike.
+            for step in steps:
+                for p in passes:
+                    p.step(step, layers, w.idle_between_tokens_s)
+                    done += 1
+                    if progress is not None:
+                        progress(done, total)
+        else:
+            # Each pass has its own identical simulated device: one after the other is the same.
+            for p in passes:
+                for step in steps:
+                    p.step(step, layers, w.idle_between_tokens_s)
+                    done += 1
+                    if progress is not None:
+                        progress(done, total)
+        passes[0].sched.flush()
+        stats = passes[0].sched.stats()
+    finally:
+        for p in passes:
+            p.sched.close()
     return RunReport(
         model=model.name,
         precision=Shape(n=1, d=64, precision=w.precision).precision.value,
         layers=layers,
         tokens=n_tokens,
         policy=policy_name,
-        totals_s=totals,
+        totals_s={p.name: p.total_s for p in passes},
         buckets=sorted(buckets.values(), key=lambda b: (b.bucket.startswith("decode"), _bucket_order(b), b.stage)),
         stats=stats,
+        steps_s={p.name: p.steps_s for p in passes},
     )
 
 
-def _bucket_order(b: BucketStats) -> int:
-    digits = "".join(ch if ch.isdigit() else " " for ch in b.bucket).split()
-    return int(digits[0]) if digits else 0
+class _Pass:
+    """One scheduler driven through the workload, a step at a time."""
 
+    def __init__(self, name: str, sched: Scheduler, buckets: dict[tuple[str, str], BucketStats] | None) -> None:
+        self.name, self.sched, self.buckets = name, sched, buckets
+        self.inputs: _LayerInputs | None = None
+        self.total_s = 0.0
+        self.steps_s: list[float] = []
 
-def _drive(
-    sched: Scheduler,
-    steps: Sequence[Step],
-    layers: int,
-    idle_s: float,
-    buckets: dict[tuple[str, str], BucketStats] | None,
-    progress: Callable[[int, int], None] | None,
-) -> float:
-    """Run every step over every layer; return the total stage latency in seconds."""
-    real = sched.device is None
-    layer_inputs = _LayerInputs(steps[0].shape, layers) if real else None
-    if layer_inputs is not None:
-        _warm_up(sched, steps, layer_inputs)
-    total = 0.0
-    for i, step in enumerate(steps):
+    def step(self, step: Step, layers: int, idle_s: float) -> None:
+        """Run ``step`` over every layer."""
+        sched, buckets, layer_inputs = self.sched, self.buckets, self.inputs
         label = bucket_label(step)
+        spent = 0.0
         for layer in range(layers):
             inputs = layer_inputs.for_step(layer, step.shape) if layer_inputs else None
             run = sched.run_attention(step.shape, inputs)
             if layer_inputs is not None:
                 layer_inputs.keep(layer, run.k_cache, run.v_cache)
-            total += run.latency_s
+            spent += run.latency_s
             if buckets is not None:
                 for stage_run in (run.qkv, run.attn):
                     key = (stage_run.decision.stage.value, label)
@@ -195,9 +259,13 @@ def _drive(
                     b.add(stage_run.backend.value, stage_run.latency_s, stage_run.result.cold)
         if idle_s and sched.device is not None:
             sched.device.idle(idle_s)
-        if progress is not None:
-            progress(i + 1, len(steps))
-    return total
+        self.total_s += spent
+        self.steps_s.append(spent)
+
+
+def _bucket_order(b: BucketStats) -> int:
+    digits = "".join(ch if ch.isdigit() else " " for ch in b.bucket).split()
+    return int(digits[0]) if digits else 0
 
 
 def _warm_up(sched: Scheduler, steps: Sequence[Step], layer_inputs: _LayerInputs) -> None:
@@ -234,12 +302,18 @@ def _warm_up(sched: Scheduler, steps: Sequence[Step], layer_inputs: _LayerInputs
 class _LayerInputs:
     """Random weights per layer and growing KV caches, for executors that compute real outputs."""
 
-    def __init__(self, shape: Shape, layers: int) -> None:
+    def __init__(self, shape: Shape, layers: int, weights: list[dict[str, np.ndarray]] | None = None) -> None:
         # Read-only, as a model's weights are: executors keep their device copies of them.
-        self._weights = [serving_inputs(Stage.QKV, dataclasses.replace(shape, n=1, kv_len=0), seed=layer)
-                         for layer in range(layers)]  # fmt: skip
-        self._caches: list[tuple[np.ndarray, np.ndarray] | None] = [None] * layers
+        self._weights = weights if weights is not None else [
+            serving_inputs(Stage.QKV, dataclasses.replace(shape, n=1, kv_len=0), seed=layer) for layer in range(layers)
+        ]  # fmt: skip
+        self._shape = shape
+        self._caches: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(self._weights)
         self._rng = np.random.default_rng(0)
+
+    def fresh(self) -> _LayerInputs:
+        """Inputs for another pass: the same weights (and activations), empty KV caches."""
+        return _LayerInputs(self._shape, len(self._weights), self._weights)
 
     @property
     def layers(self) -> int:
@@ -267,4 +341,4 @@ class _LayerInputs:
             self._caches[layer] = (k, v)
 
 
-__all__ = ["BucketStats", "RunReport", "bucket_label", "run_workload"]
+__all__ = ["STATIC", "BucketStats", "RunReport", "bucket_label", "run_workload"]

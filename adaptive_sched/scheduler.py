@@ -21,7 +21,7 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,12 +30,12 @@ import numpy as np
 
 from .build import build_executors, build_policy, load_prior
 from .config import Config, load_config
-from .errors import ExecutorError, StoreError, UnsupportedShape
+from .errors import ExecutorError, ExecutorUnavailable, StoreError, UnsupportedShape
 from .executors import Executor, RunResult
 from .policies import Observation, Policy
 from .policies.base import certain
 from .stages import split_heads
-from .types import Backend, Decision, Shape, Stage, check_latency, parse_backend, parse_stage
+from .types import Backend, Choice, Decision, Shape, Stage, check_latency, parse_backend, parse_stage
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +110,7 @@ class _Counters:
     rejected: int = 0
     reruns: int = 0
     learn_errors: int = 0
+    observer_errors: int = 0
     by_backend: dict[Backend, int] = field(default_factory=dict)
 
 
@@ -132,6 +133,9 @@ class Scheduler:
         Overrides the prior of the config (an object with ``latency`` and ``choose``).
     executors : mapping, optional
         Backend -> executor, overriding the config's executors (tests, embedding).
+    warm_start_from : str or Path, optional
+        Without ``db``: learn from this log's outcomes (as a scheduler opening it would)
+        but log nothing to it. For a one-shot decision that writes its own row.
     """
 
     def __init__(
@@ -142,6 +146,7 @@ class Scheduler:
         policy: Policy | None = None,
         prior: Any = None,
         executors: Mapping[Backend | str, Executor] | None = None,
+        warm_start_from: str | Path | None = None,
     ) -> None:
         self.config = config
         self._closed = False
@@ -151,9 +156,11 @@ class Scheduler:
         self._executors = built.executors
         #: the simulated device the config's ``sim`` executors share (None on real hardware)
         self.device: Any = built.sim_device
+        #: candidate backends whose executor runs here, in config order: the only ones decided between
+        self.usable, self.unavailable = usable_candidates(config.candidates, self._executors)
         self._prior = prior if prior is not None else load_prior(config)
         self._policy = policy if policy is not None else build_policy(config, built)
-        self._policy.bind(config.candidates, self._prior, supports=self._supports)
+        self._policy.bind(self.usable, self._prior, supports=self._supports)
         self._inline = config.policy.learner == "inline"
         # One-time costs (river's import, about a second) now, not in the first observation.
         self._policy.prepare()
@@ -164,9 +171,13 @@ class Scheduler:
         self._timeout_s = config.policy.timeout_s
         self._next_id = itertools.count(1).__next__  # restarted above the run's id base by _open_log
         self._log: Any = None
+        #: called with (decision, latency_s or None, ok) for every outcome; see add_observer
+        self._observers: tuple[Callable[[Decision, float | None, bool], None], ...] = ()
         db_path = str(db) if db is not None else (config.resolve_path(config.store.path) if config.store.path else None)
         if db_path:
             self._open_log(db_path)
+        elif warm_start_from is not None and Path(warm_start_from).exists():
+            self._warm_start(str(warm_start_from))
         # The decision hot path reads these directly (see decide()).
         self._table = self._policy.table
         self._draw = self._policy.draw
@@ -192,6 +203,49 @@ class Scheduler:
     def _supports(self, stage: Stage, shape: Shape, backend: Backend) -> bool:
         executor = self._executors.get(backend)
         return executor is not None and executor.supports(stage, shape)
+
+    def unsupported(self, stage: Stage | str, shape: Shape) -> dict[Backend, str]:
+        """Why each usable candidate cannot run ``stage`` at ``shape``; empty if one of them can.
+
+        A decision for a shape no usable executor supports is a guess: callers that must
+        not act on one (the command line, the socket service) ask this first.
+        """
+        stage_ = parse_stage(stage)
+        reasons: dict[Backend, str] = {}
+        for backend in self.usable:
+            why = self._executors[backend].why_unsupported(stage_, shape)
+            if why is None:
+                return {}
+            reasons[backend] = why
+        return reasons
+
+    def published(
+        self, stage: Stage | str, shape: Shape, after: Backend | str | None = None
+    ) -> tuple[Choice, tuple[tuple[float, Choice], ...]]:
+        """What a decision here draws from now: the exploit choice and ``(threshold, choice)`` alternatives.
+
+        The same entry :meth:`decide` reads (a uniform draw below a threshold takes that
+        alternative), so it can be saved and drawn from by a process that has no policy
+        (``adaptive-sched decide``'s snapshot). Policies without a published table give
+        their probability vector in the same form.
+        """
+        stage_ = parse_stage(stage)
+        prev = None if after is None else parse_backend(after)
+        with self._lock:
+            choice = self._policy.choose(stage_, shape, prev)
+            table = self._policy.table
+            entry = table.lookup(stage_, shape, prev) if table is not None else None
+            if entry is not None:
+                return entry.exploit, entry.alternatives
+            probs = self._policy.probabilities(stage_, shape, prev)
+        exploit = max(probs, key=probs.__getitem__)
+        version = choice.version
+        alternatives, threshold = [], 0.0
+        for backend, p in probs.items():
+            if backend is not exploit and p > 0:
+                threshold += p
+                alternatives.append((threshold, Choice(backend, p, True, choice.predicted, probs, version)))
+        return Choice(exploit, probs[exploit], False, choice.predicted, probs, version), tuple(alternatives)
 
     # -- construction -------------------------------------------------------------
     def _open_log(self, path: str) -> None:
@@ -240,7 +294,7 @@ class Scheduler:
         from .store.reads import recent_for_warm_start
 
         n = 0
-        candidates = set(self.config.candidates)
+        candidates = set(self.usable)
         learn = self._policy.learn
         for decision, latency_s in recent_for_warm_start(path, device=self.config.device, limit=limit):
             if decision.backend in candidates and (decision.after is None or decision.after in candidates):
@@ -279,7 +333,7 @@ class Scheduler:
         if entry is None:
             return self._decide_slow(stage, shape, context, prev)
         choice = entry.pick(self._draw()) if entry.alternatives else entry.exploit
-        decision = Decision(self._next_id(), stage_, shape, choice, prev, _wallclock())
+        decision = Decision(self._next_id(), stage_, shape, choice, prev, _wallclock(), self.usable)
         queue = self._log_queue
         if queue is not None:
             if len(queue) < self._log_kick_at:
@@ -300,7 +354,7 @@ class Scheduler:
             raise TypeError(f"shape must be a Shape, got {type(shape).__name__}")
         with self._lock:
             choice = self._policy.choose(stage_, shape, prev)
-        decision = Decision(self._next_id(), stage_, shape, choice, prev, _wallclock())
+        decision = Decision(self._next_id(), stage_, shape, choice, prev, _wallclock(), self.usable)
         if self._log is not None:
             self._log.decision(decision, context)
         return decision
@@ -317,6 +371,8 @@ class Scheduler:
             latency = float(latency_s) if latency_s is not None and math.isfinite(float(latency_s)) else math.nan
         if self._log is not None:
             self._log.outcome(decision.id, latency, ok, error)
+        if self._observers:
+            self._notify(decision, latency if ok else None, ok)
         if not ok:
             self._on_failure(decision.backend, error)
             return
@@ -424,6 +480,8 @@ class Scheduler:
                     # One-time costs (a kernel built, weights uploaded): logged, not learned from.
                     if self._log is not None:
                         self._log.outcome(decision.id, result.latency_s, True, "cold")
+                    if self._observers:
+                        self._notify(decision, None, True)
                 elif result.latency_s > self._timeout_s:
                     # A result that came too late is still a result: hand it back, but
                     # treat the backend as failing so the next stages go elsewhere.
@@ -447,6 +505,8 @@ class Scheduler:
             return
         if self._log is not None:
             self._log.outcome(decision.id, latency if latency is not None else math.nan, False, error)
+        if self._observers:
+            self._notify(decision, None, False)
         with self._lock:
             self._counters.failures += 1
         if quarantine:
@@ -469,7 +529,7 @@ class Scheduler:
             self._counters.reruns += 1
         # Forced by a failure, not a policy choice: probability 1.
         choice = certain(backend, failed.predicted, failed.policy_version)
-        decision = Decision(self._next_id(), failed.stage, failed.shape, choice, failed.after, time.time())
+        decision = Decision(self._next_id(), failed.stage, failed.shape, choice, failed.after, time.time(), self.usable)
         if self._log is not None:
             self._log.decision(decision, context)
         return decision
@@ -577,6 +637,25 @@ class Scheduler:
         if self._log is not None:
             self._log.flush(timeout_s)
 
+    def add_observer(self, fn: Callable[[Decision, float | None, bool], None]) -> None:
+        """Call ``fn(decision, latency_s, ok)`` for every outcome (metrics, say).
+
+        ``latency_s`` is None for a failure and for a cold run (one-time costs). ``fn``
+        runs on the thread that reports the outcome, never on the ``decide`` path: keep it
+        O(1). An exception from it is logged (once) and never reaches the caller.
+        """
+        with self._lock:
+            self._observers = (*self._observers, fn)
+
+    def _notify(self, decision: Decision, latency_s: float | None, ok: bool) -> None:
+        for fn in self._observers:
+            try:
+                fn(decision, latency_s, ok)
+            except Exception:  # an observer must never raise into inference
+                if not self._counters.observer_errors:
+                    log.exception("an outcome observer failed (further failures are counted, not logged)")
+                self._counters.observer_errors += 1
+
     # -- introspection ------------------------------------------------------------------
     def online_choice(self, stage: Stage | str, shape: Shape, after: Backend | None = None) -> Backend:
         """The backend the policy holds fastest for ``stage`` at ``shape`` now (its exploit choice)."""
@@ -666,6 +745,27 @@ def _extend_cache(inputs: Mapping[str, np.ndarray], name: str, new: np.ndarray, 
     return np.concatenate([cache, new], axis=2)
 
 
+def usable_candidates(
+    candidates: tuple[Backend, ...], executors: Mapping[Backend, Executor]
+) -> tuple[tuple[Backend, ...], dict[Backend, str]]:
+    """The candidates whose executor is available here, and why each other one is not.
+
+    Raises :class:`ExecutorUnavailable` naming every candidate and its reason when none is.
+    """
+    unavailable: dict[Backend, str] = {}
+    for backend in candidates:
+        executor = executors.get(backend)
+        if executor is None:
+            unavailable[backend] = "no executor is configured for it"
+        elif not executor.is_available():
+            unavailable[backend] = f"{executor.kind}: {executor.unavailable_reason}"
+    usable = tuple(b for b in candidates if b not in unavailable)
+    if not usable:
+        why = "; ".join(f"{b.value} ({reason})" for b, reason in unavailable.items())
+        raise ExecutorUnavailable(f"no candidate backend is usable here: {why}")
+    return usable, unavailable
+
+
 def _json(data: Any) -> str:
     import json
 
@@ -680,4 +780,4 @@ def _asdict(obj: Any) -> dict[str, Any]:
     return dict(vars(obj))
 
 
-__all__ = ["LayerRun", "Scheduler", "StageRun"]
+__all__ = ["LayerRun", "Scheduler", "StageRun", "usable_candidates"]

@@ -256,6 +256,8 @@ class Decision(NamedTuple):
     after: Backend | None = None
     #: Unix time of the decision
     time: float = 0.0
+    #: the candidate backends usable here when it was made (those the policy chose between)
+    usable: tuple[Backend, ...] = ()
 
     @classmethod
     def of(

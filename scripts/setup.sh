@@ -19,5 +19,5 @@ if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e ".[dev,opencl,rknn]"
+.venv/bin/python -m pip install -q -e ".[dev,opencl,rknn,plots,metrics]"
 echo "adaptive-sched installed in .venv: run the tests with .venv/bin/python -m pytest"

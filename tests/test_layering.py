@@ -12,7 +12,7 @@ rank  layer               modules
 2     learners, policies  learners/, policies/
 3     scheduler           scheduler, build, config, runner
 4     store               store/
-5     offline             offline/, replay
+5     offline, service    offline/, replay; service, metrics (they serve a scheduler)
 6     cli                 cli/, __main__
 ====  ==================  ==========================================================
 
@@ -55,6 +55,8 @@ LAYERS: dict[str, tuple[int, str]] = {
     "adaptive_sched.store": (4, "store"),
     "adaptive_sched.offline": (5, "offline"),
     "adaptive_sched.replay": (5, "offline"),
+    "adaptive_sched.service": (5, "service"),
+    "adaptive_sched.metrics": (5, "service"),
     "adaptive_sched.cli": (6, "cli"),
     "adaptive_sched.__main__": (6, "cli"),
 }
@@ -69,8 +71,9 @@ ALLOWED: dict[tuple[str, str], str] = {
         "imports it lazily, on first use of adaptive_sched.Scheduler"
     ),
     ("adaptive_sched.build", "adaptive_sched.store"): (
-        "build.py is the one place a config is wired into objects, the prior it names included; "
-        "the prior is loaded through store.prior_files, lazily, only when a config names one"
+        "build.py is the one place a config is wired into objects, the prior it names included: "
+        "the prior (and the path of a shipped one) comes from store.prior_files, imported lazily, "
+        "only when a config names a prior"
     ),
 }
 

@@ -200,6 +200,34 @@ def test_learning_touches_a_bounded_amount_of_state_whatever_the_shapes():
     assert len(p._est._points) <= 65_536
 
 
+def test_a_steady_device_recomputes_few_entries():
+    # Learning recomputes an entry only when an estimate behind it moved: on a steady device,
+    # with shapes spread over each bucket, the noise of the estimates must not recompute an
+    # entry per observation (that made learning cost grow 4x).
+    table = {("qkv", "gpu"): 1e-3, ("qkv", "npu"): 2.5e-3, ("attn", "gpu"): 1e-3, ("attn", "npu"): 2.5e-3}
+    p = bound(AdaptivePolicy(seed=0), table)
+    rng = random.Random(2)
+    shapes = [Shape(n=1, d=2048, kv_len=rng.randint(600, 1000), precision="int8") for _ in range(40)]
+    recomputed = 0
+    publish = p._publish
+
+    def counting(key):
+        nonlocal recomputed
+        recomputed += 1
+        return publish(key)
+
+    for i in range(6000):
+        if i == 3000:
+            recomputed = 0
+            p._publish = counting
+        shape = shapes[i % len(shapes)]
+        stage = Stage.QKV if i % 2 else Stage.ATTN
+        c = p.choose(stage, shape, None)
+        latency = {GPU: 1e-3, NPU: 2.5e-3}[c.backend] * rng.lognormvariate(0, 0.08)
+        p.learn(Observation(stage, shape, None, c.backend, latency, c))
+    assert recomputed < 0.2 * 3000
+
+
 def test_same_policy_kinds_are_made_by_name():
     assert isinstance(make_policy("fixed", backend="npu"), FixedPolicy)
     with pytest.raises(TypeError, match="bogus"):

@@ -24,6 +24,8 @@ from ..paths import DEFAULT_CONFIG
 VERBS: dict[str, str] = {
     "run": "run",
     "decide": "decide",
+    "observe": "observe",
+    "serve": "serve",
     "profile": "profile",
     "train": "train",
     "replay": "replay",
@@ -34,7 +36,9 @@ VERBS: dict[str, str] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line, or with ``only`` the parser of that one verb (a cold
+    ``decide`` should not import and assemble eleven other verbs)."""
     parser = argparse.ArgumentParser(
         prog="adaptive-sched",
         description="Choose, stage by stage, which processor runs an LLM's attention.",
@@ -45,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"adaptive-sched {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     for name, module_name in VERBS.items():
+        if only is not None and name != only:
+            continue
         module = importlib.import_module(f".{module_name}", __name__)
         p = sub.add_parser(name, help=module.HELP, description=module.HELP)
         if module.CONFIG:
@@ -58,7 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verb = next((a for a in argv if not a.startswith("-")), None)  # global options take no value
+    parser = build_parser(verb if verb in VERBS else None)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.WARNING - 10 * min(args.verbose, 2),

@@ -24,6 +24,7 @@ def run(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     results = []
+    usable = []  # candidate backends whose executor is available here
     for backend, bc in config.backends.items():
 
         def factory(backend: Any = backend, bc: Any = bc) -> Any:
@@ -33,6 +34,11 @@ def run(args: argparse.Namespace) -> int:
                 options["device"] = config.simulator.make_device()
             return create_executor(bc.executor, backend=backend, **options)
 
+        if bc.role == "candidate":
+            probe = factory()
+            if probe.is_available():
+                usable.append(backend)
+            probe.close()
         for r in iter_checks(factory):
             results.append({"backend": backend.value, "executor": bc.executor, "check": r.check,
                             "status": r.status, "message": r.message})  # fmt: skip
@@ -42,4 +48,6 @@ def run(args: argparse.Namespace) -> int:
     passed = sum(r["status"] == "passed" for r in results)
     skipped = sum(r["status"] == "skipped" for r in results)
     print(f"{passed} passed, {failed} failed, {skipped} skipped", file=sys.stderr)
-    return 1 if failed else 0
+    if not usable:
+        print("adaptive-sched: error: no candidate backend is usable here", file=sys.stderr)
+    return 1 if failed or not usable else 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from .output import emit, render_table
 
@@ -37,4 +38,7 @@ def run(args: argparse.Namespace) -> int:
         ex.close()
     headers = ["backend", "executor", "role", "available", "device", "buckets", "reason"]
     emit(args, data, lambda: render_table(headers, rows))
+    if not any(d["available"] for d in data if d["role"] == "candidate"):
+        print("adaptive-sched: error: no candidate backend is usable here", file=sys.stderr)
+        return 1
     return 0

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from .args import nonnegative_int, positive_int
-from .output import Progress, emit
+from .output import add_quiet, emit, progress_for
 
 HELP = "sweep a grid of shapes over the config's executors into the profiles table"
 CONFIG = True
@@ -23,13 +23,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db", required=True, help="SQLite file for the profiles")
     p.add_argument("--repetitions", type=positive_int, default=5, help="timed runs per point (default: 5)")
     p.add_argument("--warmup", type=nonnegative_int, default=1, help="untimed runs per point (default: 1)")
+    add_quiet(p)
 
 
 def run(args: argparse.Namespace) -> int:
     """Sweep, print the summary; exit 1 only when every point measured in this sweep failed."""
     from ..offline.profiling import profile_config
 
-    bar = Progress("profile")
+    bar = progress_for(args, "profile")
     summary = profile_config(
         args.config,
         args.grid,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .output import Progress, emit, render_table
+from .output import add_quiet, emit, progress_for, render_table, sparkline
 
 HELP = "run the config's decode workload through the scheduler and compare with single backends"
 CONFIG = True
@@ -19,7 +19,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layers", type=int, help="layers per token (default: the model's)")
     p.add_argument("--precision", choices=("fp16", "int8"))
     p.add_argument("--policy", choices=("adaptive", "static", "epsilon", "oracle"), help="override the policy")
-    p.add_argument("--no-compare", action="store_true", help="skip the single-backend baselines")
+    p.add_argument("--no-compare", action="store_true", help="skip the static-prior and single-backend passes")
+    add_quiet(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,8 +42,8 @@ def run(args: argparse.Namespace) -> int:
     if args.policy:
         config = dataclasses.replace(config, policy=dataclasses.replace(config.policy, kind=args.policy))
         config._validate("")
-    compare = () if args.no_compare else tuple(b.value for b in config.candidates)
-    report = run_workload(config, db=args.db, compare=compare, progress=Progress("run"))
+    compare = () if args.no_compare else ("static", *(b.value for b in config.candidates))
+    report = run_workload(config, db=args.db, compare=compare, progress=progress_for(args, "run"))
 
     def table() -> str:
         # per candidate: the mean of the warm runs it made in the bucket, what the scheduler learned from
@@ -57,10 +58,19 @@ def run(args: argparse.Namespace) -> int:
                 f"policy {report.policy} on {config.device}")  # fmt: skip
         headers = ["stage", "bucket", "backend", "choices", "runs", "mean ms", *(f"{name} ms" for name in measured)]
         body = render_table(headers, rows)
-        totals = [[name, t * 1e3, report.totals_s[name] / report.totals_s[report.policy]]
+        # ms per token over the run, one scale for every pass (the prefill left out: it would flatten the rest)
+        per_token = {name: [t * 1e3 for t in steps[1:]] for name, steps in report.steps_s.items()}
+        values = [v for series in per_token.values() for v in series]
+        lo, hi = (min(values), max(values)) if values else (0.0, 0.0)
+        totals = [[name, t * 1e3, report.totals_s[name] / report.totals_s[report.policy],
+                   sparkline(per_token.get(name, []), lo=lo, hi=hi)]
                   for name, t in report.totals_s.items()]  # fmt: skip
-        foot = render_table(["policy", "total ms", f"{report.policy} speedup"], totals)
-        return f"{head}\n\n{body}\n\n{foot}"
+        foot = render_table(["pass", "total ms", f"{report.policy} speedup", f"ms per token ({lo:.1f} to {hi:.1f})"],
+                            totals)  # fmt: skip
+        where = args.db or config.store.path
+        hint = (f"\nplots of this run: adaptive-sched report --db {where} --out DIR" if where else
+                "\nlog it with --db FILE, then plot it: adaptive-sched report --db FILE --out DIR")  # fmt: skip
+        return f"{head}\n\n{body}\n\n{foot}\n{hint}"
 
     emit(args, report.as_dict(), table)
     return 0

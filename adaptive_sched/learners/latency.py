@@ -135,8 +135,15 @@ class ModelParams:
     #: ... or this many in the faster direction (a run cannot be sped up by noise): then
     #: it is a change, learned at once
     confirm_faster: int = 2
-    #: variance the device term and the intercept are re-opened to when a change is detected
+    #: variances the device term, the regression's intercept and the shape bucket are re-opened
+    #: to when a change is detected: they say where a change is first put. Changes of a whole
+    #: backend (contention, throttling) are common, of one kernel (a driver) rarer, of one
+    #: shape rarer still; observations of the backend's other stages then sort out the rest.
+    #: Put mostly into the backend's shared term, a change that reverts (contention ends)
+    #: is seen reverting by whichever stage runs there next.
     alarm_var: float = 0.25
+    alarm_stage_var: float = 0.04
+    alarm_bucket_var: float = 0.01
     #: ADWIN's confidence and how often (observations) it checks for a change
     adwin_delta: float = 0.002
     adwin_clock: int = 8
@@ -313,7 +320,7 @@ class Learned(NamedTuple):
     gain: float
 
 
-NOTHING_LEARNED = Learned(False, 0.0, 0.0, 0.0, 0.0, math.nan)
+NOTHING_LEARNED = Learned(alarm=False, device_shift=0.0, shift=0.0, shared_shift=0.0, predicted=math.nan, gain=0.0)
 
 
 class LatencyModel:
@@ -414,6 +421,11 @@ class LatencyModel:
             return False
         decayed = device.energy * device._decay ** max(0, clock - device.last)
         return decayed > self.params.volatile_change**2
+
+    def unobserved_for(self, backend: Backend, clock: int) -> int:
+        """Observations (of any backend) made since ``backend`` was last observed."""
+        device = self._devices.get(backend)
+        return clock if device is None else max(0, clock - device.last)
 
     def reversion(self, backend: Backend, clock: int) -> tuple[float, float]:
         """(probability, log shift) that ``backend``'s last detected change has reverted by now (see ``_Device``)."""
@@ -567,8 +579,11 @@ class LatencyModel:
         shared = (v_device + v_reg) * step
         if change:
             reg.detector = self._detector()
-            device.jumped(shared, clock)
-            return Learned(True, device_move, gain * e, shared, gain, predicted + gain * e)
+            # What may revert is the whole change seen (contention ends, a throttled clock
+            # recovers), however this first step split it between the terms.
+            device.jumped(e, clock)
+            return Learned(alarm=True, device_shift=device_move, shift=gain * e, shared_shift=shared,
+                           predicted=predicted + gain * e, gain=gain)  # fmt: skip
         # Slow or small shifts, which the clip hides from the run test: river's ADWIN on the
         # winsorised innovations.
         detector = reg.detector
@@ -581,16 +596,17 @@ class LatencyModel:
             key = (stage, backend)
             self.alarms[key] = self.alarms.get(key, 0) + 1
             self._reopen(device, reg, bk)
-        return Learned(alarm, device_move, gain * e, shared, gain, predicted + gain * e)
+        return Learned(alarm=alarm, device_shift=device_move, shift=gain * e, shared_shift=shared,
+                       predicted=predicted + gain * e, gain=gain)  # fmt: skip
 
     def _reopen(self, device: _Device, reg: _Regression, bucket: list[float] | None) -> None:
-        var = self.params.alarm_var
-        device.changed(var)
+        p = self.params
+        device.changed(p.alarm_var)
         if reg.k:
-            reg.c[0] = max(reg.c[0], var)
+            reg.c[0] = max(reg.c[0], p.alarm_stage_var)
         reg.version += 1
         if bucket is not None:
-            bucket[1] = max(bucket[1], var)
+            bucket[1] = max(bucket[1], p.alarm_bucket_var)
 
     def reopen(self, stage: Stage, backend: Backend, group: Group) -> None:
         """Distrust what is known of ``stage`` on ``backend`` (a failure, a long outage): the next

@@ -66,7 +66,8 @@ class AdaptiveParams:
     #: ... or for at most this many observations
     alarm_observations: int = 400
     #: an observation whose backend's estimate at its shape has moved by more than this (log
-    #: units) since that shape's entry was computed recomputes the entry ...
+    #: units; more where the choice is clear, see ``_tolerance``) since that shape's entry was
+    #: computed recomputes the entry ...
     publish_tolerance: float = 0.05
     #: ... or if older than this many observations (so exploration follows the uncertainty
     #: that grows while a backend goes unobserved) ...
@@ -216,7 +217,8 @@ class AdaptivePolicy(Policy):
         if not values:  # nothing known about any usable backend: the first, certainly
             only = usable[0]
             entry = Entry(Choice(only, 1.0, False, EMPTY, MappingProxyType({only: 1.0}), version), (), freshness,
-                          float(self.params.expire_after), float(self.params.refresh_every))  # fmt: skip
+                          float(self.params.expire_after), float(self.params.refresh_every),
+                          self.params.publish_tolerance)  # fmt: skip
         else:
             fastest = min(values, key=values.__getitem__)
             budget = self._budget.scale()
@@ -252,13 +254,32 @@ class AdaptivePolicy(Policy):
             for b, prob in alternatives.items():
                 cumulative += prob
                 table_alts.append((cumulative, Choice(b, prob, True, shown, probs, version)))
-            # An entry weighing a backend that just moved (it may move back) is renewed sooner.
-            renew = p.refresh_every / 8 if any(volatile(b, clock) for b in values) else p.refresh_every
+            # An entry weighing a backend that changed (it may change back) is renewed as often as
+            # that backend has gone unobserved: the chance that it reverted grows with that time,
+            # fast at first, so the renewals come at first often, then rarely.
+            renew = float(p.refresh_every)
+            for b in values:
+                if b in reversion or volatile(b, clock):
+                    renew = min(renew, max(p.refresh_every / 64, est.model.unobserved_for(b, clock)))
             entry = Entry(Choice(best, probs[best], False, shown, probs, version), tuple(table_alts), freshness,
-                          float(p.expire_after), float(renew))  # fmt: skip
+                          float(p.expire_after), renew, self._tolerance(values, log_vars))  # fmt: skip
         assert self.table is not None
         self.table.publish(key, entry)
         return entry
+
+    def _tolerance(self, values: Mapping[Backend, float], log_vars: Mapping[Backend, float]) -> float:
+        """How far one backend's estimate may move before the entry is worth recomputing.
+
+        ``publish_tolerance`` for a near tie; for a clear choice, as much as still leaves the
+        runner-up three standard deviations of their difference behind, where a move changes
+        neither the choice nor, beyond the budget's rounding, the chance of exploring.
+        """
+        base = self.params.publish_tolerance
+        if len(values) < 2:
+            return base
+        first, second = sorted(values, key=values.__getitem__)[:2]
+        margin = math.log(values[second] / values[first])
+        return max(base, margin - 3.0 * math.sqrt(log_vars[first] + log_vars[second]))
 
     # -- learning ----------------------------------------------------------------------
     def learn(self, observation: Observation) -> None:
@@ -287,29 +308,46 @@ class AdaptivePolicy(Policy):
                 self._renew(stage, shape, after, backend, learned.predicted)
 
     def _renew(self, stage: Stage, shape: Shape, after: Backend | None, backend: Backend, log_now: float) -> None:
-        """Recompute this observation's entry if the observed backend's estimate there (``log_now``,
-        the stage's own log run time) has moved by more than ``publish_tolerance`` since it was
-        computed (changes add up, noise comes and goes), or if it is due; qkv's entry looks ahead
-        to attention, so it follows attention's."""
+        """Recompute this observation's entry if the observed backend's estimate at the entry's own
+        shape has moved by more than the entry's tolerance since the entry was computed (changes
+        add up, noise comes and goes), or if it is due; qkv's entry looks ahead to attention, so
+        it follows attention's moves by the same rule.
+
+        ``log_now`` is the estimate (the stage's own log run time) at the observed shape. An entry
+        serves a whole shape bucket and was computed at the bucket's first shape: when the
+        observation is at another shape of the bucket (a longer KV cache), the estimate is taken
+        at the entry's shape, so that the difference between two shapes is not taken for a move.
+        """
         table = self.table
         assert table is not None
         key = table.key(stage, shape, after)
         entry = table.get(key)
-        if entry is None or key not in self._reps:
+        rep = self._reps.get(key)
+        if entry is None or rep is None:
             return
-        if self._freshness.now < entry.renew:
-            then = entry.exploit.predicted.get(backend)
-            if then is None or not math.isfinite(log_now):
-                return
+        moved = math.inf
+        then = entry.exploit.predicted.get(backend)
+        if then is not None and math.isfinite(log_now):
+            est = self._est
+            point = est.point(stage, rep[1])
+            if rep[1] != shape:
+                log_now = est.compute(point, backend, self._clock)[0]
             now = math.exp(log_now)
             if after is not None and after is not backend:
-                now += self._est.transition(self._est.point(stage, shape), after, backend)[0]
-            if abs(math.log(now / then)) <= self.params.publish_tolerance:
-                return
-        self._publish(key)
+                now += est.transition(point, after, backend)[0]
+            moved = abs(math.log(now / then))
+        now_clock = self._freshness.now
+        if moved > entry.tolerance or now_clock >= entry.renew:
+            self._publish(key)
         if stage is Stage.ATTN and self.params.lookahead:
+            # qkv's value holds the best attention after it: a move there moves qkv's by at most as much
             qkv_key = table.key(Stage.QKV, shape, None)
-            if table.get(qkv_key) is not None and qkv_key in self._reps:
+            qkv_entry = table.get(qkv_key)
+            if (
+                qkv_entry is not None
+                and qkv_key in self._reps
+                and (moved > qkv_entry.tolerance or now_clock >= qkv_entry.renew)
+            ):
                 self._publish(qkv_key)
 
     def _invalidate(self) -> None:

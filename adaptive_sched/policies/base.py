@@ -122,7 +122,7 @@ class Entry:
     replaces the whole entry, so a reader on another thread sees the old one or the new one.
     """
 
-    __slots__ = ("alternatives", "expires", "exploit", "freshness", "renew")
+    __slots__ = ("alternatives", "expires", "exploit", "freshness", "renew", "tolerance")
 
     def __init__(
         self,
@@ -131,6 +131,7 @@ class Entry:
         freshness: Freshness = FOREVER,
         lifetime: float = math.inf,
         renew_after: float = math.inf,
+        tolerance: float = 0.0,
     ) -> None:
         self.exploit = exploit
         self.alternatives = alternatives
@@ -138,6 +139,9 @@ class Entry:
         self.expires = freshness.now + lifetime
         #: past this, the policy recomputes the entry when it next learns from its shape
         self.renew = freshness.now + min(renew_after, lifetime)
+        #: how far (log units) one backend's estimate may move before the entry is worth recomputing
+        #: (for the policy that owns it: a clear choice tolerates more than a near tie)
+        self.tolerance = tolerance
 
     def fresh(self) -> bool:
         return self.freshness.now < self.expires

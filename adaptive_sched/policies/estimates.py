@@ -20,8 +20,7 @@ from ..learners.latency import NOTHING_LEARNED, Estimate, LatencyModel, Learned,
 from ..types import Backend, Shape, Stage
 from .base import Prior, bucket_key
 
-#: distinct shapes whose prior, features and bucket are kept, and grid points of the prior
-#: (caches: past the limit the oldest is forgotten)
+#: grid points whose prior, features and bucket are kept (a cache: past the limit the oldest is forgotten)
 POINT_CACHE = 8192
 
 
@@ -108,37 +107,36 @@ class Estimates:
         self.transition_bytes_per_s = transition_bytes_per_s
         self.transition_sd_s = transition_sd_s
         self._transitions: dict[tuple[Backend, Backend], TransitionCost] = {}
-        self._points: BoundedDict[tuple[Stage, Shape], Point] = BoundedDict(POINT_CACHE)
-        self._grid: BoundedDict[tuple[Stage, Shape], Mapping[Backend, float]] = BoundedDict(POINT_CACHE)
+        self._points: BoundedDict[tuple[Any, ...], Point] = BoundedDict(POINT_CACHE)
 
     # -- the prior, on a grid -------------------------------------------------------------
     def point(self, stage: Stage, shape: Shape) -> Point:
-        """The cached :class:`Point` of ``stage`` at ``shape``."""
-        key = (stage, shape)
-        pt = self._points.get(key)
-        if pt is None:
-            pt = self._points[key] = Point(stage, shape, self._prior_log(stage, shape))
-        return pt
+        """The cached :class:`Point` of ``stage`` at the grid point of ``shape``.
 
-    def _prior_log(self, stage: Stage, shape: Shape) -> Mapping[Backend, float]:
-        # A prior's estimate costs ~0.1 ms: evaluate it on a grid of 1/16 octave of kv_len
-        # (~4%) and share it among the shapes of one grid point (qkv does not see kv_len).
+        Points live on a grid of 1/16 octave of kv_len (about 4%; qkv does not see the KV
+        cache at all): a decode loop whose kv_len grows every token shares one point over
+        dozens of tokens, so it pays neither for a prior evaluation (~0.1 ms) per token nor
+        for a new point per token, whose churn would make the garbage collector's full
+        passes frequent and long.
+        """
         kv = 0 if stage is Stage.QKV else shape.kv_len
         if kv > 64:
             kv = round(2.0 ** (round(16 * math.log2(kv)) / 16))
-        grid_shape = shape if kv == shape.kv_len else Shape(shape.n, shape.d, kv, shape.batch, shape.heads,
-                                                             shape.precision)  # fmt: skip
-        key = (stage, grid_shape)
-        cached = self._grid.get(key)
-        if cached is None:
-            est = self.prior.latency(stage, grid_shape)
-            # A backend the prior knows nothing about (or calls free) is never chosen on purpose.
-            cached = {
-                b: math.log(est[b]) if b in est and est[b] > 0 and math.isfinite(est[b]) else math.inf
-                for b in self.candidates
-            }
-            self._grid[key] = cached
-        return cached
+        key = (stage, shape.n, shape.d, shape.batch, shape.heads, shape.precision, kv)
+        pt = self._points.get(key)
+        if pt is None:
+            grid_shape = shape if kv == shape.kv_len else Shape(shape.n, shape.d, kv, shape.batch, shape.heads,
+                                                                 shape.precision)  # fmt: skip
+            pt = self._points[key] = Point(stage, grid_shape, self._prior_log(stage, grid_shape))
+        return pt
+
+    def _prior_log(self, stage: Stage, shape: Shape) -> Mapping[Backend, float]:
+        est = self.prior.latency(stage, shape)
+        # A backend the prior knows nothing about (or calls free) is never chosen on purpose.
+        return {
+            b: math.log(est[b]) if b in est and est[b] > 0 and math.isfinite(est[b]) else math.inf
+            for b in self.candidates
+        }
 
     # -- estimates ------------------------------------------------------------------------
     def compute(self, point: Point, backend: Backend, clock: int) -> tuple[float, float]:

@@ -7,15 +7,44 @@ whole files the package writes go through :func:`write_atomic`.
 >>> log = DecisionLog("log.db", retention=RetentionPolicy(max_rows=5_000_000))   # doctest: +SKIP
 
 Importing this package reads nothing and does not import sqlite_utils (only creating
-the schema needs it).
+the schema needs it); its modules load when first used.
 """
 
-from .files import write_atomic
-from .reads import LoggedDecision, Run, counts, iter_logged, last_run, recent_for_warm_start, runs
-from .retention import RetentionPolicy, RetentionTracker, apply_retention
-from .rows import keeps_exploit
-from .schema import APPLICATION_ID, SCHEMA_VERSION, Inspection, inspect_file, open_database, run_id_range
-from .writer import DecisionLog, LogStats
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .files import write_atomic
+    from .reads import LoggedDecision, Run, counts, iter_logged, last_run, recent_for_warm_start, runs
+    from .retention import RetentionPolicy, RetentionTracker, apply_retention
+    from .rows import keeps_exploit
+    from .schema import APPLICATION_ID, SCHEMA_VERSION, Inspection, inspect_file, open_database, run_id_range
+    from .writer import DecisionLog, LogStats
+
+# Loaded on first use: a cold ``decide`` reads one row through .schema and should not pay
+# for the writer, retention and reads modules (tens of milliseconds together).
+_LAZY = {
+    "write_atomic": "files",
+    **dict.fromkeys(
+        ("LoggedDecision", "Run", "counts", "iter_logged", "last_run", "recent_for_warm_start", "runs"), "reads"
+    ),
+    **dict.fromkeys(("RetentionPolicy", "RetentionTracker", "apply_retention"), "retention"),
+    "keeps_exploit": "rows",
+    **dict.fromkeys(
+        ("APPLICATION_ID", "SCHEMA_VERSION", "Inspection", "inspect_file", "open_database", "run_id_range"), "schema"
+    ),
+    **dict.fromkeys(("DecisionLog", "LogStats"), "writer"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{module}", __name__), name)
+
 
 __all__ = [
     "APPLICATION_ID",

@@ -189,7 +189,7 @@ class RowBuilder:
         rows: list[tuple[Any, ...]] = []
         append = rows.append
         for d, ctx in items:
-            id_, stage, shape, choice, after, t = d
+            id_, stage, shape, choice, after, t, _usable = d
             backend, prop, explored, predicted, probs, pv = choice
             cache = qkv if stage is _QKV else attn if stage is _ATTN else None
             st = cache.get(shape) if cache is not None else None
@@ -213,7 +213,7 @@ class RowBuilder:
         rows: list[tuple[Any, ...]] = []
         append = rows.append
         for d, ctx in items:
-            id_, stage, shape, choice, after, t = d
+            id_, stage, shape, choice, after, t, _usable = d
             backend, prop, explored, predicted, probs, pv = choice
             if unit_hash(id_) < threshold:
                 keep_rate = 1.0 if explored else rate
@@ -281,7 +281,7 @@ class RowBuilder:
         d, ctx = item
         if not isinstance(d, tuple) or len(d) != len(Decision._fields):
             raise TypeError(f"expected an adaptive_sched.types.Decision, got {type(d).__name__}")
-        id_, stage, shape, choice, after, t = d
+        id_, stage, shape, choice, after, t, _usable = d
         if isinstance(id_, bool) or not isinstance(id_, int) or not 0 <= id_ < (1 << 63):
             raise ValueError(f"id must be an integer in [0, 2**63), got {id_!r}")
         backend, prop, explored, pred, probs, pv = check_choice(choice)
