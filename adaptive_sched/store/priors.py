@@ -194,16 +194,14 @@ def json_depth(value: Any) -> int:
     >>> json_depth({"a": [1, {"b": []}]})
     4
     """
+    if not isinstance(value, (dict, list)):
+        return 0
     deepest = 0
     stack = [(value, 1)]
     while stack:
         item, depth = stack.pop()
-        if isinstance(item, Mapping):
-            children: Any = item.values()
-        elif isinstance(item, list):
-            children = item
-        else:
-            continue
         deepest = max(deepest, depth)
-        stack.extend((child, depth + 1) for child in children)
+        children = item.values() if isinstance(item, dict) else item
+        # only containers are pushed: a prior is mostly numbers, and they cannot nest
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
     return deepest
