@@ -251,3 +251,17 @@ def test_train_verb_rejects_bad_arguments(
         main(["train", "--db", str(db), "--device", "toy", flag, value])
     assert exit_.value.code == 2
     assert f"argument {flag}" in capsys.readouterr().err
+
+
+def test_the_train_verb_parser_imports_no_training_code() -> None:
+    # every `adaptive-sched --help` builds this parser: it must stay as cheap as the others
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from adaptive_sched.cli import build_parser; build_parser(); "
+        "print(sorted(m for m in ('numpy', 'river', 'sqlite_utils', 'adaptive_sched.offline.training') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

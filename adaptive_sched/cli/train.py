@@ -16,14 +16,14 @@ _HEADERS = ("stage", "model", "accuracy", "regret %", "worst x", "wrong", "teste
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..learners.models import MODELS
-    from ..offline.training import DEFAULT_MODELS
+    # learners.models is cheap (river loads only when a model is built): --help stays fast
+    from ..learners.models import MODELS, STAGE_MODELS
 
     models = sorted(MODELS)
     p.add_argument("--db", required=True, help="SQLite file holding profiles")
     p.add_argument("--device", default="rk3588", help="device profile the profiles were measured on")
-    p.add_argument("--qkv-model", default=DEFAULT_MODELS["qkv"], choices=models, help="classifier of the qkv stage")
-    p.add_argument("--attn-model", default=DEFAULT_MODELS["attn"], choices=models, help="classifier of the attn stage")
+    p.add_argument("--qkv-model", default=STAGE_MODELS["qkv"], choices=models, help="classifier of the qkv stage")
+    p.add_argument("--attn-model", default=STAGE_MODELS["attn"], choices=models, help="classifier of the attn stage")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--export", help="also write the prior to this JSON file")
 

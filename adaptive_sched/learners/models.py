@@ -239,6 +239,10 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 
+#: the paper's choice per stage: Random Forest for qkv, K-Neighbors for attn
+STAGE_MODELS: Mapping[str, str] = {"qkv": "rf", "attn": "knn"}
+
+
 def get_spec(name: str) -> ModelSpec:
     """The spec registered under ``name``; an unknown name is a PriorError listing the known ones."""
     try:

@@ -32,14 +32,14 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import PriorError, StoreError
-from ..learners.models import MODELS, build_model, fit, get_spec, model_features
+from ..learners.models import MODELS, STAGE_MODELS, build_model, fit, get_spec, model_features
 from ..learners.priors import LatencyModel, PriorData, TrainingRow, make_prior_data
 from ..store.priors import save_prior
 from ..types import Backend, Shape, Stage, parse_backend, parse_stage
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODELS: Mapping[str, str] = {"qkv": "rf", "attn": "knn"}
+DEFAULT_MODELS: Mapping[str, str] = STAGE_MODELS
 #: models compared in the report (the chosen ones are always added)
 DEFAULT_COMPARE: tuple[str, ...] = ("rf", "knn", "tree", "logreg")
 #: rejected rows listed in a report (all are counted)
