@@ -14,6 +14,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -22,9 +24,21 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .executors import EXECUTORS
+from .executors import executor_class
 from .paths import resolve_config
 from .types import Backend, Precision
+
+#: the largest config file read, in bytes: a config is a page of YAML, and a file far larger
+#: is a mistake (or hostile) that would otherwise cost seconds and gigabytes to parse
+MAX_CONFIG_BYTES = 1 << 20
+#: the most values (mappings, lists and scalars) a config may hold with its YAML aliases
+#: expanded: a few nested anchors can stand for billions of values ...
+MAX_CONFIG_NODES = 20_000
+#: ... and the deepest it may nest (a self-referencing alias nests without end)
+MAX_CONFIG_DEPTH = 32
+#: the effective config is stored with each run in the log; beyond this many bytes of JSON only
+#: its hash and size are (a log row must stay small whatever a caller builds in a dict)
+MAX_RUN_CONFIG_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -37,12 +51,24 @@ class BackendConfig:
     options: dict[str, Any] = field(default_factory=dict)
 
     def _validate(self, where: str) -> None:
-        if self.executor not in EXECUTORS:
-            raise ConfigError(
-                f"{where}.executor: unknown executor {self.executor!r} (known: {', '.join(sorted(EXECUTORS))})"
-            )
         if self.role not in ("candidate", "fallback"):
             raise ConfigError(f"{where}.role: expected 'candidate' or 'fallback', got {self.role!r}")
+        try:  # built in, or installed by another package (an entry point)
+            cls = executor_class(self.executor)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}.executor: {exc}") from None
+        known = cls.OPTIONS
+        for key in self.options:
+            if key not in known or key in cls.INTERNAL_OPTIONS:
+                settable = sorted(set(known) - set(cls.INTERNAL_OPTIONS))
+                raise ConfigError(
+                    f"{where}.options.{key}: not an option of executor {self.executor!r} "
+                    f"(its options: {', '.join(settable) or 'none'})"
+                )
+        try:  # the executor checks its values; creating one touches no device
+            cls(**self.options).close()
+        except (ConfigError, ValueError, TypeError) as exc:
+            raise ConfigError(f"{where}.options: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -73,9 +99,27 @@ class SimulatorConfig:
             steps=self.steps,
         )
 
+    def _validate(self, where: str) -> None:
+        if self.seed < 0:
+            raise ConfigError(f"{where}.seed: must be an integer >= 0, got {self.seed!r}")
+        if not isinstance(self.noise, bool) and not self.noise >= 0:
+            raise ConfigError(f"{where}.noise: expected true, false or a sigma >= 0, got {self.noise!r}")
+        from .sim import load_profile
+
+        try:
+            load_profile(self.profile)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}.profile: {exc}") from None
+        try:  # the drift overrides are checked by the device they describe (the profile is cached)
+            self.make_device()
+        except (ConfigError, ValueError, TypeError) as exc:
+            head = re.split(r"[.\[:]", str(exc), maxsplit=1)[0]
+            sep = "." if head in {f.name for f in dataclasses.fields(self)} else ": "
+            raise ConfigError(f"{where}{sep}{exc}") from None
+
 
 #: keys of the ``policy`` section that every kind shares; the rest are the kind's own ``Params``
-POLICY_COMMON = ("kind", "learner", "timeout_s")
+POLICY_COMMON = ("kind", "learner", "timeout_s", "max_latency_s")
 
 
 @dataclass(frozen=True)
@@ -91,8 +135,11 @@ class PolicyConfig:
     kind: str = "adaptive"
     #: learn on the caller's thread ("inline", deterministic) or on a background thread ("thread")
     learner: str = "inline"
-    #: a stage run slower than this (seconds) counts as a failure and quarantines the backend
+    #: a stage run slower than this (seconds) is abandoned, re-run elsewhere, and its backend quarantined
     timeout_s: float = 1.0
+    #: an observed latency above this (seconds) is implausible: refused and counted, never learned
+    #: (also for rows read from the log at a warm start)
+    max_latency_s: float = 60.0
     #: the kind's parameters (an instance of its ``Params``); None means its defaults
     params: Any = field(default=None, metadata={"internal": True})
 
@@ -105,6 +152,8 @@ class PolicyConfig:
             raise ConfigError(f"{where}.learner: expected 'inline' or 'thread', got {self.learner!r}")
         if not self.timeout_s > 0:
             raise ConfigError(f"{where}.timeout_s: must be > 0, got {self.timeout_s!r}")
+        if not self.max_latency_s > 0:
+            raise ConfigError(f"{where}.max_latency_s: must be > 0, got {self.max_latency_s!r}")
 
     def resolved_params(self) -> Any:
         """The kind's parameters, its defaults filled in."""
@@ -134,6 +183,14 @@ class RetentionConfig:
     #: how often the log writer counts the rows against the limits (seconds; 0: before every batch)
     check_every_s: float = 10.0
 
+    def _validate(self, where: str) -> None:
+        if self.max_rows is not None and self.max_rows < 1:
+            raise ConfigError(f"{where}.max_rows: must be an integer >= 1 (or null: no limit), got {self.max_rows!r}")
+        if self.max_age_days is not None and not self.max_age_days > 0:
+            raise ConfigError(f"{where}.max_age_days: must be > 0 (or null: no limit), got {self.max_age_days!r}")
+        if not self.check_every_s >= 0:
+            raise ConfigError(f"{where}.check_every_s: must be >= 0, got {self.check_every_s!r}")
+
 
 @dataclass(frozen=True)
 class StoreConfig:
@@ -157,8 +214,13 @@ class StoreConfig:
             raise ConfigError(
                 f"{where}.exploit_sample_rate: expected a number in (0, 1], got {self.exploit_sample_rate!r}"
             )
-        if self.queue_size < 1 or self.flush_rows < 1:
-            raise ConfigError(f"{where}: queue_size and flush_rows must be >= 1")
+        for name in ("queue_size", "flush_rows"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{where}.{name}: must be an integer >= 1, got {getattr(self, name)!r}")
+        if not self.flush_interval_s > 0:
+            raise ConfigError(f"{where}.flush_interval_s: must be > 0, got {self.flush_interval_s!r}")
+        if self.warm_start_rows < 0:
+            raise ConfigError(f"{where}.warm_start_rows: must be an integer >= 0, got {self.warm_start_rows!r}")
 
 
 @dataclass(frozen=True)
@@ -174,6 +236,15 @@ class WorkloadConfig:
     batch: int = 1
     #: idle time between tokens (seconds of device time spent elsewhere: FFN, sampling)
     idle_between_tokens_s: float = 0.0
+
+    def _validate(self, where: str) -> None:
+        for name in ("prompt", "tokens", "batch"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{where}.{name}: must be an integer >= 1, got {getattr(self, name)!r}")
+        if self.layers is not None and self.layers < 1:
+            raise ConfigError(f"{where}.layers: must be an integer >= 1 (or null: all), got {self.layers!r}")
+        if self.idle_between_tokens_s < 0:
+            raise ConfigError(f"{where}.idle_between_tokens_s: must be >= 0, got {self.idle_between_tokens_s!r}")
 
 
 @dataclass(frozen=True)
@@ -215,6 +286,17 @@ class Config:
         policy.update(_plain(dataclasses.asdict(self.policy.resolved_params())))
         policy.pop("params", None)
         return data
+
+    def log_json(self, limit: int = MAX_RUN_CONFIG_BYTES) -> str:
+        """The effective config as JSON, for the log's ``runs`` table: at most ``limit`` bytes.
+
+        A larger config is stored as its hash and size only (the hash is logged either way).
+        """
+        text = json.dumps(self.as_dict(), sort_keys=True)
+        if len(text.encode()) <= limit:
+            return text
+        return json.dumps({"omitted": "larger than the log stores", "bytes": len(text.encode()),
+                           "config_hash": self.content_hash()}, sort_keys=True)  # fmt: skip
 
     def content_hash(self) -> str:
         """A short hash of the effective config, logged with each run."""
@@ -259,15 +341,23 @@ def load_config(source: str | Path | Mapping[str, Any]) -> Config:
     if isinstance(source, Mapping):
         return build_config(source, origin="")
     path = resolve_config(source)
-    try:
-        import yaml
+    import yaml
 
-        text = path.read_text(encoding="utf-8")
-        data = yaml.safe_load(text)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read ({exc.strerror})") from exc
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes, the most a config may be")
+    try:
+        data = yaml.safe_load(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be a config") from None
     if not isinstance(data, Mapping):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     return build_config(data, origin=str(path))
@@ -276,11 +366,39 @@ def load_config(source: str | Path | Mapping[str, Any]) -> Config:
 def build_config(data: Mapping[str, Any], origin: str = "") -> Config:
     """Validate a mapping into a :class:`Config`; ``origin`` names the file in messages."""
     try:
+        _check_bounded(data)
         return _build_config(data, origin)
     except ConfigError as exc:
         if origin:
             raise ConfigError(f"{origin}: {exc}") from None
         raise
+
+
+def _check_bounded(data: Any) -> None:
+    """Refuse a config of more than :data:`MAX_CONFIG_NODES` values or nested deeper than
+    :data:`MAX_CONFIG_DEPTH`, counting shared (aliased) values at every place they appear.
+
+    The walk stops at the first limit crossed, so an alias bomb fails in microseconds
+    instead of being expanded later (by validation, hashing, or the log's copy of the config).
+    """
+    budget = MAX_CONFIG_NODES
+    stack: list[tuple[Any, str, int]] = [(data, "", 0)]
+    while stack:
+        value, where, depth = stack.pop()
+        budget -= 1
+        if budget < 0:
+            key = where.split("[", 1)[0]  # the key, not the path inside its expansion
+            raise ConfigError(
+                f"{key or 'config'}: more than {MAX_CONFIG_NODES} values with YAML aliases expanded "
+                "(an alias bomb?); a config is far smaller"
+            )
+        if depth > MAX_CONFIG_DEPTH:
+            key = where.split("[", 1)[0]
+            raise ConfigError(f"{key}: nested deeper than {MAX_CONFIG_DEPTH} levels (a self-referencing alias?)")
+        if isinstance(value, Mapping):
+            stack.extend((v, _join(where, str(k)), depth + 1) for k, v in value.items())
+        elif isinstance(value, (list, tuple)):
+            stack.extend((v, f"{where}[{i}]", depth + 1) for i, v in enumerate(value))
 
 
 def _build_config(data: Mapping[str, Any], origin: str) -> Config:
@@ -313,7 +431,8 @@ def _build(cls: type, data: Any, where: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
     unknown = [k for k in data if k not in fields]
     if unknown:
-        raise ConfigError(f"{_join(where, unknown[0])}: unknown key (expected one of {', '.join(sorted(fields))})")
+        expected = f"expected one of {', '.join(sorted(fields))}" if fields else "none is taken here"
+        raise ConfigError(f"{_join(where, unknown[0])}: unknown key ({expected})")
     kwargs = {name: _coerce(hints[name], value, _join(where, name)) for name, value in data.items()}
     missing = [
         n for n, f in fields.items()
@@ -324,6 +443,10 @@ def _build(cls: type, data: Any, where: str) -> Any:
     try:
         obj = cls(**kwargs)
     except ValueError as exc:
+        # A parameter class's own check names its field first ("epsilon must be ..."): name its key.
+        name, _, rest = str(exc).partition(" ")
+        if name in fields and rest:
+            raise ConfigError(f"{_join(where, name)}: {rest}") from None
         raise ConfigError(f"{where or 'config'}: {exc}") from None
     if cls is not Config and hasattr(obj, "_validate"):
         obj._validate(where)
@@ -375,9 +498,15 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
         return value
     if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond any float
+            number = math.inf
+        if not math.isfinite(number):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+        return number
     if hint is str:
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected a string, got {value!r}")

@@ -33,3 +33,12 @@ class StoreError(AdaptiveSchedError, RuntimeError):
 
 class PriorError(AdaptiveSchedError, ValueError):
     """An offline prior is missing, corrupt, or was built for another device."""
+
+
+class SchedulerClosed(AdaptiveSchedError, RuntimeError):
+    """A scheduler was used after :meth:`~adaptive_sched.Scheduler.close`."""
+
+
+class ObservationRefused(AdaptiveSchedError, ValueError):
+    """An observation was refused (counted, never learned): a decision observed twice, a decision
+    of another scheduler, or a latency beyond ``policy.max_latency_s``."""

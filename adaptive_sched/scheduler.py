@@ -14,9 +14,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import math
+import random
 import socket
 import threading
 import time
@@ -30,11 +32,20 @@ import numpy as np
 
 from .build import build_executors, build_policy, load_prior
 from .config import Config, load_config
-from .errors import ExecutorError, ExecutorUnavailable, StoreError, UnsupportedShape
+from .deadline import DeadlineRunner
+from .errors import (
+    ExecutorError,
+    ExecutorUnavailable,
+    ObservationRefused,
+    SchedulerClosed,
+    StoreError,
+    UnsupportedShape,
+)
 from .executors import Executor, RunResult
+from .observed import ObservedIds
 from .policies import Observation, Policy
 from .policies.base import certain
-from .stages import split_heads
+from .stages import output_shape, split_heads
 from .types import Backend, Choice, Decision, Shape, Stage, check_latency, parse_backend, parse_stage
 
 log = logging.getLogger(__name__)
@@ -61,6 +72,9 @@ HELP_WAIT_S = 1e-3
 #: decisions a quarantined backend sits out after its first failure; doubles with each strike
 QUARANTINE_BASE = 64
 QUARANTINE_MAX_STRIKES = 10
+#: the least time between two warnings of one kind about one backend; those held back are
+#: counted and the next warning says how many (a failing backend fails thousands of times a second)
+WARN_EVERY_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -111,7 +125,42 @@ class _Counters:
     reruns: int = 0
     learn_errors: int = 0
     observer_errors: int = 0
+    #: decisions whose backend was quarantined, sent to another without being run
+    skipped: int = 0
+    #: logged outcomes not learned at a warm start (implausible latencies)
+    warm_start_refused: int = 0
     by_backend: dict[Backend, int] = field(default_factory=dict)
+    #: observations refused, by reason: duplicate, foreign, stale, implausible
+    refused: dict[str, int] = field(default_factory=dict)
+
+
+#: why an observation was refused, as its message says it
+_REFUSALS = {
+    "duplicate": "was observed before",
+    "foreign": "is not a decision of this scheduler",
+    "stale": "is too old to tell whether it was observed",
+    "implausible": "has a latency above policy.max_latency_s",
+}
+
+
+class _Throttle:
+    """Rate-limits warnings per key: the first, then at most one per ``every_s`` (the rest counted)."""
+
+    __slots__ = ("_every", "_held", "_next")
+
+    def __init__(self, every_s: float | None = None) -> None:
+        self._every = WARN_EVERY_S if every_s is None else every_s
+        self._next: dict[Any, float] = {}
+        self._held: dict[Any, int] = {}
+
+    def allow(self, key: Any) -> int | None:
+        """None if a warning for ``key`` is held back now, else how many were held back before it."""
+        now = time.monotonic()
+        if now < self._next.get(key, -math.inf):
+            self._held[key] = self._held.get(key, 0) + 1
+            return None
+        self._next[key] = now + self._every
+        return self._held.pop(key, 0)
 
 
 class Scheduler:
@@ -170,6 +219,7 @@ class Scheduler:
         self._unlearned = 0  # observations skipped because the learner was behind (approximate)
         self._timeout_s = config.policy.timeout_s
         self._next_id = itertools.count(1).__next__  # restarted above the run's id base by _open_log
+        self._init_checks()
         self._log: Any = None
         #: called with (decision, latency_s or None, ok) for every outcome; see add_observer
         self._observers: tuple[Callable[[Decision, float | None, bool], None], ...] = ()
@@ -278,13 +328,25 @@ class Scheduler:
                 config_hash=self.config.content_hash(),
                 device_profile=self.config.device,
                 package_version=__version__,
-                config=_json(self.config.as_dict()),
+                config=self.config.log_json(),
             )
         except BaseException:
             self._log.close()
             raise
         # Ids unique across the processes and restarts that share one log file.
         self._next_id = itertools.count((int(run_id) << 32) | 1).__next__
+        self._observed = ObservedIds((int(run_id) << 32) | 1)
+
+    def _init_checks(self) -> None:
+        """State for checking what executors return and what callers observe."""
+        # Without a log, a random tag in the ids' upper bits tells this scheduler's decisions
+        # from another's (with a log, the run's id does; see _open_log).
+        base = (random.SystemRandom().randrange(1 << 30, 1 << 31) << 32) | 1
+        self._next_id = itertools.count(base).__next__
+        self._observed = ObservedIds(base)
+        self._max_latency_s = self.config.policy.max_latency_s
+        self._runner = DeadlineRunner()
+        self._throttle = _Throttle()
 
     def _warm_start(self, path: str) -> None:
         """Resume from the log: replay its most recent outcomes for this device through the policy."""
@@ -297,12 +359,18 @@ class Scheduler:
         candidates = set(self.usable)
         learn = self._policy.learn
         for decision, latency_s in recent_for_warm_start(path, device=self.config.device, limit=limit):
+            if not latency_s <= self._max_latency_s:  # a log is input too: 1e300 s is not a latency
+                self._counters.warm_start_refused += 1
+                continue
             if decision.backend in candidates and (decision.after is None or decision.after in candidates):
                 # No choice attached: a restart re-learns what runs cost, not what probing spent.
                 learn(Observation(decision.stage, decision.shape, decision.after, decision.backend, latency_s))
                 n += 1
         if n:
             log.info("warm start: learned from %d logged outcomes in %s", n, path)
+        if self._counters.warm_start_refused:
+            log.warning("warm start: %d logged latencies above policy.max_latency_s=%g s in %s were not learned",
+                        self._counters.warm_start_refused, self._max_latency_s, path)  # fmt: skip
 
     # -- the public API -------------------------------------------------------------
     def decide(
@@ -319,9 +387,13 @@ class Scheduler:
         state (temperatures, clocks, load) that is logged with the decision.
         """
         # The hot path: one lookup in the policy's published table, one draw, one named tuple.
+        if self._closed:
+            raise SchedulerClosed("decide() after close()")
         if after is None:
             prev = None
         elif after.__class__ is Decision:
+            if after.stage is _STAGES.get(stage):
+                raise ValueError(f"after: a decision of the previous stage is expected, got one of {after.stage.value}")
             prev = after.choice.backend
         else:
             prev = parse_backend(after)  # type: ignore[arg-type]
@@ -363,17 +435,37 @@ class Scheduler:
         """Feed back what a decision cost: its latency in seconds, or that it failed.
 
         A latency that is not finite and > 0 raises ``ValueError`` and is never learned
-        from. A failure (``ok=False``) quarantines the backend for a while.
+        from. A failure (``ok=False``) is counted in ``stats()["failures"]`` and quarantines
+        the backend for a while.
+
+        Raises :class:`~adaptive_sched.errors.ObservationRefused` (counted in
+        ``stats()["refused"]``, never learned) for a decision observed before, a decision of
+        another scheduler, or a latency above ``policy.max_latency_s``; and
+        :class:`~adaptive_sched.errors.SchedulerClosed` after :meth:`close`.
         """
+        if self._closed:
+            raise SchedulerClosed("observe() after close()")
         if ok:
             latency = check_latency(latency_s)
         else:
-            latency = float(latency_s) if latency_s is not None and math.isfinite(float(latency_s)) else math.nan
+            try:
+                latency = float(latency_s)  # type: ignore[arg-type]
+            except (TypeError, ValueError):
+                latency = math.nan
+            if not (math.isfinite(latency) and latency > 0):
+                latency = math.nan
+        why = self._observed.mark(decision.id)
+        if why is None and ok and latency > self._max_latency_s:
+            why = "implausible"
+        if why is not None:
+            self._refuse(decision, why, latency)
         if self._log is not None:
             self._log.outcome(decision.id, latency, ok, error)
         if self._observers:
             self._notify(decision, latency if ok else None, ok)
         if not ok:
+            with self._lock:
+                self._counters.failures += 1
             self._on_failure(decision.backend, error)
             return
         observation = Observation(decision.stage, decision.shape, decision.after, decision.backend, latency,
@@ -388,6 +480,18 @@ class Scheduler:
         queue.append(observation)
         if len(queue) > HELP_MARK:
             self._help()
+
+    def _refuse(self, decision: Decision, why: str, latency: float) -> None:
+        with self._lock:
+            refused = self._counters.refused
+            refused[why] = refused.get(why, 0) + 1
+            held = self._throttle.allow(("refused", why))
+        message = f"decision {decision.id} {_REFUSALS[why]}"
+        if why == "implausible":
+            message += f" ({latency:g} s > {self._max_latency_s:g} s)"
+        if held is not None:
+            log.warning("observation refused: %s%s", message, f" ({held} more since the last warning)" if held else "")
+        raise ObservationRefused(message)
 
     def run_stage(
         self,
@@ -456,13 +560,18 @@ class Scheduler:
         failed: list[Decision] = []
         last_exc: BaseException | None = None
         tried: set[Backend] = set()
+        if decision.backend in self._quarantine:
+            decision = self._avoid_quarantined(decision, context)
         while True:
             tried.add(decision.backend)
             executor = self._executors.get(decision.backend)
             try:
                 if executor is None:
                     raise ExecutorError(f"no executor is configured for backend {decision.backend.value!r}")
-                result = executor.run(decision.stage, decision.shape, inputs, after=decision.after)
+                result = self._call(executor, decision, inputs)
+                problem = self._untrusted(decision, result, inputs)
+                if problem is not None:
+                    raise ExecutorError(f"{decision.backend.value} ({executor.kind}) {problem}")
             except UnsupportedShape as exc:
                 if inputs is not None and executor is not None and executor.supports(decision.stage, decision.shape):
                     raise  # the caller's inputs are wrong: re-running elsewhere would not help
@@ -471,7 +580,6 @@ class Scheduler:
                 failed.append(decision)
                 last_exc = exc
             except Exception as exc:
-                log.warning("backend %s failed on %s: %s", decision.backend.value, decision.stage.value, exc)
                 self._record(decision, None, ok=False, error=f"{type(exc).__name__}: {exc}", quarantine=True)
                 failed.append(decision)
                 last_exc = exc
@@ -482,10 +590,6 @@ class Scheduler:
                         self._log.outcome(decision.id, result.latency_s, True, "cold")
                     if self._observers:
                         self._notify(decision, None, True)
-                elif result.latency_s > self._timeout_s:
-                    # A result that came too late is still a result: hand it back, but
-                    # treat the backend as failing so the next stages go elsewhere.
-                    self._record(decision, result.latency_s, ok=False, error="timeout", quarantine=True)
                 else:
                     self._record(decision, result.latency_s, ok=True, error=None, quarantine=False)
                 return StageRun(decision, result, tuple(failed))
@@ -497,12 +601,61 @@ class Scheduler:
                 ) from last_exc
             decision = self._forced_decision(decision, fallback, context)
 
+    def _call(self, executor: Executor, decision: Decision, inputs: Mapping[str, np.ndarray] | None) -> Any:
+        """Run the stage; past ``policy.timeout_s`` the caller abandons it (DeadlineExceeded)."""
+        if executor.RUNS_INLINE:
+            return executor.run(decision.stage, decision.shape, inputs, after=decision.after)
+        args = (decision.stage, decision.shape, inputs, decision.after)
+        return self._runner.call(_run_executor, (executor, *args), self._timeout_s, key=decision.backend)
+
+    def _untrusted(self, decision: Decision, result: Any, inputs: Mapping[str, np.ndarray] | None) -> str | None:
+        """Why an executor's result cannot be handed to the caller or learned from (None if it can)."""
+        if not isinstance(result, RunResult):
+            return f"returned {type(result).__name__}, not a RunResult"
+        latency = result.latency_s
+        if isinstance(latency, bool) or not isinstance(latency, (int, float)):
+            return f"reported a latency of {latency!r}, not a number"
+        if not (math.isfinite(latency) and latency > 0):
+            return f"reported a latency of {latency!r} s (expected finite and > 0)"
+        if latency > self._timeout_s and not result.cold:
+            return f"ran past policy.timeout_s ({latency:g} s > {self._timeout_s:g} s)"
+        out = result.output
+        if out is None:
+            return "returned no output although inputs were given" if inputs is not None else None
+        if not isinstance(out, np.ndarray):
+            return f"returned an output of type {type(out).__name__}, not an ndarray"
+        expected = output_shape(decision.stage, decision.shape)
+        if out.shape != expected:
+            return f"returned an output of shape {out.shape}, expected {expected}"
+        if out.dtype != np.float32:
+            return f"returned an output of dtype {out.dtype}, expected float32"
+        # One pass, no temporary: a NaN or an infinity anywhere makes the sum non-finite, and
+        # float32 values cannot overflow a float64 sum.
+        if not math.isfinite(out.sum(dtype=np.float64)):
+            return "returned an output with NaN or infinite values"
+        return None
+
+    def _avoid_quarantined(self, decision: Decision, context: Mapping[str, float] | None) -> Decision:
+        """A decision for a quarantined backend (every candidate is, or the policy cannot avoid it,
+        as a fixed one) goes to a usable backend without being run, if there is one."""
+        fallback = self._next_backend(decision, {decision.backend})
+        if fallback is None or fallback in self._quarantine:
+            return decision  # nothing better: it is run (and probes the backend)
+        self._observed.mark(decision.id)
+        if self._log is not None:
+            self._log.outcome(decision.id, math.nan, False, "not run: backend quarantined")
+        with self._lock:
+            self._counters.skipped += 1
+        return self._forced_decision(decision, fallback, context, rerun=False)
+
     def _record(
         self, decision: Decision, latency: float | None, *, ok: bool, error: str | None, quarantine: bool
     ) -> None:
         if ok:
-            self.observe(decision, latency)
+            with contextlib.suppress(ObservationRefused):  # counted; the caller still gets its result
+                self.observe(decision, latency)
             return
+        self._observed.mark(decision.id)
         if self._log is not None:
             self._log.outcome(decision.id, latency if latency is not None else math.nan, False, error)
         if self._observers:
@@ -524,9 +677,12 @@ class Scheduler:
                 return backend
         return None
 
-    def _forced_decision(self, failed: Decision, backend: Backend, context: Mapping[str, float] | None) -> Decision:
-        with self._lock:
-            self._counters.reruns += 1
+    def _forced_decision(
+        self, failed: Decision, backend: Backend, context: Mapping[str, float] | None, rerun: bool = True
+    ) -> Decision:
+        if rerun:
+            with self._lock:
+                self._counters.reruns += 1
         # Forced by a failure, not a policy choice: probability 1.
         choice = certain(backend, failed.predicted, failed.policy_version)
         decision = Decision(self._next_id(), failed.stage, failed.shape, choice, failed.after, time.time(), self.usable)
@@ -543,8 +699,11 @@ class Scheduler:
             strikes = self._strikes[backend] = min(self._strikes.get(backend, 0) + 1, QUARANTINE_MAX_STRIKES)
             until = self._counters.observations + QUARANTINE_BASE * 2 ** (strikes - 1)
             self._quarantine[backend] = until
-            log.warning("backend %s quarantined for %d observations (strike %d): %s",
-                        backend.value, until - self._counters.observations, strikes, error)  # fmt: skip
+            held = self._throttle.allow(("quarantine", backend))
+            if held is not None:
+                log.warning("backend %s quarantined for %d observations (strike %d): %s%s",
+                            backend.value, until - self._counters.observations, strikes, error,
+                            f" ({held} more failures since the last warning)" if held else "")  # fmt: skip
             self._policy.exclude(self._quarantine)
 
     def _release_quarantine(self) -> None:
@@ -684,6 +843,13 @@ class Scheduler:
                 "unlearned": self._unlearned,
                 "failures": c.failures,
                 "reruns": c.reruns,
+                # stage runs abandoned at policy.timeout_s that returned later (results dropped) ...
+                "late": self._runner.late,
+                # ... and those still running
+                "abandoned_running": self._runner.abandoned(),
+                "skipped_quarantined": c.skipped,
+                "refused": dict(c.refused),
+                "warm_start_refused": c.warm_start_refused,
                 "learn_errors": c.learn_errors,
                 "observed_by_backend": {b.value: n for b, n in c.by_backend.items()},
                 "quarantined": sorted(b.value for b in self._quarantine),
@@ -716,6 +882,7 @@ class Scheduler:
                 self._log.close()
             except (StoreError, OSError) as exc:  # closing must not raise into shutdown paths
                 log.error("closing the decision log failed: %s", exc)
+        self._runner.close()
         for ex in self._executors.values():
             try:
                 ex.close()
@@ -731,6 +898,16 @@ class Scheduler:
     def __repr__(self) -> str:
         backends = ", ".join(f"{b.value}={ex.kind}" for b, ex in self._executors.items())
         return f"Scheduler(device={self.config.device!r}, policy={self._policy.name!r}, backends=[{backends}])"
+
+
+def _run_executor(
+    executor: Executor,
+    stage: Stage,
+    shape: Shape,
+    inputs: Mapping[str, np.ndarray] | None,
+    after: Backend | None,
+) -> RunResult:
+    return executor.run(stage, shape, inputs, after=after)
 
 
 def _extend_cache(inputs: Mapping[str, np.ndarray], name: str, new: np.ndarray, shape: Shape) -> np.ndarray:
@@ -764,12 +941,6 @@ def usable_candidates(
         why = "; ".join(f"{b.value} ({reason})" for b, reason in unavailable.items())
         raise ExecutorUnavailable(f"no candidate backend is usable here: {why}")
     return usable, unavailable
-
-
-def _json(data: Any) -> str:
-    import json
-
-    return json.dumps(data, sort_keys=True)
 
 
 def _asdict(obj: Any) -> dict[str, Any]:

@@ -19,5 +19,6 @@ if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e ".[dev,opencl,rknn,plots,metrics]"
+# export: the tests of `export --format parquet` need pyarrow
+.venv/bin/python -m pip install -q -e ".[dev,opencl,rknn,plots,metrics,export]"
 echo "adaptive-sched installed in .venv: run the tests with .venv/bin/python -m pytest"

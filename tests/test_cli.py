@@ -29,7 +29,8 @@ def test_run_json_is_machine_readable(capsys, tmp_path):
     assert code == 0 and report["runs"] == 1
     assert sum(r["decisions"] for r in report["by_stage_backend"]) == 2 * 4 * 9
     code, out, _ = run(capsys, "replay", "--db", str(db), "--policies", "logged,gpu,npu", "--output", "json")
-    assert code == 0 and set(json.loads(out)["policies"]) == {"logged", "gpu-only", "npu-only"}
+    # 3: an estimate unsupported by this short log (replay's own tests cover the verdicts)
+    assert code in (0, 3) and set(json.loads(out)["candidates"]) == {"gpu-only", "npu-only"}
 
 
 def test_decide_prints_one_backend(capsys):

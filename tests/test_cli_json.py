@@ -37,6 +37,7 @@ CASES = {
     "profile": [["--grid", "smoke", "--repetitions", "2", "--db", "{tmp}/p.db"]],
     "train": [["--db", "{prof}"]],
     "replay": [["--db", "{run}"], ["--db", "{bare}"]],
+    "export": [["--db", "{run}", "--format", "vw", "--out", "{tmp}/log.vw"]],
     "report": [["--db", "{run}"], ["--db", "{bare}"]],
     "observe": [["--db", "{prof}", "--id", "{id}", "--latency-ms", "1.5"]],
     "executors": [[]],
@@ -61,7 +62,8 @@ def test_json_output_is_strict(verb, argv, logs, tmp_path, capsys):
     out = capsys.readouterr().out
     if code == 1 and not out:
         return  # a failure said on stderr (e.g. replay of a log with no outcome): nothing to parse
-    assert code == 0, out
+    # replay exits 3 (and still prints its JSON) when the log cannot support an estimate
+    assert code == 0 or (verb == "replay" and code == 3), out
     _strict(out)  # raises on NaN / Infinity
 
 

@@ -10,9 +10,9 @@ rank  layer               modules
 0     core                types, errors, features, stages, workload, paths, cache
 1     executors           executors/, sim/ (the simulated SoC is an executor), checks
 2     learners, policies  learners/, policies/
-3     scheduler           scheduler, build, config, runner
+3     scheduler           scheduler, build, config, runner, deadline, observed
 4     store               store/
-5     offline, service    offline/, replay; service, metrics (they serve a scheduler)
+5     offline, service    offline/; service, metrics (they serve a scheduler)
 6     cli                 cli/, __main__
 ====  ==================  ==========================================================
 
@@ -52,9 +52,10 @@ LAYERS: dict[str, tuple[int, str]] = {
     "adaptive_sched.build": (3, "scheduler"),
     "adaptive_sched.config": (3, "scheduler"),
     "adaptive_sched.runner": (3, "scheduler"),
+    "adaptive_sched.deadline": (3, "scheduler"),
+    "adaptive_sched.observed": (3, "scheduler"),
     "adaptive_sched.store": (4, "store"),
     "adaptive_sched.offline": (5, "offline"),
-    "adaptive_sched.replay": (5, "offline"),
     "adaptive_sched.service": (5, "service"),
     "adaptive_sched.metrics": (5, "service"),
     "adaptive_sched.cli": (6, "cli"),

@@ -23,6 +23,7 @@ import adaptive_sched.scheduler as scheduler_module
 import adaptive_sched.store.writer as writer_module
 from adaptive_sched import Scheduler, Shape
 from adaptive_sched.config import load_config
+from adaptive_sched.errors import SchedulerClosed
 from adaptive_sched.learners.rule import RooflineRule
 from adaptive_sched.stages import make_inputs, reference
 from adaptive_sched.store import DecisionLog, iter_logged
@@ -515,17 +516,19 @@ def test_a_stalled_log_drops_rows_instead_of_blocking_inference(tmp_path, monkey
     assert sched.stats()["log"]["written"] > 0
 
 
-def test_decide_and_observe_after_close_do_not_raise_and_are_counted_as_dropped(tmp_path):
+def test_decide_and_observe_after_close_raise_a_clear_error_and_log_nothing(tmp_path):
     sched = make(db=tmp_path / "log.db")
     use_everything(sched, 3)
-    sched.close()
-    dropped = sched.stats()["log"]["dropped"]
     dq = sched.decide("qkv", DECODE)
-    sched.observe(dq, 4e-3)
-    da = sched.decide("attn", DECODE, after=dq)
-    sched.observe(da, 1e-3)
-    assert dq.backend in (GPU, NPU) and da.after is dq.backend
-    assert sched.stats()["log"]["dropped"] == dropped + 4
+    sched.close()
+    log_stats = sched.stats()["log"]
+    with pytest.raises(SchedulerClosed, match=r"decide\(\) after close\(\)"):
+        sched.decide("qkv", DECODE)
+    with pytest.raises(SchedulerClosed, match=r"observe\(\) after close\(\)"):
+        sched.observe(dq, 4e-3)
+    with pytest.raises(SchedulerClosed):
+        sched.run("qkv", DECODE)
+    assert sched.stats()["log"] == log_stats
     sched.close()
 
 

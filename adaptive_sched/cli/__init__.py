@@ -29,6 +29,7 @@ VERBS: dict[str, str] = {
     "profile": "profile",
     "train": "train",
     "replay": "replay",
+    "export": "export",
     "report": "report",
     "executors": "executors",
     "check": "check",

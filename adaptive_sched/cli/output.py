@@ -25,10 +25,13 @@ def render_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     -------- ------
     gpu       1.500
     npu       0.250
+    >>> print(render_table(["policy [file]"], [["a[b].yaml"]]).splitlines()[-1])
+    a[b].yaml
     """
     from rich import box
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     # "-" (nothing measured) may stand among numbers
     numeric = [
@@ -39,9 +42,10 @@ def render_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     rule = box.Box("    \n    \n -  \n    \n    \n    \n    \n    \n", ascii=True)
     table = Table(box=rule, show_edge=False, pad_edge=False, highlight=False)
     for header, num in zip(headers, numeric, strict=True):
-        table.add_column(header, justify="right" if num else "left", no_wrap=True)
+        # Text, not str: rich would read "[x]" in a name as markup and drop it
+        table.add_column(Text(header), justify="right" if num else "left", no_wrap=True)
     for row in rows:
-        table.add_row(*(_fmt(c) for c in row))
+        table.add_row(*(Text(_fmt(c)) for c in row))
     buffer = io.StringIO()
     # A wide virtual console: the table takes the width it needs and never wraps a cell.
     Console(file=buffer, width=100_000, color_system=None, legacy_windows=False).print(table)

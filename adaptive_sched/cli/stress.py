@@ -6,6 +6,8 @@ import argparse
 import sys
 import time
 
+from .args import positive_float, positive_int
+
 HELP = "load this host's CPU cores or OpenCL device (to watch the scheduler adapt)"
 CONFIG = False
 OUTPUT = False
@@ -14,8 +16,8 @@ OUTPUT = False
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", choices=("cpu", "opencl"), default="opencl")
     p.add_argument("--platform", default="Portable Computing Language", help="OpenCL platform name substring")
-    p.add_argument("--seconds", type=float, default=30.0)
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--seconds", type=positive_float, default=30.0, help="how long to load it (> 0)")
+    p.add_argument("--workers", type=positive_int, default=2, help="processes that load it (>= 1)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -12,7 +12,8 @@ import abc
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from types import MappingProxyType
+from typing import Any, ClassVar, Generic, TypeVar
 
 import numpy as np
 
@@ -54,6 +55,10 @@ class Executor(abc.ABC):
 
     #: registry name of the implementation, e.g. ``"cpu_numpy"``
     kind: str = "abstract"
+    #: the options this executor takes (name -> what it sets); a config naming another is refused
+    OPTIONS: ClassVar[Mapping[str, str]] = MappingProxyType({})
+    #: those of :attr:`OPTIONS` only code passes (objects a YAML file cannot hold)
+    INTERNAL_OPTIONS: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, backend: Backend | str = Backend.CPU, **options: Any) -> None:
         self.backend = Backend(backend)
@@ -144,6 +149,10 @@ class Executor(abc.ABC):
 
     #: True for executors that can report a latency without computing outputs
     latency_only: bool = False
+    #: True for an executor whose run returns in bounded host time by construction (the
+    #: simulator: a modelled latency, no device to wait for), so the scheduler may call it on
+    #: the caller's thread; any other runs on a worker thread the caller abandons at its deadline
+    RUNS_INLINE: ClassVar[bool] = False
 
     @abc.abstractmethod
     def _run(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from types import MappingProxyType
 
 import numpy as np
 
@@ -41,6 +42,7 @@ class CpuNumpyExecutor(Executor):
     """Runs both stages with numpy on the host CPU (FP16 through float32 BLAS, INT8 through int32 matmul)."""
 
     kind = "cpu_numpy"
+    OPTIONS = MappingProxyType({})  # nothing to set: numpy uses the BLAS it was built with
 
     def __init__(self, backend: Backend | str = Backend.CPU, **options: object) -> None:
         super().__init__(backend=backend, **options)

@@ -44,6 +44,7 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -170,6 +171,19 @@ class RknnExecutor(Executor):
     """
 
     kind = "npu_rknn"
+
+    OPTIONS = MappingProxyType({
+        "model_dir": "directory of the prepared .rknn models",
+        "core_mask": "NPU cores to run on: auto, 0, 1, 2, 0_1 or 0_1_2",
+        "runtime": "the RKNNLite class (tests and embedding)",
+        "weight_check": "how weights are matched with a loaded model",
+        "max_loaded_models": "models kept loaded",
+        "require_aligned": "refuse shapes that need padding",
+        "verbose": "the runtime's own logging",
+        "kv_buckets": "KV lengths models are built for",
+        "n_buckets": "sequence lengths models are built for",
+    })  # fmt: skip
+    INTERNAL_OPTIONS = frozenset({"runtime"})
 
     def __init__(
         self,

@@ -17,6 +17,7 @@ clock are common to them, as on a real SoC::
 from __future__ import annotations
 
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -50,6 +51,17 @@ class SimExecutor(Executor):
     """
 
     kind = "sim"
+    OPTIONS = MappingProxyType({
+        "device": "the simulated device shared with the other backends (built by the scheduler)",
+        "profile": "device profile name or path, when no device is given",
+        "seed": "seed of the device built here",
+        "noise": "latency noise of the device built here",
+        "thermal": "thermal drift of the device built here",
+        "contention": "background load of the device built here",
+        "steps": "scripted changes of the device built here",
+    })  # fmt: skip
+    INTERNAL_OPTIONS = frozenset({"device"})
+    RUNS_INLINE = True  # its latency is modelled: a run never waits for a device
     latency_only = True
 
     def __init__(

@@ -24,6 +24,15 @@ What runs on the device
   accumulate in int32 (or in float32 chunks that are exact, see
   :data:`~adaptive_sched.executors.opencl.kernels.GEMM`), so outputs match the reference.
 
+FP16 precision is computed with float32 arithmetic everywhere. What changes with ``fp16``
+is the *storage* of cached weights: half (2 bytes, read with the core ``vload_half``) or
+float32. ``float16`` input arrays are read as half directly (no host conversion) unless
+``fp16="float"``.
+
+Timing: ``RunResult.latency_s`` is the wall time of the whole call (uploads, quantisation,
+kernels, read-back); ``RunResult.device_s`` is the sum of the kernels' execution times from
+OpenCL event profiling.
+
 Importing this package imports neither pyopencl nor the executor module (the registry
 imports :mod:`.executor` when a ``gpu_opencl`` backend is created); pyopencl is imported
 when an executor probes its device.

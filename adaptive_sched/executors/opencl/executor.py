@@ -4,16 +4,8 @@ Written for the Mali-G610 of an RK3588 and tested on PoCL (OpenCL on the host CP
 pyopencl is imported only when the executor probes its device, so importing
 :mod:`adaptive_sched.executors` never imports it.
 
-See :mod:`adaptive_sched.executors.opencl` for what runs on the device.
-
-FP16 precision is computed with float32 arithmetic everywhere. What changes with ``fp16``
-is the *storage* of cached weights: half (2 bytes, read with the core ``vload_half``) or
-float32. ``float16`` input arrays are read as half directly (no host conversion) unless
-``fp16="float"``.
-
-Timing: ``RunResult.latency_s`` is the wall time of the whole call (uploads, quantisation,
-kernels, read-back); ``RunResult.device_s`` is the sum of the kernels' execution times from
-OpenCL event profiling.
+See :mod:`adaptive_sched.executors.opencl` for what runs on the device, in which
+storage, and how a run is timed.
 """
 
 from __future__ import annotations
@@ -24,6 +16,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -108,6 +101,16 @@ class OpenCLExecutor(Executor):
     """
 
     kind = "gpu_opencl"
+
+    OPTIONS = MappingProxyType({
+        "platform": "OpenCL platform name substring",
+        "device": "OpenCL device name substring",
+        "fp16": "FP16 arithmetic: auto, half or float",
+        "weight_cache": "keep device copies of weights: readonly, identity or off",
+        "max_cached_weights": "device copies of weights kept",
+        "tuning": "kernel tuning overrides",
+        "build_options": "extra options for every OpenCL program build",
+    })  # fmt: skip
 
     def __init__(
         self,
