@@ -67,7 +67,7 @@ def load_prior(config: Config) -> Any:
     """The offline prior the config names (None for ``priors: none``)."""
     if config.priors in ("none", ""):
         return None
-    from .learners.priors import load_prior as _load
+    from .store.prior_files import load_prior as _load
 
     source = config.priors if config.priors == "builtin" else config.resolve_path(config.priors)
     return _load(source, device=config.device)
@@ -80,7 +80,7 @@ def config_dependencies(config: Config) -> list[Path]:
     """
     out: list[Path] = []
     if config.priors == "builtin":
-        from .learners.priors import builtin_path
+        from .store.prior_files import builtin_path
 
         out.append(builtin_path(config.device))
     elif config.priors not in ("none", ""):

@@ -93,6 +93,17 @@ def pad_kv_fraction(keys: int, buckets: Sequence[int]) -> float:
     return 0.0 if bucket is None else (bucket - keys) / bucket
 
 
+def stage_shape(stage: Stage | str, shape: Shape) -> Shape:
+    """The shape that determines ``stage``'s cost: qkv ignores ``kv_len`` and ``heads``.
+
+    >>> stage_shape("qkv", Shape(n=1, d=128, kv_len=512, heads=4))
+    Shape(n=1, d=128, kv_len=0, batch=1, heads=2, precision=<Precision.FP16: 'fp16'>)
+    """
+    if parse_stage(stage) is Stage.QKV and (shape.kv_len != 0 or shape.heads != Shape(n=1, d=shape.d).heads):
+        return Shape(n=shape.n, d=shape.d, kv_len=0, batch=shape.batch, precision=shape.precision)
+    return shape
+
+
 def stage_flops(stage: Stage, shape: Shape) -> int:
     """Arithmetic operations of one stage run (multiply and add count as two)."""
     b, n, d = shape.batch, shape.n, shape.d

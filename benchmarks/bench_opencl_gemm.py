@@ -35,7 +35,7 @@ from typing import TypeVar
 import numpy as np
 
 from adaptive_sched.executors.cpu_numpy import CpuNumpyExecutor
-from adaptive_sched.executors.gpu_opencl import OpenCLExecutor
+from adaptive_sched.executors.opencl import OpenCLExecutor
 from adaptive_sched.stages import causal_mask, make_inputs
 from adaptive_sched.types import Shape, Stage
 

@@ -60,17 +60,8 @@ except ImportError:  # run from a checkout inside the toolkit's venv, without in
 
 from adaptive_sched.checks import BUCKETS, CASES, tolerance
 from adaptive_sched.errors import AdaptiveSchedError, ConfigError
-from adaptive_sched.executors.rknn_models import (
-    MASK,
-    ModelEntry,
-    calibration_shapes,
-    model_feed,
-    parse_buckets,
-    read_manifest,
-    smallest_served,
-    take_output,
-    write_manifest,
-)
+from adaptive_sched.executors.rknn_feed import calibration_shapes, model_feed, smallest_served, take_output
+from adaptive_sched.executors.rknn_models import MASK, ModelEntry, parse_buckets, read_manifest, write_manifest
 from adaptive_sched.stages import exact, input_shapes, make_inputs, relative_error
 from adaptive_sched.types import Precision, Shape, Stage
 
@@ -139,7 +130,7 @@ def select_cases(args: argparse.Namespace) -> list[tuple[Stage, Shape, bool]]:
     if args.conformance:
         cases += [(s, sh, False) for s, sh in CASES] + [(s, sh, True) for s, sh in BUCKETS]
     if args.grid:
-        from adaptive_sched.profiling import load_grid
+        from adaptive_sched.offline.profiling import load_grid
 
         cases += [(s, sh, False) for s, sh in load_grid(args.grid).points()]
     if args.config:

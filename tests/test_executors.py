@@ -53,7 +53,7 @@ def test_importing_the_registry_imports_no_backend_module():
 
     code = (
         "import sys, adaptive_sched.executors; "
-        "print(any(m in sys.modules for m in ('pyopencl', 'rknnlite', 'adaptive_sched.executors.gpu_opencl')))"
+        "print(any(m in sys.modules for m in ('pyopencl', 'rknnlite', 'adaptive_sched.executors.opencl.executor')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
@@ -74,3 +74,23 @@ def test_cpu_executor_int8_is_bit_exact_with_the_reference_for_long_k():
     expected = reference("qkv", shape, inputs)
     np.testing.assert_array_equal(first, expected)
     np.testing.assert_array_equal(again, expected)
+
+
+def test_weight_cache_is_keyed_by_identity_and_variant_and_releases_what_it_drops():
+    import numpy as np
+
+    from adaptive_sched.executors.base import WeightCache
+
+    released: list[str] = []
+    cache: WeightCache[str] = WeightCache(2, released.append)
+    a, b, c = np.ones(3), np.ones(3), np.zeros(3)
+    assert cache.put(a, "fp16", "a16") == 0 and cache.put(a, "int8", "a8") == 0
+    assert cache.get(a, "fp16") == "a16" and cache.get(a, "int8") == "a8"
+    assert cache.get(b, "fp16") is None  # equal content, another object: never a hit
+    assert cache.get(a, "fp16") == "a16"  # now the most recently used
+    assert cache.put(c, "fp16", "c16") == 1 and released == ["a8"]
+    assert cache.put(c, "fp16", "c16'") == 0 and released == ["a8", "c16"]  # replacing releases the old value
+    cache.clear()
+    assert sorted(released) == ["a16", "a8", "c16", "c16'"] and len(cache) == 0
+    with pytest.raises(ValueError, match="capacity must be an integer >= 0"):
+        WeightCache(-1)

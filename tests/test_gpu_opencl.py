@@ -13,7 +13,7 @@ import pytest
 
 from adaptive_sched.checks import run_checks
 from adaptive_sched.errors import ConfigError
-from adaptive_sched.executors.gpu_opencl import OpenCLExecutor
+from adaptive_sched.executors.opencl.executor import OpenCLExecutor
 from adaptive_sched.stages import attention_int8_fixed_grid, make_inputs, reference
 from adaptive_sched.types import Shape, Stage
 
@@ -218,7 +218,7 @@ def test_dropping_weights_from_a_full_cache_is_counted_and_warned_once(caplog):
         layers = [make_inputs("qkv", shape, seed=s) for s in range(3)]
         for inputs in layers:
             inputs["w"].setflags(write=False)
-        with caplog.at_level("WARNING", logger="adaptive_sched.executors.gpu_opencl"):
+        with caplog.at_level("WARNING", logger="adaptive_sched.executors.opencl.executor"):
             for inputs in layers * 2:
                 assert ex.run("qkv", shape, inputs).cold  # each one comes back after it was dropped
         assert ex.cache_info()["weight_evictions"] == 5

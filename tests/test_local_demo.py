@@ -14,7 +14,7 @@ import pytest
 
 from adaptive_sched.cli import main
 from adaptive_sched.config import load_config
-from adaptive_sched.executors.gpu_opencl import OpenCLExecutor
+from adaptive_sched.executors.opencl import OpenCLExecutor
 from adaptive_sched.policies import FixedPolicy
 from adaptive_sched.runner import run_workload
 from adaptive_sched.scheduler import Scheduler

@@ -16,7 +16,7 @@ import pytest
 
 from adaptive_sched.checks import BUCKETS, CASES, EXECUTOR_CHECKS, CheckSkipped, tolerance
 from adaptive_sched.errors import ConfigError, ExecutorError, UnsupportedShape
-from adaptive_sched.executors import create_executor, rknn_models
+from adaptive_sched.executors import create_executor, rknn_feed
 from adaptive_sched.executors.npu_rknn import RknnExecutor, parse_core_mask
 from adaptive_sched.executors.rknn_models import (
     ModelEntry,
@@ -666,10 +666,10 @@ def test_build_script_graphs_compute_the_stages(tmp_path, opset):
         if weights is not None and weights != "bucket":
             inputs.update(w=weights["w"], b=weights["b"])
         session = ort.InferenceSession(str(root / "onnx" / entry.file.replace(".rknn", ".onnx")))
-        feed = dict(zip(entry.input_names, rknn_models.model_feed(entry, call, inputs), strict=True))
+        feed = dict(zip(entry.input_names, rknn_feed.model_feed(entry, call, inputs), strict=True))
         (out,) = session.run(None, feed)
         assert out.shape == entry.output
-        got = rknn_models.take_output(entry, call, out)
+        got = rknn_feed.take_output(entry, call, out)
         err = rel_error(got, exact(stage, call, inputs))
         assert err <= 1e-5, (entry.file, err)  # float32 math: the graph is exact, quantisation comes later
     # INT8 models come with their calibration data in the model's layout
@@ -711,13 +711,11 @@ def test_decode_runs_on_the_bucket_at_every_kv_len_it_holds(model_dir, runtime, 
 
 def test_padding_is_masked_out_whatever_it_holds(model_dir, runtime, monkeypatch):
     # the output at the true length must not depend on the padded keys: poison the padding
-    from adaptive_sched.executors import rknn_models
-
     shape = Shape(n=1, d=128, kv_len=4, heads=2)
     inputs = make_inputs("attn", shape, seed=3)
     clean = executor(model_dir, runtime).run("attn", shape, inputs).output
-    real_pad = rknn_models._pad
-    monkeypatch.setattr(rknn_models, "_pad", lambda a, axis, size: real_pad(a, axis, size) + _poison(a, axis, size))
+    real_pad = rknn_feed._pad
+    monkeypatch.setattr(rknn_feed, "_pad", lambda a, axis, size: real_pad(a, axis, size) + _poison(a, axis, size))
     poisoned = executor(model_dir, runtime).run("attn", shape, inputs).output
     np.testing.assert_array_equal(poisoned, clean)
 

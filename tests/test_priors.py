@@ -19,15 +19,11 @@ from adaptive_sched.learners.priors import (
     PriorData,
     TrainingRow,
     content_hash,
-    export_prior,
-    import_prior,
-    load_prior,
     make_prior_data,
-    read_prior_json,
-    save_prior,
-    write_prior_json,
 )
-from adaptive_sched.profiling import load_grid
+from adaptive_sched.offline.profiling import load_grid
+from adaptive_sched.store.prior_files import export_prior, import_prior, load_prior, read_prior_json, write_prior_json
+from adaptive_sched.store.priors import save_prior
 from adaptive_sched.types import Backend, Shape, Stage
 
 GRID = {
@@ -186,6 +182,87 @@ def test_malformed_files(tmp_path: Path, text: str, message: str) -> None:
     path.write_text(text)
     with pytest.raises(PriorError, match=message):
         load_prior(path, device="toy")
+
+
+def _with_params(data: PriorData, stage: Stage, params: dict[str, object]) -> PriorData:
+    """``data`` with ``stage``'s hyperparameters replaced and every hash recomputed."""
+    from dataclasses import replace
+
+    return replace(data, stages={**data.stages, stage: replace(data.stages[stage], params=params)})
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"passes": 10**7}, r"stage qkv: model 'rf': hyperparameter 'passes' must be in \[1, 200\], got 10000000"),
+        ({"n_models": 10**6}, "hyperparameter 'n_models' must be in"),
+        ({"n_models": 2.5}, "hyperparameter 'n_models' must be like 10, got 2.5"),
+        ({"delta": 5.0}, r"hyperparameter 'delta' must be in \[1e-12, 1\], got 5.0"),
+        ({"leaf_prediction": "oracle"}, "hyperparameter 'leaf_prediction' must be one of mc, nb, nba"),
+    ],
+)
+def test_out_of_range_hyperparameters_are_refused_at_load(
+    tmp_path: Path, data: PriorData, params: dict[str, object], message: str
+) -> None:
+    bad = _with_params(data, Stage.QKV, params)
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(bad.as_dict()))  # hashes recomputed: only the bound refuses it
+    with pytest.raises(PriorError, match=message) as err:
+        load_prior(path, device="toy")
+    assert str(path) in str(err.value)
+    db = tmp_path / "log.db"
+    save_prior(db, bad)
+    with pytest.raises(PriorError, match=message):
+        load_prior(db, device="toy")
+
+
+def test_oversized_file_is_refused_naming_it(tmp_path: Path) -> None:
+    from adaptive_sched.store.prior_files import MAX_PRIOR_BYTES
+
+    path = tmp_path / "huge.json"
+    path.write_bytes(b" " * (MAX_PRIOR_BYTES + 1))
+    with pytest.raises(PriorError, match=f"{path}: over 16 MB"):
+        load_prior(path, device="toy")
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b'{"name": "caf\xe9"}', "not UTF-8 text"),
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+        (b"[" * 40 + b"]" * 40, "nested over 32 levels"),
+    ],
+)
+def test_undecodable_or_deep_files_are_prior_errors(tmp_path: Path, raw: bytes, message: str) -> None:
+    path = tmp_path / "bad.json"
+    path.write_bytes(raw)
+    with pytest.raises(PriorError, match=message) as err:
+        load_prior(path, device="toy")
+    assert str(err.value).startswith(str(path))
+
+
+def test_deep_database_column_is_a_prior_error(tmp_path: Path, data: PriorData) -> None:
+    db = tmp_path / "log.db"
+    save_prior(db, data)
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute("UPDATE priors SET metrics = ? WHERE stage = 'attn'", ("[" * 100_000 + "]" * 100_000,))
+    conn.close()
+    with pytest.raises(PriorError, match="column 'metrics' is not valid JSON"):
+        load_prior(db, device="toy")
+
+
+def test_cli_reports_a_deep_prior_without_a_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from adaptive_sched.cli import main
+
+    prior = tmp_path / "deep.json"
+    prior.write_bytes(b"[" * 100_000 + b"]" * 100_000)
+    config = tmp_path / "host.yaml"
+    config.write_text("device: host\nbackends:\n  cpu: {executor: cpu_numpy}\npriors: deep.json\n")
+    code = main(["decide", "-c", str(config), "--stage", "qkv", "--n", "1", "--d", "64"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "Traceback" not in err and f"{prior}: JSON nested too deeply" in err
 
 
 def test_missing_sources(tmp_path: Path) -> None:

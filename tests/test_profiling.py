@@ -14,7 +14,7 @@ from adaptive_sched.errors import ConfigError, ExecutorUnavailable
 from adaptive_sched.executors import create_executor
 from adaptive_sched.executors.base import Executor, RunResult
 from adaptive_sched.features import stage_flops, stage_mem_bytes
-from adaptive_sched.profiling import Grid, ProgressEvent, latency_stats, load_grid, profile_grid, stage_shape
+from adaptive_sched.offline.profiling import Grid, ProgressEvent, latency_stats, load_grid, profile_grid, stage_shape
 from adaptive_sched.store.profiles import read_profiles
 from adaptive_sched.store.schema import open_database
 from adaptive_sched.types import Backend, Precision, Shape, Stage
@@ -301,18 +301,51 @@ def test_latency_stats() -> None:
         latency_stats([])
 
 
-def test_profile_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    import argparse
-    import json
-
-    from adaptive_sched.profiling import profile_command
+def test_profile_config(tmp_path: Path) -> None:
+    from adaptive_sched.offline.profiling import profile_config
 
     config = {"device": "host", "backends": {"cpu": {"executor": "cpu_numpy"}}, "priors": "none"}
-    bar: list[tuple[int, int]] = []
-    args = argparse.Namespace(
-        config=config, grid={"n": 1, "d": 64}, db=str(tmp_path / "p.db"), warmup=0, repetitions=2, output="json"
-    )
-    assert profile_command(args, progress=lambda done, total: bar.append((done, total))) == 0
+    events: list[ProgressEvent] = []
+    summary = profile_config(config, {"n": 1, "d": 64}, tmp_path / "p.db", warmup=0, repetitions=2,
+                             progress=events.append)  # fmt: skip
+    assert (summary.device, summary.measured, summary.failed, summary.all_failed) == ("host", 2, 0, False)
+    assert [(e.done, e.total) for e in events] == [(1, 2), (2, 2)]
+    assert profile_config(config, {"n": 1, "d": 64}, tmp_path / "p.db").skipped == 2
+
+
+def _profile_cli_files(tmp_path: Path) -> tuple[Path, Path]:
+    config = tmp_path / "host.yaml"
+    config.write_text("device: host\nbackends:\n  cpu: {executor: cpu_numpy}\npriors: none\n")
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("name: t\nn: 1\nd: 64\n")
+    return config, grid
+
+
+def test_profile_verb(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from adaptive_sched.cli import main
+
+    config, grid = _profile_cli_files(tmp_path)
+    db = tmp_path / "p.db"
+    argv = ["profile", "-c", str(config), "-g", str(grid), "--db", str(db), "--warmup", "0", "--repetitions", "2"]
+    assert main([*argv, "--output", "json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["device"] == "host" and out["measured"] == 2
-    assert bar == [(1, 2), (2, 2)]
+    assert out["device"] == "host" and out["measured"] == 2 and out["grid"] == "t"
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "skipped   2" in text and "measured  0" in text
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--repetitions", "0"), ("--repetitions", "two"), ("--warmup", "-1")])
+def test_profile_verb_rejects_bad_counts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str, value: str
+) -> None:
+    from adaptive_sched.cli import main
+
+    config, grid = _profile_cli_files(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        main(["profile", "-c", str(config), "-g", str(grid), "--db", str(tmp_path / "p.db"), flag, value])
+    assert exit_.value.code == 2
+    assert f"argument {flag}" in capsys.readouterr().err
+    assert not (tmp_path / "p.db").exists()

@@ -11,11 +11,9 @@ import pytest
 
 from adaptive_sched.errors import PriorError
 from adaptive_sched.features import stage_flops, stage_mem_bytes
-from adaptive_sched.learners.priors import TrainingRow, load_prior
-from adaptive_sched.profiling import load_grid
-from adaptive_sched.store.profiles import ProfileRow, write_profiles
-from adaptive_sched.store.schema import open_database
-from adaptive_sched.training import (
+from adaptive_sched.learners.priors import TrainingRow
+from adaptive_sched.offline.profiling import load_grid
+from adaptive_sched.offline.training import (
     evaluate_models,
     format_table,
     group_key,
@@ -23,6 +21,9 @@ from adaptive_sched.training import (
     load_training_rows,
     train_priors,
 )
+from adaptive_sched.store.prior_files import load_prior
+from adaptive_sched.store.profiles import ProfileRow, write_profiles
+from adaptive_sched.store.schema import open_database
 from adaptive_sched.types import Backend, Shape, Stage
 
 GRID = {
@@ -224,21 +225,43 @@ def test_bad_arguments(tmp_path: Path) -> None:
         train_priors(db, device="toy", models={"mlp": "rf"})
 
 
-def test_train_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    import argparse
-
-    from adaptive_sched.training import train_command
+def test_train_verb(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from adaptive_sched.cli import main
 
     db = make_db(tmp_path / "p.db")
     export = tmp_path / "prior.json"
-    args = argparse.Namespace(
-        db=str(db), device="toy", qkv_model="knn", attn_model="knn", seed=0, export=str(export), output="json"
-    )
-    assert train_command(args) == 0
+    argv = ["train", "--db", str(db), "--device", "toy", "--qkv-model", "knn", "--attn-model", "knn"]
+    assert main([*argv, "--export", str(export), "--output", "json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["models"] == {"qkv": "knn", "attn": "knn"}
     assert load_prior(export, device="toy").content_hash == out["prior"]["content_hash"]
-    args.output = "table"
-    assert train_command(args) == 0
+    assert main(argv) == 0
     text = capsys.readouterr().out
-    assert "knn *" in text and "always-gpu" in text
+    assert "knn *" in text and "always-gpu" in text and f"saved to {db}" in text
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--qkv-model", "nope"), ("--attn-model", "svm"), ("--seed", "x")])
+def test_train_verb_rejects_bad_arguments(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str, value: str
+) -> None:
+    from adaptive_sched.cli import main
+
+    db = make_db(tmp_path / "p.db")
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--db", str(db), "--device", "toy", flag, value])
+    assert exit_.value.code == 2
+    assert f"argument {flag}" in capsys.readouterr().err
+
+
+def test_the_train_verb_parser_imports_no_training_code() -> None:
+    # every `adaptive-sched --help` builds this parser: it must stay as cheap as the others
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from adaptive_sched.cli import build_parser; build_parser(); "
+        "print(sorted(m for m in ('numpy', 'river', 'sqlite_utils', 'adaptive_sched.offline.training') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

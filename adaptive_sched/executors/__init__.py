@@ -17,7 +17,7 @@ from .base import Executor, RunResult
 EXECUTORS: dict[str, str] = {
     "cpu_numpy": "adaptive_sched.executors.cpu_numpy:CpuNumpyExecutor",
     "sim": "adaptive_sched.executors.sim:SimExecutor",
-    "gpu_opencl": "adaptive_sched.executors.gpu_opencl:OpenCLExecutor",
+    "gpu_opencl": "adaptive_sched.executors.opencl.executor:OpenCLExecutor",
     "npu_rknn": "adaptive_sched.executors.npu_rknn:RknnExecutor",
 }
 

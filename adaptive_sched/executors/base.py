@@ -9,11 +9,11 @@ module, and only when that backend is created.
 from __future__ import annotations
 
 import abc
-import time
-from collections.abc import Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import numpy as np
 
@@ -179,13 +179,6 @@ class Executor(abc.ABC):
         return f"{type(self).__name__}(backend={self.backend.value!r})"
 
 
-def wall_time(fn: Any, *args: Any) -> tuple[Any, float]:
-    """Call ``fn(*args)`` and return ``(result, seconds)`` measured with ``perf_counter``."""
-    start = time.perf_counter()
-    result = fn(*args)
-    return result, time.perf_counter() - start
-
-
 def read_only(a: np.ndarray) -> bool:
     """True if nothing can write to ``a`` without first flipping a read-only flag.
 
@@ -203,3 +196,86 @@ def read_only(a: np.ndarray) -> bool:
         return bool(memoryview(obj).readonly)
     except TypeError:
         return False
+
+
+V = TypeVar("V")
+
+
+class WeightCache(Generic[V]):
+    """What an executor derived from weight arrays (a converted copy, a device buffer), by identity.
+
+    Inference runtimes treat a weight array as immutable once seen: the value derived from
+    it is kept, keyed by ``id(array)`` and a variant (a precision, a storage format), for
+    the ``capacity`` most recently used arrays. Each entry holds a strong reference to its
+    array, so the id cannot be reused by another array while the entry lives, and a hit
+    requires the very same object. Whether an array may be trusted by identity at all
+    (it could be written in place) is the caller's decision: see :func:`read_only`.
+
+    Not locked: an executor runs one stage at a time (or holds its own lock).
+
+    Parameters
+    ----------
+    capacity
+        Arrays kept; the least recently used is dropped past it (0 keeps nothing).
+    release
+        Called with each value dropped (evicted, or on :meth:`clear`), e.g. to free a
+        device buffer.
+
+    Examples
+    --------
+    >>> cache = WeightCache(capacity=1)
+    >>> w = np.ones((2, 2))
+    >>> cache.get(w, "fp16") is None
+    True
+    >>> cache.put(w, "fp16", "converted")
+    0
+    >>> cache.get(w, "fp16"), cache.get(w.copy(), "fp16")
+    ('converted', None)
+    >>> cache.put(np.zeros(1), "fp16", "other"), len(cache)   # the least recently used goes
+    (1, 1)
+    """
+
+    def __init__(self, capacity: int, release: Callable[[V], None] | None = None) -> None:
+        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 0:
+            raise ValueError(f"capacity must be an integer >= 0, got {capacity!r}")
+        self.capacity = capacity
+        self._release = release
+        self._entries: OrderedDict[tuple[int, Hashable], tuple[np.ndarray, V]] = OrderedDict()
+
+    def get(self, array: np.ndarray, variant: Hashable = None) -> V | None:
+        """The value stored for this very ``array`` object and ``variant``, or None."""
+        key = (id(array), variant)
+        hit = self._entries.get(key)
+        if hit is None or hit[0] is not array:
+            return None
+        self._entries.move_to_end(key)
+        return hit[1]
+
+    def put(self, array: np.ndarray, variant: Hashable, value: V) -> int:
+        """Keep ``value`` for ``array`` and ``variant``; returns how many entries were dropped."""
+        key = (id(array), variant)
+        old = self._entries.pop(key, None)
+        if old is not None and self._release is not None:
+            self._release(old[1])
+        self._entries[key] = (array, value)
+        dropped = 0
+        while len(self._entries) > self.capacity:
+            _, (_, gone) = self._entries.popitem(last=False)
+            if self._release is not None:
+                self._release(gone)
+            dropped += 1
+        return dropped
+
+    def values(self) -> Iterator[V]:
+        """The values kept, least recently used first."""
+        return (value for _, value in self._entries.values())
+
+    def clear(self) -> None:
+        """Drop (and release) every entry."""
+        entries, self._entries = self._entries, OrderedDict()
+        if self._release is not None:
+            for _, value in entries.values():
+                self._release(value)
+
+    def __len__(self) -> int:
+        return len(self._entries)

@@ -8,7 +8,6 @@ last few arrays) so a decode step does not re-convert a whole weight matrix.
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from collections.abc import Mapping
 from types import MappingProxyType
 
@@ -16,7 +15,7 @@ import numpy as np
 
 from ..stages import attention_core, quantize_symmetric
 from ..types import Backend, Precision, Shape, Stage
-from .base import Executor, RunResult
+from .base import Executor, RunResult, WeightCache
 
 #: prepared weight arrays kept (one per layer of a small model, or the layers in flight)
 MAX_CACHED_WEIGHTS = 64
@@ -47,24 +46,20 @@ class CpuNumpyExecutor(Executor):
 
     def __init__(self, backend: Backend | str = Backend.CPU, **options: object) -> None:
         super().__init__(backend=backend, **options)
-        self._weights: OrderedDict[tuple[int, Precision], tuple[np.ndarray, tuple[np.ndarray, ...]]] = OrderedDict()
+        self._weights: WeightCache[tuple[np.ndarray, ...]] = WeightCache(MAX_CACHED_WEIGHTS)
         self._cold = False
 
     def _prepared_weights(self, w: np.ndarray, precision: Precision) -> tuple[np.ndarray, ...]:
-        key = (id(w), precision)
-        hit = self._weights.get(key)
-        if hit is not None and hit[0] is w:
-            self._weights.move_to_end(key)
-            return hit[1]
+        hit = self._weights.get(w, precision)
+        if hit is not None:
+            return hit
         self._cold = True
         if precision is Precision.FP16:
             prepared: tuple[np.ndarray, ...] = (w.astype(np.float16).astype(np.float32),)
         else:
             wq, ws = quantize_symmetric(w, axis=0)
             prepared = (wq.astype(np.float32), ws.reshape(-1))
-        self._weights[key] = (w, prepared)
-        while len(self._weights) > MAX_CACHED_WEIGHTS:
-            self._weights.popitem(last=False)
+        self._weights.put(w, precision, prepared)
         return prepared
 
     def _qkv(self, shape: Shape, inputs: Mapping[str, np.ndarray]) -> np.ndarray:

@@ -53,17 +53,16 @@ from ..errors import ConfigError, ExecutorError, ExecutorUnavailable
 from ..features import kv_bucket, pad_kv_fraction
 from ..stages import output_shape
 from ..types import Backend, Precision, Shape, Stage
-from .base import Executor, RunResult, read_only
+from .base import Executor, RunResult, WeightCache, read_only
+from .rknn_feed import model_feed, take_output
 from .rknn_models import (
     Manifest,
     ModelEntry,
     ModelKey,
     group_key,
-    model_feed,
     model_key,
     parse_buckets,
     read_manifest,
-    take_output,
     weights_digest,
 )
 
@@ -223,7 +222,8 @@ class RknnExecutor(Executor):
         self._buckets: dict[ModelKey, list[ModelEntry]] = {}  # group_key -> bucket models, fewest rows first
         self._missing: dict[ModelKey, str] = {}  # entries whose .rknn file is absent
         self._loaded: OrderedDict[ModelKey, _Loaded] = OrderedDict()
-        self._checked: OrderedDict[tuple[int, str], np.ndarray] = OrderedDict()  # (id(array), digest) -> array
+        # arrays whose digest was checked, by identity: (array, digest) -> True
+        self._checked: WeightCache[bool] = WeightCache(4 * self.max_loaded_models)
         self._counters = {"loads": 0, "releases": 0, "inferences": 0, "weight_hashes": 0}
 
     # -- availability ---------------------------------------------------------
@@ -494,15 +494,12 @@ class RknnExecutor(Executor):
                     "them as inputs"
                 )
             if self.weight_check == "identity" or (self.weight_check == "readonly" and read_only(a)):
-                self._checked[(id(a), want)] = a  # the reference keeps id(a) from being reused
-                while len(self._checked) > 4 * self.max_loaded_models:
-                    self._checked.popitem(last=False)
+                self._checked.put(a, want, True)
 
     def _weights_known(self, a: np.ndarray, want: str) -> bool:
         if self.weight_check == "always":
             return False
-        known = self._checked.get((id(a), want))
-        if known is not a:
+        if self._checked.get(a, want) is None:
             return False
         return self.weight_check == "identity" or read_only(a)
 

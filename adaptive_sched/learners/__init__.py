@@ -1,9 +1,11 @@
-"""Learners: the offline priors (:mod:`.priors`, :mod:`.models`) and the online per-stage state.
+"""Learners: the offline priors (:mod:`.prior_data`, :mod:`.priors`, :mod:`.models`) and the online state.
 
+Learners do no I/O: they turn data into models and answer questions. Priors are read
+and written by :mod:`adaptive_sched.store.prior_files` and :mod:`adaptive_sched.store.priors`.
 Nothing heavy is imported here: river loads only when a classifier is built, so a
 process that only reads a decision table never pays for it.
 
->>> from adaptive_sched.learners import load_prior   # cheap: no river import
+>>> from adaptive_sched.learners import Prior   # cheap: no river import
 """
 
 from __future__ import annotations
@@ -11,12 +13,9 @@ from __future__ import annotations
 from typing import Any
 
 _LAZY = {
-    "load_prior": "priors",
     "Prior": "priors",
-    "PriorData": "priors",
-    "TrainingRow": "priors",
-    "export_prior": "priors",
-    "import_prior": "priors",
+    "PriorData": "prior_data",
+    "TrainingRow": "prior_data",
     "MODELS": "models",
     "model_features": "models",
 }

@@ -63,6 +63,7 @@ from typing import Any, NamedTuple
 
 from ..cache import BoundedDict
 from ..types import Backend, Shape, Stage
+from .latency_terms import DeviceTerm, Regression
 
 #: feature names of :func:`stage_features` per stage, after the intercept
 FEATURES: dict[Stage, tuple[str, str]] = {Stage.QKV: ("log2_d", "log2_n"), Stage.ATTN: ("log2_keys", "log2_d")}
@@ -115,7 +116,7 @@ class ModelParams:
     device_sd: float = 0.1
     #: variance the device term gains per observation made (of any backend): forgetting
     device_q: float = 1e-4
-    #: observations over which a backend's moves raise its forgetting (see ``_Device``) ...
+    #: observations over which a backend's moves raise its forgetting (see ``DeviceTerm``) ...
     volatility_horizon: float = 2000.0
     #: ... and moves that add up to this (log units, a 1.3x change) make it volatile: it may change back
     volatile_change: float = 0.25
@@ -170,120 +171,6 @@ class ModelParams:
             raise ValueError("noise_rate must be <= 1 and adwin_delta < 1")
 
 
-class _Device:
-    """One backend's device term: a scalar random walk.
-
-    It forgets at ``q`` per observation at least, and faster after it moved: ``energy`` is a
-    decayed sum (over about ``horizon`` observations) of the squared moves of its mean, so a
-    backend that just jumped (contention that comes and goes, a governor stepping) grows
-    uncertain faster while unobserved and is re-checked sooner, and one that never changes
-    is re-checked rarely.
-
-    A detected change is also remembered as a jump that may revert (contention ends, a
-    throttled clock recovers): ``jump`` is its size (log units, positive when the backend
-    got slower) and ``jumps`` a decayed count of the changes detected here, whose rate
-    gives the hazard that the last one has reverted while the backend went unobserved.
-    """
-
-    __slots__ = ("_decay", "energy", "horizon", "jump", "jump_at", "jumps", "last", "mean", "n", "q", "var",
-                 "version")  # fmt: skip
-
-    def __init__(self, var: float, q: float, horizon: float) -> None:
-        self.mean = 0.0
-        self.var = var
-        self.q = q
-        self.horizon = horizon
-        self._decay = 1.0 - 1.0 / horizon
-        self.energy = 0.0
-        self.last = 0
-        self.n = 0
-        self.version = 0
-        self.jump = 0.0
-        self.jump_at = 0
-        self.jumps = 0.0
-
-    def jumped(self, size: float, clock: int) -> None:
-        """A change of ``size`` (log units, signed) was detected and learned at ``clock``."""
-        self.jumps = self.jumps * self._decay ** max(0, clock - self.jump_at) + 1.0
-        self.jump = size
-        self.jump_at = clock
-
-    def reversion(self, clock: int) -> tuple[float, float]:
-        """(probability, size): that the last detected change has reverted since the backend was
-        last observed, and by how much its estimate would then move back."""
-        if not self.jump or clock <= self.last:
-            return 0.0, 0.0
-        rate = self.jumps * self._decay ** (clock - self.jump_at) / self.horizon
-        return 1.0 - math.exp(-rate * (clock - self.last)), -self.jump
-
-    def rate(self) -> float:
-        """Variance gained per observation while unobserved."""
-        return self.q + self.energy / self.horizon
-
-    def var_at(self, clock: int) -> float:
-        return self.var + self.rate() * (clock - self.last) if clock > self.last else self.var
-
-    def changed(self, reopen_var: float) -> None:
-        """A change was seen: distrust the mean (the next observations move it, and count as volatility)."""
-        self.var = max(self.var, reopen_var)
-        self.version += 1
-
-
-class _Regression:
-    """Bayesian linear regression on (intercept, two features), with its noise, bucket spread and detector.
-
-    The covariance is kept as its six distinct entries and the arithmetic written out:
-    at three features that is several times faster than general loops in Python.
-    """
-
-    __slots__ = ("between", "c", "detector", "k", "last", "m", "n", "noise", "q", "run", "run_size", "version")
-
-    def __init__(self, mean: list[float] | None, variances: list[float] | None, q: float, noise: float,
-                 between: float, detector: Any) -> None:  # fmt: skip
-        self.k = 0 if mean is None else 3
-        self.m = mean or [0.0, 0.0, 0.0]
-        v = variances or [0.0, 0.0, 0.0]
-        # c00, c01, c02, c11, c12, c22
-        self.c = [v[0], 0.0, 0.0, v[1], 0.0, v[2]]
-        self.q = q  # the intercept's forgetting
-        self.last = 0
-        self.noise = noise
-        #: variance of the bucket effects of this regression: what it cannot express, learned
-        self.between = between
-        self.n = 0
-        self.detector = detector
-        #: consecutive innovations beyond the clip, signed (positive: slower than predicted),
-        #: and the smallest of their sizes (a spike within the run does not inflate the change)
-        self.run = 0
-        self.run_size = 0.0
-        self.version = 0
-
-    def grow(self, clock: int) -> None:
-        if clock > self.last:
-            self.c[0] += self.q * (clock - self.last)
-            self.last = clock
-
-    def mean_at(self, phi: tuple[float, ...]) -> float:
-        m = self.m
-        return m[0] * phi[0] + m[1] * phi[1] + m[2] * phi[2]
-
-    def project(self, phi: tuple[float, ...]) -> tuple[float, float, float, float]:
-        """``(C phi, phi' C phi)``: the covariance's direction along ``phi`` and the variance there."""
-        f0, f1, f2 = phi
-        c00, c01, c02, c11, c12, c22 = self.c
-        p0 = c00 * f0 + c01 * f1 + c02 * f2
-        p1 = c01 * f0 + c11 * f1 + c12 * f2
-        p2 = c02 * f0 + c12 * f1 + c22 * f2
-        return p0, p1, p2, p0 * f0 + p1 * f1 + p2 * f2
-
-    def update(self, p0: float, p1: float, p2: float, step: float, inv_s: float) -> None:
-        """The Kalman step along ``C phi = (p0, p1, p2)`` for an innovation ``step * s``."""
-        m, c = self.m, self.c
-        self.m = [m[0] + p0 * step, m[1] + p1 * step, m[2] + p2 * step]
-        g0, g1, g2 = p0 * inv_s, p1 * inv_s, p2 * inv_s
-        self.c = [c[0] - g0 * p0, c[1] - g0 * p1, c[2] - g0 * p2, c[3] - g1 * p1, c[4] - g1 * p2, c[5] - g2 * p2]
-
-
 class Estimate:
     """An offset estimate whose variance grows linearly with the clock: ``var(clock) = a + b * clock``.
 
@@ -332,12 +219,12 @@ class LatencyModel:
     def __init__(self, params: ModelParams) -> None:
         params.validate()
         self.params = params
-        self._devices: dict[Backend, _Device] = {}
-        self._groups: dict[tuple[Stage, Backend, Group], _Regression] = {}
+        self._devices: dict[Backend, DeviceTerm] = {}
+        self._groups: dict[tuple[Stage, Backend, Group], Regression] = {}
         # per (stage, backend): a counter of observations of any of its groups, and the prior
         # a group not yet observed starts from (derived from its siblings at that count)
         self._families: dict[tuple[Stage, Backend], int] = {}
-        self._unobserved: dict[tuple[Stage, Backend], tuple[int, _Regression]] = {}
+        self._unobserved: dict[tuple[Stage, Backend], tuple[int, Regression]] = {}
         # (stage, backend, bucket) -> [mean, variance]
         self._buckets: BoundedDict[tuple[Any, ...], list[float]] = BoundedDict(params.max_buckets)
         self._bucket_var = params.bucket_sd**2
@@ -347,21 +234,21 @@ class LatencyModel:
         self.observations = 0
 
     # -- state, created on first use ------------------------------------------------------
-    def _device_of(self, backend: Backend) -> _Device:
+    def _device_of(self, backend: Backend) -> DeviceTerm:
         device = self._devices.get(backend)
         if device is None:
             p = self.params
-            device = self._devices[backend] = _Device(p.device_sd**2, p.device_q, p.volatility_horizon)
+            device = self._devices[backend] = DeviceTerm(p.device_sd**2, p.device_q, p.volatility_horizon)
         return device
 
-    def _group_of(self, stage: Stage, backend: Backend, group: Group) -> _Regression:
+    def _group_of(self, stage: Stage, backend: Backend, group: Group) -> Regression:
         """The regression of a group, created (from its siblings) when first observed."""
         reg = self._groups.get((stage, backend, group))
         if reg is None:
             reg = self._groups[(stage, backend, group)] = self._new_regression(stage, backend)
         return reg
 
-    def _group_or_prior(self, stage: Stage, backend: Backend, group: Group) -> tuple[_Regression, Any]:
+    def _group_or_prior(self, stage: Stage, backend: Backend, group: Group) -> tuple[Regression, Any]:
         """The regression of a group and its version; for a group never observed, the prior its
         siblings give it now (not stored: it follows them until the group is observed)."""
         reg = self._groups.get((stage, backend, group))
@@ -373,10 +260,10 @@ class LatencyModel:
             cached = self._unobserved[(stage, backend)] = (family, self._new_regression(stage, backend))
         return cached[1], ("prior", family)
 
-    def _new_regression(self, stage: Stage, backend: Backend) -> _Regression:
+    def _new_regression(self, stage: Stage, backend: Backend) -> Regression:
         p = self.params
         if not p.regression:
-            return _Regression(None, None, 0.0, p.noise_var, self._bucket_var, None)
+            return Regression(None, None, 0.0, p.noise_var, self._bucket_var, None)
         # What the siblings (the other groups of this stage and backend) learned, weighted by
         # how sure each is, is where a new group starts: the prior's error on this device is
         # mostly shared between precisions and phases.
@@ -389,7 +276,7 @@ class LatencyModel:
             mean = [sum(w * r.m[i] for w, r in zip(weights, siblings, strict=True)) / total for i in range(3)]
             first = p.group_sd**2 + 1.0 / total
         # the detector comes with the first observation: a prior for an unobserved group needs none
-        return _Regression(mean, [first, p.slope_sd**2, p.slope_sd**2], p.stage_q, p.noise_var, self._bucket_var, None)
+        return Regression(mean, [first, p.slope_sd**2, p.slope_sd**2], p.stage_q, p.noise_var, self._bucket_var, None)
 
     def _detector(self) -> Any:
         from river.drift import ADWIN
@@ -428,7 +315,7 @@ class LatencyModel:
         return clock if device is None else max(0, clock - device.last)
 
     def reversion(self, backend: Backend, clock: int) -> tuple[float, float]:
-        """(probability, log shift) that ``backend``'s last detected change has reverted by now (see ``_Device``)."""
+        """(probability, log shift) that ``backend``'s last detected change has reverted by now (see ``DeviceTerm``)."""
         device = self._devices.get(backend)
         return (0.0, 0.0) if device is None else device.reversion(clock)
 
@@ -599,7 +486,7 @@ class LatencyModel:
         return Learned(alarm=alarm, device_shift=device_move, shift=gain * e, shared_shift=shared,
                        predicted=predicted + gain * e, gain=gain)  # fmt: skip
 
-    def _reopen(self, device: _Device, reg: _Regression, bucket: list[float] | None) -> None:
+    def _reopen(self, device: DeviceTerm, reg: Regression, bucket: list[float] | None) -> None:
         p = self.params
         device.changed(p.alarm_var)
         if reg.k:

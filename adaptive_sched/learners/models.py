@@ -43,7 +43,7 @@ from functools import lru_cache
 from typing import Any
 
 from ..errors import PriorError
-from ..features import FEATURE_NAMES, feature_vector
+from ..features import FEATURE_NAMES, feature_vector, stage_shape
 from ..types import Shape, Stage, parse_stage
 
 #: identifies the feature transform; stored in every prior so a change is detected
@@ -54,8 +54,6 @@ _LOG_FEATURES = frozenset({"n", "d", "flops", "mem_bytes", "intensity", "ar", "s
 
 @lru_cache(maxsize=65536)
 def _model_features(stage: Stage, shape: Shape) -> tuple[tuple[str, float], ...]:
-    from ..profiling import stage_shape
-
     values = feature_vector(stage, stage_shape(stage, shape))
     out = []
     for name, value in zip(FEATURE_NAMES, values, strict=True):
@@ -81,6 +79,47 @@ def model_features(stage: Stage | str, shape: Shape) -> dict[str, float]:
 # -- specs ---------------------------------------------------------------------------------
 
 
+#: inclusive bounds of the numeric hyperparameters; they keep a prior read from a file from
+#: asking for hours of training (passes, trees, window) or for a meaningless model
+LIMITS: Mapping[str, tuple[float, float]] = {
+    "passes": (1, 200),
+    "n_models": (1, 100),
+    "lambda_value": (1, 100),
+    "grace_period": (1, 100_000),
+    "delta": (1e-12, 1.0),
+    "n_neighbors": (1, 1000),
+    "window_size": (1, 100_000),
+    "learning_rate": (1e-9, 10.0),
+    "l2": (0.0, 1e6),
+}
+#: the values a string hyperparameter may take (river's own choices)
+CHOICES: Mapping[str, frozenset[str]] = {
+    "max_features": frozenset({"sqrt", "log2"}),
+    "leaf_prediction": frozenset({"mc", "nb", "nba"}),
+}
+
+
+def _checked_param(model: str, key: str, default: Any, value: Any) -> Any:
+    where = f"model {model!r}: hyperparameter {key!r}"
+    if isinstance(default, bool) or isinstance(value, bool):
+        if not (isinstance(default, bool) and isinstance(value, bool)):
+            raise PriorError(f"{where} must be like {default!r}, got {value!r}")
+        return value
+    if isinstance(default, str):
+        allowed = CHOICES.get(key)
+        if not isinstance(value, str) or (allowed is not None and value not in allowed):
+            choices = ", ".join(sorted(allowed)) if allowed else "a string"
+            raise PriorError(f"{where} must be one of {choices}, got {value!r}")
+        return value
+    wanted = int if isinstance(default, int) else (int, float)
+    if not isinstance(value, wanted) or not math.isfinite(value):
+        raise PriorError(f"{where} must be like {default!r}, got {value!r}")
+    low, high = LIMITS.get(key, (-math.inf, math.inf))
+    if not low <= value <= high:
+        raise PriorError(f"{where} must be in [{low:g}, {high:g}], got {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """A named model: its hyperparameter defaults and a factory of the river estimator.
@@ -96,20 +135,23 @@ class ModelSpec:
     factory: Callable[[Mapping[str, Any], int, int], Any]
 
     def params(self, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """The defaults with ``overrides`` applied; an unknown or mistyped key is a PriorError."""
+        """The defaults with ``overrides`` applied.
+
+        An unknown key, a value of the wrong type, or a value outside :data:`LIMITS` /
+        :data:`CHOICES` is a PriorError naming the key: a prior is data read from a file,
+        and ``passes: 10000000`` would otherwise hang the first decision that trains it.
+
+        >>> get_spec("rf").params({"passes": 10**7})
+        Traceback (most recent call last):
+        ...
+        adaptive_sched.errors.PriorError: model 'rf': hyperparameter 'passes' must be in [1, 200], got 10000000
+        """
         out = dict(self.defaults)
         for key, value in (overrides or {}).items():
             if key not in self.defaults:
                 known = ", ".join(sorted(self.defaults))
                 raise PriorError(f"model {self.name!r}: unknown hyperparameter {key!r} (known: {known})")
-            default = self.defaults[key]
-            if isinstance(default, bool) != isinstance(value, bool) or (
-                isinstance(default, (int, float)) and not isinstance(value, (int, float))
-            ):
-                raise PriorError(f"model {self.name!r}: hyperparameter {key!r} must be like {default!r}, got {value!r}")
-            out[key] = value
-        if int(out.get("passes", 1)) < 1:
-            raise PriorError(f"model {self.name!r}: passes must be >= 1, got {out['passes']!r}")
+            out[key] = _checked_param(self.name, key, self.defaults[key], value)
         return out
 
     def build(self, params: Mapping[str, Any] | None = None, *, seed: int = 0, n_classes: int = 2) -> Any:
@@ -195,6 +237,10 @@ MODELS: dict[str, ModelSpec] = {
         ),
     )
 }
+
+
+#: the paper's choice per stage: Random Forest for qkv, K-Neighbors for attn
+STAGE_MODELS: Mapping[str, str] = {"qkv": "rf", "attn": "knn"}
 
 
 def get_spec(name: str) -> ModelSpec:

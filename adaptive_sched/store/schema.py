@@ -665,15 +665,3 @@ def allocate_run(conn: sqlite3.Connection, fields: dict[str, Any]) -> int:
             conn.execute("ROLLBACK")
         raise
     return run_id
-
-
-def database_path(db: Any) -> str:
-    """The file behind ``db`` (an sqlite_utils Database or sqlite3 connection; '' for in-memory)."""
-    conn = getattr(db, "conn", db)
-    row = conn.execute("PRAGMA database_list").fetchone()
-    return str(row[2]) if row else ""
-
-
-def ensure_parent(path: str | Path) -> None:
-    """Create the directory of ``path`` if missing (the CLI does this; the library does not)."""
-    os.makedirs(Path(path).parent, exist_ok=True)

@@ -3,7 +3,7 @@
 Like ``rknn.build(do_quantization=True, dataset=...)``, INT8 models get static ranges
 calibrated on sample inputs: the fake graph runs in float on each sample (the inputs
 :func:`adaptive_sched.stages.make_inputs` gives, at the call shapes
-:func:`~adaptive_sched.executors.rknn_models.calibration_shapes` spreads over a bucket,
+:func:`~adaptive_sched.executors.rknn_feed.calibration_shapes` spreads over a bucket,
 fed as the executor feeds them) and every int8 tensor's range over the samples is kept.
 Pass ``calibrate=False`` for a model that takes every tensor's own range at run time.
 """
@@ -17,13 +17,8 @@ import numpy as np
 from rknnlite import _fake_model
 from rknnlite.api import _Graph
 
-from adaptive_sched.executors.rknn_models import (
-    ModelEntry,
-    calibration_shapes,
-    model_feed,
-    smallest_served,
-    write_manifest,
-)
+from adaptive_sched.executors.rknn_feed import calibration_shapes, model_feed, smallest_served
+from adaptive_sched.executors.rknn_models import ModelEntry, write_manifest
 from adaptive_sched.stages import make_inputs
 from adaptive_sched.types import Precision, Shape, Stage
 

@@ -1,7 +1,7 @@
 """OpenCL C sources of the GPU executor's kernels, specialised at build time by macros.
 
 Each program is built once per (source, macro set, device) by
-:class:`~adaptive_sched.executors.gpu_opencl.OpenCLExecutor`. Sizes that vary from run to
+:class:`~adaptive_sched.executors.opencl.executor.OpenCLExecutor`. Sizes that vary from run to
 run (rows, columns, keys) are kernel arguments; the macros fix what must be known at
 compile time for registers to be allocated: the block shape, the vector width, the head
 dimension and the storage type of each operand.
@@ -18,6 +18,9 @@ reuse, instead of staging tiles through local memory.
 """
 
 from __future__ import annotations
+
+#: storage codes of the ``*_STORE`` macros
+FLOAT, HALF, INT8 = 0, 1, 2
 
 #: shared by every program: token pasting for vector types and the storage loaders
 PRELUDE = r"""

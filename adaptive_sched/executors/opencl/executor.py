@@ -4,27 +4,8 @@ Written for the Mali-G610 of an RK3588 and tested on PoCL (OpenCL on the host CP
 pyopencl is imported only when the executor probes its device, so importing
 :mod:`adaptive_sched.executors` never imports it.
 
-What runs on the device
------------------------
-* ``qkv``: a register-blocked GEMM (each work-item keeps ``R`` rows by ``VW`` columns of
-  the output in ``floatVW`` accumulators); for decode-sized inputs (``batch * n`` of a few
-  rows) the same kernel is built as a GEMV that gives each work-item several column vectors
-  instead of several rows.
-* ``attn``: causal multi-head attention with a numerically stable (online) softmax over
-  the KV cache; each work-item owns a few queries of one (batch, head).
-* INT8: activations (per tensor) and weights (per output column) are quantised on the
-  device exactly as :func:`adaptive_sched.stages.quantize_symmetric` does, and products
-  accumulate in int32 (or in float32 chunks that are exact, see
-  :data:`~adaptive_sched.executors.opencl_kernels.GEMM`), so outputs match the reference.
-
-FP16 precision is computed with float32 arithmetic everywhere. What changes with ``fp16``
-is the *storage* of cached weights: half (2 bytes, read with the core ``vload_half``) or
-float32. ``float16`` input arrays are read as half directly (no host conversion) unless
-``fp16="float"``.
-
-Timing: ``RunResult.latency_s`` is the wall time of the whole call (uploads, quantisation,
-kernels, read-back); ``RunResult.device_s`` is the sum of the kernels' execution times from
-OpenCL event profiling.
+See :mod:`adaptive_sched.executors.opencl` for what runs on the device, in which
+storage, and how a run is timed.
 """
 
 from __future__ import annotations
@@ -33,144 +14,42 @@ import logging
 import math
 import threading
 import time
-import warnings
-from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError, ExecutorError, ExecutorUnavailable
-from ..types import Backend, Precision, Shape, Stage
-from . import opencl_kernels as kernels
-from .base import Executor, RunResult, read_only
+from ...errors import ConfigError, ExecutorError, ExecutorUnavailable
+from ...types import Backend, Precision, Shape, Stage
+from ..base import Executor, RunResult, WeightCache, read_only
+from .buffers import BufferPool, round_up
+from .device import Device, Tuning, find_device, short_error
+from .geometry import attn_config, ceil_div, gemm_config, tensor_sizes, unsupported
+from .kernels import FLOAT, HALF, INT8
+from .programs import Launch, ProgramCache
 
 logger = logging.getLogger(__name__)
 
 FP16_MODES = ("auto", "half", "float")
 WEIGHT_CACHE_MODES = ("readonly", "identity", "off")
 
-#: storage codes understood by the kernels (see :mod:`.opencl_kernels`)
-FLOAT, HALF, INT8 = 0, 1, 2
-
-#: largest head dimension the attention kernel keeps in registers
-MAX_HEAD_DIM = 256
-#: INT8 attention accumulates ``keys * 127 * 127`` in int32
-MAX_INT8_KEYS = (2**31 - 1) // (127 * 127)
-#: kernels index tensors with 32-bit ints
-MAX_ELEMENTS = 2**31 - 1
-
-
-@dataclass(frozen=True)
-class Tuning:
-    """Block shapes and work-group sizes of the kernels.
-
-    The CPU defaults were measured on PoCL (2 cores, AVX2). The GPU defaults are a
-    starting point for Valhall (Mali-G610), which has fewer registers per work-item
-    than a CPU core has vector registers; measure with ``benchmarks/bench_opencl_gemm.py``
-    and override through the ``tuning`` option.
-
-    Parameters
-    ----------
-    gemm_rows : int
-        Output rows per work-item in the prefill GEMM (``R``).
-    gemm_vec : int
-        Vector width of a column block: 2, 4, 8 or 16 (``VW``).
-    gemm_unroll : int
-        Unroll factor of the reduction loop.
-    gemm_local_rows : int or None
-        Work-items per work-group along rows; a group then shares one column strip of the
-        weights, which stays in cache while every row block uses it. None lets the driver choose.
-    gemv_max_rows : int
-        ``batch * n`` up to this uses the GEMV variant (rows = ``batch * n``).
-    gemv_col_vecs : int
-        Column vectors per work-item in the GEMV (independent loads in flight).
-    attn_rows : int
-        Queries per work-item in prefill attention (rounded down to a power of two <= n).
-    attn_vec : int
-        Largest vector width over the head dimension.
-    attn_tile : int
-        Keys scored together before the softmax state is updated (a divisor of 1024).
-    attn_parallel : int or None
-        Work-items attention should have: when ``batch * heads`` query blocks are fewer (decode),
-        the keys are split (flash-decoding) and the splits combined. None: one per compute unit
-        on a CPU, 256 per compute unit on a GPU.
-    attn_split_min_keys : int
-        Fewest keys per split.
-    """
-
-    gemm_rows: int = 8
-    gemm_vec: int = 16
-    gemm_unroll: int = 2
-    gemm_local_rows: int | None = 16
-    gemv_max_rows: int = 4
-    gemv_col_vecs: int = 4
-    attn_rows: int = 4
-    attn_vec: int = 16
-    attn_tile: int = 8
-    attn_parallel: int | None = None
-    attn_split_min_keys: int = 64
-
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if value is None and f.name in ("gemm_local_rows", "attn_parallel"):
-                continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"tuning.{f.name} must be a positive integer, got {value!r}")
-        if self.gemm_vec not in (2, 4, 8, 16):
-            raise ConfigError(f"tuning.gemm_vec must be one of 2, 4, 8, 16, got {self.gemm_vec!r}")
-        if 1024 % self.attn_tile:
-            raise ConfigError(f"tuning.attn_tile must divide 1024, got {self.attn_tile!r}")
-        if self.attn_vec not in (1, 2, 4, 8, 16):
-            raise ConfigError(f"tuning.attn_vec must be one of 1, 2, 4, 8, 16, got {self.attn_vec!r}")
-
-    @classmethod
-    def for_device(cls, is_gpu: bool, overrides: Mapping[str, Any] | None) -> Tuning:
-        """Defaults for a GPU or a CPU device, with ``overrides`` (unknown keys are an error)."""
-        base = cls(gemm_rows=4, gemm_vec=8, gemm_local_rows=None, attn_rows=1, attn_vec=4) if is_gpu else cls()
-        overrides = dict(overrides or {})
-        unknown = set(overrides) - {f.name for f in fields(cls)}
-        if unknown:
-            known = ", ".join(f.name for f in fields(cls))
-            raise ConfigError(f"tuning: unknown key(s) {', '.join(sorted(unknown))} (known: {known})")
-        return replace(base, **overrides)
-
-
-@dataclass
-class _Device:
-    """The OpenCL objects of the chosen device (created by the probe)."""
-
-    cl: Any
-    platform: Any
-    device: Any
-    context: Any
-    queue: Any
-    is_gpu: bool
-    has_fp16: bool
-    quantize_options: str
-
 
 @dataclass
 class _CachedWeights:
-    """Device copies of one weight array, kept while the array itself is alive and unchanged."""
+    """Device copies of one weight array (the :class:`WeightCache` keeps the array itself)."""
 
-    array: np.ndarray  # a strong reference: its id() cannot be reused while it is cached
     buffer: Any
     code: int
     scale: Any = None  # per-column scales (INT8)
     nbytes: int = 0
 
 
-@dataclass
-class _Launch:
-    """Events of one run, for the timing breakdown."""
-
-    kernels: list[tuple[str, Any]] = field(default_factory=list)
-    transfers: list[Any] = field(default_factory=list)
-    keep: list[Any] = field(default_factory=list)  # host arrays in flight (non-blocking uploads)
+def _release_weights(entry: _CachedWeights) -> None:
+    for buf in (entry.buffer, entry.scale):
+        if buf is not None:
+            buf.release()
 
 
 def _validate_choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
@@ -178,27 +57,6 @@ def _validate_choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
     if text not in allowed:
         raise ConfigError(f"{name}: unknown value {value!r} (expected one of {', '.join(map(repr, allowed))})")
     return text
-
-
-def _short(exc: BaseException) -> str:
-    """One line out of a (possibly very long) OpenCL build log."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    errors = [ln for ln in lines if "error" in ln.lower()]
-    text = (errors or lines or [type(exc).__name__])[0]
-    text = " - ".join(dict.fromkeys(text.split(" - ")))  # pyopencl repeats "clX failed: CODE" per device
-    return text if len(text) <= 200 else text[:197] + "..."
-
-
-def _ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
-
-
-def _round_up(a: int, b: int) -> int:
-    return _ceil_div(a, b) * b
-
-
-def _pow2_at_most(limit: int) -> int:
-    return 1 << (max(1, limit).bit_length() - 1)
 
 
 class OpenCLExecutor(Executor):
@@ -279,105 +137,28 @@ class OpenCLExecutor(Executor):
         self.build_options = str(build_options)
 
         self._lock = threading.RLock()
-        self._dev: _Device | None = None
-        self._tuning = Tuning()
-        self._programs: dict[tuple[str, tuple[tuple[str, int], ...]], Any] = {}
-        self._kernels: dict[tuple[int, str], Any] = {}
-        self._pool: dict[str, tuple[Any, int]] = {}
-        self._weights: OrderedDict[tuple[int, str], _CachedWeights] = OrderedDict()
-        self._biases: OrderedDict[int, _CachedWeights] = OrderedDict()
+        self._dev: Device | None = None
+        self._programs = ProgramCache(self.kind, self.build_options)
+        self._pool = BufferPool(self.kind)
+        # weights (variant: int8, half or float storage) and biases, kept on the device
+        self._weights: WeightCache[_CachedWeights] = WeightCache(max_cached_weights, _release_weights)
+        self._biases: WeightCache[_CachedWeights] = WeightCache(max_cached_weights, _release_weights)
         self._zero_bias_len = 0  # floats of the pooled all-zero bias that are known to be zero
         self._counters = {
-            "program_builds": 0,
             "weight_uploads": 0,
             "weight_cache_hits": 0,
             "weight_cache_fills": 0,
             "weight_evictions": 0,
-            "buffer_allocs": 0,
-            "first_launches": 0,
         }
-        self._launched: set[tuple[int, tuple[int, ...], tuple[int, ...] | None]] = set()
 
     # -- availability ---------------------------------------------------------
     def _probe(self) -> str | None:
         with self._lock:  # two threads asking at once must not open two contexts
-            return self._find_device()
-
-    def _find_device(self) -> str | None:
-        try:
-            import pyopencl as cl
-        except ImportError as exc:
-            return f"pyopencl is not installed ({exc}); install adaptive-sched[opencl]"
-        try:
-            platforms = cl.get_platforms()
-        except Exception as exc:  # no ICD loader configuration, or no vendor ICD at all
-            return f"no OpenCL platform found ({_short(exc)})"
-
-        want_p = (self.platform or "").lower()
-        want_d = (self.device or "").lower()
-        seen: list[str] = []
-        candidates: list[tuple[Any, Any]] = []
-        for plat in platforms:
-            try:
-                devices = plat.get_devices()
-            except Exception as exc:
-                seen.append(f"{plat.name!r}: no devices ({_short(exc)})")
-                continue
-            for dev in devices:
-                seen.append(f"{plat.name!r}/{dev.name!r}")
-                if want_p in plat.name.lower() and want_d in dev.name.lower():
-                    candidates.append((plat, dev))
-        if not candidates:
-            found = "; ".join(seen) or "none"
-            return f"no OpenCL device matches platform={self.platform!r} device={self.device!r} (found: {found})"
-
-        order = {cl.device_type.GPU: 0, cl.device_type.ACCELERATOR: 1}
-        candidates.sort(key=lambda pd: min((r for t, r in order.items() if pd[1].type & t), default=2))
-        failures = []
-        for plat, dev in candidates:
-            try:
-                self._dev = self._open(cl, plat, dev)
-            except Exception as exc:
-                failures.append(f"{plat.name!r}/{dev.name!r}: {_short(exc)}")
-                logger.debug("OpenCL device %r on %r is unusable: %s", dev.name, plat.name, exc)
-                continue
-            logger.info("OpenCL executor uses %r on platform %r", dev.name, plat.name)
+            found = find_device(self.platform, self.device, self.build_options, self.tuning_overrides)
+            if isinstance(found, str):
+                return found
+            self._dev = found
             return None
-        return "no matching OpenCL device can build a kernel: " + "; ".join(failures)
-
-    def _open(self, cl: Any, plat: Any, dev: Any) -> _Device:
-        """Create a context and a profiling queue on ``dev`` and prove its compiler works."""
-        context = cl.Context([dev])
-        queue = cl.CommandQueue(context, dev, properties=cl.command_queue_properties.PROFILING_ENABLE)
-        program = self._compile(cl, context, kernels.PROBE, self.build_options)
-        probe = np.zeros(1, dtype=np.float32)
-        buf = cl.Buffer(context, cl.mem_flags.READ_WRITE | cl.mem_flags.COPY_HOST_PTR, hostbuf=probe)
-        program.probe(queue, (1,), None, buf)
-        cl.enqueue_copy(queue, probe, buf)  # blocking: the kernel really ran
-        is_gpu = bool(dev.type & cl.device_type.GPU)
-        quantize_options = self.build_options
-        if dev.single_fp_config & cl.device_fp_config.CORRECTLY_ROUNDED_DIVIDE_SQRT:
-            # x / scale must round like numpy's division, or rint() can land one step away
-            quantize_options += " -cl-fp32-correctly-rounded-divide-sqrt"
-        self._tuning = Tuning.for_device(is_gpu, self.tuning_overrides)
-        return _Device(
-            cl=cl,
-            platform=plat,
-            device=dev,
-            context=context,
-            queue=queue,
-            is_gpu=is_gpu,
-            has_fp16="cl_khr_fp16" in dev.extensions,
-            quantize_options=quantize_options,
-        )
-
-    @staticmethod
-    def _compile(cl: Any, context: Any, source: str, options: str) -> Any:
-        with warnings.catch_warnings():
-            # a successful build with a non-empty log (PoCL's ABI notes) is not worth a warning
-            warnings.simplefilter("ignore", cl.CompilerWarning)
-            # -w: some compilers (PoCL's clang) print warnings to stderr themselves
-            return cl.Program(context, source).build(options=["-w", *options.split()])
 
     # -- introspection --------------------------------------------------------
     @property
@@ -385,7 +166,7 @@ class OpenCLExecutor(Executor):
         """``"platform / device"`` of the device in use, or None before a successful probe."""
         if not self.is_available() or self._dev is None:
             return None
-        return f"{self._dev.platform.name} / {self._dev.device.name}"
+        return self._dev.name
 
     @property
     def half_weights(self) -> bool:
@@ -397,27 +178,35 @@ class OpenCLExecutor(Executor):
         """Counters of the program, buffer and weight caches (for tests and diagnostics)."""
         with self._lock:
             return dict(
-                self._counters,
+                self._counts(),
                 programs=len(self._programs),
                 buffers=len(self._pool),
-                buffer_bytes=sum(n for _, n in self._pool.values()),
+                buffer_bytes=self._pool.nbytes,
                 cached_weights=len(self._weights),
                 cached_weight_bytes=sum(e.nbytes for e in self._weights.values()),
             )
 
+    def _counts(self) -> dict[str, int]:
+        """Every counter, the caches' own included."""
+        return dict(
+            self._counters,
+            program_builds=self._programs.builds,
+            first_launches=self._programs.first_launches,
+            buffer_allocs=self._pool.allocs,
+        )
+
+    @property
+    def _tuning(self) -> Tuning:
+        return self._dev.tuning if self._dev is not None else Tuning()
+
     # -- support --------------------------------------------------------------
     def _supports(self, stage: Stage, shape: Shape) -> str | None:
-        sizes = self._tensor_sizes(stage, shape)
-        biggest = max(sizes.values())
-        if biggest > MAX_ELEMENTS:
-            name = max(sizes, key=lambda k: sizes[k])
-            return f"tensor {name!r} has {biggest} elements, more than the kernels' 32-bit indexing allows"
-        if stage is Stage.ATTN:
-            if shape.head_dim > MAX_HEAD_DIM:
-                return f"head_dim {shape.head_dim} > {MAX_HEAD_DIM} (a query row is kept in registers)"
-            if shape.precision is Precision.INT8 and shape.keys > MAX_INT8_KEYS:
-                return f"INT8 attention over {shape.keys} keys would overflow int32 (max {MAX_INT8_KEYS})"
+        reason = unsupported(stage, shape)
+        if reason is not None:
+            return reason
         if self.is_available() and self._dev is not None:
+            sizes = tensor_sizes(stage, shape)
+            biggest = max(sizes.values())
             dev = self._dev.device
             total = 4 * sum(sizes.values()) * (2 if shape.precision is Precision.INT8 else 1)
             if 4 * biggest > dev.max_mem_alloc_size:
@@ -426,96 +215,15 @@ class OpenCLExecutor(Executor):
                 return f"needs about {total} bytes of device memory, more than {dev.global_mem_size}"
         return None
 
-    @staticmethod
-    def _tensor_sizes(stage: Stage, shape: Shape) -> dict[str, int]:
-        b, n, d = shape.batch, shape.n, shape.d
-        if stage is Stage.QKV:
-            return {"x": b * n * d, "w": d * 3 * d, "out": b * n * 3 * d}
-        bh, hd = b * shape.heads, shape.head_dim
-        return {"q": bh * n * hd, "k": bh * shape.keys * hd, "v": bh * shape.keys * hd, "out": bh * n * hd}
-
     # -- building -------------------------------------------------------------
-    def _require(self) -> _Device:
+    def _require(self) -> Device:
         if not self.is_available() or self._dev is None:
             raise ExecutorUnavailable(f"{self.kind} is not available: {self.unavailable_reason}")
         return self._dev
 
     def _kernel(self, source_name: str, kernel_name: str, macros: Mapping[str, int]) -> Any:
         """The kernel ``kernel_name`` of program ``source_name`` built with ``macros`` (built once)."""
-        dev = self._require()
-        key = (source_name, tuple(sorted(macros.items())))
-        program = self._programs.get(key)
-        if program is None:
-            source = kernels.PRELUDE + getattr(kernels, source_name)
-            options = dev.quantize_options if source_name == "QUANTIZE" else self.build_options
-            options += "".join(f" -D{k}={v}" for k, v in key[1])
-            start = time.perf_counter()
-            try:
-                program = self._compile(dev.cl, dev.context, source, options)
-            except Exception as exc:
-                raise ExecutorError(
-                    f"{self.kind}: building {source_name} with {options.strip()!r} failed on "
-                    f"{dev.device.name!r}: {_short(exc)}"
-                ) from exc
-            self._programs[key] = program
-            self._counters["program_builds"] += 1
-            logger.debug("built %s %s in %.3f s", source_name, dict(key[1]), time.perf_counter() - start)
-        kkey = (id(program), kernel_name)
-        kernel = self._kernels.get(kkey)
-        if kernel is None:
-            kernel = self._kernels[kkey] = dev.cl.Kernel(program, kernel_name)
-        return kernel
-
-    def _gemm_config(
-        self, shape: Shape, x_code: int, w_code: int, quant: bool
-    ) -> tuple[dict[str, int], tuple[int, int], tuple[int, int] | None]:
-        """Macros, global size and local size of the GEMM (or GEMV) for ``shape``."""
-        t = self._tuning
-        m, n_cols = shape.batch * shape.n, 3 * shape.d
-        if m <= t.gemv_max_rows:
-            # one work-item per group on a CPU spreads the few work-items over the cores
-            rows, col_vecs, local_rows = m, t.gemv_col_vecs, (None if t.gemm_local_rows is None else 1)
-        else:
-            rows, col_vecs, local_rows = t.gemm_rows, 1, t.gemm_local_rows
-        macros = {
-            "R": rows,
-            "VW": t.gemm_vec,
-            "CB": col_vecs,
-            "KU": t.gemm_unroll,
-            "X_STORE": x_code,
-            "W_STORE": w_code,
-            "QUANT": int(quant),
-            "KCHUNK": 1024,
-        }
-        gx, gy = _ceil_div(n_cols, t.gemm_vec * col_vecs), _ceil_div(m, rows)
-        if local_rows is None:
-            return macros, (gx, gy), None
-        ly = min(local_rows, gy)
-        return macros, (gx, _round_up(gy, ly)), (1, ly)
-
-    def _attn_config(
-        self, shape: Shape, codes: tuple[int, int, int], quant: bool
-    ) -> tuple[dict[str, int], tuple[int, int, int], int]:
-        """Macros, global size ``(query blocks, batch * heads, splits)`` and keys per split."""
-        t = self._tuning
-        hd = shape.head_dim
-        vw = next(w for w in (16, 8, 4, 2, 1) if w <= t.attn_vec and hd % w == 0)
-        rq = _pow2_at_most(min(t.attn_rows, shape.n))
-        macros = {
-            "HD": hd,
-            "VW": vw,
-            "RQ": rq,
-            "TK": t.attn_tile,
-            "Q_STORE": codes[0],
-            "K_STORE": codes[1],
-            "V_STORE": codes[2],
-            "QUANT": int(quant),
-        }
-        blocks, bh = _ceil_div(shape.n, rq), shape.batch * shape.heads
-        # split the keys only as far as it takes to reach the device's parallelism
-        splits = max(1, min(_ceil_div(self._attn_parallel, blocks * bh), shape.keys // t.attn_split_min_keys))
-        chunk = _ceil_div(shape.keys, splits)
-        return macros, (blocks, bh, _ceil_div(shape.keys, chunk)), chunk
+        return self._programs.kernel(self._require(), source_name, kernel_name, macros)
 
     @property
     def _attn_parallel(self) -> int:
@@ -535,11 +243,11 @@ class OpenCLExecutor(Executor):
                 w_code = INT8 if quant else (HALF if self._weights_cacheable_as_half() else FLOAT)
                 codes = [(FLOAT, INT8)] if quant else sorted({(FLOAT, FLOAT), (FLOAT, w_code)})
                 for x_code, wc in codes:
-                    macros, _, _ = self._gemm_config(shape, x_code, wc, quant)
+                    macros, _, _ = gemm_config(self._tuning, shape, x_code, wc, quant)
                     self._kernel("GEMM", "gemm", macros)
             else:
                 code = INT8 if quant else FLOAT
-                macros, _, _ = self._attn_config(shape, (code, code, code), quant)
+                macros, _, _ = attn_config(self._tuning, shape, (code, code, code), quant, self._attn_parallel)
                 self._kernel("ATTENTION", "attention_int8" if quant else "attention", macros)
             if quant or (stage is Stage.QKV and self.half_weights):
                 self._kernel("QUANTIZE", "quantize", {"VW": 16})
@@ -550,27 +258,9 @@ class OpenCLExecutor(Executor):
     # -- buffers --------------------------------------------------------------
     def _buffer(self, role: str, nbytes: int) -> Any:
         """A device buffer of at least ``nbytes`` for ``role``, reused across runs and shapes."""
-        nbytes = max(int(nbytes), 4)
-        current = self._pool.get(role)
-        if current is not None and current[1] >= nbytes:
-            return current[0]
-        dev = self._require()
-        size = _round_up(nbytes, 4096)
-        if current is not None:
-            current[0].release()
-            # A decode step's KV cache is one token longer than the last one: growing by half at
-            # least reallocates a few times per sequence, not every few tokens (and every
-            # reallocation makes a cold run the scheduler does not learn from).
-            size = max(size, _round_up(current[1] + current[1] // 2, 4096))
-        try:
-            buf = dev.cl.Buffer(dev.context, dev.cl.mem_flags.READ_WRITE, size)
-        except Exception as exc:
-            raise ExecutorError(f"{self.kind}: cannot allocate {size} bytes for {role!r}: {_short(exc)}") from exc
-        self._pool[role] = (buf, size)
-        self._counters["buffer_allocs"] += 1
-        return buf
+        return self._pool.get(self._require(), role, nbytes)
 
-    def _upload(self, launch: _Launch, role: str, array: np.ndarray) -> Any:
+    def _upload(self, launch: Launch, role: str, array: np.ndarray) -> Any:
         dev = self._require()
         array = np.ascontiguousarray(array)
         buf = self._buffer(role, array.nbytes)
@@ -584,26 +274,20 @@ class OpenCLExecutor(Executor):
             return np.ascontiguousarray(array), HALF
         return np.ascontiguousarray(array, dtype=np.float32), FLOAT
 
-    def _enqueue(self, launch: _Launch, name: str, kernel: Any, gsize: tuple, lsize: tuple | None, *args: Any) -> None:
-        dev = self._require()
-        key = (id(kernel), tuple(gsize), None if lsize is None else tuple(lsize))
-        if key not in self._launched:
-            self._launched.add(key)
-            self._counters["first_launches"] += 1
-        kernel.set_args(*args)
-        launch.kernels.append((name, dev.cl.enqueue_nd_range_kernel(dev.queue, kernel, gsize, lsize)))
+    def _enqueue(self, launch: Launch, name: str, kernel: Any, gsize: tuple, lsize: tuple | None, *args: Any) -> None:
+        self._programs.enqueue(self._require(), launch, name, kernel, gsize, lsize, *args)
 
     # -- quantisation ---------------------------------------------------------
     def _quantize_tensor(
-        self, launch: _Launch, role: str, src: Any, count: int, scales: Any, slot: int, as_float: bool = False
+        self, launch: Launch, role: str, src: Any, count: int, scales: Any, slot: int, as_float: bool = False
     ) -> Any:
         """Quantise ``count`` floats of ``src`` per tensor; the scale goes to ``scales[slot]``.
 
         The result is an int8 buffer, or with ``as_float`` the same integers stored as floats.
         """
-        parts = min(64, _ceil_div(count, 4096))
-        chunk = _round_up(_ceil_div(count, parts), 16)
-        parts = _ceil_div(count, chunk)
+        parts = min(64, ceil_div(count, 4096))
+        chunk = round_up(ceil_div(count, parts), 16)
+        parts = ceil_div(count, chunk)
         partial = self._buffer(f"{role}.absmax", 4 * parts)
         out = self._buffer(f"{role}.q", count * (4 if as_float else 1))
         i32 = np.int32
@@ -641,15 +325,13 @@ class OpenCLExecutor(Executor):
             return False
         return self.weight_cache == "identity" or read_only(w)
 
-    def _weights_for(self, launch: _Launch, w: np.ndarray, quant: bool) -> tuple[Any, int, Any]:
+    def _weights_for(self, launch: Launch, w: np.ndarray, quant: bool) -> tuple[Any, int, Any]:
         """Device weights ``(buffer, storage code, column scales or None)``, from the cache when allowed."""
         cacheable = self._cacheable(w)
         variant = "int8" if quant else ("half" if self.half_weights else "float")
-        key = (id(w), variant)
         if cacheable:
-            hit = self._weights.get(key)
-            if hit is not None and hit.array is w:
-                self._weights.move_to_end(key)
+            hit = self._weights.get(w, variant)
+            if hit is not None:
                 self._counters["weight_cache_hits"] += 1
                 return hit.buffer, hit.code, hit.scale
         self._counters["weight_uploads"] += 1
@@ -677,7 +359,7 @@ class OpenCLExecutor(Executor):
                 buf = dev.cl.Buffer(dev.context, mf.READ_WRITE, count)
                 scale = dev.cl.Buffer(dev.context, mf.READ_WRITE, 4 * n_cols)
                 self._quantize_columns(launch, src, k_rows, n_cols, scale, buf)
-                entry = _CachedWeights(w, buf, INT8, scale, count + 4 * n_cols)
+                entry = _CachedWeights(buf, INT8, scale, count + 4 * n_cols)
             elif src is not None:
                 buf = dev.cl.Buffer(dev.context, mf.READ_WRITE, 2 * count)
                 chunk = 1 << 16
@@ -685,29 +367,28 @@ class OpenCLExecutor(Executor):
                     launch,
                     "to_half",
                     self._kernel("QUANTIZE", "to_half", {"VW": 16}),
-                    (_ceil_div(count, chunk),),
+                    (ceil_div(count, chunk),),
                     None,
                     src,
                     np.int32(count),
                     np.int32(chunk),
                     buf,
                 )
-                entry = _CachedWeights(w, buf, HALF, None, 2 * count)
+                entry = _CachedWeights(buf, HALF, None, 2 * count)
             else:
                 buf = dev.cl.Buffer(dev.context, mf.READ_ONLY | mf.COPY_HOST_PTR, hostbuf=host)
-                entry = _CachedWeights(w, buf, code, None, host.nbytes)
+                entry = _CachedWeights(buf, code, None, host.nbytes)
         except ExecutorError:
             raise
         except Exception as exc:
             raise ExecutorError(
-                f"{self.kind}: cannot keep weights of shape {w.shape} on the device: {_short(exc)}"
+                f"{self.kind}: cannot keep weights of shape {w.shape} on the device: {short_error(exc)}"
             ) from exc
-        self._weights[key] = entry
-        while len(self._weights) > self.max_cached_weights:
-            _, old = self._weights.popitem(last=False)
-            self._release_weights(old)
-            self._counters["weight_evictions"] += 1
-            if self._counters["weight_evictions"] == 1:
+        dropped = self._weights.put(w, variant, entry)
+        if dropped:
+            first = self._counters["weight_evictions"] == 0
+            self._counters["weight_evictions"] += dropped
+            if first:
                 # A model with more layers than the cache holds uploads every layer's weights on
                 # every run, and each of those runs is cold, so the scheduler never learns this backend.
                 logger.warning(
@@ -718,14 +399,14 @@ class OpenCLExecutor(Executor):
                 )
         return entry.buffer, entry.code, entry.scale
 
-    def _quantize_columns(self, launch: _Launch, src: Any, k_rows: int, n_cols: int, scale: Any, out: Any) -> None:
+    def _quantize_columns(self, launch: Launch, src: Any, k_rows: int, n_cols: int, scale: Any, out: Any) -> None:
         i32 = np.int32
         rows = 64
         self._enqueue(
             launch,
             "column_scale",
             self._kernel("QUANTIZE", "column_scale", {"VW": 16}),
-            (_ceil_div(n_cols, 16),),
+            (ceil_div(n_cols, 16),),
             None,
             src,
             i32(k_rows),
@@ -736,7 +417,7 @@ class OpenCLExecutor(Executor):
             launch,
             "quantize_columns",
             self._kernel("QUANTIZE", "quantize_columns", {"VW": 16}),
-            (_ceil_div(n_cols, 16), _ceil_div(k_rows, rows)),
+            (ceil_div(n_cols, 16), ceil_div(k_rows, rows)),
             None,
             src,
             i32(k_rows),
@@ -746,7 +427,7 @@ class OpenCLExecutor(Executor):
             out,
         )
 
-    def _bias_for(self, launch: _Launch, bias: np.ndarray | None, n_cols: int) -> Any:
+    def _bias_for(self, launch: Launch, bias: np.ndarray | None, n_cols: int) -> Any:
         """The bias on the device: cached like the weights, zeros when there is none."""
         if bias is None:
             buf = self._buffer("b.zero", 4 * n_cols)
@@ -756,25 +437,16 @@ class OpenCLExecutor(Executor):
             return buf
         if not self._cacheable(bias):
             return self._upload(launch, "b", np.asarray(bias, np.float32).reshape(-1))
-        hit = self._biases.get(id(bias))
-        if hit is not None and hit.array is bias:
-            self._biases.move_to_end(id(bias))
+        hit = self._biases.get(bias)
+        if hit is not None:
             return hit.buffer
         dev = self._require()
         self._counters["weight_cache_fills"] += 1
         host = np.ascontiguousarray(bias, dtype=np.float32).reshape(-1)
         mf = dev.cl.mem_flags
         buf = dev.cl.Buffer(dev.context, mf.READ_ONLY | mf.COPY_HOST_PTR, hostbuf=host)
-        self._biases[id(bias)] = _CachedWeights(bias, buf, FLOAT, None, host.nbytes)
-        while len(self._biases) > self.max_cached_weights:
-            self._release_weights(self._biases.popitem(last=False)[1])
+        self._biases.put(bias, None, _CachedWeights(buf, FLOAT, None, host.nbytes))
         return buf
-
-    @staticmethod
-    def _release_weights(entry: _CachedWeights) -> None:
-        for buf in (entry.buffer, entry.scale):
-            if buf is not None:
-                buf.release()
 
     # -- running --------------------------------------------------------------
     def _run(
@@ -785,8 +457,8 @@ class OpenCLExecutor(Executor):
             if self._closed:
                 raise RuntimeError(f"{self.kind} executor is closed")
             dev = self._require()
-            launch = _Launch()
-            before = dict(self._counters)
+            launch = Launch()
+            before = self._counts()
             start = time.perf_counter()
             try:
                 if stage is Stage.QKV:
@@ -797,7 +469,7 @@ class OpenCLExecutor(Executor):
                 raise
             except dev.cl.Error as exc:
                 raise ExecutorError(
-                    f"{self.kind}: {stage.value} at {shape} failed on {dev.device.name!r}: {_short(exc)}"
+                    f"{self.kind}: {stage.value} at {shape} failed on {dev.device.name!r}: {short_error(exc)}"
                 ) from exc
             wall = time.perf_counter() - start
             per_kernel: dict[str, float] = {}
@@ -808,13 +480,14 @@ class OpenCLExecutor(Executor):
             # one-time costs: a program built, a buffer grown, weights converted into the cache, or
             # a kernel's first launch at a work size (PoCL compiles its work-group loop then)
             one_time = ("program_builds", "buffer_allocs", "weight_cache_fills", "first_launches")
-            cold = any(self._counters[k] != before[k] for k in one_time)
+            after_run = self._counts()
+            cold = any(after_run[k] != before[k] for k in one_time)
         details.update(device=dev.device.name, kernels_s=per_kernel, transfer_s=transfer)
         return RunResult(
             output=out, latency_s=max(wall, 1e-9), device_s=max(device_s, 1e-9), details=details, cold=cold
         )
 
-    def _run_qkv(self, launch: _Launch, shape: Shape, inputs: Mapping[str, np.ndarray]) -> tuple[np.ndarray, dict]:
+    def _run_qkv(self, launch: Launch, shape: Shape, inputs: Mapping[str, np.ndarray]) -> tuple[np.ndarray, dict]:
         dev = self._require()
         quant = shape.precision is Precision.INT8
         m, k_rows, n_cols = shape.batch * shape.n, shape.d, 3 * shape.d
@@ -827,7 +500,7 @@ class OpenCLExecutor(Executor):
             # quantised activations as float-valued integers: exact, and cheaper to broadcast
             x_buf, x_code = self._quantize_tensor(launch, "x", x_buf, m * k_rows, x_scale, 0, as_float=True), FLOAT
         out_buf = self._buffer("out", 4 * m * n_cols)
-        macros, gsize, lsize = self._gemm_config(shape, x_code, w_code, quant)
+        macros, gsize, lsize = gemm_config(self._tuning, shape, x_code, w_code, quant)
         i32 = np.int32
         self._enqueue(
             launch,
@@ -851,7 +524,7 @@ class OpenCLExecutor(Executor):
         activations = "int8" if quant else storage[x_code]  # int8 values, held as floats for the GEMM
         return out, {"weights": storage[w_code], "activations": activations, "block": dict(macros)}
 
-    def _run_attn(self, launch: _Launch, shape: Shape, inputs: Mapping[str, np.ndarray]) -> tuple[np.ndarray, dict]:
+    def _run_attn(self, launch: Launch, shape: Shape, inputs: Mapping[str, np.ndarray]) -> tuple[np.ndarray, dict]:
         dev = self._require()
         quant = shape.precision is Precision.INT8
         scales = self._buffer("qkv.scale", 12)
@@ -867,7 +540,9 @@ class OpenCLExecutor(Executor):
         q_buf, k_buf = bufs[0], bufs[1]
         out_shape = inputs["q"].shape
         out_buf = self._buffer("out", 4 * int(np.prod(out_shape)))
-        macros, gsize, chunk = self._attn_config(shape, (codes[0], codes[1], codes[2]), quant)
+        macros, gsize, chunk = attn_config(
+            self._tuning, shape, (codes[0], codes[1], codes[2]), quant, self._attn_parallel
+        )
         splits, rows, hd = gsize[2], shape.batch * shape.heads * shape.n, shape.head_dim
         i32 = np.int32
         geometry = (i32(shape.n), i32(shape.keys), np.float32(1.0 / math.sqrt(hd)), i32(chunk))
@@ -906,16 +581,10 @@ class OpenCLExecutor(Executor):
                     dev.queue.finish()
                 except Exception as exc:  # a dying driver must not stop the release
                     logger.debug("OpenCL queue finish failed on close: %s", exc)
-            for entry in [*self._weights.values(), *self._biases.values()]:
-                self._release_weights(entry)
+            self._weights.clear()  # releases the device copies
             self._biases.clear()
-            for buf, _ in self._pool.values():
-                buf.release()
-            self._weights.clear()
             self._pool.clear()
-            self._kernels.clear()
             self._programs.clear()
-            self._launched.clear()
             self._dev = None
 
     def __repr__(self) -> str:

@@ -44,14 +44,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigError, ExecutorUnavailable, StoreError
-from .executors.base import Executor
-from .paths import resolve_config
-from .stages import serving_inputs
-from .types import Backend, Shape, Stage, parse_backend, parse_precision, parse_stage
+from ..errors import ConfigError, ExecutorUnavailable, StoreError
+from ..executors.base import Executor
+from ..features import stage_shape
+from ..paths import resolve_config
+from ..stages import serving_inputs
+from ..types import Backend, Shape, Stage, parse_backend, parse_precision, parse_stage
 
 if TYPE_CHECKING:
-    from .store.profiles import ProfileRow
+    from ..store.profiles import ProfileRow
 
 logger = logging.getLogger(__name__)
 
@@ -63,17 +64,6 @@ _SUB_KEYS = frozenset({"name", "description", *SHAPE_FIELDS})
 _RANGE_KEYS = frozenset({"start", "stop", "step", "factor"})
 #: a grid may not expand to more points than this (a typo in a range should not run for days)
 MAX_POINTS = 200_000
-
-
-def stage_shape(stage: Stage | str, shape: Shape) -> Shape:
-    """The shape that determines ``stage``'s cost: qkv ignores ``kv_len`` and ``heads``.
-
-    >>> stage_shape("qkv", Shape(n=1, d=128, kv_len=512, heads=4))
-    Shape(n=1, d=128, kv_len=0, batch=1, heads=2, precision=<Precision.FP16: 'fp16'>)
-    """
-    if parse_stage(stage) is Stage.QKV and (shape.kv_len != 0 or shape.heads != Shape(n=1, d=shape.d).heads):
-        return Shape(n=shape.n, d=shape.d, kv_len=0, batch=shape.batch, precision=shape.precision)
-    return shape
 
 
 # -- grids ---------------------------------------------------------------------------------
@@ -291,6 +281,11 @@ class ProfileSummary:
     elapsed_s: float = 0.0
     failures: list[dict[str, Any]] = field(default_factory=list)
 
+    @property
+    def all_failed(self) -> bool:
+        """True when points were measured in this sweep and every one of them failed."""
+        return bool(self.failed) and self.failed == self.total - self.skipped
+
     def as_dict(self) -> dict[str, Any]:
         """Plain data (for ``--output json``)."""
         return {
@@ -367,8 +362,8 @@ def profile_grid(
     execs = _check_executors(executors)
     the_grid = load_grid(grid)
 
-    from .store.profiles import measured_keys, profile_key, write_profile
-    from .store.schema import open_database
+    from ..store.profiles import measured_keys, profile_key, write_profile
+    from ..store.schema import open_database
 
     points = the_grid.points()
     summary = ProfileSummary(device=device, grid=the_grid.name, db_path=str(db_path))
@@ -434,7 +429,7 @@ def _check_executors(executors: Mapping[Backend, Executor] | Mapping[str, Execut
 def _measure(
     executor: Executor, backend: Backend, stage: Stage, shape: Shape, device: str, warmup: int, repetitions: int
 ) -> ProfileRow:
-    from .store.profiles import ProfileRow
+    from ..store.profiles import ProfileRow
 
     failed = ProfileRow(
         device=device,
@@ -519,65 +514,56 @@ def _report(
         progress(ProgressEvent(done, total, stage, backend, shape, status, median_s))
 
 
-# -- the CLI verb ----------------------------------------------------------------------------
+# -- a sweep of a config's backends -----------------------------------------------------
 
 
-def executors_from_config(config: Any, *, include_fallback: bool = False) -> dict[Backend, Executor]:
-    """One executor per candidate backend of a loaded config (simulated backends share one device).
+def profile_config(
+    config: Any,
+    grid: Grid | str | Path | Mapping[str, Any],
+    db_path: str | Path,
+    *,
+    warmup: int = 1,
+    repetitions: int = 5,
+    include_fallback: bool = False,
+    retry_failed: bool = False,
+    progress: Callable[[ProgressEvent], None] | None = None,
+) -> ProfileSummary:
+    """Sweep ``grid`` over the candidate backends of ``config`` into ``db_path``.
 
-    Fallback backends (the CPU in the RK3588 configs) are left out unless asked for: a prior
-    chooses between the candidates.
+    Parameters
+    ----------
+    config
+        A loaded :class:`~adaptive_sched.config.Config`, or what
+        :func:`~adaptive_sched.config.load_config` takes (a path, a shipped name, a mapping).
+    grid, db_path, warmup, repetitions, retry_failed, progress
+        As for :func:`profile_grid`.
+    include_fallback
+        Also measure the fallback backends (the CPU in the RK3588 configs); a prior
+        chooses between the candidates, so they are left out by default.
+
+    Returns
+    -------
+    ProfileSummary
+        Counts of measured, skipped and failed points (failed points are in the table too).
     """
-    from .executors import create_executor
+    from ..build import build_executors
+    from ..config import Config, load_config
 
-    shared_device = None
-    out: dict[Backend, Executor] = {}
-    for backend, bc in config.backends.items():
-        if bc.role != "candidate" and not include_fallback:
-            continue
-        options = dict(bc.options)
-        if bc.executor == "sim":
-            if shared_device is None:
-                shared_device = config.simulator.make_device()
-            options["device"] = shared_device
-        out[backend] = create_executor(bc.executor, backend=backend, **options)
-    return out
-
-
-def profile_command(args: Any, progress: Callable[[int, int], None] | None = None) -> int:
-    """``adaptive-sched profile``: sweep ``args.grid`` over the candidates of ``args.config`` into ``args.db``.
-
-    Prints the summary (a table, or JSON with ``--output json``); ``progress(done, total)``
-    draws the bar. Failed points are recorded and counted; the exit status is 1 only when
-    every point failed.
-    """
-    import json
-    import sys
-
-    from .config import load_config
-
-    config = load_config(args.config)
-    execs = executors_from_config(config, include_fallback=bool(getattr(args, "include_fallback", False)))
+    if not isinstance(config, Config):
+        config = load_config(config)
+    built = build_executors(config).executors
+    execs = {b: ex for b, ex in built.items() if include_fallback or config.backends[b].role == "candidate"}
     try:
-        summary = profile_grid(
+        return profile_grid(
             execs,
-            args.grid,
-            args.db,
+            grid,
+            db_path,
             device=config.device,
-            warmup=args.warmup,
-            repetitions=args.repetitions,
-            progress=None if progress is None else (lambda e: progress(e.done, e.total)),
-            retry_failed=bool(getattr(args, "retry_failed", False)),
+            warmup=warmup,
+            repetitions=repetitions,
+            progress=progress,
+            retry_failed=retry_failed,
         )
     finally:
-        for ex in execs.values():
+        for ex in built.values():
             ex.close()
-    data = summary.as_dict()
-    if getattr(args, "output", "table") == "json":
-        sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    else:
-        for key in ("device", "grid", "db", "total", "measured", "skipped", "failed", "elapsed_s"):
-            sys.stdout.write(f"{key:<9} {data[key]}\n")
-        for f in summary.failures[:5]:
-            sys.stderr.write(f"failed: {f['stage']} on {f['backend']} n={f['n']} d={f['d']}: {f['error']}\n")
-    return 1 if summary.failed and summary.failed == summary.total - summary.skipped else 0

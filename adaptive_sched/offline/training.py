@@ -26,19 +26,20 @@ import random
 import statistics
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import PriorError, StoreError
-from .learners.models import MODELS, build_model, fit, get_spec, model_features
-from .learners.priors import LatencyModel, PriorData, TrainingRow, make_prior_data, save_prior
-from .types import Backend, Shape, Stage, parse_backend, parse_stage
+from ..errors import PriorError, StoreError
+from ..learners.models import MODELS, STAGE_MODELS, build_model, fit, get_spec, model_features
+from ..learners.priors import LatencyModel, PriorData, TrainingRow, make_prior_data
+from ..store.priors import save_prior
+from ..types import Backend, Shape, Stage, parse_backend, parse_stage
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODELS: Mapping[str, str] = {"qkv": "rf", "attn": "knn"}
+DEFAULT_MODELS: Mapping[str, str] = STAGE_MODELS
 #: models compared in the report (the chosen ones are always added)
 DEFAULT_COMPARE: tuple[str, ...] = ("rf", "knn", "tree", "logreg")
 #: rejected rows listed in a report (all are counted)
@@ -73,8 +74,8 @@ def load_training_rows(
 
     Raises PriorError when the device has no profiles (naming the devices that have).
     """
-    from .store.profiles import iter_profiles, profile_devices
-    from .store.schema import open_database
+    from ..store.profiles import iter_profiles, profile_devices
+    from ..store.schema import open_database
 
     path = Path(db_path)
     if not path.is_file():
@@ -396,7 +397,7 @@ def train_priors(
     Parameters
     ----------
     db_path
-        Database with a ``profiles`` table (from :func:`adaptive_sched.profiling.profile_grid`);
+        Database with a ``profiles`` table (from :func:`adaptive_sched.offline.profiling.profile_grid`);
         the prior is written to its ``priors`` table when ``save``.
     device
         Profiles of this device are used; the prior is bound to it.
@@ -498,46 +499,6 @@ def format_table(report: TrainingReport | Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def train_command(
-    args: Any, render_table: Callable[[Sequence[str], Sequence[Sequence[Any]]], str] | None = None
-) -> int:
-    """``adaptive-sched train``: train from ``args.db``, print the comparison, optionally export the prior."""
-    import json
-    import sys
-
-    from .learners.priors import write_prior_json
-
-    # Optional flags (holdout, splits, name) are read when the parser defines them.
-    report = train_priors(
-        args.db,
-        device=args.device,
-        models={"qkv": args.qkv_model, "attn": args.attn_model},
-        seed=args.seed,
-        holdout=getattr(args, "holdout", None) or 0.25,
-        splits=getattr(args, "splits", None) or 3,
-        name=getattr(args, "name", None),
-    )
-    if getattr(args, "export", None):
-        assert report.prior is not None
-        write_prior_json(report.prior, args.export)
-    data = report.as_dict()
-    if getattr(args, "output", "table") == "json":
-        sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n")
-        return 0
-    if render_table is None:
-        sys.stdout.write(format_table(report) + "\n")
-    else:
-        headers = ["stage", "model", "accuracy", "regret %", "worst x", "wrong", "tested", "fit s"]
-        rows = [
-            [e["stage"], e["model"] + (" *" if e["chosen"] else ""), e["accuracy"], e["regret_pct"],
-             e["max_slowdown"], e["mispredicted"], e["tested"], e["fit_s"]]
-            for e in report.comparison
-        ]  # fmt: skip
-        sys.stdout.write(render_table(headers, rows) + "\n")
-    sys.stdout.write(f"prior {report.name!r} ({report.content_hash[:16]}) saved to {args.db}\n")
-    return 0
-
-
 __all__ = [
     "DEFAULT_COMPARE",
     "DEFAULT_MODELS",
@@ -547,6 +508,5 @@ __all__ = [
     "format_table",
     "grouped_split",
     "load_training_rows",
-    "train_command",
     "train_priors",
 ]

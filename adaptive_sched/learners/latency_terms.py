@@ -1,0 +1,124 @@
+"""The terms of the online latency model (:mod:`.latency`): a backend's device term and a regression.
+
+Plain Python floats and ``__slots__``: an observation updates one of each, at three
+features, where numpy's per-call overhead would cost more than the arithmetic.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+
+class DeviceTerm:
+    """One backend's device term: a scalar random walk.
+
+    It forgets at ``q`` per observation at least, and faster after it moved: ``energy`` is a
+    decayed sum (over about ``horizon`` observations) of the squared moves of its mean, so a
+    backend that just jumped (contention that comes and goes, a governor stepping) grows
+    uncertain faster while unobserved and is re-checked sooner, and one that never changes
+    is re-checked rarely.
+
+    A detected change is also remembered as a jump that may revert (contention ends, a
+    throttled clock recovers): ``jump`` is its size (log units, positive when the backend
+    got slower) and ``jumps`` a decayed count of the changes detected here, whose rate
+    gives the hazard that the last one has reverted while the backend went unobserved.
+    """
+
+    __slots__ = ("_decay", "energy", "horizon", "jump", "jump_at", "jumps", "last", "mean", "n", "q", "var",
+                 "version")  # fmt: skip
+
+    def __init__(self, var: float, q: float, horizon: float) -> None:
+        self.mean = 0.0
+        self.var = var
+        self.q = q
+        self.horizon = horizon
+        self._decay = 1.0 - 1.0 / horizon
+        self.energy = 0.0
+        self.last = 0
+        self.n = 0
+        self.version = 0
+        self.jump = 0.0
+        self.jump_at = 0
+        self.jumps = 0.0
+
+    def jumped(self, size: float, clock: int) -> None:
+        """A change of ``size`` (log units, signed) was detected and learned at ``clock``."""
+        self.jumps = self.jumps * self._decay ** max(0, clock - self.jump_at) + 1.0
+        self.jump = size
+        self.jump_at = clock
+
+    def reversion(self, clock: int) -> tuple[float, float]:
+        """(probability, size): that the last detected change has reverted since the backend was
+        last observed, and by how much its estimate would then move back."""
+        if not self.jump or clock <= self.last:
+            return 0.0, 0.0
+        rate = self.jumps * self._decay ** (clock - self.jump_at) / self.horizon
+        return 1.0 - math.exp(-rate * (clock - self.last)), -self.jump
+
+    def rate(self) -> float:
+        """Variance gained per observation while unobserved."""
+        return self.q + self.energy / self.horizon
+
+    def var_at(self, clock: int) -> float:
+        return self.var + self.rate() * (clock - self.last) if clock > self.last else self.var
+
+    def changed(self, reopen_var: float) -> None:
+        """A change was seen: distrust the mean (the next observations move it, and count as volatility)."""
+        self.var = max(self.var, reopen_var)
+        self.version += 1
+
+
+class Regression:
+    """Bayesian linear regression on (intercept, two features), with its noise, bucket spread and detector.
+
+    The covariance is kept as its six distinct entries and the arithmetic written out:
+    at three features that is several times faster than general loops in Python.
+    """
+
+    __slots__ = ("between", "c", "detector", "k", "last", "m", "n", "noise", "q", "run", "run_size", "version")
+
+    def __init__(self, mean: list[float] | None, variances: list[float] | None, q: float, noise: float,
+                 between: float, detector: Any) -> None:  # fmt: skip
+        self.k = 0 if mean is None else 3
+        self.m = mean or [0.0, 0.0, 0.0]
+        v = variances or [0.0, 0.0, 0.0]
+        # c00, c01, c02, c11, c12, c22
+        self.c = [v[0], 0.0, 0.0, v[1], 0.0, v[2]]
+        self.q = q  # the intercept's forgetting
+        self.last = 0
+        self.noise = noise
+        #: variance of the bucket effects of this regression: what it cannot express, learned
+        self.between = between
+        self.n = 0
+        self.detector = detector
+        #: consecutive innovations beyond the clip, signed (positive: slower than predicted),
+        #: and the smallest of their sizes (a spike within the run does not inflate the change)
+        self.run = 0
+        self.run_size = 0.0
+        self.version = 0
+
+    def grow(self, clock: int) -> None:
+        if clock > self.last:
+            self.c[0] += self.q * (clock - self.last)
+            self.last = clock
+
+    def mean_at(self, phi: tuple[float, ...]) -> float:
+        m = self.m
+        return m[0] * phi[0] + m[1] * phi[1] + m[2] * phi[2]
+
+    def project(self, phi: tuple[float, ...]) -> tuple[float, float, float, float]:
+        """``(C phi, phi' C phi)``: the covariance's direction along ``phi`` and the variance there."""
+        f0, f1, f2 = phi
+        c00, c01, c02, c11, c12, c22 = self.c
+        p0 = c00 * f0 + c01 * f1 + c02 * f2
+        p1 = c01 * f0 + c11 * f1 + c12 * f2
+        p2 = c02 * f0 + c12 * f1 + c22 * f2
+        return p0, p1, p2, p0 * f0 + p1 * f1 + p2 * f2
+
+    def update(self, p0: float, p1: float, p2: float, step: float, inv_s: float) -> None:
+        """The Kalman step along ``C phi = (p0, p1, p2)`` for an innovation ``step * s``."""
+        m, c = self.m, self.c
+        self.m = [m[0] + p0 * step, m[1] + p1 * step, m[2] + p2 * step]
+        g0, g1, g2 = p0 * inv_s, p1 * inv_s, p2 * inv_s
+        self.c = [c[0] - g0 * p0, c[1] - g0 * p1, c[2] - g0 * p2, c[3] - g1 * p1, c[4] - g1 * p2, c[5] - g2 * p2]
