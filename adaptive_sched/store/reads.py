@@ -437,16 +437,10 @@ def iter_logged_columns(
     StoreError
         The file is missing, not a log, or cannot be read (the message names it).
     """
-    where = "o.ok = 1"
-    params: list[Any] = []
-    if run is not None:
-        lo, hi = run_id_range(run)
-        where += " AND d.id BETWEEN ? AND ?"
-        params += [lo, hi]
+    where, params = _observed_filter(run)
     with _connection(source) as conn:
         try:
-            columns = {row[1] for row in conn.execute("PRAGMA table_info(decisions)")}
-            probs = "d.prob_cpu, d.prob_gpu, d.prob_npu" if "prob_gpu" in columns else "NULL, NULL, NULL"
+            probs = _probability_columns(conn)
             sql = (
                 f"SELECT d.id >> 32, d.id & 4294967295, {_code_sql()}, {_packed_sql()}, "
                 f"d.propensity, d.sample_rate, {probs}, o.latency_s "
@@ -460,6 +454,20 @@ def iter_logged_columns(
                 yield chunk
         except sqlite3.Error as exc:
             raise StoreError(f"{_name(source)}: cannot read the decision log ({exc})") from exc
+
+
+def _observed_filter(run: int | None) -> tuple[str, list[Any]]:
+    """The WHERE clause (and its parameters) of the successfully observed decisions, of one run or all."""
+    if run is None:
+        return "o.ok = 1", []
+    lo, hi = run_id_range(run)
+    return "o.ok = 1 AND d.id BETWEEN ? AND ?", [lo, hi]
+
+
+def _probability_columns(conn: sqlite3.Connection) -> str:
+    """The select list of the logged probability vector (NULLs for logs older than schema 3)."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(decisions)")}
+    return "d.prob_cpu, d.prob_gpu, d.prob_npu" if "prob_gpu" in columns else "NULL, NULL, NULL"
 
 
 def schema_of(source: Source) -> int:
@@ -489,16 +497,10 @@ def iter_export_rows(
     exploit sampling (weight it by ``1 / sample_rate``). Logs older than schema 3 give
     None for the probability vector.
     """
-    where = "o.ok = 1"
-    params: list[Any] = []
-    if run is not None:
-        lo, hi = run_id_range(run)
-        where += " AND d.id BETWEEN ? AND ?"
-        params += [lo, hi]
+    where, params = _observed_filter(run)
     with _connection(source) as conn:
         try:
-            columns = {row[1] for row in conn.execute("PRAGMA table_info(decisions)")}
-            probs = "d.prob_cpu, d.prob_gpu, d.prob_npu" if "prob_gpu" in columns else "NULL, NULL, NULL"
+            probs = _probability_columns(conn)
             cursor = conn.execute(
                 "SELECT d.id, d.id >> 32, d.time, d.stage, d.n, d.d, d.kv_len, d.batch, d.heads, d.precision, "
                 "d.after, d.backend, o.latency_s, d.propensity, d.explored, coalesce(d.sample_rate, 1.0), "
