@@ -107,3 +107,37 @@ def build_policy(config: Config, executors: Executors | None = None, **overrides
             raise ValueError("the oracle policy needs a simulated device (executor: sim)")
         return cls(params, expected_latency=device.expected_latency, **overrides)
     return cls(params, **overrides)
+
+
+def open_log(config: Config, path: str) -> Any:
+    """The decision log at ``path`` with the config's ``store`` settings (queue, flushing, retention, sampling).
+
+    Raises :class:`~adaptive_sched.errors.StoreError` for a file that is not ours or cannot be
+    opened (nothing is written to it then).
+    """
+    from .store.retention import RetentionPolicy
+    from .store.writer import DecisionLog
+
+    s = config.store
+    retention = None
+    if s.retention.max_rows is not None or s.retention.max_age_days is not None:
+        max_age = s.retention.max_age_days * 86400.0 if s.retention.max_age_days is not None else None
+        retention = RetentionPolicy(max_rows=s.retention.max_rows, max_age_s=max_age,
+                                    check_every_s=s.retention.check_every_s)  # fmt: skip
+    return DecisionLog(
+        path,
+        queue_size=s.queue_size,
+        flush_rows=s.flush_rows,
+        flush_interval_s=s.flush_interval_s,
+        on_full=s.on_full,
+        retention=retention,
+        exploit_sample_rate=s.exploit_sample_rate,
+    )
+
+
+def warm_start_rows(config: Config, path: str, limit: int) -> Any:
+    """The ``limit`` most recent observed decisions of the config's device in the log at ``path``,
+    with their latencies, oldest first: what a restarted scheduler learns from."""
+    from .store.reads import recent_for_warm_start
+
+    return recent_for_warm_start(path, device=config.device, limit=limit)

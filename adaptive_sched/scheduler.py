@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from .build import build_executors, build_policy, load_prior
+from .build import build_executors, build_policy, load_prior, open_log, warm_start_rows
 from .config import Config, load_config
 from .deadline import DeadlineRunner
 from .errors import (
@@ -299,26 +299,7 @@ class Scheduler:
 
     # -- construction -------------------------------------------------------------
     def _open_log(self, path: str) -> None:
-        from .store.writer import DecisionLog
-
-        s = self.config.store
-        retention = None
-        if s.retention.max_rows is not None or s.retention.max_age_days is not None:
-            from .store.retention import RetentionPolicy
-
-            max_age = s.retention.max_age_days * 86400.0 if s.retention.max_age_days is not None else None
-            retention = RetentionPolicy(
-                max_rows=s.retention.max_rows, max_age_s=max_age, check_every_s=s.retention.check_every_s
-            )
-        self._log = DecisionLog(
-            path,
-            queue_size=s.queue_size,
-            flush_rows=s.flush_rows,
-            flush_interval_s=s.flush_interval_s,
-            on_full=s.on_full,
-            retention=retention,
-            exploit_sample_rate=s.exploit_sample_rate,
-        )
+        self._log = open_log(self.config, path)
         try:
             self._warm_start(path)
             from . import __version__
@@ -353,12 +334,10 @@ class Scheduler:
         limit = self.config.store.warm_start_rows
         if limit <= 0:
             return
-        from .store.reads import recent_for_warm_start
-
         n = 0
         candidates = set(self.usable)
         learn = self._policy.learn
-        for decision, latency_s in recent_for_warm_start(path, device=self.config.device, limit=limit):
+        for decision, latency_s in warm_start_rows(self.config, path, limit):
             if not latency_s <= self._max_latency_s:  # a log is input too: 1e300 s is not a latency
                 self._counters.warm_start_refused += 1
                 continue

@@ -19,9 +19,7 @@ rank  layer               modules
 Within a layer, learners/ and policies/ are peers, but learners/ (pure models of
 data) imports nothing of policies/, nor of the executors below: a learner learns from
 numbers, whatever measured them. The exceptions are listed in :data:`ALLOWED`, each
-with its reason; arrows found in modules this test does not fix are listed in
-:data:`KNOWN`, reported as expected failures with their reason, and the test fails
-when one of them disappears (so the list only shrinks) or a new arrow appears.
+with its reason, and the test fails when one of them is no longer needed.
 """
 
 from __future__ import annotations
@@ -29,8 +27,6 @@ from __future__ import annotations
 import ast
 from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "adaptive_sched"
 
@@ -72,22 +68,9 @@ ALLOWED: dict[tuple[str, str], str] = {
         "imports it lazily, on first use of adaptive_sched.Scheduler"
     ),
     ("adaptive_sched.build", "adaptive_sched.store"): (
-        "build.py is the one place a config is wired into objects, the prior it names included: "
-        "the prior (and the path of a shipped one) comes from store.prior_files, imported lazily, "
-        "only when a config names a prior"
-    ),
-}
-
-#: arrows that go the wrong way in modules this change does not touch: (module, imported) -> reason
-KNOWN: dict[tuple[str, str], str] = {
-    ("adaptive_sched.scheduler", "adaptive_sched.store.writer"): (
-        "the scheduler opens its own decision log; it should be handed one built by build.py"
-    ),
-    ("adaptive_sched.scheduler", "adaptive_sched.store.retention"): (
-        "the scheduler turns the config's retention section into the log's RetentionPolicy; build.py should"
-    ),
-    ("adaptive_sched.scheduler", "adaptive_sched.store.reads"): (
-        "the scheduler reads its warm start from the log itself; build.py should pass the rows in"
+        "build.py is the one place a config is wired into objects, the prior and the decision log it "
+        "names included: they come from store/ (prior files, the log's writer, retention and warm-start "
+        "reads), imported lazily, only when a config names a prior or a log is asked for"
     ),
 }
 
@@ -177,15 +160,8 @@ def test_every_module_has_a_layer() -> None:
 
 
 def test_imports_point_down_the_layers() -> None:
-    wrong = {k: v for k, v in _wrong_arrows().items() if not _allowed(*k) and k not in KNOWN}
+    wrong = {k: v for k, v in _wrong_arrows().items() if not _allowed(*k)}
     assert not wrong, "imports against the layers:\n" + "\n".join(sorted(wrong.values()))
-
-
-@pytest.mark.parametrize(("arrow", "reason"), sorted(KNOWN.items()), ids=[f"{m}->{t}" for m, t in sorted(KNOWN)])
-def test_known_wrong_arrows(arrow: tuple[str, str], reason: str) -> None:
-    if arrow not in _wrong_arrows():
-        pytest.fail(f"{arrow[0]} no longer imports {arrow[1]}: remove it from KNOWN")
-    pytest.xfail(reason)
 
 
 def test_allowed_exceptions_are_still_needed() -> None:
