@@ -2,9 +2,9 @@
 
 Every logged decision carries the logging (behaviour) policy's propensity, so the mean
 latency a candidate policy would have had can be estimated from the log without running
-it (off-policy evaluation). Four estimators, each a small class with Open Bandit
-Pipeline's definitions (``w`` is the importance weight ``pi(a|x) / mu(a|x)``, ``r`` the
-observed latency, ``q`` a latency model fitted to the log):
+it (off-policy evaluation). Four estimators (:mod:`.estimators`), each a small class with
+Open Bandit Pipeline's definitions (``w`` is the importance weight ``pi(a|x) / mu(a|x)``,
+``r`` the observed latency, ``q`` a latency model fitted to the log):
 
 ``IPS``    mean of ``w r``: unbiased where the log covers the candidate, high variance
 ``SNIPS``  ``sum(w r) / sum(w)``: a little bias, much less variance
@@ -35,12 +35,6 @@ per layer: ``better`` (the whole interval below zero: X is faster), ``worse``, o
 Candidates are evaluated as they stand (a configured policy as its config builds it
 from its prior; nothing is learned from the log), once per distinct stage, shape bucket
 and previous backend, never per row.
-
->>> import numpy as np
->>> fb = Feedback(reward=np.array([2.0, 1.0]), iw=np.array([0.0, 2.0]), direct=np.array([1.0, 1.0]),
-...               q_logged=np.array([2.0, 1.0]), weight=np.ones(2))
->>> [round(cls().estimate_policy_value(fb), 3) for cls in ESTIMATORS]
-[1.0, 1.0, 1.0, 1.0]
 """
 
 from __future__ import annotations
@@ -48,89 +42,32 @@ from __future__ import annotations
 import abc
 import logging
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import ClassVar
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from ..policies import Policy
 from ..types import Backend, Shape, Stage
+from .bootstrap import Resampler, interval
+from .estimators import DM, DR, ESTIMATORS, HEADLINE, IPS, SNIPS, Estimator, Feedback
 from .logdata import AFTERS, BACKENDS, NO_AFTER, LogData, describe_shape, stage_of
+from .replay_results import (
+    BucketSupport,
+    CandidateResult,
+    Estimate,
+    Interval,
+    Observed,
+    ReplayResult,
+    Settings,
+    Support,
+    View,
+)
 
 logger = logging.getLogger(__name__)
 
 QKV, ATTN = 0, 1  # stage codes (see store.reads.STAGE_CODES)
 N_BACKENDS = len(BACKENDS)
-
-
-# -- estimators ---------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Feedback:
-    """Per-row inputs of the estimators (arrays of equal length).
-
-    ``reward`` is the observed latency, ``iw`` the importance weight of the logged action,
-    ``direct`` the candidate's expected latency under the model (``sum_a pi(a) q(a)``),
-    ``q_logged`` the model's latency of the logged action, ``weight`` the sampling weight.
-    """
-
-    reward: np.ndarray
-    iw: np.ndarray
-    direct: np.ndarray
-    q_logged: np.ndarray
-    weight: np.ndarray
-
-
-class Estimator(abc.ABC):
-    """An off-policy estimator: per-row numerator and denominator terms; the value is their weighted ratio.
-
-    With unit sampling weights the value is Open Bandit Pipeline's ``estimate_policy_value``.
-    Ratios of sums are what bootstraps resample, so every estimator is written as one.
-    """
-
-    name: ClassVar[str] = "estimator"
-
-    @abc.abstractmethod
-    def terms(self, fb: Feedback) -> tuple[np.ndarray, np.ndarray | None]:
-        """(numerator, denominator) of each row; a None denominator is 1 (a plain mean)."""
-
-    def estimate_policy_value(self, fb: Feedback) -> float:
-        num, den = self.terms(fb)
-        total = float(fb.weight.sum() if den is None else (fb.weight * den).sum())
-        return float((fb.weight * num).sum() / total) if total > 0 else math.nan
-
-
-class IPS(Estimator):
-    name = "IPS"
-
-    def terms(self, fb: Feedback) -> tuple[np.ndarray, np.ndarray | None]:
-        return fb.iw * fb.reward, None
-
-
-class SNIPS(Estimator):
-    name = "SNIPS"
-
-    def terms(self, fb: Feedback) -> tuple[np.ndarray, np.ndarray | None]:
-        return fb.iw * fb.reward, fb.iw
-
-
-class DM(Estimator):
-    name = "DM"
-
-    def terms(self, fb: Feedback) -> tuple[np.ndarray, np.ndarray | None]:
-        return fb.direct, None
-
-
-class DR(Estimator):
-    name = "DR"
-
-    def terms(self, fb: Feedback) -> tuple[np.ndarray, np.ndarray | None]:
-        return fb.direct + fb.iw * (fb.reward - fb.q_logged), None
-
-
-ESTIMATORS: tuple[type[Estimator], ...] = (IPS, SNIPS, DM, DR)
-#: the estimator and view the verdict is drawn from
-HEADLINE = "DR"
 
 
 # -- candidates ---------------------------------------------------------------------------------
@@ -189,154 +126,6 @@ class PolicyCandidate(Candidate):
 
     def probabilities(self, stage: Stage, shape: Shape, after: Backend | None) -> Mapping[Backend, float]:
         return self.policy.probabilities(stage, shape, after)
-
-
-# -- results ------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Interval:
-    """A bootstrap 95% percentile interval (seconds)."""
-
-    low: float = math.nan
-    high: float = math.nan
-
-    def union(self, other: Interval) -> Interval:
-        return Interval(min(self.low, other.low), max(self.high, other.high))
-
-
-@dataclass(frozen=True)
-class Estimate:
-    """One estimator's estimate of a candidate's mean latency in one view, and its difference to the logged policy.
-
-    ``value`` is seconds per decision (stage views) or per layer (the pair view); ``diff``
-    is ``value`` minus the logged policy's observed mean on the same rows (negative: the
-    candidate is faster). ``row`` and ``block`` are the row-level and block bootstrap intervals.
-    """
-
-    estimator: str
-    value: float
-    row: Interval
-    block: Interval
-    diff: float
-    diff_row: Interval
-    diff_block: Interval
-    #: why there is no estimate ("" when there is one)
-    unavailable: str = ""
-
-
-@dataclass(frozen=True)
-class BucketSupport:
-    """How much of the candidate's probability, in one stage and shape bucket, falls where the log has little."""
-
-    stage: str
-    bucket: str
-    rows: int
-    #: mean share of the candidate's mass on backends tried fewer than ``min_rows`` times there
-    unsupported_share: float
-
-
-@dataclass(frozen=True)
-class Support:
-    """How well the log covers a candidate in one view."""
-
-    rows: int
-    ess: float
-    max_weight: float
-    #: share of the candidate's probability on backends tried fewer than ``min_rows`` times (in bucket, after)
-    unsupported_share: float
-    #: share of it on backends never tried there
-    untried_share: float
-    supported: bool
-    reasons: tuple[str, ...] = ()
-    buckets: tuple[BucketSupport, ...] = ()
-
-
-@dataclass(frozen=True)
-class View:
-    """A candidate's estimates in one view (``pair``, ``qkv`` or ``attn``)."""
-
-    name: str
-    estimates: Mapping[str, Estimate]
-    support: Support
-
-
-@dataclass(frozen=True)
-class CandidateResult:
-    """A candidate's views (``pair``, ``qkv``, ``attn``) and its verdict."""
-
-    name: str
-    source: str
-    views: Mapping[str, View]
-    #: the view and estimator the verdict comes from
-    headline_view: str
-    verdict: str
-
-    @property
-    def headline(self) -> Estimate:
-        return self.views[self.headline_view].estimates[HEADLINE]
-
-    @property
-    def supported(self) -> bool:
-        return self.views[self.headline_view].support.supported
-
-
-@dataclass(frozen=True)
-class Observed:
-    """The logged policy's observed mean in one view, with its intervals (seconds)."""
-
-    value: float
-    row: Interval
-    block: Interval
-    rows: int
-    #: the logging policy's own estimates (stage views, from its logged probability vectors)
-    estimates: Mapping[str, Estimate] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Settings:
-    """What a replay was asked to do (defaults suit logs of a few thousand rows and more)."""
-
-    #: a backend tried fewer times than this in a bucket (after a previous backend) counts as unsupported there
-    min_rows: int = 5
-    #: largest share of the candidate's mass on backends the log tried fewer than ``min_rows`` times
-    max_unsupported: float = 0.05
-    #: largest share of the candidate's mass on backends the log never tried (in that bucket, after that backend)
-    max_untried: float = 0.01
-    #: smallest effective sample size of a supported estimate
-    min_ess: float = 30.0
-    #: bootstrap replicates
-    bootstrap: int = 200
-    #: contiguous blocks of the log for the block bootstrap
-    blocks: int = 100
-    #: above this many rows the row bootstrap resamples this many random groups of rows
-    max_groups: int = 5_000
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        for name in ("min_rows", "bootstrap", "blocks", "max_groups"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
-        for name in ("max_unsupported", "max_untried"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
-        if not self.min_ess >= 0:
-            raise ValueError(f"min_ess must be >= 0, got {self.min_ess!r}")
-
-
-@dataclass(frozen=True)
-class ReplayResult:
-    """Everything a replay found: the logs, the logging policy's observed means, each candidate."""
-
-    sources: tuple[str, ...]
-    device: str | None
-    rows: int
-    pairs: int
-    #: rows of a stage that could not be matched with the other stage of their layer
-    unpaired: int
-    has_probabilities: bool
-    logged: Mapping[str, Observed]
-    candidates: tuple[CandidateResult, ...]
-    notes: tuple[str, ...]
-    settings: Settings
 
 
 # -- the latency model --------------------------------------------------------------------------
@@ -510,7 +299,7 @@ def evaluate(data: LogData, candidates: Sequence[Candidate], settings: Settings 
     means_k = model.means[key_cell]  # key x after x backend
     thin_k = {k: u[key_cell] for k, u in _thin(model, settings).items()}
     stage_enums = [stage_of(int(s)) for s in data.key_stage]
-    boot = _Resampler(settings)
+    boot = Resampler(settings)
     reference = _observed(data, model, stage_rows, pairs, boot)
     results = []
     for cand in candidates:
@@ -618,7 +407,7 @@ def _view(
     rows: np.ndarray | None,
     data: LogData,
     settings: Settings,
-    boot: _Resampler,
+    boot: Resampler,
 ) -> View:
     s, iw = fb.weight, fb.iw
     sw, sw2 = float((s * iw).sum()), float((s * iw * iw).sum())
@@ -671,7 +460,7 @@ def _bucket_support(data: LogData, rows: np.ndarray, share: np.ndarray, s: np.nd
     return tuple(sorted(out, key=lambda b: (-b.unsupported_share, -b.rows)))
 
 
-def _bootstrap_estimates(fb: Feedback, boot: _Resampler) -> dict[str, Estimate]:
+def _bootstrap_estimates(fb: Feedback, boot: Resampler) -> dict[str, Estimate]:
     """Every estimator's value and paired difference to the observed mean, with row and block intervals."""
     # columns: the sampling weight (every plain mean's denominator), the observed latency (the
     # logged policy's mean: the reference), then each estimator's numerator and, if it has
@@ -702,96 +491,14 @@ def _bootstrap_estimates(fb: Feedback, boot: _Resampler) -> dict[str, Estimate]:
         out[cls.name] = Estimate(
             estimator=cls.name,
             value=value,
-            row=_interval(row[:, j]),
-            block=_interval(block[:, j]),
+            row=interval(row[:, j]),
+            block=interval(block[:, j]),
             diff=value - ref,
-            diff_row=_interval(row[:, j] - row[:, -1]),
-            diff_block=_interval(block[:, j] - block[:, -1]),
+            diff_row=interval(row[:, j] - row[:, -1]),
+            diff_block=interval(block[:, j] - block[:, -1]),
             unavailable=unavailable,
         )
     return out
-
-
-class _Resampler:
-    """Bootstrap replicates of ratios of column sums, the same resamples for every candidate of a view.
-
-    Rows are resampled, and (the block bootstrap) contiguous blocks of rows in log order,
-    which keeps drift and the correlation of neighbouring decisions inside each replicate.
-    Past ``max_groups`` rows, rows are first summed into that many groups of randomly
-    assigned rows and the groups resampled: a sum of randomly assigned rows has the
-    variance of the same number of resampled rows, at a fraction of the cost. Resamples
-    depend only on the number of rows and the seed, so candidates evaluated on the same
-    rows are compared on the same resamples (a paired bootstrap).
-    """
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self._plans: dict[tuple[int, bool], tuple[np.ndarray | None, np.ndarray]] = {}
-
-    def _plan(self, n: int, blocks: bool) -> tuple[np.ndarray | None, np.ndarray]:
-        """(each row's group, or None for rows themselves, or each block's first row; resample counts).
-
-        The counts are replicate x group: how often each group is drawn in each replicate.
-        """
-        plan = self._plans.get((n, blocks))
-        if plan is None:
-            st = self.settings
-            rng = np.random.default_rng([st.seed, n, int(blocks)])
-            group: np.ndarray | None
-            if blocks:
-                g = min(st.blocks, n)
-                group = np.flatnonzero(np.diff((np.arange(n) * g) // n, prepend=-1))  # block starts
-            elif n > st.max_groups:
-                g = st.max_groups
-                group = rng.integers(0, g, size=n)
-            else:
-                g, group = n, None
-            draws = rng.integers(0, g, size=(st.bootstrap, g))
-            offsets = (np.arange(st.bootstrap) * g)[:, None]
-            counts = np.bincount((draws + offsets).ravel(), minlength=st.bootstrap * g).reshape(st.bootstrap, g)
-            plan = self._plans[(n, blocks)] = (group, counts.astype(np.float64))
-        return plan
-
-    def replicates(
-        self, columns: Iterable[np.ndarray], n: int, ratios: Sequence[tuple[int, int]]
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Column sums, and (row, block) bootstrap replicates (B x ratios) of the ``ratios`` of columns.
-
-        ``columns`` (each of ``n`` rows) are consumed one at a time: only their group sums are
-        kept. ``ratios`` are (numerator, denominator) column indices.
-        """
-        plans = [self._plan(n, blocks) for blocks in (False, True)]
-        full: list[float] = []
-        sums: list[list[np.ndarray]] = [[], []]
-        for col in columns:
-            bad = bool(np.isnan(col).any())
-            if bad:
-                col = np.nan_to_num(col, nan=0.0)
-            full.append(math.nan if bad else float(col.sum()))
-            for i, (group, counts) in enumerate(plans):
-                g = counts.shape[1]
-                if group is None:
-                    s = col
-                elif i == 1:
-                    s = np.add.reduceat(col, group)
-                else:
-                    s = np.bincount(group, weights=col, minlength=g)
-                sums[i].append(np.full(g, np.nan) if bad else s)
-        out = []
-        for (_, counts), per_group in zip(plans, sums, strict=True):
-            totals = counts @ np.stack(per_group, axis=1)
-            num, den = (list(x) for x in zip(*ratios, strict=True))
-            with np.errstate(invalid="ignore", divide="ignore"):
-                out.append(np.asarray(totals[:, num] / totals[:, den]))
-        return np.array(full), out[0], out[1]
-
-
-def _interval(samples: np.ndarray) -> Interval:
-    finite = samples[np.isfinite(samples)]
-    if len(finite) < len(samples) or len(finite) == 0:
-        return Interval()
-    low, high = np.percentile(finite, [2.5, 97.5])
-    return Interval(float(low), float(high))
 
 
 def _observed(
@@ -799,7 +506,7 @@ def _observed(
     model: LatencyModel,
     stage_rows: Mapping[str, _StageRows],
     pairs: _PairRows | None,
-    boot: _Resampler,
+    boot: Resampler,
 ) -> dict[str, Observed]:
     """The logged policy's observed mean in each view, and its own estimates from its logged probability vectors."""
     out: dict[str, Observed] = {}
@@ -817,9 +524,9 @@ def _observed(
     return out
 
 
-def _observed_view(reward: np.ndarray, weight: np.ndarray, boot: _Resampler) -> Observed:
+def _observed_view(reward: np.ndarray, weight: np.ndarray, boot: Resampler) -> Observed:
     total, row, block = boot.replicates(iter((weight * reward, weight)), len(reward), [(0, 1)])
-    return Observed(float(total[0] / total[1]), _interval(row[:, 0]), _interval(block[:, 0]), len(reward))
+    return Observed(float(total[0] / total[1]), interval(row[:, 0]), interval(block[:, 0]), len(reward))
 
 
 __all__ = [
