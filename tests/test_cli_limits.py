@@ -1,4 +1,4 @@
-"""Every invalid argument value of ``stress``, ``executors`` and ``check`` is a usage error (exit 2) naming it."""
+"""Invalid argument values are usage errors (exit 2) naming the argument, for every verb."""
 
 from __future__ import annotations
 
@@ -20,6 +20,12 @@ from adaptive_sched.cli import main
         (["stress", "--target", "gpu"], "--target"),
         (["executors", "--output", "xml"], "--output"),
         (["check", "--output", "xml"], "--output"),
+        (["run", "--layers", "0"], "--layers"),
+        (["run", "--tokens", "-1"], "--tokens"),
+        (["run", "--prompt", "x"], "--prompt"),
+        (["decide", "--stage", "qkv", "--n", "0", "--d", "64"], "--n"),
+        (["train", "--db", "p.db", "--qkv-model", "nope"], "--qkv-model"),
+        (["profile", "--db", "p.db", "--repetitions", "0"], "--repetitions"),
     ],
 )
 def test_bad_argument_values_exit_2_naming_the_argument(capsys, argv, named):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from .args import positive_int
 from .output import add_quiet, emit, progress_for, render_table, sparkline
 
 HELP = "run the config's decode workload through the scheduler and compare with single backends"
@@ -14,9 +15,9 @@ OUTPUT = True
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db", help="log decisions to this SQLite file")
     p.add_argument("--model", help="model geometry (e.g. qwen2.5-1.5b, llama-2-7b)")
-    p.add_argument("--tokens", type=int, help="generated tokens")
-    p.add_argument("--prompt", type=int, help="prompt length")
-    p.add_argument("--layers", type=int, help="layers per token (default: the model's)")
+    p.add_argument("--tokens", type=positive_int, help="generated tokens")
+    p.add_argument("--prompt", type=positive_int, help="prompt length")
+    p.add_argument("--layers", type=positive_int, help="layers per token (default: the model's)")
     p.add_argument("--precision", choices=("fp16", "int8"))
     p.add_argument("--policy", choices=("adaptive", "static", "epsilon", "oracle"), help="override the policy")
     p.add_argument("--no-compare", action="store_true", help="skip the static-prior and single-backend passes")
