@@ -239,18 +239,25 @@ def test_a_stop_signal_answers_the_backlog_flushes_the_log_and_exits_0(short_dir
     _stop_with_backlog(short_dir, signum)
 
 
+def _serve(sock_path, *args):
+    """``adaptive-sched serve`` in a process of its own, once its socket exists."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    server = subprocess.Popen([sys.executable, "-m", "adaptive_sched", "serve", "--socket", str(sock_path), *args],
+                              env=env, stderr=subprocess.PIPE)  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not sock_path.exists():
+        if server.poll() is not None or time.monotonic() > deadline:
+            server.kill()
+            pytest.fail(f"the server did not start: {server.stderr.read().decode()}")
+        time.sleep(0.05)
+    return server
+
+
 def _stop_with_backlog(short_dir, signum):
     """A served log: 3000 decisions sent at once, the stop signal sent while most are unanswered."""
     sock_path, db = short_dir / "s.sock", short_dir / "log.db"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    server = subprocess.Popen([sys.executable, "-m", "adaptive_sched", "serve", "--socket", str(sock_path),
-                               "--db", str(db)], env=env, stderr=subprocess.PIPE)  # fmt: skip
+    server = _serve(sock_path, "--db", str(db))
     try:
-        deadline = time.monotonic() + 60
-        while not sock_path.exists():
-            assert server.poll() is None, server.stderr.read().decode()
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
         c = Client(sock_path)
         replies = []
         reader = threading.Thread(target=lambda: replies.extend(iter(c.read, None)))
@@ -330,15 +337,9 @@ def test_serve_exposes_prometheus_metrics_on_the_loopback(short_dir):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     sock_path = short_dir / "m.sock"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    server = subprocess.Popen([sys.executable, "-m", "adaptive_sched", "serve", "--socket", str(sock_path),
-                               "--metrics-port", str(port)], env=env, stderr=subprocess.PIPE)  # fmt: skip
+    server = _serve(sock_path, "--metrics-port", str(port))
+    deadline = time.monotonic() + 60
     try:
-        deadline = time.monotonic() + 60
-        while not sock_path.exists():
-            assert server.poll() is None, server.stderr.read().decode()
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
         c = Client(sock_path)
         c.send_raw(json.dumps(DECIDE).encode() + b"\n")
         decision = c.read()

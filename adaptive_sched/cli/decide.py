@@ -15,7 +15,7 @@ from dataclasses import replace
 from typing import Any
 
 from .args import nonnegative_int, positive_int
-from .output import emit
+from .output import emit, socket_request
 
 HELP = "print the backend for one stage and shape"
 CONFIG = True
@@ -178,19 +178,15 @@ def _facts_only(snap: Any) -> Any:
 
 
 def _over_socket(args: argparse.Namespace) -> int:
-    from ..service import request
-
     message: dict[str, Any] = {"op": "decide", "stage": args.stage, "n": args.n, "d": args.d,
                                "kv_len": args.kv_len, "batch": args.batch, "precision": args.precision}  # fmt: skip
     if args.heads is not None:
         message["heads"] = args.heads
     if args.after is not None:
         message["after"] = args.after
-    reply = request(args.socket, message)
-    if not reply.get("ok"):
-        error = reply.get("error") or {}
-        print(f"adaptive-sched: error: {error.get('message', reply)}", file=sys.stderr)
-        return 2 if error.get("code") == "bad_request" else 1
+    reply = socket_request(args.socket, message, usage_codes=("bad_request",))
+    if isinstance(reply, int):
+        return reply
     reply.pop("ok", None)
     _emit(args, reply)
     return 0

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from .args import positive_float, positive_int
-from .output import emit
+from .output import emit, socket_request
 
 HELP = "report the latency (or failure) of a decision made by decide or serve"
 CONFIG = False
@@ -45,18 +45,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _over_socket(args: argparse.Namespace) -> int:
-    from ..service import request
-
     message: dict[str, object] = {"op": "observe", "id": args.id, "failed": args.failed}
     if args.latency_ms is not None:
         message["latency_ms"] = args.latency_ms
     if args.error is not None:
         message["error"] = args.error
-    reply = request(args.socket, message)
-    if not reply.get("ok"):
-        error = reply.get("error") or {}
-        print(f"adaptive-sched: error: {error.get('message', reply)}", file=sys.stderr)
-        return 2 if error.get("code") in ("unknown_id", "bad_request") else 1
+    reply = socket_request(args.socket, message, usage_codes=("unknown_id", "bad_request"))
+    if isinstance(reply, int):
+        return reply
     _emit(args)
     return 0
 

@@ -193,3 +193,16 @@ def json_safe(data: Any) -> Any:
     if isinstance(data, (list, tuple)):
         return [json_safe(v) for v in data]
     return data
+
+
+def socket_request(path: str, message: dict[str, Any], usage_codes: tuple[str, ...]) -> dict[str, Any] | int:
+    """Send ``message`` to a served scheduler: its reply, or the exit status after saying what went wrong
+    (2 for the error codes in ``usage_codes``, the caller's mistakes; 1 otherwise)."""
+    from ..service import request
+
+    reply = request(path, message)
+    if reply.get("ok"):
+        return reply
+    error = reply.get("error") or {}
+    print(f"adaptive-sched: error: {error.get('message', reply)}", file=sys.stderr)
+    return 2 if error.get("code") in usage_codes else 1
