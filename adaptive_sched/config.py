@@ -25,7 +25,7 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from .errors import ConfigError
 from .executors import executor_class
@@ -50,20 +50,32 @@ MAX_CONFIG_BYTES, MAX_CONFIG_NODES, MAX_CONFIG_DEPTH = MAX_YAML_BYTES, MAX_YAML_
 #: the effective config is stored with each run in the log; beyond this many bytes of JSON only
 #: its hash and size are (a log row must stay small whatever a caller builds in a dict)
 MAX_RUN_CONFIG_BYTES = 64 * 1024
+#: the values a few string settings take (a field's ``choices``; the JSON Schema lists them too)
+ROLES = ("candidate", "fallback")
+LEARNERS = ("inline", "thread")
+ON_FULL = ("drop", "block")
 
 
 @dataclass(frozen=True)
 class BackendConfig:
-    """One backend: which executor runs it and with which options."""
+    """One backend: which executor runs it and with which options.
 
+    In YAML, a string alone is the executor (``gpu: opencl``), its other keys left as defaults.
+    """
+
+    #: the key a string alone stands for
+    SHORTHAND: ClassVar[str] = "executor"
+
+    #: the executor that runs the backend's stages, by name (see ``adaptive-sched executors``)
     executor: str
     #: "candidate" backends are chosen between; a "fallback" only runs a stage whose backend failed
-    role: str = "candidate"
+    role: str = field(default="candidate", metadata={"choices": ROLES})
+    #: the executor's own options
     options: dict[str, Any] = field(default_factory=dict)
 
     def _validate(self, where: str) -> None:
         problems = Problems()
-        if self.role not in ("candidate", "fallback"):
+        if self.role not in ROLES:
             problems.add(f"{where}.role: expected 'candidate' or 'fallback', got {self.role!r}")
         try:  # built in, or installed by another package (an entry point)
             cls = executor_class(self.executor)
@@ -150,7 +162,7 @@ class PolicyConfig:
     #: "adaptive" (the bandit), or a baseline: "static", "fixed", "epsilon", "oracle"
     kind: str = "adaptive"
     #: learn on the caller's thread ("inline", deterministic) or on a background thread ("thread")
-    learner: str = "inline"
+    learner: str = field(default="inline", metadata={"choices": LEARNERS})
     #: a stage run slower than this (seconds) is abandoned, re-run elsewhere, and its backend quarantined
     timeout_s: float = 1.0
     #: an observed latency above this (seconds) is implausible: refused and counted, never learned
@@ -165,7 +177,7 @@ class PolicyConfig:
         problems = Problems()
         if self.kind not in POLICIES:
             problems.add(f"{where}.kind: expected one of {', '.join(sorted(POLICIES))}, got {self.kind!r}")
-        if self.learner not in ("inline", "thread"):
+        if self.learner not in LEARNERS:
             problems.add(f"{where}.learner: expected 'inline' or 'thread', got {self.learner!r}")
         if not self.timeout_s > 0:
             problems.add(f"{where}.timeout_s: must be > 0, got {self.timeout_s!r}")
@@ -206,7 +218,11 @@ def _build_policy(data: Any) -> PolicyConfig:
 
 @dataclass(frozen=True)
 class RetentionConfig:
+    """Row and age limits of the decision log (null: no limit)."""
+
+    #: the most rows the log keeps; the oldest go first
     max_rows: int | None = None
+    #: rows older than this many days are deleted
     max_age_days: float | None = None
     #: how often the log writer counts the rows against the limits (seconds; 0: before every batch)
     check_every_s: float = 10.0
@@ -226,20 +242,26 @@ class RetentionConfig:
 class StoreConfig:
     """The SQLite decision log. ``path: null`` runs without a log."""
 
+    #: the SQLite file, relative to the config file (null: no log)
     path: str | None = None
+    #: rows that may wait per queue (decisions, outcomes) before ``on_full`` applies
     queue_size: int = 100_000
+    #: the writer wakes as soon as a queue holds this many rows
     flush_rows: int = 2000
+    #: the writer commits what is queued at least this often (seconds): the most a crash loses
     flush_interval_s: float = 0.25
     #: "drop" (count and go on; never blocks inference) or "block" (wait for the writer)
-    on_full: str = "drop"
+    on_full: str = field(default="drop", metadata={"choices": ON_FULL})
+    #: fraction of exploit decisions kept, in (0, 1]; explored ones are always kept
     exploit_sample_rate: float = 1.0
+    #: row and age limits
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     #: rebuild the learner's state from this many most recent logged outcomes at start
     warm_start_rows: int = 20_000
 
     def _validate(self, where: str) -> None:
         problems = Problems()
-        if self.on_full not in ("drop", "block"):
+        if self.on_full not in ON_FULL:
             problems.add(f"{where}.on_full: expected 'drop' or 'block', got {self.on_full!r}")
         if not 0.0 < self.exploit_sample_rate <= 1.0:
             problems.add(f"{where}.exploit_sample_rate: expected a number in (0, 1], got {self.exploit_sample_rate!r}")
@@ -257,12 +279,16 @@ class StoreConfig:
 class WorkloadConfig:
     """The decode workload of ``adaptive-sched run``: a model shape, a prompt, generated tokens."""
 
+    #: a model shape by name (see :data:`adaptive_sched.workload.MODELS`)
     model: str = "qwen2.5-1.5b"
     precision: Precision = Precision.INT8
+    #: prompt tokens (the prefill)
     prompt: int = 128
+    #: tokens generated (decode steps)
     tokens: int = 64
     #: layers to run per token (None: all of the model's layers)
     layers: int | None = None
+    #: sequences decoded together
     batch: int = 1
     #: idle time between tokens (seconds of device time spent elsewhere: FFN, sampling)
     idle_between_tokens_s: float = 0.0
@@ -290,13 +316,19 @@ class Config:
     ('rk3588', ['gpu', 'npu'])
     """
 
+    #: the device the priors and the log are keyed by
     device: str
+    #: the backends (cpu, gpu, npu) and the executor behind each
     backends: dict[Backend, BackendConfig]
+    #: the simulated device, required when a backend uses executor ``sim``
     simulator: SimulatorConfig | None = None
     #: "builtin" (shipped priors for the device), a JSON or SQLite path, or "none"
     priors: str = "builtin"
+    #: the policy and its parameters
     policy: PolicyConfig = field(default_factory=PolicyConfig)
+    #: the decision log
     store: StoreConfig = field(default_factory=StoreConfig)
+    #: the default workload of ``adaptive-sched run``
     workload: WorkloadConfig = field(default_factory=WorkloadConfig)
     #: where this config came from ('' for a dict), for messages and relative paths; not a YAML key
     source: str = field(default="", metadata={"internal": True})
@@ -433,8 +465,8 @@ def _build_backends(raw: Any) -> dict[Backend, BackendConfig]:
             problems.add(f"backends.{name}: unknown backend (expected cpu, gpu or npu)")
             continue
         with problems.catch():
-            backends[backend] = _build(BackendConfig, {"executor": spec} if isinstance(spec, str) else spec,
-                                       f"backends.{name}")  # fmt: skip
+            spec = {BackendConfig.SHORTHAND: spec} if isinstance(spec, str) else spec
+            backends[backend] = _build(BackendConfig, spec, f"backends.{name}")
     problems.raise_if_any()
     return backends
 
@@ -447,29 +479,31 @@ def _build(cls: type, data: Any, where: str) -> Any:
         raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
-    problems = Problems()
+    # unknown keys are reported beside the values' problems: the known keys are still checked
     expected = f"expected one of {', '.join(sorted(fields))}" if fields else "none is taken here"
+    unknown = [f"{join(where, str(key))}: unknown key ({expected})" for key in data if key not in fields]
+    problems = Problems()
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
-        if key not in fields:
-            problems.add(f"{join(where, str(key))}: unknown key ({expected})")
-            continue
-        with problems.catch():
-            kwargs[key] = _coerce(hints[key], value, join(where, key))
+        if key in fields:
+            with problems.catch():
+                kwargs[key] = _coerce(hints[key], value, join(where, key))
     for name, f in fields.items():
         if name not in data and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             problems.add(f"{join(where, name)}: required key is missing")
+    if not problems:  # every value has its type: the section can be built and check its values
+        try:
+            obj = cls(**kwargs)
+        except ValueError as exc:
+            # A parameter class's own check names its field first ("epsilon must be ..."): name its key.
+            name, _, rest = str(exc).partition(" ")
+            problems.add(f"{join(where, name)}: {rest}" if name in fields and rest else f"{where or 'config'}: {exc}")
+        else:
+            if cls is not Config and hasattr(obj, "_validate"):
+                with problems.catch():
+                    obj._validate(where)
+    problems.errors[:0] = unknown
     problems.raise_if_any()
-    try:
-        obj = cls(**kwargs)
-    except ValueError as exc:
-        # A parameter class's own check names its field first ("epsilon must be ..."): name its key.
-        name, _, rest = str(exc).partition(" ")
-        if name in fields and rest:
-            raise ConfigError(f"{join(where, name)}: {rest}") from None
-        raise ConfigError(f"{where or 'config'}: {exc}") from None
-    if cls is not Config and hasattr(obj, "_validate"):
-        obj._validate(where)
     return obj
 
 
