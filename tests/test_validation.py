@@ -105,3 +105,23 @@ def test_config_error_keeps_its_lines_through_pickle():
     again = pickle.loads(pickle.dumps(exc))
     assert again.errors == exc.errors and str(again) == "a.yaml: x: bad\na.yaml: y: bad"
     assert ConfigError("one").errors == ["one"]
+
+
+def test_a_broken_backends_section_is_said_once(tmp_path):
+    data = yaml.safe_load((CONFIG_DIR / "devices" / "rk3588.yaml").read_text())
+    data["backends"] = ["gpu"]  # the thermal, contention and anchor sections name backends: not checked against this
+    path = write(tmp_path, data)
+    with pytest.raises(ConfigError) as info:
+        load_profile(path)
+    assert_reported(info.value, path, ["backends"])
+
+
+def test_drift_overrides_report_every_problem():
+    from adaptive_sched.sim import SimulatedDevice
+
+    with pytest.raises(ConfigError) as info:
+        SimulatedDevice("rk3588", thermal={"ambient_c": "warm", "backends": {"npu": {"tau_s": 0, "rise_c": "x"}}})
+    assert type(info.value) is ConfigError
+    assert sorted(line.split(": ")[0] for line in info.value.errors) == [
+        "thermal.ambient_c", "thermal.backends.npu.rise_c", "thermal.backends.npu.tau_s",
+    ]  # fmt: skip

@@ -138,11 +138,12 @@ class _Node:
         return self.check(lambda: expect_str(value, self.key(name)), "")
 
     def done(self) -> None:
-        """Record the unknown keys; raise :class:`_Incomplete` if anything here was wrong."""
+        """Record the unknown keys; if anything here was wrong, raise every problem so far
+        (a plain :class:`ConfigError` from the root, :class:`_Incomplete` from a part)."""
         for name in [k for k in self.data if k not in self.used]:
             self.fail(f"{self.key(name)}: unknown key (expected one of {', '.join(sorted(self.used))})")
         if self.failed:
-            raise _Incomplete(*self.problems.errors)
+            raise (ConfigError if self.parent is None else _Incomplete)(*self.problems.errors)
 
 
 def _as_number(value: Any) -> float | None:
@@ -399,7 +400,8 @@ def _parse_anchor(node: _Node, name: str, backends: Iterable[Backend]) -> Anchor
     if "model" in node.data and model not in MODELS:
         node.fail(f"{node.key('model')}: unknown model {model!r} (known: {', '.join(MODELS)})")
     name_b = node.string("backend")
-    if "backend" in node.data and name_b not in {b.value for b in backends}:
+    known = {b.value for b in backends} or {b.value for b in Backend}  # no sound backends: already said
+    if "backend" in node.data and name_b not in known:
         node.fail(f"{node.key('backend')}: {name_b!r} is not a backend of this profile")
     precision = node.string("precision")
     if "precision" in node.data and precision not in {p.value for p in Precision}:
@@ -451,12 +453,13 @@ def _parse_memory(node: _Node) -> float:
 def _parse_profile(root: _Node, source: str) -> DeviceProfile:
     b = root.node("backends")
     backends = {key: b.part(_parse_backend, b.node(name), key) for key, name in _backend_keys(b)}
-    if not b.data and "backends" in root.data:
+    if not b.data and not b.failed:
         root.fail("backends: at least one backend is required")
     thermal = root.part(_parse_thermal, root.node("thermal"))
     contention = root.part(_parse_contention, root.node("contention"))
     for section, part in (("thermal", thermal), ("contention", contention)):
-        for backend in part.backends if part is not None else ():
+        # checked against the profile's backends only when there are some (else: already said)
+        for backend in part.backends if part is not None and backends else ():
             if backend not in backends:
                 root.fail(f"{section}.backends.{backend.value}: not a backend of this profile")
     profile = DeviceProfile(
@@ -484,9 +487,9 @@ def parse_profile(data: Any, source: str = "") -> DeviceProfile:
     problems = Problems()
     try:
         return _parse_profile(_Node(data, "", problems), source)
-    except _Incomplete:
+    except ConfigError:  # raised by the root's done(): every problem is recorded
         problems.raise_if_any(source or "<mapping>")
-        raise  # every _Incomplete has recorded its problems: not reached
+        raise
 
 
 def load_profile(name_or_path: str | Path = "rk3588") -> DeviceProfile:
