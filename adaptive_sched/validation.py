@@ -99,7 +99,7 @@ def read_yaml(path: Path | str) -> Any:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read ({exc.strerror})") from exc
     if len(raw) > MAX_YAML_BYTES:
-        raise ConfigError(f"{path}: larger than {MAX_YAML_BYTES} bytes, the most a config may be")
+        raise ConfigError(f"{path}: larger than {MAX_YAML_BYTES} bytes (a config, profile or grid is far smaller)")
     try:
         data = yaml.safe_load(raw.decode("utf-8"))
     except UnicodeDecodeError as exc:
