@@ -2,9 +2,14 @@
 
 A config names the device profile, the backends and the executor behind each, the
 priors, the policy, the log store and the default workload of ``adaptive-sched run``.
-Every error names the key and the file it came from::
+Every problem of a config is reported at once, one line each naming the file and the key::
 
     ConfigError: configs/x.yaml: policy.explore_budget: expected a number, got 'lots'
+    configs/x.yaml: store.on_full: expected 'drop' or 'block', got 'wait'
+
+(``exc.errors`` lists the lines). Each section checks its own values in ``_validate(where)``,
+which raises one error listing all of them; checks across sections run once every section
+is sound. :mod:`adaptive_sched.config_schema` exports the same rules as a JSON Schema.
 
 The shipped configs live in ``configs/`` (see :mod:`adaptive_sched.paths`).
 """
@@ -14,61 +19,82 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import re
 import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from .errors import ConfigError
 from .executors import executor_class
 from .paths import resolve_config
 from .types import Backend, Precision
+from .validation import (
+    MAX_YAML_BYTES,
+    MAX_YAML_DEPTH,
+    MAX_YAML_NODES,
+    Problems,
+    check_bounded,
+    expect_bool,
+    expect_int,
+    expect_number,
+    expect_str,
+    join,
+    read_yaml,
+)
 
-#: the largest config file read, in bytes: a config is a page of YAML, and a file far larger
-#: is a mistake (or hostile) that would otherwise cost seconds and gigabytes to parse
-MAX_CONFIG_BYTES = 1 << 20
-#: the most values (mappings, lists and scalars) a config may hold with its YAML aliases
-#: expanded: a few nested anchors can stand for billions of values ...
-MAX_CONFIG_NODES = 20_000
-#: ... and the deepest it may nest (a self-referencing alias nests without end)
-MAX_CONFIG_DEPTH = 32
+#: the bounds every YAML file is read within (see :mod:`adaptive_sched.validation`)
+MAX_CONFIG_BYTES, MAX_CONFIG_NODES, MAX_CONFIG_DEPTH = MAX_YAML_BYTES, MAX_YAML_NODES, MAX_YAML_DEPTH
 #: the effective config is stored with each run in the log; beyond this many bytes of JSON only
 #: its hash and size are (a log row must stay small whatever a caller builds in a dict)
 MAX_RUN_CONFIG_BYTES = 64 * 1024
+#: the values a few string settings take (a field's ``choices``; the JSON Schema lists them too)
+ROLES = ("candidate", "fallback")
+LEARNERS = ("inline", "thread")
+ON_FULL = ("drop", "block")
 
 
 @dataclass(frozen=True)
 class BackendConfig:
-    """One backend: which executor runs it and with which options."""
+    """One backend: which executor runs it and with which options.
 
+    In YAML, a string alone is the executor (``gpu: opencl``), its other keys left as defaults.
+    """
+
+    #: the key a string alone stands for
+    SHORTHAND: ClassVar[str] = "executor"
+
+    #: the executor that runs the backend's stages, by name (see ``adaptive-sched executors``)
     executor: str
     #: "candidate" backends are chosen between; a "fallback" only runs a stage whose backend failed
-    role: str = "candidate"
+    role: str = field(default="candidate", metadata={"choices": ROLES})
+    #: the executor's own options
     options: dict[str, Any] = field(default_factory=dict)
 
     def _validate(self, where: str) -> None:
-        if self.role not in ("candidate", "fallback"):
-            raise ConfigError(f"{where}.role: expected 'candidate' or 'fallback', got {self.role!r}")
+        problems = Problems()
+        if self.role not in ROLES:
+            problems.add(f"{where}.role: expected 'candidate' or 'fallback', got {self.role!r}")
         try:  # built in, or installed by another package (an entry point)
             cls = executor_class(self.executor)
         except ConfigError as exc:
-            raise ConfigError(f"{where}.executor: {exc}") from None
-        known = cls.OPTIONS
+            problems.extend(exc, f"{where}.executor: ")
+            problems.raise_if_any()  # the options cannot be checked without the executor
+        settable = sorted(set(cls.OPTIONS) - set(cls.INTERNAL_OPTIONS))
         for key in self.options:
-            if key not in known or key in cls.INTERNAL_OPTIONS:
-                settable = sorted(set(known) - set(cls.INTERNAL_OPTIONS))
-                raise ConfigError(
+            if key not in settable:
+                problems.add(
                     f"{where}.options.{key}: not an option of executor {self.executor!r} "
                     f"(its options: {', '.join(settable) or 'none'})"
                 )
-        try:  # the executor checks its values; creating one touches no device
-            cls(**self.options).close()
-        except (ConfigError, ValueError, TypeError) as exc:
-            raise ConfigError(f"{where}.options: {exc}") from None
+        if not problems:
+            try:  # the executor checks its values; creating one touches no device
+                cls(**self.options).close()
+            except (ConfigError, ValueError, TypeError) as exc:
+                problems.extend(_as_config_error(exc), f"{where}.options: ")
+        problems.raise_if_any()
 
 
 @dataclass(frozen=True)
@@ -100,22 +126,24 @@ class SimulatorConfig:
         )
 
     def _validate(self, where: str) -> None:
+        problems = Problems()
         if self.seed < 0:
-            raise ConfigError(f"{where}.seed: must be an integer >= 0, got {self.seed!r}")
+            problems.add(f"{where}.seed: must be an integer >= 0, got {self.seed!r}")
         if not isinstance(self.noise, bool) and not self.noise >= 0:
-            raise ConfigError(f"{where}.noise: expected true, false or a sigma >= 0, got {self.noise!r}")
+            problems.add(f"{where}.noise: expected true, false or a sigma >= 0, got {self.noise!r}")
         from .sim import load_profile
 
-        try:
+        with problems.catch(f"{where}.profile: "):
             load_profile(self.profile)
-        except ConfigError as exc:
-            raise ConfigError(f"{where}.profile: {exc}") from None
-        try:  # the drift overrides are checked by the device they describe (the profile is cached)
-            self.make_device()
-        except (ConfigError, ValueError, TypeError) as exc:
-            head = re.split(r"[.\[:]", str(exc), maxsplit=1)[0]
-            sep = "." if head in {f.name for f in dataclasses.fields(self)} else ": "
-            raise ConfigError(f"{where}{sep}{exc}") from None
+        if not problems:
+            try:  # the drift overrides are checked by the device they describe (the profile is cached)
+                self.make_device()
+            except (ConfigError, ValueError, TypeError) as exc:
+                names = {f.name for f in dataclasses.fields(self)}
+                for line in _as_config_error(exc).errors:
+                    head = re.split(r"[.\[:]", line, maxsplit=1)[0]
+                    problems.add(f"{where}{'.' if head in names else ': '}{line}")
+        problems.raise_if_any()
 
 
 #: keys of the ``policy`` section that every kind shares; the rest are the kind's own ``Params``
@@ -134,7 +162,7 @@ class PolicyConfig:
     #: "adaptive" (the bandit), or a baseline: "static", "fixed", "epsilon", "oracle"
     kind: str = "adaptive"
     #: learn on the caller's thread ("inline", deterministic) or on a background thread ("thread")
-    learner: str = "inline"
+    learner: str = field(default="inline", metadata={"choices": LEARNERS})
     #: a stage run slower than this (seconds) is abandoned, re-run elsewhere, and its backend quarantined
     timeout_s: float = 1.0
     #: an observed latency above this (seconds) is implausible: refused and counted, never learned
@@ -146,14 +174,16 @@ class PolicyConfig:
     def _validate(self, where: str) -> None:
         from .policies import POLICIES
 
+        problems = Problems()
         if self.kind not in POLICIES:
-            raise ConfigError(f"{where}.kind: expected one of {', '.join(sorted(POLICIES))}, got {self.kind!r}")
-        if self.learner not in ("inline", "thread"):
-            raise ConfigError(f"{where}.learner: expected 'inline' or 'thread', got {self.learner!r}")
+            problems.add(f"{where}.kind: expected one of {', '.join(sorted(POLICIES))}, got {self.kind!r}")
+        if self.learner not in LEARNERS:
+            problems.add(f"{where}.learner: expected 'inline' or 'thread', got {self.learner!r}")
         if not self.timeout_s > 0:
-            raise ConfigError(f"{where}.timeout_s: must be > 0, got {self.timeout_s!r}")
+            problems.add(f"{where}.timeout_s: must be > 0, got {self.timeout_s!r}")
         if not self.max_latency_s > 0:
-            raise ConfigError(f"{where}.max_latency_s: must be > 0, got {self.max_latency_s!r}")
+            problems.add(f"{where}.max_latency_s: must be > 0, got {self.max_latency_s!r}")
+        problems.raise_if_any()
 
     def resolved_params(self) -> Any:
         """The kind's parameters, its defaults filled in."""
@@ -163,88 +193,116 @@ class PolicyConfig:
 
 
 def _build_policy(data: Any) -> PolicyConfig:
+    """The common keys and the kind's own ``Params``, checked together (the kind's keys only
+    when the kind is known: against which ``Params`` would they be checked otherwise?)."""
     if data is None:
         data = {}
     if not isinstance(data, Mapping):
         raise ConfigError(f"policy: expected a mapping, got {type(data).__name__}")
-    common = {k: v for k, v in data.items() if k in POLICY_COMMON}
-    config: PolicyConfig = _build(PolicyConfig, common, "policy")
-    from .policies import policy_class
+    from .policies import POLICIES
 
-    own = {k: v for k, v in data.items() if k not in POLICY_COMMON}
-    params = _build(policy_class(config.kind).Params, own, "policy")
+    problems = Problems()
+    common = {k: v for k, v in data.items() if k in POLICY_COMMON}
+    config, params = None, None
+    with problems.catch():
+        config = _build(PolicyConfig, common, "policy")
+    kind = data.get("kind", PolicyConfig.kind)
+    if isinstance(kind, str) and kind in POLICIES:
+        own = {k: v for k, v in data.items() if k not in POLICY_COMMON}
+        with problems.catch():
+            params = _build(POLICIES[kind].Params, own, "policy")
+    problems.raise_if_any()
+    assert config is not None
     return dataclasses.replace(config, params=params)
 
 
 @dataclass(frozen=True)
 class RetentionConfig:
+    """Row and age limits of the decision log (null: no limit)."""
+
+    #: the most rows the log keeps; the oldest go first
     max_rows: int | None = None
+    #: rows older than this many days are deleted
     max_age_days: float | None = None
     #: how often the log writer counts the rows against the limits (seconds; 0: before every batch)
     check_every_s: float = 10.0
 
     def _validate(self, where: str) -> None:
+        problems = Problems()
         if self.max_rows is not None and self.max_rows < 1:
-            raise ConfigError(f"{where}.max_rows: must be an integer >= 1 (or null: no limit), got {self.max_rows!r}")
+            problems.add(f"{where}.max_rows: must be an integer >= 1 (or null: no limit), got {self.max_rows!r}")
         if self.max_age_days is not None and not self.max_age_days > 0:
-            raise ConfigError(f"{where}.max_age_days: must be > 0 (or null: no limit), got {self.max_age_days!r}")
+            problems.add(f"{where}.max_age_days: must be > 0 (or null: no limit), got {self.max_age_days!r}")
         if not self.check_every_s >= 0:
-            raise ConfigError(f"{where}.check_every_s: must be >= 0, got {self.check_every_s!r}")
+            problems.add(f"{where}.check_every_s: must be >= 0, got {self.check_every_s!r}")
+        problems.raise_if_any()
 
 
 @dataclass(frozen=True)
 class StoreConfig:
     """The SQLite decision log. ``path: null`` runs without a log."""
 
+    #: the SQLite file, relative to the config file (null: no log)
     path: str | None = None
+    #: rows that may wait per queue (decisions, outcomes) before ``on_full`` applies
     queue_size: int = 100_000
+    #: the writer wakes as soon as a queue holds this many rows
     flush_rows: int = 2000
+    #: the writer commits what is queued at least this often (seconds): the most a crash loses
     flush_interval_s: float = 0.25
     #: "drop" (count and go on; never blocks inference) or "block" (wait for the writer)
-    on_full: str = "drop"
+    on_full: str = field(default="drop", metadata={"choices": ON_FULL})
+    #: fraction of exploit decisions kept, in (0, 1]; explored ones are always kept
     exploit_sample_rate: float = 1.0
+    #: row and age limits
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     #: rebuild the learner's state from this many most recent logged outcomes at start
     warm_start_rows: int = 20_000
 
     def _validate(self, where: str) -> None:
-        if self.on_full not in ("drop", "block"):
-            raise ConfigError(f"{where}.on_full: expected 'drop' or 'block', got {self.on_full!r}")
+        problems = Problems()
+        if self.on_full not in ON_FULL:
+            problems.add(f"{where}.on_full: expected 'drop' or 'block', got {self.on_full!r}")
         if not 0.0 < self.exploit_sample_rate <= 1.0:
-            raise ConfigError(
-                f"{where}.exploit_sample_rate: expected a number in (0, 1], got {self.exploit_sample_rate!r}"
-            )
+            problems.add(f"{where}.exploit_sample_rate: expected a number in (0, 1], got {self.exploit_sample_rate!r}")
         for name in ("queue_size", "flush_rows"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"{where}.{name}: must be an integer >= 1, got {getattr(self, name)!r}")
+                problems.add(f"{where}.{name}: must be an integer >= 1, got {getattr(self, name)!r}")
         if not self.flush_interval_s > 0:
-            raise ConfigError(f"{where}.flush_interval_s: must be > 0, got {self.flush_interval_s!r}")
+            problems.add(f"{where}.flush_interval_s: must be > 0, got {self.flush_interval_s!r}")
         if self.warm_start_rows < 0:
-            raise ConfigError(f"{where}.warm_start_rows: must be an integer >= 0, got {self.warm_start_rows!r}")
+            problems.add(f"{where}.warm_start_rows: must be an integer >= 0, got {self.warm_start_rows!r}")
+        problems.raise_if_any()
 
 
 @dataclass(frozen=True)
 class WorkloadConfig:
     """The decode workload of ``adaptive-sched run``: a model shape, a prompt, generated tokens."""
 
+    #: a model shape by name (see :data:`adaptive_sched.workload.MODELS`)
     model: str = "qwen2.5-1.5b"
     precision: Precision = Precision.INT8
+    #: prompt tokens (the prefill)
     prompt: int = 128
+    #: tokens generated (decode steps)
     tokens: int = 64
     #: layers to run per token (None: all of the model's layers)
     layers: int | None = None
+    #: sequences decoded together
     batch: int = 1
     #: idle time between tokens (seconds of device time spent elsewhere: FFN, sampling)
     idle_between_tokens_s: float = 0.0
 
     def _validate(self, where: str) -> None:
+        problems = Problems()
         for name in ("prompt", "tokens", "batch"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"{where}.{name}: must be an integer >= 1, got {getattr(self, name)!r}")
+                problems.add(f"{where}.{name}: must be an integer >= 1, got {getattr(self, name)!r}")
         if self.layers is not None and self.layers < 1:
-            raise ConfigError(f"{where}.layers: must be an integer >= 1 (or null: all), got {self.layers!r}")
+            problems.add(f"{where}.layers: must be an integer >= 1 (or null: all), got {self.layers!r}")
         if self.idle_between_tokens_s < 0:
-            raise ConfigError(f"{where}.idle_between_tokens_s: must be >= 0, got {self.idle_between_tokens_s!r}")
+            problems.add(f"{where}.idle_between_tokens_s: must be >= 0, got {self.idle_between_tokens_s!r}")
+        problems.raise_if_any()
 
 
 @dataclass(frozen=True)
@@ -258,13 +316,19 @@ class Config:
     ('rk3588', ['gpu', 'npu'])
     """
 
+    #: the device the priors and the log are keyed by
     device: str
+    #: the backends (cpu, gpu, npu) and the executor behind each
     backends: dict[Backend, BackendConfig]
+    #: the simulated device, required when a backend uses executor ``sim``
     simulator: SimulatorConfig | None = None
     #: "builtin" (shipped priors for the device), a JSON or SQLite path, or "none"
     priors: str = "builtin"
+    #: the policy and its parameters
     policy: PolicyConfig = field(default_factory=PolicyConfig)
+    #: the decision log
     store: StoreConfig = field(default_factory=StoreConfig)
+    #: the default workload of ``adaptive-sched run``
     workload: WorkloadConfig = field(default_factory=WorkloadConfig)
     #: where this config came from ('' for a dict), for messages and relative paths; not a YAML key
     source: str = field(default="", metadata={"internal": True})
@@ -311,18 +375,21 @@ class Config:
         return str(Path(self.source).parent / p)
 
     def _validate(self, where: str) -> None:
+        """The checks across sections (each section has checked its own values)."""
+        problems = Problems()
         if not self.backends:
-            raise ConfigError("backends: at least one backend is required")
-        if not self.candidates:
-            raise ConfigError("backends: at least one backend must have role 'candidate'")
+            problems.add("backends: at least one backend is required")
+        elif not self.candidates:
+            problems.add("backends: at least one backend must have role 'candidate'")
         uses_sim = any(bc.executor == "sim" for bc in self.backends.values())
         if uses_sim and self.simulator is None:
-            raise ConfigError("simulator: required because a backend uses executor 'sim'")
+            problems.add("simulator: required because a backend uses executor 'sim'")
         params = self.policy.resolved_params()
         if self.policy.kind == "fixed" and params.backend not in {b.value for b in self.backends}:
-            raise ConfigError(f"policy.backend: {params.backend!r} is not a configured backend")
+            problems.add(f"policy.backend: {params.backend!r} is not a configured backend")
         if self.policy.kind == "oracle" and not uses_sim:
-            raise ConfigError("policy.kind: 'oracle' needs a simulated device")
+            problems.add("policy.kind: 'oracle' needs a simulated device")
+        problems.raise_if_any()
 
 
 def _plain(value: Any) -> Any:
@@ -336,125 +403,112 @@ def _plain(value: Any) -> Any:
 def load_config(source: str | Path | Mapping[str, Any]) -> Config:
     """Load and validate a config from a YAML path, a shipped config name, or a mapping.
 
-    Raises :class:`~adaptive_sched.errors.ConfigError` naming the file and the key.
+    Raises :class:`~adaptive_sched.errors.ConfigError` listing every problem found, one per
+    line, each naming the file and the key (``exc.errors`` lists the lines).
     """
     if isinstance(source, Mapping):
         return build_config(source, origin="")
     path = resolve_config(source)
-    import yaml
-
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_CONFIG_BYTES + 1)
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from exc
-    if len(raw) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes, the most a config may be")
-    try:
-        data = yaml.safe_load(raw.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
-    except RecursionError:
-        raise ConfigError(f"{path}: nested too deeply to be a config") from None
+    data = read_yaml(path)
     if not isinstance(data, Mapping):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     return build_config(data, origin=str(path))
 
 
 def build_config(data: Mapping[str, Any], origin: str = "") -> Config:
-    """Validate a mapping into a :class:`Config`; ``origin`` names the file in messages."""
-    try:
-        _check_bounded(data)
-        return _build_config(data, origin)
-    except ConfigError as exc:
-        if origin:
-            raise ConfigError(f"{origin}: {exc}") from None
-        raise
+    """Validate a mapping into a :class:`Config`; ``origin`` names the file in messages.
 
-
-def _check_bounded(data: Any) -> None:
-    """Refuse a config of more than :data:`MAX_CONFIG_NODES` values or nested deeper than
-    :data:`MAX_CONFIG_DEPTH`, counting shared (aliased) values at every place they appear.
-
-    The walk stops at the first limit crossed, so an alias bomb fails in microseconds
-    instead of being expanded later (by validation, hashing, or the log's copy of the config).
+    Every problem is collected before one :class:`~adaptive_sched.errors.ConfigError` is
+    raised: unknown keys, wrong types, bad values, each section's own checks, and (once the
+    sections are sound) the checks across sections.
     """
-    budget = MAX_CONFIG_NODES
-    stack: list[tuple[Any, str, int]] = [(data, "", 0)]
-    while stack:
-        value, where, depth = stack.pop()
-        budget -= 1
-        if budget < 0:
-            key = where.split("[", 1)[0]  # the key, not the path inside its expansion
-            raise ConfigError(
-                f"{key or 'config'}: more than {MAX_CONFIG_NODES} values with YAML aliases expanded "
-                "(an alias bomb?); a config is far smaller"
-            )
-        if depth > MAX_CONFIG_DEPTH:
-            key = where.split("[", 1)[0]
-            raise ConfigError(f"{key}: nested deeper than {MAX_CONFIG_DEPTH} levels (a self-referencing alias?)")
-        if isinstance(value, Mapping):
-            stack.extend((v, _join(where, str(k)), depth + 1) for k, v in value.items())
-        elif isinstance(value, (list, tuple)):
-            stack.extend((v, f"{where}[{i}]", depth + 1) for i, v in enumerate(value))
+    problems = Problems()
+    with problems.catch():
+        check_bounded(data)
+    if not problems:
+        config = _build_config(data, problems)
+    problems.raise_if_any(origin)
+    return dataclasses.replace(config, source=origin)
 
 
-def _build_config(data: Mapping[str, Any], origin: str) -> Config:
+def _build_config(data: Mapping[str, Any], problems: Problems) -> Config:
+    """The config in ``data``, its problems recorded in ``problems`` (the result is only
+    meaningful when none were)."""
     data = dict(data)
-    backends_raw = data.pop("backends", None)
-    if not isinstance(backends_raw, Mapping):
-        raise ConfigError("backends: required, a mapping of backend name (cpu, gpu, npu) to executor")
     backends: dict[Backend, BackendConfig] = {}
-    for name, spec in backends_raw.items():
-        try:
-            backend = Backend(str(name))
-        except ValueError:
-            raise ConfigError(f"backends.{name}: unknown backend (expected cpu, gpu or npu)") from None
-        if isinstance(spec, str):
-            spec = {"executor": spec}
-        backends[backend] = _build(BackendConfig, spec, f"backends.{name}")
+    with problems.catch():
+        backends = _build_backends(data.pop("backends", None))
+    policy = PolicyConfig()
+    with problems.catch():
+        policy = _build_policy(data.pop("policy", None))
     data["backends"] = {}
-    policy = _build_policy(data.pop("policy", None))
-    config: Config = _build(Config, data, "")
-    config = dataclasses.replace(config, backends=backends, policy=policy, source=origin)
-    config._validate("")
+    config = Config(device="", backends={})
+    with problems.catch():
+        config = _build(Config, data, "")
+    if problems:
+        return config
+    config = dataclasses.replace(config, backends=backends, policy=policy)
+    with problems.catch():
+        config._validate("")
     return config
 
 
+def _build_backends(raw: Any) -> dict[Backend, BackendConfig]:
+    if not isinstance(raw, Mapping):
+        raise ConfigError("backends: required, a mapping of backend name (cpu, gpu, npu) to executor")
+    problems = Problems()
+    backends: dict[Backend, BackendConfig] = {}
+    for name, spec in raw.items():
+        try:
+            backend = Backend(str(name))
+        except ValueError:
+            problems.add(f"backends.{name}: unknown backend (expected cpu, gpu or npu)")
+            continue
+        with problems.catch():
+            spec = {BackendConfig.SHORTHAND: spec} if isinstance(spec, str) else spec
+            backends[backend] = _build(BackendConfig, spec, f"backends.{name}")
+    problems.raise_if_any()
+    return backends
+
+
 def _build(cls: type, data: Any, where: str) -> Any:
-    """Build dataclass ``cls`` from ``data``, checking keys and types; errors name ``where.key``."""
+    """Build dataclass ``cls`` from ``data``, checking keys, types and (unless ``cls`` is
+    :class:`Config`) the section's own ``_validate``; raises every problem at once, each
+    naming ``where.key``."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
-    unknown = [k for k in data if k not in fields]
-    if unknown:
-        expected = f"expected one of {', '.join(sorted(fields))}" if fields else "none is taken here"
-        raise ConfigError(f"{_join(where, unknown[0])}: unknown key ({expected})")
-    kwargs = {name: _coerce(hints[name], value, _join(where, name)) for name, value in data.items()}
-    missing = [
-        n for n, f in fields.items()
-        if n not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-    ]  # fmt: skip
-    if missing:
-        raise ConfigError(f"{_join(where, missing[0])}: required key is missing")
-    try:
-        obj = cls(**kwargs)
-    except ValueError as exc:
-        # A parameter class's own check names its field first ("epsilon must be ..."): name its key.
-        name, _, rest = str(exc).partition(" ")
-        if name in fields and rest:
-            raise ConfigError(f"{_join(where, name)}: {rest}") from None
-        raise ConfigError(f"{where or 'config'}: {exc}") from None
-    if cls is not Config and hasattr(obj, "_validate"):
-        obj._validate(where)
+    # unknown keys are reported beside the values' problems: the known keys are still checked
+    expected = f"expected one of {', '.join(sorted(fields))}" if fields else "none is taken here"
+    unknown = [f"{join(where, str(key))}: unknown key ({expected})" for key in data if key not in fields]
+    problems = Problems()
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in fields:
+            with problems.catch():
+                kwargs[key] = _coerce(hints[key], value, join(where, key))
+    for name, f in fields.items():
+        if name not in data and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            problems.add(f"{join(where, name)}: required key is missing")
+    if not problems:  # every value has its type: the section can be built and check its values
+        try:
+            obj = cls(**kwargs)
+        except ValueError as exc:
+            # A parameter class's own check names its field first ("epsilon must be ..."): name its key.
+            name, _, rest = str(exc).partition(" ")
+            problems.add(f"{join(where, name)}: {rest}" if name in fields and rest else f"{where or 'config'}: {exc}")
+        else:
+            if cls is not Config and hasattr(obj, "_validate"):
+                with problems.catch():
+                    obj._validate(where)
+    problems.errors[:0] = unknown
+    problems.raise_if_any()
     return obj
 
 
-def _join(where: str, key: str) -> str:
-    return f"{where}.{key}" if where else key
+def _as_config_error(exc: Exception) -> ConfigError:
+    return exc if isinstance(exc, ConfigError) else ConfigError(str(exc))
 
 
 def _coerce(hint: Any, value: Any, where: str) -> Any:
@@ -483,34 +537,20 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
         if not isinstance(value, list):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         (item,) = typing.get_args(hint)
-        return [_coerce(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+        problems, items = Problems(), []
+        for i, v in enumerate(value):
+            with problems.catch():
+                items.append(_coerce(item, v, f"{where}[{i}]"))
+        problems.raise_if_any()
+        return items
     if isinstance(hint, type) and issubclass(hint, Precision):
         try:
             return Precision(str(value).lower())
         except ValueError:
             raise ConfigError(f"{where}: expected 'fp16' or 'int8', got {value!r}") from None
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        try:
-            number = float(value)
-        except OverflowError:  # an integer beyond any float
-            number = math.inf
-        if not math.isfinite(number):
-            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
-        return number
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
-        return value
+    checks: dict[Any, Any] = {bool: expect_bool, int: expect_int, float: expect_number, str: expect_str}
+    if hint in checks:
+        return checks[hint](value, where)
     if hint is Any:
         return value
     raise ConfigError(f"{where}: unsupported setting type {hint!r}")  # a bug in the config schema

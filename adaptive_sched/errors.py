@@ -12,7 +12,27 @@ class AdaptiveSchedError(Exception):
 
 
 class ConfigError(AdaptiveSchedError, ValueError):
-    """A configuration file or mapping is invalid (the message names the key and the file)."""
+    """A configuration file or mapping is invalid: one line per problem found, each naming the
+    file and the key (``file: key: message``).
+
+    A validator reports every problem of a document at once: ``errors`` lists them, and
+    ``str(exc)`` joins them one per line.
+
+    >>> exc = ConfigError("c.yaml: store.on_full: expected 'drop' or 'block'", "c.yaml: seed: expected an integer")
+    >>> len(exc.errors), str(exc).splitlines()[1]
+    (2, 'c.yaml: seed: expected an integer')
+    """
+
+    def __init__(self, *errors: str) -> None:
+        super().__init__(*errors)  # the lines are the args, so a pickled error keeps them all
+
+    @property
+    def errors(self) -> list[str]:
+        """Every problem found, one line each."""
+        return [str(line) for line in self.args]
+
+    def __str__(self) -> str:
+        return "\n".join(self.errors)
 
 
 class UnsupportedShape(AdaptiveSchedError, ValueError):

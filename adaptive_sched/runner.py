@@ -35,7 +35,7 @@ from .policies import FixedPolicy, Policy
 from .scheduler import Scheduler
 from .stages import make_inputs, serving_inputs
 from .types import Backend, Shape, Stage
-from .workload import Step, decode_steps, model_shape
+from .workload import ForwardStep, decode_steps, model_shape
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ class RunReport:
         }
 
 
-def bucket_label(step: Step) -> str:
+def bucket_label(step: ForwardStep) -> str:
     """Display bucket: the prefill, or the power-of-two range of the KV length in decode."""
     if step.phase == "prefill":
         return f"prefill n={step.shape.n}"
@@ -239,7 +239,7 @@ class _Pass:
         self.total_s = 0.0
         self.steps_s: list[float] = []
 
-    def step(self, step: Step, layers: int, idle_s: float) -> None:
+    def step(self, step: ForwardStep, layers: int, idle_s: float) -> None:
         """Run ``step`` over every layer."""
         sched, buckets, layer_inputs = self.sched, self.buckets, self.inputs
         label = bucket_label(step)
@@ -268,7 +268,7 @@ def _bucket_order(b: BucketStats) -> int:
     return int(digits[0]) if digits else 0
 
 
-def _warm_up(sched: Scheduler, steps: Sequence[Step], layer_inputs: _LayerInputs) -> None:
+def _warm_up(sched: Scheduler, steps: Sequence[ForwardStep], layer_inputs: _LayerInputs) -> None:
     """Pay the one-time costs of every executor before anything is timed, as a server does at start.
 
     Each stage runs once per layer on every available backend, at the prefill shape and at

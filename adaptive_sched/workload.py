@@ -90,7 +90,7 @@ def model_shape(name: str) -> ModelShape:
 
 
 @dataclass(frozen=True)
-class Step:
+class ForwardStep:
     """One forward step of the whole model: every layer runs its attention at ``shape``."""
 
     phase: str  # "prefill" or "decode"
@@ -100,7 +100,7 @@ class Step:
 
 def decode_steps(
     model: ModelShape, *, prompt: int, tokens: int, precision: Precision | str = "int8", batch: int = 1
-) -> Iterator[Step]:
+) -> Iterator[ForwardStep]:
     """The prefill step, then ``tokens`` decode steps with a growing KV cache.
 
     >>> steps = list(decode_steps(MODELS["tiny"], prompt=4, tokens=2))
@@ -111,7 +111,7 @@ def decode_steps(
         raise ConfigError(f"workload.prompt: must be >= 1, got {prompt}")
     if tokens < 0:
         raise ConfigError(f"workload.tokens: must be >= 0, got {tokens}")
-    yield Step("prefill", 0, Shape(n=prompt, d=model.d, heads=model.heads, batch=batch, precision=precision))
+    yield ForwardStep("prefill", 0, Shape(n=prompt, d=model.d, heads=model.heads, batch=batch, precision=precision))
     for t in range(tokens):
         shape = Shape(n=1, d=model.d, kv_len=prompt + t, heads=model.heads, batch=batch, precision=precision)
-        yield Step("decode", t + 1, shape)
+        yield ForwardStep("decode", t + 1, shape)

@@ -7,10 +7,10 @@ the imported module's layer. An arrow may stay in its layer or go down, never up
 ====  ==================  ==========================================================
 rank  layer               modules
 ====  ==================  ==========================================================
-0     core                types, errors, features, stages, workload, paths, cache
+0     core                types, errors, features, stages, workload, paths, cache, validation
 1     executors           executors/, sim/ (the simulated SoC is an executor), checks
 2     learners, policies  learners/, policies/
-3     scheduler           scheduler, build, config, runner, deadline, observed
+3     scheduler           scheduler, build, config, config_schema, runner, deadline, observed
 4     store               store/
 5     offline, service    offline/; service, metrics (they serve a scheduler)
 6     cli                 cli/, __main__
@@ -39,6 +39,7 @@ LAYERS: dict[str, tuple[int, str]] = {
     "adaptive_sched.workload": (0, "core"),
     "adaptive_sched.paths": (0, "core"),
     "adaptive_sched.cache": (0, "core"),
+    "adaptive_sched.validation": (0, "core"),
     "adaptive_sched.executors": (1, "executors"),
     "adaptive_sched.sim": (1, "executors"),
     "adaptive_sched.checks": (1, "executors"),
@@ -47,6 +48,7 @@ LAYERS: dict[str, tuple[int, str]] = {
     "adaptive_sched.scheduler": (3, "scheduler"),
     "adaptive_sched.build": (3, "scheduler"),
     "adaptive_sched.config": (3, "scheduler"),
+    "adaptive_sched.config_schema": (3, "scheduler"),
     "adaptive_sched.runner": (3, "scheduler"),
     "adaptive_sched.deadline": (3, "scheduler"),
     "adaptive_sched.observed": (3, "scheduler"),

@@ -14,9 +14,9 @@ from adaptive_sched.errors import PriorError
 from adaptive_sched.features import stage_flops
 from adaptive_sched.learners.models import MODELS, build_model, fit, model_features
 from adaptive_sched.learners.priors import (
-    LatencyModel,
     Prior,
     PriorData,
+    PriorLatencyModel,
     TrainingRow,
     content_hash,
     make_prior_data,
@@ -371,7 +371,7 @@ def test_caches_return_copies_and_classifier_is_independent(prior: Prior) -> Non
 
 def test_latency_model_fallback_precision() -> None:
     rows = [TrainingRow(Shape(n=1, d=d), {Backend.GPU: 1e-6 * d, Backend.NPU: 2e-4}) for d in (64, 128, 256)]
-    lm = LatencyModel(Stage.QKV, rows)
+    lm = PriorLatencyModel(Stage.QKV, rows)
     est = lm.predict(Shape(n=1, d=128, precision="int8"))  # no INT8 rows: uses the pooled fit
     assert 0.5 * 1.28e-4 < est[Backend.GPU] <= 1.28e-4  # INT8 moves fewer bytes than the FP16 row
     assert lm.extrapolation_reason(Shape(n=1, d=128, precision="int8")) == "no int8 rows for gpu"

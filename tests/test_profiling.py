@@ -122,14 +122,14 @@ def test_ranges_lists_and_scalars() -> None:
 @pytest.mark.parametrize(
     ("grid", "message"),
     [
-        ({"n": 1, "d": 64, "size": 2}, "unknown key 'size'"),
-        ({"grids": [{"n": 1, "d": 64, "seq": 3}]}, "grids[0]: unknown key 'seq'"),
+        ({"n": 1, "d": 64, "size": 2}, "size: unknown key"),
+        ({"grids": [{"n": 1, "d": 64, "seq": 3}]}, "grids[0].seq: unknown key"),
         ({"n": 0, "d": 64}, "n: must be >= 1, got 0"),
         ({"n": "many", "d": 64}, "n: expected an integer, got 'many'"),
         ({"n": 1.5, "d": 64}, "n: expected an integer"),
         ({"n": True, "d": 64}, "n: expected an integer"),
         ({"n": 1, "d": 64, "precision": "fp8"}, "unknown value 'fp8'"),
-        ({"n": 1}, "missing key 'd'"),
+        ({"n": 1}, "d: required key is missing"),
         ({"n": 1, "d": 96, "heads": 5}, "must be divisible by heads"),
         ({"n": {"start": 1, "stop": 8}, "d": 64}, "exactly one of 'step' or 'factor'"),
         ({"n": {"start": 8, "stop": 1, "step": 1}, "d": 64}, "stop (1) is below start (8)"),
@@ -151,7 +151,7 @@ def test_bad_grid_file_names_the_file(tmp_path: Path) -> None:
     path.write_text("name: bad\ngrids:\n  - {n: 1, d: 64, kvlen: 8}\n")
     with pytest.raises(ConfigError) as info:
         load_grid(path)
-    assert str(path) in str(info.value) and "grids[0]: unknown key 'kvlen'" in str(info.value)
+    assert str(path) in str(info.value) and "grids[0].kvlen: unknown key" in str(info.value)
     path.write_text("n: [1, 2\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_grid(path)

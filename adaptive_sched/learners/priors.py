@@ -27,7 +27,7 @@ Two models answer two questions:
 
 * :meth:`Prior.choose` is the paper's selector: the stage's classifier (RF for qkv, KNN
   for attn by default), rebuilt from the rows.
-* :meth:`Prior.latency` predicts seconds per backend with :class:`LatencyModel`: a
+* :meth:`Prior.latency` predicts seconds per backend with :class:`PriorLatencyModel`: a
   per-backend, per-precision roofline ``t = c0 + flops/F + bytes/B`` fitted by
   non-negative least squares on relative error, times a correction interpolated (inverse
   distance, in octaves of n, d, kv_len and batch) from the rows' residuals. On a
@@ -166,12 +166,12 @@ class _BackendFit:
         return trend * math.exp(correction)
 
 
-class LatencyModel:
+class PriorLatencyModel:
     """Predicted seconds per backend for one stage, from the stage's training rows.
 
     >>> rows = [TrainingRow(Shape(n=1, d=d), {Backend.GPU: 1e-5 * d, Backend.NPU: 2e-3})
     ...         for d in (256, 512, 1024)]
-    >>> m = LatencyModel(Stage.QKV, rows)
+    >>> m = PriorLatencyModel(Stage.QKV, rows)
     >>> round(m.predict(Shape(n=1, d=512))[Backend.GPU], 6)   # a training shape: its median
     0.00512
     """
@@ -241,7 +241,7 @@ class Prior:
         self.backends: tuple[Backend, ...] = data.backends
         self.stages: tuple[Stage, ...] = tuple(sorted(data.stages))
         self.content_hash = data.content_hash
-        self._latency = {s: LatencyModel(s, sp.rows) for s, sp in data.stages.items()}
+        self._latency = {s: PriorLatencyModel(s, sp.rows) for s, sp in data.stages.items()}
         self._classifiers: dict[Stage, Any] = {}
         self._lock = threading.Lock()
         self._latency_cache: dict[tuple[Stage, Shape], dict[Backend, float]] = {}
@@ -373,9 +373,9 @@ def train_classifier(stage: Stage, sp: StagePrior, backends: Sequence[Backend], 
 
 __all__ = [
     "FORMAT",
-    "LatencyModel",
     "Prior",
     "PriorData",
+    "PriorLatencyModel",
     "StagePrior",
     "TrainingRow",
     "canonical_json",

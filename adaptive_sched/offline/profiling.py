@@ -50,6 +50,7 @@ from ..features import stage_shape
 from ..paths import resolve_config
 from ..stages import serving_inputs
 from ..types import Backend, Shape, Stage, parse_backend, parse_precision, parse_stage
+from ..validation import Problems, expect_int, join, read_yaml
 
 if TYPE_CHECKING:
     from ..store.profiles import ProfileRow
@@ -99,103 +100,119 @@ class Grid:
 def load_grid(source: Grid | str | Path | Mapping[str, Any]) -> Grid:
     """Load a grid from a :class:`Grid`, a mapping, a YAML path, or a shipped grid's name.
 
-    Errors are :class:`~adaptive_sched.errors.ConfigError` naming the file and the key.
+    Errors are one :class:`~adaptive_sched.errors.ConfigError` listing every problem, one
+    line each naming the file and the key (``grids[1].n`` for a sub-grid's field).
 
     >>> load_grid("smoke").name
     'smoke'
-    >>> load_grid({"n": 1, "d": 64, "size": 3})  # doctest: +ELLIPSIS
+    >>> load_grid({"n": 0, "d": 64, "size": 3})  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    adaptive_sched.errors.ConfigError: <mapping>: unknown key 'size' (allowed: batch, d, ...)
+    adaptive_sched.errors.ConfigError: <mapping>: size: unknown key (allowed: batch, d, ...)
+    <mapping>: n: must be >= 1, got 0
     """
     if isinstance(source, Grid):
         return source
     if isinstance(source, Mapping):
         return _parse_grid(source, "<mapping>", default_name="grid")
     path = resolve_config(source, "grids")
-    import yaml  # only needed when a file is read
-
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+    data = read_yaml(path)
     if not isinstance(data, Mapping):
         raise ConfigError(f"{path}: a grid file must be a mapping of keys, got {type(data).__name__}")
     return _parse_grid(data, str(path), default_name=path.stem)
 
 
-def _parse_grid(data: Mapping[str, Any], where: str, default_name: str) -> Grid:
-    _check_keys(data, _TOP_KEYS, where)
-    name = str(data.get("name", default_name))
+def _parse_grid(data: Mapping[str, Any], origin: str, default_name: str) -> Grid:
+    """Every problem of the grid is collected, then raised at once; a sub-grid with a wrong
+    field is not expanded (its points would only repeat the mistake)."""
+    problems = Problems()
+    _check_keys(data, _TOP_KEYS, "", problems)
     stages_raw = data.get("stages", ["qkv", "attn"])
-    stages_list = stages_raw if isinstance(stages_raw, list) else [stages_raw]
+    stages: tuple[Stage, ...] = ()
     try:
-        stages = tuple(dict.fromkeys(parse_stage(s) for s in stages_list))
+        listed = stages_raw if isinstance(stages_raw, list) else [stages_raw]
+        stages = tuple(dict.fromkeys(parse_stage(s) for s in listed))
+        if not stages:
+            problems.add("stages: must name at least one stage")
     except ValueError as exc:
-        raise ConfigError(f"{where}: stages: {exc}") from None
-    if not stages:
-        raise ConfigError(f"{where}: stages: must name at least one stage")
-    top = {k: data[k] for k in SHAPE_FIELDS if k in data}
+        problems.add(f"stages: {exc}")
+    before = len(problems)
+    top = _parsed_fields(data, "", problems)
+    top_ok = len(problems) == before  # else every sub-grid would lack the field found wrong
     subs = data.get("grids")
     if subs is None:
         subs = [{}]
     elif not isinstance(subs, list) or not subs:
-        raise ConfigError(f"{where}: grids: must be a non-empty list of sub-grids")
+        problems.add("grids: must be a non-empty list of sub-grids")
+        subs = []
     shapes: dict[Shape, None] = {}
     for i, sub in enumerate(subs):
-        sub_where = f"{where}: grids[{i}]"
+        key = f"grids[{i}]" if "grids" in data else ""
         if not isinstance(sub, Mapping):
-            raise ConfigError(f"{sub_where}: must be a mapping of shape fields, got {type(sub).__name__}")
-        _check_keys(sub, _SUB_KEYS, sub_where)
-        merged = {**top, **{k: sub[k] for k in SHAPE_FIELDS if k in sub}}
-        if "name" in sub:
-            sub_where = f"{where}: grids[{i}] ({sub['name']})"
-        for shape in _expand(merged, sub_where if "grids" in data else where):
-            shapes.setdefault(shape, None)
+            problems.add(f"{key}: must be a mapping of shape fields, got {type(sub).__name__}")
+            continue
+        _check_keys(sub, _SUB_KEYS, key, problems)
+        before = len(problems)
+        fields = {**top, **_parsed_fields(sub, key, problems)}
+        if len(problems) == before and top_ok:
+            with problems.catch():
+                shapes.update(dict.fromkeys(_expand(fields, key)))
+    problems.raise_if_any(origin)
     return Grid(
-        name=name,
+        name=str(data.get("name", default_name)),
         shapes=tuple(shapes),
         stages=stages,
-        source=where,
+        source=origin,
         description=str(data.get("description", "")),
     )
 
 
-def _check_keys(data: Mapping[str, Any], allowed: frozenset[str], where: str) -> None:
+def _check_keys(data: Mapping[str, Any], allowed: frozenset[str], where: str, problems: Problems) -> None:
     for key in data:
         if key not in allowed:
-            raise ConfigError(f"{where}: unknown key {key!r} (allowed: {', '.join(sorted(allowed))})")
+            problems.add(f"{join(where, str(key))}: unknown key (allowed: {', '.join(sorted(allowed))})")
 
 
-def _expand(fields: Mapping[str, Any], where: str) -> Iterable[Shape]:
-    for required in ("n", "d"):
-        if required not in fields:
-            raise ConfigError(f"{where}: missing key {required!r}")
-    values = {f: _field_values(f, fields.get(f, _DEFAULTS.get(f)), where) for f in SHAPE_FIELDS}
+def _parsed_fields(data: Mapping[str, Any], where: str, problems: Problems) -> dict[str, list[Any]]:
+    """The values of each shape field ``data`` sets, its problems recorded."""
+    out: dict[str, list[Any]] = {}
+    for name in SHAPE_FIELDS:
+        if name in data:
+            with problems.catch():
+                out[name] = _field_values(name, data[name], join(where, name))
+    return out
+
+
+def _expand(fields: Mapping[str, list[Any]], where: str) -> Iterable[Shape]:
+    missing = [f"{join(where, name)}: required key is missing" for name in ("n", "d") if name not in fields]
+    if missing:
+        raise ConfigError(*missing)
+    values = {f: fields.get(f, _DEFAULTS.get(f, [])) for f in SHAPE_FIELDS}
     total = math.prod(len(v) for v in values.values())
     if total > MAX_POINTS:
-        raise ConfigError(f"{where}: expands to {total} points (more than {MAX_POINTS}); check the ranges")
+        raise ConfigError(f"{where or 'grid'}: expands to {total} points (more than {MAX_POINTS}); check the ranges")
+    shapes = []
     for combo in itertools.product(*(values[f] for f in SHAPE_FIELDS)):
         kwargs = dict(zip(SHAPE_FIELDS, combo, strict=True))
         try:
-            yield Shape(**kwargs)
-        except ValueError as exc:
-            raise ConfigError(f"{where}: invalid point {kwargs}: {exc}") from None
+            shapes.append(Shape(**kwargs))
+        except ValueError as exc:  # the first wrong point stands for the others
+            raise ConfigError(f"{where or 'grid'}: invalid point {kwargs}: {exc}") from None
+    return shapes
 
 
-def _field_values(name: str, raw: Any, where: str) -> list[Any]:
+def _field_values(name: str, raw: Any, key: str) -> list[Any]:
+    """The values of field ``name``; errors name ``key`` (the field's path in the file)."""
     if name == "heads" and raw is None:
         return [None]
     if isinstance(raw, Mapping):
-        items = _range_values(name, raw, where)
+        items = _range_values(name, raw, key)
     elif isinstance(raw, list):
         items = raw
     else:
         items = [raw]
     if not items:
-        raise ConfigError(f"{where}: {name}: empty list")
+        raise ConfigError(f"{key}: empty list")
     out: list[Any] = []
     for item in items:
         if name == "heads" and item is None:
@@ -204,46 +221,46 @@ def _field_values(name: str, raw: Any, where: str) -> list[Any]:
             try:
                 out.append(parse_precision(str(item)))
             except ValueError as exc:
-                raise ConfigError(f"{where}: {exc}") from None
+                raise ConfigError(f"{key}: {exc}") from None
         else:
-            out.append(_int_value(name, item, where))
+            out.append(_int_value(name, item, key))
     return list(dict.fromkeys(out))
 
 
-def _int_value(name: str, item: Any, where: str) -> int:
-    ok = not isinstance(item, bool) and (isinstance(item, int) or (isinstance(item, float) and item.is_integer()))
-    if not ok:
-        raise ConfigError(f"{where}: {name}: expected an integer, got {item!r}")
-    value = int(item)
+def _int_value(name: str, item: Any, key: str) -> int:
+    integral = isinstance(item, float) and item.is_integer()  # 1e3 in YAML is a float
+    value = expect_int(int(item) if integral else item, key)
     if value < _FIELD_MIN[name]:
-        raise ConfigError(f"{where}: {name}: must be >= {_FIELD_MIN[name]}, got {value}")
+        raise ConfigError(f"{key}: must be >= {_FIELD_MIN[name]}, got {value}")
     return value
 
 
-def _range_values(name: str, spec: Mapping[str, Any], where: str) -> list[int]:
+def _range_values(name: str, spec: Mapping[str, Any], key: str) -> list[int]:
     if name == "precision":
-        raise ConfigError(f"{where}: precision: a range is not allowed, list the precisions")
-    for key in spec:
-        if key not in _RANGE_KEYS:
-            raise ConfigError(f"{where}: {name}: unknown range key {key!r} (allowed: factor, start, step, stop)")
+        raise ConfigError(f"{key}: a range is not allowed, list the precisions")
+    unknown = [
+        f"{key}: unknown range key {k!r} (allowed: factor, start, step, stop)" for k in spec if k not in _RANGE_KEYS
+    ]
+    if unknown:
+        raise ConfigError(*unknown)
     if "start" not in spec or "stop" not in spec:
-        raise ConfigError(f"{where}: {name}: a range needs 'start' and 'stop'")
+        raise ConfigError(f"{key}: a range needs 'start' and 'stop'")
     if ("step" in spec) == ("factor" in spec):
-        raise ConfigError(f"{where}: {name}: a range needs exactly one of 'step' or 'factor'")
-    start = _int_value(name, spec["start"], where)
-    stop = _int_value(name, spec["stop"], where)
+        raise ConfigError(f"{key}: a range needs exactly one of 'step' or 'factor'")
+    start = _int_value(name, spec["start"], f"{key}.start")
+    stop = _int_value(name, spec["stop"], f"{key}.stop")
     if stop < start:
-        raise ConfigError(f"{where}: {name}: stop ({stop}) is below start ({start})")
+        raise ConfigError(f"{key}: stop ({stop}) is below start ({start})")
     if "step" in spec:
         step = spec["step"]
         if isinstance(step, bool) or not isinstance(step, int) or step < 1:
-            raise ConfigError(f"{where}: {name}: step must be an integer >= 1, got {step!r}")
+            raise ConfigError(f"{key}: step must be an integer >= 1, got {step!r}")
         return list(range(start, stop + 1, step))
     factor = spec["factor"]
     if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not factor > 1:
-        raise ConfigError(f"{where}: {name}: factor must be a number > 1, got {factor!r}")
+        raise ConfigError(f"{key}: factor must be a number > 1, got {factor!r}")
     if start < 1:
-        raise ConfigError(f"{where}: {name}: a geometric range needs start >= 1, got {start}")
+        raise ConfigError(f"{key}: a geometric range needs start >= 1, got {start}")
     out, value = [], float(start)
     while round(value) <= stop:
         out.append(round(value))

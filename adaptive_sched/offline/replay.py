@@ -54,8 +54,8 @@ from .estimators import DM, DR, ESTIMATORS, HEADLINE, IPS, SNIPS, Estimator, Fee
 from .logdata import AFTERS, BACKENDS, NO_AFTER, LogData, describe_shape, stage_of
 from .replay_results import (
     BucketSupport,
+    CandidateEstimate,
     CandidateResult,
-    Estimate,
     Interval,
     Observed,
     ReplayResult,
@@ -129,7 +129,7 @@ class PolicyCandidate(Candidate):
 
 
 # -- the latency model --------------------------------------------------------------------------
-class LatencyModel:
+class LoggedLatencyModel:
     """Mean logged latency per (shape bucket, previous backend, backend), for DM and DR.
 
     Where a backend was never observed in a bucket after that previous backend, the mean
@@ -220,7 +220,7 @@ class _PairRows:
     q_logged: np.ndarray
 
 
-def _stage_rows(data: LogData, model: LatencyModel, rows: np.ndarray) -> _StageRows:
+def _stage_rows(data: LogData, model: LoggedLatencyModel, rows: np.ndarray) -> _StageRows:
     after, backend = data.after[rows], data.backend[rows]
     return _StageRows(
         rows=rows.astype(np.int32),
@@ -233,7 +233,7 @@ def _stage_rows(data: LogData, model: LatencyModel, rows: np.ndarray) -> _StageR
     )
 
 
-def _pair_rows(data: LogData, model: LatencyModel, qr: np.ndarray, ar: np.ndarray) -> _PairRows:
+def _pair_rows(data: LogData, model: LoggedLatencyModel, qr: np.ndarray, ar: np.ndarray) -> _PairRows:
     q_slot = data.key[qr] * len(AFTERS) + data.after[qr]
     q_b, a_b, a_after = data.backend[qr], data.backend[ar], data.after[ar]
     w = data.weight
@@ -269,7 +269,7 @@ def evaluate(data: LogData, candidates: Sequence[Candidate], settings: Settings 
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise ValueError(f"candidates: the name {dupes[0]!r} is given twice")
-    model = LatencyModel(data)
+    model = LoggedLatencyModel(data)
     q_rows, a_rows = find_pairs(data)
     stage_rows = {
         name: _stage_rows(data, model, rows)
@@ -343,7 +343,7 @@ def evaluate(data: LogData, candidates: Sequence[Candidate], settings: Settings 
     )
 
 
-def _verdict(est: Estimate, support: Support) -> str:
+def _verdict(est: CandidateEstimate, support: Support) -> str:
     if not support.supported:
         return "unsupported"
     if est.unavailable or math.isnan(est.diff):
@@ -356,7 +356,7 @@ def _verdict(est: Estimate, support: Support) -> str:
     return "can't tell"
 
 
-def _thin(model: LatencyModel, settings: Settings) -> dict[str, np.ndarray]:
+def _thin(model: LoggedLatencyModel, settings: Settings) -> dict[str, np.ndarray]:
     """(cell, after, backend) -> 1 where the log tried the backend fewer than ``min_rows`` times ("rare") or never."""
     return {
         "rare": (model.counts < settings.min_rows).astype(np.float64),
@@ -460,7 +460,7 @@ def _bucket_support(data: LogData, rows: np.ndarray, share: np.ndarray, s: np.nd
     return tuple(sorted(out, key=lambda b: (-b.unsupported_share, -b.rows)))
 
 
-def _bootstrap_estimates(fb: Feedback, boot: Resampler) -> dict[str, Estimate]:
+def _bootstrap_estimates(fb: Feedback, boot: Resampler) -> dict[str, CandidateEstimate]:
     """Every estimator's value and paired difference to the observed mean, with row and block intervals."""
     # columns: the sampling weight (every plain mean's denominator), the observed latency (the
     # logged policy's mean: the reference), then each estimator's numerator and, if it has
@@ -488,7 +488,7 @@ def _bootstrap_estimates(fb: Feedback, boot: Resampler) -> dict[str, Estimate]:
     for j, cls in enumerate(ESTIMATORS):
         value, ref = float(values[j]), float(values[-1])
         unavailable = "" if math.isfinite(value) else "the latency model has no value for a backend it chooses"
-        out[cls.name] = Estimate(
+        out[cls.name] = CandidateEstimate(
             estimator=cls.name,
             value=value,
             row=interval(row[:, j]),
@@ -503,7 +503,7 @@ def _bootstrap_estimates(fb: Feedback, boot: Resampler) -> dict[str, Estimate]:
 
 def _observed(
     data: LogData,
-    model: LatencyModel,
+    model: LoggedLatencyModel,
     stage_rows: Mapping[str, _StageRows],
     pairs: _PairRows | None,
     boot: Resampler,
@@ -539,13 +539,13 @@ __all__ = [
     "SNIPS",
     "BucketSupport",
     "Candidate",
+    "CandidateEstimate",
     "CandidateResult",
-    "Estimate",
     "Estimator",
     "Feedback",
     "FixedCandidate",
     "Interval",
-    "LatencyModel",
+    "LoggedLatencyModel",
     "Observed",
     "PolicyCandidate",
     "ReplayResult",

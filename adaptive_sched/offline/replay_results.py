@@ -25,7 +25,7 @@ class Interval:
 
 
 @dataclass(frozen=True)
-class Estimate:
+class CandidateEstimate:
     """One estimator's estimate of a candidate's mean latency in one view, and its difference to the logged policy.
 
     ``value`` is seconds per decision (stage views) or per layer (the pair view); ``diff``
@@ -76,7 +76,7 @@ class View:
     """A candidate's estimates in one view (``pair``, ``qkv`` or ``attn``)."""
 
     name: str
-    estimates: Mapping[str, Estimate]
+    estimates: Mapping[str, CandidateEstimate]
     support: Support
 
 
@@ -92,7 +92,7 @@ class CandidateResult:
     verdict: str
 
     @property
-    def headline(self) -> Estimate:
+    def headline(self) -> CandidateEstimate:
         return self.views[self.headline_view].estimates[HEADLINE]
 
     @property
@@ -109,7 +109,7 @@ class Observed:
     block: Interval
     rows: int
     #: the logging policy's own estimates (stage views, from its logged probability vectors)
-    estimates: Mapping[str, Estimate] = field(default_factory=dict)
+    estimates: Mapping[str, CandidateEstimate] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

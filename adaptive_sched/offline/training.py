@@ -33,7 +33,7 @@ from typing import Any
 
 from ..errors import PriorError, StoreError
 from ..learners.models import MODELS, STAGE_MODELS, build_model, fit, get_spec, model_features
-from ..learners.priors import LatencyModel, PriorData, TrainingRow, make_prior_data
+from ..learners.priors import PriorData, PriorLatencyModel, TrainingRow, make_prior_data
 from ..store.priors import save_prior
 from ..types import Backend, Shape, Stage, parse_backend, parse_stage
 
@@ -319,7 +319,7 @@ def _picks(
     if name.startswith("always-"):
         return [Backend(name.removeprefix("always-"))] * len(test)
     if name == "latency-argmin":
-        lm = LatencyModel(stage, train)
+        lm = PriorLatencyModel(stage, train)
         out = []
         for r in test:
             est = lm.predict(r.shape)

@@ -95,7 +95,7 @@ def _override(section: Any, value: Any, where: str) -> Any:
             if not isinstance(fields, Mapping):
                 raise ConfigError(f"{sub.key(name)}: expected a mapping of settings, got {fields!r}")
             merged = {**_params_dict(backends[backend]), **fields}
-            backends[backend] = parse(_Node(merged, sub.key(name)))
+            backends[backend] = sub.part(parse, _Node(merged, sub.key(name), sub.problems, parent=sub))
     changes["backends"] = backends
     node.done()
     return replace(section, **changes)

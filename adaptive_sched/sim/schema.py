@@ -9,7 +9,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ConfigError
 from ..features import kv_bucket
 from ..types import Backend, Precision, Stage
 
@@ -235,10 +234,8 @@ class DeviceProfile:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "") -> DeviceProfile:
-        """Validate a mapping (parsed YAML) into a profile; errors name the key and ``source``."""
-        from .loading import _Node, _parse_profile
+        """Validate a mapping (parsed YAML) into a profile; every problem is reported at once,
+        each naming ``source`` and the key (see :func:`~adaptive_sched.sim.loading.parse_profile`)."""
+        from .loading import parse_profile
 
-        try:
-            return _parse_profile(_Node(data), source)
-        except ConfigError as exc:
-            raise ConfigError(f"{source or '<mapping>'}: {exc}") from None
+        return parse_profile(data, source)
