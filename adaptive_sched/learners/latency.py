@@ -145,6 +145,9 @@ class ModelParams:
     alarm_var: float = 0.25
     alarm_stage_var: float = 0.04
     alarm_bucket_var: float = 0.01
+    #: variance the device term is re-opened to when a change is seen to revert (the level
+    #: before the change is known, to about what the change's size was measured to)
+    revert_var: float = 0.02
     #: ADWIN's confidence and how often (observations) it checks for a change
     adwin_delta: float = 0.002
     adwin_clock: int = 8
@@ -231,6 +234,8 @@ class LatencyModel:
         #: drift detections per (stage, backend): ADWIN's, and the run test's
         self.alarms: dict[tuple[Stage, Backend], int] = {}
         self.changes: dict[tuple[Stage, Backend], int] = {}
+        #: detected changes seen to revert, per backend
+        self.reversions: dict[Backend, int] = {}
         self.observations = 0
 
     # -- state, created on first use ------------------------------------------------------
@@ -314,10 +319,14 @@ class LatencyModel:
         device = self._devices.get(backend)
         return clock if device is None else max(0, clock - device.last)
 
-    def reversion(self, backend: Backend, clock: int) -> tuple[float, float]:
-        """(probability, log shift) that ``backend``'s last detected change has reverted by now (see ``DeviceTerm``)."""
+    def reversion(self, backend: Backend, clock: int) -> tuple[float, float, float]:
+        """(probability, log shift, rate): that ``backend``'s last detected change has reverted by
+        now, how its estimate would move if so, and the rate of such reversions per observation
+        (see ``DeviceTerm``)."""
         device = self._devices.get(backend)
-        return (0.0, 0.0) if device is None else device.reversion(clock)
+        if device is None or not device.jump:
+            return 0.0, 0.0, 0.0
+        return (*device.reversion(clock), device.jump_rate(clock))
 
     def observed(self, stage: Stage, backend: Backend, group: Group) -> int:
         """How many observations the regression of ``stage`` on ``backend`` in ``group`` has learned from."""
@@ -387,8 +396,20 @@ class LatencyModel:
             v_reg = 0.0
         v_model = v_device + v_reg + bk[1]
         s = v_model + reg.noise
-        sd = math.sqrt(s)
         raw = log_t - predicted
+        reverted = False
+        if device.jump and device.weigh_reversion(raw, s, clock, p.clip):
+            # The last change undid itself (contention ended or came back, the clock recovered):
+            # undo it on the shared term and learn this observation against what that predicts.
+            device.revert(p.revert_var, clock)
+            self.reversions[backend] = self.reversions.get(backend, 0) + 1
+            reverted = True
+            predicted += device.jump  # the jump undone, now recorded with its sign flipped
+            raw -= device.jump
+            v_device = device.var
+            v_model = v_device + v_reg + bk[1]
+            s = v_model + reg.noise
+        sd = math.sqrt(s)
         z = raw / sd
         clip = p.clip
         # Bounded influence, unless the surprise repeats: a run of innovations beyond the
@@ -483,6 +504,9 @@ class LatencyModel:
             key = (stage, backend)
             self.alarms[key] = self.alarms.get(key, 0) + 1
             self._reopen(device, reg, bk)
+        if reverted:  # a change of the whole backend, like one detected: its sign is the jump undone's
+            return Learned(alarm=True, device_shift=device_move - device.jump, shift=gain * e - device.jump,
+                           shared_shift=shared - device.jump, predicted=predicted + gain * e, gain=gain)  # fmt: skip
         return Learned(alarm=alarm, device_shift=device_move, shift=gain * e, shared_shift=shared,
                        predicted=predicted + gain * e, gain=gain)  # fmt: skip
 
@@ -515,6 +539,7 @@ class LatencyModel:
             "buckets": len(self._buckets),
             "alarms": {f"{s.value}/{b.value}": n for (s, b), n in self.alarms.items()},
             "changes": {f"{s.value}/{b.value}": n for (s, b), n in self.changes.items()},
+            "reversions": {b.value: n for b, n in self.reversions.items()},
         }  # fmt: skip
         for (stage, backend, (precision, phase)), reg in self._groups.items():
             entry: dict[str, Any] = {"observations": reg.n, "noise_sd": round(math.sqrt(reg.noise), 4)}

@@ -242,11 +242,17 @@ class AdaptivePolicy(Policy):
             # stage's share of the value moves back by the change.
             reversion = {}
             for b in values:
-                hazard, shift = est.model.reversion(b, clock)
-                if hazard > 0.0:
-                    reversion[b] = (hazard, shift * predicted[b] / values[b])
+                hazard, shift, rate = est.model.reversion(b, clock)
+                if rate > 0.0:
+                    reversion[b] = (hazard, shift * predicted[b] / values[b], rate)
             best, alternatives = win_probabilities(
-                values, log_vars, cap=p.explore_cap, scale=scale, allowance=allowance, reversion=reversion
+                values,
+                log_vars,
+                cap=p.explore_cap,
+                scale=scale,
+                allowance=allowance,
+                reversion=reversion,
+                typical=self._budget.typical() or predicted.get(fastest),
             )
             probs = MappingProxyType({best: 1.0 - sum(alternatives.values()), **alternatives})
             cumulative = 0.0
