@@ -201,6 +201,32 @@ def test_a_backend_whose_slowdown_may_end_is_watched_where_a_probe_is_cheap():
     assert GPU not in none
 
 
+def test_a_clock_that_drops_is_predicted_slower_before_it_is_observed():
+    table = {("qkv", "gpu"): 1e-3, ("qkv", "npu"): 1.5e-3}
+    p = bound(AdaptivePolicy(seed=0), table)
+    feed(p, Stage.QKV, SHAPE, {GPU: 1e-3, NPU: 1.5e-3}.__getitem__, 300)
+    assert p.best(Stage.QKV, SHAPE, None) is GPU
+    p.on_clocks({GPU: 0.4, NPU: 1.0})  # the GPU's devfreq steps down to 40%
+    assert p.choose(Stage.QKV, SHAPE, None).predicted[GPU] == pytest.approx(2.5e-3, rel=0.1)
+    assert p.best(Stage.QKV, SHAPE, None) is NPU
+    p.on_clocks({GPU: None, NPU: None})  # telemetry lost: back to what is learned from latencies
+    assert p.best(Stage.QKV, SHAPE, None) is GPU
+
+
+def test_how_latency_follows_the_clock_is_learned():
+    # memory-bound work: the GPU's run time grows only as the square root of its clock's slowdown
+    table = {("qkv", "gpu"): 1e-3, ("qkv", "npu"): 5e-3}
+    p = bound(AdaptivePolicy(seed=0), table)
+    rng = random.Random(1)
+    for _ in range(40):
+        ratio = rng.choice((1.0, 0.5, 0.25))
+        p.on_clocks({GPU: ratio})
+        feed(p, Stage.QKV, SHAPE, lambda b, r=ratio: {GPU: 1e-3 * r**-0.5, NPU: 5e-3}[b], 20)
+    assert p.state()["device"]["gpu"]["clock_elasticity"] == pytest.approx(0.5, abs=0.15)
+    p.on_clocks({GPU: 0.25})
+    assert p.choose(Stage.QKV, SHAPE, None).predicted[GPU] == pytest.approx(2e-3, rel=0.2)
+
+
 def test_pair_choice_accounts_for_the_transition_cost():
     # alone, qkv is fastest on the GPU and attn on the NPU, but moving between them costs 2 ms
     table = {("qkv", "gpu"): 1.0e-3, ("qkv", "npu"): 1.2e-3, ("attn", "gpu"): 1.0e-3, ("attn", "npu"): 0.8e-3}

@@ -30,12 +30,18 @@ class DeviceTerm:
     the terms, and the other stage keeps believing the backend slow and never checks it.
     """
 
-    __slots__ = ("_decay", "energy", "horizon", "jump", "jump_at", "jumps", "last", "mean", "n", "q", "reverted",
-                 "var", "version")  # fmt: skip
+    __slots__ = ("_decay", "beta", "beta_var", "energy", "horizon", "jump", "jump_at", "jumps", "last", "mean", "n",
+                 "q", "reverted", "slowdown", "var", "version")  # fmt: skip
 
-    def __init__(self, var: float, q: float, horizon: float) -> None:
+    def __init__(self, var: float, q: float, horizon: float, beta: float = 1.0, beta_var: float = 0.0) -> None:
         self.mean = 0.0
         self.var = var
+        #: the clock term: the backend's log slowdown read from its clock (log max/cur, 0 at
+        #: full clock or unknown), and how strongly its latency follows it (1: run time
+        #: proportional to the clock period, less for memory-bound work), learned
+        self.slowdown = 0.0
+        self.beta = beta
+        self.beta_var = beta_var
         self.q = q
         self.horizon = horizon
         self._decay = 1.0 - 1.0 / horizon

@@ -380,6 +380,13 @@ class AdaptivePolicy(Policy):
         # whatever the number of entries.
         self._invalidate()
 
+    def on_clocks(self, ratios: Mapping[Backend, float | None]) -> None:
+        # A clock that stepped moves every estimate of its backend: entries are recomputed on
+        # their next use (clocks step a few times a second at most).
+        with self._lock:
+            if self._est.model.set_clocks({b: r for b, r in ratios.items() if b in self.candidates}):
+                self._invalidate()
+
     def mark_unsupported(self, stage: Stage, shape: Shape, backend: Backend) -> None:
         with self._lock:
             point = self._est.point(stage, shape)
