@@ -10,6 +10,11 @@ import math
 from typing import Any
 
 
+#: a detected change is forgotten (no longer expected to revert) once the decayed count of
+#: recent changes falls below this: about five volatility horizons after a lone one
+FORGET_JUMPS = 0.01
+
+
 class DeviceTerm:
     """One backend's device term: a scalar random walk.
 
@@ -73,6 +78,10 @@ class DeviceTerm:
         right size would look the same, so the surprise is counted only up to ``clip``
         standard deviations: it takes a few in a row, as the run test does.
         """
+        if self.jumps * self._decay ** max(0, clock - self.jump_at) < FORGET_JUMPS:
+            self.jump = 0.0  # a change long past: no longer expected to revert
+            self.reverted = 0.0
+            return False
         hazard = self.reversion(clock)[0]
         prior = self.reverted + (1.0 - self.reverted) * hazard
         if prior <= 0.0:
