@@ -151,6 +151,82 @@ def test_follows_a_step_change_within_a_few_decisions():
     assert chosen[-50:].count(NPU) >= 45
 
 
+def test_a_slowdown_that_ends_is_undone_on_both_stages_at_once():
+    # The GPU is contended while only qkv runs there; when the contention ends, two qkv runs at
+    # the old level undo the whole change, so attention (not run there since) is back too.
+    table = {("qkv", "gpu"): 1e-3, ("qkv", "npu"): 1.5e-3, ("attn", "gpu"): 1e-3, ("attn", "npu"): 1.5e-3}
+    p = bound(AdaptivePolicy(seed=0), table)
+    feed(p, Stage.QKV, SHAPE, {GPU: 1e-3, NPU: 1.5e-3}.__getitem__, 300)
+    feed(p, Stage.ATTN, SHAPE, {GPU: 1e-3, NPU: 1.5e-3}.__getitem__, 300)
+    model = p._est.model
+    for _ in range(30):
+        p.learn(Observation(Stage.QKV, SHAPE, None, GPU, 3e-3))  # contended: 3x
+    assert p.choose(Stage.ATTN, SHAPE, None).predicted[GPU] > 2e-3
+    for _ in range(2):
+        p.learn(Observation(Stage.QKV, SHAPE, None, GPU, 1e-3))  # over
+    assert model.reversions == {GPU: 1}
+    assert p.choose(Stage.ATTN, SHAPE, None).predicted[GPU] == pytest.approx(1e-3, rel=0.25)
+    assert p.best(Stage.ATTN, SHAPE, None) is GPU
+
+
+def test_a_spike_does_not_bring_an_undone_slowdown_back():
+    table = {("qkv", "gpu"): 1e-3, ("qkv", "npu"): 1.5e-3}
+    p = bound(AdaptivePolicy(seed=0), table)
+    feed(p, Stage.QKV, SHAPE, {GPU: 1e-3, NPU: 1.5e-3}.__getitem__, 300)
+    for _ in range(30):
+        p.learn(Observation(Stage.QKV, SHAPE, None, GPU, 8e-3))
+    for _ in range(2):
+        p.learn(Observation(Stage.QKV, SHAPE, None, GPU, 1e-3))
+    assert p._est.model.reversions == {GPU: 1}
+    p.learn(Observation(Stage.QKV, SHAPE, None, GPU, 8e-3))  # one spike of the very size the change was
+    assert p._est.model.reversions == {GPU: 1}
+    assert p.choose(Stage.QKV, SHAPE, None).predicted[GPU] < 1.5e-3
+    for _ in range(3):  # ... but the change coming back, repeated, is seen
+        p.learn(Observation(Stage.QKV, SHAPE, None, GPU, 8e-3))
+    assert p.choose(Stage.QKV, SHAPE, None).predicted[GPU] > 4e-3
+
+
+def test_a_backend_whose_slowdown_may_end_is_watched_where_a_probe_is_cheap():
+    from adaptive_sched.policies.exploration import win_probabilities
+
+    values, log_vars = {NPU: 1e-3, GPU: 2e-3}, {NPU: 1e-4, GPU: 1e-4}
+    # no budget at all, but the GPU's 3x slowdown reverts at 1 per 1000 decisions
+    reversion = {GPU: (0.0, -math.log(3.0), 1e-3)}
+    _, cheap = win_probabilities(values, log_vars, cap=0.2, scale={GPU: 0.0}, reversion=reversion, typical=1e-3)
+    assert cheap[GPU] == pytest.approx(math.sqrt(1e-3 * (1e-3 - 2e-3 / 3) / 1e-3))
+    _, dear = win_probabilities({NPU: 1e-2, GPU: 2e-2}, log_vars, cap=0.2, scale={GPU: 0.0},
+                                reversion=reversion, typical=1e-3)  # fmt: skip
+    assert dear[GPU] == pytest.approx(cheap[GPU] / 10)
+    _, none = win_probabilities(values, log_vars, cap=0.2, scale={GPU: 0.0}, typical=1e-3)
+    assert GPU not in none
+
+
+def test_a_clock_that_drops_is_predicted_slower_before_it_is_observed():
+    table = {("qkv", "gpu"): 1e-3, ("qkv", "npu"): 1.5e-3}
+    p = bound(AdaptivePolicy(seed=0), table)
+    feed(p, Stage.QKV, SHAPE, {GPU: 1e-3, NPU: 1.5e-3}.__getitem__, 300)
+    assert p.best(Stage.QKV, SHAPE, None) is GPU
+    p.on_clocks({GPU: 0.4, NPU: 1.0})  # the GPU's devfreq steps down to 40%
+    assert p.choose(Stage.QKV, SHAPE, None).predicted[GPU] == pytest.approx(2.5e-3, rel=0.1)
+    assert p.best(Stage.QKV, SHAPE, None) is NPU
+    p.on_clocks({GPU: None, NPU: None})  # telemetry lost: back to what is learned from latencies
+    assert p.best(Stage.QKV, SHAPE, None) is GPU
+
+
+def test_how_latency_follows_the_clock_is_learned():
+    # memory-bound work: the GPU's run time grows only as the square root of its clock's slowdown
+    table = {("qkv", "gpu"): 1e-3, ("qkv", "npu"): 5e-3}
+    p = bound(AdaptivePolicy(seed=0), table)
+    rng = random.Random(1)
+    for _ in range(40):
+        ratio = rng.choice((1.0, 0.5, 0.25))
+        p.on_clocks({GPU: ratio})
+        feed(p, Stage.QKV, SHAPE, lambda b, r=ratio: {GPU: 1e-3 * r**-0.5, NPU: 5e-3}[b], 20)
+    assert p.state()["device"]["gpu"]["clock_elasticity"] == pytest.approx(0.5, abs=0.15)
+    p.on_clocks({GPU: 0.25})
+    assert p.choose(Stage.QKV, SHAPE, None).predicted[GPU] == pytest.approx(2e-3, rel=0.2)
+
+
 def test_pair_choice_accounts_for_the_transition_cost():
     # alone, qkv is fastest on the GPU and attn on the NPU, but moving between them costs 2 ms
     table = {("qkv", "gpu"): 1.0e-3, ("qkv", "npu"): 1.2e-3, ("attn", "gpu"): 1.0e-3, ("attn", "npu"): 0.8e-3}

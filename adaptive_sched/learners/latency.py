@@ -58,6 +58,7 @@ Examples
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any, NamedTuple
 
@@ -145,6 +146,16 @@ class ModelParams:
     alarm_var: float = 0.25
     alarm_stage_var: float = 0.04
     alarm_bucket_var: float = 0.01
+    #: how a backend's latency follows its clock read from telemetry: latency ~ (max/cur)^beta,
+    #: beta starting here (1: run time proportional to the clock period) ...
+    clock_elasticity: float = 1.0
+    #: ... within this prior standard deviation, then learned per backend
+    clock_elasticity_sd: float = 0.5
+    #: a backend's clock ratio must move by this (log units) for its estimates to be recomputed
+    clock_tolerance: float = 0.02
+    #: variance the device term is re-opened to when a change is seen to revert (the level
+    #: before the change is known, to about what the change's size was measured to)
+    revert_var: float = 0.02
     #: ADWIN's confidence and how often (observations) it checks for a change
     adwin_delta: float = 0.002
     adwin_clock: int = 8
@@ -231,6 +242,8 @@ class LatencyModel:
         #: drift detections per (stage, backend): ADWIN's, and the run test's
         self.alarms: dict[tuple[Stage, Backend], int] = {}
         self.changes: dict[tuple[Stage, Backend], int] = {}
+        #: detected changes seen to revert, per backend
+        self.reversions: dict[Backend, int] = {}
         self.observations = 0
 
     # -- state, created on first use ------------------------------------------------------
@@ -238,8 +251,24 @@ class LatencyModel:
         device = self._devices.get(backend)
         if device is None:
             p = self.params
-            device = self._devices[backend] = DeviceTerm(p.device_sd**2, p.device_q, p.volatility_horizon)
+            device = self._devices[backend] = DeviceTerm(p.device_sd**2, p.device_q, p.volatility_horizon,
+                                                         p.clock_elasticity, p.clock_elasticity_sd**2)  # fmt: skip
         return device
+
+    def set_clocks(self, ratios: Mapping[Backend, float | None]) -> bool:
+        """Each backend's current clock over its maximum, from telemetry (None or out of (0, 1]:
+        unknown, read as full clock). True when an estimate moved: its entries are stale."""
+        moved = False
+        for backend, ratio in ratios.items():
+            slowdown = -math.log(ratio) if ratio is not None and 0.0 < ratio < 1.0 else 0.0
+            device = self._device_of(backend)
+            if abs(slowdown - device.slowdown) > self.params.clock_tolerance or (slowdown == 0.0) != (
+                device.slowdown == 0.0
+            ):
+                device.slowdown = slowdown
+                device.version += 1
+                moved = True
+        return moved
 
     def _group_of(self, stage: Stage, backend: Backend, group: Group) -> Regression:
         """The regression of a group, created (from its siblings) when first observed."""
@@ -314,10 +343,14 @@ class LatencyModel:
         device = self._devices.get(backend)
         return clock if device is None else max(0, clock - device.last)
 
-    def reversion(self, backend: Backend, clock: int) -> tuple[float, float]:
-        """(probability, log shift) that ``backend``'s last detected change has reverted by now (see ``DeviceTerm``)."""
+    def reversion(self, backend: Backend, clock: int) -> tuple[float, float, float]:
+        """(probability, log shift, rate): that ``backend``'s last detected change has reverted by
+        now, how its estimate would move if so, and the rate of such reversions per observation
+        (see ``DeviceTerm``)."""
         device = self._devices.get(backend)
-        return (0.0, 0.0) if device is None else device.reversion(clock)
+        if device is None or not device.jump:
+            return 0.0, 0.0, 0.0
+        return (*device.reversion(clock), device.jump_rate(clock))
 
     def observed(self, stage: Stage, backend: Backend, group: Group) -> int:
         """How many observations the regression of ``stage`` on ``backend`` in ``group`` has learned from."""
@@ -340,6 +373,10 @@ class LatencyModel:
         mean = device.mean
         rate = device.rate()
         a = device.var - rate * device.last
+        x = device.slowdown
+        if x:
+            mean += device.beta * x
+            a += x * x * device.beta_var
         b = rate
         if reg.k:
             mean += reg.mean_at(phi)
@@ -379,16 +416,33 @@ class LatencyModel:
         v_device = device.var_at(clock)
         reg.grow(clock)
         predicted = prior_log + device.mean + bk[0]
+        x = device.slowdown
+        v_clock = 0.0
+        if x:  # the clock's share, read from telemetry
+            predicted += device.beta * x
+            v_clock = x * x * device.beta_var
         k = reg.k
         if k:
             p0, p1, p2, v_reg = reg.project(phi)
             predicted += reg.mean_at(phi)
         else:
             v_reg = 0.0
-        v_model = v_device + v_reg + bk[1]
+        v_model = v_device + v_reg + bk[1] + v_clock
         s = v_model + reg.noise
-        sd = math.sqrt(s)
         raw = log_t - predicted
+        reverted = False
+        if device.jump and device.weigh_reversion(raw, s, clock, p.clip):
+            # The last change undid itself (contention ended or came back, the clock recovered):
+            # undo it on the shared term and learn this observation against what that predicts.
+            device.revert(p.revert_var, clock)
+            self.reversions[backend] = self.reversions.get(backend, 0) + 1
+            reverted = True
+            predicted += device.jump  # the jump undone, now recorded with its sign flipped
+            raw -= device.jump
+            v_device = device.var
+            v_model = v_device + v_reg + bk[1] + v_clock
+            s = v_model + reg.noise
+        sd = math.sqrt(s)
         z = raw / sd
         clip = p.clip
         # Bounded influence, unless the surprise repeats: a run of innovations beyond the
@@ -415,7 +469,7 @@ class LatencyModel:
             v_device = device.var
             if k:
                 p0, p1, p2, v_reg = reg.project(phi)
-            v_model = v_device + v_reg + bk[1]
+            v_model = v_device + v_reg + bk[1] + v_clock
             s = v_model + reg.noise
             e = size if raw > 0 else -size
             zw = e / math.sqrt(s)
@@ -429,6 +483,10 @@ class LatencyModel:
         device_move = v_device * step
         device.mean += device_move
         device.var = v_device * (1.0 - v_device / s)
+        if x:
+            beta_var = device.beta_var
+            device.beta += beta_var * x * step
+            device.beta_var = beta_var * (1.0 - beta_var * x * x / s)
         if device.energy and clock > device.last:
             device.energy *= device._decay ** (clock - device.last)
         # How far the device term moves beyond what noise moves it (2 standard deviations of a
@@ -483,6 +541,9 @@ class LatencyModel:
             key = (stage, backend)
             self.alarms[key] = self.alarms.get(key, 0) + 1
             self._reopen(device, reg, bk)
+        if reverted:  # a change of the whole backend, like one detected: its sign is the jump undone's
+            return Learned(alarm=True, device_shift=device_move - device.jump, shift=gain * e - device.jump,
+                           shared_shift=shared - device.jump, predicted=predicted + gain * e, gain=gain)  # fmt: skip
         return Learned(alarm=alarm, device_shift=device_move, shift=gain * e, shared_shift=shared,
                        predicted=predicted + gain * e, gain=gain)  # fmt: skip
 
@@ -509,12 +570,14 @@ class LatencyModel:
         """Plain-data state for reports: the device factor per backend, the fitted error per stage and group."""
         out: dict[str, Any] = {
             "device": {b.value: {"factor": round(math.exp(d.mean), 4), "sd": round(math.sqrt(d.var), 4),
-                                 "forgetting": d.rate()}
+                                 "forgetting": d.rate(), "clock_slowdown": round(math.exp(d.slowdown), 4),
+                                 "clock_elasticity": round(d.beta, 4)}
                        for b, d in self._devices.items()},
             "groups": {},
             "buckets": len(self._buckets),
             "alarms": {f"{s.value}/{b.value}": n for (s, b), n in self.alarms.items()},
             "changes": {f"{s.value}/{b.value}": n for (s, b), n in self.changes.items()},
+            "reversions": {b.value: n for b, n in self.reversions.items()},
         }  # fmt: skip
         for (stage, backend, (precision, phase)), reg in self._groups.items():
             entry: dict[str, Any] = {"observations": reg.n, "noise_sd": round(math.sqrt(reg.noise), 4)}

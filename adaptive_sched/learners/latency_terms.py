@@ -10,6 +10,11 @@ import math
 from typing import Any
 
 
+#: a detected change is forgotten (no longer expected to revert) once the decayed count of
+#: recent changes falls below this: about five volatility horizons after a lone one
+FORGET_JUMPS = 0.01
+
+
 class DeviceTerm:
     """One backend's device term: a scalar random walk.
 
@@ -23,14 +28,25 @@ class DeviceTerm:
     throttled clock recovers): ``jump`` is its size (log units, positive when the backend
     got slower) and ``jumps`` a decayed count of the changes detected here, whose rate
     gives the hazard that the last one has reverted while the backend went unobserved.
+    Whether it has is a second hypothesis tracked beside the estimate (``reverted``, its
+    probability): each observation weighs the two by their likelihoods, and once reversion is
+    the likelier the whole jump is undone at once, on the shared term, so every stage of the
+    backend follows. Otherwise a reversion seen by one stage is learned slowly, split between
+    the terms, and the other stage keeps believing the backend slow and never checks it.
     """
 
-    __slots__ = ("_decay", "energy", "horizon", "jump", "jump_at", "jumps", "last", "mean", "n", "q", "var",
-                 "version")  # fmt: skip
+    __slots__ = ("_decay", "beta", "beta_var", "energy", "horizon", "jump", "jump_at", "jumps", "last", "mean", "n",
+                 "q", "reverted", "slowdown", "var", "version")  # fmt: skip
 
-    def __init__(self, var: float, q: float, horizon: float) -> None:
+    def __init__(self, var: float, q: float, horizon: float, beta: float = 1.0, beta_var: float = 0.0) -> None:
         self.mean = 0.0
         self.var = var
+        #: the clock term: the backend's log slowdown read from its clock (log max/cur, 0 at
+        #: full clock or unknown), and how strongly its latency follows it (1: run time
+        #: proportional to the clock period, less for memory-bound work), learned
+        self.slowdown = 0.0
+        self.beta = beta
+        self.beta_var = beta_var
         self.q = q
         self.horizon = horizon
         self._decay = 1.0 - 1.0 / horizon
@@ -41,20 +57,67 @@ class DeviceTerm:
         self.jump = 0.0
         self.jump_at = 0
         self.jumps = 0.0
+        self.reverted = 0.0
 
     def jumped(self, size: float, clock: int) -> None:
         """A change of ``size`` (log units, signed) was detected and learned at ``clock``."""
         self.jumps = self.jumps * self._decay ** max(0, clock - self.jump_at) + 1.0
         self.jump = size
         self.jump_at = clock
+        self.reverted = 0.0
+
+    def weigh_reversion(self, raw: float, s: float, clock: int, clip: float) -> bool:
+        """Weigh one observation's innovation ``raw`` (variance ``s``) between "the last jump
+        holds" and "it has reverted"; True when reversion became the likelier (see
+        :meth:`revert`).
+
+        Student-t likelihoods (3 degrees of freedom), with the hazard since the last
+        observation as the prior of a reversion meanwhile. A level that sits where the
+        reverted estimate puts it is strong evidence when the reversion is a speedup (noise
+        cannot make a run faster); when it is a slowdown (a speedup undone), a spike of the
+        right size would look the same, so the surprise is counted only up to ``clip``
+        standard deviations: it takes a few in a row, as the run test does.
+        """
+        if self.jumps * self._decay ** max(0, clock - self.jump_at) < FORGET_JUMPS:
+            self.jump = 0.0  # a change long past: no longer expected to revert
+            self.reverted = 0.0
+            return False
+        hazard = self.reversion(clock)[0]
+        prior = self.reverted + (1.0 - self.reverted) * hazard
+        if prior <= 0.0:
+            return False
+        if prior >= 1.0:
+            return True
+        z0 = raw * raw / s
+        if self.jump < 0.0 and z0 > clip * clip:
+            z0 = clip * clip
+        z1 = (raw + self.jump) ** 2 / s
+        log_odds = math.log(prior / (1.0 - prior)) + 2.0 * (math.log1p(z0 / 3.0) - math.log1p(z1 / 3.0))
+        if log_odds > 0.0:
+            return True
+        self.reverted = 1.0 / (1.0 + math.exp(-log_odds)) if log_odds > -30.0 else 0.0
+        return False
+
+    def revert(self, reopen_var: float, clock: int) -> None:
+        """Undo the last jump on this shared term; the jump back is now what may revert."""
+        jump = self.jump
+        self.mean -= jump
+        self.var = max(self.var, reopen_var)
+        self.version += 1
+        self.jumped(-jump, clock)
+
+    def jump_rate(self, clock: int) -> float:
+        """Changes per observation lately: the rate at which the last one may revert."""
+        if not self.jump:
+            return 0.0
+        return self.jumps * self._decay ** max(0, clock - self.jump_at) / self.horizon
 
     def reversion(self, clock: int) -> tuple[float, float]:
         """(probability, size): that the last detected change has reverted since the backend was
         last observed, and by how much its estimate would then move back."""
         if not self.jump or clock <= self.last:
             return 0.0, 0.0
-        rate = self.jumps * self._decay ** (clock - self.jump_at) / self.horizon
-        return 1.0 - math.exp(-rate * (clock - self.last)), -self.jump
+        return 1.0 - math.exp(-self.jump_rate(clock) * (clock - self.last)), -self.jump
 
     def rate(self) -> float:
         """Variance gained per observation while unobserved."""

@@ -242,11 +242,17 @@ class AdaptivePolicy(Policy):
             # stage's share of the value moves back by the change.
             reversion = {}
             for b in values:
-                hazard, shift = est.model.reversion(b, clock)
-                if hazard > 0.0:
-                    reversion[b] = (hazard, shift * predicted[b] / values[b])
+                hazard, shift, rate = est.model.reversion(b, clock)
+                if rate > 0.0:
+                    reversion[b] = (hazard, shift * predicted[b] / values[b], rate)
             best, alternatives = win_probabilities(
-                values, log_vars, cap=p.explore_cap, scale=scale, allowance=allowance, reversion=reversion
+                values,
+                log_vars,
+                cap=p.explore_cap,
+                scale=scale,
+                allowance=allowance,
+                reversion=reversion,
+                typical=self._budget.typical() or predicted.get(fastest),
             )
             probs = MappingProxyType({best: 1.0 - sum(alternatives.values()), **alternatives})
             cumulative = 0.0
@@ -373,6 +379,13 @@ class AdaptivePolicy(Policy):
         # Entries are recomputed on their next use, so a quarantine costs nothing now
         # whatever the number of entries.
         self._invalidate()
+
+    def on_clocks(self, ratios: Mapping[Backend, float | None]) -> None:
+        # A clock that stepped moves every estimate of its backend: entries are recomputed on
+        # their next use (clocks step a few times a second at most).
+        with self._lock:
+            if self._est.model.set_clocks({b: r for b, r in ratios.items() if b in self.candidates}):
+                self._invalidate()
 
     def mark_unsupported(self, stage: Stage, shape: Shape, backend: Backend) -> None:
         with self._lock:

@@ -329,6 +329,11 @@ class Policy(abc.ABC):
     def prepare(self) -> None:
         """Pay one-time costs (imports, models) before serving."""
 
+    def on_clocks(self, ratios: Mapping[Backend, float | None]) -> None:
+        """The device's telemetry changed: each backend's current clock over its maximum
+        (None: unknown). Optional: policies that predict latencies may scale them; stale or
+        missing telemetry arrives as None and must leave the policy as it would be without."""
+
     # -- exclusions ----------------------------------------------------------------------
     def exclude(self, backends: Iterable[Backend]) -> None:
         """Stop choosing ``backends`` (quarantined after failures) until excluded no more."""

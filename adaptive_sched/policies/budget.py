@@ -49,7 +49,11 @@ class ExplorationBudget:
 
     def allowance(self) -> float:
         """Seconds of exploration one decision may cost on average: ``share`` of a recent mean stage."""
-        return self.share * self.total / self.count if self.count else 0.0
+        return self.share * self.typical()
+
+    def typical(self) -> float:
+        """A recent mean stage latency (seconds; 0 before any)."""
+        return self.total / self.count if self.count else 0.0
 
     def scale(self) -> float:
         """1 within budget, ``floor`` over it (0 with a zero budget)."""

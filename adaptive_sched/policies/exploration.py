@@ -34,6 +34,22 @@ def normal_sf(z: float) -> float:
     return 0.5 * math.erfc(z * 0.7071067811865476)
 
 
+def _watch_rate(value: float, best: float, shift: float, rate: float) -> float:
+    """How often to probe a backend whose last change may revert, outside the budget.
+
+    A change that reverts at ``rate`` per decision and would make the backend faster by ``gain``
+    per decision is found after ``1/p`` decisions when probed with probability ``p``, each
+    probe costing ``loss`` while it has not: the cost per decision ``rate * gain / p + p * loss``
+    is least at ``p = sqrt(rate * gain / loss)``. Contention that comes and goes is thus
+    watched for; a change long past (its rate decayed) is not.
+    """
+    gain = best - value * math.exp(shift)
+    loss = value - best
+    if gain <= 0.0 or loss <= 0.0 or rate <= 0.0:
+        return 0.0
+    return math.sqrt(rate * gain / loss)
+
+
 def win_probabilities(
     values: Mapping[Backend, float],
     log_variances: Mapping[Backend, float],
@@ -41,7 +57,8 @@ def win_probabilities(
     cap: float,
     scale: Mapping[Backend, float] | None = None,
     allowance: Mapping[Backend, float] | None = None,
-    reversion: Mapping[Backend, tuple[float, float]] | None = None,
+    reversion: Mapping[Backend, tuple[float, float, float]] | None = None,
+    typical: float | None = None,
 ) -> tuple[Backend, dict[Backend, float]]:
     """The exploit choice and, per alternative, its probability of being explored.
 
@@ -50,9 +67,11 @@ def win_probabilities(
     ``allowance`` bounds what exploring it may cost on average per decision (seconds): an
     alternative expected to cost 30 stages is tried 30 times more rarely than one expected
     to cost one; ``reversion`` gives, per alternative, the probability that a change it
-    went through has reverted and the log shift of its value if so (the probability of
+    went through has reverted, the log shift of its value if so (the probability of
     being faster is then a mixture of the two cases: a thin Gaussian tail would miss that
-    contention which came is likely to go). Non-finite values are never chosen.
+    contention which came is likely to go) and the rate of such reversions, which sets a
+    floor on how often it is watched (see :func:`_watch_rate`), less often where a probe costs
+    more than a ``typical`` stage (seconds). Non-finite values are never chosen.
     """
     finite = {b: v for b, v in values.items() if math.isfinite(v)}
     best = min(finite, key=finite.__getitem__)
@@ -65,16 +84,22 @@ def win_probabilities(
         spread = math.sqrt(log_variances[b] + best_var)
         gap = math.log(v) - best_log
         p = normal_sf(gap / spread) if spread > 0 else 0.0
-        hazard = 0.0
+        hazard = watch = 0.0
         if reversion is not None and b in reversion:
-            hazard, shift = reversion[b]
+            hazard, shift, rate = reversion[b]
             if hazard > 0.0 and spread > 0:
                 p = (1.0 - hazard) * p + hazard * normal_sf((gap + shift) / spread)
+            watch = _watch_rate(v, finite[best], shift, rate)
+            if watch and typical is not None and v - finite[best] > typical:
+                # any stage tells whether the backend's shared term reverted: watch where a probe is cheap
+                watch *= typical / (v - finite[best])
         p = min(cap, p) * (1.0 if scale is None else scale.get(b, 1.0))
         if allowance is not None and b in allowance:
             extra = (v - finite[best]) * (1.0 - hazard)  # what the probe is expected to cost
             if extra * p > allowance[b]:
                 p = allowance[b] / extra  # 0 with a zero budget
+        if watch > p:
+            p = min(cap, watch)
         if p >= MIN_PROBABILITY:
             out[b] = p
             total += p
