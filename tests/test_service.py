@@ -347,7 +347,7 @@ def test_serve_exposes_prometheus_metrics_on_the_loopback(short_dir):
         assert c.read()["ok"]
         c.close()
         body = ""
-        while "adaptive_sched_decisions_total{" not in body:  # the endpoint starts after the socket
+        while "adaptive_sched_decisions_total{" not in body:  # the endpoint listens before the socket does
             assert time.monotonic() < deadline
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:

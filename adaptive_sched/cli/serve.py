@@ -40,20 +40,23 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
         with Scheduler(config, db=args.db) as sched:
+            # The metrics first: every outcome the socket takes is counted.
+            metrics = None
+            if args.metrics_port is not None:
+                metrics = _serve_metrics(sched, args.metrics_port)
+                if metrics is None:
+                    return 1
             service = DecisionService(sched, args.socket)
             try:
                 service.start()
             except ServiceError as exc:
+                if metrics is not None:
+                    metrics.shutdown()
                 print(f"adaptive-sched: error: {exc}", file=sys.stderr)
                 return 1
             usable = ", ".join(b.value for b in sched.usable)
             print(f"adaptive-sched: serving on {args.socket} (backends: {usable})", file=sys.stderr)
-            metrics = None
             try:
-                if args.metrics_port is not None:
-                    metrics = _serve_metrics(sched, args.metrics_port)
-                    if metrics is None:
-                        return 1
                 while not stop.is_set():
                     stop.wait(0.5)
             finally:
