@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-
 #: a detected change is forgotten (no longer expected to revert) once the decayed count of
 #: recent changes falls below this: about five volatility horizons after a lone one
 FORGET_JUMPS = 0.01
