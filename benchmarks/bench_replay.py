@@ -26,7 +26,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from adaptive_sched.store.schema import connect  # noqa: E402
+from adaptive_sched.store.connection import connect  # noqa: E402
 from adaptive_sched.store.writer import DecisionLog  # noqa: E402
 
 

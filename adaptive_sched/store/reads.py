@@ -37,7 +37,8 @@ from typing import Any, NamedTuple
 
 from ..errors import StoreError
 from ..types import Backend, Choice, Decision, Shape, Stage
-from .schema import RUN_COLUMNS, connect, run_id_range
+from .connection import connect
+from .schema import RUN_COLUMNS, run_id_range
 
 logger = logging.getLogger(__name__)
 

@@ -57,6 +57,7 @@ from typing import Any
 
 from ..errors import StoreError
 from ..types import Decision
+from .connection import connect
 from .files import remove_orphaned_wal
 from .retention import VACUUM_FREE_PAGES, RetentionPolicy, RetentionTracker, vacuum_free_pages
 from .rows import (
@@ -70,7 +71,7 @@ from .rows import (
     describe_rejected,
     multi_row_sql,
 )
-from .schema import RUN_COLUMNS, allocate_run, connect
+from .runs import allocate_run, record_run
 
 logger = logging.getLogger(__name__)
 
@@ -842,7 +843,7 @@ class DecisionLog:
                 wconn.execute("PRAGMA temp_store = MEMORY")
                 wconn.execute(CREATE_SHAPE_TABLE)
                 if self._run_fields is not None:
-                    _record_run(conn, self._run_fields)  # the rows that follow belong to it
+                    record_run(conn, self._run_fields)  # the rows that follow belong to it
             except BaseException:
                 wconn.close()
                 raise
@@ -936,22 +937,3 @@ def _identity(path: Path) -> tuple[int, int] | None:
     except OSError:
         return None
     return st.st_dev, st.st_ino
-
-
-def _record_run(conn: sqlite3.Connection, fields: Mapping[str, Any]) -> None:
-    """Record an existing run (same id) in a new log file, so its rows there are not orphans."""
-    run_id = int(fields["id"])
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        conn.execute(
-            f"INSERT OR IGNORE INTO runs ({', '.join(RUN_COLUMNS)}) VALUES ({', '.join('?' * len(RUN_COLUMNS))})",
-            [fields.get(c) for c in RUN_COLUMNS],
-        )
-        row = conn.execute("SELECT value FROM meta WHERE key = 'last_run_id'").fetchone()
-        if row is None or int(row[0]) < run_id:
-            conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('last_run_id', ?)", (str(run_id),))
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
