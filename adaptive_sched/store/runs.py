@@ -14,8 +14,12 @@ replaced while logging), so the rows that follow are not orphans.
 
 from __future__ import annotations
 
+import json
+import os
+import socket
 import sqlite3
-from collections.abc import Mapping
+import time
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..errors import StoreError
@@ -26,13 +30,51 @@ _RUN_VALUES = f"({', '.join(RUN_COLUMNS)}) VALUES ({', '.join('?' * len(RUN_COLU
 _SET_LAST_RUN = "INSERT OR REPLACE INTO meta (key, value) VALUES ('last_run_id', ?)"
 
 
-def allocate_run(conn: sqlite3.Connection, fields: Mapping[str, Any]) -> int:
+def run_row(
+    *,
+    host: str | None = None,
+    config_hash: str | None = None,
+    device_profile: str | None = None,
+    package_version: str | None = None,
+    config: str | Mapping[str, Any] | None = None,
+    pid: int | None = None,
+    started_at: float | None = None,
+) -> dict[str, Any]:
+    """The ``runs`` row of a run (its id left out); by default, of this process started now.
+
+    ``config`` is stored as given if text, else as JSON; ``package_version`` defaults to
+    this package's version.
+    """
+    if package_version is None:
+        from .. import __version__ as package_version
+    return {
+        "started_at": time.time() if started_at is None else float(started_at),
+        "host": socket.gethostname() if host is None else str(host),
+        "pid": os.getpid() if pid is None else int(pid),
+        "config_hash": config_hash,
+        "device_profile": device_profile,
+        "package_version": package_version,
+        "config": config if config is None or isinstance(config, str) else json.dumps(config, default=str),
+    }
+
+
+def allocate_run(conn: sqlite3.Connection, fields: Mapping[str, Any], *, retry_after_s: Sequence[float] = ()) -> int:
     """Insert a ``runs`` row and return its id, unique among every process sharing the file.
 
     The id is one more than any run id seen in ``runs``, ``meta`` or the decision ids,
     so ids are never reused even after retention deleted old runs. ``conn`` must not
-    be inside a transaction.
+    be inside a transaction. An :class:`sqlite3.OperationalError` (a lock held too long,
+    say) is retried after each pause of ``retry_after_s``, then raised.
     """
+    for pause in retry_after_s:
+        try:
+            return _allocate_run(conn, fields)
+        except sqlite3.OperationalError:
+            time.sleep(pause)
+    return _allocate_run(conn, fields)
+
+
+def _allocate_run(conn: sqlite3.Connection, fields: Mapping[str, Any]) -> int:
     with immediate(conn):
         top_run = conn.execute("SELECT max(id) FROM runs").fetchone()[0] or 0
         top_id = conn.execute("SELECT max(id) FROM decisions").fetchone()[0] or 0
