@@ -84,7 +84,7 @@ def _flush(conn, rows: list, outcomes: list) -> None:
 
 
 FETCH_ONLY = (
-    "import sys; from adaptive_sched.store.reads import iter_logged_columns\n"
+    "import sys; from adaptive_sched.store.bulk_reads import iter_logged_columns\n"
     "n = sum(len(chunk) for chunk in iter_logged_columns(sys.argv[1], chunk_rows=16384))"
 )
 
