@@ -4,7 +4,8 @@ The writer thread updates one :class:`Counters` object, shared by the parts of t
 writer (batches, the file, retention); :attr:`DecisionLog.stats
 <adaptive_sched.store.writer.DecisionLog.stats>` copies it into a frozen
 :class:`LogStats`. Messages about failures go through :class:`Every`, so a dead disk
-logs a warning now and then, not one per batch.
+logs a warning now and then, not one per batch. :class:`Drops` counts the rows the hot
+path refused, on the refusing thread, for the writer thread to report.
 
 >>> every = Every(10.0)
 >>> every("retry"), every("retry"), every("failed")
@@ -13,8 +14,14 @@ logs a warning now and then, not one per batch.
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
+
+# The writer is one component to whoever configures logging: all its parts log as the writer.
+logger = logging.getLogger("adaptive_sched.store.writer")
 
 #: at most one warning of each kind per this many seconds
 WARN_EVERY_S = 10.0
@@ -87,3 +94,35 @@ class Every:
             return False
         self._next[key] = now + self.interval_s
         return True
+
+
+class Drops:
+    """Rows the hot path refused (queue full, or the log closed): counted where refused, reported by the writer.
+
+    Drops are rare (overload or shutdown); :meth:`add` only counts, and the writer thread
+    logs them, rate-limited, so a logging handler's I/O never lands on an inference thread.
+    """
+
+    def __init__(self, path: Path, every: Every) -> None:
+        self._path = path
+        self._every = every
+        self._lock = threading.Lock()
+        #: rows refused so far
+        self.count = 0
+        self._reported = 0
+
+    def add(self) -> None:
+        """Count one refused row (any thread)."""
+        with self._lock:
+            self.count += 1
+
+    def report(self, *, force: bool = False) -> None:
+        """Warn of the rows refused since the last report (at most once per interval unless ``force``)."""
+        dropped = self.count
+        if dropped > self._reported and (force or self._every("dropped")):
+            logger.warning(
+                "%s: decision log queue full or closed: dropped %d rows (%d in all); "
+                "the writer cannot keep up, or the disk is slow",
+                self._path, dropped - self._reported, dropped,
+            )  # fmt: skip
+            self._reported = dropped

@@ -55,7 +55,7 @@ from ..errors import StoreError
 from ..types import Decision
 from .batches import RETRY_BACKOFF_S, BatchWriter
 from .log_file import LogFile
-from .log_stats import Counters, Every, LogStats
+from .log_stats import Counters, Drops, Every, LogStats
 from .retention import RetentionPolicy
 from .rows import RowBuilder
 from .runs import allocate_run, run_row
@@ -174,8 +174,7 @@ class DecisionLog:
         self._closed = False
         self._stopping = False
         self._close_lock = threading.Lock()
-        self._count_lock = threading.Lock()
-        self._dropped = 0
+        self._drops = Drops(self.path, self._every)
 
         # -- progress, for flush() and on_full="block" --------------------------------
         self._drain_lock = threading.Lock()
@@ -185,7 +184,6 @@ class DecisionLog:
 
         # -- owned by the writer thread -------------------------------------------------
         self._chunk = max(self.flush_rows, 256)
-        self._dropped_reported = 0
         self._retention: WriterRetention | None = None
         if self.retention is not None:
             self._retention = WriterRetention(
@@ -239,7 +237,7 @@ class DecisionLog:
 
     def _overflow(self, q: deque[Any], item: Any) -> None:
         if self._closed:
-            self._count_dropped()
+            self._drops.add()
             return
         if len(q) < self.queue_size:
             if not self._kicked:
@@ -250,13 +248,7 @@ class DecisionLog:
         if self.on_full == "block" and self._wait_for_room(q):
             q.append(item)
             return
-        self._count_dropped()
-
-    def _count_dropped(self) -> None:
-        # Rare (overload or shutdown); the writer thread logs it, rate-limited, so a
-        # logging handler's I/O never lands on an inference thread.
-        with self._count_lock:
-            self._dropped += 1
+        self._drops.add()
 
     def _wait_for_room(self, q: deque[Any]) -> bool:
         self._kicked = True
@@ -350,7 +342,7 @@ class DecisionLog:
             )  # fmt: skip
             return
         self._file.close()
-        self._report_drops(force=True)
+        self._drops.report(force=True)
 
     def __enter__(self) -> DecisionLog:
         return self
@@ -374,7 +366,7 @@ class DecisionLog:
         return LogStats(
             enqueued=taken + depth,
             written=c.written,
-            dropped=self._dropped,
+            dropped=self._drops.count,
             sampled_out=c.sampled_out,
             rejected=c.rejected,
             duplicates=c.duplicates,
@@ -415,7 +407,7 @@ class DecisionLog:
                     if self._every("unexpected"):
                         logger.exception("%s: unexpected error in the log writer", self.path)
                     time.sleep(0.05)
-                self._report_drops()
+                self._drops.report()
                 if stopping and not dq and not oq:
                     break
         finally:
@@ -473,16 +465,6 @@ class DecisionLog:
         self._batch_writer.forget_shapes()
         if self._retention is not None:
             self._retention.forget()
-
-    def _report_drops(self, force: bool = False) -> None:
-        dropped = self._dropped
-        if dropped > self._dropped_reported and (force or self._every("dropped")):
-            logger.warning(
-                "%s: decision log queue full or closed: dropped %d rows (%d in all); "
-                "the writer cannot keep up, or the disk is slow",
-                self.path, dropped - self._dropped_reported, dropped,
-            )  # fmt: skip
-            self._dropped_reported = dropped
 
 
 def _is_number(value: Any) -> bool:
