@@ -26,7 +26,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from adaptive_sched.store.schema import connect  # noqa: E402
+from adaptive_sched.store.connection import connect  # noqa: E402
 from adaptive_sched.store.writer import DecisionLog  # noqa: E402
 
 
@@ -84,7 +84,7 @@ def _flush(conn, rows: list, outcomes: list) -> None:
 
 
 FETCH_ONLY = (
-    "import sys; from adaptive_sched.store.reads import iter_logged_columns\n"
+    "import sys; from adaptive_sched.store.bulk_reads import iter_logged_columns\n"
     "n = sum(len(chunk) for chunk in iter_logged_columns(sys.argv[1], chunk_rows=16384))"
 )
 

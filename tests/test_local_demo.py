@@ -19,8 +19,8 @@ from adaptive_sched.policies import FixedPolicy
 from adaptive_sched.runner import run_workload
 from adaptive_sched.scheduler import Scheduler
 from adaptive_sched.stages import make_inputs
+from adaptive_sched.store.connection import open_database
 from adaptive_sched.store.profiles import read_profiles
-from adaptive_sched.store.schema import open_database
 from adaptive_sched.types import Backend, Shape
 
 

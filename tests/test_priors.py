@@ -271,7 +271,7 @@ def test_missing_sources(tmp_path: Path) -> None:
     with pytest.raises(PriorError, match="no builtin prior for device 'toy'"):
         load_prior("builtin", device="toy")
     empty = tmp_path / "empty.db"
-    from adaptive_sched.store.schema import open_database
+    from adaptive_sched.store.connection import open_database
 
     open_database(empty).close()
     with pytest.raises(PriorError, match="no priors stored"):

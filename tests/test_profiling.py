@@ -15,8 +15,8 @@ from adaptive_sched.executors import create_executor
 from adaptive_sched.executors.base import Executor, RunResult
 from adaptive_sched.features import stage_flops, stage_mem_bytes
 from adaptive_sched.offline.profiling import Grid, ProgressEvent, latency_stats, load_grid, profile_grid, stage_shape
+from adaptive_sched.store.connection import open_database
 from adaptive_sched.store.profiles import read_profiles
-from adaptive_sched.store.schema import open_database
 from adaptive_sched.types import Backend, Precision, Shape, Stage
 
 

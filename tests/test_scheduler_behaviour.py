@@ -20,13 +20,13 @@ import numpy as np
 import pytest
 
 import adaptive_sched.scheduler as scheduler_module
-import adaptive_sched.store.writer as writer_module
+import adaptive_sched.store.batches as batches_module
 from adaptive_sched import Scheduler, Shape
 from adaptive_sched.config import load_config
 from adaptive_sched.errors import SchedulerClosed
 from adaptive_sched.learners.rule import RooflineRule
 from adaptive_sched.stages import make_inputs, reference
-from adaptive_sched.store import DecisionLog, iter_logged
+from adaptive_sched.store import iter_logged
 from adaptive_sched.types import Backend
 
 from .conftest import ScriptedExecutor
@@ -436,15 +436,15 @@ def use_everything(sched, n):
 def break_the_log(monkeypatch, error):
     """Make every write of the log fail with ``error`` while the returned event is set."""
     broken = threading.Event()
-    transaction = DecisionLog._transaction
+    transaction = batches_module.BatchWriter._transaction
 
     def failing(self, batch, *, careful):
         if broken.is_set():
             raise error
         return transaction(self, batch, careful=careful)
 
-    monkeypatch.setattr(DecisionLog, "_transaction", failing)
-    monkeypatch.setattr(writer_module, "RETRY_BACKOFF_S", (0.001, 0.001, 0.001))
+    monkeypatch.setattr(batches_module.BatchWriter, "_transaction", failing)
+    monkeypatch.setattr(batches_module, "RETRY_BACKOFF_S", (0.001, 0.001, 0.001))
     return broken
 
 
@@ -497,13 +497,13 @@ def test_every_row_a_failing_log_loses_is_counted(tmp_path, monkeypatch, error):
 
 def test_a_stalled_log_drops_rows_instead_of_blocking_inference(tmp_path, monkeypatch):
     release = threading.Event()
-    transaction = DecisionLog._transaction
+    transaction = batches_module.BatchWriter._transaction
 
     def stalled(self, batch, *, careful):
         release.wait(30)  # a disk that stopped answering
         return transaction(self, batch, careful=careful)
 
-    monkeypatch.setattr(DecisionLog, "_transaction", stalled)
+    monkeypatch.setattr(batches_module.BatchWriter, "_transaction", stalled)
     sched = make(db=tmp_path / "log.db", store={"queue_size": 50, "flush_interval_s": 0.01})
     try:
         observed = use_everything(sched, 200)

@@ -15,8 +15,8 @@ import pytest
 from adaptive_sched.errors import StoreError
 from adaptive_sched.store import files
 from adaptive_sched.store.files import write_atomic
+from adaptive_sched.store.ownership import inspect_file
 from adaptive_sched.store.reads import counts, runs
-from adaptive_sched.store.schema import inspect_file
 from adaptive_sched.store.writer import DecisionLog
 
 from .test_store_support import CHILD_PRELUDE, digest, make_decision, python, wait_until

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from adaptive_sched.errors import StoreError
-from adaptive_sched.store import schema
+from adaptive_sched.store import connection
+from adaptive_sched.store.connection import open_database
 from adaptive_sched.store.reads import LoggedDecision, counts, iter_logged, last_run, recent_for_warm_start, runs
-from adaptive_sched.store.schema import SCHEMA_VERSION, open_database
+from adaptive_sched.store.schema import SCHEMA_VERSION
 from adaptive_sched.store.writer import DecisionLog
 from adaptive_sched.types import Backend, Decision, Stage
 
@@ -202,7 +203,7 @@ def test_the_immutable_fallback_is_taken_only_where_the_file_cannot_be_written(
     """The fallback on its own, on any machine: mode=ro failing as it does on read-only media."""
     path = tmp_path / "log.db"
     _log_with_rows(path, 5)
-    real = schema._raw_connect
+    real = connection._raw_connect
 
     class NoShm:
         def __init__(self, conn: sqlite3.Connection) -> None:
@@ -220,9 +221,9 @@ def test_the_immutable_fallback_is_taken_only_where_the_file_cannot_be_written(
         conn = real(path, **kwargs)  # type: ignore[arg-type]
         return NoShm(conn) if kwargs["readonly"] else conn
 
-    monkeypatch.setattr(schema, "_raw_connect", connect)
+    monkeypatch.setattr(connection, "_raw_connect", connect)
     with pytest.raises(StoreError, match="unable to open"):
         counts(path)  # writable here: the error is real, not read-only media
-    monkeypatch.setattr(schema, "_writable", lambda p: False)
+    monkeypatch.setattr(connection, "_writable", lambda p: False)
     assert counts(path)["decisions"] == 5
     assert sorted(p.name for p in tmp_path.iterdir()) == ["log.db"]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from adaptive_sched.store.connection import connect
 from adaptive_sched.store.reads import counts
 from adaptive_sched.store.retention import (
     VACUUM_FREE_PAGES,
@@ -17,7 +18,7 @@ from adaptive_sched.store.retention import (
     delete_oldest,
     retention_step,
 )
-from adaptive_sched.store.schema import connect, run_id_range
+from adaptive_sched.store.schema import run_id_range
 from adaptive_sched.store.writer import DecisionLog
 
 from .test_store_support import count, make_decision, wait_until

@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 
 from adaptive_sched.errors import StoreError
-from adaptive_sched.store import schema
+from adaptive_sched.store import connection, ownership, schema
+from adaptive_sched.store.connection import connect, open_database
 from adaptive_sched.store.reads import counts, iter_logged
-from adaptive_sched.store.schema import SCHEMA_VERSION, allocate_run, connect, open_database, run_id_range
+from adaptive_sched.store.runs import allocate_run
+from adaptive_sched.store.schema import SCHEMA_VERSION, run_id_range
 from adaptive_sched.store.writer import DecisionLog
 
 from .test_store_support import digest, make_decision, read_only
@@ -35,7 +37,7 @@ def test_new_file_gets_the_current_schema(tmp_path: Path) -> None:
     assert "idx_decisions_time" in indexes
     assert "idx_decisions_run" not in indexes and "idx_outcomes_time" not in indexes
     assert dict(conn.execute("SELECT key, value FROM meta").fetchall())["schema_version"] == str(SCHEMA_VERSION)
-    assert conn.execute("PRAGMA application_id").fetchone()[0] == schema.APPLICATION_ID
+    assert conn.execute("PRAGMA application_id").fetchone()[0] == ownership.APPLICATION_ID
     db.close()
     # Opening again changes nothing.
     open_database(path).close()
@@ -50,11 +52,11 @@ def _legacy_log(path: Path, version: int) -> Path:
     return path
 
 
-@pytest.mark.parametrize("version", schema.LEGACY_VERSIONS)
+@pytest.mark.parametrize("version", ownership.LEGACY_VERSIONS)
 def test_a_log_of_an_earlier_version_is_read_as_it_is_then_marked_and_migrated(tmp_path: Path, version: int) -> None:
     path = _legacy_log(tmp_path / f"v{version}.db", version)
     before = digest(path)
-    assert schema.inspect_file(path) == schema.Inspection("legacy", version)
+    assert ownership.inspect_file(path) == ownership.Inspection("legacy", version)
     # Reading leaves it as it was ...
     logged = list(iter_logged(path))
     assert [(r.stage.value, r.backend.value, r.latency_s) for r in logged] == [
@@ -66,7 +68,7 @@ def test_a_log_of_an_earlier_version_is_read_as_it_is_then_marked_and_migrated(t
         run = log.start_run()
         log.decision(make_decision(run, 1))
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA application_id").fetchone()[0] == schema.APPLICATION_ID
+    assert conn.execute("PRAGMA application_id").fetchone()[0] == ownership.APPLICATION_ID
     assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     assert [r[1] for r in conn.execute("PRAGMA table_info(decisions)")] == list(schema.DECISION_COLUMNS)
     assert dict(conn.execute("SELECT key, value FROM meta").fetchall())["schema_version"] == str(SCHEMA_VERSION)
@@ -75,7 +77,7 @@ def test_a_log_of_an_earlier_version_is_read_as_it_is_then_marked_and_migrated(t
     assert conn.execute("SELECT count(*) FROM logged").fetchone()[0] == 4
     conn.close()
     assert run == 2  # run ids go on from the old log's
-    assert schema.inspect_file(path) == schema.Inspection("ours", SCHEMA_VERSION)
+    assert ownership.inspect_file(path) == ownership.Inspection("ours", SCHEMA_VERSION)
 
 
 def test_run_ids_are_never_reused(tmp_path: Path) -> None:
@@ -188,7 +190,7 @@ def test_another_applications_database_is_refused_untouched(tmp_path: Path, stat
     assert path.stat().st_size > 0
     _refused(path, match)
     with pytest.raises(StoreError, match="another application"):
-        schema.inspect_file(path)
+        ownership.inspect_file(path)
 
 
 def test_another_applications_wal_database_keeps_its_bytes_and_its_wal(tmp_path: Path) -> None:
@@ -222,7 +224,7 @@ def test_an_empty_file_is_not_read_as_a_log_but_becomes_one(tmp_path: Path) -> N
     assert path.stat().st_size == 0
     with DecisionLog(path) as log:
         log.decision(make_decision(log.start_run(), 1))
-    assert schema.inspect_file(path).kind == "ours"
+    assert ownership.inspect_file(path).kind == "ours"
     assert counts(path)["decisions"] == 1
 
 
@@ -308,14 +310,14 @@ def test_readonly_open_never_creates(tmp_path: Path) -> None:
 def test_a_full_disk_while_creating_the_schema_is_an_error_naming_the_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = schema._raw_connect
+    real = connection._raw_connect
 
     def tiny_disk(*args, **kwargs):
         conn = real(*args, **kwargs)
         conn.execute("PRAGMA max_page_count = 2")  # room for the header and little else
         return conn
 
-    monkeypatch.setattr(schema, "_raw_connect", tiny_disk)
+    monkeypatch.setattr(connection, "_raw_connect", tiny_disk)
     path = tmp_path / "log.db"
     with pytest.raises(StoreError, match="full") as info:
         DecisionLog(path)

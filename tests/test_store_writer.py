@@ -13,7 +13,7 @@ import pytest
 
 from adaptive_sched.errors import StoreError
 from adaptive_sched.features import feature_vector
-from adaptive_sched.store import writer as writer_module
+from adaptive_sched.store import batches, log_file
 from adaptive_sched.store.rows import INSERT_DECISION_COLUMNS, keeps_exploit
 from adaptive_sched.store.writer import DecisionLog, LogStats
 from adaptive_sched.types import Backend, Choice, Decision, Shape, Stage
@@ -226,9 +226,9 @@ def test_duplicate_ids_keep_the_first_row(path: Path) -> None:
 def test_a_full_disk_never_raises_and_logging_resumes(
     path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(writer_module, "RETRY_BACKOFF_S", (0.001, 0.001))
+    monkeypatch.setattr(batches, "RETRY_BACKOFF_S", (0.001, 0.001))
     writer_connections: list[sqlite3.Connection] = []
-    real_connect = writer_module.connect
+    real_connect = log_file.connect
 
     def connect(p, **kwargs):
         conn = real_connect(p, **kwargs)
@@ -238,7 +238,7 @@ def test_a_full_disk_never_raises_and_logging_resumes(
             conn.execute(f"PRAGMA max_page_count = {pages + 8}")  # the disk fills after ~8 pages
         return conn
 
-    monkeypatch.setattr(writer_module, "connect", connect)
+    monkeypatch.setattr(log_file, "connect", connect)
     caplog.set_level(logging.WARNING, logger="adaptive_sched.store.writer")
     with DecisionLog(path, flush_rows=200) as log:
         run = log.start_run()
@@ -346,7 +346,7 @@ def test_shape_columns_survive_the_shape_cache_starting_over(path: Path, monkeyp
             log.decision(d)
         assert log.flush() is True
         assert log.stats.written == len(decisions)
-        shape_rows = log._wconn.execute("SELECT count(*) FROM temp.adaptive_sched_shapes").fetchone()[0]
+        shape_rows = log._file.wconn.execute("SELECT count(*) FROM temp.adaptive_sched_shapes").fetchone()[0]
         assert shape_rows < 300  # old keys are deleted once no pending row needs them
     conn = sqlite3.connect(path)
     stored = {r[0]: r[1:] for r in conn.execute("SELECT id, stage, n, d, kv_len, f_flops, f_pad_d FROM decisions")}

@@ -21,9 +21,9 @@ from adaptive_sched.offline.training import (
     load_training_rows,
     train_priors,
 )
+from adaptive_sched.store.connection import open_database
 from adaptive_sched.store.prior_files import load_prior
 from adaptive_sched.store.profiles import ProfileRow, write_profiles
-from adaptive_sched.store.schema import open_database
 from adaptive_sched.types import Backend, Shape, Stage
 
 GRID = {

@@ -6,7 +6,7 @@ action the backend chosen; the cost its observed latency; the probability the
 propensity the logging policy gave it. Rows kept by exploit sampling carry
 ``sample_rate`` < 1 (weight them by ``1 / sample_rate``).
 
-Parquet columns are :data:`~adaptive_sched.store.reads.EXPORT_COLUMNS` (``cost_s`` in
+Parquet columns are :data:`~adaptive_sched.store.bulk_reads.EXPORT_COLUMNS` (``cost_s`` in
 seconds; ``prob_*`` the logging policy's whole probability vector, null in logs older
 than schema 3). The VW text has one multi-line example per decision::
 
@@ -37,7 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import AdaptiveSchedError, StoreError
-from ..store.reads import EXPORT_COLUMNS, backends_seen, iter_export_rows, runs
+from ..store.bulk_reads import EXPORT_COLUMNS, backends_seen, iter_export_rows
+from ..store.reads import runs
 from .logdata import log_paths
 
 logger = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 
 Offline replay reads millions of rows; a Python object per row would cost seconds and
 hundreds of megabytes, so :func:`read_logs` streams the rows from SQLite in chunks
-(:func:`~adaptive_sched.store.reads.iter_logged_columns`) into a few typed arrays.
+(:func:`~adaptive_sched.store.bulk_reads.iter_logged_columns`) into a few typed arrays.
 Shapes are not kept per row: each row holds the index of its distinct shape, and of
 its shape bucket (the key learned corrections and published choices share, see
 :func:`~adaptive_sched.policies.bucket_key`), so anything that depends on the shape is
@@ -38,7 +38,7 @@ import numpy as np
 
 from ..errors import StoreError
 from ..policies import bucket_key
-from ..store.reads import (
+from ..store.bulk_reads import (
     BACKEND_CODES,
     CODE_FIELDS,
     LOGGED_COLUMNS,
@@ -48,9 +48,9 @@ from ..store.reads import (
     UNKNOWN_CODE,
     count_outcomes,
     iter_logged_columns,
-    runs,
     schema_of,
 )
+from ..store.reads import runs
 from ..types import Backend, Shape, Stage
 
 logger = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ AFTERS: tuple[Backend | None, ...] = (*BACKEND_CODES, None)
 class LogData:
     """Every successfully observed decision of some logs, as columns (one entry per row).
 
-    ``stage`` indexes :data:`~adaptive_sched.store.reads.STAGE_CODES`, ``backend``
+    ``stage`` indexes :data:`~adaptive_sched.store.bulk_reads.STAGE_CODES`, ``backend``
     :data:`BACKENDS`, ``after`` :data:`AFTERS` (:data:`NO_AFTER` when the decision had
     no previous stage). ``probs`` is the probability vector the logging policy gave
     (columns :data:`BACKENDS`; NaN rows for logs older than schema 3). ``cell`` is the

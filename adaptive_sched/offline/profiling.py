@@ -379,8 +379,8 @@ def profile_grid(
     execs = _check_executors(executors)
     the_grid = load_grid(grid)
 
+    from ..store.connection import open_database
     from ..store.profiles import measured_keys, profile_key, write_profile
-    from ..store.schema import open_database
 
     points = the_grid.points()
     summary = ProfileSummary(device=device, grid=the_grid.name, db_path=str(db_path))

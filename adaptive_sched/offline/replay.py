@@ -66,7 +66,7 @@ from .replay_results import (
 
 logger = logging.getLogger(__name__)
 
-QKV, ATTN = 0, 1  # stage codes (see store.reads.STAGE_CODES)
+QKV, ATTN = 0, 1  # stage codes (see store.bulk_reads.STAGE_CODES)
 N_BACKENDS = len(BACKENDS)
 
 

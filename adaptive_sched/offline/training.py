@@ -74,8 +74,8 @@ def load_training_rows(
 
     Raises PriorError when the device has no profiles (naming the devices that have).
     """
+    from ..store.connection import open_database
     from ..store.profiles import iter_profiles, profile_devices
-    from ..store.schema import open_database
 
     path = Path(db_path)
     if not path.is_file():

@@ -1,6 +1,6 @@
 """The SQLite decision log: schema, background writer, retention, reads for replay and training.
 
-A file is only ever written if it is ours (see :mod:`adaptive_sched.store.schema`);
+A file is only ever written if it is ours (see :mod:`adaptive_sched.store.ownership`);
 whole files the package writes go through :func:`write_atomic`.
 
 >>> from adaptive_sched.store import DecisionLog, RetentionPolicy, iter_logged   # doctest: +SKIP
@@ -16,14 +16,16 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .connection import open_database
     from .files import write_atomic
+    from .ownership import APPLICATION_ID, Inspection, inspect_file
     from .reads import LoggedDecision, Run, counts, iter_logged, last_run, recent_for_warm_start, runs
     from .retention import RetentionPolicy, RetentionTracker, apply_retention
     from .rows import keeps_exploit
-    from .schema import APPLICATION_ID, SCHEMA_VERSION, Inspection, inspect_file, open_database, run_id_range
+    from .schema import SCHEMA_VERSION, run_id_range
     from .writer import DecisionLog, LogStats
 
-# Loaded on first use: a cold ``decide`` reads one row through .schema and should not pay
+# Loaded on first use: a cold ``decide`` reads one row through .connection and should not pay
 # for the writer, retention and reads modules (tens of milliseconds together).
 _LAZY = {
     "write_atomic": "files",
@@ -32,9 +34,9 @@ _LAZY = {
     ),
     **dict.fromkeys(("RetentionPolicy", "RetentionTracker", "apply_retention"), "retention"),
     "keeps_exploit": "rows",
-    **dict.fromkeys(
-        ("APPLICATION_ID", "SCHEMA_VERSION", "Inspection", "inspect_file", "open_database", "run_id_range"), "schema"
-    ),
+    "open_database": "connection",
+    **dict.fromkeys(("APPLICATION_ID", "Inspection", "inspect_file"), "ownership"),
+    **dict.fromkeys(("SCHEMA_VERSION", "run_id_range"), "schema"),
     **dict.fromkeys(("DecisionLog", "LogStats"), "writer"),
 }
 

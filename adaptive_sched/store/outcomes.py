@@ -22,8 +22,10 @@ from pathlib import Path
 
 from ..errors import StoreError
 from ..types import check_latency
+from .connection import connect
+from .ownership import inspect_file
 from .rows import INSERT_OUTCOMES
-from .schema import connect, inspect_file
+from .transactions import immediate
 
 
 class UnknownDecision(StoreError, LookupError):
@@ -79,16 +81,13 @@ def record_outcome(
     conn = connect(path, timeout_s=timeout_s, isolation_level=None)
     try:
         # One write transaction: two observers of the same id cannot both find it unobserved.
-        conn.execute("BEGIN IMMEDIATE")
-        if conn.execute("SELECT 1 FROM decisions WHERE id = ?", (int(decision_id),)).fetchone() is None:
-            raise UnknownDecision(f"{path}: no decision with id {decision_id} in the log")
-        if conn.execute("SELECT 1 FROM outcomes WHERE decision_id = ?", (int(decision_id),)).fetchone():
-            raise AlreadyObserved(f"{path}: decision {decision_id} was already observed")
-        conn.execute(INSERT_OUTCOMES, (int(decision_id), time.time(), latency, 1 if ok else 0, error or ""))
-        conn.execute("COMMIT")
+        with immediate(conn):
+            if conn.execute("SELECT 1 FROM decisions WHERE id = ?", (int(decision_id),)).fetchone() is None:
+                raise UnknownDecision(f"{path}: no decision with id {decision_id} in the log")
+            if conn.execute("SELECT 1 FROM outcomes WHERE decision_id = ?", (int(decision_id),)).fetchone():
+                raise AlreadyObserved(f"{path}: decision {decision_id} was already observed")
+            conn.execute(INSERT_OUTCOMES, (int(decision_id), time.time(), latency, 1 if ok else 0, error or ""))
     except sqlite3.Error as exc:
         raise StoreError(f"{path}: cannot record the outcome of decision {decision_id} ({exc})") from exc
     finally:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
         conn.close()

@@ -20,7 +20,7 @@ import sqlite_utils
 
 from ..errors import PriorError, StoreError
 from ..learners.prior_data import FORMAT, PriorData, canonical_json, prior_from_dict
-from .schema import open_database
+from .connection import open_database
 
 #: the longest JSON text a column of a prior record may hold (as for a prior file)
 MAX_COLUMN_CHARS = 16 * 2**20

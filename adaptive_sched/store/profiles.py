@@ -7,7 +7,7 @@ sweep resumable: :func:`measured_keys` tells which points are already in the tab
 :func:`write_profile` replaces a row measured again.
 
 >>> import tempfile, os
->>> from adaptive_sched.store.schema import open_database
+>>> from adaptive_sched.store.connection import open_database
 >>> from adaptive_sched.types import Shape
 >>> path = os.path.join(tempfile.mkdtemp(), "p.db")
 >>> db = open_database(path)

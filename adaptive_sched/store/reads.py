@@ -1,5 +1,8 @@
 """Reading the decision log back: for offline replay, warm restarts, reports and tests.
 
+Records, one per decision (:func:`iter_logged`), runs and counts; numeric rows in bulk
+for replay and export are in :mod:`~adaptive_sched.store.bulk_reads`.
+
 Everything here streams with plain :mod:`sqlite3` (no sqlite_utils import, so a CLI
 call stays fast) and works while other processes are logging to the same file (WAL).
 A source is a path (opened read-only: never created, migrated or changed), an open
@@ -24,24 +27,21 @@ Examples
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
 import sqlite3
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
-from ..errors import StoreError
 from ..types import Backend, Choice, Decision, Shape, Stage
-from .schema import RUN_COLUMNS, connect, run_id_range
+from .schema import RUN_COLUMNS, run_id_range
+from .sources import Source, decision_columns, reading, source_name
 
 logger = logging.getLogger(__name__)
-
-Source = Any  # str | Path | sqlite3.Connection | sqlite_utils.Database
 
 _STAGES = {s.value: s for s in Stage}
 _BACKENDS = {b.value: b for b in Backend}
@@ -56,8 +56,7 @@ _DECISION_SELECT_V2 = _DECISION_SELECT.replace("d.prob_cpu, d.prob_gpu, d.prob_n
 
 
 def _decision_select(conn: sqlite3.Connection) -> str:
-    columns = {row[1] for row in conn.execute("PRAGMA table_info(decisions)")}
-    return _DECISION_SELECT if "prob_gpu" in columns else _DECISION_SELECT_V2
+    return _DECISION_SELECT if "prob_gpu" in decision_columns(conn) else _DECISION_SELECT_V2
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,24 +116,6 @@ class LoggedDecision(NamedTuple):
         probs = self.probabilities or MappingProxyType({self.backend: self.propensity})
         choice = Choice(self.backend, self.propensity, self.explored, self.predicted, probs, self.policy_version)
         return Decision(self.id, self.stage, self.shape, choice, self.after, self.time)
-
-
-@contextlib.contextmanager
-def _connection(source: Source) -> Iterator[sqlite3.Connection]:
-    conn = getattr(source, "conn", source)  # an sqlite_utils.Database holds its connection
-    if isinstance(conn, sqlite3.Connection):
-        yield conn
-        return
-    path = Path(source)
-    conn = connect(path, readonly=True)
-    try:
-        yield conn
-    finally:
-        conn.close()
-
-
-def _name(source: Source) -> str:
-    return str(source) if isinstance(source, (str, Path)) else "the log database"
 
 
 class _Decoder:
@@ -256,32 +237,23 @@ def iter_logged(
         sql += " WHERE " + " AND ".join(where)
     sql += " ORDER BY d.id" if run is not None else " ORDER BY d.time, d.id"
     decoder = _Decoder()
-    with _connection(source) as conn:
-        try:
-            cursor = conn.execute(sql.format(select=_decision_select(conn)), params)
-            for row in cursor:
-                yield decoder.record(row)
-        except sqlite3.Error as exc:
-            raise StoreError(f"{_name(source)}: cannot read the decision log ({exc})") from exc
+    with reading(source, "read the decision log") as conn:
+        cursor = conn.execute(sql.format(select=_decision_select(conn)), params)
+        for row in cursor:
+            yield decoder.record(row)
 
 
 def runs(source: Source) -> list[Run]:
     """Every run recorded in the log, oldest first."""
-    with _connection(source) as conn:
-        try:
-            rows = conn.execute(f"SELECT {', '.join(RUN_COLUMNS)} FROM runs ORDER BY id").fetchall()
-        except sqlite3.Error as exc:
-            raise StoreError(f"{_name(source)}: cannot read runs ({exc})") from exc
+    with reading(source, "read runs") as conn:
+        rows = conn.execute(f"SELECT {', '.join(RUN_COLUMNS)} FROM runs ORDER BY id").fetchall()
     return [Run(*row) for row in rows]
 
 
 def last_run(source: Source) -> Run | None:
     """The most recently started run (the highest id), or None in an empty log."""
-    with _connection(source) as conn:
-        try:
-            row = conn.execute(f"SELECT {', '.join(RUN_COLUMNS)} FROM runs ORDER BY id DESC LIMIT 1").fetchone()
-        except sqlite3.Error as exc:
-            raise StoreError(f"{_name(source)}: cannot read runs ({exc})") from exc
+    with reading(source, "read runs") as conn:
+        row = conn.execute(f"SELECT {', '.join(RUN_COLUMNS)} FROM runs ORDER BY id DESC LIMIT 1").fetchone()
     return None if row is None else Run(*row)
 
 
@@ -296,17 +268,14 @@ def counts(source: Source, *, run: int | None = None) -> dict[str, int]:
         d_where, o_where, params = " WHERE id BETWEEN ? AND ?", " WHERE decision_id BETWEEN ? AND ?", (lo, hi)
     else:
         d_where, o_where, params = "", "", ()
-    with _connection(source) as conn:
-        try:
-            decisions, explored = conn.execute(
-                f"SELECT count(*), coalesce(sum(explored), 0) FROM decisions{d_where}", params
-            ).fetchone()
-            outcomes, failed = conn.execute(
-                f"SELECT count(*), coalesce(sum(ok = 0), 0) FROM outcomes{o_where}", params
-            ).fetchone()
-            n_runs = conn.execute("SELECT count(*) FROM runs").fetchone()[0]
-        except sqlite3.Error as exc:
-            raise StoreError(f"{_name(source)}: cannot count rows ({exc})") from exc
+    with reading(source, "count rows") as conn:
+        decisions, explored = conn.execute(
+            f"SELECT count(*), coalesce(sum(explored), 0) FROM decisions{d_where}", params
+        ).fetchone()
+        outcomes, failed = conn.execute(
+            f"SELECT count(*), coalesce(sum(ok = 0), 0) FROM outcomes{o_where}", params
+        ).fetchone()
+        n_runs = conn.execute("SELECT count(*) FROM runs").fetchone()[0]
     return {
         "runs": int(n_runs),
         "decisions": int(decisions),
@@ -343,11 +312,8 @@ def recent_for_warm_start(
     )
     params.append(int(limit))
     decoder = _Decoder()
-    with _connection(source) as conn:
-        try:
-            rows = conn.execute(sql.format(select=_decision_select(conn)), params).fetchall()
-        except sqlite3.Error as exc:
-            raise StoreError(f"{_name(source)}: cannot read the decision log ({exc})") from exc
+    with reading(source, "read the decision log") as conn:
+        rows = conn.execute(sql.format(select=_decision_select(conn)), params).fetchall()
     skipped = 0
     out: list[tuple[Decision, float]] = []
     for row in reversed(rows):
@@ -360,183 +326,7 @@ def recent_for_warm_start(
         except (ValueError, TypeError) as exc:
             skipped += 1
             if skipped == 1:
-                logger.warning("%s: skipping a logged decision that is not valid: %s", _name(source), exc)
+                logger.warning("%s: skipping a logged decision that is not valid: %s", source_name(source), exc)
     if skipped > 1:
-        logger.warning("%s: skipped %d logged decisions that are not valid", _name(source), skipped)
+        logger.warning("%s: skipped %d logged decisions that are not valid", source_name(source), skipped)
     yield from out
-
-
-#: what the codes in the ``code`` column of :func:`iter_logged_columns` index
-STAGE_CODES: tuple[Stage, ...] = (Stage.QKV, Stage.ATTN)
-BACKEND_CODES: tuple[Backend, ...] = (Backend.CPU, Backend.GPU, Backend.NPU)
-PRECISION_CODES: tuple[str, ...] = ("fp16", "int8")
-#: in the ``code`` column: bits 0-1 the stage, 2-3 the backend, 4-6 the previous backend (3: none),
-#: 7-8 the precision, each an index into the tuples above; UNKNOWN_CODE in a field marks a value
-#: this version does not know (or a NULL where one is needed)
-CODE_FIELDS: dict[str, tuple[int, int]] = {"stage": (0, 3), "backend": (2, 3), "after": (4, 7), "precision": (7, 3)}
-UNKNOWN_CODE = {"stage": 3, "backend": 3, "after": 7, "precision": 3}
-
-#: the columns of each row :func:`iter_logged_columns` yields, in order
-LOGGED_COLUMNS: tuple[str, ...] = (
-    "run", "seq", "code", "n_kv", "d_heads_batch",
-    "propensity", "sample_rate", "prob_cpu", "prob_gpu", "prob_npu", "latency_s",
-)  # fmt: skip
-#: how ``n_kv`` (``n << 26 | kv_len``) and ``d_heads_batch`` (``d << 26 | heads << 13 | batch``)
-#: pack a shape, exactly within a float64's 53 bits; a row with a field out of range gives -1
-SHAPE_PACKING: dict[str, tuple[tuple[str, int, int], ...]] = {
-    "n_kv": (("n", 26, 1 << 26), ("kv_len", 0, 1 << 26)),
-    "d_heads_batch": (("d", 26, 1 << 26), ("heads", 13, 1 << 13), ("batch", 0, 1 << 13)),
-}
-
-
-def _code(column: str, values: Sequence[str], null: int, unknown: int) -> str:
-    # The simple CASE form: SQLite evaluates it several times faster than CASE WHEN col = ...
-    cases = " ".join(f"WHEN '{v}' THEN {i}" for i, v in enumerate(values))
-    return f"(CASE {column} {cases} ELSE (CASE WHEN {column} IS NULL THEN {null} ELSE {unknown} END) END)"
-
-
-def _code_sql() -> str:
-    parts = []
-    for field, column, values in (
-        ("stage", "d.stage", [s.value for s in STAGE_CODES]),
-        ("backend", "d.backend", [b.value for b in BACKEND_CODES]),
-        ("after", "d.after", [b.value for b in BACKEND_CODES]),
-        ("precision", "d.precision", list(PRECISION_CODES)),
-    ):
-        shift = CODE_FIELDS[field][0]
-        null = len(BACKEND_CODES) if field == "after" else UNKNOWN_CODE[field]
-        parts.append(f"{_code(column, values, null, UNKNOWN_CODE[field])} * {1 << shift}")
-    return " + ".join(parts)
-
-
-def _packed_sql() -> str:
-    # Fewer columns: each value a row returns costs more than the arithmetic that packs it.
-    out = []
-    for fields in SHAPE_PACKING.values():
-        ok = " AND ".join(f"typeof(d.{f}) = 'integer' AND d.{f} >= 0 AND d.{f} < {limit}" for f, _, limit in fields)
-        value = " + ".join(f"(d.{f} << {shift})" for f, shift, _ in fields)
-        out.append(f"(CASE WHEN {ok} THEN {value} ELSE -1 END)")
-    return ", ".join(out)
-
-
-def iter_logged_columns(
-    source: Source, *, run: int | None = None, chunk_rows: int = 65_536
-) -> Iterator[list[tuple[Any, ...]]]:
-    """Stream the successfully observed decisions as numeric rows, in chunks, in id order.
-
-    For columnar readers (offline replay over millions of rows): every value is a
-    number (or None for SQL NULL), in the order of :data:`LOGGED_COLUMNS`. Stage,
-    backends and precision are packed into one small integer ``code`` (see
-    :data:`CODE_FIELDS`), the shape into two (see :data:`SHAPE_PACKING`); the decision
-    id is split into its run and sequence number so that every value fits a float64
-    exactly. Logs older than schema 3 give None for the probability columns. Each chunk
-    is a list of at most ``chunk_rows`` tuples.
-
-    Raises
-    ------
-    StoreError
-        The file is missing, not a log, or cannot be read (the message names it).
-    """
-    where, params = _observed_filter(run)
-    with _connection(source) as conn:
-        try:
-            probs = _probability_columns(conn)
-            sql = (
-                f"SELECT d.id >> 32, d.id & 4294967295, {_code_sql()}, {_packed_sql()}, "
-                f"d.propensity, d.sample_rate, {probs}, o.latency_s "
-                f"FROM decisions d JOIN outcomes o ON o.decision_id = d.id WHERE {where} ORDER BY d.id"
-            )
-            cursor = conn.execute(sql, params)
-            while True:
-                chunk = cursor.fetchmany(chunk_rows)
-                if not chunk:
-                    break
-                yield chunk
-        except sqlite3.Error as exc:
-            raise StoreError(f"{_name(source)}: cannot read the decision log ({exc})") from exc
-
-
-def _observed_filter(run: int | None) -> tuple[str, list[Any]]:
-    """The WHERE clause (and its parameters) of the successfully observed decisions, of one run or all."""
-    if run is None:
-        return "o.ok = 1", []
-    lo, hi = run_id_range(run)
-    return "o.ok = 1 AND d.id BETWEEN ? AND ?", [lo, hi]
-
-
-def _probability_columns(conn: sqlite3.Connection) -> str:
-    """The select list of the logged probability vector (NULLs for logs older than schema 3)."""
-    columns = {row[1] for row in conn.execute("PRAGMA table_info(decisions)")}
-    return "d.prob_cpu, d.prob_gpu, d.prob_npu" if "prob_gpu" in columns else "NULL, NULL, NULL"
-
-
-def schema_of(source: Source) -> int:
-    """The schema version a log was written with (``PRAGMA user_version``)."""
-    with _connection(source) as conn:
-        try:
-            return int(conn.execute("PRAGMA user_version").fetchone()[0])
-        except sqlite3.Error as exc:
-            raise StoreError(f"{_name(source)}: cannot read the schema version ({exc})") from exc
-
-
-#: the columns of each row :func:`iter_export_rows` yields, in order
-EXPORT_COLUMNS: tuple[str, ...] = (
-    "id", "run", "time", "stage", "n", "d", "kv_len", "batch", "heads", "precision", "after",
-    "action", "cost_s", "probability", "explored", "sample_rate", "prob_cpu", "prob_gpu", "prob_npu",
-)  # fmt: skip
-
-
-def iter_export_rows(
-    source: Source, *, run: int | None = None, chunk_rows: int = 16_384
-) -> Iterator[list[tuple[Any, ...]]]:
-    """Stream the successfully observed decisions as plain rows (:data:`EXPORT_COLUMNS`), in chunks, in id order.
-
-    The logged bandit feedback as other tools read it: the context (stage, shape, previous
-    backend), the action (the backend chosen), its cost (the observed latency in seconds)
-    and its probability (the propensity); ``sample_rate`` below 1 marks a row kept by
-    exploit sampling (weight it by ``1 / sample_rate``). Logs older than schema 3 give
-    None for the probability vector.
-    """
-    where, params = _observed_filter(run)
-    with _connection(source) as conn:
-        try:
-            probs = _probability_columns(conn)
-            cursor = conn.execute(
-                "SELECT d.id, d.id >> 32, d.time, d.stage, d.n, d.d, d.kv_len, d.batch, d.heads, d.precision, "
-                "d.after, d.backend, o.latency_s, d.propensity, d.explored, coalesce(d.sample_rate, 1.0), "
-                f"{probs} FROM decisions d JOIN outcomes o ON o.decision_id = d.id WHERE {where} ORDER BY d.id",
-                params,
-            )
-            while True:
-                chunk = cursor.fetchmany(chunk_rows)
-                if not chunk:
-                    break
-                yield chunk
-        except sqlite3.Error as exc:
-            raise StoreError(f"{_name(source)}: cannot read the decision log ({exc})") from exc
-
-
-def backends_seen(source: Source) -> set[str]:
-    """The backends the log's decisions chose, or gave a probability above zero."""
-    with _connection(source) as conn:
-        try:
-            seen = {r[0] for r in conn.execute("SELECT DISTINCT backend FROM decisions") if r[0] is not None}
-            columns = {row[1] for row in conn.execute("PRAGMA table_info(decisions)")}
-            for b in ("cpu", "gpu", "npu"):
-                if f"prob_{b}" in columns and conn.execute(f"SELECT max(prob_{b}) > 0 FROM decisions").fetchone()[0]:
-                    seen.add(b)
-        except sqlite3.Error as exc:
-            raise StoreError(f"{_name(source)}: cannot read the decision log ({exc})") from exc
-    return seen
-
-
-def count_outcomes(source: Source, *, run: int | None = None) -> int:
-    """Outcomes logged (of ``run``, if given): an upper bound on the observed decisions, found cheaply."""
-    where, params = "", tuple[int, ...]()
-    if run is not None:
-        where, params = " WHERE decision_id BETWEEN ? AND ?", tuple(run_id_range(run))
-    with _connection(source) as conn:
-        try:
-            return int(conn.execute(f"SELECT count(*) FROM outcomes{where}", params).fetchone()[0])
-        except sqlite3.Error as exc:
-            raise StoreError(f"{_name(source)}: cannot count rows ({exc})") from exc

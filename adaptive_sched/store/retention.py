@@ -27,7 +27,7 @@ log written on a simulated (virtual) clock is not wiped by a wall-clock cutoff.
 ``runs`` rows are kept: one small row per process start.
 
 >>> import os, tempfile
->>> from adaptive_sched.store.schema import connect
+>>> from adaptive_sched.store.connection import connect
 >>> conn = connect(os.path.join(tempfile.mkdtemp(), "log.db"), isolation_level=None)
 >>> conn.executemany("INSERT INTO decisions (id, time) VALUES (?, ?)", [(i, float(i)) for i in range(10)])
 ... # doctest: +ELLIPSIS
@@ -48,6 +48,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from .schema import run_id_range
+from .transactions import immediate
 
 
 @dataclass(frozen=True)
@@ -145,8 +146,7 @@ def delete_oldest(conn: sqlite3.Connection, k: int) -> RetentionResult:
     """
     if k <= 0:
         return RetentionResult()
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with immediate(conn):
         last = conn.execute("SELECT time, id FROM decisions ORDER BY time, id LIMIT 1 OFFSET ?", (k - 1,)).fetchone()
         if last is None:  # fewer than k rows: all of them
             last = conn.execute("SELECT time, id FROM decisions ORDER BY time DESC, id DESC LIMIT 1").fetchone()
@@ -168,11 +168,6 @@ def delete_oldest(conn: sqlite3.Connection, k: int) -> RetentionResult:
                 deleted += max(0, cur.rowcount)
             runs = tuple(sorted({run for run, _, _ in spans}))
             outcomes = _sweep_outcomes(conn, runs)
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
     return RetentionResult(deleted_decisions=deleted, deleted_outcomes=outcomes, runs=runs)
 
 
@@ -197,15 +192,8 @@ def sweep_outcomes(conn: sqlite3.Connection, runs: Iterable[int]) -> int:
     An outcome logged after retention deleted its decision (a late observation, or a
     writer that had the outcome queued) is swept this way.
     """
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        swept = _sweep_outcomes(conn, runs)
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-    return swept
+    with immediate(conn):
+        return _sweep_outcomes(conn, runs)
 
 
 def _sweep_outcomes(conn: sqlite3.Connection, runs: Iterable[int]) -> int:
@@ -229,7 +217,7 @@ class RetentionTracker:
     decisions just committed, :meth:`step` deletes what is owed, in bounded transactions.
 
     >>> import os, tempfile
-    >>> from adaptive_sched.store.schema import connect
+    >>> from adaptive_sched.store.connection import connect
     >>> conn = connect(os.path.join(tempfile.mkdtemp(), "log.db"), isolation_level=None)
     >>> tracker = RetentionTracker(RetentionPolicy(max_rows=3, check_every_s=3600))
     >>> tracker.check(conn)

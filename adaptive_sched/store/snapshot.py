@@ -283,7 +283,7 @@ def write_cached(snap: Snapshot) -> bool:
 # -- with a log: its meta table ---------------------------------------------------------------
 def open_log(path: str | Path) -> sqlite3.Connection:
     """A connection to the log at ``path`` (created if missing; refused untouched if not ours)."""
-    from .schema import connect
+    from .connection import connect
 
     return connect(path, isolation_level=None)
 
@@ -308,7 +308,7 @@ def run_exists(conn: sqlite3.Connection, run: int | None) -> bool:
 
 def new_run(conn: sqlite3.Connection, fields: Mapping[str, Any]) -> int:
     """A ``runs`` row for the command line's decisions under one config (once per config, not per call)."""
-    from .schema import allocate_run
+    from .runs import allocate_run
 
     return allocate_run(conn, {"started_at": time.time(), "host": os.uname().nodename, "pid": os.getpid(),
                                **fields})  # fmt: skip
@@ -322,8 +322,9 @@ def run_fields(config: Any, version: str) -> dict[str, Any]:
 
 def save_logged(conn: sqlite3.Connection, snap: Snapshot) -> None:
     """Store ``snap`` in the log's meta table, keeping the newest :data:`MAX_SNAPSHOTS` snapshots."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    from .transactions import immediate
+
+    with immediate(conn):
         conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (META_PREFIX + snap.key, snap.to_json()))
         # INSERT OR REPLACE gives the row a new rowid: the newest snapshots have the largest
         conn.execute(
@@ -331,11 +332,6 @@ def save_logged(conn: sqlite3.Connection, snap: Snapshot) -> None:
             "(SELECT rowid FROM meta WHERE key LIKE 'snapshot:%' ORDER BY rowid DESC LIMIT ?)",
             (MAX_SNAPSHOTS,),
         )
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
 
 
 def log_decision(
@@ -344,12 +340,12 @@ def log_decision(
     """Write one decision row under ``run`` and return its id (the next of the run, taken atomically)."""
     from .rows import static_part
     from .schema import DECISION_COLUMNS, DECISION_FEATURE_COLUMNS, run_id_range
+    from .transactions import immediate
 
     insert = f"INSERT INTO decisions ({', '.join(DECISION_COLUMNS)}) VALUES ({', '.join('?' * len(DECISION_COLUMNS))})"
     backend, propensity, explored, version, predicted, probs = choice
     lo, hi = run_id_range(run)
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with immediate(conn):
         top = conn.execute("SELECT max(id) FROM decisions WHERE id BETWEEN ? AND ?", (lo, hi)).fetchone()[0]
         decision_id = (top or lo) + 1
         if decision_id > hi:
@@ -365,11 +361,6 @@ def log_decision(
             **dict(zip(DECISION_FEATURE_COLUMNS, features, strict=True)),
         }  # fmt: skip
         conn.execute(insert, [row[c] for c in DECISION_COLUMNS])
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
     return decision_id
 
 
