@@ -81,6 +81,7 @@ class Failover:
         self._lock = lock
         self._next_id = next_id
         self._observe = observe
+        #: runs the stages of executors that do not run inline; counts the runs abandoned late
         self.runner = DeadlineRunner()
 
     def execute(

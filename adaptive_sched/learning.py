@@ -41,6 +41,7 @@ class Learner:
     off it); everything here learns under ``lock``, the scheduler's, and never raises
     into the caller: a policy that fails to learn is counted in ``counters.learn_errors``.
     Each observation learned counts in ``counters`` and may let a quarantined backend back.
+    The thread starts at construction (unless ``inline``); :meth:`stop` ends it.
 
     Parameters
     ----------

@@ -105,8 +105,8 @@ class Scheduler:
         self._inline = config.policy.learner == "inline"
         # One-time costs (river's import, about a second) now, not in the first observation.
         self._policy.prepare()
-        self._throttle = Throttle()
-        self._quarantine = Quarantine(self._policy.exclude, self._throttle)
+        throttle = Throttle()  # shared by quarantines and refusals: its keys keep them apart
+        self._quarantine = Quarantine(self._policy.exclude, throttle)
         self._max_latency_s = config.policy.max_latency_s
         # Without a log, a random tag in the ids' upper bits tells this scheduler's decisions
         # from another's (with a log, the run's id does; see _open_log).
@@ -117,7 +117,7 @@ class Scheduler:
             self._open_log(db_path)
         elif warm_start_from is not None and Path(warm_start_from).exists():
             self._warm_start(str(warm_start_from))
-        self._outcomes = Outcomes(self._log, self._lock, self._counters, self._quarantine, self._throttle,
+        self._outcomes = Outcomes(self._log, self._lock, self._counters, self._quarantine, throttle,
                                   self._max_latency_s)  # fmt: skip
         self._failover = Failover(
             executors=self._executors,
