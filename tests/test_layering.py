@@ -10,7 +10,9 @@ rank  layer               modules
 0     core                types, errors, features, stages, workload, paths, cache, validation
 1     executors           executors/, sim/ (the simulated SoC is an executor), checks
 2     learners, policies  learners/, policies/
-3     scheduler           scheduler, build, config, config_schema, runner, deadline, observed
+3     scheduler           scheduler, build, config, config_schema, runner, deadline, observed,
+                          counters, quarantine, outcomes, learning, failover,
+                          stage_runs
 4     store               store/
 5     offline, service    offline/; service, metrics (they serve a scheduler)
 6     cli                 cli/, __main__
@@ -52,6 +54,12 @@ LAYERS: dict[str, tuple[int, str]] = {
     "adaptive_sched.runner": (3, "scheduler"),
     "adaptive_sched.deadline": (3, "scheduler"),
     "adaptive_sched.observed": (3, "scheduler"),
+    "adaptive_sched.counters": (3, "scheduler"),
+    "adaptive_sched.quarantine": (3, "scheduler"),
+    "adaptive_sched.outcomes": (3, "scheduler"),
+    "adaptive_sched.learning": (3, "scheduler"),
+    "adaptive_sched.failover": (3, "scheduler"),
+    "adaptive_sched.stage_runs": (3, "scheduler"),
     "adaptive_sched.store": (4, "store"),
     "adaptive_sched.offline": (5, "offline"),
     "adaptive_sched.service": (5, "service"),

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-import adaptive_sched.scheduler as scheduler_module
+import adaptive_sched.counters as counters_module
 from adaptive_sched import Scheduler, Shape
 from adaptive_sched.errors import ObservationRefused
 from adaptive_sched.observed import ObservedIds
@@ -80,8 +80,8 @@ def test_implausible_latencies_in_a_log_are_not_learned_at_warm_start(tmp_path):
 
 
 def test_a_failure_observed_by_the_caller_is_counted_and_its_warnings_rate_limited(caplog, monkeypatch):
-    monkeypatch.setattr(scheduler_module, "WARN_EVERY_S", 3600.0)  # one warning per backend in this test
-    caplog.set_level(logging.WARNING, logger="adaptive_sched.scheduler")
+    monkeypatch.setattr(counters_module, "WARN_EVERY_S", 3600.0)  # one warning per backend in this test
+    caplog.set_level(logging.WARNING)
     with make() as sched:
         for _ in range(1000):
             d = sched.decide("qkv", SHAPE)
