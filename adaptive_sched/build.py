@@ -46,7 +46,9 @@ def build_executors(config: Config, given: Mapping[Backend | str, Executor] | No
     """
     if given is not None:
         executors = {parse_backend(b): ex for b, ex in given.items()}
-        return Executors(executors, None)
+        # given simulated executors share one device: it is the one their telemetry comes from
+        devices = {id(d): d for d in (ex.device for ex in executors.values() if ex.kind == "sim")}  # type: ignore[attr-defined]
+        return Executors(executors, next(iter(devices.values())) if len(devices) == 1 else None)
     device = None
     executors = {}
     for backend, bc in config.backends.items():
@@ -141,3 +143,30 @@ def warm_start_rows(config: Config, path: str, limit: int) -> Any:
     from .store.reads import recent_for_warm_start
 
     return recent_for_warm_start(path, device=config.device, limit=limit)
+
+
+def build_telemetry(config: Config, sim_device: Any = None) -> Any:
+    """The telemetry sampler the config describes (a ``telemetry.Sampler``), or None when disabled.
+
+    A simulated device is sampled in its own virtual time, by whoever polls; a board's sysfs
+    on a thread of its own (started here) in wall-clock time, unless nothing under its root
+    is readable, when there is nothing to sample.
+    """
+    t = config.telemetry
+    if not t.enabled:
+        return None
+    from .telemetry import Sampler, SimTelemetry, SysfsTelemetry
+
+    if sim_device is not None:
+        sampler = Sampler(SimTelemetry(sim_device), t.interval_s, t.max_age_s, clock=lambda: sim_device.now)
+        sampler.poll()  # the first decision is logged with a reading too
+        return sampler
+    source = SysfsTelemetry(config.resolve_path(t.root), t.zones, t.devfreq)
+    source.discover()
+    if not source.found_anything():
+        log.debug("telemetry: nothing readable under %s", source.root)
+        return None
+    sampler = Sampler(source, t.interval_s, t.max_age_s)
+    sampler.poll()
+    sampler.start()
+    return sampler

@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from .counters import Counters
 from .policies import Observation, Policy
@@ -55,6 +55,8 @@ class Learner:
         The scheduler's.
     inline : bool
         No thread: the owner calls :meth:`drain` after each append.
+    before_learning : callable, optional
+        Called before each observation is learned, under the lock (see ``telemetry.ClockFeed``).
     """
 
     def __init__(
@@ -66,8 +68,11 @@ class Learner:
         quarantine: Quarantine,
         *,
         inline: bool,
+        before_learning: Callable[[], None] | None = None,
     ) -> None:
         self.queue = queue
+        # called before each observation is learned (the telemetry's clocks reach the policy)
+        self._before = before_learning
         self._policy = policy
         self._lock = lock
         self._counters = counters
@@ -135,6 +140,8 @@ class Learner:
         if self._strikes:
             self._quarantine.cleared(backend)
         try:
+            if self._before is not None:
+                self._before()
             self._policy.learn(observation)
         except Exception:  # learning must never raise into inference: count it, say it (rarely), go on
             c.learn_errors += 1

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from .build import build_executors, build_policy, load_prior, open_log, warm_start_rows
+from .build import build_executors, build_policy, build_telemetry, load_prior, open_log, warm_start_rows
 from .config import Config, load_config
 from .counters import Counters, Throttle
 from .errors import ExecutorUnavailable, SchedulerClosed, StoreError
@@ -77,6 +77,9 @@ class Scheduler:
     warm_start_from : str or Path, optional
         Without ``db``: learn from this log's outcomes (as a scheduler opening it would)
         but log nothing to it. For a one-shot decision that writes its own row.
+    telemetry : telemetry.Sampler, optional
+        The device telemetry to log and learn with, instead of what the config's
+        ``telemetry`` section builds (a board's sysfs, or the simulated device's state).
     """
 
     def __init__(
@@ -88,6 +91,7 @@ class Scheduler:
         prior: Any = None,
         executors: Mapping[Backend | str, Executor] | None = None,
         warm_start_from: str | Path | None = None,
+        telemetry: Any = None,
     ) -> None:
         self.config = config
         self._closed = False
@@ -146,8 +150,16 @@ class Scheduler:
             self._log_queue, self._log_kick_at = fast_path()
         self._learn_queue: deque[Observation] = deque(maxlen=None if self._inline else LEARN_BACKLOG)
         self._unlearned = 0  # observations skipped because the learner was behind (approximate)
+        #: device telemetry (None when disabled or nothing is readable): logged with each
+        #: decision, and its clocks handed to the policy before each observation is learned
+        self.telemetry: Any = telemetry if telemetry is not None else build_telemetry(config, built.sim_device)
+        feed = None
+        if self.telemetry is not None:
+            from .telemetry import ClockFeed
+
+            feed = ClockFeed(self.telemetry, self._policy.on_clocks, self.usable)
         self._learner = Learner(self._policy, self._learn_queue, self._lock, self._counters, self._quarantine,
-                                inline=self._inline)  # fmt: skip
+                                inline=self._inline, before_learning=feed)  # fmt: skip
         self._drain = self._learner.drain
         self._help = self._learner.help
 
@@ -272,6 +284,8 @@ class Scheduler:
             return self._decide_slow(stage, shape, context, prev)
         choice = entry.pick(self._draw()) if entry.alternatives else entry.exploit
         decision = Decision(self._next_id(), stage_, shape, choice, prev, _wallclock(), self.usable)
+        if self.telemetry is not None:
+            context = self._with_telemetry(context)
         queue = self._log_queue
         if queue is not None:
             if len(queue) < self._log_kick_at:
@@ -294,8 +308,17 @@ class Scheduler:
             choice = self._policy.choose(stage_, shape, prev)
         decision = Decision(self._next_id(), stage_, shape, choice, prev, _wallclock(), self.usable)
         if self._log is not None:
+            if self.telemetry is not None:
+                context = self._with_telemetry(context)
             self._log.decision(decision, context)
         return decision
+
+    def _with_telemetry(self, context: Mapping[str, float] | None) -> Mapping[str, float] | None:
+        """The context a decision is logged with: the latest telemetry, then the caller's own values."""
+        latest = self.telemetry.context
+        if context is None:
+            return latest or None
+        return {**latest, **context} if latest else context
 
     def observe(self, decision: Decision, latency_s: float | None, ok: bool = True, error: str | None = None) -> None:
         """Feed back what a decision cost: its latency in seconds, or that it failed.
@@ -448,6 +471,9 @@ class Scheduler:
             }
         if self._log is not None:
             out["log"] = dict(self._log.stats) if isinstance(self._log.stats, Mapping) else _asdict(self._log.stats)
+        t = self.telemetry
+        if t is not None:
+            out["telemetry"] = {"reads": t.reads, "errors": t.errors, "age_s": t.age_s(), "latest": dict(t.context)}
         return out
 
     # -- shutdown ---------------------------------------------------------------------
@@ -458,6 +484,8 @@ class Scheduler:
         self._closed = True
         self._log_queue = None  # decisions from here on go through the log's API, which counts them as dropped
         self._learner.stop()
+        if self.telemetry is not None:
+            self.telemetry.stop()
         if self._log is not None:
             try:
                 self._log.close()

@@ -42,6 +42,7 @@ CASES = {
     "observe": [["--db", "{prof}", "--id", "{id}", "--latency-ms", "1.5"]],
     "executors": [[]],
     "check": [[]],
+    "telemetry": [[], ["--root", "{tmp}"]],
 }
 
 

@@ -8,7 +8,7 @@ the imported module's layer. An arrow may stay in its layer or go down, never up
 rank  layer               modules
 ====  ==================  ==========================================================
 0     core                types, errors, features, stages, workload, paths, cache, validation
-1     executors           executors/, sim/ (the simulated SoC is an executor), checks
+1     executors           executors/, sim/ (the simulated SoC is an executor), checks, telemetry/
 2     learners, policies  learners/, policies/
 3     scheduler           scheduler, build, config, config_schema, runner, deadline, observed,
                           counters, quarantine, outcomes, learning, failover,
@@ -45,6 +45,7 @@ LAYERS: dict[str, tuple[int, str]] = {
     "adaptive_sched.executors": (1, "executors"),
     "adaptive_sched.sim": (1, "executors"),
     "adaptive_sched.checks": (1, "executors"),
+    "adaptive_sched.telemetry": (1, "executors"),
     "adaptive_sched.learners": (2, "learners"),
     "adaptive_sched.policies": (2, "policies"),
     "adaptive_sched.scheduler": (3, "scheduler"),

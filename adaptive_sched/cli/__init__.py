@@ -33,6 +33,7 @@ VERBS: dict[str, str] = {
     "report": "report",
     "executors": "executors",
     "check": "check",
+    "telemetry": "telemetry",
     "config": "config",
     "stress": "stress",
 }

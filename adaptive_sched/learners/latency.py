@@ -265,9 +265,18 @@ class LatencyModel:
             if abs(slowdown - device.slowdown) > self.params.clock_tolerance or (slowdown == 0.0) != (
                 device.slowdown == 0.0
             ):
+                # Readings come a few times a second, latencies far more often: the shared term
+                # may already have followed the clock's step. What it moved since the last
+                # reading, in the step's direction and up to its size, is the clock's: given
+                # back, so the step is not counted twice.
+                explained = device.beta * (slowdown - device.slowdown)
+                since = device.mean - device.mean_at_reading
+                if explained * since > 0.0:
+                    device.mean -= since if abs(since) < abs(explained) else explained
                 device.slowdown = slowdown
                 device.version += 1
                 moved = True
+            device.mean_at_reading = device.mean
         return moved
 
     def _group_of(self, stage: Stage, backend: Backend, group: Group) -> Regression:

@@ -34,8 +34,8 @@ class DeviceTerm:
     the terms, and the other stage keeps believing the backend slow and never checks it.
     """
 
-    __slots__ = ("_decay", "beta", "beta_var", "energy", "horizon", "jump", "jump_at", "jumps", "last", "mean", "n",
-                 "q", "reverted", "slowdown", "var", "version")  # fmt: skip
+    __slots__ = ("_decay", "beta", "beta_var", "energy", "horizon", "jump", "jump_at", "jumps", "last", "mean",
+                 "mean_at_reading", "n", "q", "reverted", "slowdown", "var", "version")  # fmt: skip
 
     def __init__(self, var: float, q: float, horizon: float, beta: float = 1.0, beta_var: float = 0.0) -> None:
         self.mean = 0.0
@@ -46,6 +46,8 @@ class DeviceTerm:
         self.slowdown = 0.0
         self.beta = beta
         self.beta_var = beta_var
+        #: the mean when the clock was last read: what it moved by since, the clock may explain
+        self.mean_at_reading = 0.0
         self.q = q
         self.horizon = horizon
         self._decay = 1.0 - 1.0 / horizon

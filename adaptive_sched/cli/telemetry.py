@@ -1,0 +1,71 @@
+"""``adaptive-sched telemetry``: what the scheduler sees of the device now (temperatures, clocks, loads)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from typing import Any
+
+from .output import emit, render_table
+
+HELP = "print the device telemetry the scheduler reads: temperatures, clocks, loads"
+CONFIG = True
+OUTPUT = True
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--root", metavar="PATH",
+                   help="read this sysfs root instead of the config's telemetry.root (a board: /sys)")  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..build import build_executors, build_telemetry
+    from ..config import load_config
+
+    config = load_config(args.config)
+    telemetry = dataclasses.replace(config.telemetry, enabled=True)
+    if args.root is not None:
+        telemetry = dataclasses.replace(telemetry, root=args.root)
+    config = dataclasses.replace(config, telemetry=telemetry)
+    # With --root, a board's files even when the config simulates its device.
+    device = build_executors(config).sim_device if args.root is None else None
+    sampler = build_telemetry(config, device)
+    snapshot = sampler.latest if sampler is not None else None
+    if sampler is not None:
+        sampler.stop()
+    if not snapshot:
+        where = "the simulated device" if device is not None else f"under {telemetry.root}"
+        print(f"adaptive-sched: no telemetry readable {where}", file=sys.stderr)
+        emit(args, {"source": where, "backends": {}, "zones": {}}, lambda: "")
+        return 0
+    data: dict[str, Any] = {
+        "source": "simulated device" if device is not None else telemetry.root,
+        "backends": {
+            b.value: {**dataclasses.asdict(r), "clock_ratio": r.clock_ratio()} for b, r in snapshot.backends.items()
+        },
+        "ddr": {"freq_hz": snapshot.ddr_freq_hz, "max_freq_hz": snapshot.ddr_max_freq_hz},
+        "zones": dict(snapshot.zones),
+    }
+
+    def table() -> str:
+        rows = [[b, _num(r["temp_c"], "{:.1f}"), _num(r["freq_hz"], "{:.0f}", 1e-6),
+                 _num(r["max_freq_hz"], "{:.0f}", 1e-6), _num(r["clock_ratio"], "{:.2f}"), _num(r["load"], "{:.0%}")]
+                for b, r in data["backends"].items()]  # fmt: skip
+        if snapshot.ddr_freq_hz is not None or snapshot.ddr_max_freq_hz is not None:
+            ratio = (snapshot.ddr_freq_hz / snapshot.ddr_max_freq_hz
+                     if snapshot.ddr_freq_hz and snapshot.ddr_max_freq_hz else None)  # fmt: skip
+            rows.append(["ddr", "", _num(snapshot.ddr_freq_hz, "{:.0f}", 1e-6),
+                         _num(snapshot.ddr_max_freq_hz, "{:.0f}", 1e-6), _num(ratio, "{:.2f}"), ""])  # fmt: skip
+        out = render_table(["backend", "temp C", "clock MHz", "max MHz", "ratio", "load"], rows)
+        if snapshot.zones:
+            zones = [[kind, f"{c:.1f}"] for kind, c in sorted(snapshot.zones.items())]
+            out += "\n\n" + render_table(["thermal zone", "temp C"], zones)
+        return out
+
+    emit(args, data, table)
+    return 0
+
+
+def _num(value: float | None, fmt: str, scale: float = 1.0) -> str:
+    return "" if value is None else fmt.format(value * scale)

@@ -1,0 +1,158 @@
+"""Sampling telemetry off the hot path, and keeping the latest snapshot.
+
+A :class:`Sampler` reads its source at most every ``interval_s`` and keeps the result in
+plain attributes (``latest``, ``context``) that the scheduler's threads read without a
+lock (an attribute read is atomic). It is refreshed either by a daemon thread of its own
+(:meth:`start`; a board, in wall-clock time) or by whoever calls :meth:`poll` (the
+learner, for a simulated device whose clock is virtual). A source that raises is counted
+and its last good snapshot ages; past ``max_age_s`` it reads as stale (:meth:`fresh` is
+None), which the policy treats as no telemetry at all.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Protocol
+
+from ..types import Backend
+from .snapshot import Snapshot
+
+log = logging.getLogger(__name__)
+
+EMPTY_CONTEXT: Mapping[str, float] = {}
+
+
+class TelemetrySource(Protocol):
+    """Something that reads the device now. ``read`` should not raise (a sampler survives it if it does)."""
+
+    def read(self) -> Snapshot: ...
+
+
+class Sampler:
+    """The latest :class:`Snapshot` of ``source``, refreshed every ``interval_s`` of ``clock``.
+
+    Parameters
+    ----------
+    source : TelemetrySource
+    interval_s : float
+        The shortest time between two reads (default: four a second).
+    max_age_s : float, optional
+        How old a snapshot may be and still count (default: four intervals).
+    clock : callable
+        Seconds, monotonic: ``time.monotonic`` on a board, the simulated device's virtual time.
+    """
+
+    def __init__(
+        self,
+        source: TelemetrySource,
+        interval_s: float = 0.25,
+        max_age_s: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not interval_s > 0:
+            raise ValueError(f"interval_s must be > 0, got {interval_s!r}")
+        self.source = source
+        self.interval_s = float(interval_s)
+        self.max_age_s = float(max_age_s) if max_age_s is not None else 4.0 * self.interval_s
+        self.clock = clock
+        #: the latest snapshot read (None before the first), and when (``clock``'s time)
+        self.latest: Snapshot | None = None
+        self.read_at = -float("inf")
+        #: the latest snapshot as a decision's logged context (empty when stale or unknown)
+        self.context: Mapping[str, float] = EMPTY_CONTEXT
+        #: reads so far, and reads that raised
+        self.reads = 0
+        self.errors = 0
+        self._due = -float("inf")
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def poll(self) -> Snapshot | None:
+        """Read the source if ``interval_s`` has passed since the last read; the fresh snapshot or None."""
+        now = self.clock()
+        if now >= self._due:
+            self._read(now)
+        if now - self.read_at <= self.max_age_s:
+            return self.latest
+        self.context = EMPTY_CONTEXT  # stale: decisions are logged without it
+        return None
+
+    def fresh(self) -> Snapshot | None:
+        """The latest snapshot if it is no older than ``max_age_s``, else None."""
+        return self.latest if self.clock() - self.read_at <= self.max_age_s else None
+
+    def age_s(self) -> float:
+        """Seconds since the latest read (infinite before the first)."""
+        return self.clock() - self.read_at
+
+    def _read(self, now: float) -> None:
+        self._due = now + self.interval_s
+        try:
+            snapshot = self.source.read()
+        except Exception:  # telemetry must never break inference: keep the last, let it age
+            self.errors += 1
+            if self.errors & (self.errors - 1) == 0:  # the 1st, 2nd, 4th, 8th, ...
+                log.warning("reading telemetry from %r failed (%d so far)", self.source, self.errors, exc_info=True)
+            return
+        self.reads += 1
+        self.latest = snapshot
+        self.read_at = now
+        self.context = snapshot.as_context()
+
+    # -- a thread of its own (a board) ----------------------------------------------------------
+    def start(self) -> None:
+        """Read every ``interval_s`` on a daemon thread until :meth:`stop`."""
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="adaptive-sched-telemetry", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._read(self.clock())
+            self._stop.wait(self.interval_s)
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop the thread (if started) and wait for it."""
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            self._stop.set()
+            thread.join(timeout_s)
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None
+
+    def __repr__(self) -> str:
+        return f"Sampler({self.source!r}, interval_s={self.interval_s:g}, reads={self.reads}, errors={self.errors})"
+
+
+class ClockFeed:
+    """Hands a policy each backend's clock ratio whenever the sampler has a new snapshot, or
+    none fresh any more (then every ratio is None: no telemetry).
+
+    Called by the learner before each observation it learns: with a sampler on a thread of
+    its own it only looks at the latest snapshot; otherwise it polls (a simulated device's
+    virtual time), so the read happens off the decision path either way.
+    """
+
+    __slots__ = ("_backends", "_on_clocks", "_read", "_seen")
+
+    def __init__(self, sampler: Sampler, on_clocks: Callable[[Mapping[Backend, float | None]], None],
+                 backends: tuple[Backend, ...]) -> None:  # fmt: skip
+        self._read = sampler.fresh if sampler.running else sampler.poll
+        self._on_clocks = on_clocks
+        self._backends = backends
+        self._seen: Snapshot | None = None
+
+    def __call__(self) -> None:
+        snapshot = self._read()
+        if snapshot is self._seen:
+            return
+        self._seen = snapshot
+        ratios = snapshot.clock_ratios() if snapshot is not None else {}
+        self._on_clocks({b: ratios.get(b) for b in self._backends})

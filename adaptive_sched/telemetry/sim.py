@@ -1,0 +1,41 @@
+"""Telemetry of the simulated RK3588, from its own thermal and contention state.
+
+The same reading a board's sysfs gives (:class:`~adaptive_sched.telemetry.SysfsTelemetry`):
+each backend's temperature, current clock (stepped down by the thermal trips) and maximum
+clock (the profile's nominal one), and its background load. Its time is the device's
+virtual time, so a sampler driven by it samples the simulation as a board's would be.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .snapshot import BackendReading, Snapshot
+
+
+class SimTelemetry:
+    """A :class:`~adaptive_sched.telemetry.TelemetrySource` over a ``SimulatedDevice``."""
+
+    def __init__(self, device: Any) -> None:
+        self.device = device
+        self._max = {b: float(p.clock_hz) for b, p in device.profile.backends.items()}
+
+    def now(self) -> float:
+        """The device's virtual time (seconds): the clock to sample it by."""
+        return float(self.device.now)
+
+    def read(self) -> Snapshot:
+        state = self.device.state()
+        backends = {}
+        for backend, top in self._max.items():
+            name = backend.value
+            backends[backend] = BackendReading(
+                temp_c=state.get(f"{name}_temp_c"),
+                freq_hz=state.get(f"{name}_freq_hz"),
+                max_freq_hz=top,
+                load=state.get(f"{name}_load"),
+            )
+        return Snapshot(self.now(), backends)
+
+    def __repr__(self) -> str:
+        return f"SimTelemetry({self.device!r})"

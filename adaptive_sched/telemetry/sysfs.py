@@ -1,0 +1,197 @@
+"""Telemetry from a Linux board's sysfs: thermal zones, devfreq clocks, cpufreq, the RKNPU's load.
+
+Everything is read under one root (``/sys`` by default; a test points it at a fake tree)::
+
+    class/thermal/thermal_zone*/{type,temp}      millidegrees C, one zone per type
+    class/devfreq/<device>/{cur_freq,max_freq}   Hz (RK3588: fb000000.gpu, fdab0000.npu, dmc)
+    devices/system/cpu/cpu*/cpufreq/{scaling_cur_freq,cpuinfo_max_freq}   kHz
+    kernel/debug/rknpu/load                      "NPU load:  Core0: 12%, Core1:  0%, ..."
+
+Each file is optional: one that is absent, unreadable or holds garbage reads as unknown,
+never as an error. Which files exist is found once, and found again (at most every
+``rediscover_s``) after one that was there vanishes or a new read finds nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import re
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from ..types import Backend
+from .snapshot import BackendReading, Snapshot, finite
+
+#: RK3588 thermal zone types and the backend each one reports on
+RK3588_ZONES: Mapping[str, str] = {
+    "gpu-thermal": "gpu",
+    "npu-thermal": "npu",
+    "soc-thermal": "cpu",
+}
+#: RK3588 devfreq devices: GPU (Mali-G610), NPU, and the DDR controller
+RK3588_DEVFREQ: Mapping[str, str] = {
+    "gpu": "fb000000.gpu",
+    "npu": "fdab0000.npu",
+    "ddr": "dmc",
+}
+_PERCENT = re.compile(rb"(\d+(?:\.\d+)?)\s*%")
+
+
+def read_number(path: str) -> float | None:
+    """The first number in a small sysfs file; None if absent, unreadable or garbage."""
+    try:
+        with open(path, "rb") as f:
+            text = f.read(64)
+    except OSError:
+        return None
+    parts = text.split()
+    return finite(parts[0]) if parts else None
+
+
+def read_npu_load(path: str) -> float | None:
+    """The mean of the NPU cores' loads (0 to 1) from rknpu's ``load`` file."""
+    try:
+        with open(path, "rb") as f:
+            text = f.read(256)
+    except OSError:
+        return None
+    loads = [float(m) for m in _PERCENT.findall(text)]
+    if not loads:
+        return None
+    return min(1.0, max(0.0, sum(loads) / len(loads) / 100.0))
+
+
+class SysfsTelemetry:
+    """A :class:`~adaptive_sched.telemetry.TelemetrySource` over a board's sysfs.
+
+    Parameters
+    ----------
+    root : str
+        The sysfs root (``/sys``).
+    zones : mapping
+        Thermal zone type -> backend name (``cpu``, ``gpu``, ``npu``) it reports on.
+    devfreq : mapping
+        ``gpu``/``npu``/``ddr`` -> devfreq device directory name.
+    cpu_load : bool
+        Read the CPU's load with psutil, when it is installed.
+    """
+
+    def __init__(
+        self,
+        root: str = "/sys",
+        zones: Mapping[str, str] = RK3588_ZONES,
+        devfreq: Mapping[str, str] = RK3588_DEVFREQ,
+        *,
+        cpu_load: bool = True,
+        rediscover_s: float = 5.0,
+    ) -> None:
+        self.root = str(root)
+        self.zones = {zone: Backend(name) for zone, name in zones.items()}
+        self.devfreq = dict(devfreq)
+        self.rediscover_s = rediscover_s
+        self._psutil: Any = None
+        if cpu_load:
+            try:
+                import psutil
+
+                psutil.cpu_percent(interval=None)  # the first call only starts its count
+                self._psutil = psutil
+            except ImportError:
+                pass
+        self._found_at = -float("inf")
+        self._zone_files: list[tuple[str, str]] = []  # (type, temp path)
+        self._clock_files: dict[str, tuple[str, str]] = {}  # backend/ddr -> (cur, max)
+        self._cpu_files: list[tuple[str, str]] = []
+        self._npu_load = ""
+        self._missing = True  # a file found before could not be read: look again
+
+    def _path(self, *parts: str) -> str:
+        return os.path.join(self.root, *parts)
+
+    def discover(self) -> None:
+        """Find which of the files this reads exist now."""
+        self._found_at = time.monotonic()
+        zones = []
+        for zone_dir in sorted(glob.glob(self._path("class", "thermal", "thermal_zone*"))):
+            try:
+                with open(os.path.join(zone_dir, "type"), "rb") as f:
+                    kind = f.read(64).decode("ascii", "replace").strip()
+            except OSError:
+                continue
+            if kind:
+                zones.append((kind, os.path.join(zone_dir, "temp")))
+        self._zone_files = zones
+        clocks = {}
+        for name, device in self.devfreq.items():
+            base = self._path("class", "devfreq", device)
+            if os.path.isdir(base):
+                clocks[name] = (os.path.join(base, "cur_freq"), os.path.join(base, "max_freq"))
+        self._clock_files = clocks
+        cpus = []
+        for cpufreq in sorted(glob.glob(self._path("devices", "system", "cpu", "cpu[0-9]*", "cpufreq"))):
+            cpus.append((os.path.join(cpufreq, "scaling_cur_freq"), os.path.join(cpufreq, "cpuinfo_max_freq")))
+        self._cpu_files = cpus
+        load = self._path("kernel", "debug", "rknpu", "load")
+        self._npu_load = load if os.path.exists(load) else ""
+
+    def read(self) -> Snapshot:
+        now = time.monotonic()
+        if now - self._found_at >= self.rediscover_s and (self._missing or not self.found_anything()):
+            self.discover()
+        self._missing = False
+        zones: dict[str, float] = {}
+        for kind, path in self._zone_files:
+            milli = read_number(path)
+            if milli is None:
+                self._missing = True
+            else:
+                zones[kind] = milli / 1000.0
+        temps: dict[Backend, float] = {}
+        for kind, celsius in zones.items():
+            backend = self.zones.get(kind)
+            if backend is not None and backend not in temps:
+                temps[backend] = celsius
+        clocks: dict[str, tuple[float | None, float | None]] = {}
+        for name, (cur_path, max_path) in self._clock_files.items():
+            cur, top = read_number(cur_path), read_number(max_path)
+            if cur is None or top is None:
+                self._missing = True
+            clocks[name] = (cur, top)
+        if self._cpu_files:
+            cur_khz = [read_number(c) for c, _ in self._cpu_files]
+            max_khz = [read_number(m) for _, m in self._cpu_files]
+            known = [(c, m) for c, m in zip(cur_khz, max_khz, strict=True) if c is not None and m is not None]
+            if known:  # the fastest core: what a CPU stage runs on
+                c, m = max(known, key=lambda cm: cm[0] / cm[1] if cm[1] else 0.0)
+                clocks["cpu"] = (c * 1e3, m * 1e3)
+            else:
+                self._missing = True
+        loads: dict[Backend, float] = {}
+        if self._npu_load:
+            npu = read_npu_load(self._npu_load)
+            if npu is not None:
+                loads[Backend.NPU] = npu
+        if self._psutil is not None:
+            with contextlib.suppress(Exception):  # psutil on an odd system: the CPU's load is unknown
+                loads[Backend.CPU] = self._psutil.cpu_percent(interval=None) / 100.0
+        backends: dict[Backend, BackendReading] = {}
+        for backend in Backend:
+            cur, top = clocks.get(backend.value, (None, None))
+            reading = BackendReading(temps.get(backend), cur, top, loads.get(backend))
+            if reading != EMPTY:
+                backends[backend] = reading
+        ddr_cur, ddr_max = clocks.get("ddr", (None, None))
+        return Snapshot(now, backends, ddr_cur, ddr_max, zones)
+
+    def found_anything(self) -> bool:
+        """Whether the last :meth:`discover` found any file to read (psutil's CPU load aside)."""
+        return bool(self._zone_files or self._clock_files or self._cpu_files or self._npu_load)
+
+    def __repr__(self) -> str:
+        return f"SysfsTelemetry(root={self.root!r})"
+
+
+EMPTY = BackendReading()

@@ -1,0 +1,235 @@
+"""What device telemetry buys: regret against the oracle with the clocks read, without, and lied to.
+
+    python benchmarks/bench_telemetry.py                 # every scenario, 5 seeds (~2 min)
+    python benchmarks/bench_telemetry.py --seeds 0,1 --json
+
+Two families of scenarios, each over several seeds, every policy in the same run:
+
+* **the simulated RK3588** (thermal throttling from its own heat model: the NPU's governor
+  steps its clock down at 75 and 85 C): ``sim-steady`` (sustained decode) and
+  ``sim-periodic`` (bursts of decode with idle gaps in which the NPU cools and recovers);
+* **an independent latency world** (:mod:`worlds`, not our simulator) whose NPU throttles
+  (``npu-throttle``, ``npu-periodic``, ``npu-ramp`` on the ``soc`` world); its clock reads
+  ``max / slowdown^(1/0.7)``: latency follows the clock with an elasticity of 0.7, not the
+  1 the learner starts from.
+
+Policies: ``adaptive`` without telemetry, ``telemetry`` (the clocks read), ``lying`` (a clock
+that always reads its maximum while the device is slow), and the oracle. Reported: each
+one's total latency over the oracle's, minus one (the regret), mean and worst over seeds,
+and the ratio telemetry / without. Target: telemetry at most half the regret without in
+the throttling scenarios, no scenario worse; lying telemetry not worse than none by more
+than noise.
+
+Also: the median cost of one read of a board's sysfs (a fake RK3588 tree in a temporary
+directory), which the sampler pays off the hot path a few times a second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from worlds import SCENARIOS, World, make_base, workload
+
+from adaptive_sched import Scheduler
+from adaptive_sched.build import build_executors, build_policy, load_prior
+from adaptive_sched.config import Config, load_config
+from adaptive_sched.policies import AdaptiveParams, AdaptivePolicy, OraclePolicy
+from adaptive_sched.telemetry import BackendReading, Sampler, SimTelemetry, Snapshot, SysfsTelemetry
+from adaptive_sched.types import Backend, Stage
+from adaptive_sched.workload import decode_steps, model_shape
+
+QKV, ATTN = Stage.QKV, Stage.ATTN
+VARIANTS = ("adaptive", "telemetry", "lying")
+#: how the independent world's latency follows its clock: slowdown = (max / cur)^ELASTICITY
+ELASTICITY = 0.7
+
+
+def configured(config: Config, *, telemetry: bool, seed: int, **sim: Any) -> Config:
+    assert config.simulator is not None
+    return dataclasses.replace(
+        config,
+        simulator=dataclasses.replace(config.simulator, seed=seed, **sim),
+        telemetry=dataclasses.replace(config.telemetry, enabled=telemetry),
+    )
+
+
+class Lying:
+    """A source whose clocks always read their maximum (temperatures and loads as they are)."""
+
+    def __init__(self, source: Any) -> None:
+        self.source = source
+
+    def read(self) -> Snapshot:
+        s = self.source.read()
+        honest = {b: dataclasses.replace(r, freq_hz=r.max_freq_hz) for b, r in s.backends.items()}
+        return dataclasses.replace(s, backends=honest)
+
+
+# -- the simulated RK3588 -----------------------------------------------------------------------
+SIM_THERMAL = {"backends": {"npu": {"tau_s": 2.0, "trips": [[75, 6.0e8], [85, 4.0e8]]}}}
+
+
+def run_sim(scenario: str, variant: str, seed: int) -> float:
+    base = load_config("rk3588-sim")
+    config = configured(base, telemetry=variant != "adaptive", seed=seed, thermal=SIM_THERMAL, contention=False)
+    built = build_executors(config)
+    device = built.sim_device
+    if variant == "oracle":
+        policy: Any = OraclePolicy(expected_latency=device.expected_latency)
+    else:
+        policy = build_policy(config, built, seed=seed)
+    sampler = None
+    if variant == "lying":
+        sampler = Sampler(Lying(SimTelemetry(device)), config.telemetry.interval_s, clock=lambda: device.now)
+    model = model_shape("qwen2.5-1.5b")
+    bursts = 1 if scenario == "sim-steady" else 6
+    tokens = 192 if scenario == "sim-steady" else 48
+    total = 0.0
+    with Scheduler(config, policy=policy, executors=built.executors, telemetry=sampler) as sched:
+        for burst in range(bursts):
+            steps = decode_steps(model, prompt=32 + 16 * burst, tokens=tokens, precision="int8")
+            for step in steps:
+                for _ in range(model.layers):
+                    total += sched.run_attention(step.shape).latency_s
+            if bursts > 1:
+                device.idle(4.0)  # the NPU cools below its trips
+    return total
+
+
+# -- the independent world ----------------------------------------------------------------------
+class WorldClocks:
+    """The world's NPU clock: its current slowdown read back as a clock (max / slowdown^(1/e))."""
+
+    MAX_HZ = 1.0e9
+
+    def __init__(self, world: World, lie: bool) -> None:
+        self.world, self.lie = world, lie
+
+    def read(self) -> Snapshot:
+        w = self.world
+        readings = {}
+        for backend in (Backend.GPU, Backend.NPU):
+            slow = 1.0
+            for f in w.scenario.factors:
+                slow *= f(QKV, backend, w.progress)
+            cur = self.MAX_HZ if self.lie else self.MAX_HZ / max(slow, 1.0) ** (1.0 / ELASTICITY)
+            readings[backend] = BackendReading(temp_c=None, freq_hz=cur, max_freq_hz=self.MAX_HZ)
+        return Snapshot(w.progress, readings)
+
+
+def run_world(scenario: str, variant: str, seed: int, layers: int) -> float:
+    config = load_config("rk3588-sim")
+    config = dataclasses.replace(config, telemetry=dataclasses.replace(config.telemetry, enabled=False))
+    prior = load_prior(config)
+    world = World(make_base("soc", prior), SCENARIOS[scenario], seed)
+    steps = workload(layers, seed, None)
+    n = len(steps)
+    sampler = None
+    if variant in ("telemetry", "lying"):
+        # four reads per 1% of the run, in the run's own time (its progress)
+        sampler = Sampler(WorldClocks(world, lie=variant == "lying"), interval_s=0.0025, clock=lambda: world.progress)
+    policy: Any = (OraclePolicy(expected_latency=world.expected) if variant == "oracle"
+                   else AdaptivePolicy(AdaptiveParams(seed=seed)))  # fmt: skip
+    total = 0.0
+    with Scheduler(config, policy=policy, prior=prior, telemetry=sampler) as sched:
+        for step in steps:
+            world.progress = step.index / n
+            shape = step.shape
+            dq = sched.decide(QKV, shape)
+            sched.observe(dq, world.sample(QKV, shape, dq.backend, None))
+            da = sched.decide(ATTN, shape, after=dq)
+            sched.observe(da, world.sample(ATTN, shape, da.backend, dq.backend))
+            total += world.expected(QKV, shape, dq.backend, None) + world.expected(ATTN, shape, da.backend, dq.backend)
+    return total
+
+
+# -- a board's sysfs: what one read costs -----------------------------------------------------------
+def fake_rk3588(root: Path) -> None:
+    zones = ["soc-thermal", "bigcore0-thermal", "bigcore1-thermal", "littlecore-thermal", "center-thermal",
+             "gpu-thermal", "npu-thermal"]  # fmt: skip
+    for i, kind in enumerate(zones):
+        z = root / "class" / "thermal" / f"thermal_zone{i}"
+        z.mkdir(parents=True)
+        (z / "type").write_text(kind + "\n")
+        (z / "temp").write_text(f"{45000 + 1000 * i}\n")
+    for device, cur, top in (("fb000000.gpu", 600_000_000, 1_000_000_000), ("fdab0000.npu", 800_000_000,
+                             1_000_000_000), ("dmc", 2_112_000_000, 2_112_000_000)):  # fmt: skip
+        d = root / "class" / "devfreq" / device
+        d.mkdir(parents=True)
+        (d / "cur_freq").write_text(f"{cur}\n")
+        (d / "max_freq").write_text(f"{top}\n")
+    for cpu in range(8):
+        c = root / "devices" / "system" / "cpu" / f"cpu{cpu}" / "cpufreq"
+        c.mkdir(parents=True)
+        (c / "scaling_cur_freq").write_text("1800000\n")
+        (c / "cpuinfo_max_freq").write_text("2400000\n")
+    npu = root / "kernel" / "debug" / "rknpu"
+    npu.mkdir(parents=True)
+    (npu / "load").write_text("NPU load:  Core0: 12%, Core1:  0%, Core2:  3%,\n")
+
+
+def read_cost_us(repeats: int = 2000) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        fake_rk3588(Path(tmp))
+        source = SysfsTelemetry(tmp, cpu_load=False)
+        source.read()
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter_ns()
+            source.read()
+            times.append(time.perf_counter_ns() - t0)
+    return statistics.median(times) / 1e3
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", default="0,1,2,3,4")
+    ap.add_argument("--layers", type=int, default=6000, help="attention layers per world run")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    started = time.perf_counter()
+    rows = []
+    plan: list[tuple[str, Any]] = [
+        ("sim-steady", lambda sc, v, s: run_sim(sc, v, s)),
+        ("sim-periodic", lambda sc, v, s: run_sim(sc, v, s)),
+        *((name, lambda sc, v, s: run_world(sc, v, s, args.layers)) for name in ("npu-throttle", "npu-periodic",
+                                                                                 "npu-ramp")),
+    ]  # fmt: skip
+    for scenario, run in plan:
+        regrets: dict[str, list[float]] = {v: [] for v in VARIANTS}
+        for seed in seeds:
+            oracle = run(scenario, "oracle", seed)
+            for v in VARIANTS:
+                regrets[v].append(run(scenario, v, seed) / oracle - 1.0)
+        row: dict[str, Any] = {"scenario": scenario}
+        for v in VARIANTS:
+            row[v] = statistics.mean(regrets[v])
+            row[f"{v}:worst"] = max(regrets[v])
+        row["telemetry/without"] = row["telemetry"] / row["adaptive"] if row["adaptive"] > 0 else math.nan
+        rows.append(row)
+    cost = read_cost_us()
+    if args.json:
+        print(json.dumps({"rows": rows, "sysfs_read_us": cost}, indent=2))
+        return 0
+    print(f"regret over the oracle (total latency / oracle's - 1), mean (worst) over seeds {seeds}:")
+    print(f"{'scenario':14s} {'without':>16s} {'telemetry':>16s} {'lying':>16s} {'tel/without':>12s}")
+    for r in rows:
+        cells = " ".join(f"{r[v]:8.4f} ({r[v + ':worst']:.4f})" for v in VARIANTS)
+        print(f"{r['scenario']:14s} {cells} {r['telemetry/without']:12.2f}")
+    print(f"one read of a fake RK3588 sysfs (7 zones, 3 devfreq, 8 cpufreq, rknpu load): {cost:.1f} us median")
+    print(f"({time.perf_counter() - started:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

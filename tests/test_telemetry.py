@@ -1,0 +1,229 @@
+"""Device telemetry: sysfs readers on a fake tree, the simulated device's readings, the sampler,
+the config section, and what the scheduler does with it (logs it, hands the clocks to the policy)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sqlite3
+import sys
+from pathlib import Path
+
+import pytest
+
+from adaptive_sched import Scheduler, Shape
+from adaptive_sched.config import load_config
+from adaptive_sched.errors import ConfigError
+from adaptive_sched.sim import SimulatedDevice
+from adaptive_sched.telemetry import BackendReading, ClockFeed, Sampler, SimTelemetry, Snapshot, SysfsTelemetry
+from adaptive_sched.types import Backend, Stage
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from bench_telemetry import fake_rk3588
+
+GPU, NPU, CPU = Backend.GPU, Backend.NPU, Backend.CPU
+
+
+@pytest.fixture
+def sysfs(tmp_path):
+    fake_rk3588(tmp_path)
+    return tmp_path
+
+
+def test_reads_an_rk3588_sysfs_tree(sysfs):
+    s = SysfsTelemetry(str(sysfs), cpu_load=False).read()
+    assert s.backends[GPU] == BackendReading(temp_c=50.0, freq_hz=6e8, max_freq_hz=1e9, load=None)
+    assert s.backends[NPU].temp_c == 51.0 and s.backends[NPU].clock_ratio() == pytest.approx(0.8)
+    assert s.backends[NPU].load == pytest.approx(0.05)  # the mean of 12%, 0% and 3%
+    assert s.backends[CPU].temp_c == 45.0 and s.backends[CPU].clock_ratio() == pytest.approx(0.75)
+    assert s.ddr_freq_hz == s.ddr_max_freq_hz == 2.112e9
+    assert s.zones["bigcore0-thermal"] == 46.0 and len(s.zones) == 7
+
+
+def test_garbage_and_vanished_files_read_as_unknown_and_recover(sysfs):
+    source = SysfsTelemetry(str(sysfs), cpu_load=False, rediscover_s=0.0)
+    gpu_dir = sysfs / "class" / "devfreq" / "fb000000.gpu"
+    (gpu_dir / "cur_freq").write_text("not a number\n")
+    (sysfs / "class" / "thermal" / "thermal_zone6" / "temp").write_text("")  # npu-thermal, empty
+    s = source.read()
+    assert s.backends[GPU].freq_hz is None and s.backends[GPU].clock_ratio() is None
+    assert s.backends[NPU].temp_c is None and s.backends[NPU].freq_hz == 8e8
+    (gpu_dir / "cur_freq").unlink()
+    (gpu_dir / "max_freq").write_text("inf\n")
+    assert source.read().backends[GPU].clock_ratio() is None
+    (gpu_dir / "cur_freq").write_text("300000000\n")
+    (gpu_dir / "max_freq").write_text("1000000000\n")
+    assert source.read().clock_ratios()[GPU] == pytest.approx(0.3)
+    import shutil
+
+    shutil.rmtree(sysfs / "class")  # the whole class tree goes: cpufreq and rknpu remain
+    s = source.read()
+    assert GPU not in s.backends and s.backends[CPU].freq_hz == 1.8e9
+
+
+def test_an_absent_tree_reads_as_nothing(tmp_path):
+    source = SysfsTelemetry(str(tmp_path / "nothing"), cpu_load=False)
+    source.discover()
+    assert not source.found_anything()
+    assert not source.read()
+
+
+def test_context_round_trips_and_ignores_what_is_not_a_number():
+    s = Snapshot(1.0, {GPU: BackendReading(70.0, 5e8, 1e9, 0.25)}, ddr_freq_hz=2e9)
+    ctx = s.as_context()
+    assert ctx == {"gpu_temp_c": 70.0, "gpu_freq_hz": 5e8, "gpu_max_freq_hz": 1e9, "gpu_load": 0.25, "ddr_freq_hz": 2e9}
+    back = Snapshot.from_context({**ctx, "npu_temp_c": "hot", "other": 3})
+    assert back.backends == s.backends and back.ddr_freq_hz == 2e9
+
+
+def test_the_simulated_device_reports_its_clock_stepping_down():
+    thermal = {"backends": {"npu": {"tau_s": 2.0, "trips": [[75, 6.0e8], [85, 4.0e8]]}}}
+    device = SimulatedDevice("rk3588", seed=0, noise=False, thermal=thermal)
+    source = SimTelemetry(device)
+    assert source.read().clock_ratios()[NPU] == 1.0
+    shape = Shape(n=1, d=2048, kv_len=512, precision="int8")
+    while device.now < 20.0 and source.read().clock_ratios()[NPU] == 1.0:
+        device.run(Stage.QKV, shape, NPU)
+    reading = source.read().backends[NPU]
+    assert reading.clock_ratio() == pytest.approx(0.6) and reading.temp_c >= 75.0
+    device.idle(30.0)  # it cools and its clock comes back
+    assert source.read().clock_ratios()[NPU] == 1.0
+
+
+def test_sampler_reads_at_most_every_interval_of_its_clock_and_goes_stale():
+    now = [0.0]
+    reads = []
+
+    class Source:
+        def read(self):
+            reads.append(now[0])
+            return Snapshot(now[0], {GPU: BackendReading(freq_hz=5e8, max_freq_hz=1e9)})
+
+    sampler = Sampler(Source(), interval_s=1.0, clock=lambda: now[0])
+    assert sampler.poll() is not None and reads == [0.0]
+    now[0] = 0.5
+    assert sampler.poll().taken_at == 0.0 and reads == [0.0]
+    now[0] = 1.0
+    sampler.poll()
+    assert reads == [0.0, 1.0]
+    assert sampler.context["gpu_freq_hz"] == 5e8
+    now[0] = 10.0  # past four intervals: stale, whatever was read last
+    assert sampler.fresh() is None
+
+
+def test_a_source_that_raises_is_counted_and_its_last_reading_ages():
+    now = [0.0]
+    calls = []
+
+    class Flaky:
+        def read(self):
+            calls.append(1)
+            if len(calls) > 1:
+                raise OSError("gone")
+            return Snapshot(0.0, {NPU: BackendReading(freq_hz=1e9, max_freq_hz=1e9)})
+
+    sampler = Sampler(Flaky(), interval_s=1.0, clock=lambda: now[0])
+    sampler.poll()
+    now[0] = 2.0
+    assert sampler.poll() is not None and sampler.errors == 1  # the last good one, still fresh
+    now[0] = 9.0
+    assert sampler.poll() is None and sampler.errors == 2 and not sampler.context
+
+
+def test_the_sampler_thread_reads_until_stopped(sysfs):
+    sampler = Sampler(SysfsTelemetry(str(sysfs), cpu_load=False), interval_s=0.01)
+    sampler.start()
+    try:
+        import time
+
+        deadline = time.monotonic() + 30
+        while sampler.reads < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        sampler.stop()
+    assert sampler.reads >= 3 and not sampler.running
+    assert sampler.latest is not None and sampler.latest.clock_ratios()[GPU] == pytest.approx(0.6)
+
+
+def test_clock_feed_hands_new_and_stale_readings_to_the_policy():
+    now = [0.0]
+    ratio = [0.5]
+    seen = []
+    sampler = Sampler(type("S", (), {"read": lambda self: Snapshot(now[0], {GPU: BackendReading(
+        freq_hz=ratio[0] * 1e9, max_freq_hz=1e9)})})(), interval_s=1.0, clock=lambda: now[0])  # fmt: skip
+    feed = ClockFeed(sampler, seen.append, (GPU, NPU))
+    feed()
+    feed()  # the same snapshot: nothing new
+    assert seen == [{GPU: 0.5, NPU: None}]
+    now[0], ratio[0] = 1.0, 0.25
+    feed()
+    assert seen[-1] == {GPU: 0.25, NPU: None}
+    sampler.source = type("Dead", (), {"read": lambda self: 1 / 0})()
+    now[0] = 10.0
+    feed()
+    assert seen[-1] == {GPU: None, NPU: None}  # stale: no telemetry at all
+
+
+def test_config_section_reports_every_problem_under_its_key():
+    base = load_config("rk3588-sim").as_dict()
+    with pytest.raises(ConfigError) as err:
+        load_config({**base, "telemetry": {"interval_s": 0, "zones": {"gpu-thermal": "tpu"}, "devfreq": {"dsp": "x"}}})
+    text = str(err.value)
+    for key in ("telemetry.interval_s", "telemetry.zones.gpu-thermal", "telemetry.devfreq.dsp"):
+        assert key in text
+    assert load_config({**base, "telemetry": {"enabled": False}}).telemetry.enabled is False
+
+
+def test_the_scheduler_logs_telemetry_with_each_decision_and_feeds_the_clocks(tmp_path):
+    config = load_config("rk3588-sim")
+    db = tmp_path / "log.db"
+    shape = Shape(n=1, d=2048, kv_len=256, precision="int8")
+    with Scheduler(config, db=db) as sched:
+        for _ in range(50):
+            sched.run_attention(shape)
+        decision = sched.decide(Stage.QKV, shape, context={"npu_temp_c": 99.0, "ambient_c": 25.0})
+        sched.observe(decision, 1e-3)
+        stats = sched.stats()
+    assert stats["telemetry"]["reads"] >= 1 and stats["telemetry"]["errors"] == 0
+    assert stats["policy"]["device"]["npu"]["clock_slowdown"] == 1.0
+    with sqlite3.connect(db) as conn:
+        contexts = [json.loads(c) for (c,) in conn.execute("SELECT context FROM decisions ORDER BY id")]
+    assert all("npu_freq_hz" in c and "gpu_max_freq_hz" in c for c in contexts)
+    assert contexts[-1]["npu_temp_c"] == 99.0 and contexts[-1]["ambient_c"] == 25.0  # the caller's values win
+
+
+def test_disabled_telemetry_logs_only_the_callers_context(tmp_path):
+    config = load_config("rk3588-sim")
+    config = dataclasses.replace(config, telemetry=dataclasses.replace(config.telemetry, enabled=False))
+    with Scheduler(config, db=tmp_path / "log.db") as sched:
+        assert sched.telemetry is None
+        sched.observe(sched.decide(Stage.QKV, Shape(n=1, d=1024)), 1e-3)
+        assert "telemetry" not in sched.stats()
+
+
+def test_cli_prints_a_boards_telemetry_as_a_table_and_as_json(sysfs, capsys):
+    from adaptive_sched.cli import main
+
+    assert main(["telemetry", "--root", str(sysfs)]) == 0
+    out = capsys.readouterr().out
+    assert "gpu-thermal" in out and "600" in out and "0.60" in out
+    assert main(["telemetry", "--root", str(sysfs), "--output", "json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["backends"]["npu"]["clock_ratio"] == pytest.approx(0.8)
+    assert data["ddr"]["freq_hz"] == 2.112e9 and data["zones"]["soc-thermal"] == 45.0
+
+
+def test_cli_with_nothing_readable_says_so_and_succeeds(tmp_path, capsys):
+    from adaptive_sched.cli import main
+
+    assert main(["telemetry", "--root", str(tmp_path), "--output", "json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["backends"] == {} and "no telemetry readable" in captured.err
+
+
+def test_cli_shows_the_simulated_devices_telemetry(capsys):
+    from adaptive_sched.cli import main
+
+    assert main(["telemetry", "--output", "json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["source"] == "simulated device" and data["backends"]["npu"]["clock_ratio"] == 1.0
