@@ -186,3 +186,11 @@ def test_a_log_without_a_single_latency_still_renders_without_warnings(tmp_path)
         warnings.simplefilter("error")
         written = write_report(report, tmp_path / "rep")
     assert [p.name for p in written] == [*FIGURES, "report.md"]
+
+
+def test_the_series_carries_the_telemetry_logged_with_the_decisions(log_db):
+    s = load_report(log_db, series=True).series
+    for backend in ("gpu", "npu"):
+        temp, clock = s.telemetry[f"{backend}_temp_c"], s.telemetry[f"{backend}_clock"]
+        assert len(temp) == len(s) and np.isfinite(temp).all() and (temp >= 20).all()
+        assert ((clock > 0) & (clock <= 1)).all()

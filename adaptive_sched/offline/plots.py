@@ -33,6 +33,7 @@ FIGURES = {
     "events.png": "Exploration probability (lifted after a drift alarm) and failures/quarantines over time",
     "cumulative.png": "Cumulative latency against the static prior and each single backend",
     "exploration.png": "Exploration cost over time against explore_budget",
+    "telemetry.png": "Device telemetry (temperature, clock over its maximum) beside the backend chosen",
 }
 #: time bins of the share and event figures
 BINS = 60
@@ -191,6 +192,44 @@ def plot_events(s: Series, path: Path, plt: Any) -> None:
     bottom.grid(True, axis="x", alpha=0.3)
     _legend(bottom, loc="upper right", fontsize=7, ncol=max(1, len(backends)))
     fig.suptitle("Drift alarms (their effect on exploration) and failures that quarantine a backend")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_telemetry(s: Series, path: Path, plt: Any) -> None:
+    fig, axes = _figure(plt, 3, 1, sharex=True, gridspec_kw={"height_ratios": [2, 2, 1]})
+    temp, clock, choice = axes[0, 0], axes[1, 0], axes[2, 0]
+    backends = sorted(set(s.backend))
+    shown = False
+    for key, values in s.telemetry.items():
+        backend, _, what = key.partition("_")
+        m = np.isfinite(values)
+        if not m.any():
+            continue
+        ax = temp if what == "temp_c" else clock
+        ax.plot(s.t[m], values[m], color=_colour(backend), label=backend, drawstyle="steps-post")
+        shown = True
+    if not shown:
+        temp.text(0.5, 0.5, "no telemetry in this log (telemetry disabled, or nothing readable)",
+                  ha="center", va="center", transform=temp.transAxes)  # fmt: skip
+    temp.set_ylabel("temperature (C)")
+    clock.set_ylabel("clock / max")
+    clock.set_ylim(0, 1.05)
+    for ax in (temp, clock):
+        ax.grid(True, alpha=0.3)
+        _legend(ax, loc="lower left", fontsize=8)
+    edges = _bins(s.t)
+    mid = (edges[:-1] + edges[1:]) / 2
+    per = np.array([np.histogram(s.t[s.backend == b], edges)[0] for b in backends], dtype=float)
+    total = per.sum(axis=0)
+    keep = total > 0
+    if keep.any():
+        choice.stackplot(mid[keep], per[:, keep] / total[keep] * 100, colors=[_colour(b) for b in backends],
+                         labels=backends, alpha=0.85)  # fmt: skip
+    choice.set_ylim(0, 100)
+    choice.set_ylabel("chosen (%)")
+    choice.set_xlabel(s.time_label)
+    fig.suptitle("Device telemetry beside the backend chosen (all stages)")
     fig.tight_layout()
     _save(fig, path)
 
@@ -354,6 +393,7 @@ def write_report(
         "events.png": lambda p: plot_events(s, p, plt),
         "cumulative.png": lambda p: plot_cumulative(s, p, plt),
         "exploration.png": lambda p: plot_exploration(s, report.explore_budget, p, plt),
+        "telemetry.png": lambda p: plot_telemetry(s, p, plt),
     }
     written = []
     for i, (name, draw) in enumerate(drawers.items()):

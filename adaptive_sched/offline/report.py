@@ -170,6 +170,9 @@ class Series:
     explore_prob: np.ndarray
     #: the static prior's backend for each decision ('' when no prior could be loaded)
     static_choice: np.ndarray
+    #: device telemetry logged with the decisions: ``{backend}_temp_c`` and ``{backend}_clock``
+    #: (current over maximum clock) per backend that reported them (nan where a decision did not)
+    telemetry: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.t)
@@ -322,7 +325,25 @@ def build_series(rows: Sequence[LoggedDecision], static: Callable[[Stage, Shape]
         predicted=predicted,
         explore_prob=explore,
         static_choice=np.array(choices, dtype=object),
+        telemetry=_telemetry_series(rows),
     )
+
+
+def _telemetry_series(rows: Sequence[LoggedDecision]) -> dict[str, np.ndarray]:
+    """Temperature and clock ratio per backend from the logged contexts (see ``telemetry.Snapshot``)."""
+    from ..telemetry import Snapshot
+
+    out: dict[str, list[float]] = {}
+    for i, r in enumerate(rows):
+        if not r.context:
+            continue
+        snapshot = Snapshot.from_context(r.context)
+        for backend, reading in snapshot.backends.items():
+            for key, value in ((f"{backend.value}_temp_c", reading.temp_c),
+                               (f"{backend.value}_clock", reading.clock_ratio())):  # fmt: skip
+                if value is not None:
+                    out.setdefault(key, [math.nan] * len(rows))[i] = value
+    return {k: np.array(v, dtype=float) for k, v in sorted(out.items())}
 
 
 def load_report(
