@@ -227,11 +227,16 @@ class AdaptivePolicy(Policy):
             observed, volatile = est.model.observed, est.model.volatile
             # before any observation, the budget's share of what the exploit choice should cost
             allowed = self._budget.allowance() or p.explore_budget * predicted.get(fastest, 0.0)
+            typical = self._budget.typical() or predicted.get(fastest, 0.0)
             scale: dict[Backend, float] = {}
             allowance: dict[Backend, float] = {}
             for b in values:
                 if alarms and (alarms.lifted(b, clock) or alarms.lifted(fastest, clock)):
-                    scale[b] = 1.0  # a detected slowdown: re-measure, outside the budget
+                    # A detected slowdown: re-measure, outside the budget, but where a probe costs
+                    # about a stage (at most explore_cap of a typical stage per decision): the
+                    # cheap shapes re-measure the backend as well as a prefill 30 times dearer.
+                    scale[b] = 1.0
+                    allowance[b] = p.explore_cap * typical
                 elif observed(stage, b, point.group) < p.first_checks or volatile(b, clock):
                     scale[b] = 1.0  # never checked here, or just changed: may hide the best choice
                     allowance[b] = p.first_check_allowance * allowed
@@ -252,7 +257,7 @@ class AdaptivePolicy(Policy):
                 scale=scale,
                 allowance=allowance,
                 reversion=reversion,
-                typical=self._budget.typical() or predicted.get(fastest),
+                typical=typical,
             )
             probs = MappingProxyType({best: 1.0 - sum(alternatives.values()), **alternatives})
             cumulative = 0.0
