@@ -285,7 +285,7 @@ class Scheduler:
         choice = entry.pick(self._draw()) if entry.alternatives else entry.exploit
         decision = Decision(self._next_id(), stage_, shape, choice, prev, _wallclock(), self.usable)
         if self.telemetry is not None:
-            context = self._with_telemetry(context)
+            context = (self.telemetry.context or None) if context is None else self._with_telemetry(context)
         queue = self._log_queue
         if queue is not None:
             if len(queue) < self._log_kick_at:

@@ -153,14 +153,19 @@ def test_clock_feed_hands_new_and_stale_readings_to_the_policy():
         freq_hz=ratio[0] * 1e9, max_freq_hz=1e9)})})(), interval_s=1.0, clock=lambda: now[0])  # fmt: skip
     feed = ClockFeed(sampler, seen.append, (GPU, NPU))
     feed()
-    feed()  # the same snapshot: nothing new
-    assert seen == [{GPU: 0.5, NPU: None}]
     now[0], ratio[0] = 1.0, 0.25
+    for _ in range(ClockFeed.EVERY - 1):  # it looks every EVERY observations
+        feed()
+    assert seen == [{GPU: 0.5, NPU: None}]
     feed()
     assert seen[-1] == {GPU: 0.25, NPU: None}
+    for _ in range(ClockFeed.EVERY):
+        feed()  # the same snapshot: nothing new
+    assert len(seen) == 2
     sampler.source = type("Dead", (), {"read": lambda self: 1 / 0})()
     now[0] = 10.0
-    feed()
+    for _ in range(ClockFeed.EVERY):
+        feed()
     assert seen[-1] == {GPU: None, NPU: None}  # stale: no telemetry at all
 
 

@@ -140,7 +140,11 @@ class ClockFeed:
     virtual time), so the read happens off the decision path either way.
     """
 
-    __slots__ = ("_backends", "_on_clocks", "_read", "_seen")
+    __slots__ = ("_backends", "_countdown", "_on_clocks", "_read", "_seen")
+
+    #: observations between two looks at the sampler: readings come a few times a second,
+    #: observations thousands of times, and a look costs a clock read
+    EVERY = 16
 
     def __init__(self, sampler: Sampler, on_clocks: Callable[[Mapping[Backend, float | None]], None],
                  backends: tuple[Backend, ...]) -> None:  # fmt: skip
@@ -148,8 +152,13 @@ class ClockFeed:
         self._on_clocks = on_clocks
         self._backends = backends
         self._seen: Snapshot | None = None
+        self._countdown = 0
 
     def __call__(self) -> None:
+        self._countdown -= 1
+        if self._countdown > 0:
+            return
+        self._countdown = self.EVERY
         snapshot = self._read()
         if snapshot is self._seen:
             return
