@@ -213,6 +213,21 @@ def test_a_clock_that_drops_is_predicted_slower_before_it_is_observed():
     assert p.best(Stage.QKV, SHAPE, None) is GPU
 
 
+def test_a_clock_step_the_latencies_showed_first_is_not_counted_twice():
+    table = {("qkv", "gpu"): 1e-3, ("qkv", "npu"): 5e-3}
+    p = bound(AdaptivePolicy(seed=0), table)
+    p.on_clocks({GPU: 1.0})
+    feed(p, Stage.QKV, SHAPE, {GPU: 1e-3, NPU: 5e-3}.__getitem__, 300)
+    # the GPU's clock halves; its latencies show it before the next reading does
+    feed(p, Stage.QKV, SHAPE, {GPU: 1.5e-3, NPU: 5e-3}.__getitem__, 100)
+    p.on_clocks({GPU: 0.5})
+    assert p.choose(Stage.QKV, SHAPE, None).predicted[GPU] == pytest.approx(1.5e-3, rel=0.1)  # not 3 ms
+    # ... and how far the latencies moved for the step measured the elasticity: log 1.5 / log 2
+    assert p.state()["device"]["gpu"]["clock_elasticity"] == pytest.approx(math.log(1.5) / math.log(2), abs=0.15)
+    p.on_clocks({GPU: 1.0})  # back to full clock: predicted at the old level at once
+    assert p.choose(Stage.QKV, SHAPE, None).predicted[GPU] == pytest.approx(1e-3, rel=0.1)
+
+
 def test_how_latency_follows_the_clock_is_learned():
     # memory-bound work: the GPU's run time grows only as the square root of its clock's slowdown
     table = {("qkv", "gpu"): 1e-3, ("qkv", "npu"): 5e-3}

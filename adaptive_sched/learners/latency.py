@@ -75,6 +75,11 @@ Group = tuple[Any, ...]
 
 #: the largest change (log units, 10x) one detection applies at once
 MAX_CHANGE = math.log(10.0)
+#: observations of a backend between two clock readings for its shared term to have settled
+#: on a clock step (then how far it moved measures the elasticity) ...
+SETTLED = 20
+#: ... which stays within [0, this]: a latency following its clock more than in proportion is noise
+MAX_ELASTICITY = 2.0
 
 
 def stage_features(stage: Stage, shape: Shape) -> tuple[Group, tuple[float, float, float]]:
@@ -269,15 +274,30 @@ class LatencyModel:
                 # may already have followed the clock's step. What it moved since the last
                 # reading, in the step's direction and up to its size, is the clock's: given
                 # back, so the step is not counted twice.
-                explained = device.beta * (slowdown - device.slowdown)
+                step = slowdown - device.slowdown
                 since = device.mean - device.mean_at_reading
+                settled = device.n - device.n_at_reading >= SETTLED or device.jump_at > device.last_at_reading
+                if settled and since * step > 0.0:
+                    # Observed all along (or the step was detected as a change, learned whole),
+                    # the backend's latencies have measured the step: how far the shared term
+                    # moved for it is one observation of the elasticity.
+                    self._learn_elasticity(device, since / step, (device.var + self.params.noise_var) / step**2)
+                explained = device.beta * step
                 if explained * since > 0.0:
                     device.mean -= since if abs(since) < abs(explained) else explained
                 device.slowdown = slowdown
                 device.version += 1
                 moved = True
             device.mean_at_reading = device.mean
+            device.n_at_reading = device.n
+            device.last_at_reading = device.last
         return moved
+
+    @staticmethod
+    def _learn_elasticity(device: DeviceTerm, measured: float, noise: float) -> None:
+        gain = device.beta_var / (device.beta_var + noise)
+        device.beta = min(MAX_ELASTICITY, max(0.0, device.beta + gain * (measured - device.beta)))
+        device.beta_var *= 1.0 - gain
 
     def _group_of(self, stage: Stage, backend: Backend, group: Group) -> Regression:
         """The regression of a group, created (from its siblings) when first observed."""
