@@ -30,7 +30,9 @@ from typing import Any
 
 import numpy as np
 
+from .build import build_executors
 from .config import Config
+from .executors import Executor
 from .policies import FixedPolicy, Policy
 from .scheduler import Scheduler
 from .stages import make_inputs, serving_inputs
@@ -185,10 +187,10 @@ def run_workload(
     buckets: dict[tuple[str, str], BucketStats] = {}
     passes: list[_Pass] = []
     try:
-        passes.append(_Pass(policy_name, Scheduler(config, db=db, policy=policy), buckets))
+        passes.append(_Pass.build(policy_name, config, policy, buckets, db=db))
         for name, cfg, fixed in comparisons:
-            passes.append(_Pass(name, Scheduler(cfg, policy=fixed), None))
-        real = passes[0].sched.device is None
+            passes.append(_Pass.build(name, cfg, fixed, None))
+        real = passes[0].device is None
         if real:
             shared = _LayerInputs(steps[0].shape, layers)
             for p in passes:
@@ -231,13 +233,28 @@ def run_workload(
 
 
 class _Pass:
-    """One scheduler driven through the workload, a step at a time."""
+    """One scheduler driven through the workload, a step at a time; on a simulated device of its own
+    (``device``, which idles between tokens) or on the real executors (``device`` None)."""
 
-    def __init__(self, name: str, sched: Scheduler, buckets: dict[tuple[str, str], BucketStats] | None) -> None:
-        self.name, self.sched, self.buckets = name, sched, buckets
+    def __init__(self, name: str, sched: Scheduler, buckets: dict[tuple[str, str], BucketStats] | None,
+                 device: Any = None) -> None:  # fmt: skip
+        self.name, self.sched, self.buckets, self.device = name, sched, buckets, device
         self.inputs: _LayerInputs | None = None
         self.total_s = 0.0
         self.steps_s: list[float] = []
+
+    @classmethod
+    def build(cls, name: str, config: Config, policy: Policy | None,
+              buckets: dict[tuple[str, str], BucketStats] | None, db: str | Path | None = None) -> _Pass:  # fmt: skip
+        built = build_executors(config)
+        executors: dict[Backend | str, Executor] = {b: ex for b, ex in built.executors.items()}
+        try:
+            sched = Scheduler(config, db=db, policy=policy, executors=executors)
+        except BaseException:
+            for executor in built.executors.values():
+                executor.close()
+            raise
+        return cls(name, sched, buckets, built.sim_device)
 
     def step(self, step: ForwardStep, layers: int, idle_s: float) -> None:
         """Run ``step`` over every layer."""
@@ -257,8 +274,8 @@ class _Pass:
                     if b is None:
                         b = buckets[key] = BucketStats(*key)
                     b.add(stage_run.backend.value, stage_run.latency_s, stage_run.result.cold)
-        if idle_s and sched.device is not None:
-            sched.device.idle(idle_s)
+        if idle_s and self.device is not None:
+            self.device.idle(idle_s)
         self.total_s += spent
         self.steps_s.append(spent)
 

@@ -99,8 +99,6 @@ class Scheduler:
         self._counters = Counters()
         built = build_executors(config, executors)
         self._executors = built.executors
-        #: the simulated device the config's ``sim`` executors share (None on real hardware)
-        self.device: Any = built.sim_device
         #: candidate backends whose executor runs here, in config order: the only ones decided between
         self.usable, self.unavailable = usable_candidates(config.candidates, self._executors)
         self._prior = prior if prior is not None else load_prior(config)
