@@ -59,11 +59,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
 from typing import Any, NamedTuple
 
 from ..cache import BoundedDict
 from ..types import Backend, Shape, Stage
+from .latency_params import ModelParams
 from .latency_terms import DeviceTerm, Regression
 
 #: feature names of :func:`stage_features` per stage, after the intercept
@@ -96,95 +96,6 @@ def stage_features(stage: Stage, shape: Shape) -> tuple[Group, tuple[float, floa
     if stage is Stage.QKV:
         return group, (1.0, math.log2(shape.d) - _CENTRE_D, math.log2(shape.n))
     return group, (1.0, math.log2(shape.kv_len + shape.n) - _CENTRE_KEYS, math.log2(shape.d) - _CENTRE_D)
-
-
-@dataclass(frozen=True)
-class ModelParams:
-    """Prior widths, forgetting and robustness of :class:`LatencyModel` (log units; clocks are observations).
-
-    The defaults are set from what they mean, not fitted to one device: the prior is trusted
-    to about 20x before it has been checked (``stage_sd``), a group may differ from what its
-    siblings learned by a further ~2.7x (``group_sd``), a shape twice as large may be wrong
-    by a further ~19% (``slope_sd``), a backend's state may move by ~1.5x over a few
-    thousand observations (``device_q``), and noise starts at 10% (``noise_var``) and is
-    then learned.
-    """
-
-    #: prior standard deviation of a (stage, backend)'s error before any group of it was observed
-    stage_sd: float = 1.5
-    #: prior standard deviation of a group's error around what its siblings learned
-    group_sd: float = 1.0
-    #: variance a regression's intercept gains per observation made (a driver or firmware changes)
-    stage_q: float = 1e-6
-    #: prior standard deviation of the error's growth per octave of keys, d and n
-    slope_sd: float = 0.25
-    #: prior standard deviation of the per-backend device term
-    device_sd: float = 0.1
-    #: variance the device term gains per observation made (of any backend): forgetting
-    device_q: float = 1e-4
-    #: observations over which a backend's moves raise its forgetting (see ``DeviceTerm``) ...
-    volatility_horizon: float = 2000.0
-    #: ... and moves that add up to this (log units, a 1.3x change) make it volatile: it may change back
-    volatile_change: float = 0.25
-    #: prior standard deviation of one shape bucket's own effect (then learned per regression)
-    bucket_sd: float = 0.15
-    #: initial noise variance of one observation (then learned per regression)
-    noise_var: float = 0.01
-    #: smallest noise variance learned (a perfectly repeatable device still varies a little)
-    min_noise_var: float = 1e-4
-    #: weight of one observation in the learned noise and bucket variances
-    noise_rate: float = 0.01
-    #: standardised innovations are winsorised at this many standard deviations ...
-    clip: float = 3.0
-    #: ... unless this many in a row are beyond it in the slower direction (spikes are
-    #: one-sided and rarely come three in a row: at 2% spikes, 8e-6 per observation) ...
-    confirm_slower: int = 3
-    #: ... or this many in the faster direction (a run cannot be sped up by noise): then
-    #: it is a change, learned at once
-    confirm_faster: int = 2
-    #: variances the device term, the regression's intercept and the shape bucket are re-opened
-    #: to when a change is detected: they say where a change is first put. Changes of a whole
-    #: backend (contention, throttling) are common, of one kernel (a driver) rarer, of one
-    #: shape rarer still; observations of the backend's other stages then sort out the rest.
-    #: Put mostly into the backend's shared term, a change that reverts (contention ends)
-    #: is seen reverting by whichever stage runs there next.
-    alarm_var: float = 0.25
-    alarm_stage_var: float = 0.04
-    alarm_bucket_var: float = 0.01
-    #: how a backend's latency follows its clock read from telemetry: latency ~ (max/cur)^beta,
-    #: beta starting here (1: run time proportional to the clock period) ...
-    clock_elasticity: float = 1.0
-    #: ... within this prior standard deviation, then learned per backend
-    clock_elasticity_sd: float = 0.5
-    #: a backend's clock ratio must move by this (log units) for its estimates to be recomputed
-    clock_tolerance: float = 0.02
-    #: variance the device term is re-opened to when a change is seen to revert (the level
-    #: before the change is known, to about what the change's size was measured to)
-    revert_var: float = 0.02
-    #: ADWIN's confidence and how often (observations) it checks for a change
-    adwin_delta: float = 0.002
-    adwin_clock: int = 8
-    #: learn the per-(stage, backend) regressions; off leaves the device term and buckets only
-    regression: bool = True
-    #: bucket effects kept at most (a stream of distinct shapes cannot grow memory)
-    max_buckets: int = 20_000
-
-    def validate(self) -> None:
-        """Raise ``ValueError`` naming the first parameter out of range."""
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, bool):
-                continue
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise ValueError(f"{f.name} must be a finite number >= 0, got {value!r}")
-        for name in (
-            "clip", "noise_var", "min_noise_var", "adwin_delta", "noise_rate", "max_buckets", "adwin_clock",
-            "volatility_horizon", "confirm_slower", "confirm_faster",
-        ):  # fmt: skip
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
-        if self.noise_rate > 1 or self.adwin_delta >= 1:
-            raise ValueError("noise_rate must be <= 1 and adwin_delta < 1")
 
 
 class Estimate:
