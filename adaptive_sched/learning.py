@@ -139,9 +139,12 @@ class Learner:
             self._quarantine.release(c.observations)
         if self._strikes:
             self._quarantine.cleared(backend)
-        try:
-            if self._before is not None:
+        if self._before is not None:
+            try:
                 self._before()
+            except Exception:  # telemetry that fails is no telemetry: the observation is still learned
+                log.debug("handing telemetry to the policy failed", exc_info=True)
+        try:
             self._policy.learn(observation)
         except Exception:  # learning must never raise into inference: count it, say it (rarely), go on
             c.learn_errors += 1

@@ -232,3 +232,21 @@ def test_cli_shows_the_simulated_devices_telemetry(capsys):
     assert main(["telemetry", "--output", "json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["source"] == "simulated device" and data["backends"]["npu"]["clock_ratio"] == 1.0
+
+
+def test_telemetry_that_fails_never_stops_learning(monkeypatch):
+    from adaptive_sched.policies import AdaptivePolicy
+
+    monkeypatch.setattr(AdaptivePolicy, "on_clocks", lambda self, ratios: 1 / 0)  # the policy's side fails
+    config = load_config("rk3588-sim")
+
+    class Broken:
+        def read(self):
+            return Snapshot(0.0, {NPU: BackendReading(freq_hz=5e8, max_freq_hz=1e9)})
+
+    sampler = Sampler(Broken(), interval_s=1e-9)
+    with Scheduler(config, telemetry=sampler) as sched:
+        for _ in range(40):
+            sched.observe(sched.decide(Stage.QKV, Shape(n=1, d=1024)), 1e-3)
+        stats = sched.stats()
+    assert stats["observations"] == 40 and stats["learn_errors"] == 0
