@@ -61,6 +61,21 @@ def test_garbage_and_vanished_files_read_as_unknown_and_recover(sysfs):
     assert GPU not in s.backends and s.backends[CPU].freq_hz == 1.8e9
 
 
+def test_a_thermal_cap_shows_against_the_top_of_the_available_clocks(sysfs):
+    # the thermal governor lowers max_freq with cur_freq: against it the GPU would look unthrottled
+    gpu_dir = sysfs / "class" / "devfreq" / "fb000000.gpu"
+    (gpu_dir / "max_freq").write_text("600000000\n")
+    assert SysfsTelemetry(str(sysfs), cpu_load=False).read().clock_ratios()[GPU] == 1.0
+    (gpu_dir / "available_frequencies").write_text("300000000 400000000 600000000 800000000 1000000000\n")
+    assert SysfsTelemetry(str(sysfs), cpu_load=False).read().clock_ratios()[GPU] == pytest.approx(0.6)
+
+
+def test_a_processors_hottest_zone_is_its_temperature(sysfs):
+    zones = {"soc-thermal": "cpu", "bigcore0-thermal": "cpu", "bigcore1-thermal": "cpu"}
+    s = SysfsTelemetry(str(sysfs), zones=zones, cpu_load=False).read()
+    assert s.backends[CPU].temp_c == 47.0  # bigcore1, the hottest of the three
+
+
 def test_an_absent_tree_reads_as_nothing(tmp_path):
     source = SysfsTelemetry(str(tmp_path / "nothing"), cpu_load=False)
     source.discover()

@@ -3,7 +3,9 @@
 Everything is read under one root (``/sys`` by default; a test points it at a fake tree)::
 
     class/thermal/thermal_zone*/{type,temp}      millidegrees C, one zone per type
-    class/devfreq/<device>/{cur_freq,max_freq}   Hz (RK3588: fb000000.gpu, fdab0000.npu, dmc)
+    class/devfreq/<device>/{cur_freq,max_freq}   Hz (RK3588: fb000000.gpu, fdab0000.npu, dmc); the
+                                                 maximum is the top of available_frequencies where
+                                                 listed (max_freq drops with the thermal cap)
     devices/system/cpu/cpu*/cpufreq/{scaling_cur_freq,cpuinfo_max_freq}   kHz
     kernel/debug/rknpu/load                      "NPU load:  Core0: 12%, Core1:  0%, ..."
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import math
 import os
 import re
 import time
@@ -43,12 +46,23 @@ _PERCENT = re.compile(rb"(\d+(?:\.\d+)?)\s*%")
 def read_number(path: str) -> float | None:
     """The first number in a small sysfs file; None if absent, unreadable or garbage."""
     try:
-        with open(path, "rb") as f:
+        with open(path, "rb", buffering=0) as f:  # unbuffered: half the cost of a buffered open here
             text = f.read(64)
     except OSError:
         return None
     parts = text.split()
     return finite(parts[0]) if parts else None
+
+
+def _top_frequency(path: str) -> float | None:
+    """The largest of the clocks a devfreq device lists (``available_frequencies``), or None."""
+    try:
+        with open(path, "rb", buffering=0) as f:
+            text = f.read(4096)
+    except OSError:
+        return None
+    values = [v for v in (finite(part) for part in text.split()) if v is not None and v > 0]
+    return max(values) if values else None
 
 
 def read_npu_load(path: str) -> float | None:
@@ -104,6 +118,7 @@ class SysfsTelemetry:
         self._found_at = -float("inf")
         self._zone_files: list[tuple[str, str]] = []  # (type, temp path)
         self._clock_files: dict[str, tuple[str, str]] = {}  # backend/ddr -> (cur, max)
+        self._clock_tops: dict[str, float] = {}  # backend/ddr -> the top of its available clocks
         self._cpu_files: list[tuple[str, str]] = []
         self._npu_load = ""
         self._missing = True  # a file found before could not be read: look again
@@ -125,11 +140,18 @@ class SysfsTelemetry:
                 zones.append((kind, os.path.join(zone_dir, "temp")))
         self._zone_files = zones
         clocks = {}
+        tops = {}
         for name, device in self.devfreq.items():
             base = self._path("class", "devfreq", device)
             if os.path.isdir(base):
                 clocks[name] = (os.path.join(base, "cur_freq"), os.path.join(base, "max_freq"))
+                # max_freq is the current cap, which the thermal governor lowers: the top of the
+                # clocks the device lists is its real maximum, against which throttling shows
+                top = _top_frequency(os.path.join(base, "available_frequencies"))
+                if top is not None:
+                    tops[name] = top
         self._clock_files = clocks
+        self._clock_tops = tops
         cpus = []
         for cpufreq in sorted(glob.glob(self._path("devices", "system", "cpu", "cpu[0-9]*", "cpufreq"))):
             cpus.append((os.path.join(cpufreq, "scaling_cur_freq"), os.path.join(cpufreq, "cpuinfo_max_freq")))
@@ -152,11 +174,12 @@ class SysfsTelemetry:
         temps: dict[Backend, float] = {}
         for kind, celsius in zones.items():
             backend = self.zones.get(kind)
-            if backend is not None and backend not in temps:
-                temps[backend] = celsius
+            if backend is not None and celsius > temps.get(backend, -math.inf):
+                temps[backend] = celsius  # a processor's hottest zone: the one its governor throttles on
         clocks: dict[str, tuple[float | None, float | None]] = {}
         for name, (cur_path, max_path) in self._clock_files.items():
-            cur, top = read_number(cur_path), read_number(max_path)
+            cur = read_number(cur_path)
+            top = self._clock_tops.get(name) or read_number(max_path)
             if cur is None or top is None:
                 self._missing = True
             clocks[name] = (cur, top)
