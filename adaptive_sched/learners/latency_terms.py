@@ -32,6 +32,11 @@ class DeviceTerm:
     the likelier the whole jump is undone at once, on the shared term, so every stage of the
     backend follows. Otherwise a reversion seen by one stage is learned slowly, split between
     the terms, and the other stage keeps believing the backend slow and never checks it.
+
+    With device telemetry it also carries the backend's clock: ``slowdown`` (log of maximum
+    over current clock) times ``beta``, the elasticity of latency to the clock, learned (see
+    ``LatencyModel.set_clocks``). The ``*_at_reading`` fields remember the term at the last
+    clock reading, so that a step the latencies showed first is not counted twice.
     """
 
     __slots__ = ("_decay", "beta", "beta_var", "energy", "horizon", "jump", "jump_at", "jumps", "last",
