@@ -7,7 +7,8 @@ the imported module's layer. An arrow may stay in its layer or go down, never up
 ====  ==================  ==========================================================
 rank  layer               modules
 ====  ==================  ==========================================================
-0     core                types, errors, features, stages, workload, paths, cache, validation
+0     core                types, errors, features, stages, workload, paths, cache, validation,
+                          buckets
 1     executors           executors/, sim/ (the simulated SoC is an executor), checks, telemetry/
 2     learners, policies  learners/, policies/
 3     scheduler           scheduler, build, config, config_schema, runner, deadline, observed,
@@ -41,6 +42,7 @@ LAYERS: dict[str, tuple[int, str]] = {
     "adaptive_sched.workload": (0, "core"),
     "adaptive_sched.paths": (0, "core"),
     "adaptive_sched.cache": (0, "core"),
+    "adaptive_sched.buckets": (0, "core"),
     "adaptive_sched.validation": (0, "core"),
     "adaptive_sched.executors": (1, "executors"),
     "adaptive_sched.sim": (1, "executors"),

@@ -20,7 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..build import build_executors, build_telemetry
+    from ..build import build_telemetry
     from ..config import load_config
 
     config = load_config(args.config)
@@ -29,7 +29,13 @@ def run(args: argparse.Namespace) -> int:
         telemetry = dataclasses.replace(telemetry, root=args.root)
     config = dataclasses.replace(config, telemetry=telemetry)
     # With --root, a board's files even when the config simulates its device.
-    device = build_executors(config).sim_device if args.root is None else None
+    device = None
+    if (
+        args.root is None
+        and config.simulator is not None
+        and any(bc.executor == "sim" for bc in config.backends.values())
+    ):
+        device = config.simulator.make_device()
     sampler = build_telemetry(config, device)
     snapshot = sampler.latest if sampler is not None else None
     if sampler is not None:

@@ -18,6 +18,7 @@ observed latencies. The scheduler talks to a policy only through :class:`Policy`
 ``on_excluded()``                      (optional) react to a change of the exclusions
 ``mark_unsupported(stage, shape, b)``  (optional) ``b`` cannot run ``stage`` there
 ``prepare()``                          (optional) pay one-time costs before serving
+``on_clocks(ratios)``                  (optional) each backend's clock over its maximum, from telemetry
 ``state()``                            (optional) a plain-data summary for reports
 =====================================  ================================================
 
@@ -39,6 +40,7 @@ from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 from typing import Any, ClassVar, NamedTuple, Protocol
 
+from ..buckets import entry_key
 from ..cache import BoundedDict
 from ..types import Backend, Choice, Shape, Stage, parse_stage
 
@@ -157,33 +159,6 @@ class Entry:
 SHAPE_CACHE = 8192
 
 _ATTN = Stage.ATTN  # a module constant: looking it up on the enum costs more than the rest
-
-
-def entry_key(stage: Stage, shape: Shape, after: Backend | None, lookahead: bool = True) -> tuple[Any, ...]:
-    """The key of the published entry a decision reads: the stage, the shape's bucket, the previous backend.
-
-    Never the exact shape (kv_len grows every token): sequence and KV lengths in
-    quarter-octave buckets (from their top three bits; exact up to 16) share what is
-    learned, and the key costs a few integer operations. ``qkv`` ignores the KV cache
-    unless it plans ``attn`` after it (``lookahead``). Written out rather than in helper
-    calls: every decision computes it.
-
-    >>> a, b = Shape(n=1, d=2048, kv_len=300), Shape(n=1, d=2048, kv_len=310)
-    >>> entry_key(Stage.ATTN, a, None) == entry_key(Stage.ATTN, b, None)
-    True
-    """
-    n = shape.n
-    if stage is _ATTN or lookahead:
-        kv = shape.kv_len + n
-        if kv > 16:
-            top = kv.bit_length()
-            kv = (top << 2) | ((kv >> (top - 3)) & 3)
-    else:
-        kv = 0
-    if n > 64:
-        top = n.bit_length()
-        n = (top << 2) | ((n >> (top - 3)) & 3)
-    return (stage, n, shape.d, shape.heads, shape.batch, shape.precision, kv, after)
 
 
 def bucket_key(stage: Stage, shape: Shape, lookahead: bool = True) -> tuple[Any, ...]:

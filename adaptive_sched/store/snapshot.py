@@ -21,9 +21,8 @@ A snapshot is used only on the host and boot it was made on (executor availabili
 checked once per boot), while the config file's bytes, the package version, and the
 files the config draws on (the prior, the device profile) are what they were.
 
-The bucketing of :func:`entry_key` repeats that of
-:func:`adaptive_sched.policies.base.entry_key`, without importing the policies (and numpy);
-a test holds the two equal.
+Entries are keyed by the policies' own buckets (:mod:`adaptive_sched.buckets`), which import
+nothing of the policies (and numpy).
 """
 
 from __future__ import annotations
@@ -38,6 +37,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..buckets import entry_key as bucket_entry_key
 from ..errors import StoreError
 from ..types import Shape, Stage
 
@@ -68,23 +68,13 @@ def config_key(config_path: str | Path, version: str) -> str:
 
 
 def entry_key(stage: Stage, shape: Shape, after: str | None, lookahead: bool) -> str:
-    """The published entry a decision reads, as text (see the module docstring).
+    """The published entry a decision reads, as text: :func:`adaptive_sched.buckets.entry_key` joined.
 
     >>> entry_key(Stage.ATTN, Shape(n=1, d=2048, kv_len=300), None, True)
     'attn|1|2048|32|1|fp16|36|-'
     """
-    n = shape.n
-    if stage is Stage.ATTN or lookahead:
-        kv = shape.kv_len + n
-        if kv > 16:
-            top = kv.bit_length()
-            kv = (top << 2) | ((kv >> (top - 3)) & 3)
-    else:
-        kv = 0
-    if n > 64:
-        top = n.bit_length()
-        n = (top << 2) | ((n >> (top - 3)) & 3)
-    return f"{stage.value}|{n}|{shape.d}|{shape.heads}|{shape.batch}|{shape.precision.value}|{kv}|{after or '-'}"
+    stage_, n, d, heads, batch, precision, kv, _ = bucket_entry_key(stage, shape, None, lookahead)
+    return f"{stage_.value}|{n}|{d}|{heads}|{batch}|{precision.value}|{kv}|{after or '-'}"
 
 
 def host_stamp() -> list[str]:

@@ -43,34 +43,31 @@ RK3588_DEVFREQ: Mapping[str, str] = {
 _PERCENT = re.compile(rb"(\d+(?:\.\d+)?)\s*%")
 
 
-def read_number(path: str) -> float | None:
-    """The first number in a small sysfs file; None if absent, unreadable or garbage."""
+def _read(path: str, limit: int) -> bytes | None:
+    """Up to ``limit`` bytes of a small sysfs file; None if it is absent or unreadable."""
     try:
         with open(path, "rb", buffering=0) as f:  # unbuffered: half the cost of a buffered open here
-            text = f.read(64)
+            return f.read(limit)
     except OSError:
         return None
-    parts = text.split()
+
+
+def read_number(path: str) -> float | None:
+    """The first number in a small sysfs file; None if absent, unreadable or garbage."""
+    parts = (_read(path, 64) or b"").split()
     return finite(parts[0]) if parts else None
 
 
 def _top_frequency(path: str) -> float | None:
     """The largest of the clocks a devfreq device lists (``available_frequencies``), or None."""
-    try:
-        with open(path, "rb", buffering=0) as f:
-            text = f.read(4096)
-    except OSError:
-        return None
-    values = [v for v in (finite(part) for part in text.split()) if v is not None and v > 0]
+    values = [v for v in (finite(part) for part in (_read(path, 4096) or b"").split()) if v is not None and v > 0]
     return max(values) if values else None
 
 
 def read_npu_load(path: str) -> float | None:
     """The mean of the NPU cores' loads (0 to 1) from rknpu's ``load`` file."""
-    try:
-        with open(path, "rb") as f:
-            text = f.read(256)
-    except OSError:
+    text = _read(path, 256)
+    if text is None:
         return None
     loads = [float(m) for m in _PERCENT.findall(text)]
     if not loads:
