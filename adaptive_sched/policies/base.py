@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-import itertools
 import math
 import random
 import threading
@@ -155,12 +154,6 @@ class Entry:
         return self.exploit
 
 
-#: distinct shapes whose bucket number is remembered, per stage
-SHAPE_CACHE = 8192
-
-_ATTN = Stage.ATTN  # a module constant: looking it up on the enum costs more than the rest
-
-
 def bucket_key(stage: Stage, shape: Shape, lookahead: bool = True) -> tuple[Any, ...]:
     """The shape bucket of :func:`entry_key` alone (what learned corrections are shared by).
 
@@ -173,56 +166,37 @@ def bucket_key(stage: Stage, shape: Shape, lookahead: bool = True) -> tuple[Any,
 class PublishedTable:
     """The entries a policy publishes, one per (stage and shape bucket, previous backend).
 
-    The policy owns and writes it; the scheduler only calls :meth:`lookup`. A shape's
-    bucket (:func:`entry_key`) is computed once per distinct shape and kept as a small
-    integer, so a decision costs two dictionary reads. Its size is bounded: past
-    ``max_entries`` the oldest entry is forgotten (a miss only costs a slow decision).
+    The policy owns and writes it; the scheduler only calls :meth:`lookup`. An entry is
+    keyed by :func:`entry_key`, a few integer operations on the shape, so a decision costs
+    the same whether its exact shape was seen before or not (a cache of shapes would make
+    the seen ones cheaper and every new one dearer, and a KV length grows every token).
+    Its size is bounded: past ``max_entries`` the oldest entry is forgotten (a miss only
+    costs a slow decision).
     """
 
-    __slots__ = ("_attn", "_buckets", "_entries", "_next", "_qkv", "lookahead", "max_entries")
+    __slots__ = ("_entries", "lookahead", "max_entries")
 
     def __init__(self, lookahead: bool = True, max_entries: int = 50_000) -> None:
-        self._entries: BoundedDict[tuple[int, Backend | None], Entry] = BoundedDict(max_entries)
-        self._buckets: BoundedDict[tuple[Any, ...], int] = BoundedDict(max_entries)  # (stage, bucket) -> number
-        # shape -> its bucket's number, per stage (a cache of a pure function of the shape)
-        self._qkv: BoundedDict[Shape, int] = BoundedDict(SHAPE_CACHE)
-        self._attn: BoundedDict[Shape, int] = BoundedDict(SHAPE_CACHE)
-        # bucket numbers are never reused (a forgotten bucket's entries just age out), and
-        # drawn atomically: the scheduler's threads number shapes concurrently
-        self._next = itertools.count().__next__
+        self._entries: BoundedDict[tuple[Any, ...], Entry] = BoundedDict(max_entries)
         self.lookahead = lookahead
         self.max_entries = max_entries
 
-    def _bucket_of(self, stage: Stage, shape: Shape) -> int:
-        bucket = entry_key(stage, shape, None, self.lookahead)
-        number = self._buckets.get(bucket)
-        if number is None:
-            number = self._buckets.setdefault(bucket, self._next())  # one number per bucket, whoever wins
-        (self._attn if stage is _ATTN else self._qkv)[shape] = number
-        return number
-
-    def key(self, stage: Stage, shape: Shape, after: Backend | None) -> tuple[int, Backend | None]:
-        """The key of the entry for this decision: its stage and shape bucket's number, and ``after``."""
-        number = (self._attn if stage is _ATTN else self._qkv).get(shape)
-        if number is None:
-            number = self._bucket_of(stage, shape)
-        return (number, after)
+    def key(self, stage: Stage, shape: Shape, after: Backend | None) -> tuple[Any, ...]:
+        """The key of the entry for this decision: its stage, shape bucket and ``after``."""
+        return entry_key(stage, shape, after, self.lookahead)
 
     def lookup(self, stage: Stage, shape: Shape, after: Backend | None) -> Entry | None:
         """The entry for this decision, or None if there is none or it is stale (the scheduler then asks the policy)."""
-        number = (self._attn if stage is _ATTN else self._qkv).get(shape)
-        if number is None:
-            number = self._bucket_of(stage, shape)
-        entry = self._entries.get((number, after))
+        entry = self._entries.get(entry_key(stage, shape, after, self.lookahead))
         if entry is None or entry.freshness.now >= entry.expires:
             return None  # none yet, or stale: the policy recomputes it
         return entry
 
-    def get(self, key: tuple[int, Backend | None]) -> Entry | None:
-        """The entry under ``key``, fresh or not (for the policy that owns the table)."""
+    def get(self, key: tuple[Any, ...]) -> Entry | None:
+        """The entry under ``key``, fresh or not (for the policy that owns it)."""
         return self._entries.get(key)
 
-    def publish(self, key: tuple[int, Backend | None], entry: Entry) -> None:
+    def publish(self, key: tuple[Any, ...], entry: Entry) -> None:
         self._entries[key] = entry
 
     def __len__(self) -> int:
