@@ -330,6 +330,14 @@ class LatencyModel:
             a += bk[1]
         return Estimate(mean, a, b, (device.version, version))
 
+    def slope_gap(
+        self, stage: Stage, backend: Backend, group: Group, phi: tuple[float, ...], base: tuple[float, ...]
+    ) -> float:
+        """How far the learned offset at ``phi`` is above that at ``base`` (the regression's slopes
+        alone: the other terms are the same at two points of one group and bucket)."""
+        reg = self._group_or_prior(stage, backend, group)[0]
+        return reg.mean_at(phi) - reg.mean_at(base) if reg.k else 0.0
+
     # -- learning ---------------------------------------------------------------------------
     def observe(
         self,

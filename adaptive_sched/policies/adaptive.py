@@ -129,8 +129,8 @@ class AdaptivePolicy(Policy):
         self._budget = ExplorationBudget(p.explore_budget)
         self._alarms = AlarmWindows(p.alarm_probes, p.alarm_observations)
         self.table = PublishedTable(lookahead=p.lookahead)
-        # key -> (stage, representative shape, after): what an entry is computed from
-        self._reps: BoundedDict[tuple[Any, ...], tuple[Stage, Shape, Backend | None]] = BoundedDict(
+        # key -> (stage, representative shape, after, its point): what an entry is computed from
+        self._reps: BoundedDict[tuple[Any, ...], tuple[Stage, Shape, Backend | None, Point]] = BoundedDict(
             self.table.max_entries
         )
         self._freshness = Freshness(span=float(p.expire_after))
@@ -168,7 +168,8 @@ class AdaptivePolicy(Policy):
             return entry
         with self._lock:
             key = table.key(stage, shape, after)
-            self._reps.setdefault(key, (stage, shape, after))
+            if key not in self._reps:
+                self._reps[key] = (stage, shape, after, self._est.point(stage, shape))
             return self._publish(key)
 
     # -- publishing --------------------------------------------------------------------
@@ -186,9 +187,8 @@ class AdaptivePolicy(Policy):
 
     def _publish(self, key: tuple[Any, ...]) -> Entry:
         """Compute and publish the entry of ``key`` from the current estimates."""
-        stage, shape, after = self._reps[key]
+        stage, shape, after, point = self._reps[key]
         est, clock = self._est, self._clock
-        point = est.point(stage, shape)
         usable = self._usable_at(point) or list(self.usable())
         lookahead = stage is Stage.QKV and self.params.lookahead
         if lookahead:
@@ -316,18 +316,20 @@ class AdaptivePolicy(Policy):
             elif self._alarms and self._alarms.count(backend, clock):
                 self._invalidate()  # every backend re-measured: the budget binds again everywhere
             else:
-                self._renew(stage, shape, after, backend, learned.predicted)
+                self._renew(stage, shape, point, after, backend, learned.predicted)
 
-    def _renew(self, stage: Stage, shape: Shape, after: Backend | None, backend: Backend, log_now: float) -> None:
+    def _renew(
+        self, stage: Stage, shape: Shape, point: Point, after: Backend | None, backend: Backend, log_now: float
+    ) -> None:
         """Recompute this observation's entry if the observed backend's estimate at the entry's own
         shape has moved by more than the entry's tolerance since the entry was computed (changes
         add up, noise comes and goes), or if it is due; qkv's entry looks ahead to attention, so
         it follows attention's moves by the same rule.
 
-        ``log_now`` is the estimate (the stage's own log run time) at the observed shape. An entry
-        serves a whole shape bucket and was computed at the bucket's first shape: when the
-        observation is at another shape of the bucket (a longer KV cache), the estimate is taken
-        at the entry's shape, so that the difference between two shapes is not taken for a move.
+        ``log_now`` is the estimate (the stage's own log run time) at the observed ``point``. An
+        entry serves a whole shape bucket and was computed at the bucket's first shape: when the
+        observation is at another point of the bucket (a longer KV cache), the estimate is taken
+        at the entry's point, so that the difference between two shapes is not taken for a move.
         """
         table = self.table
         assert table is not None
@@ -340,25 +342,23 @@ class AdaptivePolicy(Policy):
         then = entry.exploit.predicted.get(backend)
         if then is not None and math.isfinite(log_now):
             est = self._est
-            point = est.point(stage, rep[1])
-            if rep[1] != shape:
-                log_now = est.compute(point, backend, self._clock)[0]
+            at = rep[3]
+            if at is not point:
+                log_now = est.moved_to(at, point, backend, log_now, self._clock)
             now = math.exp(log_now)
             if after is not None and after is not backend:
-                now += est.transition(point, after, backend)[0]
+                now += est.transition(at, after, backend)[0]
             moved = abs(math.log(now / then))
         now_clock = self._freshness.now
         if moved > entry.tolerance or now_clock >= entry.renew:
             self._publish(key)
         if stage is Stage.ATTN and self.params.lookahead:
-            # qkv's value holds the best attention after it: a move there moves qkv's by at most as much
             qkv_key = table.key(Stage.QKV, shape, None)
             qkv_entry = table.get(qkv_key)
-            if (
-                qkv_entry is not None
-                and qkv_key in self._reps
-                and (moved > qkv_entry.tolerance or now_clock >= qkv_entry.renew)
-            ):
+            if qkv_entry is None or qkv_key not in self._reps:
+                return
+            # qkv's value holds the best attention after it: a move there moves qkv's by at most as much
+            if moved > qkv_entry.tolerance or now_clock >= qkv_entry.renew:
                 self._publish(qkv_key)
 
     def _invalidate(self) -> None:

@@ -20,6 +20,8 @@ from ..learners.latency import NOTHING_LEARNED, Estimate, LatencyModel, Learned,
 from ..types import Backend, Shape, Stage
 from .base import Prior, bucket_key
 
+_QKV = Stage.QKV  # a module constant: looking it up on the enum costs more than the test
+
 #: grid points whose prior, features and bucket are kept (a cache: past the limit the oldest is forgotten)
 POINT_CACHE = 8192
 
@@ -113,13 +115,14 @@ class Estimates:
     def point(self, stage: Stage, shape: Shape) -> Point:
         """The cached :class:`Point` of ``stage`` at the grid point of ``shape``.
 
-        Points live on a grid of 1/16 octave of kv_len (about 4%; qkv does not see the KV
-        cache at all): a decode loop whose kv_len grows every token shares one point over
+        Points live on a grid of 1/16 octave of kv_len (about 4%, rounded to the nearest: a
+        grid that always rounded down would bias attention's prior low; qkv does not see the
+        KV cache at all): a decode loop whose kv_len grows every token shares one point over
         dozens of tokens, so it pays neither for a prior evaluation (~0.1 ms) per token nor
         for a new point per token, whose churn would make the garbage collector's full
         passes frequent and long.
         """
-        kv = 0 if stage is Stage.QKV else shape.kv_len
+        kv = 0 if stage is _QKV else shape.kv_len
         if kv > 64:
             kv = round(2.0 ** (round(16 * math.log2(kv)) / 16))
         key = (stage, shape.n, shape.d, shape.batch, shape.heads, shape.precision, kv)
@@ -149,6 +152,17 @@ class Estimates:
         if est is None or est.versions != model.versions(point.stage, backend, point.group):
             est = point.cache[backend] = model.estimate(point.stage, backend, point.group, point.phi, point.bucket)
         return base + est.mean, est.a + est.b * clock
+
+    def moved_to(self, to: Point, point: Point, backend: Backend, log_at_point: float, clock: int) -> float:
+        """The estimate at ``to`` (log seconds), given ``log_at_point`` at ``point``, another point of
+        the same shape bucket: every term but the prior and the regression's slopes is shared
+        there, so only they are added (a shape bucket that straddles two model buckets is computed)."""
+        if to.bucket != point.bucket or to.group != point.group:
+            return self.compute(to, backend, clock)[0]
+        gap = to.prior_log.get(backend, math.inf) - point.prior_log.get(backend, math.inf)
+        if not math.isfinite(gap):
+            return self.compute(to, backend, clock)[0]
+        return log_at_point + gap + self.model.slope_gap(to.stage, backend, to.group, to.phi, point.phi)
 
     def transition(self, point: Point, after: Backend | None, backend: Backend) -> tuple[float, float]:
         """(seconds, variance in seconds squared) to bring the stage's input from ``after`` to ``backend``."""
