@@ -158,7 +158,8 @@ def build_telemetry(config: Config, sim_device: Any = None) -> Any:
     from .telemetry import Sampler, SimTelemetry, SysfsTelemetry
 
     if sim_device is not None:
-        sampler = Sampler(SimTelemetry(sim_device), t.interval_s, t.max_age_s, clock=lambda: sim_device.now)
+        sampler = Sampler(SimTelemetry(sim_device), t.interval_s, t.max_age_s, clock=lambda: sim_device.now,
+                          clock_interval_s=t.clock_interval_s)  # fmt: skip
         sampler.poll()  # the first decision is logged with a reading too
         return sampler
     source = SysfsTelemetry(config.resolve_path(t.root), t.zones, t.devfreq)
@@ -166,7 +167,7 @@ def build_telemetry(config: Config, sim_device: Any = None) -> Any:
     if not source.found_anything():
         log.debug("telemetry: nothing readable under %s", source.root)
         return None
-    sampler = Sampler(source, t.interval_s, t.max_age_s)
+    sampler = Sampler(source, t.interval_s, t.max_age_s, clock_interval_s=t.clock_interval_s)
     sampler.poll()
     sampler.start()
     return sampler

@@ -156,7 +156,7 @@ class Scheduler:
         if self.telemetry is not None:
             from .telemetry import ClockFeed
 
-            feed = ClockFeed(self.telemetry, self._policy.on_clocks, self.usable)
+            feed = ClockFeed(self.telemetry, self._policy, self.usable)
         self._learner = Learner(self._policy, self._learn_queue, self._lock, self._counters, self._quarantine,
                                 inline=self._inline, before_learning=feed)  # fmt: skip
         self._drain = self._learner.drain

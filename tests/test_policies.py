@@ -201,6 +201,13 @@ def test_a_backend_whose_slowdown_may_end_is_watched_where_a_probe_is_cheap():
     assert GPU not in none
 
 
+def elasticity(policy, stage: str, backend: str) -> float:
+    """The learned clock elasticity of the one group of ``stage`` on ``backend`` observed."""
+    (value,) = [g["clock_elasticity"] for name, g in policy.state()["groups"].items()
+                if name.startswith(f"{stage}/{backend}/")]  # fmt: skip
+    return value
+
+
 def test_a_clock_that_drops_is_predicted_slower_before_it_is_observed():
     table = {("qkv", "gpu"): 1e-3, ("qkv", "npu"): 1.5e-3}
     p = bound(AdaptivePolicy(seed=0), table)
@@ -223,7 +230,7 @@ def test_a_clock_step_the_latencies_showed_first_is_not_counted_twice():
     p.on_clocks({GPU: 0.5})
     assert p.choose(Stage.QKV, SHAPE, None).predicted[GPU] == pytest.approx(1.5e-3, rel=0.1)  # not 3 ms
     # ... and how far the latencies moved for the step measured the elasticity: log 1.5 / log 2
-    assert p.state()["device"]["gpu"]["clock_elasticity"] == pytest.approx(math.log(1.5) / math.log(2), abs=0.15)
+    assert elasticity(p, "qkv", "gpu") == pytest.approx(math.log(1.5) / math.log(2), abs=0.15)
     p.on_clocks({GPU: 1.0})  # back to full clock: predicted at the old level at once
     assert p.choose(Stage.QKV, SHAPE, None).predicted[GPU] == pytest.approx(1e-3, rel=0.1)
 
@@ -237,9 +244,46 @@ def test_how_latency_follows_the_clock_is_learned():
         ratio = rng.choice((1.0, 0.5, 0.25))
         p.on_clocks({GPU: ratio})
         feed(p, Stage.QKV, SHAPE, lambda b, r=ratio: {GPU: 1e-3 * r**-0.5, NPU: 5e-3}[b], 20)
-    assert p.state()["device"]["gpu"]["clock_elasticity"] == pytest.approx(0.5, abs=0.15)
+    assert elasticity(p, "qkv", "gpu") == pytest.approx(0.5, abs=0.15)
     p.on_clocks({GPU: 0.25})
     assert p.choose(Stage.QKV, SHAPE, None).predicted[GPU] == pytest.approx(2e-3, rel=0.2)
+
+
+def test_each_stage_learns_how_it_follows_the_clock():
+    # qkv (compute-bound) follows the GPU's clock in proportion; attention (memory-bound) hardly
+    table = {("qkv", "gpu"): 1e-3, ("qkv", "npu"): 5e-3, ("attn", "gpu"): 1e-3, ("attn", "npu"): 5e-3}
+    p = bound(AdaptivePolicy(seed=0), table)
+    follows = {Stage.QKV: 1.0, Stage.ATTN: 0.2}
+    rng = random.Random(2)
+    for _ in range(40):
+        ratio = rng.choice((1.0, 0.5))
+        p.on_clocks({GPU: ratio})
+        for stage, e in follows.items():
+            feed(p, stage, SHAPE, lambda b, r=ratio, e=e: {GPU: 1e-3 * r**-e, NPU: 5e-3}[b], 10, after=None)
+    assert elasticity(p, "qkv", "gpu") == pytest.approx(1.0, abs=0.2)
+    assert elasticity(p, "attn", "gpu") == pytest.approx(0.2, abs=0.2)
+    p.on_clocks({GPU: 0.5})
+    assert p.choose(Stage.QKV, SHAPE, None).predicted[GPU] == pytest.approx(2e-3, rel=0.2)
+    assert p.choose(Stage.ATTN, SHAPE, None).predicted[GPU] == pytest.approx(2**0.2 * 1e-3, rel=0.2)
+
+
+def test_a_group_never_run_while_the_clock_was_low_follows_what_the_others_measured():
+    # int8 decode runs through clock steps and shows an elasticity of 0.4; fp16 was only run at full clock
+    table = {("qkv", "gpu"): 1e-3, ("qkv", "npu"): 5e-3}
+    p = bound(AdaptivePolicy(seed=0), table)
+    fp16 = Shape(n=1, d=1024, kv_len=256, precision="fp16")
+    p.on_clocks({GPU: 1.0})
+    feed(p, Stage.QKV, fp16, {GPU: 1e-3, NPU: 5e-3}.__getitem__, 100)
+    rng = random.Random(3)
+    for _ in range(30):
+        ratio = rng.choice((1.0, 0.5))
+        p.on_clocks({GPU: ratio})
+        feed(p, Stage.QKV, SHAPE, lambda b, r=ratio: {GPU: 1e-3 * r**-0.4, NPU: 5e-3}[b], 20)
+    groups = p.state()["groups"]
+    assert groups["qkv/gpu/int8/decode"]["clock_elasticity"] == pytest.approx(0.4, abs=0.15)
+    assert groups["qkv/gpu/fp16/decode"]["clock_elasticity"] == pytest.approx(0.4, abs=0.2)
+    p.on_clocks({GPU: 0.5})
+    assert p.choose(Stage.QKV, fp16, None).predicted[GPU] == pytest.approx(2**0.4 * 1e-3, rel=0.2)
 
 
 def test_pair_choice_accounts_for_the_transition_cost():

@@ -14,6 +14,7 @@ import pytest
 from adaptive_sched import Scheduler, Shape
 from adaptive_sched.config import load_config
 from adaptive_sched.errors import ConfigError
+from adaptive_sched.policies import AdaptiveParams, AdaptivePolicy, Observation
 from adaptive_sched.sim import SimulatedDevice
 from adaptive_sched.telemetry import BackendReading, ClockFeed, Sampler, SimTelemetry, Snapshot, SysfsTelemetry
 from adaptive_sched.types import Backend, Stage
@@ -126,6 +127,41 @@ def test_sampler_reads_at_most_every_interval_of_its_clock_and_goes_stale():
     assert sampler.fresh() is None
 
 
+def test_between_whole_reads_the_sampler_reads_the_clocks_alone():
+    now = [0.0]
+    calls = []
+
+    class Source:
+        def read(self):
+            calls.append(("all", now[0]))
+            return Snapshot(now[0], {NPU: BackendReading(temp_c=70.0, freq_hz=1e9, max_freq_hz=1e9)})
+
+        def read_clocks(self, previous):
+            calls.append(("clocks", now[0]))
+            reading = dataclasses.replace(previous.backends[NPU], freq_hz=6e8)
+            return dataclasses.replace(previous, taken_at=now[0], backends={NPU: reading})
+
+    sampler = Sampler(Source(), interval_s=1.0, clock=lambda: now[0], clock_interval_s=0.25)
+    for t in (0.0, 0.1, 0.25, 0.5, 1.0, 1.25):
+        now[0] = t
+        sampler.poll()
+    assert calls == [("all", 0.0), ("clocks", 0.25), ("clocks", 0.5), ("all", 1.0), ("clocks", 1.25)]
+    assert sampler.latest.clock_ratios()[NPU] == pytest.approx(0.6) and sampler.latest.backends[NPU].temp_c == 70.0
+    with pytest.raises(ValueError, match="clock_interval_s"):
+        Sampler(Source(), interval_s=1.0, clock_interval_s=2.0)
+
+
+def test_reading_a_boards_clocks_alone_keeps_the_rest_of_the_last_reading(sysfs):
+    source = SysfsTelemetry(str(sysfs), cpu_load=False)
+    whole = source.read()
+    (sysfs / "class" / "devfreq" / "fdab0000.npu" / "cur_freq").write_text("400000000\n")
+    (sysfs / "class" / "thermal" / "thermal_zone6" / "temp").write_text("99000\n")  # npu-thermal
+    clocks = source.read_clocks(whole)
+    assert clocks.clock_ratios()[NPU] == pytest.approx(0.4) and clocks.clock_ratios()[GPU] == pytest.approx(0.6)
+    assert clocks.backends[NPU].temp_c == whole.backends[NPU].temp_c == 51.0  # temperatures wait for a whole read
+    assert clocks.ddr_freq_hz == 2.112e9 and clocks.zones == whole.zones
+
+
 def test_a_source_that_raises_is_counted_and_its_last_reading_ages():
     now = [0.0]
     calls = []
@@ -160,13 +196,24 @@ def test_the_sampler_thread_reads_until_stopped(sysfs):
     assert sampler.latest is not None and sampler.latest.clock_ratios()[GPU] == pytest.approx(0.6)
 
 
+class _Listener:
+    """A policy's side of a clock feed: what it was handed, and whether it asks for a reading."""
+
+    def __init__(self, seen: list) -> None:
+        self.seen = seen
+        self.clocks_wanted = False
+
+    def on_clocks(self, ratios) -> None:
+        self.seen.append(ratios)
+
+
 def test_clock_feed_hands_new_and_stale_readings_to_the_policy():
     now = [0.0]
     ratio = [0.5]
     seen = []
     sampler = Sampler(type("S", (), {"read": lambda self: Snapshot(now[0], {GPU: BackendReading(
         freq_hz=ratio[0] * 1e9, max_freq_hz=1e9)})})(), interval_s=1.0, clock=lambda: now[0])  # fmt: skip
-    feed = ClockFeed(sampler, seen.append, (GPU, NPU))
+    feed = ClockFeed(sampler, _Listener(seen), (GPU, NPU))
     feed()
     now[0], ratio[0] = 1.0, 0.25
     for _ in range(ClockFeed.EVERY - 1):  # it looks every EVERY observations
@@ -184,6 +231,42 @@ def test_clock_feed_hands_new_and_stale_readings_to_the_policy():
     assert seen[-1] == {GPU: None, NPU: None}  # stale: no telemetry at all
 
 
+def test_a_surprised_policy_gets_a_reading_at_once_but_not_more_often_than_the_gap():
+    now = [0.0]
+    ratio = [1.0]
+    seen: list = []
+    source = type("S", (), {"read": lambda self: Snapshot(now[0], {NPU: BackendReading(
+        freq_hz=ratio[0] * 1e9, max_freq_hz=1e9)})})()  # fmt: skip
+    sampler = Sampler(source, interval_s=0.25, clock=lambda: now[0])
+    listener = _Listener(seen)
+    feed = ClockFeed(sampler, listener, (NPU,))
+    feed()
+    assert seen == [{NPU: 1.0}]
+    now[0], ratio[0] = 0.05, 0.6  # the clock steps well within the interval
+    feed()
+    assert len(seen) == 1  # not due yet
+    listener.clocks_wanted = True  # a latency surprised the policy
+    feed()
+    assert seen[-1] == {NPU: 0.6} and listener.clocks_wanted is False
+    now[0], ratio[0] = 0.05 + 0.25 * ClockFeed.SURPRISE_GAP / 2, 1.0
+    listener.clocks_wanted = True
+    feed()  # asked again too soon after the last read: the same snapshot, nothing new
+    assert seen[-1] == {NPU: 0.6} and sampler.reads == 2
+
+
+def test_a_surprising_latency_asks_the_policy_for_a_clock_reading():
+    policy = AdaptivePolicy(AdaptiveParams(seed=0))
+    policy.bind((GPU, NPU), None)
+    shape = Shape(n=1, d=2048, kv_len=256, precision="int8")
+    for _ in range(50):
+        policy.learn(Observation(Stage.QKV, shape, None, NPU, 1e-3))
+    policy.clocks_wanted = False
+    policy.learn(Observation(Stage.QKV, shape, None, NPU, 1.05e-3))  # within the noise
+    assert policy.clocks_wanted is False
+    policy.learn(Observation(Stage.QKV, shape, None, NPU, 3e-3))  # 3x: beyond the clip
+    assert policy.clocks_wanted is True
+
+
 def test_config_section_reports_every_problem_under_its_key():
     base = load_config("rk3588-sim").as_dict()
     with pytest.raises(ConfigError) as err:
@@ -191,6 +274,9 @@ def test_config_section_reports_every_problem_under_its_key():
     text = str(err.value)
     for key in ("telemetry.interval_s", "telemetry.zones.gpu-thermal", "telemetry.devfreq.dsp"):
         assert key in text
+    assert len(err.value.errors) == 3  # the clocks' interval is not blamed for interval_s's mistake
+    with pytest.raises(ConfigError, match=r"telemetry\.clock_interval_s"):
+        load_config({**base, "telemetry": {"interval_s": 0.1, "clock_interval_s": 0.5}})
     assert load_config({**base, "telemetry": {"enabled": False}}).telemetry.enabled is False
 
 

@@ -75,11 +75,10 @@ Group = tuple[Any, ...]
 
 #: the largest change (log units, 10x) one detection applies at once
 MAX_CHANGE = math.log(10.0)
-#: observations of a backend between two clock readings for its shared term to have settled
-#: on a clock step (then how far it moved measures the elasticity) ...
-SETTLED = 20
-#: ... which stays within [0, this]: a latency following its clock more than in proportion is noise
+#: a clock's elasticity stays within [0, this]: a latency following its clock more than in proportion is noise
 MAX_ELASTICITY = 2.0
+#: how far (sd) two groups of one backend may differ in how they follow its clock
+ELASTICITY_SPREAD = 0.3
 
 
 def stage_features(stage: Stage, shape: Shape) -> tuple[Group, tuple[float, float, float]]:
@@ -161,6 +160,9 @@ class LatencyModel:
         #: detected changes seen to revert, per backend
         self.reversions: dict[Backend, int] = {}
         self.observations = 0
+        #: the backend of the last observation beyond the clip, until its owner clears it (a clock
+        #: may have stepped: telemetry is worth reading before the next observation)
+        self.surprised: Backend | None = None
 
     # -- state, created on first use ------------------------------------------------------
     def _device_of(self, backend: Backend) -> DeviceTerm:
@@ -178,24 +180,42 @@ class LatencyModel:
         for backend, ratio in ratios.items():
             slowdown = -math.log(ratio) if ratio is not None and 0.0 < ratio < 1.0 else 0.0
             device = self._device_of(backend)
-            if abs(slowdown - device.slowdown) > self.params.clock_tolerance or (slowdown == 0.0) != (
+            stepped = abs(slowdown - device.slowdown) > self.params.clock_tolerance or (slowdown == 0.0) != (
                 device.slowdown == 0.0
-            ):
-                # Readings come a few times a second, latencies far more often: the shared term
-                # may already have followed the clock's step. What it moved since the last
-                # reading, in the step's direction and up to its size, is the clock's: given
-                # back, so the step is not counted twice.
-                step = slowdown - device.slowdown
+            )
+            step = slowdown - device.slowdown
+            # Readings come a few times a second, latencies far more often: the backend's
+            # latencies may already have shown the clock's step. Each regression observed since
+            # the last reading measures its elasticity by what they showed, in the step's
+            # direction: if a change was detected since, by how far its prediction moved (the
+            # change learned whole); else by the surprising latency that asked for this
+            # reading (the step came just before it). Otherwise the moves are noise, and the
+            # elasticity is learned from the latencies that follow, through the clock term.
+            weight = explained = 0.0
+            changed = device.jump_at > device.last_at_reading
+            family = [reg for (_, b, _), reg in self._groups.items() if b is backend]
+            for reg in family:
+                n = reg.n - reg.n_at_reading
+                if stepped and n:
+                    since = reg.moved - reg.moved_at_reading
+                    if changed and since * step > 0.0:
+                        self._learn_elasticity(device, reg, since / step, (device.var + reg.noise / n) / step**2)
+                    elif reg.surprise_n > reg.n_at_reading and reg.surprise * step > 0.0:
+                        self._learn_elasticity(device, reg, reg.surprise / step, reg.surprise_var / step**2)
+                    explained += n * (device.beta + reg.beta_gap) * step
+                    weight += n
+            for reg in family:
+                reg.moved_at_reading = reg.moved
+                reg.n_at_reading = reg.n
+            if stepped:
+                # What the shared term moved since, in the step's direction and up to what the
+                # clock explains for the runs that moved it, is given back to the clock term,
+                # so the step is not counted twice.
                 since = device.mean - device.mean_at_reading
-                settled = device.n - device.n_at_reading >= SETTLED or device.jump_at > device.last_at_reading
-                if settled and since * step > 0.0:
-                    # Observed all along (or the step was detected as a change, learned whole),
-                    # the backend's latencies have measured the step: how far the shared term
-                    # moved for it is one observation of the elasticity.
-                    self._learn_elasticity(device, since / step, (device.var + self.params.noise_var) / step**2)
-                explained = device.beta * step
-                if explained * since > 0.0:
-                    device.mean -= since if abs(since) < abs(explained) else explained
+                if weight:
+                    explained /= weight
+                    if explained * since > 0.0:
+                        device.mean -= since if abs(since) < abs(explained) else explained
                 device.slowdown = slowdown
                 device.version += 1
                 moved = True
@@ -205,10 +225,19 @@ class LatencyModel:
         return moved
 
     @staticmethod
-    def _learn_elasticity(device: DeviceTerm, measured: float, noise: float) -> None:
-        gain = device.beta_var / (device.beta_var + noise)
-        device.beta = min(MAX_ELASTICITY, max(0.0, device.beta + gain * (measured - device.beta)))
-        device.beta_var *= 1.0 - gain
+    def _learn_elasticity(device: DeviceTerm, reg: Regression, measured: float, noise: float) -> None:
+        """One measurement of the elasticity of ``reg``'s runs, split between the backend's shared
+        elasticity and the group's gap to it by their uncertainties (as an observation is split
+        between the device term and a regression): a group rarely run while the clock is low,
+        a prefill, follows what the others measured."""
+        v_shared, v_gap = device.beta_var, reg.beta_gap_var
+        total = v_shared + v_gap + noise
+        innovation = min(MAX_ELASTICITY, max(0.0, measured)) - (device.beta + reg.beta_gap)
+        device.beta += v_shared / total * innovation
+        reg.beta_gap += v_gap / total * innovation
+        device.beta_var = v_shared * (1.0 - v_shared / total)
+        reg.beta_gap_var = v_gap * (1.0 - v_gap / total)
+        device.version += 1
 
     def _group_of(self, stage: Stage, backend: Backend, group: Group) -> Regression:
         """The regression of a group, created (from its siblings) when first observed."""
@@ -231,8 +260,9 @@ class LatencyModel:
 
     def _new_regression(self, stage: Stage, backend: Backend) -> Regression:
         p = self.params
+        gap_var = ELASTICITY_SPREAD**2
         if not p.regression:
-            return Regression(None, None, 0.0, p.noise_var, self._bucket_var, None)
+            return Regression(None, None, 0.0, p.noise_var, self._bucket_var, None, gap_var)
         # What the siblings (the other groups of this stage and backend) learned, weighted by
         # how sure each is, is where a new group starts: the prior's error on this device is
         # mostly shared between precisions and phases.
@@ -245,7 +275,8 @@ class LatencyModel:
             mean = [sum(w * r.m[i] for w, r in zip(weights, siblings, strict=True)) / total for i in range(3)]
             first = p.group_sd**2 + 1.0 / total
         # the detector comes with the first observation: a prior for an unobserved group needs none
-        return Regression(mean, [first, p.slope_sd**2, p.slope_sd**2], p.stage_q, p.noise_var, self._bucket_var, None)
+        return Regression(mean, [first, p.slope_sd**2, p.slope_sd**2], p.stage_q, p.noise_var, self._bucket_var, None,
+                          gap_var)  # fmt: skip
 
     def _detector(self) -> Any:
         from river.drift import ADWIN
@@ -315,8 +346,8 @@ class LatencyModel:
         a = device.var - rate * device.last
         x = device.slowdown
         if x:
-            mean += device.beta * x
-            a += x * x * device.beta_var
+            mean += (device.beta + reg.beta_gap) * x
+            a += x * x * (device.beta_var + reg.beta_gap_var)
         b = rate
         if reg.k:
             mean += reg.mean_at(phi)
@@ -367,8 +398,8 @@ class LatencyModel:
         x = device.slowdown
         v_clock = 0.0
         if x:  # the clock's share, read from telemetry
-            predicted += device.beta * x
-            v_clock = x * x * device.beta_var
+            predicted += (device.beta + reg.beta_gap) * x
+            v_clock = x * x * (device.beta_var + reg.beta_gap_var)
         k = reg.k
         if k:
             p0, p1, p2, v_reg = reg.project(phi)
@@ -397,6 +428,9 @@ class LatencyModel:
         # clip in one direction is a change (throttling, contention, a new driver), not noise.
         run = reg.run
         change = False
+        if z > clip or z < -clip:
+            self.surprised = backend
+            reg.surprise, reg.surprise_var, reg.surprise_n = raw, s, reg.n + 1
         if z > clip:
             reg.run_size = min(reg.run_size, raw) if run > 0 else raw
             run = run + 1 if run > 0 else 1
@@ -432,9 +466,11 @@ class LatencyModel:
         device.mean += device_move
         device.var = v_device * (1.0 - v_device / s)
         if x:
-            beta_var = device.beta_var
-            device.beta += beta_var * x * step
-            device.beta_var = beta_var * (1.0 - beta_var * x * x / s)
+            v_shared, v_gap = device.beta_var, reg.beta_gap_var
+            device.beta += v_shared * x * step
+            reg.beta_gap += v_gap * x * step
+            device.beta_var = v_shared * (1.0 - v_shared * x * x / s)
+            reg.beta_gap_var = v_gap * (1.0 - v_gap * x * x / s)
         if device.energy and clock > device.last:
             device.energy *= device._decay ** (clock - device.last)
         # How far the device term moves beyond what noise moves it (2 standard deviations of a
@@ -470,6 +506,7 @@ class LatencyModel:
 
         gain = v_model / s
         shared = (v_device + v_reg) * step
+        reg.moved += gain * e + device.jump if reverted else gain * e  # a reversion moved it by the jump undone
         if change:
             reg.detector = self._detector()
             # What may revert is the whole change seen (contention ends, a throttled clock
@@ -528,7 +565,9 @@ class LatencyModel:
             "reversions": {b.value: n for b, n in self.reversions.items()},
         }  # fmt: skip
         for (stage, backend, (precision, phase)), reg in self._groups.items():
-            entry: dict[str, Any] = {"observations": reg.n, "noise_sd": round(math.sqrt(reg.noise), 4)}
+            elasticity = self._device_of(backend).beta + reg.beta_gap
+            entry: dict[str, Any] = {"observations": reg.n, "noise_sd": round(math.sqrt(reg.noise), 4),
+                                     "clock_elasticity": round(elasticity, 4)}  # fmt: skip
             if reg.k:
                 entry["factor"] = round(math.exp(reg.m[0]), 4)
                 entry["sd"] = round(math.sqrt(reg.c[0]), 4)

@@ -62,7 +62,7 @@ class ModelParams:
     #: how a backend's latency follows its clock read from telemetry: latency ~ (max/cur)^beta,
     #: beta starting here (1: run time proportional to the clock period) ...
     clock_elasticity: float = 1.0
-    #: ... within this prior standard deviation, then learned per backend
+    #: ... within this prior standard deviation, then learned per backend (and a gap per kernel group)
     clock_elasticity_sd: float = 0.5
     #: a backend's clock ratio must move by this (log units) for its estimates to be recomputed
     clock_tolerance: float = 0.02

@@ -34,7 +34,8 @@ class DeviceTerm:
     the terms, and the other stage keeps believing the backend slow and never checks it.
 
     With device telemetry it also carries the backend's clock: ``slowdown`` (log of maximum
-    over current clock) times ``beta``, the elasticity of latency to the clock, learned (see
+    over current clock) times an elasticity, ``beta`` here (what the backend's kernels share,
+    learned) plus each regression's own gap to it (:class:`Regression`; see
     ``LatencyModel.set_clocks``). The ``*_at_reading`` fields remember the term at the last
     clock reading, so that a step the latencies showed first is not counted twice.
     """
@@ -47,7 +48,7 @@ class DeviceTerm:
         self.mean = 0.0
         self.var = var
         #: the clock term: the backend's log slowdown read from its clock (log max/cur, 0 at
-        #: full clock or unknown), and how strongly its latency follows it (1: run time
+        #: full clock or unknown), and how strongly its kernels' latency follows it (1: run time
         #: proportional to the clock period, less for memory-bound work), learned
         self.slowdown = 0.0
         self.beta = beta
@@ -148,10 +149,12 @@ class Regression:
     at three features that is several times faster than general loops in Python.
     """
 
-    __slots__ = ("between", "c", "detector", "k", "last", "m", "n", "noise", "q", "run", "run_size", "version")
+    __slots__ = ("beta_gap", "beta_gap_var", "between", "c", "detector", "k", "last", "m", "moved",
+                 "moved_at_reading", "n", "n_at_reading", "noise", "q", "run", "run_size", "surprise", "surprise_n",
+                 "surprise_var", "version")  # fmt: skip
 
     def __init__(self, mean: list[float] | None, variances: list[float] | None, q: float, noise: float,
-                 between: float, detector: Any) -> None:  # fmt: skip
+                 between: float, detector: Any, beta_gap_var: float = 0.0) -> None:  # fmt: skip
         self.k = 0 if mean is None else 3
         self.m = mean or [0.0, 0.0, 0.0]
         v = variances or [0.0, 0.0, 0.0]
@@ -169,6 +172,21 @@ class Regression:
         self.run = 0
         self.run_size = 0.0
         self.version = 0
+        #: how much more strongly these runs follow the backend's clock than its kernels do on
+        #: the whole (``DeviceTerm.beta``): a decode GEMV or attention over a long cache is
+        #: memory-bound, a prefill GEMM less so; learned, starting at 0
+        self.beta_gap = 0.0
+        self.beta_gap_var = beta_gap_var
+        #: the sum of the moves of its prediction at the observed shapes (all terms), and that sum
+        #: and ``n`` at the last clock reading: what moved since, a clock step may explain
+        self.moved = 0.0
+        self.moved_at_reading = 0.0
+        self.n_at_reading = 0
+        #: the last innovation beyond the clip (log units, before clipping), its variance, and
+        #: ``n`` then: a clock step read just after it is measured by it
+        self.surprise = 0.0
+        self.surprise_var = 0.0
+        self.surprise_n = 0
 
     def grow(self, clock: int) -> None:
         if clock > self.last:

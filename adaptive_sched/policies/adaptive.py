@@ -305,6 +305,10 @@ class AdaptivePolicy(Policy):
             self._freshness.tick()
             point = self._est.point(stage, shape)
             learned = self._est.observe(point, after, backend, latency_s, clock)
+            model = self._est.model
+            if model.surprised is not None:
+                model.surprised = None
+                self.clocks_wanted = True  # read by the scheduler's clock feed, if it has telemetry
             self._charge(choice, backend, latency_s, clock)
             if learned.alarm:
                 if learned.shift > 0:

@@ -19,6 +19,7 @@ observed latencies. The scheduler talks to a policy only through :class:`Policy`
 ``mark_unsupported(stage, shape, b)``  (optional) ``b`` cannot run ``stage`` there
 ``prepare()``                          (optional) pay one-time costs before serving
 ``on_clocks(ratios)``                  (optional) each backend's clock over its maximum, from telemetry
+``clocks_wanted``                      (optional) True asks for a reading before the next observation
 ``state()``                            (optional) a plain-data summary for reports
 =====================================  ================================================
 
@@ -215,6 +216,9 @@ class Policy(abc.ABC):
 
     #: the published table, for policies that have one (read by the scheduler's hot path)
     table: PublishedTable | None = None
+    #: set by a policy that wants the device's clocks read before its next observation (a
+    #: latency surprised it: a clock may just have stepped); whoever feeds it clocks clears it
+    clocks_wanted: bool = False
 
     def __init__(self, params: Any = None, **overrides: Any) -> None:
         params = params if params is not None else self.Params()

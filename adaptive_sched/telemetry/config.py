@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from ..types import Backend
@@ -20,8 +21,12 @@ class TelemetryConfig:
     enabled: bool = True
     #: the sysfs root under which class/thermal, class/devfreq and cpufreq are read
     root: str = "/sys"
-    #: seconds between two reads
+    #: seconds between two reads of everything
     interval_s: float = 0.25
+    #: seconds between two reads of the clocks alone, in between (a few small devfreq files:
+    #: governors step the clocks every 50 to 100 ms, and a clock that came back is what tells
+    #: the scheduler a backend it stopped using is fast again); at most ``interval_s``
+    clock_interval_s: float = 0.05
     #: a reading older than this (seconds) is stale and ignored (null: four intervals)
     max_age_s: float | None = None
     #: thermal zone type -> the backend (cpu, gpu, npu) whose temperature it is
@@ -35,6 +40,9 @@ class TelemetryConfig:
         problems = Problems()
         if not self.interval_s > 0:
             problems.add(f"{where}.interval_s: must be > 0, got {self.interval_s!r}")
+        if not 0 < self.clock_interval_s <= (self.interval_s if self.interval_s > 0 else math.inf):
+            problems.add(f"{where}.clock_interval_s: must be > 0 and at most interval_s ({self.interval_s!r}), "
+                         f"got {self.clock_interval_s!r}")  # fmt: skip
         if self.max_age_s is not None and not self.max_age_s > 0:
             problems.add(f"{where}.max_age_s: must be > 0 (or null: four intervals), got {self.max_age_s!r}")
         if not self.root:

@@ -26,7 +26,11 @@ EMPTY_CONTEXT: Mapping[str, float] = {}
 
 
 class TelemetrySource(Protocol):
-    """Something that reads the device now. ``read`` should not raise (a sampler survives it if it does)."""
+    """Something that reads the device now. ``read`` should not raise (a sampler survives it if it does).
+
+    A source may also have ``read_clocks(previous) -> Snapshot``: ``previous`` with only the
+    clocks read again, cheaply; a sampler reads the clocks so between full reads.
+    """
 
     def read(self) -> Snapshot: ...
 
@@ -39,6 +43,9 @@ class Sampler:
     source : TelemetrySource
     interval_s : float
         The shortest time between two reads (default: four a second).
+    clock_interval_s : float, optional
+        The shortest time between two reads of the clocks alone, in between (default:
+        ``interval_s``, no reads of the clocks alone; a source without ``read_clocks`` is read whole).
     max_age_s : float, optional
         How old a snapshot may be and still count (default: four intervals).
     clock : callable
@@ -51,11 +58,16 @@ class Sampler:
         interval_s: float = 0.25,
         max_age_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
+        clock_interval_s: float | None = None,
     ) -> None:
         if not interval_s > 0:
             raise ValueError(f"interval_s must be > 0, got {interval_s!r}")
+        if clock_interval_s is not None and not 0 < clock_interval_s <= interval_s:
+            raise ValueError(f"clock_interval_s must be > 0 and at most interval_s, got {clock_interval_s!r}")
         self.source = source
         self.interval_s = float(interval_s)
+        self.clock_interval_s = float(clock_interval_s) if clock_interval_s is not None else self.interval_s
+        self._read_clocks_of: Callable[[Snapshot], Snapshot] | None = getattr(source, "read_clocks", None)
         self.max_age_s = float(max_age_s) if max_age_s is not None else 4.0 * self.interval_s
         self.clock = clock
         #: the latest snapshot read (None before the first), and when (``clock``'s time)
@@ -67,6 +79,7 @@ class Sampler:
         self.reads = 0
         self.errors = 0
         self._due = -float("inf")
+        self._clocks_due = -float("inf")
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -75,10 +88,19 @@ class Sampler:
         now = self.clock()
         if now >= self._due:
             self._read(now)
+        elif now >= self._clocks_due:
+            self._read(now, clocks_only=True)
         if now - self.read_at <= self.max_age_s:
             return self.latest
         self.context = EMPTY_CONTEXT  # stale: decisions are logged without it
         return None
+
+    def read_now(self, min_gap_s: float = 0.0) -> Snapshot | None:
+        """Read the source now, unless the last read is younger than ``min_gap_s``; the fresh snapshot or None."""
+        now = self.clock()
+        if now - self.read_at >= min_gap_s:
+            self._read(now, clocks_only=True)
+        return self.latest if now - self.read_at <= self.max_age_s else None
 
     def fresh(self) -> Snapshot | None:
         """The latest snapshot if it is no older than ``max_age_s``, else None."""
@@ -88,10 +110,15 @@ class Sampler:
         """Seconds since the latest read (infinite before the first)."""
         return self.clock() - self.read_at
 
-    def _read(self, now: float) -> None:
-        self._due = now + self.interval_s
+    def _read(self, now: float, clocks_only: bool = False) -> None:
+        """Read the source (``clocks_only``: the clocks alone, when it can and a whole reading exists)."""
+        latest, read_clocks = self.latest, self._read_clocks_of
+        self._clocks_due = now + self.clock_interval_s
+        if not (clocks_only and read_clocks is not None and latest is not None):
+            read_clocks = None
+            self._due = now + self.interval_s
         try:
-            snapshot = self.source.read()
+            snapshot = self.source.read() if read_clocks is None else read_clocks(latest)  # type: ignore[arg-type]
         except Exception:  # telemetry must never break inference: keep the last, let it age
             self.errors += 1
             if self.errors & (self.errors - 1) == 0:  # the 1st, 2nd, 4th, 8th, ...
@@ -104,7 +131,7 @@ class Sampler:
 
     # -- a thread of its own (a board) ----------------------------------------------------------
     def start(self) -> None:
-        """Read every ``interval_s`` on a daemon thread until :meth:`stop`."""
+        """Read every ``interval_s`` (the clocks every ``clock_interval_s``) on a daemon thread until :meth:`stop`."""
         if self._thread is not None:
             return
         self._stop.clear()
@@ -113,8 +140,9 @@ class Sampler:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            self._read(self.clock())
-            self._stop.wait(self.interval_s)
+            now = self.clock()
+            self._read(now, clocks_only=now < self._due)
+            self._stop.wait(self.clock_interval_s)
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Stop the thread (if started) and wait for it."""
@@ -128,7 +156,16 @@ class Sampler:
         return self._thread is not None
 
     def __repr__(self) -> str:
-        return f"Sampler({self.source!r}, interval_s={self.interval_s:g}, reads={self.reads}, errors={self.errors})"
+        return (f"Sampler({self.source!r}, interval_s={self.interval_s:g}, clock_interval_s={self.clock_interval_s:g}, "
+                f"reads={self.reads}, errors={self.errors})")  # fmt: skip
+
+
+class ClockListener(Protocol):
+    """What a :class:`ClockFeed` feeds (a policy): it takes clock ratios, and may ask for them now."""
+
+    clocks_wanted: bool
+
+    def on_clocks(self, ratios: Mapping[Backend, float | None]) -> None: ...
 
 
 class ClockFeed:
@@ -137,29 +174,42 @@ class ClockFeed:
 
     Called by the learner before each observation it learns: with a sampler on a thread of
     its own it only looks at the latest snapshot; otherwise it polls (a simulated device's
-    virtual time), so the read happens off the decision path either way.
+    virtual time), so the read happens off the decision path either way. A policy surprised
+    by a latency (``Policy.clocks_wanted``) gets a reading at once, whatever the interval:
+    readings come a few times a second and latencies hundreds, so a clock that just stepped
+    is otherwise learned from the latencies first, as a change of the backend's level, and
+    only then explained by the clock.
     """
 
-    __slots__ = ("_backends", "_countdown", "_on_clocks", "_read", "_seen")
+    __slots__ = ("_backends", "_countdown", "_min_gap_s", "_on_clocks", "_policy", "_read", "_read_now", "_seen")
 
     #: observations between two looks at the sampler: readings come a few times a second,
     #: observations thousands of times, and a look costs a clock read
     EVERY = 16
+    #: the shortest time between two readings asked for by surprises, over the sampler's interval
+    SURPRISE_GAP = 1.0 / 25.0
 
-    def __init__(self, sampler: Sampler, on_clocks: Callable[[Mapping[Backend, float | None]], None],
-                 backends: tuple[Backend, ...]) -> None:  # fmt: skip
+    def __init__(self, sampler: Sampler, policy: ClockListener, backends: tuple[Backend, ...]) -> None:
         self._read = sampler.fresh if sampler.running else sampler.poll
-        self._on_clocks = on_clocks
+        self._read_now = sampler.read_now
+        self._min_gap_s = sampler.interval_s * self.SURPRISE_GAP
+        self._policy = policy
+        self._on_clocks = policy.on_clocks
         self._backends = backends
         self._seen: Snapshot | None = None
         self._countdown = 0
 
     def __call__(self) -> None:
-        self._countdown -= 1
-        if self._countdown > 0:
-            return
-        self._countdown = self.EVERY
-        snapshot = self._read()
+        policy = self._policy
+        if policy.clocks_wanted:
+            policy.clocks_wanted = False
+            snapshot = self._read_now(self._min_gap_s)
+        else:
+            self._countdown -= 1
+            if self._countdown > 0:
+                return
+            self._countdown = self.EVERY
+            snapshot = self._read()
         if snapshot is self._seen:
             return
         self._seen = snapshot
