@@ -355,8 +355,8 @@ class Scheduler:
             self._log.outcome(decision.id, latency, True, error)
         if self._observers:
             self._notify(decision, latency, True)
-        observation = Observation(decision.stage, decision.shape, decision.after, decision.backend, latency,
-                                  decision.choice)  # fmt: skip
+        observation = _new_tuple(Observation, (decision.stage, decision.shape, decision.after, decision.backend,
+                                               latency, decision.choice))  # fmt: skip
         queue = self._learn_queue
         if self._inline:
             queue.append(observation)

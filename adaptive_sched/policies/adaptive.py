@@ -295,21 +295,24 @@ class AdaptivePolicy(Policy):
     # -- learning ----------------------------------------------------------------------
     def learn(self, observation: Observation) -> None:
         stage, shape, after, backend, latency_s, choice = observation
-        if backend not in self._est.candidates:
+        est = self._est
+        if backend not in est.candidates:
             return  # a fallback backend outside the candidates: nothing to learn for the choice
-        if after is not None and after not in self._est.candidates:
+        if after is not None and after not in est.candidates:
             after = None  # the handoff from a fallback is not a pair this policy chooses
         with self._lock:
-            self._clock += 1
-            clock = self._clock
-            self._freshness.tick()
-            point = self._est.point(stage, shape)
-            learned = self._est.observe(point, after, backend, latency_s, clock)
-            model = self._est.model
+            self._clock = clock = self._clock + 1
+            self._freshness.now += 1.0  # (Freshness.tick, written out: every observation comes here)
+            point = est.point(stage, shape)
+            learned = est.observe(point, after, backend, latency_s, clock)
+            model = est.model
             if model.surprised is not None:
                 model.surprised = None
                 self.clocks_wanted = True  # read by the scheduler's clock feed, if it has telemetry
-            self._charge(choice, backend, latency_s, clock)
+            if choice is not None and choice.explored:
+                self._charge(choice, backend, latency_s, clock)
+            else:
+                self._budget.charge(latency_s, 0.0)  # an exploit choice costs no exploration
             if learned.alarm:
                 if learned.shift > 0:
                     # The backend got slower: another may win now, so every backend is
