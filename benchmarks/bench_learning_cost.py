@@ -10,6 +10,8 @@ Two streams of decode layers (qkv then attention, latencies from the ``soc`` wor
 ``100,000 shapes``   decode requests of six widths, both precisions and batches 1 to 8, from KV
                      lengths up to 60,000, growing by one per token: every layer a shape never
                      seen before
+``decode loop``      what a model asks: its 28 layers at one shape per token, the KV cache
+                     growing by one per token, requests of 64 to 512 tokens one after another
 
 For each: ``decide`` p50/p99 (every call, and the calls whose exact shape was never seen
 before), inline ``observe`` p50/mean/p99 and the longest single call after construction,
@@ -57,9 +59,20 @@ def stream(kind: str, n: int, seed: int) -> Iterator[Shape]:
             for _ in range(25)
         ]
         return (pool[i % len(pool)] for i in range(n))
+    if kind == "decode":
+        return itertools.islice(_decode_loop(rng), n)
     # decode requests of six widths, both precisions, batches 1 to 8, each starting at a KV
     # length up to 60,000 and growing by one per token: every layer a shape never seen before
     return itertools.islice(_decode_requests(rng), n)
+
+
+def _decode_loop(rng: random.Random, layers: int = 28) -> Iterator[Shape]:
+    while True:
+        prompt = rng.randint(16, 1024)
+        for t in range(rng.randint(64, 512)):
+            shape = Shape(n=1, d=1536, kv_len=prompt + t, heads=12, precision="int8")
+            for _ in range(layers):
+                yield shape
 
 
 def _decode_requests(rng: random.Random) -> Iterator[Shape]:
@@ -157,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=3_000)
     args = ap.parse_args(argv)
     rows = {}
-    for kind, label in (("100", "100 shapes"), ("100k", "100,000 shapes")):
+    for kind, label in (("100", "100 shapes"), ("100k", "100,000 shapes"), ("decode", "decode loop")):
         rows[label] = measure(stream(kind, args.calls, seed=1), args.warmup)
     head = ["stream", "distinct", "entries", "decide p50", "p99", "never-seen p50", "observe p50", "mean", "p99", "max"]
     print("  ".join(f"{h:>14s}" for h in head))

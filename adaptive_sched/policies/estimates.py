@@ -110,6 +110,9 @@ class Estimates:
         self.transition_sd_s = transition_sd_s
         self._transitions: dict[tuple[Backend, Backend], TransitionCost] = {}
         self._points: BoundedDict[tuple[Any, ...], Point] = BoundedDict(POINT_CACHE)
+        # the last shape asked per stage and its point (a shape object is immutable)
+        self._last_qkv: tuple[Any, Any] = (None, None)
+        self._last_attn: tuple[Any, Any] = (None, None)
 
     # -- the prior, on a grid -------------------------------------------------------------
     def point(self, stage: Stage, shape: Shape) -> Point:
@@ -122,6 +125,9 @@ class Estimates:
         for a new point per token, whose churn would make the garbage collector's full
         passes frequent and long.
         """
+        last = self._last_qkv if stage is _QKV else self._last_attn
+        if last[0] is shape:  # every layer of a token asks for the same shape
+            return last[1]
         kv = 0 if stage is _QKV else shape.kv_len
         if kv > 64:
             kv = round(2.0 ** (round(16 * math.log2(kv)) / 16))
@@ -131,6 +137,10 @@ class Estimates:
             grid_shape = shape if kv == shape.kv_len else Shape(shape.n, shape.d, kv, shape.batch, shape.heads,
                                                                  shape.precision)  # fmt: skip
             pt = self._points[key] = Point(stage, grid_shape, self._prior_log(stage, grid_shape))
+        if stage is _QKV:
+            self._last_qkv = (shape, pt)
+        else:
+            self._last_attn = (shape, pt)
         return pt
 
     def _prior_log(self, stage: Stage, shape: Shape) -> Mapping[Backend, float]:
