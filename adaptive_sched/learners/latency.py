@@ -162,9 +162,9 @@ class LatencyModel:
         #: detected changes seen to revert, per backend
         self.reversions: dict[Backend, int] = {}
         self.observations = 0
-        #: the backend of the last observation beyond the clip, until its owner clears it (a clock
-        #: may have stepped: telemetry is worth reading before the next observation)
-        self.surprised: Backend | None = None
+        #: an observation fell beyond the clip since its owner last cleared this (a clock may
+        #: have stepped: telemetry is worth reading before the next observation)
+        self.surprised = False
 
     # -- state, created on first use ------------------------------------------------------
     def _device_of(self, backend: Backend) -> DeviceTerm:
@@ -182,10 +182,8 @@ class LatencyModel:
         for backend, ratio in ratios.items():
             slowdown = -math.log(ratio) if ratio is not None and 0.0 < ratio < 1.0 else 0.0
             device = self._device_of(backend)
-            stepped = abs(slowdown - device.slowdown) > self.params.clock_tolerance or (slowdown == 0.0) != (
-                device.slowdown == 0.0
-            )
             step = slowdown - device.slowdown
+            stepped = abs(step) > self.params.clock_tolerance or (slowdown == 0.0) != (device.slowdown == 0.0)
             # Readings come a few times a second, latencies far more often: the backend's
             # latencies may already have shown the clock's step. Each regression observed since
             # the last reading measures its elasticity by what they showed, in the step's
@@ -195,8 +193,9 @@ class LatencyModel:
             # elasticity is learned from the latencies that follow, through the clock term.
             weight = explained = 0.0
             changed = device.jump_at > device.last_at_reading
-            family = [reg for (_, b, _), reg in self._groups.items() if b is backend]
-            for reg in family:
+            for (_, b, _), reg in self._groups.items():
+                if b is not backend:
+                    continue
                 n = reg.n - reg.n_at_reading
                 if stepped and n:
                     since = reg.moved - reg.moved_at_reading
@@ -206,7 +205,6 @@ class LatencyModel:
                         self._learn_elasticity(device, reg, reg.surprise / step, reg.surprise_var / step**2)
                     explained += n * (device.beta + reg.beta_gap) * step
                     weight += n
-            for reg in family:
                 reg.moved_at_reading = reg.moved
                 reg.n_at_reading = reg.n
             if stepped:
@@ -222,7 +220,6 @@ class LatencyModel:
                 device.version += 1
                 moved = True
             device.mean_at_reading = device.mean
-            device.n_at_reading = device.n
             device.last_at_reading = device.last
         return moved
 
@@ -431,7 +428,7 @@ class LatencyModel:
         run = reg.run
         change = False
         if z > clip or z < -clip:
-            self.surprised = backend
+            self.surprised = True
             reg.surprise, reg.surprise_var, reg.surprise_n = raw, s, reg.n + 1
         if z > clip:
             reg.run_size = min(reg.run_size, raw) if run > 0 else raw

@@ -41,7 +41,7 @@ class DeviceTerm:
     """
 
     __slots__ = ("_decay", "beta", "beta_var", "energy", "horizon", "jump", "jump_at", "jumps", "last",
-                 "last_at_reading", "mean", "mean_at_reading", "n", "n_at_reading", "q", "reverted", "slowdown",
+                 "last_at_reading", "mean", "mean_at_reading", "n", "q", "reverted", "slowdown",
                  "var", "version")  # fmt: skip
 
     def __init__(self, var: float, q: float, horizon: float, beta: float = 1.0, beta_var: float = 0.0) -> None:
@@ -55,7 +55,6 @@ class DeviceTerm:
         self.beta_var = beta_var
         #: the mean when the clock was last read: what it moved by since, the clock may explain
         self.mean_at_reading = 0.0
-        self.n_at_reading = 0
         self.last_at_reading = 0
         self.q = q
         self.horizon = horizon

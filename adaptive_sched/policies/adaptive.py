@@ -302,17 +302,14 @@ class AdaptivePolicy(Policy):
             after = None  # the handoff from a fallback is not a pair this policy chooses
         with self._lock:
             self._clock = clock = self._clock + 1
-            self._freshness.now += 1.0  # (Freshness.tick, written out: every observation comes here)
+            self._freshness.tick()
             point = est.point(stage, shape)
             learned = est.observe(point, after, backend, latency_s, clock)
             model = est.model
-            if model.surprised is not None:
-                model.surprised = None
+            if model.surprised:
+                model.surprised = False
                 self.clocks_wanted = True  # read by the scheduler's clock feed, if it has telemetry
-            if choice is not None and choice.explored:
-                self._charge(choice, backend, latency_s, clock)
-            else:
-                self._budget.charge(latency_s, 0.0)  # an exploit choice costs no exploration
+            self._charge(choice, backend, latency_s, clock)
             if learned.alarm:
                 if learned.shift > 0:
                     # The backend got slower: another may win now, so every backend is

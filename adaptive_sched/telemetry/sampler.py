@@ -181,7 +181,7 @@ class ClockFeed:
     only then explained by the clock.
     """
 
-    __slots__ = ("_backends", "_countdown", "_min_gap_s", "_on_clocks", "_policy", "_read", "_read_now", "_seen")
+    __slots__ = ("_backends", "_countdown", "_min_gap_s", "_policy", "_read", "_read_now", "_seen")
 
     #: observations between two looks at the sampler: readings come a few times a second,
     #: observations thousands of times, and a look costs a clock read
@@ -194,7 +194,6 @@ class ClockFeed:
         self._read_now = sampler.read_now
         self._min_gap_s = sampler.interval_s * self.SURPRISE_GAP
         self._policy = policy
-        self._on_clocks = policy.on_clocks
         self._backends = backends
         self._seen: Snapshot | None = None
         self._countdown = 0
@@ -214,4 +213,4 @@ class ClockFeed:
             return
         self._seen = snapshot
         ratios = snapshot.clock_ratios() if snapshot is not None else {}
-        self._on_clocks({b: ratios.get(b) for b in self._backends})
+        self._policy.on_clocks({b: ratios.get(b) for b in self._backends})

@@ -175,9 +175,8 @@ class SysfsTelemetry:
             if backend is not None and celsius > temps.get(backend, -math.inf):
                 temps[backend] = celsius  # a processor's hottest zone: the one its governor throttles on
         clocks: dict[str, tuple[float | None, float | None]] = {}
-        for name, (cur_path, max_path) in self._clock_files.items():
-            cur = read_number(cur_path)
-            top = self._clock_tops.get(name) or read_number(max_path)
+        for name in self._clock_files:
+            cur, top = self._clock(name)
             if cur is None or top is None:
                 self._missing = True
             clocks[name] = (cur, top)
@@ -209,22 +208,26 @@ class SysfsTelemetry:
 
     def read_clocks(self, previous: Snapshot) -> Snapshot:
         """``previous`` with the devfreq clocks read now (two or three small files: about a
-        tenth of a full read); temperatures, loads and the CPU's clock are carried over."""
+        quarter of a full read); temperatures, loads and the CPU's clock are carried over."""
         now = time.monotonic()
         backends = dict(previous.backends)
         ddr_cur, ddr_max = previous.ddr_freq_hz, previous.ddr_max_freq_hz
-        for name, (cur_path, max_path) in self._clock_files.items():
-            cur = read_number(cur_path)
+        for name in self._clock_files:
+            cur, top = self._clock(name)
             if cur is None:
                 self._missing = True
                 continue
-            top = self._clock_tops.get(name) or read_number(max_path)
             if name == "ddr":
                 ddr_cur, ddr_max = cur, top
                 continue
             backend = Backend(name)
             backends[backend] = dataclasses.replace(backends.get(backend, EMPTY), freq_hz=cur, max_freq_hz=top)
         return Snapshot(now, backends, ddr_cur, ddr_max, previous.zones)
+
+    def _clock(self, name: str) -> tuple[float | None, float | None]:
+        """A devfreq device's current clock and its maximum (the top of its available clocks if listed)."""
+        cur_path, max_path = self._clock_files[name]
+        return read_number(cur_path), self._clock_tops.get(name) or read_number(max_path)
 
     def found_anything(self) -> bool:
         """Whether the last :meth:`discover` found any file to read (psutil's CPU load aside)."""
