@@ -4,7 +4,7 @@
 short slices, yielding the GIL between them so that inference threads do not wait for
 it. A caller that never releases the GIL would starve that thread, so past a mark the
 caller helps (:meth:`Learner.help`). With ``policy.learner: inline`` there is no thread:
-the caller learns at once (:meth:`Learner.drain`).
+the caller learns at once (:meth:`Learner.learn`).
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ class Learner:
     counters, quarantine :
         The scheduler's.
     inline : bool
-        No thread: the owner calls :meth:`drain` after each append.
+        No thread: the owner calls :meth:`learn` with each observation.
     before_learning : callable, optional
         Called before each observation is learned, under the lock (see ``telemetry.ClockFeed``).
     """
@@ -92,6 +92,11 @@ class Learner:
         with self._lock:
             while queue:
                 self._learn_one(queue.popleft())
+
+    def learn(self, observation: Observation) -> None:
+        """Learn one observation on the caller's thread now (``inline``: nothing is queued)."""
+        with self._lock:
+            self._learn_one(observation)
 
     def help(self) -> None:
         """Learn a few queued observations on the caller's thread (the backlog is past its mark).

@@ -161,6 +161,7 @@ class Scheduler:
                                 inline=self._inline, before_learning=feed)  # fmt: skip
         self._drain = self._learner.drain
         self._help = self._learner.help
+        self._learn_now = self._learner.learn
 
     @classmethod
     def from_config(
@@ -357,11 +358,10 @@ class Scheduler:
             self._notify(decision, latency, True)
         observation = _new_tuple(Observation, (decision.stage, decision.shape, decision.after, decision.backend,
                                                latency, decision.choice))  # fmt: skip
-        queue = self._learn_queue
         if self._inline:
-            queue.append(observation)
-            self._drain()
+            self._learn_now(observation)
             return
+        queue = self._learn_queue
         if len(queue) == LEARN_BACKLOG:
             self._unlearned += 1  # the append below pushes the oldest out
         queue.append(observation)

@@ -376,7 +376,6 @@ class LatencyModel:
         group: Group,
         phi: tuple[float, ...],
         bucket: Any,
-        *,
         prior_log: float,
         log_t: float,
         clock: int,
@@ -401,8 +400,8 @@ class LatencyModel:
             v_clock = x * x * (device.beta_var + reg.beta_gap_var)
         k = reg.k
         if k:
-            p0, p1, p2, v_reg = reg.project(phi)
-            predicted += reg.mean_at(phi)
+            p0, p1, p2, v_reg, at = reg.project_mean(phi)
+            predicted += at
         else:
             v_reg = 0.0
         v_model = v_device + v_reg + bk[1] + v_clock

@@ -205,6 +205,16 @@ class Regression:
         p2 = c02 * f0 + c12 * f1 + c22 * f2
         return p0, p1, p2, p0 * f0 + p1 * f1 + p2 * f2
 
+    def project_mean(self, phi: tuple[float, ...]) -> tuple[float, float, float, float, float]:
+        """:meth:`project` and :meth:`mean_at` in one call (the learning path asks for both)."""
+        f0, f1, f2 = phi
+        c00, c01, c02, c11, c12, c22 = self.c
+        p0 = c00 * f0 + c01 * f1 + c02 * f2
+        p1 = c01 * f0 + c11 * f1 + c12 * f2
+        p2 = c02 * f0 + c12 * f1 + c22 * f2
+        m = self.m
+        return p0, p1, p2, p0 * f0 + p1 * f1 + p2 * f2, m[0] * f0 + m[1] * f1 + m[2] * f2
+
     def update(self, p0: float, p1: float, p2: float, step: float, inv_s: float) -> None:
         """The Kalman step along ``C phi = (p0, p1, p2)`` for an innovation ``step * s``."""
         m, c = self.m, self.c

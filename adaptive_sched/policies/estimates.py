@@ -206,16 +206,8 @@ class Estimates:
             if split is None:
                 return NOTHING_LEARNED
             compute_s = split
-        return self.model.observe(
-            point.stage,
-            backend,
-            point.group,
-            point.phi,
-            point.bucket,
-            prior_log=base,
-            log_t=math.log(compute_s),
-            clock=clock,
-        )
+        return self.model.observe(point.stage, backend, point.group, point.phi, point.bucket, base,
+                                  math.log(compute_s), clock)  # fmt: skip
 
     def _split_transition(
         self, point: Point, after: Backend, backend: Backend, latency_s: float, clock: int
