@@ -247,6 +247,19 @@ def read_cost_us(repeats: int = 2000) -> tuple[float, float]:
     return statistics.median(times["whole"]) / 1e3, statistics.median(times["clocks"]) / 1e3
 
 
+def print_means(rows: list[dict[str, Any]], measure: str, title: str, first: str | None = None) -> None:
+    """One table: per scenario, each variant's mean of ``measure`` and the ratio telemetry / without."""
+    print(f"\n{title}, mean:")
+    head = f"{first:>16s} " if first else ""
+    print(f"{'scenario':14s} {head}{'without':>9s} {'telemetry':>9s} {'lying':>9s} {'tel/without':>12s}")
+    for r in rows:
+        lead = f"{r[first]:16.4f} " if first else ""
+        cells = " ".join(f"{r[f'{v}:{measure}']:9.4f}" for v in VARIANTS)
+        without = r[f"adaptive:{measure}"]
+        ratio = r[f"telemetry:{measure}"] / without if without > 0 else math.nan
+        print(f"{r['scenario']:14s} {lead}{cells} {ratio:12.2f}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", default="0,1,2,3,4")
@@ -315,30 +328,14 @@ def main() -> int:
     for r in rows:
         cells = " ".join(f"{r[v]:8.4f} ({r[v + ':worst']:.4f})" for v in VARIANTS)
         print(f"{r['scenario']:14s} {cells} {r['telemetry/without']:12.2f}")
-    print("\nthe decisions' own regret (what each choice lost against the best pair at that moment), mean:")
-    print(f"{'scenario':14s} {'without':>9s} {'telemetry':>9s} {'lying':>9s} {'tel/without':>12s}")
-    for r in rows:
-        cells = " ".join(f"{r[v + ':decisions']:9.4f}" for v in VARIANTS)
-        ratio = r["telemetry:decisions"] / r["adaptive:decisions"] if r["adaptive:decisions"] > 0 else math.nan
-        print(f"{r['scenario']:14s} {cells} {ratio:12.2f}")
-    print(
-        "\nthe same from the moment the NPU first throttled (before it, every variant makes the same first checks"
-        " of a fresh device), over the whole run's best, mean:"
-    )
-    print(f"{'scenario':14s} {'without':>9s} {'telemetry':>9s} {'lying':>9s} {'tel/without':>12s}")
-    for r in rows:
-        cells = " ".join(f"{r[v + ':throttled']:9.4f}" for v in VARIANTS)
-        ratio = r["telemetry:throttled"] / r["adaptive:throttled"] if r["adaptive:throttled"] > 0 else math.nan
-        print(f"{r['scenario']:14s} {cells} {ratio:12.2f}")
-    print(
-        "\nthe regret beyond what the same seeds cost on a device that never throttles (the simulator's governor"
-        " never tripping; the world steady), mean:"
-    )
-    print(f"{'scenario':14s} {'no throttle':>11s} {'without':>9s} {'telemetry':>9s} {'lying':>9s} {'tel/without':>12s}")
-    for r in rows:
-        cells = " ".join(f"{r[v + ':beyond']:9.4f}" for v in VARIANTS)
-        ratio = r["telemetry:beyond"] / r["adaptive:beyond"] if r["adaptive:beyond"] > 0 else math.nan
-        print(f"{r['scenario']:14s} {r['never-throttling']:11.4f} {cells} {ratio:12.2f}")
+    own = "the decisions' own regret (what each choice lost against the best pair at that moment)"
+    print_means(rows, "decisions", own)
+    since = ("the same from the moment the NPU first throttled (before it, every variant makes the same first checks"
+             " of a fresh device), over the whole run's best")  # fmt: skip
+    print_means(rows, "throttled", since)
+    beyond = ("the regret beyond what the same seeds cost on a device that never throttles (the simulator's governor"
+              " never tripping; the world steady)")  # fmt: skip
+    print_means(rows, "beyond", beyond, first="never-throttling")
     print(f"one read of a fake RK3588 sysfs (7 zones, 3 devfreq, 8 cpufreq, rknpu load): {cost[0]:.1f} us median; "
           f"of its devfreq clocks alone: {cost[1]:.1f} us")  # fmt: skip
     print(f"({time.perf_counter() - started:.0f} s)")
