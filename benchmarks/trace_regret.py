@@ -1,0 +1,150 @@
+"""Where one benchmark run's regret comes from: when in the run, in which kind of stage, in which layers.
+
+    python benchmarks/trace_regret.py --scenario gpu-contention --seed 0
+    python benchmarks/trace_regret.py --scenario npu-throttle --seed 2 --telemetry
+    python benchmarks/trace_regret.py --scenario steady --world npu-heavy --seed 1 --top 20
+
+Runs the adaptive policy once, as ``bench_learning.py`` and ``bench_telemetry.py`` do (the
+same workload, world and seed, inline learning; ``--telemetry`` reads the world's NPU clock
+as ``bench_telemetry.py`` does), and splits what its choices lost against the best pair of
+each layer, in per mille of the run's best total (the sum is the cell's adaptive/oracle - 1):
+
+* by tenth (``--bins``) of the run;
+* by phase and precision, exploit or explored, and which pair was chosen against the best;
+* the costliest layers: when, the shape, what was chosen and with which probabilities, what
+  the policy predicted for each backend against what the world says.
+
+A diagnostic for reading one cell, not a benchmark: nothing is timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import sys
+from typing import Any
+
+from bench_telemetry import WorldClocks
+from worlds import SCENARIOS, World, make_base, workload
+
+from adaptive_sched import Scheduler
+from adaptive_sched.build import load_prior
+from adaptive_sched.config import load_config
+from adaptive_sched.policies import AdaptiveParams, AdaptivePolicy
+from adaptive_sched.telemetry import Sampler
+from adaptive_sched.types import Backend, Stage
+
+QKV, ATTN = Stage.QKV, Stage.ATTN
+BACKENDS = (Backend.GPU, Backend.NPU)
+PAIRS = tuple((q, a) for q in BACKENDS for a in BACKENDS)
+
+
+@dataclasses.dataclass
+class Layer:
+    progress: float
+    shape: Any
+    chosen: tuple[Backend, Backend]
+    explored: bool
+    lost: float
+    best: tuple[Backend, Backend]
+    detail: str
+
+
+def _ms(values: Any) -> str:
+    return ", ".join(f"{b.value} {v * 1e3:.3g}" for b, v in values.items())
+
+
+def _p(values: Any) -> str:
+    return ", ".join(f"{b.value} {p:.3g}" for b, p in values.items())
+
+
+def trace(scenario: str, world_name: str, seed: int, layers: int, telemetry: bool) -> tuple[float, list[Layer]]:
+    """The run's best total (seconds), and every layer whose choice lost against the best pair."""
+    config = load_config("rk3588-sim")
+    config = dataclasses.replace(
+        config,
+        policy=dataclasses.replace(config.policy, learner="inline"),
+        telemetry=dataclasses.replace(config.telemetry, enabled=False),
+    )
+    prior = load_prior(config)
+    world = World(make_base(world_name, prior), SCENARIOS[scenario], seed)
+    steps = workload(layers, seed, SCENARIOS[scenario].models)
+    n = len(steps)
+    sampler = None
+    if telemetry:
+        sampler = Sampler(WorldClocks(world, lie=False), interval_s=0.0025, clock=lambda: world.progress)
+    expected = world.expected
+    total_best = 0.0
+    out: list[Layer] = []
+    with Scheduler(config, policy=AdaptivePolicy(AdaptiveParams(seed=seed)), prior=prior, telemetry=sampler) as sched:
+        for step in steps:
+            world.progress = step.index / n
+            shape = step.shape
+            dq = sched.decide(QKV, shape)
+            sched.observe(dq, world.sample(QKV, shape, dq.backend, None))
+            da = sched.decide(ATTN, shape, after=dq)
+            sched.observe(da, world.sample(ATTN, shape, da.backend, dq.backend))
+            costs = {(q, a): expected(QKV, shape, q, None) + expected(ATTN, shape, a, q) for q, a in PAIRS}
+            best = min(costs, key=costs.__getitem__)
+            chosen = (dq.backend, da.backend)
+            total_best += costs[best]
+            lost = costs[chosen] - costs[best]
+            if lost <= 0.0:
+                continue
+            qkv_world = {b: expected(QKV, shape, b, None) for b in BACKENDS}
+            attn_world = {b: expected(ATTN, shape, b, dq.backend) for b in BACKENDS}
+            detail = (
+                f"qkv: p ({_p(dq.probabilities)}), predicted ms ({_ms(dq.choice.predicted)}), "
+                f"world ({_ms(qkv_world)})\n      attn: p ({_p(da.probabilities)}), "
+                f"predicted ms ({_ms(da.choice.predicted)}), world ({_ms(attn_world)})"
+            )
+            out.append(Layer(world.progress, shape, chosen, dq.explored or da.explored, lost, best, detail))
+    return total_best, out
+
+
+def _pair(pair: tuple[Backend, Backend]) -> str:
+    return f"{pair[0].value}+{pair[1].value}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--scenario", required=True, choices=sorted(SCENARIOS))
+    ap.add_argument("--world", default="soc", help="a base world of the scenario (soc, npu-heavy, prior)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--layers", type=int, default=6000)
+    ap.add_argument("--telemetry", action="store_true", help="read the world's NPU clock, as bench_telemetry does")
+    ap.add_argument("--bins", type=int, default=10)
+    ap.add_argument("--top", type=int, default=8, help="costliest layers shown")
+    args = ap.parse_args(argv)
+    if args.world not in SCENARIOS[args.scenario].worlds:
+        ap.error(f"--world: {args.scenario} runs on {', '.join(SCENARIOS[args.scenario].worlds)}")
+    best, lost = trace(args.scenario, args.world, args.seed, args.layers, args.telemetry)
+    mille = 1000.0 / best
+    total = sum(x.lost for x in lost) * mille
+    print(f"{args.scenario} on {args.world}, seed {args.seed}{', telemetry' if args.telemetry else ''}: "
+          f"regret {total:.2f} per mille of the best total ({best:.2f} s)")  # fmt: skip
+    bins = [0.0] * args.bins
+    for x in lost:
+        bins[min(args.bins - 1, int(x.progress * args.bins))] += x.lost * mille
+    print("by part of the run: " + "  ".join(f"{i / args.bins:.2f}: {v:.2f}" for i, v in enumerate(bins)))
+    kinds: collections.Counter[tuple[str, str, str, str]] = collections.Counter()
+    for x in lost:
+        phase = "decode" if x.shape.n == 1 else "prefill"
+        kinds[(phase, x.shape.precision.value, "explored" if x.explored else "exploit",
+               f"{_pair(x.chosen)} for {_pair(x.best)}")] += x.lost * mille  # fmt: skip
+    print("by kind (phase, precision, exploit or explored, pair chosen for the best):")
+    for kind, v in kinds.most_common(10):
+        print(f"  {v:7.2f}  {' '.join(kind)}")
+    print(f"the {args.top} costliest layers:")
+    for x in sorted(lost, key=lambda x: -x.lost)[: args.top]:
+        s = x.shape
+        how = f"{_pair(x.chosen)}{' (explored)' if x.explored else ''} for {_pair(x.best)}"
+        print(f"  {x.lost * mille:6.2f}  at {x.progress:.4f}  n={s.n} d={s.d} kv={s.kv_len} {s.precision.value}: "
+              f"{how}, lost {x.lost * 1e3:.1f} ms")  # fmt: skip
+        print(f"      {x.detail}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
