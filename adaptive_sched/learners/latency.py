@@ -349,8 +349,9 @@ class LatencyModel:
             a += x * x * (device.beta_var + reg.beta_gap_var)
         b = rate
         if reg.k:
-            mean += reg.mean_at(phi)
-            a += reg.project(phi)[3] - reg.q * reg.last
+            _, _, _, v_reg, at = reg.project(phi)
+            mean += at
+            a += v_reg - reg.q * reg.last
             b += reg.q
         bk = self._buckets.get((stage, backend, bucket))
         if bk is None:
@@ -400,7 +401,7 @@ class LatencyModel:
             v_clock = x * x * (device.beta_var + reg.beta_gap_var)
         k = reg.k
         if k:
-            p0, p1, p2, v_reg, at = reg.project_mean(phi)
+            p0, p1, p2, v_reg, at = reg.project(phi)
             predicted += at
         else:
             v_reg = 0.0
@@ -448,7 +449,7 @@ class LatencyModel:
             self._reopen(device, reg, bk)
             v_device = device.var
             if k:
-                p0, p1, p2, v_reg = reg.project(phi)
+                p0, p1, p2, v_reg, _ = reg.project(phi)
             v_model = v_device + v_reg + bk[1] + v_clock
             s = v_model + reg.noise
             e = size if raw > 0 else -size

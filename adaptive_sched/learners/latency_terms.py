@@ -196,17 +196,9 @@ class Regression:
         m = self.m
         return m[0] * phi[0] + m[1] * phi[1] + m[2] * phi[2]
 
-    def project(self, phi: tuple[float, ...]) -> tuple[float, float, float, float]:
-        """``(C phi, phi' C phi)``: the covariance's direction along ``phi`` and the variance there."""
-        f0, f1, f2 = phi
-        c00, c01, c02, c11, c12, c22 = self.c
-        p0 = c00 * f0 + c01 * f1 + c02 * f2
-        p1 = c01 * f0 + c11 * f1 + c12 * f2
-        p2 = c02 * f0 + c12 * f1 + c22 * f2
-        return p0, p1, p2, p0 * f0 + p1 * f1 + p2 * f2
-
-    def project_mean(self, phi: tuple[float, ...]) -> tuple[float, float, float, float, float]:
-        """:meth:`project` and :meth:`mean_at` in one call (the learning path asks for both)."""
+    def project(self, phi: tuple[float, ...]) -> tuple[float, float, float, float, float]:
+        """``(C phi, phi' C phi, m . phi)``: the covariance's direction along ``phi``, the variance
+        there, and the mean there (one call: learning and estimating each want all of them)."""
         f0, f1, f2 = phi
         c00, c01, c02, c11, c12, c22 = self.c
         p0 = c00 * f0 + c01 * f1 + c02 * f2
