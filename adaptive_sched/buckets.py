@@ -39,3 +39,12 @@ def entry_key(stage: Stage, shape: Shape, after: Any, lookahead: bool = True) ->
         top = n.bit_length()
         n = (top << 2) | ((n >> (top - 3)) & 3)
     return (stage, n, shape.d, shape.heads, shape.batch, shape.precision, kv, after)
+
+
+def bucket_key(stage: Stage, shape: Shape, lookahead: bool = True) -> tuple[Any, ...]:
+    """The shape bucket of :func:`entry_key` alone (what learned corrections are shared by).
+
+    >>> bucket_key(Stage.QKV, Shape(n=1, d=2048, kv_len=300), lookahead=False)
+    (1, 2048, 32, 1, <Precision.FP16: 'fp16'>, 0)
+    """
+    return entry_key(stage, shape, None, lookahead)[1:-1]

@@ -285,16 +285,15 @@ class Scheduler:
         choice = entry.pick(self._draw()) if entry.alternatives else entry.exploit
         # tuple.__new__ directly: the named tuple's generated __new__ adds a third of a microsecond
         decision = _new_tuple(Decision, (self._next_id(), stage_, shape, choice, prev, _wallclock(), self.usable))
+        queue = self._log_queue
+        if queue is None and self._log is None:
+            return decision  # nothing is logged: the context, telemetry included, goes nowhere
         if self.telemetry is not None:
             context = (self.telemetry.context or None) if context is None else self._with_telemetry(context)
-        queue = self._log_queue
-        if queue is not None:
-            if len(queue) < self._log_kick_at:
-                queue.append((decision, context))
-            else:
-                self._log.decision(decision, context)  # full or about to be: the log's own policy
-        elif self._log is not None:
-            self._log.decision(decision, context)
+        if queue is not None and len(queue) < self._log_kick_at:
+            queue.append((decision, context))
+        else:
+            self._log.decision(decision, context)  # no fast path, or full or about to be: the log's own policy
         return decision
 
     def _decide_slow(

@@ -23,8 +23,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..buckets import bucket_key
 from .adaptive import AdaptiveParams, AdaptivePolicy
-from .base import Entry, Observation, Policy, Prior, PublishedTable, bucket_key
+from .base import Entry, Observation, Policy, Prior, PublishedTable
 from .baselines import EpsilonGreedyPolicy, FixedPolicy, OraclePolicy, StaticPriorPolicy
 
 POLICIES: dict[str, type[Policy]] = {

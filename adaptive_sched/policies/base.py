@@ -155,15 +155,6 @@ class Entry:
         return self.exploit
 
 
-def bucket_key(stage: Stage, shape: Shape, lookahead: bool = True) -> tuple[Any, ...]:
-    """The shape bucket of :func:`entry_key` alone (what learned corrections are shared by).
-
-    >>> bucket_key(Stage.QKV, Shape(n=1, d=2048, kv_len=300), lookahead=False)
-    (1, 2048, 32, 1, <Precision.FP16: 'fp16'>, 0)
-    """
-    return entry_key(stage, shape, None, lookahead)[1:-1]
-
-
 class PublishedTable:
     """The entries a policy publishes, one per (stage and shape bucket, previous backend).
 

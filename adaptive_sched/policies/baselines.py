@@ -19,9 +19,10 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any, ClassVar
 
+from ..buckets import bucket_key
 from ..cache import BoundedDict
 from ..types import Backend, Choice, Shape, Stage, parse_backend, parse_stage
-from .base import Observation, Policy, bucket_key, certain, choice
+from .base import Observation, Policy, certain, choice
 
 #: how many (stage, shape) choices the static policy remembers (a cache)
 STATIC_CACHE = 65_536

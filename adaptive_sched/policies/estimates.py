@@ -15,10 +15,11 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from ..buckets import bucket_key
 from ..cache import BoundedDict
 from ..learners.latency import NOTHING_LEARNED, Estimate, LatencyModel, Learned, ModelParams, stage_features
 from ..types import Backend, Shape, Stage
-from .base import Prior, bucket_key
+from .base import Prior
 
 _QKV = Stage.QKV  # a module constant: looking it up on the enum costs more than the test
 

@@ -90,21 +90,24 @@ class Sampler:
             self._read(now)
         elif now >= self._clocks_due:
             self._read(now, clocks_only=True)
-        if now - self.read_at <= self.max_age_s:
-            return self.latest
-        self.context = EMPTY_CONTEXT  # stale: decisions are logged without it
-        return None
+        latest = self._fresh_at(now)
+        if latest is None:
+            self.context = EMPTY_CONTEXT  # stale: decisions are logged without it
+        return latest
 
     def read_now(self, min_gap_s: float = 0.0) -> Snapshot | None:
         """Read the source now, unless the last read is younger than ``min_gap_s``; the fresh snapshot or None."""
         now = self.clock()
         if now - self.read_at >= min_gap_s:
             self._read(now, clocks_only=True)
-        return self.latest if now - self.read_at <= self.max_age_s else None
+        return self._fresh_at(now)
 
     def fresh(self) -> Snapshot | None:
         """The latest snapshot if it is no older than ``max_age_s``, else None."""
-        return self.latest if self.clock() - self.read_at <= self.max_age_s else None
+        return self._fresh_at(self.clock())
+
+    def _fresh_at(self, now: float) -> Snapshot | None:
+        return self.latest if now - self.read_at <= self.max_age_s else None
 
     def age_s(self) -> float:
         """Seconds since the latest read (infinite before the first)."""
@@ -213,4 +216,4 @@ class ClockFeed:
             return
         self._seen = snapshot
         ratios = snapshot.clock_ratios() if snapshot is not None else {}
-        self._policy.on_clocks({b: ratios.get(b) for b in self._backends})
+        policy.on_clocks({b: ratios.get(b) for b in self._backends})
