@@ -41,6 +41,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -176,12 +177,15 @@ class WorldClocks:
         return Snapshot(w.progress, readings)
 
 
-def run_world(scenario: str, variant: str, seed: int, layers: int) -> Run:
+def world_layers(scenario: str, variant: str, seed: int, layers: int, world_name: str = "soc") -> Iterator[Any]:
+    """Run ``variant`` (``adaptive``, ``telemetry``, ``lying`` or ``oracle``) through ``scenario`` on a
+    world that is not our simulator, as ``bench_learning.py`` does, one layer at a time: yields the
+    world (its ``progress`` set to the layer's), the shape, and the layer's qkv and attn decisions."""
     config = load_config("rk3588-sim")
     config = dataclasses.replace(config, telemetry=dataclasses.replace(config.telemetry, enabled=False))
     prior = load_prior(config)
-    world = World(make_base("soc", prior), SCENARIOS[scenario], seed)
-    steps = workload(layers, seed, None)
+    world = World(make_base(world_name, prior), SCENARIOS[scenario], seed)
+    steps = workload(layers, seed, SCENARIOS[scenario].models)
     n = len(steps)
     sampler = None
     if variant in ("telemetry", "lying"):
@@ -189,7 +193,6 @@ def run_world(scenario: str, variant: str, seed: int, layers: int) -> Run:
         sampler = Sampler(WorldClocks(world, lie=variant == "lying"), interval_s=0.0025, clock=lambda: world.progress)
     policy: Any = (OraclePolicy(expected_latency=world.expected) if variant == "oracle"
                    else AdaptivePolicy(AdaptiveParams(seed=seed)))  # fmt: skip
-    out = Run()
     with Scheduler(config, policy=policy, prior=prior, telemetry=sampler) as sched:
         for step in steps:
             world.progress = step.index / n
@@ -198,9 +201,15 @@ def run_world(scenario: str, variant: str, seed: int, layers: int) -> Run:
             sched.observe(dq, world.sample(QKV, shape, dq.backend, None))
             da = sched.decide(ATTN, shape, after=dq)
             sched.observe(da, world.sample(ATTN, shape, da.backend, dq.backend))
-            chosen = world.expected(QKV, shape, dq.backend, None) + world.expected(ATTN, shape, da.backend, dq.backend)
-            throttled = any(f(QKV, Backend.NPU, world.progress) != 1.0 for f in world.scenario.factors)
-            out.add(chosen, best_pair(world.expected, shape), throttled)
+            yield world, shape, dq, da
+
+
+def run_world(scenario: str, variant: str, seed: int, layers: int) -> Run:
+    out = Run()
+    for world, shape, dq, da in world_layers(scenario, variant, seed, layers):
+        chosen = world.expected(QKV, shape, dq.backend, None) + world.expected(ATTN, shape, da.backend, dq.backend)
+        throttled = any(f(QKV, Backend.NPU, world.progress) != 1.0 for f in world.scenario.factors)
+        out.add(chosen, best_pair(world.expected, shape), throttled)
     return out
 
 

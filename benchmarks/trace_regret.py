@@ -25,14 +25,9 @@ import dataclasses
 import sys
 from typing import Any
 
-from bench_telemetry import WorldClocks
-from worlds import SCENARIOS, World, make_base, workload
+from bench_telemetry import world_layers
+from worlds import SCENARIOS
 
-from adaptive_sched import Scheduler
-from adaptive_sched.build import load_prior
-from adaptive_sched.config import load_config
-from adaptive_sched.policies import AdaptiveParams, AdaptivePolicy
-from adaptive_sched.telemetry import Sampler
 from adaptive_sched.types import Backend, Stage
 
 QKV, ATTN = Stage.QKV, Stage.ATTN
@@ -61,45 +56,26 @@ def _p(values: Any) -> str:
 
 def trace(scenario: str, world_name: str, seed: int, layers: int, telemetry: bool) -> tuple[float, list[Layer]]:
     """The run's best total (seconds), and every layer whose choice lost against the best pair."""
-    config = load_config("rk3588-sim")
-    config = dataclasses.replace(
-        config,
-        policy=dataclasses.replace(config.policy, learner="inline"),
-        telemetry=dataclasses.replace(config.telemetry, enabled=False),
-    )
-    prior = load_prior(config)
-    world = World(make_base(world_name, prior), SCENARIOS[scenario], seed)
-    steps = workload(layers, seed, SCENARIOS[scenario].models)
-    n = len(steps)
-    sampler = None
-    if telemetry:
-        sampler = Sampler(WorldClocks(world, lie=False), interval_s=0.0025, clock=lambda: world.progress)
-    expected = world.expected
     total_best = 0.0
     out: list[Layer] = []
-    with Scheduler(config, policy=AdaptivePolicy(AdaptiveParams(seed=seed)), prior=prior, telemetry=sampler) as sched:
-        for step in steps:
-            world.progress = step.index / n
-            shape = step.shape
-            dq = sched.decide(QKV, shape)
-            sched.observe(dq, world.sample(QKV, shape, dq.backend, None))
-            da = sched.decide(ATTN, shape, after=dq)
-            sched.observe(da, world.sample(ATTN, shape, da.backend, dq.backend))
-            costs = {(q, a): expected(QKV, shape, q, None) + expected(ATTN, shape, a, q) for q, a in PAIRS}
-            best = min(costs, key=costs.__getitem__)
-            chosen = (dq.backend, da.backend)
-            total_best += costs[best]
-            lost = costs[chosen] - costs[best]
-            if lost <= 0.0:
-                continue
-            qkv_world = {b: expected(QKV, shape, b, None) for b in BACKENDS}
-            attn_world = {b: expected(ATTN, shape, b, dq.backend) for b in BACKENDS}
-            detail = (
-                f"qkv: p ({_p(dq.probabilities)}), predicted ms ({_ms(dq.choice.predicted)}), "
-                f"world ({_ms(qkv_world)})\n      attn: p ({_p(da.probabilities)}), "
-                f"predicted ms ({_ms(da.choice.predicted)}), world ({_ms(attn_world)})"
-            )
-            out.append(Layer(world.progress, shape, chosen, dq.explored or da.explored, lost, best, detail))
+    variant = "telemetry" if telemetry else "adaptive"
+    for world, shape, dq, da in world_layers(scenario, variant, seed, layers, world_name):
+        expected = world.expected
+        costs = {(q, a): expected(QKV, shape, q, None) + expected(ATTN, shape, a, q) for q, a in PAIRS}
+        best = min(costs, key=costs.__getitem__)
+        chosen = (dq.backend, da.backend)
+        total_best += costs[best]
+        lost = costs[chosen] - costs[best]
+        if lost <= 0.0:
+            continue
+        qkv_world = {b: expected(QKV, shape, b, None) for b in BACKENDS}
+        attn_world = {b: expected(ATTN, shape, b, dq.backend) for b in BACKENDS}
+        detail = (
+            f"qkv: p ({_p(dq.probabilities)}), predicted ms ({_ms(dq.choice.predicted)}), "
+            f"world ({_ms(qkv_world)})\n      attn: p ({_p(da.probabilities)}), "
+            f"predicted ms ({_ms(da.choice.predicted)}), world ({_ms(attn_world)})"
+        )
+        out.append(Layer(world.progress, shape, chosen, dq.explored or da.explored, lost, best, detail))
     return total_best, out
 
 
