@@ -222,16 +222,21 @@ def fake_rk3588(root: Path) -> None:
         z.mkdir(parents=True)
         (z / "type").write_text(kind + "\n")
         (z / "temp").write_text(f"{45000 + 1000 * i}\n")
-    for device, cur, top in (("fb000000.gpu", 600_000_000, 1_000_000_000), ("fdab0000.npu", 800_000_000,
-                             1_000_000_000), ("dmc", 2_112_000_000, 2_112_000_000)):  # fmt: skip
+    # The GPU idles at a low clock under its load-following governor (not throttled: its cap is
+    # its top); the NPU's thermal governor capped it at 800 MHz; the DDR runs at its top.
+    for device, cur, cap, top in (("fb000000.gpu", 600_000_000, 1_000_000_000, 1_000_000_000),
+                                  ("fdab0000.npu", 800_000_000, 800_000_000, 1_000_000_000),
+                                  ("dmc", 2_112_000_000, 2_112_000_000, 2_112_000_000)):  # fmt: skip
         d = root / "class" / "devfreq" / device
         d.mkdir(parents=True)
         (d / "cur_freq").write_text(f"{cur}\n")
-        (d / "max_freq").write_text(f"{top}\n")
+        (d / "max_freq").write_text(f"{cap}\n")
+        (d / "available_frequencies").write_text(" ".join(str(top * k // 4) for k in (1, 2, 3, 4)) + "\n")
     for cpu in range(8):
         c = root / "devices" / "system" / "cpu" / f"cpu{cpu}" / "cpufreq"
         c.mkdir(parents=True)
         (c / "scaling_cur_freq").write_text("1800000\n")
+        (c / "scaling_max_freq").write_text("1800000\n")  # capped by the thermal governor
         (c / "cpuinfo_max_freq").write_text("2400000\n")
     npu = root / "kernel" / "debug" / "rknpu"
     npu.mkdir(parents=True)

@@ -33,7 +33,9 @@ def sysfs(tmp_path):
 
 def test_reads_an_rk3588_sysfs_tree(sysfs):
     s = SysfsTelemetry(str(sysfs), cpu_load=False).read()
-    assert s.backends[GPU] == BackendReading(temp_c=50.0, freq_hz=6e8, max_freq_hz=1e9, load=None)
+    assert s.backends[GPU] == BackendReading(temp_c=50.0, freq_hz=6e8, max_freq_hz=1e9, load=None, cap_hz=1e9)
+    # the GPU idles at a low clock but is not throttled: work sent there runs at its cap
+    assert s.backends[GPU].clock_ratio() == 1.0
     assert s.backends[NPU].temp_c == 51.0 and s.backends[NPU].clock_ratio() == pytest.approx(0.8)
     assert s.backends[NPU].load == pytest.approx(0.05)  # the mean of 12%, 0% and 3%
     assert s.backends[CPU].temp_c == 45.0 and s.backends[CPU].clock_ratio() == pytest.approx(0.75)
@@ -47,14 +49,14 @@ def test_garbage_and_vanished_files_read_as_unknown_and_recover(sysfs):
     (gpu_dir / "cur_freq").write_text("not a number\n")
     (sysfs / "class" / "thermal" / "thermal_zone6" / "temp").write_text("")  # npu-thermal, empty
     s = source.read()
-    assert s.backends[GPU].freq_hz is None and s.backends[GPU].clock_ratio() is None
+    assert s.backends[GPU].freq_hz is None and s.backends[GPU].clock_ratio() == 1.0  # the cap still tells
     assert s.backends[NPU].temp_c is None and s.backends[NPU].freq_hz == 8e8
     (gpu_dir / "cur_freq").unlink()
     (gpu_dir / "max_freq").write_text("inf\n")
     assert source.read().backends[GPU].clock_ratio() is None
     (gpu_dir / "cur_freq").write_text("300000000\n")
-    (gpu_dir / "max_freq").write_text("1000000000\n")
-    assert source.read().clock_ratios()[GPU] == pytest.approx(0.3)
+    (gpu_dir / "max_freq").write_text("500000000\n")
+    assert source.read().clock_ratios()[GPU] == pytest.approx(0.5)
     import shutil
 
     shutil.rmtree(sysfs / "class")  # the whole class tree goes: cpufreq and rknpu remain
@@ -63,12 +65,26 @@ def test_garbage_and_vanished_files_read_as_unknown_and_recover(sysfs):
 
 
 def test_a_thermal_cap_shows_against_the_top_of_the_available_clocks(sysfs):
-    # the thermal governor lowers max_freq with cur_freq: against it the GPU would look unthrottled
+    # the thermal governor lowers max_freq: without the clocks listed it is the only maximum
+    # known, and against it the GPU would look unthrottled
     gpu_dir = sysfs / "class" / "devfreq" / "fb000000.gpu"
     (gpu_dir / "max_freq").write_text("600000000\n")
+    (gpu_dir / "available_frequencies").unlink()
     assert SysfsTelemetry(str(sysfs), cpu_load=False).read().clock_ratios()[GPU] == 1.0
     (gpu_dir / "available_frequencies").write_text("300000000 400000000 600000000 800000000 1000000000\n")
     assert SysfsTelemetry(str(sysfs), cpu_load=False).read().clock_ratios()[GPU] == pytest.approx(0.6)
+
+
+def test_an_idle_backend_under_a_load_governor_is_not_read_as_throttled(sysfs):
+    npu_dir = sysfs / "class" / "devfreq" / "fdab0000.npu"
+    (npu_dir / "max_freq").write_text("1000000000\n")  # no thermal cap
+    (npu_dir / "cur_freq").write_text("300000000\n")  # the governor idles it at its lowest clock
+    source = SysfsTelemetry(str(sysfs), cpu_load=False)
+    assert source.read().clock_ratios()[NPU] == 1.0
+    (npu_dir / "max_freq").write_text("400000000\n")  # now it is throttled, busy or not
+    assert source.read().clock_ratios()[NPU] == pytest.approx(0.4)
+    # a reader that knows no cap (another board's, an old log) falls back on the current clock
+    assert BackendReading(freq_hz=3e8, max_freq_hz=1e9).clock_ratio() == pytest.approx(0.3)
 
 
 def test_a_processors_hottest_zone_is_its_temperature(sysfs):
@@ -154,10 +170,10 @@ def test_between_whole_reads_the_sampler_reads_the_clocks_alone():
 def test_reading_a_boards_clocks_alone_keeps_the_rest_of_the_last_reading(sysfs):
     source = SysfsTelemetry(str(sysfs), cpu_load=False)
     whole = source.read()
-    (sysfs / "class" / "devfreq" / "fdab0000.npu" / "cur_freq").write_text("400000000\n")
+    (sysfs / "class" / "devfreq" / "fdab0000.npu" / "max_freq").write_text("400000000\n")
     (sysfs / "class" / "thermal" / "thermal_zone6" / "temp").write_text("99000\n")  # npu-thermal
     clocks = source.read_clocks(whole)
-    assert clocks.clock_ratios()[NPU] == pytest.approx(0.4) and clocks.clock_ratios()[GPU] == pytest.approx(0.6)
+    assert clocks.clock_ratios()[NPU] == pytest.approx(0.4) and clocks.clock_ratios()[GPU] == 1.0
     assert clocks.backends[NPU].temp_c == whole.backends[NPU].temp_c == 51.0  # temperatures wait for a whole read
     assert clocks.ddr_freq_hz == 2.112e9 and clocks.zones == whole.zones
 
@@ -193,7 +209,7 @@ def test_the_sampler_thread_reads_until_stopped(sysfs):
     finally:
         sampler.stop()
     assert sampler.reads >= 3 and not sampler.running
-    assert sampler.latest is not None and sampler.latest.clock_ratios()[GPU] == pytest.approx(0.6)
+    assert sampler.latest is not None and sampler.latest.clock_ratios()[NPU] == pytest.approx(0.8)
 
 
 class _Listener:
@@ -312,7 +328,7 @@ def test_cli_prints_a_boards_telemetry_as_a_table_and_as_json(sysfs, capsys):
 
     assert main(["telemetry", "--root", str(sysfs)]) == 0
     out = capsys.readouterr().out
-    assert "gpu-thermal" in out and "600" in out and "0.60" in out
+    assert "gpu-thermal" in out and "600" in out and "0.80" in out
     assert main(["telemetry", "--root", str(sysfs), "--output", "json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["backends"]["npu"]["clock_ratio"] == pytest.approx(0.8)

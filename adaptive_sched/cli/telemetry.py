@@ -55,15 +55,15 @@ def run(args: argparse.Namespace) -> int:
     }
 
     def table() -> str:
-        rows = [[b, _num(r["temp_c"], "{:.1f}"), _num(r["freq_hz"], "{:.0f}", 1e-6),
+        rows = [[b, _num(r["temp_c"], "{:.1f}"), _num(r["freq_hz"], "{:.0f}", 1e-6), _num(r["cap_hz"], "{:.0f}", 1e-6),
                  _num(r["max_freq_hz"], "{:.0f}", 1e-6), _num(r["clock_ratio"], "{:.2f}"), _num(r["load"], "{:.0%}")]
                 for b, r in data["backends"].items()]  # fmt: skip
         if snapshot.ddr_freq_hz is not None or snapshot.ddr_max_freq_hz is not None:
             ratio = (snapshot.ddr_freq_hz / snapshot.ddr_max_freq_hz
                      if snapshot.ddr_freq_hz and snapshot.ddr_max_freq_hz else None)  # fmt: skip
-            rows.append(["ddr", "", _num(snapshot.ddr_freq_hz, "{:.0f}", 1e-6),
+            rows.append(["ddr", "", _num(snapshot.ddr_freq_hz, "{:.0f}", 1e-6), "",
                          _num(snapshot.ddr_max_freq_hz, "{:.0f}", 1e-6), _num(ratio, "{:.2f}"), ""])  # fmt: skip
-        out = render_table(["backend", "temp C", "clock MHz", "max MHz", "ratio", "load"], rows)
+        out = render_table(["backend", "temp C", "clock MHz", "cap MHz", "max MHz", "ratio", "load"], rows)
         if snapshot.zones:
             zones = [[kind, f"{c:.1f}"] for kind, c in sorted(snapshot.zones.items())]
             out += "\n\n" + render_table(["thermal zone", "temp C"], zones)

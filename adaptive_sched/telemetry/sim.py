@@ -1,8 +1,9 @@
 """Telemetry of the simulated RK3588, from its own thermal and contention state.
 
 The same reading a board's sysfs gives (:class:`~adaptive_sched.telemetry.SysfsTelemetry`):
-each backend's temperature, current clock (stepped down by the thermal trips) and maximum
-clock (the profile's nominal one), and its background load. Its time is the device's
+each backend's temperature, current clock (stepped down by the thermal trips, which is
+also its cap: no governor here lowers an idle backend's clock) and maximum clock (the
+profile's nominal one), and its background load. Its time is the device's
 virtual time, so a sampler driven by it samples the simulation as a board's would be.
 """
 
@@ -34,6 +35,8 @@ class SimTelemetry:
                 freq_hz=state.get(f"{name}_freq_hz"),
                 max_freq_hz=top,
                 load=state.get(f"{name}_load"),
+                # its governor is the thermal one alone: the clock it sets is its cap
+                cap_hz=state.get(f"{name}_freq_hz"),
             )
         return Snapshot(self.now(), backends)
 

@@ -4,13 +4,16 @@ A :class:`Snapshot` travels to two places: the policy, as each backend's clock r
 (:meth:`Snapshot.clock_ratios`), and the decision log, as a flat mapping of numbers
 (:meth:`Snapshot.as_context`) whose keys are those of ``SimulatedDevice.state()``::
 
-    {backend}_temp_c  {backend}_freq_hz  {backend}_max_freq_hz  {backend}_load
+    {backend}_temp_c  {backend}_freq_hz  {backend}_max_freq_hz  {backend}_cap_hz  {backend}_load
     ddr_freq_hz  ddr_max_freq_hz
 
 >>> from adaptive_sched.types import Backend
 >>> s = Snapshot(0.0, {Backend.GPU: BackendReading(temp_c=71.5, freq_hz=6e8, max_freq_hz=1e9)})
 >>> s.clock_ratios()[Backend.GPU], s.as_context()["gpu_temp_c"]
 (0.6, 71.5)
+>>> idle = BackendReading(freq_hz=3e8, max_freq_hz=1e9, cap_hz=1e9)   # idle, not throttled
+>>> idle.clock_ratio()
+1.0
 >>> Snapshot.from_context(s.as_context()).backends[Backend.GPU].freq_hz
 600000000.0
 """
@@ -25,7 +28,7 @@ from typing import Any
 from ..types import Backend
 
 #: the fields of a backend's reading, as they are named in a decision's logged context
-FIELDS = ("temp_c", "freq_hz", "max_freq_hz", "load")
+FIELDS = ("temp_c", "freq_hz", "max_freq_hz", "cap_hz", "load")
 
 
 def finite(value: Any) -> float | None:
@@ -41,20 +44,30 @@ def finite(value: Any) -> float | None:
 
 @dataclass(frozen=True)
 class BackendReading:
-    """What is known of one backend now; each value None when it could not be read."""
+    """What is known of one backend now; each value None when it could not be read.
+
+    ``freq_hz`` is the clock it runs at now, ``max_freq_hz`` the highest it ever runs at, and
+    ``cap_hz`` the highest it may run at now: thermal throttling lowers the cap, while a
+    load-following governor (the Mali's and the RKNPU's) also lowers the current clock of a
+    backend that merely sits idle, and raises it again as soon as work comes.
+    """
 
     temp_c: float | None = None
     freq_hz: float | None = None
     max_freq_hz: float | None = None
     #: share of the backend busy (0 to 1), from whatever reports it (rknpu's load, the CPU's)
     load: float | None = None
+    cap_hz: float | None = None
 
     def clock_ratio(self) -> float | None:
-        """Current clock over maximum, in (0, 1]; None when either is unknown or nonsense."""
-        cur, top = self.freq_hz, self.max_freq_hz
-        if cur is None or top is None or not (cur > 0 and top > 0):
+        """The clock work sent here would run at, over the maximum, in (0, 1]: the cap when it
+        is known (an idle backend's current clock says nothing of its speed once given work),
+        else the current clock; None when unknown or nonsense."""
+        clock = self.cap_hz if self.cap_hz is not None else self.freq_hz
+        top = self.max_freq_hz
+        if clock is None or top is None or not (clock > 0 and top > 0):
             return None
-        return min(1.0, cur / top)
+        return min(1.0, clock / top)
 
 
 @dataclass(frozen=True)

@@ -3,10 +3,11 @@
 Everything is read under one root (``/sys`` by default; a test points it at a fake tree)::
 
     class/thermal/thermal_zone*/{type,temp}      millidegrees C, one zone per type
-    class/devfreq/<device>/{cur_freq,max_freq}   Hz (RK3588: fb000000.gpu, fdab0000.npu, dmc); the
-                                                 maximum is the top of available_frequencies where
-                                                 listed (max_freq drops with the thermal cap)
-    devices/system/cpu/cpu*/cpufreq/{scaling_cur_freq,cpuinfo_max_freq}   kHz
+    class/devfreq/<device>/{cur_freq,max_freq}   Hz (RK3588: fb000000.gpu, fdab0000.npu, dmc);
+                                                 max_freq is the cap the thermal governor lowers,
+                                                 the maximum the top of available_frequencies
+                                                 where listed
+    devices/system/cpu/cpu*/cpufreq/{scaling_cur_freq,scaling_max_freq,cpuinfo_max_freq}   kHz
     kernel/debug/rknpu/load                      "NPU load:  Core0: 12%, Core1:  0%, ..."
 
 Each file is optional: one that is absent, unreadable or holds garbage reads as unknown,
@@ -117,7 +118,7 @@ class SysfsTelemetry:
         self._zone_files: list[tuple[str, str]] = []  # (type, temp path)
         self._clock_files: dict[str, tuple[str, str]] = {}  # backend/ddr -> (cur, max)
         self._clock_tops: dict[str, float] = {}  # backend/ddr -> the top of its available clocks
-        self._cpu_files: list[tuple[str, str]] = []
+        self._cpu_files: list[tuple[str, str, str]] = []
         self._npu_load = ""
         self._missing = True  # a file found before could not be read: look again
 
@@ -152,7 +153,8 @@ class SysfsTelemetry:
         self._clock_tops = tops
         cpus = []
         for cpufreq in sorted(glob.glob(self._path("devices", "system", "cpu", "cpu[0-9]*", "cpufreq"))):
-            cpus.append((os.path.join(cpufreq, "scaling_cur_freq"), os.path.join(cpufreq, "cpuinfo_max_freq")))
+            cpus.append((os.path.join(cpufreq, "scaling_cur_freq"), os.path.join(cpufreq, "scaling_max_freq"),
+                         os.path.join(cpufreq, "cpuinfo_max_freq")))  # fmt: skip
         self._cpu_files = cpus
         load = self._path("kernel", "debug", "rknpu", "load")
         self._npu_load = load if os.path.exists(load) else ""
@@ -174,19 +176,19 @@ class SysfsTelemetry:
             backend = self.zones.get(kind)
             if backend is not None and celsius > temps.get(backend, -math.inf):
                 temps[backend] = celsius  # a processor's hottest zone: the one its governor throttles on
-        clocks: dict[str, tuple[float | None, float | None]] = {}
+        clocks: dict[str, tuple[float | None, float | None, float | None]] = {}
         for name in self._clock_files:
-            cur, top = self._clock(name)
+            cur, cap, top = self._clock(name)
             if cur is None or top is None:
                 self._missing = True
-            clocks[name] = (cur, top)
+            clocks[name] = (cur, cap, top)
         if self._cpu_files:
-            cur_khz = [read_number(c) for c, _ in self._cpu_files]
-            max_khz = [read_number(m) for _, m in self._cpu_files]
-            known = [(c, m) for c, m in zip(cur_khz, max_khz, strict=True) if c is not None and m is not None]
+            cores = [BackendReading(freq_hz=read_number(cur), max_freq_hz=read_number(top), cap_hz=read_number(cap))
+                     for cur, cap, top in self._cpu_files]  # fmt: skip
+            known = [(ratio, core) for core in cores if (ratio := core.clock_ratio()) is not None]
             if known:  # the fastest core: what a CPU stage runs on
-                c, m = max(known, key=lambda cm: cm[0] / cm[1] if cm[1] else 0.0)
-                clocks["cpu"] = (c * 1e3, m * 1e3)
+                core = max(known, key=lambda rc: rc[0])[1]
+                clocks["cpu"] = (_khz(core.freq_hz), _khz(core.cap_hz), _khz(core.max_freq_hz))
             else:
                 self._missing = True
         loads: dict[Backend, float] = {}
@@ -199,11 +201,11 @@ class SysfsTelemetry:
                 loads[Backend.CPU] = self._psutil.cpu_percent(interval=None) / 100.0
         backends: dict[Backend, BackendReading] = {}
         for backend in Backend:
-            cur, top = clocks.get(backend.value, (None, None))
-            reading = BackendReading(temps.get(backend), cur, top, loads.get(backend))
+            cur, cap, top = clocks.get(backend.value, (None, None, None))
+            reading = BackendReading(temps.get(backend), cur, top, loads.get(backend), cap)
             if reading != EMPTY:
                 backends[backend] = reading
-        ddr_cur, ddr_max = clocks.get("ddr", (None, None))
+        ddr_cur, _, ddr_max = clocks.get("ddr", (None, None, None))
         return Snapshot(now, backends, ddr_cur, ddr_max, zones)
 
     def read_clocks(self, previous: Snapshot) -> Snapshot:
@@ -213,7 +215,7 @@ class SysfsTelemetry:
         backends = dict(previous.backends)
         ddr_cur, ddr_max = previous.ddr_freq_hz, previous.ddr_max_freq_hz
         for name in self._clock_files:
-            cur, top = self._clock(name)
+            cur, cap, top = self._clock(name)
             if cur is None:
                 self._missing = True
                 continue
@@ -221,13 +223,16 @@ class SysfsTelemetry:
                 ddr_cur, ddr_max = cur, top
                 continue
             backend = Backend(name)
-            backends[backend] = dataclasses.replace(backends.get(backend, EMPTY), freq_hz=cur, max_freq_hz=top)
+            backends[backend] = dataclasses.replace(backends.get(backend, EMPTY), freq_hz=cur, max_freq_hz=top,
+                                                    cap_hz=cap)  # fmt: skip
         return Snapshot(now, backends, ddr_cur, ddr_max, previous.zones)
 
-    def _clock(self, name: str) -> tuple[float | None, float | None]:
-        """A devfreq device's current clock and its maximum (the top of its available clocks if listed)."""
+    def _clock(self, name: str) -> tuple[float | None, float | None, float | None]:
+        """A devfreq device's current clock, its cap now (``max_freq``, which the thermal governor
+        lowers) and its maximum (the top of its available clocks if listed, else the cap)."""
         cur_path, max_path = self._clock_files[name]
-        return read_number(cur_path), self._clock_tops.get(name) or read_number(max_path)
+        cap = read_number(max_path)
+        return read_number(cur_path), cap, self._clock_tops.get(name) or cap
 
     def found_anything(self) -> bool:
         """Whether the last :meth:`discover` found any file to read (psutil's CPU load aside)."""
@@ -238,3 +243,8 @@ class SysfsTelemetry:
 
 
 EMPTY = BackendReading()
+
+
+def _khz(value: float | None) -> float | None:
+    """cpufreq's kHz in Hz."""
+    return None if value is None else value * 1e3
