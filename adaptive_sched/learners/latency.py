@@ -176,7 +176,7 @@ class LatencyModel:
         return device
 
     def set_clocks(self, ratios: Mapping[Backend, float | None]) -> bool:
-        """Each backend's current clock over its maximum, from telemetry (None or out of (0, 1]:
+        """Each backend's clock (the one it may run at now) over its maximum, from telemetry (None or out of (0, 1]:
         unknown, read as full clock). True when an estimate moved: its entries are stale."""
         moved = False
         for backend, ratio in ratios.items():

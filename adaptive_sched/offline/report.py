@@ -171,7 +171,8 @@ class Series:
     #: the static prior's backend for each decision ('' when no prior could be loaded)
     static_choice: np.ndarray
     #: device telemetry logged with the decisions: ``{backend}_temp_c`` and ``{backend}_clock``
-    #: (current over maximum clock) per backend that reported them (nan where a decision did not)
+    #: (the clock it may run at over its maximum) per backend that reported them (nan where a
+    #: decision did not)
     telemetry: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:

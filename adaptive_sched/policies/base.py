@@ -274,8 +274,8 @@ class Policy(abc.ABC):
         """Pay one-time costs (imports, models) before serving."""
 
     def on_clocks(self, ratios: Mapping[Backend, float | None]) -> None:
-        """The device's telemetry changed: each backend's current clock over its maximum
-        (None: unknown). Optional: policies that predict latencies may scale them; stale or
+        """The device's telemetry changed: each backend's clock (the one it may run at now) over
+        its maximum (None: unknown). Optional: policies that predict latencies may scale them; stale or
         missing telemetry arrives as None and must leave the policy as it would be without."""
 
     # -- exclusions ----------------------------------------------------------------------

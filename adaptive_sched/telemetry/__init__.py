@@ -4,8 +4,9 @@ Thermal throttling shows before it hurts: a thermal zone climbs, a devfreq clock
 A :class:`Sampler` reads a :class:`TelemetrySource` a few times a second (on a thread of its
 own on a board, or in the device's virtual time for the simulated one) and keeps the latest
 :class:`Snapshot`. The scheduler attaches it to each logged decision and hands each
-backend's clock ratio (current over maximum clock) to the policy, which predicts a backend
-whose clock just dropped as slower before any of its latencies shows it. Every reading is
+backend's clock ratio (the clock it may run at now, its thermal cap, over its maximum) to
+the policy, which predicts a backend whose clock just dropped as slower before any of its
+latencies shows it. Every reading is
 optional: a missing or unreadable file reads as unknown, and unknown or stale telemetry
 leaves the scheduler as it is without it.
 

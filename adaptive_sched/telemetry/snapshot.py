@@ -82,7 +82,7 @@ class Snapshot:
     zones: Mapping[str, float] = field(default_factory=dict)
 
     def clock_ratios(self) -> dict[Backend, float | None]:
-        """Each backend's current clock over its maximum (None: unknown)."""
+        """Each backend's :meth:`BackendReading.clock_ratio` (None: unknown)."""
         return {b: r.clock_ratio() for b, r in self.backends.items()}
 
     def as_context(self) -> dict[str, float]:
