@@ -71,15 +71,15 @@ def configured(config: Config, *, telemetry: bool, seed: int, **sim: Any) -> Con
 
 
 class Lying:
-    """A source whose clocks always read their maximum (temperatures and loads as they are)."""
+    """A source whose clocks (current and cap) always read their maximum (temperatures and loads as they are)."""
 
     def __init__(self, source: Any) -> None:
         self.source = source
 
     def read(self) -> Snapshot:
         s = self.source.read()
-        honest = {b: dataclasses.replace(r, freq_hz=r.max_freq_hz) for b, r in s.backends.items()}
-        return dataclasses.replace(s, backends=honest)
+        lies = {b: dataclasses.replace(r, freq_hz=r.max_freq_hz, cap_hz=r.max_freq_hz) for b, r in s.backends.items()}
+        return dataclasses.replace(s, backends=lies)
 
 
 # -- the simulated RK3588 -----------------------------------------------------------------------
@@ -173,7 +173,8 @@ class WorldClocks:
             for f in w.scenario.factors:
                 slow *= f(QKV, backend, w.progress)
             cur = self.MAX_HZ if self.lie else self.MAX_HZ / max(slow, 1.0) ** (1.0 / ELASTICITY)
-            readings[backend] = BackendReading(temp_c=None, freq_hz=cur, max_freq_hz=self.MAX_HZ)
+            # the throttle is a cap, as a thermal governor's on a board
+            readings[backend] = BackendReading(temp_c=None, freq_hz=cur, max_freq_hz=self.MAX_HZ, cap_hz=cur)
         return Snapshot(w.progress, readings)
 
 

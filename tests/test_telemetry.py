@@ -20,7 +20,7 @@ from adaptive_sched.telemetry import BackendReading, ClockFeed, Sampler, SimTele
 from adaptive_sched.types import Backend, Stage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from bench_telemetry import fake_rk3588
+from bench_telemetry import Lying, fake_rk3588
 
 GPU, NPU, CPU = Backend.GPU, Backend.NPU, Backend.CPU
 
@@ -120,6 +120,14 @@ def test_the_simulated_device_reports_its_clock_stepping_down():
     assert reading.clock_ratio() == pytest.approx(0.6) and reading.temp_c >= 75.0
     device.idle(30.0)  # it cools and its clock comes back
     assert source.read().clock_ratios()[NPU] == 1.0
+
+
+def test_the_benchmarks_lying_clock_reads_its_maximum_cap_included(sysfs):
+    honest = SysfsTelemetry(str(sysfs), cpu_load=False)
+    assert honest.read().clock_ratios()[NPU] == pytest.approx(0.8)
+    lying = Lying(honest).read()
+    assert all(ratio == 1.0 for ratio in lying.clock_ratios().values())
+    assert lying.backends[NPU].temp_c == 51.0
 
 
 def test_sampler_reads_at_most_every_interval_of_its_clock_and_goes_stale():
