@@ -369,6 +369,21 @@ def test_caches_return_copies_and_classifier_is_independent(prior: Prior) -> Non
     assert prior.classifier("qkv") is not clf
 
 
+def test_caches_stay_bounded_and_forget_the_oldest_answers_first(prior: Prior, monkeypatch) -> None:
+    import adaptive_sched.learners.priors as priors_module
+
+    monkeypatch.setattr(priors_module, "_CACHE_LIMIT", 8)
+    small = Prior(prior.data)
+    shapes = [Shape(n=1, d=512, kv_len=k) for k in range(100, 120)]
+    answers = [small.latency("attn", s) for s in shapes]
+    for s in shapes:
+        small.choose("attn", s)
+    cached = list(small._latency_cache)
+    assert len(cached) == 8 == len(small._choice_cache) == len(small._extrapolating_cache)
+    assert cached == [(Stage.ATTN, s) for s in shapes[-8:]]  # the newest, never a cleared cache
+    assert small.latency("attn", shapes[0]) == answers[0]  # a forgotten answer is computed again alike
+
+
 def test_latency_model_fallback_precision() -> None:
     rows = [TrainingRow(Shape(n=1, d=d), {Backend.GPU: 1e-6 * d, Backend.NPU: 2e-4}) for d in (64, 128, 256)]
     lm = PriorLatencyModel(Stage.QKV, rows)

@@ -46,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from ..cache import BoundedDict
 from ..errors import PriorError
 from ..features import pad_fraction, stage_flops, stage_mem_bytes, stage_shape
 from ..types import Backend, Precision, Shape, Stage, parse_stage
@@ -222,7 +223,10 @@ class PriorLatencyModel:
 
 # -- the loaded prior ------------------------------------------------------------------------
 
-_CACHE_LIMIT = 100_000
+#: answers kept per cache, each forgotten oldest first (the adaptive policy keeps its own per
+#: grid point: these serve repeated questions, and a large cache is scanned by every full pass
+#: of the garbage collector)
+_CACHE_LIMIT = 16_384
 
 
 class Prior:
@@ -244,9 +248,9 @@ class Prior:
         self._latency = {s: PriorLatencyModel(s, sp.rows) for s, sp in data.stages.items()}
         self._classifiers: dict[Stage, Any] = {}
         self._lock = threading.Lock()
-        self._latency_cache: dict[tuple[Stage, Shape], dict[Backend, float]] = {}
-        self._choice_cache: dict[tuple[Stage, Shape], Backend] = {}
-        self._extrapolating_cache: dict[tuple[Stage, Shape], bool] = {}
+        self._latency_cache: BoundedDict[tuple[Stage, Shape], dict[Backend, float]] = BoundedDict(_CACHE_LIMIT)
+        self._choice_cache: BoundedDict[tuple[Stage, Shape], Backend] = BoundedDict(_CACHE_LIMIT)
+        self._extrapolating_cache: BoundedDict[tuple[Stage, Shape], bool] = BoundedDict(_CACHE_LIMIT)
         self._warned: set[Stage] = set()
 
     def __repr__(self) -> str:
@@ -272,8 +276,6 @@ class Prior:
             if self.extrapolating(s, shape):
                 pass  # warned once inside extrapolating()
             cached = self._latency[s].predict(shape)
-            if len(self._latency_cache) >= _CACHE_LIMIT:
-                self._latency_cache.clear()
             self._latency_cache[key] = cached
         return dict(cached)
 
@@ -292,8 +294,6 @@ class Prior:
                     "(further shapes outside the range are not reported)",
                     self.name, s.value, shape, reason,
                 )  # fmt: skip
-            if len(self._extrapolating_cache) >= _CACHE_LIMIT:
-                self._extrapolating_cache.clear()
             self._extrapolating_cache[key] = cached
         return cached
 
@@ -321,8 +321,6 @@ class Prior:
                 choice = min(est, key=est.__getitem__)
             else:
                 choice = Backend(label)
-            if len(self._choice_cache) >= _CACHE_LIMIT:
-                self._choice_cache.clear()
             self._choice_cache[key] = choice
         return choice
 
