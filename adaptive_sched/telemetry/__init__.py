@@ -6,9 +6,8 @@ own on a board, or in the device's virtual time for the simulated one) and keeps
 :class:`Snapshot`. The scheduler attaches it to each logged decision and hands each
 backend's clock ratio (the clock it may run at now, its thermal cap, over its maximum) to
 the policy, which predicts a backend whose clock just dropped as slower before any of its
-latencies shows it. Every reading is
-optional: a missing or unreadable file reads as unknown, and unknown or stale telemetry
-leaves the scheduler as it is without it.
+latencies shows it. Every reading is optional: a missing or unreadable file reads as
+unknown, and unknown or stale telemetry leaves the scheduler as it is without it.
 
 Sources: :class:`SysfsTelemetry` (Linux boards: ``/sys/class/thermal``, ``/sys/class/devfreq``,
 cpufreq, ``rknpu/load``) and :class:`SimTelemetry` (the simulated RK3588's own state).

@@ -30,13 +30,13 @@ class SimTelemetry:
         backends = {}
         for backend, top in self._max.items():
             name = backend.value
+            clock = state.get(f"{name}_freq_hz")
             backends[backend] = BackendReading(
                 temp_c=state.get(f"{name}_temp_c"),
-                freq_hz=state.get(f"{name}_freq_hz"),
+                freq_hz=clock,
                 max_freq_hz=top,
                 load=state.get(f"{name}_load"),
-                # its governor is the thermal one alone: the clock it sets is its cap
-                cap_hz=state.get(f"{name}_freq_hz"),
+                cap_hz=clock,  # its governor is the thermal one alone: the clock it sets is its cap
             )
         return Snapshot(self.now(), backends)
 

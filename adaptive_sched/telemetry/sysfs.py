@@ -183,12 +183,12 @@ class SysfsTelemetry:
                 self._missing = True
             clocks[name] = (cur, cap, top)
         if self._cpu_files:
-            cores = [BackendReading(freq_hz=read_number(cur), max_freq_hz=read_number(top), cap_hz=read_number(cap))
+            cores = [BackendReading(freq_hz=_khz(cur), max_freq_hz=_khz(top), cap_hz=_khz(cap))
                      for cur, cap, top in self._cpu_files]  # fmt: skip
             known = [(ratio, core) for core in cores if (ratio := core.clock_ratio()) is not None]
             if known:  # the fastest core: what a CPU stage runs on
                 core = max(known, key=lambda rc: rc[0])[1]
-                clocks["cpu"] = (_khz(core.freq_hz), _khz(core.cap_hz), _khz(core.max_freq_hz))
+                clocks["cpu"] = (core.freq_hz, core.cap_hz, core.max_freq_hz)
             else:
                 self._missing = True
         loads: dict[Backend, float] = {}
@@ -245,6 +245,7 @@ class SysfsTelemetry:
 EMPTY = BackendReading()
 
 
-def _khz(value: float | None) -> float | None:
-    """cpufreq's kHz in Hz."""
+def _khz(path: str) -> float | None:
+    """A cpufreq file's kHz, in Hz (None: unreadable)."""
+    value = read_number(path)
     return None if value is None else value * 1e3
