@@ -228,7 +228,9 @@ class Choice(NamedTuple):
     any policy on the log, the logging one included); ``predicted`` maps each candidate
     to the latency (seconds) the policy expected, handoff from the previous stage
     included; ``explored`` says the backend is not the one the policy holds fastest.
-    Policies publish choices once and hand the same object to many decisions.
+    Policies publish choices once and hand the same object to many decisions; ``entry``
+    is the key of the published entry it belongs to (None if none), so the policy that
+    published it finds that entry again, when it learns, without working the key out.
     """
 
     backend: Backend
@@ -237,6 +239,7 @@ class Choice(NamedTuple):
     predicted: Mapping[Backend, float]
     probabilities: Mapping[Backend, float]
     version: int = 0
+    entry: Any = None
 
 
 class Decision(NamedTuple):
@@ -319,7 +322,7 @@ class Decision(NamedTuple):
 
 def check_choice(c: Any) -> Choice:
     """``c`` as a Choice with plain, valid fields, or ``ValueError`` naming the field (for hand-built choices)."""
-    if not isinstance(c, tuple) or len(c) != len(Choice._fields):
+    if not isinstance(c, tuple) or not 6 <= len(c) <= len(Choice._fields):
         raise ValueError(f"choice must be a Choice, got {c!r}")
     backend = parse_backend(c[0])
     propensity = float(c[1])

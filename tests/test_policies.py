@@ -363,6 +363,28 @@ def test_a_steady_device_recomputes_few_entries():
     assert recomputed < 0.2 * 3000
 
 
+def test_a_choice_names_its_entry_and_learning_from_it_is_learning_without_it():
+    # The adaptive policy's choices carry their entry's key, so learning finds the entry
+    # without working the key out; a hand-built choice (no key) must learn exactly the same.
+    table = {("qkv", "gpu"): 1e-3, ("qkv", "npu"): 1.2e-3, ("attn", "gpu"): 1e-3, ("attn", "npu"): 0.9e-3}
+    with_key, without = bound(AdaptivePolicy(seed=3), table), bound(AdaptivePolicy(seed=3), table)
+    rng = random.Random(4)
+    for i in range(3000):
+        shape = Shape(n=1, d=1024, kv_len=rng.randint(64, 4096), precision="int8")
+        qkv = with_key.choose(Stage.QKV, shape, None)
+        attn = with_key.choose(Stage.ATTN, shape, qkv.backend)
+        assert without.choose(Stage.QKV, shape, None) == qkv and without.choose(Stage.ATTN, shape, qkv.backend) == attn
+        assert with_key.table.get(qkv.entry).exploit.probabilities is qkv.probabilities
+        slow = 3.0 if i > 1500 else 1.0  # the GPU slows half-way: entries are recomputed
+        for stage, c, after in ((Stage.QKV, qkv, None), (Stage.ATTN, attn, qkv.backend)):
+            latency = (
+                table[(stage.value, c.backend.value)] * (slow if c.backend is GPU else 1.0) * rng.lognormvariate(0, 0.1)
+            )
+            with_key.learn(Observation(stage, shape, after, c.backend, latency, c))
+            without.learn(Observation(stage, shape, after, c.backend, latency, c._replace(entry=None)))
+    assert with_key.state() == without.state()
+
+
 def test_same_policy_kinds_are_made_by_name():
     assert isinstance(make_policy("fixed", backend="npu"), FixedPolicy)
     with pytest.raises(TypeError, match="bogus"):

@@ -358,4 +358,4 @@ def test_shape_columns_survive_the_shape_cache_starting_over(path: Path, monkeyp
 def test_the_writer_knows_the_decision_layout() -> None:
     # The writer unpacks decisions positionally (fast): a new field must be added there too.
     assert Decision._fields == ("id", "stage", "shape", "choice", "after", "time", "usable")
-    assert Choice._fields == ("backend", "propensity", "explored", "predicted", "probabilities", "version")
+    assert Choice._fields == ("backend", "propensity", "explored", "predicted", "probabilities", "version", "entry")

@@ -35,6 +35,9 @@ from .budget import AlarmWindows, ExplorationBudget
 from .estimates import Estimates, Point
 from .exploration import win_probabilities
 
+#: what an entry is computed from (see ``AdaptivePolicy._reps``)
+Rep = tuple[Stage, Shape, Backend | None, Point, tuple[Any, ...] | None]
+
 
 @dataclasses.dataclass(frozen=True)
 class AdaptiveParams:
@@ -129,10 +132,9 @@ class AdaptivePolicy(Policy):
         self._budget = ExplorationBudget(p.explore_budget)
         self._alarms = AlarmWindows(p.alarm_probes, p.alarm_observations)
         self.table = PublishedTable(lookahead=p.lookahead)
-        # key -> (stage, representative shape, after, its point): what an entry is computed from
-        self._reps: BoundedDict[tuple[Any, ...], tuple[Stage, Shape, Backend | None, Point]] = BoundedDict(
-            self.table.max_entries
-        )
+        # key -> (stage, representative shape, after, its point, the key of the qkv entry that looks
+        # ahead to it (attn, with lookahead) or None): what an entry is computed from
+        self._reps: BoundedDict[tuple[Any, ...], Rep] = BoundedDict(self.table.max_entries)
         self._freshness = Freshness(span=float(p.expire_after))
         self._unsupported: set[tuple[Any, ...]] = set()
         self._checked: set[tuple[Any, ...]] = set()
@@ -169,7 +171,8 @@ class AdaptivePolicy(Policy):
         with self._lock:
             key = table.key(stage, shape, after)
             if key not in self._reps:
-                self._reps[key] = (stage, shape, after, self._est.point(stage, shape))
+                ahead = table.key(Stage.QKV, shape, None) if stage is Stage.ATTN and self.params.lookahead else None
+                self._reps[key] = (stage, shape, after, self._est.point(stage, shape), ahead)
             return self._publish(key)
 
     # -- publishing --------------------------------------------------------------------
@@ -187,7 +190,7 @@ class AdaptivePolicy(Policy):
 
     def _publish(self, key: tuple[Any, ...]) -> Entry:
         """Compute and publish the entry of ``key`` from the current estimates."""
-        stage, shape, after, point = self._reps[key]
+        stage, shape, after, point, _ = self._reps[key]
         est, clock = self._est, self._clock
         usable = self._usable_at(point) or list(self.usable())
         lookahead = stage is Stage.QKV and self.params.lookahead
@@ -216,7 +219,7 @@ class AdaptivePolicy(Policy):
         freshness = self._freshness
         if not values:  # nothing known about any usable backend: the first, certainly
             only = usable[0]
-            entry = Entry(Choice(only, 1.0, False, EMPTY, MappingProxyType({only: 1.0}), version), (), freshness,
+            entry = Entry(Choice(only, 1.0, False, EMPTY, MappingProxyType({only: 1.0}), version, key), (), freshness,
                           float(self.params.expire_after), float(self.params.refresh_every),
                           self.params.publish_tolerance)  # fmt: skip
         else:
@@ -264,7 +267,7 @@ class AdaptivePolicy(Policy):
             table_alts = []
             for b, prob in alternatives.items():
                 cumulative += prob
-                table_alts.append((cumulative, Choice(b, prob, True, shown, probs, version)))
+                table_alts.append((cumulative, Choice(b, prob, True, shown, probs, version, key)))
             # An entry weighing a backend that changed (it may change back) is renewed as often as
             # that backend has gone unobserved: the chance that it reverted grows with that time,
             # fast at first, so the renewals come at first often, then rarely.
@@ -272,7 +275,7 @@ class AdaptivePolicy(Policy):
             for b in values:
                 if b in reversion or volatile(b, clock):
                     renew = min(renew, max(p.refresh_every / 64, est.model.unobserved_for(b, clock)))
-            entry = Entry(Choice(best, probs[best], False, shown, probs, version), tuple(table_alts), freshness,
+            entry = Entry(Choice(best, probs[best], False, shown, probs, version, key), tuple(table_alts), freshness,
                           float(p.expire_after), renew, self._tolerance(values, log_vars))  # fmt: skip
         assert self.table is not None
         self.table.publish(key, entry)
@@ -298,8 +301,10 @@ class AdaptivePolicy(Policy):
         est = self._est
         if backend not in est.candidates:
             return  # a fallback backend outside the candidates: nothing to learn for the choice
+        key = None if choice is None else choice.entry
         if after is not None and after not in est.candidates:
             after = None  # the handoff from a fallback is not a pair this policy chooses
+            key = None
         with self._lock:
             self._clock = clock = self._clock + 1
             self._freshness.tick()
@@ -320,15 +325,23 @@ class AdaptivePolicy(Policy):
             elif self._alarms and self._alarms.count(backend, clock):
                 self._invalidate()  # every backend re-measured: the budget binds again everywhere
             else:
-                self._renew(stage, shape, point, after, backend, learned.predicted)
+                self._renew(key, stage, shape, point, after, backend, learned.predicted)
 
     def _renew(
-        self, stage: Stage, shape: Shape, point: Point, after: Backend | None, backend: Backend, log_now: float
+        self,
+        key: tuple[Any, ...] | None,
+        stage: Stage,
+        shape: Shape,
+        point: Point,
+        after: Backend | None,
+        backend: Backend,
+        log_now: float,
     ) -> None:
         """Recompute this observation's entry if the observed backend's estimate at the entry's own
         shape has moved by more than the entry's tolerance since the entry was computed (changes
         add up, noise comes and goes), or if it is due; qkv's entry looks ahead to attention, so
-        it follows attention's moves by the same rule.
+        it follows attention's moves by the same rule. ``key`` is the entry's key if the
+        decision's choice carried it (else it is worked out).
 
         ``log_now`` is the estimate (the stage's own log run time) at the observed ``point``. An
         entry serves a whole shape bucket and was computed at the bucket's first shape: when the
@@ -337,7 +350,8 @@ class AdaptivePolicy(Policy):
         """
         table = self.table
         assert table is not None
-        key = table.key(stage, shape, after)
+        if key is None:
+            key = table.key(stage, shape, after)
         entry = table.get(key)
         rep = self._reps.get(key)
         if entry is None or rep is None:
@@ -356,8 +370,8 @@ class AdaptivePolicy(Policy):
         now_clock = self._freshness.now
         if moved > entry.tolerance or now_clock >= entry.renew:
             self._publish(key)
-        if stage is Stage.ATTN and self.params.lookahead:
-            qkv_key = table.key(Stage.QKV, shape, None)
+        qkv_key = rep[4]
+        if qkv_key is not None:
             qkv_entry = table.get(qkv_key)
             if qkv_entry is None or qkv_key not in self._reps:
                 return

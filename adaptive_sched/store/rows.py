@@ -190,7 +190,7 @@ class RowBuilder:
         append = rows.append
         for d, ctx in items:
             id_, stage, shape, choice, after, t, _usable = d
-            backend, prop, explored, predicted, probs, pv = choice
+            backend, prop, explored, predicted, probs, pv, _entry = choice
             cache = qkv if stage is _QKV else attn if stage is _ATTN else None
             st = cache.get(shape) if cache is not None else None
             if st is None:
@@ -214,7 +214,7 @@ class RowBuilder:
         append = rows.append
         for d, ctx in items:
             id_, stage, shape, choice, after, t, _usable = d
-            backend, prop, explored, predicted, probs, pv = choice
+            backend, prop, explored, predicted, probs, pv, _entry = choice
             if unit_hash(id_) < threshold:
                 keep_rate = 1.0 if explored else rate
             elif explored:
@@ -284,7 +284,7 @@ class RowBuilder:
         id_, stage, shape, choice, after, t, _usable = d
         if isinstance(id_, bool) or not isinstance(id_, int) or not 0 <= id_ < (1 << 63):
             raise ValueError(f"id must be an integer in [0, 2**63), got {id_!r}")
-        backend, prop, explored, pred, probs, pv = check_choice(choice)
+        backend, prop, explored, pred, probs, pv, _entry = check_choice(choice)
         stage = parse_stage(stage)
         after = None if after is None else parse_backend(after)
         t = float(t or now)
