@@ -120,10 +120,18 @@ class Run:
         return self.lost_throttled / self.best if self.best else math.nan
 
 
+#: the (qkv, attn) backend pairs a layer can run on
+PAIRS = tuple((q, a) for q in (Backend.GPU, Backend.NPU) for a in (Backend.GPU, Backend.NPU))
+
+
+def pair_costs(expected: Any, shape: Any) -> dict[tuple[Backend, Backend], float]:
+    """The expected latency of each (qkv, attn) pair now, the handoff between them included."""
+    return {(q, a): expected(QKV, shape, q, None) + expected(ATTN, shape, a, q) for q, a in PAIRS}
+
+
 def best_pair(expected: Any, shape: Any) -> float:
     """The expected latency of the best (qkv, attn) pair now."""
-    pairs = ((q, a) for q in (Backend.GPU, Backend.NPU) for a in (Backend.GPU, Backend.NPU))
-    return min(expected(QKV, shape, q, None) + expected(ATTN, shape, a, q) for q, a in pairs)
+    return min(pair_costs(expected, shape).values())
 
 
 def run_sim(scenario: str, variant: str, seed: int, thermal: dict[str, Any] = SIM_THERMAL) -> Run:
@@ -138,7 +146,7 @@ def run_sim(scenario: str, variant: str, seed: int, thermal: dict[str, Any] = SI
     sampler = None
     if variant == "lying":
         sampler = Sampler(Lying(SimTelemetry(device)), config.telemetry.interval_s, clock=lambda: device.now)
-    npu_top = SIM_THERMAL["backends"]["npu"]["trips"][0][1]  # below the first trip's clock: throttled
+    npu_top = thermal["backends"]["npu"]["trips"][0][1]  # below the first trip's clock: throttled
     model = model_shape("qwen2.5-1.5b")
     bursts = 1 if scenario == "sim-steady" else 6
     tokens = 192 if scenario == "sim-steady" else 48

@@ -25,14 +25,13 @@ import dataclasses
 import sys
 from typing import Any
 
-from bench_telemetry import world_layers
+from bench_telemetry import pair_costs, world_layers
 from worlds import SCENARIOS
 
 from adaptive_sched.types import Backend, Stage
 
 QKV, ATTN = Stage.QKV, Stage.ATTN
 BACKENDS = (Backend.GPU, Backend.NPU)
-PAIRS = tuple((q, a) for q in BACKENDS for a in BACKENDS)
 
 
 @dataclasses.dataclass
@@ -61,7 +60,7 @@ def trace(scenario: str, world_name: str, seed: int, layers: int, telemetry: boo
     variant = "telemetry" if telemetry else "adaptive"
     for world, shape, dq, da in world_layers(scenario, variant, seed, layers, world_name):
         expected = world.expected
-        costs = {(q, a): expected(QKV, shape, q, None) + expected(ATTN, shape, a, q) for q, a in PAIRS}
+        costs = pair_costs(expected, shape)
         best = min(costs, key=costs.__getitem__)
         chosen = (dq.backend, da.backend)
         total_best += costs[best]
