@@ -45,11 +45,16 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="adaptive-sched",
         description="Choose, stage by stage, which processor runs an LLM's attention.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,  # --version's two lines as written
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more diagnostics on stderr")
     from .. import __version__
+    from ..learners import native
 
-    parser.add_argument("--version", action="version", version=f"adaptive-sched {__version__}")
+    build = native.status()
+    latency_model = "compiled by mypyc" if build["build"] == "compiled" else f"Python source ({build['reason']})"
+    parser.add_argument("--version", action="version",
+                        version=f"adaptive-sched {__version__}\nlatency model: {latency_model}")  # fmt: skip
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     for name, module_name in VERBS.items():
         if only is not None and name != only:

@@ -12,6 +12,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import native
+
+# before anything imports the latency model: a compiled build older than its source is not used
+native.select()
+
 _LAZY = {
     "Prior": "priors",
     "PriorData": "prior_data",
