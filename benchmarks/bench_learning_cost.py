@@ -2,6 +2,7 @@
 
     python benchmarks/bench_learning_cost.py             # ~1 minute
     python benchmarks/bench_learning_cost.py --calls 50000
+    python benchmarks/bench_learning_cost.py --no-source   # the installed build only
 
 Two streams of decode layers (qkv then attention, latencies from the ``soc`` world of
 :mod:`worlds`, so the policy keeps learning as it would on a device):
@@ -18,7 +19,9 @@ before), inline ``observe`` p50/mean/p99 and the longest single call after const
 the ratio of the two streams' observe medians, and what one full pass of the garbage
 collector costs over the heap the stream grew. Vowpal Wabbit's predict + learn on the
 same stream is measured beside it (``--cb_explore_adf --epsilon 0.02 -q sa``; skipped
-when the optional ``bench`` extra is not installed).
+when the optional ``bench`` extra is not installed). Where the latency model is compiled
+(see ``adaptive_sched/learners/native.py``), the same streams are then measured on its
+Python source, in a process of its own, and the two builds compared.
 
 Targets: decide p50 <= 1 us (never-seen shapes too); observe median <= 10 us, mean <= 20 us,
 no call over 5 ms; the 100,000-shape stream within 1.2x of the 100-shape one.
@@ -39,8 +42,11 @@ import array
 import dataclasses
 import gc
 import itertools
+import json
+import os
 import random
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -50,6 +56,7 @@ from worlds import SCENARIOS, World, make_base
 
 from adaptive_sched import Scheduler, Shape
 from adaptive_sched.config import load_config
+from adaptive_sched.learners import native
 from adaptive_sched.types import Stage
 
 QKV, ATTN = Stage.QKV, Stage.ATTN
@@ -165,6 +172,24 @@ def measure(shapes: Iterable[Shape], new: bytearray, warmup: int) -> dict[str, A
     }
 
 
+def machine_stalls(seconds: float) -> list[float]:
+    """The longest gaps (ms) a bare loop sees over ``seconds``: what this machine's scheduler adds to any call.
+
+    A virtual machine's host can take its CPU away for tens of milliseconds; a call caught by
+    that is measured as long whatever it does, so the longest ``observe`` is read beside this.
+    """
+    clock = time.perf_counter_ns
+    gaps = []
+    t = clock()
+    end = t + int(seconds * 1e9)
+    while t < end:
+        now = clock()
+        if now - t > 1_000_000:
+            gaps.append((now - t) / 1e6)
+        t = now
+    return sorted(gaps)[-3:]
+
+
 def measure_vw(shapes: Iterable[Shape], warmup: int) -> float | None:
     try:
         from vowpalwabbit import Workspace
@@ -187,40 +212,69 @@ def measure_vw(shapes: Iterable[Shape], warmup: int) -> float | None:
     return percentile(out, 0.5)
 
 
+STREAMS = (("100", "100 shapes"), ("100k", "100,000 shapes"), ("decode", "decode loop"))
+COLUMNS = ("decide_p50", "decide_p99", "decide_new_p50", "observe_p50", "observe_mean", "observe_p99", "observe_max")
+
+
+def measure_streams(calls: int, warmup: int) -> dict[str, dict[str, Any]]:
+    rows = {}
+    for kind, label in STREAMS:
+        new = first_seen(stream(kind, calls, seed=1))
+        rows[label] = measure(stream(kind, calls, seed=1), new, warmup)
+    return rows
+
+
+def source_rows(calls: int, warmup: int) -> dict[str, dict[str, Any]]:
+    """The same streams with the latency model's Python source, in a process of its own."""
+    env = {**os.environ, native.PURE_PYTHON: "1"}
+    cmd = [sys.executable, __file__, "--calls", str(calls), "--warmup", str(warmup), "--rows-json"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout)
+
+
+def render(rows: dict[str, dict[str, Any]], title: str) -> None:
+    head = ["stream", "distinct", "entries", "decide p50", "p99", "never-seen p50", "observe p50", "mean", "p99", "max"]
+    print(f"latency model: {title}")
+    print("  ".join(f"{h:>14s}" for h in head))
+    for label, r in rows.items():
+        cells = [label, str(r["distinct"]), str(r["entries"])] + [f"{r[k]:.2f}" for k in COLUMNS]
+        print("  ".join(f"{c:>14s}" for c in cells))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--calls", type=int, default=100_000, help="layers per stream (two decisions each)")
     ap.add_argument("--warmup", type=int, default=3_000)
+    ap.add_argument("--no-source", action="store_true", help="do not also measure the Python source build")
+    ap.add_argument("--stall-check", type=float, default=20.0, help="seconds of a bare loop timing stalls")
+    ap.add_argument("--rows-json", action="store_true", help=argparse.SUPPRESS)  # a source run's rows, for its parent
     args = ap.parse_args(argv)
-    rows = {}
-    for kind, label in (("100", "100 shapes"), ("100k", "100,000 shapes"), ("decode", "decode loop")):
-        new = first_seen(stream(kind, args.calls, seed=1))
-        rows[label] = measure(stream(kind, args.calls, seed=1), new, args.warmup)
-    head = ["stream", "distinct", "entries", "decide p50", "p99", "never-seen p50", "observe p50", "mean", "p99", "max"]
-    print("  ".join(f"{h:>14s}" for h in head))
-    for label, r in rows.items():
-        cells = [label, str(r["distinct"]), str(r["entries"])] + [
-            f"{r[k]:.2f}"
-            for k in (
-                "decide_p50",
-                "decide_p99",
-                "decide_new_p50",
-                "observe_p50",
-                "observe_mean",
-                "observe_p99",
-                "observe_max",
-            )
-        ]
-        print("  ".join(f"{c:>14s}" for c in cells))  # fmt: skip
+    rows = measure_streams(args.calls, args.warmup)
+    if args.rows_json:
+        print(json.dumps(rows))
+        return 0
+    build = native.status()
+    render(rows, "compiled by mypyc" if build["build"] == "compiled" else f"Python source ({build['reason']})")
     print(
         "\nA full pass of the garbage collector at the end of each stream (objects it walks, ms):",
         ", ".join(f"{label} {r['tracked']:,} / {r['full_pass_ms']:.2f}" for label, r in rows.items()),
     )
     a, b = rows["100 shapes"], rows["100,000 shapes"]
     print(f"\nobserve median, 100,000 over 100 shapes: {b['observe_p50'] / a['observe_p50']:.2f}x (target <= 1.2)")
+    if build["build"] == "compiled" and not args.no_source:
+        # the same streams on the source build, right after: the compiled build's gain, in one run
+        print()
+        source = source_rows(args.calls, args.warmup)
+        render(source, "Python source (ADAPTIVE_SCHED_PURE_PYTHON=1)")
+        print("observe p50 / mean, compiled over source: " + ", ".join(
+            f"{label} {rows[label]['observe_p50'] / r['observe_p50']:.2f} / "
+            f"{rows[label]['observe_mean'] / r['observe_mean']:.2f}" for label, r in source.items()))  # fmt: skip
     vw = measure_vw(stream("100", args.calls, seed=1), args.warmup)
     if vw is not None:
-        print(f"Vowpal Wabbit predict + learn, one decision, p50: {vw:.1f} us")
+        print(f"\nVowpal Wabbit predict + learn, one decision, p50: {vw:.1f} us")
+    stalls = machine_stalls(args.stall_check)
+    print(f"this machine's own stalls, a bare loop over {args.stall_check:g} s, longest gaps (ms): "
+          + (", ".join(f"{g:.2f}" for g in stalls) or "none over 1 ms"))  # fmt: skip
     print("(microseconds; this machine's load shows in every figure: compare within one run)", file=sys.stderr)
     return 0
 
