@@ -51,6 +51,7 @@ from worlds import SCENARIOS, World, make_base, workload
 from adaptive_sched import Scheduler
 from adaptive_sched.build import load_prior
 from adaptive_sched.config import load_config
+from adaptive_sched.learners import native
 from adaptive_sched.learners.latency import ModelParams
 from adaptive_sched.policies import AdaptiveParams, AdaptivePolicy, FixedPolicy, OraclePolicy, Policy, make_policy
 from adaptive_sched.types import Backend, Shape, Stage
@@ -298,6 +299,8 @@ def render(rows: list[dict[str, Any]], summary: dict[str, Any], names: Sequence[
     lines = ["  ".join(c.rjust(w) if i > 1 else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
              for row in table]  # fmt: skip
     lines.append("")
+    build = native.status()
+    lines.append(f"latency model: {'compiled by mypyc' if build['build'] == 'compiled' else 'Python source'}")
     lines.append("us per decision (median of decide + observe): " + ", ".join(
         f"{k} {v:.1f}" for k, v in summary.get("us_per_decision", {}).items()))  # fmt: skip
     if "adaptive_mean" in summary:

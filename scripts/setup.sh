@@ -21,4 +21,6 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip
 # export: the tests of `export --format parquet` need pyarrow
 .venv/bin/python -m pip install -q -e ".[dev,opencl,rknn,plots,metrics,export]"
+# the second line says whether the latency model was compiled (it needs a C compiler; see README)
+.venv/bin/adaptive-sched --version
 echo "adaptive-sched installed in .venv: run the tests with .venv/bin/python -m pytest"
