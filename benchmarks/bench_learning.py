@@ -246,6 +246,9 @@ def summarise(cells: list[dict[str, Any]], names: Sequence[str]) -> tuple[list[d
     if ours:
         summary["adaptive_mean"] = statistics.mean(ours)
         summary["adaptive_worst"] = max(ours)
+        worst = max((c for c in cells if "adaptive" in c["totals"]),
+                    key=lambda c: c["totals"]["adaptive"] / c["totals"]["oracle"])  # fmt: skip
+        summary["adaptive_worst_cell"] = f"{worst['scenario']}/{worst['world']} seed {worst['seed']}"
         checks = {
             "worst <= 1.03": summary["adaptive_worst"] <= 1.03,
             "mean <= 1.015": summary["adaptive_mean"] <= 1.015,
@@ -305,7 +308,7 @@ def render(rows: list[dict[str, Any]], summary: dict[str, Any], names: Sequence[
         f"{k} {v:.1f}" for k, v in summary.get("us_per_decision", {}).items()))  # fmt: skip
     if "adaptive_mean" in summary:
         lines.append(f"adaptive / oracle over every cell and seed: mean {summary['adaptive_mean']:.4f}, "
-                     f"worst {summary['adaptive_worst']:.4f}")  # fmt: skip
+                     f"worst {summary['adaptive_worst']:.4f} ({summary['adaptive_worst_cell']})")  # fmt: skip
         for k in ("worst_gap_to_best_vw", "worst_gap_to_best_single", "thread_worst_gap", "thread_min_learned",
                   "false_alarms_per_10k"):  # fmt: skip
             if k in summary:
