@@ -1,6 +1,6 @@
 """Build hook: compile the online latency model to C with mypyc where this machine can.
 
-Everything else is in ``pyproject.toml``. The modules in ``NATIVE`` are what every observation
+Everything else is in ``pyproject.toml``. The modules in ``native.NATIVE`` are what every observation
 runs through (:mod:`adaptive_sched.learners.native` says why and how their use is checked).
 They are compiled when mypyc and a C compiler are at hand; if either is missing, or the
 build fails, the package installs as pure Python with a warning, and works the same, slower.
@@ -12,9 +12,8 @@ a compiled module whose source has changed since is not used (see ``native.py``)
 
 from __future__ import annotations
 
-import hashlib
+import importlib.util
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -22,13 +21,24 @@ from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
 PACKAGE = Path("adaptive_sched") / "learners"
-#: compiled together, in import order (see adaptive_sched/learners/native.py)
-NATIVE = ("latency_terms", "latency")
-DIGESTS = "_native_sources.json"
+
+
+def _load_native():
+    """``learners/native.py`` alone (it needs only the standard library): which modules are
+    compiled, the variable that skips them, and how their sources are digested, in one place.
+    Importing it as part of the package would import the package, and numpy with it."""
+    spec = importlib.util.spec_from_file_location("_adaptive_sched_native", PACKAGE / "native.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+native = _load_native()
 
 
 def _native_extensions() -> list:
-    if os.environ.get("ADAPTIVE_SCHED_PURE_PYTHON", "") not in ("", "0"):
+    if native.pure_python_asked():
         return []
     try:
         from mypyc.build import mypycify
@@ -38,7 +48,7 @@ def _native_extensions() -> list:
     # The modules import only the standard library and adaptive_sched's plain types: skipping
     # what they import keeps mypyc from type-checking numpy and river (minutes) to build them.
     return mypycify(
-        ["--follow-imports=skip", *(str(PACKAGE / f"{name}.py") for name in NATIVE)],
+        ["--follow-imports=skip", *(str(PACKAGE / f"{name}.py") for name in native.NATIVE)],
         group_name="adaptive_sched_native",
     )
 
@@ -57,10 +67,9 @@ class OptionalBuildExt(build_ext):
             print(f"adaptive-sched: compiling the latency model failed ({exc}); installing as pure Python",
                   file=sys.stderr)  # fmt: skip
             return
-        digests = {name: hashlib.sha256((PACKAGE / f"{name}.py").read_bytes()).hexdigest() for name in NATIVE}
         target = PACKAGE if self.inplace else Path(self.build_lib) / PACKAGE
         target.mkdir(parents=True, exist_ok=True)
-        (target / DIGESTS).write_text(json.dumps(digests, indent=1) + "\n")
+        (target / native.DIGESTS_FILE).write_text(json.dumps(native.source_digests(), indent=1) + "\n")
 
 
 setup(ext_modules=_native_extensions(), cmdclass={"build_ext": OptionalBuildExt})

@@ -302,8 +302,7 @@ def render(rows: list[dict[str, Any]], summary: dict[str, Any], names: Sequence[
     lines = ["  ".join(c.rjust(w) if i > 1 else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
              for row in table]  # fmt: skip
     lines.append("")
-    build = native.status()
-    lines.append(f"latency model: {'compiled by mypyc' if build['build'] == 'compiled' else 'Python source'}")
+    lines.append(f"latency model: {native.describe()}")
     lines.append("us per decision (median of decide + observe): " + ", ".join(
         f"{k} {v:.1f}" for k, v in summary.get("us_per_decision", {}).items()))  # fmt: skip
     if "adaptive_mean" in summary:

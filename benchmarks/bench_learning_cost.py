@@ -253,15 +253,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.rows_json:
         print(json.dumps(rows))
         return 0
-    build = native.status()
-    render(rows, "compiled by mypyc" if build["build"] == "compiled" else f"Python source ({build['reason']})")
+    compiled = native.status()["build"] == "compiled"
+    render(rows, native.describe())
     print(
         "\nA full pass of the garbage collector at the end of each stream (objects it walks, ms):",
         ", ".join(f"{label} {r['tracked']:,} / {r['full_pass_ms']:.2f}" for label, r in rows.items()),
     )
     a, b = rows["100 shapes"], rows["100,000 shapes"]
     print(f"\nobserve median, 100,000 over 100 shapes: {b['observe_p50'] / a['observe_p50']:.2f}x (target <= 1.2)")
-    if build["build"] == "compiled" and not args.no_source:
+    if compiled and not args.no_source:
         # the same streams on the source build, right after: the compiled build's gain, in one run
         print()
         source = source_rows(args.calls, args.warmup)

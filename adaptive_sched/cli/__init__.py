@@ -51,10 +51,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     from .. import __version__
     from ..learners import native
 
-    build = native.status()
-    latency_model = "compiled by mypyc" if build["build"] == "compiled" else f"Python source ({build['reason']})"
     parser.add_argument("--version", action="version",
-                        version=f"adaptive-sched {__version__}\nlatency model: {latency_model}")  # fmt: skip
+                        version=f"adaptive-sched {__version__}\nlatency model: {native.describe()}")  # fmt: skip
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     for name, module_name in VERBS.items():
         if only is not None and name != only:

@@ -33,13 +33,16 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-#: compiled together, in import order (``setup.py`` lists the same)
+#: compiled together, in import order (``setup.py`` reads these from here)
 NATIVE = ("latency_terms", "latency")
-#: set (not to 0) in the environment, the sources run even where they were compiled
+#: set (not to 0) in the environment, the sources run even where they were compiled (and, at
+#: install, nothing is compiled)
 PURE_PYTHON = "ADAPTIVE_SCHED_PURE_PYTHON"
+#: what a build records next to the compiled modules: :func:`source_digests` as they were compiled
+DIGESTS_FILE = "_native_sources.json"
 _HERE = Path(__file__).resolve().parent
 _PACKAGE = __name__.rpartition(".")[0]
-_DIGESTS = _HERE / "_native_sources.json"
+_DIGESTS = _HERE / DIGESTS_FILE
 
 _status: dict[str, Any] = {"build": "source", "reason": "not selected yet", "modules": list(NATIVE)}
 
@@ -52,8 +55,14 @@ def _compiled_file(name: str) -> Path | None:
     return None
 
 
-def _digest(name: str) -> str:
-    return hashlib.sha256((_HERE / f"{name}.py").read_bytes()).hexdigest()
+def pure_python_asked() -> bool:
+    """Whether the environment asks for the Python sources (:data:`PURE_PYTHON`)."""
+    return os.environ.get(PURE_PYTHON, "") not in ("", "0")
+
+
+def source_digests() -> dict[str, str]:
+    """A SHA-256 of each source of :data:`NATIVE`, as the build records them."""
+    return {name: hashlib.sha256((_HERE / f"{name}.py").read_bytes()).hexdigest() for name in NATIVE}
 
 
 def load_sources(register: bool = True) -> dict[str, ModuleType]:
@@ -91,7 +100,7 @@ def select() -> str:
     if not compiled:
         _status.update(build="source", reason="not compiled")
         return "source"
-    if os.environ.get(PURE_PYTHON, "") not in ("", "0"):
+    if pure_python_asked():
         load_sources(register=True)
         _status.update(build="source", reason=f"{PURE_PYTHON} is set")
         return "source"
@@ -103,7 +112,8 @@ def select() -> str:
             recorded = json.loads(_DIGESTS.read_text())
         except (OSError, ValueError):
             recorded = {}
-        changed = [name for name in NATIVE if recorded.get(name) != _digest(name)]
+        digests = source_digests()
+        changed = [name for name in NATIVE if recorded.get(name) != digests[name]]
         if changed:
             why = f"{', '.join(f'{n}.py' for n in changed)} changed since the build"
     if why is None:
@@ -121,8 +131,25 @@ def select() -> str:
 
 
 def status() -> dict[str, Any]:
-    """Which build runs and why (for ``adaptive-sched doctor`` and reports)."""
+    """Which build runs and why (see :func:`describe`)."""
     return dict(_status)
 
 
-__all__ = ["NATIVE", "PURE_PYTHON", "load_sources", "select", "status"]
+def describe() -> str:
+    """Which build runs, in words: 'compiled by mypyc', or 'Python source (<why>)'."""
+    if _status["build"] == "compiled":
+        return "compiled by mypyc"
+    return f"Python source ({_status['reason']})"
+
+
+__all__ = [
+    "DIGESTS_FILE",
+    "NATIVE",
+    "PURE_PYTHON",
+    "describe",
+    "load_sources",
+    "pure_python_asked",
+    "select",
+    "source_digests",
+    "status",
+]
