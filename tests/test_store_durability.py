@@ -141,3 +141,32 @@ def test_several_processes_log_to_one_file_without_errors_or_losses(tmp_path: Pa
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     conn.close()
+
+
+def test_opening_a_log_while_another_process_writes_to_it_in_rollback_mode_waits_for_it(tmp_path: Path) -> None:
+    # Switching a file to WAL while another connection holds a write lock fails at once in
+    # SQLite, without its busy wait (what several processes opening one new log race into).
+    import threading
+    import time
+
+    from adaptive_sched.store.connection import connect
+
+    path = tmp_path / "log.db"
+    connect(path).close()  # a log of ours ...
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("PRAGMA journal_mode = DELETE")  # ... not (yet) in WAL mode
+    other.execute("BEGIN IMMEDIATE")  # and another process about to write to it
+
+    def commit_soon() -> None:
+        time.sleep(0.2)
+        other.execute("COMMIT")
+
+    writer = threading.Thread(target=commit_soon)
+    writer.start()
+    try:
+        conn = connect(path, timeout_s=5.0)
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        conn.close()
+    finally:
+        writer.join()
+        other.close()

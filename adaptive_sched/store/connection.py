@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -102,6 +103,27 @@ def _connect_readonly(path: Path, timeout_s: float, isolation_level: str | None)
     return conn
 
 
+def _switch_to_wal(conn: sqlite3.Connection, timeout_s: float) -> str:
+    """Put the file in WAL mode; returns the journal mode it is in.
+
+    Switching needs the file to itself. While another connection holds its write lock (several
+    processes opening one new log at the same moment), SQLite reports "database is locked" for
+    the switch at once, without its busy wait: the switch is tried again until ``timeout_s``.
+    Once one process has switched the file, the others find it in WAL mode already.
+    """
+    deadline = time.monotonic() + timeout_s
+    pause = 0.001
+    while True:
+        try:
+            return str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
+        except sqlite3.OperationalError as exc:
+            busy = "locked" in str(exc) or "busy" in str(exc)
+            if not busy or time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(2 * pause, 0.05)
+
+
 def connect(
     path: str | Path,
     *,
@@ -171,7 +193,7 @@ def connect(
         establish = facts.is_blank or (migrate and (found.kind == "legacy" or found.version < SCHEMA_VERSION))
         if establish and _establish(path, conn, migrate=migrate) == "new":
             _incremental_vacuum(path, conn)
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        mode = _switch_to_wal(conn, timeout_s)
         if str(mode).lower() != "wal":
             logger.warning("%s: journal mode is %s, not WAL; concurrent writers will wait longer", path, mode)
         conn.execute("PRAGMA synchronous = NORMAL")
