@@ -8,6 +8,7 @@ where the prior or the world is wrong or changing, over several seeds:
     python benchmarks/bench_learning.py                       # every scenario, 3 seeds (~10 min)
     python benchmarks/bench_learning.py --scenarios steady,spikes --seeds 0
     python benchmarks/bench_learning.py --policies adaptive,vw-eps --json
+    python benchmarks/bench_learning.py --policies adaptive --seeds 0-29   # the tail: rare events
 
 Reported per scenario and world: each policy's total latency over the oracle's (noise-free
 latencies of the backends it chose, so noise does not blur the comparison), the mean and
@@ -46,7 +47,7 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
-from worlds import SCENARIOS, World, make_base, workload
+from worlds import SCENARIOS, World, make_base, parse_seeds, workload
 
 from adaptive_sched import Scheduler
 from adaptive_sched.build import load_prior
@@ -320,7 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated (default: all)")
     ap.add_argument("--policies", default=",".join(ALL_POLICIES), help="comma-separated (oracle is always run)")
-    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--seeds", default="0,1,2", help="seeds and ranges of seeds: 0,1,2 or 0-29")
     ap.add_argument("--layers", type=int, default=6000, help="attention layers per run (two decisions each)")
     ap.add_argument("--jobs", type=int, default=2, help="worker processes")
     ap.add_argument("--json", action="store_true")
@@ -333,7 +334,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     bad = [s for s in scen if s not in SCENARIOS]
     if bad:
         ap.error(f"--scenarios: unknown {', '.join(bad)} (known: {', '.join(SCENARIOS)})")
-    seeds = [int(s) for s in args.seeds.split(",")]
+    try:
+        seeds = parse_seeds(args.seeds)
+    except ValueError as exc:
+        ap.error(str(exc))
     jobs = [(s, w, seed, args.layers, names) for s in scen for w in SCENARIOS[s].worlds for seed in seeds]
     start = time.perf_counter()
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:

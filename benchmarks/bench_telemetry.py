@@ -45,7 +45,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from worlds import SCENARIOS, World, make_base, workload
+from worlds import SCENARIOS, World, make_base, parse_seeds, workload
 
 from adaptive_sched import Scheduler
 from adaptive_sched.build import build_executors, build_policy, load_prior
@@ -285,11 +285,14 @@ def print_means(rows: list[dict[str, Any]], measure: str, title: str, first: str
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seeds", default="0,1,2,3,4")
+    ap.add_argument("--seeds", default="0,1,2,3,4", help="seeds and ranges of seeds: 0,1,2 or 0-9")
     ap.add_argument("--layers", type=int, default=6000, help="attention layers per world run")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    seeds = [int(s) for s in args.seeds.split(",")]
+    try:
+        seeds = parse_seeds(args.seeds)
+    except ValueError as exc:
+        ap.error(str(exc))
     started = time.perf_counter()
     rows = []
 

@@ -237,6 +237,24 @@ SCENARIOS: dict[str, Scenario] = {
 }  # fmt: skip
 
 
+def parse_seeds(text: str) -> list[int]:
+    """The seeds of ``--seeds``: a comma-separated list of seeds and inclusive ranges, such as
+    ``0,1,2``, ``0-29`` or ``0-2,9``. The worst cells are rare events, which three seeds
+    seldom show; a range makes a run over many seeds one command."""
+    seeds: list[int] = []
+    for part in text.split(","):
+        first, dash, last = part.strip().partition("-")
+        try:
+            lo = int(first)
+            hi = int(last) if dash else lo
+        except ValueError:
+            raise ValueError(f"--seeds: {part.strip()!r} is not a seed or a range of seeds (like 0-29)") from None
+        if lo < 0 or hi < lo:
+            raise ValueError(f"--seeds: {part.strip()!r} is not a range of seeds >= 0 (like 0-29)")
+        seeds.extend(seed for seed in range(lo, hi + 1) if seed not in seeds)
+    return seeds
+
+
 # ------------------------------------------------------------------------------------------
 # The workload and the world that answers it
 # ------------------------------------------------------------------------------------------
