@@ -238,10 +238,10 @@ SCENARIOS: dict[str, Scenario] = {
 
 
 def parse_seeds(text: str) -> list[int]:
-    """The seeds of ``--seeds``: a comma-separated list of seeds and inclusive ranges, such as
-    ``0,1,2``, ``0-29`` or ``0-2,9``. The worst cells are rare events, which three seeds
-    seldom show; a range makes a run over many seeds one command."""
-    seeds: list[int] = []
+    """The seeds of ``--seeds``, each once, in order: a comma-separated list of seeds and
+    inclusive ranges, such as ``0,1,2``, ``0-29`` or ``0-2,9``. The worst cells are mostly
+    single events, which three seeds seldom show; a range makes a run over many seeds one command."""
+    seeds: dict[int, None] = {}
     for part in text.split(","):
         first, dash, last = part.strip().partition("-")
         try:
@@ -251,8 +251,8 @@ def parse_seeds(text: str) -> list[int]:
             raise ValueError(f"--seeds: {part.strip()!r} is not a seed or a range of seeds (like 0-29)") from None
         if lo < 0 or hi < lo:
             raise ValueError(f"--seeds: {part.strip()!r} is not a range of seeds >= 0 (like 0-29)")
-        seeds.extend(seed for seed in range(lo, hi + 1) if seed not in seeds)
-    return seeds
+        seeds.update(dict.fromkeys(range(lo, hi + 1)))
+    return list(seeds)
 
 
 # ------------------------------------------------------------------------------------------
