@@ -151,6 +151,19 @@ def test_follows_a_step_change_within_a_few_decisions():
     assert chosen[-50:].count(NPU) >= 45
 
 
+def test_a_detected_change_makes_its_backend_volatile_whatever_its_size():
+    # A change learned at once re-opens the device term, whose variance then calls the move
+    # expected: it must count as volatility all the same (the backend may change back).
+    p = bound(AdaptivePolicy(seed=0), {("qkv", "gpu"): 1e-3, ("qkv", "npu"): 2e-3})
+    feed(p, Stage.QKV, SHAPE, {GPU: 1e-3, NPU: 2e-3}.__getitem__, 500)
+    model = p._est.model
+    assert not model.volatile(GPU, p._clock)
+    for _ in range(5):
+        p.learn(Observation(Stage.QKV, SHAPE, None, GPU, 1.5e-3))  # 1.5x: a small change, but a change
+    assert sum(model.changes.values()) == 1
+    assert model.volatile(GPU, p._clock)
+
+
 def test_a_slowdown_that_ends_is_undone_on_both_stages_at_once():
     # The GPU is contended while only qkv runs there; when the contention ends, two qkv runs at
     # the old level undo the whole change, so attention (not run there since) is back too.

@@ -474,8 +474,11 @@ class LatencyModel:
             device.energy *= device._decay ** (clock - device.last)
         # How far the device term moves beyond what noise moves it (2 standard deviations of a
         # right model's move, v_device / sqrt(s)) is the evidence of how much it changes: a
-        # backend whose term jumped (detected as a change or not) is re-checked sooner.
-        surprise = device_move * device_move - 4.0 * v_device * v_device / s
+        # backend whose term jumped (detected as a change or not) is re-checked sooner. A
+        # detected change counts whole: the variance it re-opened would call its move expected.
+        surprise = device_move * device_move
+        if not change:
+            surprise -= 4.0 * v_device * v_device / s
         if surprise > 0.0:
             device.energy += surprise
         device.last = clock
