@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from adaptive_sched.learners.latency import ModelParams
+from adaptive_sched.learners.latency import LatencyModel, ModelParams, stage_features
 from adaptive_sched.policies import (
     POLICIES,
     AdaptiveParams,
@@ -134,6 +134,41 @@ def test_rare_spikes_neither_move_the_estimate_nor_raise_alarms():
     feed(p, Stage.QKV, SHAPE, latency, 20_000)
     assert sum(p.state()["drift_alarms"].values()) <= 2  # at most 1 per 10,000 observations
     assert p.choose(Stage.QKV, SHAPE, None).predicted[GPU] == pytest.approx(1e-3, rel=0.1)
+
+
+def test_a_spike_on_a_backends_first_run_does_not_lock_it_out():
+    # The NPU is the faster here, as the prior says, but its very first run is a 20x spike:
+    # learned in full (one run cannot tell), it would leave the NPU 16x slower forever after.
+    p = bound(AdaptivePolicy(seed=0), {("qkv", "gpu"): 1e-3, ("qkv", "npu"): 0.8e-3})
+    truth_ = {GPU: 1e-3, NPU: 0.8e-3}
+    first = [True]
+
+    def latency(b):
+        if b is NPU and first[0]:
+            first[0] = False
+            return 20 * truth_[NPU]
+        return truth_[b]
+
+    chosen = [c.backend for c in feed(p, Stage.QKV, SHAPE, latency, 1000)]
+    assert not first[0] and chosen[:3].count(GPU) >= 1  # the spike was seen, and moved the choice away
+    assert chosen[-100:].count(NPU) >= 80  # the NPU was checked again, and is the choice again
+    point = p._est.point(Stage.QKV, SHAPE)
+    assert p._est.model.doubt(Stage.QKV, NPU, point.group, point.phi) == (0.0, 0.0)  # settled
+
+
+def test_a_first_run_confirmed_by_the_next_is_kept():
+    model = LatencyModel(ModelParams())
+    group, phi = stage_features(Stage.QKV, SHAPE)
+    args = (Stage.QKV, NPU, group, phi, ("b",))
+    model.observe(*args, prior_log=0.0, log_t=math.log(8.0), clock=1)  # 8x slower than the prior
+    doubt, shift = model.doubt(Stage.QKV, NPU, group, phi)
+    assert 0.0 < doubt < 0.5 and shift == pytest.approx(-math.log(8.0), abs=0.1)
+    model.observe(*args, prior_log=0.0, log_t=math.log(8.0) + 0.05, clock=2)  # and again: it is that slow
+    assert model.doubt(Stage.QKV, NPU, group, phi) == (0.0, 0.0)
+    assert model.estimate(*args).mean == pytest.approx(math.log(8.0), abs=0.1)
+    # a first run faster than predicted cannot be a spike: no doubt
+    model.observe(Stage.ATTN, NPU, group, phi, ("b",), prior_log=0.0, log_t=-2.0, clock=3)
+    assert model.doubt(Stage.ATTN, NPU, group, phi) == (0.0, 0.0)
 
 
 def test_follows_a_step_change_within_a_few_decisions():

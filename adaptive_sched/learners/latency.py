@@ -25,7 +25,11 @@ time (without any handoff from another backend) is modelled as::
     observed is uncertain, and checked.
 ``noise``
     Log-normal with a variance learned per regression, and a heavy right tail: a stage
-    can be delayed by any amount (preemption, page faults), never sped up.
+    can be delayed by any amount (preemption, page faults), never sped up. A group's
+    first run, learned in full against its wide prior, may have been such a spike: the
+    probability that it was is kept until the group's next run settles it (a run faster
+    than the learned level says the first was a spike, and the group goes back to its
+    prior), so that one spike cannot make a backend look slow forever.
 
 One observation makes one Kalman step on the three terms it touches with the same
 innovation (the prior covariance is block-diagonal between the terms, so the mean update
@@ -172,7 +176,8 @@ class LatencyModel:
         if device is None:
             p = self.params
             device = self._devices[backend] = DeviceTerm(p.device_sd**2, p.device_q, p.volatility_horizon,
-                                                         p.clock_elasticity, p.clock_elasticity_sd**2)  # fmt: skip
+                                                         p.clock_elasticity, p.clock_elasticity_sd**2,
+                                                         p.spike_rate)  # fmt: skip
         return device
 
     def set_clocks(self, ratios: Mapping[Backend, float | None]) -> bool:
@@ -327,6 +332,15 @@ class LatencyModel:
         reg = self._groups.get((stage, backend, group))
         return 0 if reg is None else reg.n
 
+    def doubt(self, stage: Stage, backend: Backend, group: Group, phi: tuple[float, ...]) -> tuple[float, float]:
+        """(probability, log shift): that the one run the group's estimate rests on was a spike, and
+        how its estimate at ``phi`` would move if so (back to before that run)."""
+        reg = self._groups.get((stage, backend, group))
+        if reg is None or not reg.doubt:
+            return 0.0, 0.0
+        m, now = reg.doubt_m, reg.m
+        return reg.doubt, (m[0] - now[0]) * phi[0] + (m[1] - now[1]) * phi[1] + (m[2] - now[2]) * phi[2]
+
     def noise_var(self, stage: Stage, backend: Backend, group: Group) -> float:
         """The learned noise variance of one observation of ``stage`` on ``backend`` in ``group``."""
         return self._group_or_prior(stage, backend, group)[0].noise
@@ -420,6 +434,14 @@ class LatencyModel:
             v_device = device.var
             v_model = v_device + v_reg + bk[1] + v_clock
             s = v_model + reg.noise
+        if reg.doubt and reg.weigh_doubt(phi, raw, s, v_reg):
+            # The one run the group's mean rested on was a spike: this run is learned against
+            # the mean before it.
+            p0, p1, p2, v_reg, then = reg.project(phi)
+            predicted += then - at
+            raw = log_t - predicted
+            v_model = v_device + v_reg + bk[1] + v_clock
+            s = v_model + reg.noise
         sd = math.sqrt(s)
         z = raw / sd
         clip = p.clip
@@ -427,6 +449,9 @@ class LatencyModel:
         # clip in one direction is a change (throttling, contention, a new driver), not noise.
         run = reg.run
         change = False
+        spikes = device.spike_rate
+        spikes += ((1.0 if z > clip else 0.0) - spikes) / device.horizon
+        device.spike_rate = spikes if spikes > p.min_spike_rate else p.min_spike_rate
         if z > clip or z < -clip:
             self.surprised = True
             reg.surprise, reg.surprise_var, reg.surprise_n = raw, s, reg.n + 1
@@ -485,7 +510,21 @@ class LatencyModel:
         device.n += 1
         device.version += 1
         if k:
+            m_then, c_then = reg.m, reg.c  # (update replaces both lists)
             reg.update(p0, p1, p2, step, 1.0 / s)
+            if not reg.n and raw > 0.0 and not change:
+                # A group's first run, slower than predicted: learned in full (the group's prior
+                # is wide, one run cannot tell), but it may have been a spike. If a spike is
+                # what made the group lose, nothing would ever run it again: the probability of
+                # one (a one-sided log-normal excess beside the run as predicted) is kept, for
+                # the policy to check the group once more, and for the next run to settle.
+                s_spike = s + p.spike_var
+                ratio = 0.5 * raw * raw * (1.0 / s - 1.0 / s_spike)
+                odds = 2.0 * spikes * math.sqrt(s / s_spike) * math.exp(ratio if ratio < 30.0 else 30.0)
+                doubt = odds / (odds + 1.0 - spikes)
+                if doubt > p.min_spike_rate:
+                    reg.doubt = doubt if doubt < 0.5 else 0.5
+                    reg.doubt_m, reg.doubt_c = m_then, c_then
         reg.n += 1
         reg.version += 1
         bk_mean, bk_var = bk[0], bk[1]
@@ -558,7 +597,7 @@ class LatencyModel:
         out: dict[str, Any] = {
             "device": {b.value: {"factor": round(math.exp(d.mean), 4), "sd": round(math.sqrt(d.var), 4),
                                  "forgetting": d.rate(), "clock_slowdown": round(math.exp(d.slowdown), 4),
-                                 "clock_elasticity": round(d.beta, 4)}
+                                 "clock_elasticity": round(d.beta, 4), "spike_rate": round(d.spike_rate, 5)}
                        for b, d in self._devices.items()},
             "groups": {},
             "buckets": len(self._buckets),

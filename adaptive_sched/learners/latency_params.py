@@ -50,6 +50,13 @@ class ModelParams:
     #: ... or this many in the faster direction (a run cannot be sped up by noise): then
     #: it is a change, learned at once
     confirm_faster: int = 2
+    #: a run may be a spike (preemption, a page fault), slower by a few to tens of times: a
+    #: log-normal excess of this variance (about 7x at one standard deviation) ...
+    spike_var: float = 4.0
+    #: ... in this share of a backend's runs until it has been learned, and never less than
+    #: ``min_spike_rate`` (rare, never impossible)
+    spike_rate: float = 0.01
+    min_spike_rate: float = 1e-3
     #: variances the device term, the regression's intercept and the shape bucket are re-opened
     #: to when a change is detected: they say where a change is first put. Changes of a whole
     #: backend (contention, throttling) are common, of one kernel (a driver) rarer, of one
@@ -93,3 +100,5 @@ class ModelParams:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
         if self.noise_rate > 1 or self.adwin_delta >= 1:
             raise ValueError("noise_rate must be <= 1 and adwin_delta < 1")
+        if not 0 < self.min_spike_rate <= self.spike_rate < 0.5:
+            raise ValueError("spike rates must satisfy 0 < min_spike_rate <= spike_rate < 0.5")

@@ -41,10 +41,11 @@ class DeviceTerm:
     """
 
     __slots__ = ("_decay", "beta", "beta_var", "energy", "horizon", "jump", "jump_at", "jumps", "last",
-                 "last_at_reading", "mean", "mean_at_reading", "n", "q", "reverted", "slowdown",
+                 "last_at_reading", "mean", "mean_at_reading", "n", "q", "reverted", "slowdown", "spike_rate",
                  "var", "version")  # fmt: skip
 
-    def __init__(self, var: float, q: float, horizon: float, beta: float = 1.0, beta_var: float = 0.0) -> None:
+    def __init__(self, var: float, q: float, horizon: float, beta: float = 1.0, beta_var: float = 0.0,
+                 spike_rate: float = 0.01) -> None:  # fmt: skip
         self.mean = 0.0
         self.var = var
         #: the clock term: the backend's log slowdown read from its clock (log max/cur, 0 at
@@ -62,6 +63,9 @@ class DeviceTerm:
         self.energy = 0.0
         self.last = 0
         self.n = 0
+        #: the share of its runs slower than predicted beyond the clip: spikes (preemption, page
+        #: faults) and the first runs of a change, learned over about ``horizon`` observations
+        self.spike_rate = spike_rate
         self.version = 0
         self.jump = 0.0
         self.jump_at = 0
@@ -148,9 +152,9 @@ class Regression:
     at three features that is several times faster than general loops in Python.
     """
 
-    __slots__ = ("beta_gap", "beta_gap_var", "between", "c", "detector", "k", "last", "m", "moved",
-                 "moved_at_reading", "n", "n_at_reading", "noise", "q", "run", "run_size", "surprise", "surprise_n",
-                 "surprise_var", "version")  # fmt: skip
+    __slots__ = ("beta_gap", "beta_gap_var", "between", "c", "detector", "doubt", "doubt_c", "doubt_m", "k", "last",
+                 "m", "moved", "moved_at_reading", "n", "n_at_reading", "noise", "q", "run", "run_size", "surprise",
+                 "surprise_n", "surprise_var", "version")  # fmt: skip
 
     def __init__(self, mean: list[float] | None, variances: list[float] | None, q: float, noise: float,
                  between: float, detector: Any, beta_gap_var: float = 0.0) -> None:  # fmt: skip
@@ -186,6 +190,36 @@ class Regression:
         self.surprise = 0.0
         self.surprise_var = 0.0
         self.surprise_n = 0
+        #: the probability that the one run its mean rests on was a spike, and its mean and
+        #: covariance before that run (see ``LatencyModel.observe``)
+        self.doubt = 0.0
+        self.doubt_m: list[float] = self.m
+        self.doubt_c: list[float] = self.c
+
+    def weigh_doubt(self, phi: tuple[float, ...], raw: float, s: float, v_reg: float) -> bool:
+        """Weigh a second run (innovation ``raw``, variance ``s``, of which ``v_reg`` this
+        regression's) between "the first run was as it seemed" and "it was a spike"; True when the
+        spike became the likelier: the mean and covariance are back to what they were before it.
+        Either way the doubt is settled. Only a run faster than predicted can say the first was
+        a spike: a slower one confirms it, or is a spike itself."""
+        doubt, self.doubt = self.doubt, 0.0
+        if raw >= 0.0:
+            return False
+        m, c = self.doubt_m, self.doubt_c
+        f0, f1, f2 = phi
+        now = self.m
+        back = (m[0] - now[0]) * f0 + (m[1] - now[1]) * f1 + (m[2] - now[2]) * f2
+        p0 = c[0] * f0 + c[1] * f1 + c[2] * f2
+        p1 = c[1] * f0 + c[3] * f1 + c[4] * f2
+        p2 = c[2] * f0 + c[4] * f1 + c[5] * f2
+        s_then = s - v_reg + p0 * f0 + p1 * f1 + p2 * f2
+        alt = raw - back
+        log_odds = math.log(doubt / (1.0 - doubt)) + 0.5 * (raw * raw / s - alt * alt / s_then + math.log(s / s_then))
+        if log_odds <= 0.0:
+            return False
+        self.m, self.c = m, c
+        self.version += 1
+        return True
 
     def grow(self, clock: int) -> None:
         if clock > self.last:

@@ -227,7 +227,15 @@ class AdaptivePolicy(Policy):
             budget = self._budget.scale()
             alarms = self._alarms
             p = self.params
-            observed, volatile = est.model.observed, est.model.volatile
+            model = est.model
+            observed, volatile = model.observed, model.volatile
+            # A group whose estimate rests on one run that may have been a spike: checked again
+            # like a group never checked, weighing the chance that it is as fast as before.
+            doubts = {}
+            for b in values:
+                doubt, shift = model.doubt(stage, b, point.group, point.phi)
+                if doubt:
+                    doubts[b] = (doubt, shift * predicted[b] / values[b], 0.0)
             # before any observation, the budget's share of what the exploit choice should cost
             allowed = self._budget.allowance() or p.explore_budget * predicted.get(fastest, 0.0)
             typical = self._budget.typical() or predicted.get(fastest, 0.0)
@@ -240,7 +248,7 @@ class AdaptivePolicy(Policy):
                     # cheap shapes re-measure the backend as well as a prefill 30 times dearer.
                     scale[b] = 1.0
                     allowance[b] = p.explore_cap * typical
-                elif observed(stage, b, point.group) < p.first_checks or volatile(b, clock):
+                elif observed(stage, b, point.group) < p.first_checks or volatile(b, clock) or b in doubts:
                     scale[b] = 1.0  # never checked here, or just changed: may hide the best choice
                     allowance[b] = p.first_check_allowance * allowed
                 else:
@@ -250,7 +258,7 @@ class AdaptivePolicy(Policy):
             # stage's share of the value moves back by the change.
             reversion = {}
             for b in values:
-                hazard, shift, rate = est.model.reversion(b, clock)
+                hazard, shift, rate = model.reversion(b, clock)
                 if rate > 0.0:
                     reversion[b] = (hazard, shift * predicted[b] / values[b], rate)
             best, alternatives = win_probabilities(
@@ -259,7 +267,7 @@ class AdaptivePolicy(Policy):
                 cap=p.explore_cap,
                 scale=scale,
                 allowance=allowance,
-                reversion=reversion,
+                reversion={**doubts, **reversion},
                 typical=typical,
             )
             probs = MappingProxyType({best: 1.0 - sum(alternatives.values()), **alternatives})
@@ -274,7 +282,7 @@ class AdaptivePolicy(Policy):
             renew = float(p.refresh_every)
             for b in values:
                 if b in reversion or volatile(b, clock):
-                    renew = min(renew, max(p.refresh_every / 64, est.model.unobserved_for(b, clock)))
+                    renew = min(renew, max(p.refresh_every / 64, model.unobserved_for(b, clock)))
             entry = Entry(Choice(best, probs[best], False, shown, probs, version, key), tuple(table_alts), freshness,
                           float(p.expire_after), renew, self._tolerance(values, log_vars))  # fmt: skip
         assert self.table is not None
