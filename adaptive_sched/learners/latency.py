@@ -338,8 +338,7 @@ class LatencyModel:
         reg = self._groups.get((stage, backend, group))
         if reg is None or not reg.doubt:
             return 0.0, 0.0
-        m, now = reg.doubt_m, reg.m
-        return reg.doubt, (m[0] - now[0]) * phi[0] + (m[1] - now[1]) * phi[1] + (m[2] - now[2]) * phi[2]
+        return reg.doubt, reg.back(phi)
 
     def noise_var(self, stage: Stage, backend: Backend, group: Group) -> float:
         """The learned noise variance of one observation of ``stage`` on ``backend`` in ``group``."""
@@ -434,10 +433,11 @@ class LatencyModel:
             v_device = device.var
             v_model = v_device + v_reg + bk[1] + v_clock
             s = v_model + reg.noise
-        if reg.doubt and reg.weigh_doubt(phi, raw, s, v_reg):
+        undone = reg.weigh_doubt(phi, raw, s, v_reg) if reg.doubt else None
+        if undone is not None:
             # The one run the group's mean rested on was a spike: this run is learned against
             # the mean before it.
-            p0, p1, p2, v_reg, then = reg.project(phi)
+            p0, p1, p2, v_reg, then = undone
             predicted += then - at
             raw = log_t - predicted
             v_model = v_device + v_reg + bk[1] + v_clock

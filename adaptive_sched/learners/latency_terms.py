@@ -196,30 +196,34 @@ class Regression:
         self.doubt_m: list[float] = self.m
         self.doubt_c: list[float] = self.c
 
-    def weigh_doubt(self, phi: tuple[float, ...], raw: float, s: float, v_reg: float) -> bool:
+    def back(self, phi: tuple[float, ...]) -> float:
+        """How far the mean at ``phi`` would move if the doubted run were undone."""
+        m, now = self.doubt_m, self.m
+        return (m[0] - now[0]) * phi[0] + (m[1] - now[1]) * phi[1] + (m[2] - now[2]) * phi[2]
+
+    def weigh_doubt(
+        self, phi: tuple[float, ...], raw: float, s: float, v_reg: float
+    ) -> tuple[float, float, float, float, float] | None:
         """Weigh a second run (innovation ``raw``, variance ``s``, of which ``v_reg`` this
-        regression's) between "the first run was as it seemed" and "it was a spike"; True when the
-        spike became the likelier: the mean and covariance are back to what they were before it.
-        Either way the doubt is settled. Only a run faster than predicted can say the first was
-        a spike: a slower one confirms it, or is a spike itself."""
+        regression's) between "the first run was as it seemed" and "it was a spike". When the
+        spike became the likelier, the mean and covariance are back to what they were before it,
+        and their :meth:`project` at ``phi`` is returned; else None. Either way the doubt is
+        settled. Only a run faster than predicted can say the first was a spike: a slower one
+        confirms it, or is a spike itself."""
         doubt, self.doubt = self.doubt, 0.0
         if raw >= 0.0:
-            return False
-        m, c = self.doubt_m, self.doubt_c
-        f0, f1, f2 = phi
-        now = self.m
-        back = (m[0] - now[0]) * f0 + (m[1] - now[1]) * f1 + (m[2] - now[2]) * f2
-        p0 = c[0] * f0 + c[1] * f1 + c[2] * f2
-        p1 = c[1] * f0 + c[3] * f1 + c[4] * f2
-        p2 = c[2] * f0 + c[4] * f1 + c[5] * f2
-        s_then = s - v_reg + p0 * f0 + p1 * f1 + p2 * f2
-        alt = raw - back
+            return None
+        alt = raw - self.back(phi)
+        now_m, now_c = self.m, self.c
+        self.m, self.c = self.doubt_m, self.doubt_c
+        then = self.project(phi)
+        s_then = s - v_reg + then[3]
         log_odds = math.log(doubt / (1.0 - doubt)) + 0.5 * (raw * raw / s - alt * alt / s_then + math.log(s / s_then))
         if log_odds <= 0.0:
-            return False
-        self.m, self.c = m, c
+            self.m, self.c = now_m, now_c
+            return None
         self.version += 1
-        return True
+        return then
 
     def grow(self, clock: int) -> None:
         if clock > self.last:
