@@ -38,10 +38,12 @@ of their sum err on the wide side by at most the device's and the bucket's small
 variances: the terms were chosen not to be collinear). The step has bounded influence:
 the standardised innovation is winsorised at ``clip`` standard deviations, so a rare 8x
 spike moves an estimate by at most a few noise widths. A surprise that repeats is a
-change: a run of innovations beyond the clip in one direction (``confirm_slower``, or
-``confirm_faster`` since noise cannot speed a run up) re-opens the device term and the
-regression's intercept and is learned at once, and a :class:`river.drift.ADWIN` on the
-winsorised innovations catches the slow or small shifts the clip hides from that test.
+change: a run of innovations beyond the clip in one direction (``confirm_slower``, more
+where the backend's learned spike rate would make that many spikes in a row likelier
+than ``false_change_rate``; or ``confirm_faster`` since noise cannot speed a run up)
+re-opens the device term and the regression's intercept and is learned at once, and a
+:class:`river.drift.ADWIN` on the winsorised innovations catches the slow or small shifts
+the clip hides from that test.
 
 An observation costs a constant amount of work whatever the number of shapes seen:
 nothing here is keyed by shape except the bounded bucket table. Everything is plain
@@ -458,7 +460,7 @@ class LatencyModel:
         if z > clip:
             reg.run_size = min(reg.run_size, raw) if run > 0 else raw
             run = run + 1 if run > 0 else 1
-            change = run >= p.confirm_slower
+            change = run >= p.confirm_slower and spikes**run <= p.false_change_rate
         elif z < -clip:
             reg.run_size = min(reg.run_size, -raw) if run < 0 else -raw
             run = run - 1 if run < 0 else -1
@@ -467,6 +469,9 @@ class LatencyModel:
             run = 0
         if change:
             reg.run = 0
+            if run > 0:  # the run's surprises were a change's first runs, not spikes
+                spikes -= run / device.horizon
+                device.spike_rate = spikes if spikes > p.min_spike_rate else p.min_spike_rate
             size = min(reg.run_size, MAX_CHANGE)
             self.changes[(stage, backend)] = self.changes.get((stage, backend), 0) + 1
             # Where the change is, the next observations tell: the backend's device term, this

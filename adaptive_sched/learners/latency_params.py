@@ -44,9 +44,11 @@ class ModelParams:
     noise_rate: float = 0.01
     #: standardised innovations are winsorised at this many standard deviations ...
     clip: float = 3.0
-    #: ... unless this many in a row are beyond it in the slower direction (spikes are
-    #: one-sided and rarely come three in a row: at 2% spikes, 8e-6 per observation) ...
+    #: ... unless at least this many in a row are beyond it in the slower direction ...
     confirm_slower: int = 3
+    #: ... and enough that spikes come that many in a row at most this often per observation
+    #: at the backend's learned spike rate (three at 1%, four at 2%, five at 4%) ...
+    false_change_rate: float = 1e-6
     #: ... or this many in the faster direction (a run cannot be sped up by noise): then
     #: it is a change, learned at once
     confirm_faster: int = 2
@@ -100,5 +102,7 @@ class ModelParams:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
         if self.noise_rate > 1 or self.adwin_delta >= 1:
             raise ValueError("noise_rate must be <= 1 and adwin_delta < 1")
+        if not 0 < self.false_change_rate < 1:
+            raise ValueError(f"false_change_rate must be in (0, 1), got {self.false_change_rate!r}")
         if not 0 < self.min_spike_rate <= self.spike_rate < 0.5:
             raise ValueError("spike rates must satisfy 0 < min_spike_rate <= spike_rate < 0.5")

@@ -64,7 +64,8 @@ class DeviceTerm:
         self.last = 0
         self.n = 0
         #: the share of its runs slower than predicted beyond the clip: spikes (preemption, page
-        #: faults) and the first runs of a change, learned over about ``horizon`` observations
+        #: faults), learned over about ``horizon`` observations (a detected change takes its
+        #: own first runs back out)
         self.spike_rate = spike_rate
         self.version = 0
         self.jump = 0.0
