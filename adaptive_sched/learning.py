@@ -2,8 +2,9 @@
 
 ``observe`` only queues an observation; a :class:`Learner` thread takes the queue in
 short slices, yielding the GIL between them so that inference threads do not wait for
-it. A caller that never releases the GIL would starve that thread, so past a mark the
-caller helps (:meth:`Learner.help`). With ``policy.learner: inline`` there is no thread:
+it; an observation queued to an empty queue wakes it (:meth:`Learner.wake`). A caller
+that never releases the GIL would starve that thread, so past a mark the caller helps
+(:meth:`Learner.help`). With ``policy.learner: inline`` there is no thread:
 the caller learns at once (:meth:`Learner.learn`).
 """
 
@@ -81,6 +82,9 @@ class Learner:
         self._until = quarantine.until
         self._strikes = quarantine.strikes
         self._stop = threading.Event()
+        self._wake = threading.Event()
+        #: wake the learner thread: an observation was queued to an empty queue
+        self.wake = self._wake.set
         self._thread: threading.Thread | None = None
         if not inline:
             self._thread = threading.Thread(target=self._loop, name="adaptive-sched-learner", daemon=True)
@@ -124,6 +128,7 @@ class Learner:
     def stop(self, timeout_s: float = 10.0) -> None:
         """Stop the thread (it learns what is queued first) and learn whatever it left here."""
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=timeout_s)
             if self._thread.is_alive():
@@ -163,7 +168,9 @@ class Learner:
         # Each round holds the GIL for about one slice (observations to learn from, or a
         # refresh of the policy's entries), then sleeps so that inference threads take it:
         # a learner that held it longer would show in their tail latency.
+        wake = self._wake
         while not self._stop.is_set() or queue:
+            wake.clear()  # (before the queue is looked at: an observation queued after is not missed)
             deadline = clock() + LEARN_SLICE_S
             try:
                 if queue:
@@ -173,7 +180,7 @@ class Learner:
                 elif policy.pending():
                     policy.catch_up(deadline)
                 else:
-                    self._stop.wait(0.002)
+                    wake.wait(0.002)
                     continue
             except IndexError:  # a helping caller took the last observation
                 pass

@@ -51,9 +51,11 @@ _new_tuple = tuple.__new__
 #: observations waiting for the learner thread; beyond that the oldest are skipped (and counted):
 #: a learner that cannot keep up learns from a sample, and memory stays bounded
 LEARN_BACKLOG = 16_384
-#: past this backlog the caller of ``observe`` learns a few queued observations itself: a
-#: caller that never releases the GIL would otherwise starve the learner thread
-HELP_MARK = 4
+#: past this backlog the caller of ``observe`` learns the queued observations itself: a
+#: caller that never releases the GIL would otherwise starve the learner thread, and each
+#: observation left unlearned is one the next decisions do not know of (at a change, they
+#: go on choosing the backend that just slowed down)
+HELP_MARK = 1
 
 
 class Scheduler:
@@ -161,6 +163,7 @@ class Scheduler:
                                 inline=self._inline, before_learning=feed)  # fmt: skip
         self._drain = self._learner.drain
         self._help = self._learner.help
+        self._wake = self._learner.wake
         self._learn_now = self._learner.learn
 
     @classmethod
@@ -364,8 +367,11 @@ class Scheduler:
         if len(queue) == LEARN_BACKLOG:
             self._unlearned += 1  # the append below pushes the oldest out
         queue.append(observation)
-        if len(queue) > HELP_MARK:
+        waiting = len(queue)
+        if waiting > HELP_MARK:
             self._help()
+        elif waiting == 1:
+            self._wake()
 
     def run_stage(
         self,

@@ -580,6 +580,21 @@ def test_many_threads_deciding_and_observing_with_the_learner_thread(tmp_path, c
     assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
+def test_a_caller_the_learner_thread_never_gets_to_leaves_at_most_one_observation_unlearned(monkeypatch):
+    # A caller that never releases the GIL: the learner thread never runs (here it never
+    # starts), so the caller learns the backlog itself, and each decision knows every
+    # observation but the last one made.
+    import adaptive_sched.learning as learning_module
+
+    monkeypatch.setattr(learning_module.Learner, "_loop", lambda self: None)
+    with make(policy={"learner": "thread"}) as sched:
+        for i in range(1, 41):
+            sched.observe(sched.decide("qkv", DECODE), 4e-3)
+            assert sched.stats()["policy"]["observations"] >= i - 1
+        sched.flush()
+        assert sched.stats()["policy"]["observations"] == 40
+
+
 def test_a_learner_that_falls_behind_counts_what_it_skipped(monkeypatch):
     monkeypatch.setattr(scheduler_module, "LEARN_BACKLOG", 32)
     sched = make(policy={"learner": "thread"})
