@@ -453,7 +453,6 @@ class LatencyModel:
         change = False
         spikes = device.spike_rate
         spikes += ((1.0 if z > clip else 0.0) - spikes) / device.horizon
-        device.spike_rate = spikes if spikes > p.min_spike_rate else p.min_spike_rate
         if z > clip or z < -clip:
             self.surprised = True
             reg.surprise, reg.surprise_var, reg.surprise_n = raw, s, reg.n + 1
@@ -471,7 +470,6 @@ class LatencyModel:
             reg.run = 0
             if run > 0:  # the run's surprises were a change's first runs, not spikes
                 spikes -= run / device.horizon
-                device.spike_rate = spikes if spikes > p.min_spike_rate else p.min_spike_rate
             size = min(reg.run_size, MAX_CHANGE)
             self.changes[(stage, backend)] = self.changes.get((stage, backend), 0) + 1
             # Where the change is, the next observations tell: the backend's device term, this
@@ -488,6 +486,7 @@ class LatencyModel:
             reg.run = run
             zw = clip if z > clip else -clip if z < -clip else z
             e = zw * sd
+        device.spike_rate = spikes if spikes > p.min_spike_rate else p.min_spike_rate
         step = e / s
 
         # One Kalman step per term, all with the innovation's total variance s.
