@@ -364,6 +364,24 @@ def test_a_group_never_run_while_the_clock_was_low_follows_what_the_others_measu
     assert p.choose(Stage.QKV, fp16, None).predicted[GPU] == pytest.approx(2**0.4 * 1e-3, rel=0.2)
 
 
+def test_a_clock_that_only_ramps_down_is_not_mistaken_for_the_devices_level():
+    # This GPU is 1.3x slower than the prior says, and its clock only ever steps down, slowly:
+    # at each level, a slower device and a latency that follows its clock closely explain the
+    # same runs. Only the clock's moves tell how closely (0.6 here) the latency follows it.
+    table = {("qkv", "gpu"): 1e-3, ("qkv", "npu"): 5e-3}
+    p = bound(AdaptivePolicy(seed=0), table)
+    level = 1.3e-3
+    for i in range(60):
+        ratio = 1.0 - 0.6 * i / 59
+        p.on_clocks({GPU: ratio})
+        feed(p, Stage.QKV, SHAPE, lambda b, r=ratio: {GPU: level * r**-0.6, NPU: 5e-3}[b], 10)
+    assert elasticity(p, "qkv", "gpu") == pytest.approx(0.6, abs=0.1)
+    p.on_clocks({GPU: 1.0})  # the clock recovers: the device's own level, never seen since the start
+    assert p.choose(Stage.QKV, SHAPE, None).predicted[GPU] == pytest.approx(level, rel=0.1)
+    p.on_clocks({GPU: 0.25})  # and lower than it ever was
+    assert p.choose(Stage.QKV, SHAPE, None).predicted[GPU] == pytest.approx(level * 0.25**-0.6, rel=0.1)
+
+
 def test_pair_choice_accounts_for_the_transition_cost():
     # alone, qkv is fastest on the GPU and attn on the NPU, but moving between them costs 2 ms
     table = {("qkv", "gpu"): 1.0e-3, ("qkv", "npu"): 1.2e-3, ("attn", "gpu"): 1.0e-3, ("attn", "npu"): 0.8e-3}

@@ -236,11 +236,15 @@ class LatencyModel:
         elasticity and the group's gap to it by their uncertainties (as an observation is split
         between the device term and a regression): a group rarely run while the clock is low,
         a prefill, follows what the others measured."""
-        v_shared, v_gap = device.beta_var, reg.beta_gap_var
+        cov, v_shared, v_gap = device.beta_cov, device.beta_var, reg.beta_gap_var
         total = v_shared + v_gap + noise
         innovation = min(MAX_ELASTICITY, max(0.0, measured)) - (device.beta + reg.beta_gap)
+        # the device term's mean moves with the elasticity it is correlated with
+        device.mean += cov / total * innovation
         device.beta += v_shared / total * innovation
         reg.beta_gap += v_gap / total * innovation
+        device.var -= cov * cov / total
+        device.beta_cov = cov * (1.0 - v_shared / total)
         device.beta_var = v_shared * (1.0 - v_shared / total)
         reg.beta_gap_var = v_gap * (1.0 - v_gap / total)
         device.version += 1
@@ -361,7 +365,7 @@ class LatencyModel:
         x = device.slowdown
         if x:
             mean += (device.beta + reg.beta_gap) * x
-            a += x * x * (device.beta_var + reg.beta_gap_var)
+            a += x * (2.0 * device.beta_cov + x * (device.beta_var + reg.beta_gap_var))
         b = rate
         if reg.k:
             _, _, _, v_reg, at = reg.project(phi)
@@ -413,7 +417,7 @@ class LatencyModel:
         v_clock = 0.0
         if x:  # the clock's share, read from telemetry
             predicted += (device.beta + reg.beta_gap) * x
-            v_clock = x * x * (device.beta_var + reg.beta_gap_var)
+            v_clock = x * (2.0 * device.beta_cov + x * (device.beta_var + reg.beta_gap_var))
         k = reg.k
         if k:
             p0, p1, p2, v_reg, at = reg.project(phi)
@@ -489,25 +493,38 @@ class LatencyModel:
         device.spike_rate = spikes if spikes > p.min_spike_rate else p.min_spike_rate
         step = e / s
 
-        # One Kalman step per term, all with the innovation's total variance s.
-        device_move = v_device * step
-        device.mean += device_move
-        device.var = v_device * (1.0 - v_device / s)
-        if x:
+        # One Kalman step per term, all with the innovation's total variance s. The device
+        # term's mean and the clock's shared elasticity are one step: at a clock held low,
+        # they explain the same level (their covariance turns negative), and only the
+        # clock's moves tell them apart (and at full clock, what is learned of the one still
+        # moves the other).
+        cov = device.beta_cov
+        if x or cov:
             v_shared, v_gap = device.beta_var, reg.beta_gap_var
-            device.beta += v_shared * x * step
+            k_mean = v_device + x * cov
+            k_beta = cov + x * v_shared
+            device_move = k_mean * step
+            device.mean += device_move
+            device.var = v_device - k_mean * k_mean / s
+            device.beta += k_beta * step
+            device.beta_var = v_shared - k_beta * k_beta / s
+            device.beta_cov = cov - k_mean * k_beta / s
             reg.beta_gap += v_gap * x * step
-            device.beta_var = v_shared * (1.0 - v_shared * x * x / s)
             reg.beta_gap_var = v_gap * (1.0 - v_gap * x * x / s)
+        else:
+            k_mean = v_device
+            device_move = v_device * step
+            device.mean += device_move
+            device.var = v_device * (1.0 - v_device / s)
         if device.energy and clock > device.last:
             device.energy *= device._decay ** (clock - device.last)
         # How far the device term moves beyond what noise moves it (2 standard deviations of a
-        # right model's move, v_device / sqrt(s)) is the evidence of how much it changes: a
+        # right model's move, k_mean / sqrt(s)) is the evidence of how much it changes: a
         # backend whose term jumped (detected as a change or not) is re-checked sooner. A
         # detected change counts whole: the variance it re-opened would call its move expected.
         surprise = device_move * device_move
         if not change:
-            surprise -= 4.0 * v_device * v_device / s
+            surprise -= 4.0 * k_mean * k_mean / s
         if surprise > 0.0:
             device.energy += surprise
         device.last = clock

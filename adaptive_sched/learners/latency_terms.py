@@ -40,7 +40,7 @@ class DeviceTerm:
     clock reading, so that a step the latencies showed first is not counted twice.
     """
 
-    __slots__ = ("_decay", "beta", "beta_var", "energy", "horizon", "jump", "jump_at", "jumps", "last",
+    __slots__ = ("_decay", "beta", "beta_cov", "beta_var", "energy", "horizon", "jump", "jump_at", "jumps", "last",
                  "last_at_reading", "mean", "mean_at_reading", "n", "q", "reverted", "slowdown", "spike_rate",
                  "var", "version")  # fmt: skip
 
@@ -54,6 +54,9 @@ class DeviceTerm:
         self.slowdown = 0.0
         self.beta = beta
         self.beta_var = beta_var
+        #: the covariance of ``mean`` and ``beta``: where the clock has only been seen low, a
+        #: level may be told by either, and only a moving clock tells them apart
+        self.beta_cov = 0.0
         #: the mean when the clock was last read: what it moved by since, the clock may explain
         self.mean_at_reading = 0.0
         self.last_at_reading = 0
