@@ -365,7 +365,7 @@ class LatencyModel:
         x = device.slowdown
         if x:
             mean += (device.beta + reg.beta_gap) * x
-            a += x * (2.0 * device.beta_cov + x * (device.beta_var + reg.beta_gap_var))
+            a += device.clock_var(reg.beta_gap_var)
         b = rate
         if reg.k:
             _, _, _, v_reg, at = reg.project(phi)
@@ -417,7 +417,7 @@ class LatencyModel:
         v_clock = 0.0
         if x:  # the clock's share, read from telemetry
             predicted += (device.beta + reg.beta_gap) * x
-            v_clock = x * (2.0 * device.beta_cov + x * (device.beta_var + reg.beta_gap_var))
+            v_clock = device.clock_var(reg.beta_gap_var)
         k = reg.k
         if k:
             p0, p1, p2, v_reg, at = reg.project(phi)
@@ -511,7 +511,7 @@ class LatencyModel:
             device.beta_cov = cov - k_mean * k_beta / s
             reg.beta_gap += v_gap * x * step
             reg.beta_gap_var = v_gap * (1.0 - v_gap * x * x / s)
-        else:
+        else:  # no clock read yet: the same step with x and the covariance zero, written out
             k_mean = v_device
             device_move = v_device * step
             device.mean += device_move

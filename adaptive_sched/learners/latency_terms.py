@@ -143,6 +143,12 @@ class DeviceTerm:
     def var_at(self, clock: int) -> float:
         return self.var + self.rate() * (clock - self.last) if clock > self.last else self.var
 
+    def clock_var(self, gap_var: float) -> float:
+        """The variance the clock term adds at the current slowdown, for a group whose own gap to
+        the shared elasticity has variance ``gap_var`` (with the covariance of mean and elasticity)."""
+        x = self.slowdown
+        return x * (2.0 * self.beta_cov + x * (self.beta_var + gap_var))
+
     def changed(self, reopen_var: float) -> None:
         """A change was seen: distrust the mean (the next observations move it, and count as volatility)."""
         self.var = max(self.var, reopen_var)
