@@ -364,6 +364,27 @@ def test_a_group_never_run_while_the_clock_was_low_follows_what_the_others_measu
     assert p.choose(Stage.QKV, fp16, None).predicted[GPU] == pytest.approx(2**0.4 * 1e-3, rel=0.2)
 
 
+def test_what_one_group_learned_of_its_stages_clock_holds_for_the_stages_other_groups():
+    # qkv follows the GPU's clock in proportion, attention (memory-bound) hardly; int8 attention
+    # runs through the clock's steps, fp16 attention only ever at full clock
+    table = {("qkv", "gpu"): 1e-3, ("qkv", "npu"): 5e-3, ("attn", "gpu"): 1e-3, ("attn", "npu"): 5e-3}
+    p = bound(AdaptivePolicy(seed=0), table)
+    fp16 = Shape(n=1, d=1024, kv_len=256, precision="fp16")
+    p.on_clocks({GPU: 1.0})
+    feed(p, Stage.ATTN, fp16, {GPU: 1e-3, NPU: 5e-3}.__getitem__, 100)
+    follows = {Stage.QKV: 1.0, Stage.ATTN: 0.2}
+    rng = random.Random(4)
+    for _ in range(40):
+        ratio = rng.choice((1.0, 0.5))
+        p.on_clocks({GPU: ratio})
+        for stage, e in follows.items():
+            feed(p, stage, SHAPE, lambda b, r=ratio, e=e: {GPU: 1e-3 * r**-e, NPU: 5e-3}[b], 10, after=None)
+    p.on_clocks({GPU: 0.5})
+    # the stage's, not the backend's on the whole (qkv's and attention's together)
+    assert p.state()["groups"]["attn/gpu/fp16/decode"]["clock_elasticity"] == pytest.approx(0.2, abs=0.15)
+    assert p.choose(Stage.ATTN, fp16, None).predicted[GPU] == pytest.approx(2**0.2 * 1e-3, rel=0.1)
+
+
 def test_a_clock_that_only_ramps_down_is_not_mistaken_for_the_devices_level():
     # This GPU is 1.3x slower than the prior says, and its clock only ever steps down, slowly:
     # at each level, a slower device and a latency that follows its clock closely explain the

@@ -70,7 +70,7 @@ from typing import Any, NamedTuple
 from ..cache import BoundedDict
 from ..types import Backend, Shape, Stage
 from .latency_params import ModelParams
-from .latency_terms import DeviceTerm, Regression
+from .latency_terms import ClockGap, DeviceTerm, Regression
 
 #: feature names of :func:`stage_features` per stage, after the intercept
 FEATURES: dict[Stage, tuple[str, str]] = {Stage.QKV: ("log2_d", "log2_n"), Stage.ATTN: ("log2_keys", "log2_d")}
@@ -85,8 +85,6 @@ _new_tuple = tuple.__new__
 MAX_CHANGE = math.log(10.0)
 #: a clock's elasticity stays within [0, this]: a latency following its clock more than in proportion is noise
 MAX_ELASTICITY = 2.0
-#: how far (sd) two groups of one backend may differ in how they follow its clock
-ELASTICITY_SPREAD = 0.3
 
 
 def stage_features(stage: Stage, shape: Shape) -> tuple[Group, tuple[float, float, float]]:
@@ -155,6 +153,8 @@ class LatencyModel:
         self.params = params
         self._devices: dict[Backend, DeviceTerm] = {}
         self._groups: dict[tuple[Stage, Backend, Group], Regression] = {}
+        #: per (stage, backend): how its kernels follow the clock beyond the backend's elasticity
+        self._gaps: dict[tuple[Stage, Backend], ClockGap] = {}
         # per (stage, backend): a counter of observations of any of its groups, and the prior
         # a group not yet observed starts from (derived from its siblings at that count)
         self._families: dict[tuple[Stage, Backend], int] = {}
@@ -210,7 +210,7 @@ class LatencyModel:
                         self._learn_elasticity(device, reg, since / step, (device.var + reg.noise / n) / step**2)
                     elif reg.surprise_n > reg.n_at_reading and reg.surprise * step > 0.0:
                         self._learn_elasticity(device, reg, reg.surprise / step, reg.surprise_var / step**2)
-                    explained += n * (device.beta + reg.beta_gap) * step
+                    explained += n * (device.beta + reg.gap.mean) * step
                     weight += n
                 reg.moved_at_reading = reg.moved
                 reg.n_at_reading = reg.n
@@ -233,20 +233,20 @@ class LatencyModel:
     @staticmethod
     def _learn_elasticity(device: DeviceTerm, reg: Regression, measured: float, noise: float) -> None:
         """One measurement of the elasticity of ``reg``'s runs, split between the backend's shared
-        elasticity and the group's gap to it by their uncertainties (as an observation is split
+        elasticity and its stage's gap to it by their uncertainties (as an observation is split
         between the device term and a regression): a group rarely run while the clock is low,
         a prefill, follows what the others measured."""
-        cov, v_shared, v_gap = device.beta_cov, device.beta_var, reg.beta_gap_var
+        cov, v_shared, v_gap = device.beta_cov, device.beta_var, reg.gap.var
         total = v_shared + v_gap + noise
-        innovation = min(MAX_ELASTICITY, max(0.0, measured)) - (device.beta + reg.beta_gap)
+        innovation = min(MAX_ELASTICITY, max(0.0, measured)) - (device.beta + reg.gap.mean)
         # the device term's mean moves with the elasticity it is correlated with
         device.mean += cov / total * innovation
         device.beta += v_shared / total * innovation
-        reg.beta_gap += v_gap / total * innovation
+        reg.gap.mean += v_gap / total * innovation
         device.var -= cov * cov / total
         device.beta_cov = cov * (1.0 - v_shared / total)
         device.beta_var = v_shared * (1.0 - v_shared / total)
-        reg.beta_gap_var = v_gap * (1.0 - v_gap / total)
+        reg.gap.var = v_gap * (1.0 - v_gap / total)
         device.version += 1
 
     def _group_of(self, stage: Stage, backend: Backend, group: Group) -> Regression:
@@ -270,9 +270,11 @@ class LatencyModel:
 
     def _new_regression(self, stage: Stage, backend: Backend) -> Regression:
         p = self.params
-        gap_var = ELASTICITY_SPREAD**2
+        gap = self._gaps.get((stage, backend))
+        if gap is None:
+            gap = self._gaps[(stage, backend)] = ClockGap(p.clock_elasticity_spread**2)
         if not p.regression:
-            return Regression(None, None, 0.0, p.noise_var, self._bucket_var, None, gap_var)
+            return Regression(None, None, 0.0, p.noise_var, self._bucket_var, None, gap)
         # What the siblings (the other groups of this stage and backend) learned, weighted by
         # how sure each is, is where a new group starts: the prior's error on this device is
         # mostly shared between precisions and phases.
@@ -286,7 +288,7 @@ class LatencyModel:
             first = p.group_sd**2 + 1.0 / total
         # the detector comes with the first observation: a prior for an unobserved group needs none
         return Regression(mean, [first, p.slope_sd**2, p.slope_sd**2], p.stage_q, p.noise_var, self._bucket_var, None,
-                          gap_var)  # fmt: skip
+                          gap)  # fmt: skip
 
     def _detector(self) -> Any:
         from river.drift import ADWIN
@@ -364,8 +366,8 @@ class LatencyModel:
         a = device.var - rate * device.last
         x = device.slowdown
         if x:
-            mean += (device.beta + reg.beta_gap) * x
-            a += device.clock_var(reg.beta_gap_var)
+            mean += (device.beta + reg.gap.mean) * x
+            a += device.clock_var(reg.gap.var)
         b = rate
         if reg.k:
             _, _, _, v_reg, at = reg.project(phi)
@@ -416,8 +418,8 @@ class LatencyModel:
         x = device.slowdown
         v_clock = 0.0
         if x:  # the clock's share, read from telemetry
-            predicted += (device.beta + reg.beta_gap) * x
-            v_clock = device.clock_var(reg.beta_gap_var)
+            predicted += (device.beta + reg.gap.mean) * x
+            v_clock = device.clock_var(reg.gap.var)
         k = reg.k
         if k:
             p0, p1, p2, v_reg, at = reg.project(phi)
@@ -500,7 +502,7 @@ class LatencyModel:
         # moves the other).
         cov = device.beta_cov
         if x or cov:
-            v_shared, v_gap = device.beta_var, reg.beta_gap_var
+            v_shared, v_gap = device.beta_var, reg.gap.var
             k_mean = v_device + x * cov
             k_beta = cov + x * v_shared
             device_move = k_mean * step
@@ -509,8 +511,8 @@ class LatencyModel:
             device.beta += k_beta * step
             device.beta_var = v_shared - k_beta * k_beta / s
             device.beta_cov = cov - k_mean * k_beta / s
-            reg.beta_gap += v_gap * x * step
-            reg.beta_gap_var = v_gap * (1.0 - v_gap * x * x / s)
+            reg.gap.mean += v_gap * x * step
+            reg.gap.var = v_gap * (1.0 - v_gap * x * x / s)
         else:  # no clock read yet: the same step with x and the covariance zero, written out
             k_mean = v_device
             device_move = v_device * step
@@ -627,7 +629,7 @@ class LatencyModel:
             "reversions": {b.value: n for b, n in self.reversions.items()},
         }  # fmt: skip
         for (stage, backend, (precision, phase)), reg in self._groups.items():
-            elasticity = self._device_of(backend).beta + reg.beta_gap
+            elasticity = self._device_of(backend).beta + reg.gap.mean
             entry: dict[str, Any] = {"observations": reg.n, "noise_sd": round(math.sqrt(reg.noise), 4),
                                      "clock_elasticity": round(elasticity, 4)}  # fmt: skip
             if reg.k:

@@ -71,8 +71,11 @@ class ModelParams:
     #: how a backend's latency follows its clock read from telemetry: latency ~ (max/cur)^beta,
     #: beta starting here (1: run time proportional to the clock period) ...
     clock_elasticity: float = 1.0
-    #: ... within this prior standard deviation, then learned per backend (and a gap per kernel group)
+    #: ... within this prior standard deviation, then learned per backend ...
     clock_elasticity_sd: float = 0.5
+    #: ... and each stage's gap to the backend's, shared by the stage's kernel groups, within this
+    #: prior standard deviation (attention, memory-bound, follows the core clock less than a GEMM)
+    clock_elasticity_spread: float = 0.3
     #: a backend's clock ratio must move by this (log units) for its estimates to be recomputed
     clock_tolerance: float = 0.02
     #: variance the device term is re-opened to when a change is seen to revert (the level

@@ -35,7 +35,7 @@ class DeviceTerm:
 
     With device telemetry it also carries the backend's clock: ``slowdown`` (log of maximum
     over current clock) times an elasticity, ``beta`` here (what the backend's kernels share,
-    learned) plus each regression's own gap to it (:class:`Regression`; see
+    learned) plus its stage's gap to it (:class:`ClockGap`, shared by the stage's regressions; see
     ``LatencyModel.set_clocks``). The ``*_at_reading`` fields remember the term at the last
     clock reading, so that a step the latencies showed first is not counted twice.
     """
@@ -144,8 +144,8 @@ class DeviceTerm:
         return self.var + self.rate() * (clock - self.last) if clock > self.last else self.var
 
     def clock_var(self, gap_var: float) -> float:
-        """The variance the clock term adds at the current slowdown, for a group whose own gap to
-        the shared elasticity has variance ``gap_var`` (with the covariance of mean and elasticity)."""
+        """The variance the clock term adds at the current slowdown, for a stage whose gap to the
+        shared elasticity has variance ``gap_var`` (with the covariance of mean and elasticity)."""
         x = self.slowdown
         return x * (2.0 * self.beta_cov + x * (self.beta_var + gap_var))
 
@@ -155,6 +155,19 @@ class DeviceTerm:
         self.version += 1
 
 
+class ClockGap:
+    """How much more strongly one stage's kernels on a backend follow its clock than the backend's
+    do on the whole (``DeviceTerm.beta``): attention over a long cache, bound by memory, follows
+    the core clock less than a GEMM. Shared by the stage's groups, so what one group learned of
+    it holds for the others before they run at a low clock."""
+
+    __slots__ = ("mean", "var")
+
+    def __init__(self, var: float) -> None:
+        self.mean = 0.0
+        self.var = var
+
+
 class Regression:
     """Bayesian linear regression on (intercept, two features), with its noise, bucket spread and detector.
 
@@ -162,12 +175,12 @@ class Regression:
     at three features that is several times faster than general loops in Python.
     """
 
-    __slots__ = ("beta_gap", "beta_gap_var", "between", "c", "detector", "doubt", "doubt_c", "doubt_m", "k", "last",
+    __slots__ = ("between", "c", "detector", "doubt", "doubt_c", "doubt_m", "gap", "k", "last",
                  "m", "moved", "moved_at_reading", "n", "n_at_reading", "noise", "q", "run", "run_size", "surprise",
                  "surprise_n", "surprise_var", "version")  # fmt: skip
 
     def __init__(self, mean: list[float] | None, variances: list[float] | None, q: float, noise: float,
-                 between: float, detector: Any, beta_gap_var: float = 0.0) -> None:  # fmt: skip
+                 between: float, detector: Any, gap: ClockGap | None = None) -> None:  # fmt: skip
         self.k = 0 if mean is None else 3
         self.m = mean or [0.0, 0.0, 0.0]
         v = variances or [0.0, 0.0, 0.0]
@@ -186,10 +199,8 @@ class Regression:
         self.run_size = 0.0
         self.version = 0
         #: how much more strongly these runs follow the backend's clock than its kernels do on
-        #: the whole (``DeviceTerm.beta``): a decode GEMV or attention over a long cache is
-        #: memory-bound, a prefill GEMM less so; learned, starting at 0
-        self.beta_gap = 0.0
-        self.beta_gap_var = beta_gap_var
+        #: the whole: the stage's, shared with its other groups
+        self.gap = gap if gap is not None else ClockGap(0.0)
         #: the sum of the moves of its prediction at the observed shapes (all terms), and that sum
         #: and ``n`` at the last clock reading: what moved since, a clock step may explain
         self.moved = 0.0
