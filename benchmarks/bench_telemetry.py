@@ -11,7 +11,9 @@ Two families of scenarios, each over several seeds, every policy in the same run
 * **an independent latency world** (:mod:`worlds`, not our simulator) whose NPU throttles
   (``npu-throttle``, ``npu-periodic``, ``npu-ramp`` on the ``soc`` world); its clock reads
   ``max / slowdown^(1/0.7)``: latency follows the clock with an elasticity of 0.7, not the
-  1 the learner starts from.
+  1 the learner starts from. In ``npu-ramp-mixed`` the kernels do not follow it alike:
+  attention, bound by memory, slows by the square root of what qkv slows by (elasticity
+  0.35 against qkv's 0.7), which the learner must find out group by group.
 
 Policies: ``adaptive`` without telemetry, ``telemetry`` (the clocks read), ``lying`` (a clock
 that always reads its maximum while the device is slow), and the oracle. Reported: each
@@ -45,7 +47,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from worlds import SCENARIOS, World, make_base, parse_seeds, workload
+from worlds import NPU, SCENARIOS, Factor, Scenario, World, make_base, parse_seeds, workload
 
 from adaptive_sched import Scheduler
 from adaptive_sched.build import build_executors, build_policy, load_prior
@@ -59,6 +61,26 @@ QKV, ATTN = Stage.QKV, Stage.ATTN
 VARIANTS = ("adaptive", "telemetry", "lying")
 #: how the independent world's latency follows its clock: slowdown = (max / cur)^ELASTICITY
 ELASTICITY = 0.7
+
+
+def ramp_mixed(top: float, attn_share: float) -> Factor:
+    """The NPU slows steadily to ``top`` by the end, its attention by ``slowdown^attn_share`` only."""
+
+    def f(s: Stage, b: Backend, t: float) -> float:
+        if b is not NPU:
+            return 1.0
+        slow = 1.0 + (top - 1.0) * t
+        return slow if s is QKV else slow**attn_share
+
+    return f
+
+
+#: the learning benchmark's scenarios, and those only this one runs (the clock is read from qkv's slowdown)
+WORLD_SCENARIOS: dict[str, Scenario] = {
+    **SCENARIOS,
+    "npu-ramp-mixed": Scenario("npu-ramp-mixed", "the NPU slows steadily to 2.5x, its attention to 2.5^0.5x",
+                               (ramp_mixed(2.5, 0.5),), worlds=("soc",)),
+}  # fmt: skip
 
 
 def configured(config: Config, *, telemetry: bool, seed: int, **sim: Any) -> Config:
@@ -193,8 +215,8 @@ def world_layers(scenario: str, variant: str, seed: int, layers: int, world_name
     config = load_config("rk3588-sim")
     config = dataclasses.replace(config, telemetry=dataclasses.replace(config.telemetry, enabled=False))
     prior = load_prior(config)
-    world = World(make_base(world_name, prior), SCENARIOS[scenario], seed)
-    steps = workload(layers, seed, SCENARIOS[scenario].models)
+    world = World(make_base(world_name, prior), WORLD_SCENARIOS[scenario], seed)
+    steps = workload(layers, seed, WORLD_SCENARIOS[scenario].models)
     n = len(steps)
     sampler = None
     if variant in ("telemetry", "lying"):
@@ -313,7 +335,7 @@ def main() -> int:
     plan: list[tuple[str, Any, Any]] = [
         ("sim-steady", sim, sim_never_throttling),
         ("sim-periodic", sim, sim_never_throttling),
-        *((name, world, world_steady) for name in ("npu-throttle", "npu-periodic", "npu-ramp")),
+        *((name, world, world_steady) for name in ("npu-throttle", "npu-periodic", "npu-ramp", "npu-ramp-mixed")),
     ]
     baselines: dict[tuple[Any, str, int], float] = {}
     for scenario, run, baseline in plan:

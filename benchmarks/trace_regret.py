@@ -25,8 +25,7 @@ import dataclasses
 import sys
 from typing import Any
 
-from bench_telemetry import pair_costs, world_layers
-from worlds import SCENARIOS
+from bench_telemetry import WORLD_SCENARIOS, pair_costs, world_layers
 
 from adaptive_sched.types import Backend, Stage
 
@@ -84,7 +83,7 @@ def _pair(pair: tuple[Backend, Backend]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--scenario", required=True, choices=sorted(SCENARIOS))
+    ap.add_argument("--scenario", required=True, choices=sorted(WORLD_SCENARIOS))
     ap.add_argument("--world", default="soc", help="a base world of the scenario (soc, npu-heavy, prior)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--layers", type=int, default=6000)
@@ -92,8 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bins", type=int, default=10)
     ap.add_argument("--top", type=int, default=8, help="costliest layers shown")
     args = ap.parse_args(argv)
-    if args.world not in SCENARIOS[args.scenario].worlds:
-        ap.error(f"--world: {args.scenario} runs on {', '.join(SCENARIOS[args.scenario].worlds)}")
+    if args.world not in WORLD_SCENARIOS[args.scenario].worlds:
+        ap.error(f"--world: {args.scenario} runs on {', '.join(WORLD_SCENARIOS[args.scenario].worlds)}")
     best, lost = trace(args.scenario, args.world, args.seed, args.layers, args.telemetry)
     mille = 1000.0 / best
     total = sum(x.lost for x in lost) * mille
