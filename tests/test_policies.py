@@ -327,17 +327,25 @@ def test_how_latency_follows_the_clock_is_learned():
     assert p.choose(Stage.QKV, SHAPE, None).predicted[GPU] == pytest.approx(2e-3, rel=0.2)
 
 
-def test_each_stage_learns_how_it_follows_the_clock():
-    # qkv (compute-bound) follows the GPU's clock in proportion; attention (memory-bound) hardly
-    table = {("qkv", "gpu"): 1e-3, ("qkv", "npu"): 5e-3, ("attn", "gpu"): 1e-3, ("attn", "npu"): 5e-3}
-    p = bound(AdaptivePolicy(seed=0), table)
-    follows = {Stage.QKV: 1.0, Stage.ATTN: 0.2}
-    rng = random.Random(2)
+#: qkv and attention at 1 ms on the GPU and 5 ms on the NPU at full clock
+TWO_STAGES = {("qkv", "gpu"): 1e-3, ("qkv", "npu"): 5e-3, ("attn", "gpu"): 1e-3, ("attn", "npu"): 5e-3}
+
+
+def through_clock_steps(policy, follows, seed):
+    """Step the GPU's clock between full and half 40 times, each stage's runs at ``SHAPE``
+    following it with the elasticity ``follows[stage]`` (as ``TWO_STAGES`` at full clock)."""
+    rng = random.Random(seed)
     for _ in range(40):
         ratio = rng.choice((1.0, 0.5))
-        p.on_clocks({GPU: ratio})
+        policy.on_clocks({GPU: ratio})
         for stage, e in follows.items():
-            feed(p, stage, SHAPE, lambda b, r=ratio, e=e: {GPU: 1e-3 * r**-e, NPU: 5e-3}[b], 10, after=None)
+            feed(policy, stage, SHAPE, lambda b, r=ratio, e=e: {GPU: 1e-3 * r**-e, NPU: 5e-3}[b], 10, after=None)
+
+
+def test_each_stage_learns_how_it_follows_the_clock():
+    # qkv (compute-bound) follows the GPU's clock in proportion; attention (memory-bound) hardly
+    p = bound(AdaptivePolicy(seed=0), TWO_STAGES)
+    through_clock_steps(p, {Stage.QKV: 1.0, Stage.ATTN: 0.2}, seed=2)
     assert elasticity(p, "qkv", "gpu") == pytest.approx(1.0, abs=0.2)
     assert elasticity(p, "attn", "gpu") == pytest.approx(0.2, abs=0.2)
     p.on_clocks({GPU: 0.5})
@@ -367,18 +375,11 @@ def test_a_group_never_run_while_the_clock_was_low_follows_what_the_others_measu
 def test_what_one_group_learned_of_its_stages_clock_holds_for_the_stages_other_groups():
     # qkv follows the GPU's clock in proportion, attention (memory-bound) hardly; int8 attention
     # runs through the clock's steps, fp16 attention only ever at full clock
-    table = {("qkv", "gpu"): 1e-3, ("qkv", "npu"): 5e-3, ("attn", "gpu"): 1e-3, ("attn", "npu"): 5e-3}
-    p = bound(AdaptivePolicy(seed=0), table)
+    p = bound(AdaptivePolicy(seed=0), TWO_STAGES)
     fp16 = Shape(n=1, d=1024, kv_len=256, precision="fp16")
     p.on_clocks({GPU: 1.0})
     feed(p, Stage.ATTN, fp16, {GPU: 1e-3, NPU: 5e-3}.__getitem__, 100)
-    follows = {Stage.QKV: 1.0, Stage.ATTN: 0.2}
-    rng = random.Random(4)
-    for _ in range(40):
-        ratio = rng.choice((1.0, 0.5))
-        p.on_clocks({GPU: ratio})
-        for stage, e in follows.items():
-            feed(p, stage, SHAPE, lambda b, r=ratio, e=e: {GPU: 1e-3 * r**-e, NPU: 5e-3}[b], 10, after=None)
+    through_clock_steps(p, {Stage.QKV: 1.0, Stage.ATTN: 0.2}, seed=4)
     p.on_clocks({GPU: 0.5})
     # the stage's, not the backend's on the whole (qkv's and attention's together)
     assert p.state()["groups"]["attn/gpu/fp16/decode"]["clock_elasticity"] == pytest.approx(0.2, abs=0.15)
