@@ -1,6 +1,6 @@
 """What device telemetry buys: regret against the oracle with the clocks read, without, and lied to.
 
-    python benchmarks/bench_telemetry.py                 # every scenario, 5 seeds (~70 s)
+    python benchmarks/bench_telemetry.py                 # every scenario, 5 seeds (~90 s)
     python benchmarks/bench_telemetry.py --seeds 0,1 --json
 
 Two families of scenarios, each over several seeds, every policy in the same run:
