@@ -13,7 +13,7 @@ Two families of scenarios, each over several seeds, every policy in the same run
   ``max / slowdown^(1/0.7)``: latency follows the clock with an elasticity of 0.7, not the
   1 the learner starts from. In ``npu-ramp-mixed`` the kernels do not follow it alike:
   attention, bound by memory, slows by the square root of what qkv slows by (elasticity
-  0.35 against qkv's 0.7), which the learner must find out group by group.
+  0.35 against qkv's 0.7), which the learner must find out for each stage.
 
 Policies: ``adaptive`` without telemetry, ``telemetry`` (the clocks read), ``lying`` (a clock
 that always reads its maximum while the device is slow), and the oracle. Reported: each
@@ -47,7 +47,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from worlds import NPU, SCENARIOS, Factor, Scenario, World, make_base, parse_seeds, workload
+from worlds import NPU, SCENARIOS, Factor, Scenario, World, make_base, parse_seeds, ramp, workload
 
 from adaptive_sched import Scheduler
 from adaptive_sched.build import build_executors, build_policy, load_prior
@@ -64,12 +64,11 @@ ELASTICITY = 0.7
 
 
 def ramp_mixed(top: float, attn_share: float) -> Factor:
-    """The NPU slows steadily to ``top`` by the end, its attention by ``slowdown^attn_share`` only."""
+    """The NPU slows as :func:`worlds.ramp` makes it, its attention by ``slowdown^attn_share`` only."""
+    qkv = ramp(NPU, top)
 
     def f(s: Stage, b: Backend, t: float) -> float:
-        if b is not NPU:
-            return 1.0
-        slow = 1.0 + (top - 1.0) * t
+        slow = qkv(s, b, t)
         return slow if s is QKV else slow**attn_share
 
     return f

@@ -180,7 +180,7 @@ class Regression:
                  "surprise_n", "surprise_var", "version")  # fmt: skip
 
     def __init__(self, mean: list[float] | None, variances: list[float] | None, q: float, noise: float,
-                 between: float, detector: Any, gap: ClockGap | None = None) -> None:  # fmt: skip
+                 between: float, detector: Any, gap: ClockGap) -> None:  # fmt: skip
         self.k = 0 if mean is None else 3
         self.m = mean or [0.0, 0.0, 0.0]
         v = variances or [0.0, 0.0, 0.0]
@@ -200,7 +200,7 @@ class Regression:
         self.version = 0
         #: how much more strongly these runs follow the backend's clock than its kernels do on
         #: the whole: the stage's, shared with its other groups
-        self.gap = gap if gap is not None else ClockGap(0.0)
+        self.gap = gap
         #: the sum of the moves of its prediction at the observed shapes (all terms), and that sum
         #: and ``n`` at the last clock reading: what moved since, a clock step may explain
         self.moved = 0.0
