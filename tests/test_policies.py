@@ -404,6 +404,44 @@ def test_a_clock_that_only_ramps_down_is_not_mistaken_for_the_devices_level():
     assert p.choose(Stage.QKV, SHAPE, None).predicted[GPU] == pytest.approx(level * 0.25**-0.6, rel=0.1)
 
 
+def test_a_backend_whose_clock_is_not_read_is_checked_sooner_once_it_has_cooled():
+    # The NPU was learned 2x slower than the GPU (throttled at 85 C); its clock is not read.
+    def after_cooling(temps, clocks=None):
+        p = bound(AdaptivePolicy(seed=0), {("qkv", "gpu"): 2e-3, ("qkv", "npu"): 1e-3})
+        if clocks:
+            p.on_clocks(clocks)
+        p.on_temperatures({NPU: 85.0, GPU: 50.0})
+        feed(p, Stage.QKV, SHAPE, {GPU: 2e-3, NPU: 4e-3}.__getitem__, 3000)
+        before = p.probabilities(Stage.QKV, SHAPE, None).get(NPU, 0.0)
+        for temp in temps:
+            p.on_temperatures({NPU: temp, GPU: 50.0})
+        return before, p.probabilities(Stage.QKV, SHAPE, None).get(NPU, 0.0)
+
+    before, cooled = after_cooling([85.0 - i for i in range(26)])  # it cools by 25 C while unused
+    assert cooled > 3 * before > 0
+    assert after_cooling([85.0 - i / 2 for i in range(51)])[1] == pytest.approx(cooled)  # in any steps
+    assert after_cooling([85.0, 95.0, 60.0])[1] == pytest.approx(cooled)  # below where it last ran, only
+    # a sensor's jitter never adds up: 200 readings 3 C apart count as two
+    assert after_cooling([85.0 + 1.5 * (-1) ** i for i in range(200)]) == after_cooling([86.5, 83.5])
+    assert after_cooling([85.0 + i for i in range(10)]) == (before, before)  # heating: only slower
+    # with its clock read, the clock says what the heat did
+    assert after_cooling([85.0 - i for i in range(26)], clocks={GPU: 1.0, NPU: 1.0}) == (before, before)
+    assert after_cooling([None, math.nan]) == (before, before)  # unknown: as without telemetry
+
+
+def test_a_backend_in_use_is_not_less_sure_of_for_its_temperature():
+    # its latencies tell what heat does to it: only the backend left alone grows uncertain
+    group, phi = stage_features(Stage.QKV, SHAPE)
+    models = LatencyModel(ModelParams()), LatencyModel(ModelParams())
+    for clock in range(1, 41):
+        models[1].set_temperatures({GPU: 90.0 - clock, NPU: 90.0 - clock})  # both cool
+        for model in models:
+            model.observe(Stage.QKV, GPU, group, phi, "b", prior_log=0.0, log_t=0.0, clock=clock)
+    var = [[m.estimate(Stage.QKV, b, group, phi, "b").var(41) for b in (GPU, NPU)] for m in models]
+    assert var[1][0] == var[0][0]  # the GPU, in use
+    assert var[1][1] > var[0][1] + 38 * ModelParams().temperature_var - 1e-9  # the NPU, left alone
+
+
 def test_pair_choice_accounts_for_the_transition_cost():
     # alone, qkv is fastest on the GPU and attn on the NPU, but moving between them costs 2 ms
     table = {("qkv", "gpu"): 1.0e-3, ("qkv", "npu"): 1.2e-3, ("attn", "gpu"): 1.0e-3, ("attn", "npu"): 0.8e-3}

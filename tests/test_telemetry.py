@@ -225,10 +225,14 @@ class _Listener:
 
     def __init__(self, seen: list) -> None:
         self.seen = seen
+        self.temps: list = []
         self.clocks_wanted = False
 
     def on_clocks(self, ratios) -> None:
         self.seen.append(ratios)
+
+    def on_temperatures(self, temps) -> None:
+        self.temps.append(temps)
 
 
 def test_clock_feed_hands_new_and_stale_readings_to_the_policy():
@@ -236,8 +240,10 @@ def test_clock_feed_hands_new_and_stale_readings_to_the_policy():
     ratio = [0.5]
     seen = []
     sampler = Sampler(type("S", (), {"read": lambda self: Snapshot(now[0], {GPU: BackendReading(
-        freq_hz=ratio[0] * 1e9, max_freq_hz=1e9)})})(), interval_s=1.0, clock=lambda: now[0])  # fmt: skip
-    feed = ClockFeed(sampler, _Listener(seen), (GPU, NPU))
+        temp_c=60.0 + now[0], freq_hz=ratio[0] * 1e9, max_freq_hz=1e9)})})(), interval_s=1.0,
+        clock=lambda: now[0])  # fmt: skip
+    listener = _Listener(seen)
+    feed = ClockFeed(sampler, listener, (GPU, NPU))
     feed()
     now[0], ratio[0] = 1.0, 0.25
     for _ in range(ClockFeed.EVERY - 1):  # it looks every EVERY observations
@@ -253,6 +259,8 @@ def test_clock_feed_hands_new_and_stale_readings_to_the_policy():
     for _ in range(ClockFeed.EVERY):
         feed()
     assert seen[-1] == {GPU: None, NPU: None}  # stale: no telemetry at all
+    # each reading's temperatures follow its clocks
+    assert listener.temps == [{GPU: 60.0, NPU: None}, {GPU: 61.0, NPU: None}, {GPU: None, NPU: None}]
 
 
 def test_a_surprised_policy_gets_a_reading_at_once_but_not_more_often_than_the_gap():

@@ -10,6 +10,8 @@ time (without any handoff from another backend) is modelled as::
     contention, a governor pinned low). It starts at zero and nearly sure of it, and
     grows uncertain while the backend goes unobserved, so a stale backend is worth a
     probe; faster after changes were seen on it (contention that comes and goes).
+    With telemetry it also carries the backend's clock (``set_clocks``), or where the
+    clock is not read, grows uncertain as its temperature moves (``set_temperatures``).
 ``w[s, b, g] . phi_s(x)``
     A Bayesian linear regression per (stage, backend) and group ``g`` (precision and
     phase: INT8 and FP16 kernels, a GEMV and a GEMM, are wrong in their own ways) on an
@@ -189,6 +191,7 @@ class LatencyModel:
         for backend, ratio in ratios.items():
             slowdown = -math.log(ratio) if ratio is not None and 0.0 < ratio < 1.0 else 0.0
             device = self._device_of(backend)
+            device.clock_read = ratio is not None and 0.0 < ratio <= 1.0
             step = slowdown - device.slowdown
             stepped = abs(step) > self.params.clock_tolerance or (slowdown == 0.0) != (device.slowdown == 0.0)
             # Readings come a few times a second, latencies far more often: the backend's
@@ -228,6 +231,44 @@ class LatencyModel:
                 moved = True
             device.mean_at_reading = device.mean
             device.last_at_reading = device.last
+        return moved
+
+    def set_temperatures(self, temps: Mapping[Backend, float | None]) -> bool:
+        """Each backend's temperature (C) from telemetry (None: unknown). True when an estimate's
+        variance moved: its entries are stale.
+
+        A backend whose clock is not read (no devfreq for it on this board) and that has not
+        run since the last reading may have cooled enough for its governor to release it: a
+        throttled NPU left alone while the GPU runs recovers, and nothing else would say so
+        before a probe. How far it cooled below its temperature when it last ran is
+        forgetting, ``temperature_var`` per degree beyond ``temperature_deadband``, so it is
+        checked again sooner. Only the lowest temperature read counts: a sensor's jitter never
+        adds up. A backend in use tells by its latencies what heat does to it, one heating
+        while unused can only have got slower, and with its clock read the clock says it:
+        none of those is counted.
+        """
+        p = self.params
+        moved = False
+        for backend, temp in temps.items():
+            if temp is None or not math.isfinite(temp):
+                continue  # not read now: nothing to count
+            device = self._device_of(backend)
+            ran = device.last != device.temp_seen_at
+            device.temp_seen_at = device.last
+            if device.clock_read or ran or not math.isfinite(device.temp_anchor):
+                device.temp_anchor = device.temp_low = temp
+                continue
+            low = device.temp_low
+            if temp < low:
+                counted = max(0.0, device.temp_anchor - low - p.temperature_deadband)
+                cooled = max(0.0, device.temp_anchor - temp - p.temperature_deadband)
+                device.temp_low = temp
+                if cooled > counted:
+                    device.var += p.temperature_var * (cooled - counted)
+                    device.version += 1
+                    # entries are recomputed once per degree: a reading's jitter beyond the
+                    # deadband is not worth every entry
+                    moved = moved or math.floor(cooled) > math.floor(counted)
         return moved
 
     @staticmethod

@@ -78,6 +78,12 @@ class ModelParams:
     clock_elasticity_spread: float = 0.3
     #: a backend's clock ratio must move by this (log units) for its estimates to be recomputed
     clock_tolerance: float = 0.02
+    #: variance a backend's device term gains per degree C it cooled while unused, where its clock
+    #: is not read (a board without devfreq for it): heat slows a backend through governor trips
+    #: a few tens of degrees apart, by about 1.5x over the 20 C they span (0.16 / 20) ...
+    temperature_var: float = 0.008
+    #: ... beyond this (C) below its temperature when it last ran: a sensor's jitter
+    temperature_deadband: float = 1.0
     #: variance the device term is re-opened to when a change is seen to revert (the level
     #: before the change is known, to about what the change's size was measured to)
     revert_var: float = 0.02
@@ -99,7 +105,7 @@ class ModelParams:
                 raise ValueError(f"{f.name} must be a finite number >= 0, got {value!r}")
         for name in (
             "clip", "noise_var", "min_noise_var", "adwin_delta", "noise_rate", "max_buckets", "adwin_clock",
-            "volatility_horizon", "confirm_slower", "confirm_faster",
+            "volatility_horizon", "confirm_slower", "confirm_faster", "temperature_deadband",
         ):  # fmt: skip
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")

@@ -37,12 +37,13 @@ class DeviceTerm:
     over current clock) times an elasticity, ``beta`` here (what the backend's kernels share,
     learned) plus its stage's gap to it (:class:`ClockGap`, shared by the stage's regressions; see
     ``LatencyModel.set_clocks``). The ``*_at_reading`` fields remember the term at the last
-    clock reading, so that a step the latencies showed first is not counted twice.
+    clock reading, so that a step the latencies showed first is not counted twice. Without its
+    clock, the backend cooling while unused is forgetting (see ``LatencyModel.set_temperatures``).
     """
 
-    __slots__ = ("_decay", "beta", "beta_cov", "beta_var", "energy", "horizon", "jump", "jump_at", "jumps", "last",
-                 "last_at_reading", "mean", "mean_at_reading", "n", "q", "reverted", "slowdown", "spike_rate",
-                 "var", "version")  # fmt: skip
+    __slots__ = ("_decay", "beta", "beta_cov", "beta_var", "clock_read", "energy", "horizon", "jump", "jump_at",
+                 "jumps", "last", "last_at_reading", "mean", "mean_at_reading", "n", "q", "reverted", "slowdown",
+                 "spike_rate", "temp_anchor", "temp_low", "temp_seen_at", "var", "version")  # fmt: skip
 
     def __init__(self, var: float, q: float, horizon: float, beta: float = 1.0, beta_var: float = 0.0,
                  spike_rate: float = 0.01) -> None:  # fmt: skip
@@ -52,6 +53,13 @@ class DeviceTerm:
         #: full clock or unknown), and how strongly its kernels' latency follows it (1: run time
         #: proportional to the clock period, less for memory-bound work), learned
         self.slowdown = 0.0
+        #: whether the clock is read now (``slowdown`` 0 is then full clock, not unknown)
+        self.clock_read = False
+        #: its temperature (C) when it last ran (at the reading before), NaN when unknown; the
+        #: lowest read since, and ``last`` at the latest reading (see ``LatencyModel.set_temperatures``)
+        self.temp_anchor = math.nan
+        self.temp_low = math.nan
+        self.temp_seen_at = -1
         self.beta = beta
         self.beta_var = beta_var
         #: the covariance of ``mean`` and ``beta``: where the clock has only been seen low, a

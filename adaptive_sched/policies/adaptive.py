@@ -418,6 +418,13 @@ class AdaptivePolicy(Policy):
             if self._est.model.set_clocks({b: r for b, r in ratios.items() if b in self.candidates}):
                 self._invalidate()
 
+    def on_temperatures(self, temps: Mapping[Backend, float | None]) -> None:
+        # Only a backend whose clock is not read grows uncertain as it heats or cools (see
+        # LatencyModel.set_temperatures); entries are recomputed on their next use.
+        with self._lock:
+            if self._est.model.set_temperatures({b: t for b, t in temps.items() if b in self.candidates}):
+                self._invalidate()
+
     def mark_unsupported(self, stage: Stage, shape: Shape, backend: Backend) -> None:
         with self._lock:
             point = self._est.point(stage, shape)

@@ -19,6 +19,7 @@ observed latencies. The scheduler talks to a policy only through :class:`Policy`
 ``mark_unsupported(stage, shape, b)``  (optional) ``b`` cannot run ``stage`` there
 ``prepare()``                          (optional) pay one-time costs before serving
 ``on_clocks(ratios)``                  (optional) each backend's clock over its maximum, from telemetry
+``on_temperatures(temps)``             (optional) each backend's temperature in C, from telemetry
 ``clocks_wanted``                      (optional) True asks for a reading before the next observation
 ``state()``                            (optional) a plain-data summary for reports
 =====================================  ================================================
@@ -277,6 +278,10 @@ class Policy(abc.ABC):
         """The device's telemetry changed: each backend's clock (the one it may run at now) over
         its maximum (None: unknown). Optional: policies that predict latencies may scale them; stale or
         missing telemetry arrives as None and must leave the policy as it would be without."""
+
+    def on_temperatures(self, temps: Mapping[Backend, float | None]) -> None:
+        """Each backend's temperature in C (None: unknown), with each reading after :meth:`on_clocks`.
+        Optional, as that one is: policies may grow less sure of a backend as it heats or cools."""
 
     # -- exclusions ----------------------------------------------------------------------
     def exclude(self, backends: Iterable[Backend]) -> None:

@@ -164,16 +164,19 @@ class Sampler:
 
 
 class ClockListener(Protocol):
-    """What a :class:`ClockFeed` feeds (a policy): it takes clock ratios, and may ask for them now."""
+    """What a :class:`ClockFeed` feeds (a policy): it takes clock ratios and temperatures, and may
+    ask for a reading now."""
 
     clocks_wanted: bool
 
     def on_clocks(self, ratios: Mapping[Backend, float | None]) -> None: ...
 
+    def on_temperatures(self, temps: Mapping[Backend, float | None]) -> None: ...
+
 
 class ClockFeed:
-    """Hands a policy each backend's clock ratio whenever the sampler has a new snapshot, or
-    none fresh any more (then every ratio is None: no telemetry).
+    """Hands a policy each backend's clock ratio, then its temperature, whenever the sampler has
+    a new snapshot, or none fresh any more (then every value is None: no telemetry).
 
     Called by the learner before each observation it learns: with a sampler on a thread of
     its own it only looks at the latest snapshot; otherwise it polls (a simulated device's
@@ -215,5 +218,10 @@ class ClockFeed:
         if snapshot is self._seen:
             return
         self._seen = snapshot
-        ratios = snapshot.clock_ratios() if snapshot is not None else {}
+        if snapshot is None:
+            ratios: dict[Backend, float | None] = {}
+            temps: dict[Backend, float | None] = {}
+        else:
+            ratios, temps = snapshot.clock_ratios(), snapshot.temperatures()
         policy.on_clocks({b: ratios.get(b) for b in self._backends})
+        policy.on_temperatures({b: temps.get(b) for b in self._backends})

@@ -85,6 +85,10 @@ class Snapshot:
         """Each backend's :meth:`BackendReading.clock_ratio` (None: unknown)."""
         return {b: r.clock_ratio() for b, r in self.backends.items()}
 
+    def temperatures(self) -> dict[Backend, float | None]:
+        """Each backend's temperature in C (None: unknown)."""
+        return {b: r.temp_c for b, r in self.backends.items()}
+
     def as_context(self) -> dict[str, float]:
         """The known values as a flat mapping of finite numbers (see the module docstring)."""
         out: dict[str, float] = {}
