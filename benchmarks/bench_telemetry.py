@@ -1,6 +1,6 @@
 """What device telemetry buys: regret against the oracle with the clocks read, without, and lied to.
 
-    python benchmarks/bench_telemetry.py                 # every scenario, 5 seeds (~90 s)
+    python benchmarks/bench_telemetry.py                 # every scenario, 5 seeds (~2 min)
     python benchmarks/bench_telemetry.py --seeds 0,1 --json
 
 Two families of scenarios, each over several seeds, every policy in the same run:
@@ -16,7 +16,9 @@ Two families of scenarios, each over several seeds, every policy in the same run
   0.35 against qkv's 0.7), which the learner must find out for each stage.
 
 Policies: ``adaptive`` without telemetry, ``telemetry`` (the clocks read), ``lying`` (a clock
-that always reads its maximum while the device is slow), and the oracle. Reported: each
+that always reads its maximum while the device is slow), ``temperatures`` (a board whose clocks
+cannot be read, no devfreq for them: only temperatures), and the oracle. The world's NPU
+temperature is 50 C plus 20 C per unit of its log slowdown, with a sensor's jitter (sd 0.3 C). Reported: each
 one's total latency over the oracle's, minus one (the regret), mean and worst over seeds,
 and the ratio telemetry / without; then the decisions' own regret, what each choice lost
 against the best pair at the moment it was made, over the whole run and from the moment the NPU
@@ -39,6 +41,7 @@ import argparse
 import dataclasses
 import json
 import math
+import random
 import statistics
 import sys
 import tempfile
@@ -58,7 +61,9 @@ from adaptive_sched.types import Backend, Stage
 from adaptive_sched.workload import decode_steps, model_shape
 
 QKV, ATTN = Stage.QKV, Stage.ATTN
-VARIANTS = ("adaptive", "telemetry", "lying")
+VARIANTS = ("adaptive", "telemetry", "lying", "temperatures")
+#: each variant's column
+LABELS = {"adaptive": "without", "telemetry": "telemetry", "lying": "lying", "temperatures": "temps only"}
 #: how the independent world's latency follows its clock: slowdown = (max / cur)^ELASTICITY
 ELASTICITY = 0.7
 
@@ -101,6 +106,22 @@ class Lying:
         s = self.source.read()
         lies = {b: dataclasses.replace(r, freq_hz=r.max_freq_hz, cap_hz=r.max_freq_hz) for b, r in s.backends.items()}
         return dataclasses.replace(s, backends=lies)
+
+
+class Thermometer:
+    """A source whose clocks cannot be read (a board without devfreq for them): temperatures and loads only."""
+
+    def __init__(self, source: Any) -> None:
+        self.source = source
+
+    def read(self) -> Snapshot:
+        s = self.source.read()
+        unread = {b: dataclasses.replace(r, freq_hz=None, cap_hz=None) for b, r in s.backends.items()}
+        return dataclasses.replace(s, backends=unread)
+
+
+#: how a source is seen by each variant that reads telemetry (the sampler's own for ``telemetry``)
+SEEN_AS = {"lying": Lying, "temperatures": Thermometer}
 
 
 # -- the simulated RK3588 -----------------------------------------------------------------------
@@ -165,8 +186,8 @@ def run_sim(scenario: str, variant: str, seed: int, thermal: dict[str, Any] = SI
     else:
         policy = build_policy(config, built, seed=seed)
     sampler = None
-    if variant == "lying":
-        sampler = Sampler(Lying(SimTelemetry(device)), config.telemetry.interval_s, clock=lambda: device.now)
+    if variant in SEEN_AS:
+        sampler = Sampler(SEEN_AS[variant](SimTelemetry(device)), config.telemetry.interval_s, clock=lambda: device.now)
     npu_top = thermal["backends"]["npu"]["trips"][0][1]  # below the first trip's clock: throttled
     model = model_shape("qwen2.5-1.5b")
     bursts = 1 if scenario == "sim-steady" else 6
@@ -186,13 +207,15 @@ def run_sim(scenario: str, variant: str, seed: int, thermal: dict[str, Any] = SI
 
 
 # -- the independent world ----------------------------------------------------------------------
-class WorldClocks:
-    """The world's NPU clock: its current slowdown read back as a clock (max / slowdown^(1/e))."""
+class WorldTelemetry:
+    """The world's clocks: each backend's current slowdown read back as a clock (max /
+    slowdown^(1/e)); and its temperature, 50 C plus 20 C per unit of log slowdown, with jitter."""
 
     MAX_HZ = 1.0e9
 
-    def __init__(self, world: World, lie: bool) -> None:
-        self.world, self.lie = world, lie
+    def __init__(self, world: World, seed: int) -> None:
+        self.world = world
+        self.jitter = random.Random(seed).gauss
 
     def read(self) -> Snapshot:
         w = self.world
@@ -201,14 +224,16 @@ class WorldClocks:
             slow = 1.0
             for f in w.scenario.factors:
                 slow *= f(QKV, backend, w.progress)
-            cur = self.MAX_HZ if self.lie else self.MAX_HZ / max(slow, 1.0) ** (1.0 / ELASTICITY)
+            slow = max(slow, 1.0)
+            cur = self.MAX_HZ / slow ** (1.0 / ELASTICITY)
+            temp = 50.0 + 20.0 * math.log(slow) + self.jitter(0.0, 0.3)
             # the throttle is a cap, as a thermal governor's on a board
-            readings[backend] = BackendReading(temp_c=None, freq_hz=cur, max_freq_hz=self.MAX_HZ, cap_hz=cur)
+            readings[backend] = BackendReading(temp_c=temp, freq_hz=cur, max_freq_hz=self.MAX_HZ, cap_hz=cur)
         return Snapshot(w.progress, readings)
 
 
 def world_layers(scenario: str, variant: str, seed: int, layers: int, world_name: str = "soc") -> Iterator[Any]:
-    """Run ``variant`` (``adaptive``, ``telemetry``, ``lying`` or ``oracle``) through ``scenario`` on a
+    """Run ``variant`` (one of :data:`VARIANTS`, or ``oracle``) through ``scenario`` on a
     world that is not our simulator, as ``bench_learning.py`` does, one layer at a time: yields the
     world (its ``progress`` set to the layer's), the shape, and the layer's qkv and attn decisions."""
     config = load_config("rk3588-sim")
@@ -218,9 +243,12 @@ def world_layers(scenario: str, variant: str, seed: int, layers: int, world_name
     steps = workload(layers, seed, WORLD_SCENARIOS[scenario].models)
     n = len(steps)
     sampler = None
-    if variant in ("telemetry", "lying"):
+    if variant == "telemetry" or variant in SEEN_AS:
+        source: Any = WorldTelemetry(world, seed)
+        if variant in SEEN_AS:
+            source = SEEN_AS[variant](source)
         # four reads per 1% of the run, in the run's own time (its progress)
-        sampler = Sampler(WorldClocks(world, lie=variant == "lying"), interval_s=0.0025, clock=lambda: world.progress)
+        sampler = Sampler(source, interval_s=0.0025, clock=lambda: world.progress)
     policy: Any = (OraclePolicy(expected_latency=world.expected) if variant == "oracle"
                    else AdaptivePolicy(AdaptiveParams(seed=seed)))  # fmt: skip
     with Scheduler(config, policy=policy, prior=prior, telemetry=sampler) as sched:
@@ -295,13 +323,14 @@ def print_means(rows: list[dict[str, Any]], measure: str, title: str, first: str
     """One table: per scenario, each variant's mean of ``measure`` and the ratio telemetry / without."""
     print(f"\n{title}, mean:")
     head = f"{first:>16s} " if first else ""
-    print(f"{'scenario':14s} {head}{'without':>9s} {'telemetry':>9s} {'lying':>9s} {'tel/without':>12s}")
+    labels = " ".join(f"{LABELS[v]:>10s}" for v in VARIANTS)
+    print(f"{'scenario':14s} {head}{labels} {'tel/without':>12s} {'temps/without':>14s}")
     for r in rows:
         lead = f"{r[first]:16.4f} " if first else ""
-        cells = " ".join(f"{r[f'{v}:{measure}']:9.4f}" for v in VARIANTS)
+        cells = " ".join(f"{r[f'{v}:{measure}']:10.4f}" for v in VARIANTS)
         without = r[f"adaptive:{measure}"]
-        ratio = r[f"telemetry:{measure}"] / without if without > 0 else math.nan
-        print(f"{r['scenario']:14s} {lead}{cells} {ratio:12.2f}")
+        ratios = [r[f"{v}:{measure}"] / without if without > 0 else math.nan for v in ("telemetry", "temperatures")]
+        print(f"{r['scenario']:14s} {lead}{cells} {ratios[0]:12.2f} {ratios[1]:14.2f}")
 
 
 def main() -> int:
@@ -364,17 +393,19 @@ def main() -> int:
             row[f"{v}:decisions"] = statistics.mean(decisions[v])
             row[f"{v}:throttled"] = statistics.mean(throttled[v])
             row[f"{v}:beyond"] = statistics.mean(beyond[v])
-        row["telemetry/without"] = row["telemetry"] / row["adaptive"] if row["adaptive"] > 0 else math.nan
+        for v in ("telemetry", "temperatures"):
+            row[f"{v}/without"] = row[v] / row["adaptive"] if row["adaptive"] > 0 else math.nan
         rows.append(row)
     cost = read_cost_us()
     if args.json:
         print(json.dumps({"rows": rows, "sysfs_read_us": cost[0], "sysfs_clocks_read_us": cost[1]}, indent=2))
         return 0
     print(f"regret over the oracle (total latency / oracle's - 1), mean (worst) over seeds {seeds}:")
-    print(f"{'scenario':14s} {'without':>16s} {'telemetry':>16s} {'lying':>16s} {'tel/without':>12s}")
+    labels = " ".join(f"{LABELS[v]:>16s}" for v in VARIANTS)
+    print(f"{'scenario':14s} {labels} {'tel/without':>12s} {'temps/without':>14s}")
     for r in rows:
         cells = " ".join(f"{r[v]:8.4f} ({r[v + ':worst']:.4f})" for v in VARIANTS)
-        print(f"{r['scenario']:14s} {cells} {r['telemetry/without']:12.2f}")
+        print(f"{r['scenario']:14s} {cells} {r['telemetry/without']:12.2f} {r['temperatures/without']:14.2f}")
     own = "the decisions' own regret (what each choice lost against the best pair at that moment)"
     print_means(rows, "decisions", own)
     since = ("the same from the moment the NPU first throttled (before it, every variant makes the same first checks"
