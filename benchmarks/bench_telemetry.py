@@ -20,7 +20,7 @@ that always reads its maximum while the device is slow), ``temperatures`` (a boa
 cannot be read, no devfreq for them: only temperatures), and the oracle. The world's NPU
 temperature is 50 C plus 20 C per unit of its log slowdown, with a sensor's jitter (sd 0.3 C). Reported: each
 one's total latency over the oracle's, minus one (the regret), mean and worst over seeds,
-and the ratio telemetry / without; then the decisions' own regret, what each choice lost
+and the ratios telemetry / without and temperatures / without; then the decisions' own regret, what each choice lost
 against the best pair at the moment it was made, over the whole run and from the moment the NPU
 first throttled (what telemetry can change); and the regret beyond what the same seeds cost on a
 device that never throttles (first checks and exploration, which telemetry cannot change). On
@@ -320,7 +320,7 @@ def read_cost_us(repeats: int = 2000) -> tuple[float, float]:
 
 
 def print_means(rows: list[dict[str, Any]], measure: str, title: str, first: str | None = None) -> None:
-    """One table: per scenario, each variant's mean of ``measure`` and the ratio telemetry / without."""
+    """One table: per scenario, each variant's mean of ``measure``, and telemetry's and temperatures' over without."""
     print(f"\n{title}, mean:")
     head = f"{first:>16s} " if first else ""
     labels = " ".join(f"{LABELS[v]:>10s}" for v in VARIANTS)

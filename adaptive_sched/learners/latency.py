@@ -11,7 +11,7 @@ time (without any handoff from another backend) is modelled as::
     grows uncertain while the backend goes unobserved, so a stale backend is worth a
     probe; faster after changes were seen on it (contention that comes and goes).
     With telemetry it also carries the backend's clock (``set_clocks``), or where the
-    clock is not read, grows uncertain as its temperature moves (``set_temperatures``).
+    clock is not read, grows uncertain as the backend cools while unused (``set_temperatures``).
 ``w[s, b, g] . phi_s(x)``
     A Bayesian linear regression per (stage, backend) and group ``g`` (precision and
     phase: INT8 and FP16 kernels, a GEMV and a GEMM, are wrong in their own ways) on an

@@ -419,7 +419,7 @@ class AdaptivePolicy(Policy):
                 self._invalidate()
 
     def on_temperatures(self, temps: Mapping[Backend, float | None]) -> None:
-        # Only a backend whose clock is not read grows uncertain as it heats or cools (see
+        # Only a backend whose clock is not read grows uncertain, as it cools while unused (see
         # LatencyModel.set_temperatures); entries are recomputed on their next use.
         with self._lock:
             if self._est.model.set_temperatures({b: t for b, t in temps.items() if b in self.candidates}):

@@ -218,10 +218,7 @@ class ClockFeed:
         if snapshot is self._seen:
             return
         self._seen = snapshot
-        if snapshot is None:
-            ratios: dict[Backend, float | None] = {}
-            temps: dict[Backend, float | None] = {}
-        else:
-            ratios, temps = snapshot.clock_ratios(), snapshot.temperatures()
+        ratios = snapshot.clock_ratios() if snapshot is not None else {}
+        temps = snapshot.temperatures() if snapshot is not None else {}
         policy.on_clocks({b: ratios.get(b) for b in self._backends})
         policy.on_temperatures({b: temps.get(b) for b in self._backends})
