@@ -229,6 +229,49 @@ def test_a_detected_change_makes_its_backend_volatile_whatever_its_size():
     assert model.volatile(GPU, p._clock)
 
 
+def test_a_change_one_stage_sees_while_the_other_runs_as_predicted_is_that_stages_own():
+    # Both stages run on the GPU, layer after layer. Attention turns 2.5x slower than learned
+    # (a kernel, or a shape its regression had not seen) while qkv keeps its time: the backend
+    # did not change, and qkv's estimate must not move. When qkv slows too, the backend did.
+    table = {("qkv", "gpu"): 1e-3, ("qkv", "npu"): 3e-3, ("attn", "gpu"): 1e-3, ("attn", "npu"): 3e-3}
+
+    def after_change(qkv_s, attn_s):
+        p = bound(AdaptivePolicy(seed=0), table)
+        for i in range(303):
+            slow = i >= 300
+            p.learn(Observation(Stage.QKV, SHAPE, None, GPU, qkv_s if slow else 1e-3))
+            p.learn(Observation(Stage.ATTN, SHAPE, GPU, GPU, attn_s if slow else 1e-3))
+        for _ in range(7):  # then qkv moves to the NPU: nothing but attention tells of the GPU
+            p.learn(Observation(Stage.ATTN, SHAPE, NPU, GPU, attn_s + 1e-4))
+        predicted = {s: p.choose(s, SHAPE, None).predicted[GPU] for s in (Stage.QKV, Stage.ATTN)}
+        return predicted, p._est.model.reversion(GPU, p._clock)[2]
+
+    predicted, reverting = after_change(1e-3, 2.5e-3)
+    assert predicted[Stage.QKV] == pytest.approx(1e-3, rel=0.1)
+    assert predicted[Stage.ATTN] == pytest.approx(2.5e-3, rel=0.2)
+    assert reverting == 0.0  # not a change of the backend, which might revert
+    predicted, reverting = after_change(2.5e-3, 2.5e-3)
+    assert predicted[Stage.QKV] == pytest.approx(2.5e-3, rel=0.2)
+    assert reverting > 0.0
+
+
+def test_a_group_too_unsure_to_have_seen_a_change_does_not_make_it_local():
+    # Attention on the GPU, well known, slows 2.5x; meanwhile qkv runs there for the first time:
+    # within its wide prior, it could not have told. The change is the backend's.
+    model = LatencyModel(ModelParams())
+    attn, attn_phi = stage_features(Stage.ATTN, SHAPE)
+    qkv, qkv_phi = stage_features(Stage.QKV, SHAPE)
+    for clock in range(1, 201):
+        model.observe(Stage.ATTN, GPU, attn, attn_phi, "a", prior_log=0.0, log_t=0.0, clock=clock)
+    slow = math.log(2.5)
+    model.observe(Stage.ATTN, GPU, attn, attn_phi, "a", prior_log=0.0, log_t=slow, clock=201)
+    model.observe(Stage.QKV, GPU, qkv, qkv_phi, "q", prior_log=0.0, log_t=slow, clock=202)
+    for clock in (203, 204, 205):  # four in a row: a change
+        model.observe(Stage.ATTN, GPU, attn, attn_phi, "a", prior_log=0.0, log_t=slow, clock=clock)
+    assert sum(model.changes.values()) == 1
+    assert model.reversion(GPU, 206)[2] > 0.0  # a change of the backend, which may revert
+
+
 def test_a_slowdown_that_ends_is_undone_on_both_stages_at_once():
     # The GPU is contended while only qkv runs there; when the contention ends, two qkv runs at
     # the old level undo the whole change, so attention (not run there since) is back too.

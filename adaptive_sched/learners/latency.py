@@ -43,7 +43,10 @@ spike moves an estimate by at most a few noise widths. A surprise that repeats i
 change: a run of innovations beyond the clip in one direction (``confirm_slower``, more
 where the backend's learned spike rate would make that many spikes in a row likelier
 than ``false_change_rate``; or ``confirm_faster`` since noise cannot speed a run up)
-re-opens the device term and the regression's intercept and is learned at once, and a
+re-opens the device term and the regression's intercept and is learned at once, mostly on
+the device term: changes of a whole backend are the common ones. Unless another group of the
+backend ran as predicted while the surprises repeated: then the backend did not change, this
+group was wrong (often at a shape it had not seen), and its intercept takes the change. A
 :class:`river.drift.ADWIN` on the winsorised innovations catches the slow or small shifts
 the clip hides from that test.
 
@@ -505,14 +508,20 @@ class LatencyModel:
             reg.surprise, reg.surprise_var, reg.surprise_n = raw, s, reg.n + 1
         if z > clip:
             reg.run_size = min(reg.run_size, raw) if run > 0 else raw
+            if run <= 0:
+                reg.run_at = clock
             run = run + 1 if run > 0 else 1
             change = run >= p.confirm_slower and spikes**run <= p.false_change_rate
         elif z < -clip:
             reg.run_size = min(reg.run_size, -raw) if run < 0 else -raw
+            if run >= 0:
+                reg.run_at = clock
             run = run - 1 if run < 0 else -1
             change = -run >= p.confirm_faster
         else:
             run = 0
+            reg.calm_at, reg.calm_sd = clock, sd
+        local = False
         if change:
             reg.run = 0
             if run > 0:  # the run's surprises were a change's first runs, not spikes
@@ -520,8 +529,12 @@ class LatencyModel:
             size = min(reg.run_size, MAX_CHANGE)
             self.changes[(stage, backend)] = self.changes.get((stage, backend), 0) + 1
             # Where the change is, the next observations tell: the backend's device term, this
-            # regression, or this shape bucket alone are all re-opened.
-            self._reopen(device, reg, bk)
+            # regression, or this shape bucket alone are all re-opened. Unless another group of
+            # the backend ran as predicted since the run of surprises began: then the backend
+            # did not change, this group was wrong (a shape it had not seen), and it is this
+            # regression that takes the change.
+            local = bool(k) and self._calm_since(backend, reg, reg.run_at, size / clip)
+            self._reopen(device, reg, bk, local)
             v_device = device.var
             if k:
                 p0, p1, p2, v_reg, _ = reg.project(phi)
@@ -616,7 +629,8 @@ class LatencyModel:
             reg.detector = self._detector()
             # What may revert is the whole change seen (contention ends, a throttled clock
             # recovers), however this first step split it between the terms.
-            device.jumped(e, clock)
+            if not local:
+                device.jumped(e, clock)
             return Learned(alarm=True, device_shift=device_move, shift=gain * e, shared_shift=shared,
                            predicted=predicted + gain * e, gain=gain)  # fmt: skip
         # Slow or small shifts, which the clip hides from the run test: river's ADWIN on the
@@ -637,11 +651,23 @@ class LatencyModel:
         # (tuple.__new__ directly: the named tuple's own constructor, with keywords, costs half a microsecond)
         return _new_tuple(Learned, (alarm, device_move, gain * e, shared, predicted + gain * e, gain))
 
-    def _reopen(self, device: DeviceTerm, reg: Regression, bucket: list[float] | None) -> None:
+    def _calm_since(self, backend: Backend, reg: Regression, clock: int, sd: float) -> bool:
+        """Whether a group of ``backend`` other than ``reg`` ran as predicted after ``clock``, to
+        a standard deviation below ``sd`` (sure enough that a change of the backend would have
+        surprised it too)."""
+        for (_, b, _), other in self._groups.items():
+            if b is backend and other is not reg and other.calm_at > clock and other.calm_sd < sd:
+                return True
+        return False
+
+    def _reopen(self, device: DeviceTerm, reg: Regression, bucket: list[float] | None, local: bool = False) -> None:
+        """Distrust the terms a change may be in: the device term mostly, or with ``local`` the
+        regression alone (the backend's other groups showed no change)."""
         p = self.params
-        device.changed(p.alarm_var)
+        if not local:
+            device.changed(p.alarm_var)
         if reg.k:
-            reg.c[0] = max(reg.c[0], p.alarm_stage_var)
+            reg.c[0] = max(reg.c[0], p.alarm_var if local else p.alarm_stage_var)
         reg.version += 1
         if bucket is not None:
             bucket[1] = max(bucket[1], p.alarm_bucket_var)

@@ -183,9 +183,9 @@ class Regression:
     at three features that is several times faster than general loops in Python.
     """
 
-    __slots__ = ("between", "c", "detector", "doubt", "doubt_c", "doubt_m", "gap", "k", "last",
-                 "m", "moved", "moved_at_reading", "n", "n_at_reading", "noise", "q", "run", "run_size", "surprise",
-                 "surprise_n", "surprise_var", "version")  # fmt: skip
+    __slots__ = ("between", "c", "calm_at", "calm_sd", "detector", "doubt", "doubt_c", "doubt_m", "gap", "k",
+                 "last", "m", "moved", "moved_at_reading", "n", "n_at_reading", "noise", "q", "run", "run_at",
+                 "run_size", "surprise", "surprise_n", "surprise_var", "version")  # fmt: skip
 
     def __init__(self, mean: list[float] | None, variances: list[float] | None, q: float, noise: float,
                  between: float, detector: Any, gap: ClockGap) -> None:  # fmt: skip
@@ -205,6 +205,12 @@ class Regression:
         #: and the smallest of their sizes (a spike within the run does not inflate the change)
         self.run = 0
         self.run_size = 0.0
+        #: the clock at which the current run began, and that of its last run within the clip
+        #: with the standard deviation it was predicted to: a change one group sees while
+        #: another group of the backend, sure enough to have seen it, ran as predicted is its own
+        self.run_at = 0
+        self.calm_at = -1
+        self.calm_sd = 0.0
         self.version = 0
         #: how much more strongly these runs follow the backend's clock than its kernels do on
         #: the whole: the stage's, shared with its other groups
