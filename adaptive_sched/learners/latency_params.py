@@ -64,7 +64,8 @@ class ModelParams:
     #: backend (contention, throttling) are common, of one kernel (a driver) rarer, of one
     #: shape rarer still; observations of the backend's other stages then sort out the rest.
     #: Put mostly into the backend's shared term, a change that reverts (contention ends)
-    #: is seen reverting by whichever stage runs there next.
+    #: is seen reverting by whichever stage runs there next. A change another group of the
+    #: backend ran through unsurprised is the group's own: its intercept gets ``alarm_var``.
     alarm_var: float = 0.25
     alarm_stage_var: float = 0.04
     alarm_bucket_var: float = 0.01
