@@ -273,6 +273,45 @@ def test_an_alarm_lifts_the_budget_only_until_every_backend_is_re_measured():
     assert sum(d.explored for d in after) <= 3  # the budget binds again
 
 
+def test_a_slowdown_one_stage_sees_re_measures_the_backends_at_the_other_stage_too():
+    # A firmware update: attention on the NPU (its choice) gets 1.5x slower, and the NPU's qkv,
+    # which nobody runs (the GPU wins qkv), 3x faster, now the faster qkv. The alarm raised by
+    # attention lifts the budget until every backend has been re-measured at both stages: the
+    # NPU's attention runs say nothing of its qkv. (Counted per backend, the window closed as
+    # soon as attention had run on the NPU and qkv on the GPU a few times, and with this budget
+    # the NPU's qkv was never tried again.)
+    rng = random.Random(3)
+    with make(policy={"seed": 3, "explore_budget": 1e-4}) as sched:
+        truth = {stage: dict(sched.prior.latency(stage, DECODE)) for stage in ("qkv", "attn")}
+
+        def layers(n):
+            out = []
+            for _ in range(n):
+                q = sched.decide("qkv", DECODE)
+                sched.observe(q, truth["qkv"][q.backend] * rng.lognormvariate(0.0, 0.05))
+                a = sched.decide("attn", DECODE)  # on its own: no handoff shares its time
+                sched.observe(a, truth["attn"][a.backend] * rng.lognormvariate(0.0, 0.05))
+                out.append((q, a))
+            return out
+
+        settled = layers(3000)
+        assert [q.backend for q, _ in settled[-200:]].count(GPU) >= 195
+        assert [a.backend for _, a in settled[-200:]].count(NPU) >= 195
+        truth["attn"][NPU] *= 1.5
+        truth["qkv"][NPU] = truth["qkv"][GPU] / 2  # 3x faster than it was
+        for _ in range(50):
+            layers(1)
+            if sched.stats()["policy"]["alarm_windows"]:
+                break
+        assert sched.stats()["policy"]["alarm_windows"] == ["npu"]
+        in_window = []
+        while sched.stats()["policy"]["alarm_windows"] and len(in_window) < 1000:
+            in_window += layers(1)
+        after = layers(300)
+    assert sum(q.backend is NPU for q, _ in in_window) >= 1
+    assert [q.backend for q, _ in after[-100:]].count(NPU) >= 95  # qkv moved to the faster NPU
+
+
 # -- 3. online learning and drift ----------------------------------------------------------------
 
 

@@ -64,7 +64,8 @@ class AdaptiveParams:
     first_checks: int = 1
     #: ... at an expected cost per decision of at most this many times the budget's allowance
     first_check_allowance: float = 10.0
-    #: a detected change lifts the budget until every usable backend is observed this often ...
+    #: a detected slowdown lifts the budget until every other usable backend is observed this
+    #: often at every stage ...
     alarm_probes: int = 8
     #: ... or for at most this many observations
     alarm_observations: int = 400
@@ -139,6 +140,7 @@ class AdaptivePolicy(Policy):
         self._unsupported: set[tuple[Any, ...]] = set()
         self._checked: set[tuple[Any, ...]] = set()
         self._clock = 0  # observations learned: the clock of forgetting
+        self._stages: set[Stage] = set()  # the stages learned from: what a drift alarm re-measures
 
     def prepare(self) -> None:
         with self._lock:
@@ -323,14 +325,18 @@ class AdaptivePolicy(Policy):
                 model.surprised = False
                 self.clocks_wanted = True  # read by the scheduler's clock feed, if it has telemetry
             self._charge(choice, backend, latency_s, clock)
+            stages = self._stages
+            if stage not in stages:
+                stages.add(stage)
             if learned.alarm:
                 if learned.shift > 0:
-                    # The backend got slower: another may win now, so every backend is
-                    # re-measured outside the budget. (One that got faster needs no probe of
-                    # the others: its own estimate already moved.)
-                    self._alarms.open(backend, clock, self.usable())
+                    # The backend got slower: another may win now, so the others are
+                    # re-measured outside the budget, at every stage. (One that got faster
+                    # needs no probe of the others: its own estimate already moved.)
+                    others = [b for b in self.usable() if b is not backend]
+                    self._alarms.open(backend, clock, [(s, b) for s in stages for b in others])
                 self._invalidate()
-            elif self._alarms and self._alarms.count(backend, clock):
+            elif self._alarms and self._alarms.count(stage, backend, clock):
                 self._invalidate()  # every backend re-measured: the budget binds again everywhere
             else:
                 self._renew(key, stage, shape, point, after, backend, learned.predicted)

@@ -6,9 +6,12 @@ wrongly called slow costs nothing, so a wrong prior is checked again soon). Whil
 spend is over ``share`` of the total, exploration probabilities are scaled down to a
 trickle (``floor``), so stale estimates are still probed now and then.
 
-:class:`AlarmWindows` lifts the budget after a detected change on a backend until every
-usable backend has been observed ``probes`` times since (re-measured, the choice needs
-no more probes), or ``max_observations`` have passed.
+:class:`AlarmWindows` lifts the budget after a detected slowdown of a backend until every
+other usable backend has been observed ``probes`` times since at every stage (re-measured,
+the choice needs no more probes), or ``max_observations`` have passed. At every stage: a
+change one stage saw (GPU attention slowed) may make another backend win at either stage,
+and attention's runs on the NPU say nothing of a change to the NPU's qkv that nobody has
+measured (a firmware update that sped it up).
 
 >>> b = ExplorationBudget(share=0.01)
 >>> for _ in range(100):
@@ -24,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from ..types import Backend
+from ..types import Backend, Stage
 
 
 class ExplorationBudget:
@@ -73,10 +76,11 @@ class AlarmWindows:
     def __init__(self, probes: int = 8, max_observations: int = 400) -> None:
         self.probes = probes
         self.max_observations = max_observations
-        # alarmed backend -> (clock it closes at, observations of each backend since)
-        self._open: dict[Backend, tuple[int, dict[Backend, int]]] = {}
+        # alarmed backend -> (clock it closes at, observations since of each (stage, backend) to re-measure)
+        self._open: dict[Backend, tuple[int, dict[tuple[Stage, Backend], int]]] = {}
 
-    def open(self, backend: Backend, clock: int, usable: Iterable[Backend]) -> None:
+    def open(self, backend: Backend, clock: int, usable: Iterable[tuple[Stage, Backend]]) -> None:
+        """Lift the budget for ``backend`` until each of the ``usable`` (stage, backend) pairs is re-measured."""
         self._open[backend] = (clock + self.max_observations, dict.fromkeys(usable, 0))
 
     def lifted(self, backend: Backend, clock: int) -> bool:
@@ -84,20 +88,18 @@ class AlarmWindows:
         window = self._open.get(backend)
         return window is not None and clock <= window[0]
 
-    def any_lifted(self, backends: Iterable[Backend], clock: int) -> bool:
-        return bool(self._open) and any(self.lifted(b, clock) for b in backends)
-
-    def count(self, observed: Backend, clock: int) -> bool:
-        """Count an observation against open windows; True if one closed."""
+    def count(self, stage: Stage, observed: Backend, clock: int) -> bool:
+        """Count an observation of ``stage`` on ``observed`` against open windows; True if one closed."""
         closed = False
+        key = (stage, observed)
         for alarmed, (until, seen) in list(self._open.items()):
             if clock > until:
                 del self._open[alarmed]
                 closed = True
                 continue
-            if observed in seen:
-                seen[observed] += 1
-            if min(seen.values()) >= self.probes:
+            if key in seen:
+                seen[key] += 1
+            if min(seen.values(), default=self.probes) >= self.probes:
                 del self._open[alarmed]
                 closed = True
         return closed
