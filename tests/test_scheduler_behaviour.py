@@ -27,7 +27,7 @@ from adaptive_sched.errors import SchedulerClosed
 from adaptive_sched.learners.rule import RooflineRule
 from adaptive_sched.stages import make_inputs, reference
 from adaptive_sched.store import iter_logged
-from adaptive_sched.types import Backend
+from adaptive_sched.types import Backend, Stage
 
 from .conftest import ScriptedExecutor
 
@@ -395,6 +395,39 @@ def test_a_handoff_learned_to_be_expensive_is_avoided(seed):
     assert predicted[NPU] > predicted[GPU]
     assert Counter(pairs[-200:])[(GPU, NPU)] <= 2
     assert Counter(pairs[-200:])[(NPU, NPU)] >= 180  # the best pair (2.18 ms)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_stage_that_slows_where_it_always_crosses_is_not_taken_for_a_dearer_handoff(seed):
+    # qkv runs on the GPU and attention on the NPU: every attention run crosses, and a crossing
+    # cannot tell a slower stage from a dearer handoff. Attention on the NPU slows 1.5x: the
+    # handoff (a synchronisation, steady) is the less likely to have changed, so the stage's
+    # own estimate takes the slowdown, and the handoff keeps what it was learned to cost.
+    rng = random.Random(seed)
+    with make(policy={"seed": seed}) as sched:
+        compute = {stage: dict(sched.prior.latency(stage, DECODE)) for stage in ("qkv", "attn")}
+        policy = sched.policy
+
+        def latency(d):
+            crossing = 1.2e-4 if d.after not in (None, d.backend) else 0.0
+            return (compute[d.stage.value][d.backend] + crossing) * rng.lognormvariate(0.0, 0.05)
+
+        def layers(n):
+            """Run ``n`` layers; return attention's own run on the NPU as estimated, and the handoff (s)."""
+            for _ in range(n):
+                dq = sched.decide("qkv", DECODE)
+                sched.observe(dq, latency(dq))
+                da = sched.decide("attn", DECODE, after=dq)
+                sched.observe(da, latency(da))
+            assert (dq.backend, da.backend) == (GPU, NPU)
+            log_s, _ = policy._est.compute(policy._est.point(Stage.ATTN, DECODE), NPU, policy._clock)
+            return math.exp(log_s), sched.stats()["policy"]["transitions_ms"]["gpu->npu"] / 1e3
+
+        own_before, handoff_before = layers(3000)
+        compute["attn"][NPU] *= 1.5
+        own_after, handoff_after = layers(40)
+    assert own_after > 1.3 * own_before
+    assert handoff_after - handoff_before < 0.05e-3  # the slowdown is 0.23 ms
 
 
 # -- 5. warm restart ----------------------------------------------------------------------------
