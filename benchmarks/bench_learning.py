@@ -1,14 +1,15 @@
 """How well the scheduler learns, against Vowpal Wabbit, the static prior, single backends and the oracle.
 
-Every policy drives the same workload (decode requests of mixed model widths, precisions
-and KV lengths; see :func:`worlds.workload`) through the public ``decide``/``observe``
+Every policy drives the same workload (requests of mixed model widths, precisions and KV
+lengths, each a prefill then decode tokens; see :func:`worlds.workload`) through the public ``decide``/``observe``
 API, against latency worlds that are not our simulator (:mod:`worlds`), under scenarios
 where the prior or the world is wrong or changing, over several seeds:
 
-    python benchmarks/bench_learning.py                       # every scenario, 3 seeds (~10 min)
+    python benchmarks/bench_learning.py                       # every scenario, 3 seeds (~3 min)
     python benchmarks/bench_learning.py --scenarios steady,spikes --seeds 0
     python benchmarks/bench_learning.py --policies adaptive,vw-eps --json
     python benchmarks/bench_learning.py --policies adaptive --seeds 0-29   # the tail: rare events
+    python benchmarks/bench_learning.py --workload decode    # decode layers only, no prefills
 
 Reported per scenario and world: each policy's total latency over the oracle's (noise-free
 latencies of the backends it chose, so noise does not blur the comparison), the mean and
@@ -205,11 +206,11 @@ def run_vw(name: str, world: World, steps: Sequence[Any], seed: int) -> Result:
 
 
 # -- one cell: a scenario on a world with a seed -----------------------------------------------
-def run_cell(args: tuple[str, str, int, int, tuple[str, ...]]) -> dict[str, Any]:
-    scenario_name, world_name, seed, layers, names = args
+def run_cell(args: tuple[str, str, int, int, tuple[str, ...], bool]) -> dict[str, Any]:
+    scenario_name, world_name, seed, layers, names, prefill = args
     scenario = SCENARIOS[scenario_name]
     prior = load_prior(_config("inline"))
-    steps = workload(layers, seed, scenario.models)
+    steps = workload(layers, seed, scenario.models, prefill)
     out: dict[str, Any] = {"scenario": scenario_name, "world": world_name, "seed": seed, "totals": {},
                            "us_per_decision": {}, "learned": {}, "alarms": {}}  # fmt: skip
     for name in names:
@@ -323,6 +324,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--policies", default=",".join(ALL_POLICIES), help="comma-separated (oracle is always run)")
     ap.add_argument("--seeds", default="0,1,2", help="seeds and ranges of seeds: 0,1,2 or 0-29")
     ap.add_argument("--layers", type=int, default=6000, help="attention layers per run (two decisions each)")
+    ap.add_argument(
+        "--workload",
+        choices=("mixed", "decode"),
+        default="mixed",
+        help="requests with their prefills (default), or their decode layers only",
+    )
     ap.add_argument("--jobs", type=int, default=2, help="worker processes")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
@@ -338,7 +345,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         seeds = parse_seeds(args.seeds)
     except ValueError as exc:
         ap.error(str(exc))
-    jobs = [(s, w, seed, args.layers, names) for s in scen for w in SCENARIOS[s].worlds for seed in seeds]
+    prefill = args.workload == "mixed"
+    jobs = [(s, w, seed, args.layers, names, prefill) for s in scen for w in SCENARIOS[s].worlds for seed in seeds]
     start = time.perf_counter()
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         cells = list(pool.map(run_cell, jobs))

@@ -268,12 +268,15 @@ class Step:
     shape: Shape
 
 
-def workload(layers: int, seed: int, models: Sequence[tuple[int, int]] | None = None) -> list[Step]:
+def workload(
+    layers: int, seed: int, models: Sequence[tuple[int, int]] | None = None, prefill: bool = True
+) -> list[Step]:
     """``layers`` attention layers: requests of a random model and precision, a prefill then decode tokens.
 
     Each request takes a model width from ``models``, a precision, a prompt of 64 to 1024
     tokens and runs 8 layers per token for a random number of tokens; kv_len grows by one
-    per token, so shapes are almost never repeated exactly.
+    per token, so shapes are almost never repeated exactly. Without ``prefill``, the same
+    requests' decode tokens only (prefills run elsewhere, or their cost is not the question).
     """
     rng = random.Random(seed)
     models = models or DEFAULT_MODELS
@@ -284,8 +287,9 @@ def workload(layers: int, seed: int, models: Sequence[tuple[int, int]] | None = 
         kv = int(2 ** rng.uniform(6, 10.5))
         tokens = rng.randint(20, 120)
         per_token = 8
-        prefill = Shape(n=min(kv, 512), d=d, heads=heads, precision=precision)
-        steps.extend(Step(len(steps) + i, prefill) for i in range(per_token))
+        if prefill:
+            prompt = Shape(n=min(kv, 512), d=d, heads=heads, precision=precision)
+            steps.extend(Step(len(steps) + i, prompt) for i in range(per_token))
         for t in range(tokens):
             shape = Shape(n=1, d=d, kv_len=min(kv + t, 2048), heads=heads, precision=precision)
             steps.extend(Step(len(steps) + i, shape) for i in range(per_token))
