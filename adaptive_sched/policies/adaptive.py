@@ -326,8 +326,7 @@ class AdaptivePolicy(Policy):
                 self.clocks_wanted = True  # read by the scheduler's clock feed, if it has telemetry
             self._charge(choice, backend, latency_s, clock)
             stages = self._stages
-            if stage not in stages:
-                stages.add(stage)
+            stages.add(stage)
             if learned.alarm:
                 if learned.shift > 0:
                     # The backend got slower: another may win now, so the others are
