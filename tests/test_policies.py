@@ -356,6 +356,29 @@ def test_a_clock_step_the_latencies_showed_first_is_not_counted_twice():
     assert p.choose(Stage.QKV, SHAPE, None).predicted[GPU] == pytest.approx(1e-3, rel=0.1)
 
 
+def test_a_step_one_groups_runs_showed_first_is_given_back_by_the_clock_that_explains_it():
+    # The GPU's clock halves. Its qkv (compute-bound) slows 1.6x at once and shows it before
+    # the next reading; its attention (memory-bound) hardly slows and runs as predicted, so the
+    # change is taken for qkv's own, put in qkv's regression, not in the backend's shared term.
+    # The reading explains it: once the clock is back, qkv is predicted at its old level (kept
+    # there, qkv would look slow at full clock, and nothing would run it to find out).
+    p = bound(AdaptivePolicy(seed=0), TWO_STAGES)
+    p.on_clocks({GPU: 1.0})
+
+    def layers(n, qkv_s, attn_s):
+        for _ in range(n):
+            feed(p, Stage.QKV, SHAPE, {GPU: qkv_s, NPU: 5e-3}.__getitem__, 1)
+            feed(p, Stage.ATTN, SHAPE, {GPU: attn_s, NPU: 5e-3}.__getitem__, 1)
+
+    layers(300, 1e-3, 1e-3)
+    layers(30, 1.6e-3, 1e-3)
+    assert p.state()["changes"] == {"qkv/gpu": 1}  # seen, as qkv's own
+    p.on_clocks({GPU: 0.5})
+    assert p.choose(Stage.QKV, SHAPE, None).predicted[GPU] == pytest.approx(1.6e-3, rel=0.15)  # not counted twice
+    p.on_clocks({GPU: 1.0})
+    assert p.choose(Stage.QKV, SHAPE, None).predicted[GPU] == pytest.approx(1e-3, rel=0.1)
+
+
 def test_how_latency_follows_the_clock_is_learned():
     # memory-bound work: the GPU's run time grows only as the square root of its clock's slowdown
     table = {("qkv", "gpu"): 1e-3, ("qkv", "npu"): 5e-3}

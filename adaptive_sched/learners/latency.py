@@ -206,6 +206,7 @@ class LatencyModel:
             # elasticity is learned from the latencies that follow, through the clock term.
             weight = explained = 0.0
             changed = device.jump_at > device.last_at_reading
+            observed: list[Regression] = []
             for (_, b, _), reg in self._groups.items():
                 if b is not backend:
                     continue
@@ -218,6 +219,7 @@ class LatencyModel:
                         self._learn_elasticity(device, reg, reg.surprise / step, reg.surprise_var / step**2)
                     explained += n * (device.beta + reg.gap.mean) * step
                     weight += n
+                    observed.append(reg)
                 reg.moved_at_reading = reg.moved
                 reg.n_at_reading = reg.n
             if stepped:
@@ -225,15 +227,31 @@ class LatencyModel:
                 # clock explains for the runs that moved it, is given back to the clock term,
                 # so the step is not counted twice.
                 since = device.mean - device.mean_at_reading
+                back = 0.0
                 if weight:
                     explained /= weight
                     if explained * since > 0.0:
-                        device.mean -= since if abs(since) < abs(explained) else explained
+                        back = since if abs(since) < abs(explained) else explained
+                        device.mean -= back
+                # So is what a group's intercept took of the rest: a change the group's runs showed
+                # before the reading, while the backend's other groups ran as predicted, is put
+                # there (see ``observe``). Kept, it would outlast the step: a throttled backend
+                # would still be predicted slow once its clock recovered, and not be run again.
+                for reg in observed:
+                    rest = (device.beta + reg.gap.mean) * step - back
+                    took = reg.m[0] - reg.intercept_at_reading
+                    if reg.k and rest * took > 0.0:
+                        m = reg.m
+                        reg.m = [m[0] - (took if abs(took) < abs(rest) else rest), m[1], m[2]]
+                        reg.version += 1
                 device.slowdown = slowdown
                 device.version += 1
                 moved = True
             device.mean_at_reading = device.mean
             device.last_at_reading = device.last
+            for (_, b, _), reg in self._groups.items():
+                if b is backend:
+                    reg.intercept_at_reading = reg.m[0]
         return moved
 
     def set_temperatures(self, temps: Mapping[Backend, float | None]) -> bool:

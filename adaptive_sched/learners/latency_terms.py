@@ -183,8 +183,9 @@ class Regression:
     at three features that is several times faster than general loops in Python.
     """
 
-    __slots__ = ("between", "c", "calm_at", "calm_sd", "detector", "doubt", "doubt_c", "doubt_m", "gap", "k",
-                 "last", "m", "moved", "moved_at_reading", "n", "n_at_reading", "noise", "q", "run", "run_at",
+    __slots__ = ("between", "c", "calm_at", "calm_sd", "detector", "doubt", "doubt_c", "doubt_m", "gap",
+                 "intercept_at_reading", "k", "last", "m", "moved", "moved_at_reading", "n", "n_at_reading", "noise",
+                 "q", "run", "run_at",
                  "run_size", "surprise", "surprise_n", "surprise_var", "version")  # fmt: skip
 
     def __init__(self, mean: list[float] | None, variances: list[float] | None, q: float, noise: float,
@@ -220,6 +221,8 @@ class Regression:
         self.moved = 0.0
         self.moved_at_reading = 0.0
         self.n_at_reading = 0
+        #: the intercept at the last clock reading: what it took since of a step the clock explains
+        self.intercept_at_reading = self.m[0]
         #: the last innovation beyond the clip (log units, before clipping), its variance, and
         #: ``n`` then: a clock step read just after it is measured by it
         self.surprise = 0.0
