@@ -156,6 +156,30 @@ def test_a_spike_on_a_backends_first_run_does_not_lock_it_out():
     assert p._est.model.doubt(Stage.QKV, NPU, point.group, point.phi) == (0.0, 0.0)  # settled
 
 
+def test_a_spike_on_a_groups_first_run_is_checked_again_where_the_backend_changed_before():
+    # As above, for int8's first run, on an NPU whose contention came and went while fp16 ran
+    # there: the chance that the change comes back is weighed for the NPU, and the chance that
+    # int8's one run was a spike must be weighed beside it, not instead of it.
+    p = bound(AdaptivePolicy(seed=0), {("qkv", "gpu"): 1e-3, ("qkv", "npu"): 0.8e-3})
+    fp16 = Shape(n=1, d=1024, kv_len=256, precision="fp16")
+    truth_ = {GPU: 1e-3, NPU: 0.8e-3}
+    feed(p, Stage.QKV, fp16, truth_.__getitem__, 300)
+    feed(p, Stage.QKV, fp16, {GPU: 1e-3, NPU: 4e-3}.__getitem__, 30)  # contention on the NPU ...
+    feed(p, Stage.QKV, fp16, truth_.__getitem__, 300)  # ... gone
+    assert p._est.model.reversion(NPU, p._clock)[2] > 0  # a change that may come back
+    first = [True]
+
+    def latency(b):
+        if b is NPU and first[0]:
+            first[0] = False
+            return 20 * truth_[NPU]
+        return truth_[b]
+
+    chosen = [c.backend for c in feed(p, Stage.QKV, SHAPE, latency, 1000)]
+    assert not first[0] and chosen[:3].count(GPU) >= 1
+    assert chosen[-100:].count(NPU) >= 80  # checked again, and the choice again
+
+
 def test_a_first_run_confirmed_by_the_next_is_kept():
     model = LatencyModel(ModelParams())
     group, phi = stage_features(Stage.QKV, SHAPE)

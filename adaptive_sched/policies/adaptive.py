@@ -237,7 +237,7 @@ class AdaptivePolicy(Policy):
             for b in values:
                 doubt, shift = model.doubt(stage, b, point.group, point.phi)
                 if doubt:
-                    doubts[b] = (doubt, shift * predicted[b] / values[b], 0.0)
+                    doubts[b] = (doubt, shift * predicted[b] / values[b])
             # before any observation, the budget's share of what the exploit choice should cost
             allowed = self._budget.allowance() or p.explore_budget * predicted.get(fastest, 0.0)
             typical = self._budget.typical() or predicted.get(fastest, 0.0)
@@ -269,7 +269,8 @@ class AdaptivePolicy(Policy):
                 cap=p.explore_cap,
                 scale=scale,
                 allowance=allowance,
-                reversion={**doubts, **reversion},
+                reversion=reversion,
+                doubt=doubts,
                 typical=typical,
             )
             probs = MappingProxyType({best: 1.0 - sum(alternatives.values()), **alternatives})

@@ -58,6 +58,7 @@ def win_probabilities(
     scale: Mapping[Backend, float] | None = None,
     allowance: Mapping[Backend, float] | None = None,
     reversion: Mapping[Backend, tuple[float, float, float]] | None = None,
+    doubt: Mapping[Backend, tuple[float, float]] | None = None,
     typical: float | None = None,
 ) -> tuple[Backend, dict[Backend, float]]:
     """The exploit choice and, per alternative, its probability of being explored.
@@ -71,7 +72,9 @@ def win_probabilities(
     being faster is then a mixture of the two cases: a thin Gaussian tail would miss that
     contention which came is likely to go) and the rate of such reversions, which sets a
     floor on how often it is watched (see :func:`_watch_rate`), less often where a probe costs
-    more than a ``typical`` stage (seconds). Non-finite values are never chosen.
+    more than a ``typical`` stage (seconds); ``doubt`` gives, per alternative, the probability
+    that the one run its estimate rests on was a spike and the log shift of its value if so, a
+    third case of the same mixture. Non-finite values are never chosen.
     """
     finite = {b: v for b, v in values.items() if math.isfinite(v)}
     best = min(finite, key=finite.__getitem__)
@@ -84,15 +87,25 @@ def win_probabilities(
         spread = math.sqrt(log_variances[b] + best_var)
         gap = math.log(v) - best_log
         p = normal_sf(gap / spread) if spread > 0 else 0.0
-        hazard = watch = 0.0
+        hazard = spiked = watch = shift = spike_shift = 0.0
         if reversion is not None and b in reversion:
             hazard, shift, rate = reversion[b]
-            if hazard > 0.0 and spread > 0:
-                p = (1.0 - hazard) * p + hazard * normal_sf((gap + shift) / spread)
             watch = _watch_rate(v, finite[best], shift, rate)
             if watch and typical is not None and v - finite[best] > typical:
                 # any stage tells whether the backend's shared term reverted: watch where a probe is cheap
                 watch *= typical / (v - finite[best])
+        if doubt is not None and b in doubt:
+            spiked, spike_shift = doubt[b]
+        if spread > 0 and hazard + spiked > 0.0:
+            if hazard + spiked > 1.0:
+                hazard, spiked = hazard / (hazard + spiked), spiked / (hazard + spiked)
+            mixed = (1.0 - hazard - spiked) * p
+            if hazard:
+                mixed += hazard * normal_sf((gap + shift) / spread)
+            if spiked:
+                mixed += spiked * normal_sf((gap + spike_shift) / spread)
+            p = mixed
+        hazard += spiked
         p = min(cap, p) * (1.0 if scale is None else scale.get(b, 1.0))
         if allowance is not None and b in allowance:
             extra = (v - finite[best]) * (1.0 - hazard)  # what the probe is expected to cost
