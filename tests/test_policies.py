@@ -136,21 +136,26 @@ def test_rare_spikes_neither_move_the_estimate_nor_raise_alarms():
     assert p.choose(Stage.QKV, SHAPE, None).predicted[GPU] == pytest.approx(1e-3, rel=0.1)
 
 
+class FirstRunSpiked:
+    """Latencies from ``truth``, but ``backend``'s first run ``factor`` times slower (a spike)."""
+
+    def __init__(self, truth, backend, factor=20):
+        self.truth, self.backend, self.factor, self.spiked = truth, backend, factor, False
+
+    def __call__(self, b):
+        if b is self.backend and not self.spiked:
+            self.spiked = True
+            return self.factor * self.truth[b]
+        return self.truth[b]
+
+
 def test_a_spike_on_a_backends_first_run_does_not_lock_it_out():
     # The NPU is the faster here, as the prior says, but its very first run is a 20x spike:
     # learned in full (one run cannot tell), it would leave the NPU 16x slower forever after.
     p = bound(AdaptivePolicy(seed=0), {("qkv", "gpu"): 1e-3, ("qkv", "npu"): 0.8e-3})
-    truth_ = {GPU: 1e-3, NPU: 0.8e-3}
-    first = [True]
-
-    def latency(b):
-        if b is NPU and first[0]:
-            first[0] = False
-            return 20 * truth_[NPU]
-        return truth_[b]
-
+    latency = FirstRunSpiked({GPU: 1e-3, NPU: 0.8e-3}, NPU)
     chosen = [c.backend for c in feed(p, Stage.QKV, SHAPE, latency, 1000)]
-    assert not first[0] and chosen[:3].count(GPU) >= 1  # the spike was seen, and moved the choice away
+    assert latency.spiked and chosen[:3].count(GPU) >= 1  # the spike was seen, and moved the choice away
     assert chosen[-100:].count(NPU) >= 80  # the NPU was checked again, and is the choice again
     point = p._est.point(Stage.QKV, SHAPE)
     assert p._est.model.doubt(Stage.QKV, NPU, point.group, point.phi) == (0.0, 0.0)  # settled
@@ -167,16 +172,9 @@ def test_a_spike_on_a_groups_first_run_is_checked_again_where_the_backend_change
     feed(p, Stage.QKV, fp16, {GPU: 1e-3, NPU: 4e-3}.__getitem__, 30)  # contention on the NPU ...
     feed(p, Stage.QKV, fp16, truth_.__getitem__, 300)  # ... gone
     assert p._est.model.reversion(NPU, p._clock)[2] > 0  # a change that may come back
-    first = [True]
-
-    def latency(b):
-        if b is NPU and first[0]:
-            first[0] = False
-            return 20 * truth_[NPU]
-        return truth_[b]
-
+    latency = FirstRunSpiked(truth_, NPU)
     chosen = [c.backend for c in feed(p, Stage.QKV, SHAPE, latency, 1000)]
-    assert not first[0] and chosen[:3].count(GPU) >= 1
+    assert latency.spiked and chosen[:3].count(GPU) >= 1
     assert chosen[-100:].count(NPU) >= 80  # checked again, and the choice again
 
 
