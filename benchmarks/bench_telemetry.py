@@ -7,7 +7,10 @@ Two families of scenarios, each over several seeds, every policy in the same run
 
 * **the simulated RK3588** (thermal throttling from its own heat model: the NPU's governor
   steps its clock down at 75 and 85 C): ``sim-steady`` (sustained decode) and
-  ``sim-periodic`` (bursts of decode with idle gaps in which the NPU cools and recovers);
+  ``sim-periodic`` (bursts of decode with idle gaps in which the NPU cools and recovers).
+  The shipped config also scripts a burst of GPU contention from 8 to 24 s of the device's
+  time: it falls in ``sim-periodic``'s third to fifth bursts (``sim-steady`` ends before it),
+  and no clock shows it (it is load on the GPU, not a clock step);
 * **an independent latency world** (:mod:`worlds`, not our simulator) whose NPU throttles
   (``npu-throttle``, ``npu-periodic``, ``npu-ramp`` on the ``soc`` world); its clock reads
   ``max / slowdown^(1/0.7)``: latency follows the clock with an elasticity of 0.7, not the
