@@ -517,6 +517,27 @@ def test_a_backend_whose_clock_is_not_read_is_checked_sooner_once_it_has_cooled(
     assert after_cooling([None, math.nan]) == (before, before)  # unknown: as without telemetry
 
 
+def test_a_probe_just_before_a_backend_cooled_does_not_hide_the_cooling():
+    # As above, but the NPU is probed once at 85 C, and cools by 25 C after the probe, while
+    # the GPU runs on: by the next reading it is cooler than when it last ran, and that counts.
+    def after_cooling(probe):
+        p = bound(AdaptivePolicy(seed=0), {("qkv", "gpu"): 2e-3, ("qkv", "npu"): 1e-3})
+        p.on_temperatures({NPU: 85.0, GPU: 50.0})
+        feed(p, Stage.QKV, SHAPE, {GPU: 2e-3, NPU: 4e-3}.__getitem__, 3000)
+        p.on_temperatures({NPU: 85.0, GPU: 50.0})
+        if probe:
+            p.learn(Observation(Stage.QKV, SHAPE, None, NPU, 4e-3))
+        for _ in range(100):
+            p.learn(Observation(Stage.QKV, SHAPE, None, GPU, 2e-3))
+        before = p.probabilities(Stage.QKV, SHAPE, None).get(NPU, 0.0)
+        p.on_temperatures({NPU: 60.0, GPU: 50.0})
+        return before, p.probabilities(Stage.QKV, SHAPE, None).get(NPU, 0.0)
+
+    before, cooled = after_cooling(probe=True)
+    assert before == 0.0 and cooled > 0.0  # the NPU, just probed and not cooled yet, is not probed
+    assert cooled > 0.5 * after_cooling(probe=False)[1]  # about as if it had not run
+
+
 def test_a_backend_in_use_is_not_less_sure_of_for_its_temperature():
     # its latencies tell what heat does to it: only the backend left alone grows uncertain
     group, phi = stage_features(Stage.QKV, SHAPE)

@@ -173,6 +173,8 @@ class LatencyModel:
         #: detected changes seen to revert, per backend
         self.reversions: dict[Backend, int] = {}
         self.observations = 0
+        #: the latest observation's clock at the last temperature reading
+        self._temps_at = 0
         #: an observation fell beyond the clip since its owner last cleared this (a clock may
         #: have stepped: telemetry is worth reading before the next observation)
         self.surprised = False
@@ -259,26 +261,37 @@ class LatencyModel:
         variance moved: its entries are stale.
 
         A backend whose clock is not read (no devfreq for it on this board) and that has not
-        run since the last reading may have cooled enough for its governor to release it: a
-        throttled NPU left alone while the GPU runs recovers, and nothing else would say so
-        before a probe. How far it cooled below its temperature when it last ran is
-        forgetting, ``temperature_var`` per degree beyond ``temperature_deadband``, so it is
-        checked again sooner. Only the lowest temperature read counts: a sensor's jitter never
-        adds up. A backend in use tells by its latencies what heat does to it, one heating
-        while unused can only have got slower, and with its clock read the clock says it:
-        none of those is counted.
+        run since the last reading, or ran only early in it (a probe), may have cooled enough
+        for its governor to release it: a throttled NPU left alone while the GPU runs
+        recovers, and nothing else would say so before a probe. How far it cooled below its
+        temperature when it last ran is forgetting, ``temperature_var`` per degree beyond
+        ``temperature_deadband``, so it is checked again sooner. Only the lowest temperature
+        read counts: a sensor's jitter never adds up. A backend in use tells by its latencies
+        what heat does to it, one heating while unused can only have got slower, and with its
+        clock read the clock says it: none of those is counted.
         """
         p = self.params
         moved = False
+        now = max((d.last for d in self._devices.values()), default=0)
+        since, self._temps_at = now - self._temps_at, now
         for backend, temp in temps.items():
             if temp is None or not math.isfinite(temp):
                 continue  # not read now: nothing to count
             device = self._device_of(backend)
             ran = device.last != device.temp_seen_at
             device.temp_seen_at = device.last
-            if device.clock_read or ran or not math.isfinite(device.temp_anchor):
+            before, device.temp_read = device.temp_read, temp
+            if device.clock_read or not math.isfinite(device.temp_anchor):
                 device.temp_anchor = device.temp_low = temp
                 continue
+            if ran:
+                # It last ran between the reading before and this one: at a temperature between
+                # the two, by when in the interval it ran (in observations). A probe early in the
+                # interval of a backend that cooled after it saw it before it cooled; a backend in
+                # use ran at this reading's temperature.
+                share = min(1.0, max(0.0, 1.0 - (now - device.last) / since)) if since > 0 else 1.0
+                anchor = temp if not math.isfinite(before) else before + (temp - before) * share
+                device.temp_anchor = device.temp_low = anchor
             low = device.temp_low
             if temp < low:
                 counted = max(0.0, device.temp_anchor - low - p.temperature_deadband)

@@ -43,7 +43,7 @@ class DeviceTerm:
 
     __slots__ = ("_decay", "beta", "beta_cov", "beta_var", "clock_read", "energy", "horizon", "jump", "jump_at",
                  "jumps", "last", "last_at_reading", "mean", "mean_at_reading", "n", "q", "reverted", "slowdown",
-                 "spike_rate", "temp_anchor", "temp_low", "temp_seen_at", "var", "version")  # fmt: skip
+                 "spike_rate", "temp_anchor", "temp_low", "temp_read", "temp_seen_at", "var", "version")  # fmt: skip
 
     def __init__(self, var: float, q: float, horizon: float, beta: float = 1.0, beta_var: float = 0.0,
                  spike_rate: float = 0.01) -> None:  # fmt: skip
@@ -55,10 +55,13 @@ class DeviceTerm:
         self.slowdown = 0.0
         #: whether the clock is read now (``slowdown`` 0 is then full clock, not unknown)
         self.clock_read = False
-        #: its temperature (C) when it last ran (at the reading before), NaN when unknown; the
-        #: lowest read since, and ``last`` at the latest reading (see ``LatencyModel.set_temperatures``)
+        #: its temperature (C) when it last ran (between the two readings around the run), NaN when
+        #: unknown; the lowest read since, and ``last`` at the latest reading (see
+        #: ``LatencyModel.set_temperatures``)
         self.temp_anchor = math.nan
         self.temp_low = math.nan
+        #: its temperature at the latest reading
+        self.temp_read = math.nan
         self.temp_seen_at = -1
         self.beta = beta
         self.beta_var = beta_var
