@@ -538,6 +538,26 @@ def test_a_probe_just_before_a_backend_cooled_does_not_hide_the_cooling():
     assert cooled > 0.5 * after_cooling(probe=False)[1]  # about as if it had not run
 
 
+def test_a_backend_that_cooled_as_much_as_a_change_would_move_it_is_checked_like_one_that_changed():
+    # The NPU, learned 2x slower than the GPU at 85 C, its clock not read, is left alone while it
+    # cools, read every 16 observations. Cooled by 12 C, as much as a detected change would have
+    # moved it (its governor may have released it), it is checked as a backend that changed is,
+    # beyond the budget's trickle; cooled by 7 C, only as its uncertainty grew.
+    def probability_after_cooling(degrees):
+        p = bound(AdaptivePolicy(seed=0), {("qkv", "gpu"): 2e-3, ("qkv", "npu"): 1e-3})
+        for i in range(3000):
+            if i % 16 == 0:
+                p.on_temperatures({NPU: 85.0, GPU: 50.0})
+            feed(p, Stage.QKV, SHAPE, {GPU: 2e-3, NPU: 4e-3}.__getitem__, 1)
+        for step in range(degrees + 1):
+            p.on_temperatures({NPU: 85.0 - step, GPU: 50.0})
+            for _ in range(16):
+                p.learn(Observation(Stage.QKV, SHAPE, None, GPU, 2e-3))
+        return p.probabilities(Stage.QKV, SHAPE, None).get(NPU, 0.0)
+
+    assert probability_after_cooling(12) > 10 * probability_after_cooling(7) > 0
+
+
 def test_a_backend_in_use_is_not_less_sure_of_for_its_temperature():
     # its latencies tell what heat does to it: only the backend left alone grows uncertain
     group, phi = stage_features(Stage.QKV, SHAPE)

@@ -389,12 +389,22 @@ class LatencyModel:
 
     def volatile(self, backend: Backend, clock: int) -> bool:
         """Whether changes were detected on ``backend`` recently (within about the volatility horizon):
-        one that changed is likely to change back (contention that comes and goes)."""
+        one that changed is likely to change back (contention that comes and goes); or, where its
+        clock is not read, whether it cooled while unused by as much as such a change (its
+        governor may have released it, see :meth:`set_temperatures`)."""
         device = self._devices.get(backend)
-        if device is None or not device.energy:
+        if device is None:
+            return False
+        p = self.params
+        threshold = p.volatile_change**2
+        if not device.clock_read and device.temp_anchor - device.temp_low - p.temperature_deadband >= (
+            threshold / p.temperature_var if p.temperature_var > 0.0 else math.inf
+        ):
+            return True
+        if not device.energy:
             return False
         decayed = device.energy * device._decay ** max(0, clock - device.last)
-        return decayed > self.params.volatile_change**2
+        return decayed > threshold
 
     def unobserved_for(self, backend: Backend, clock: int) -> int:
         """Observations (of any backend) made since ``backend`` was last observed."""
