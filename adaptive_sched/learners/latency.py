@@ -208,10 +208,12 @@ class LatencyModel:
             # elasticity is learned from the latencies that follow, through the clock term.
             weight = explained = 0.0
             changed = device.jump_at > device.last_at_reading
-            observed: list[Regression] = []
+            observed: list[tuple[Regression, float]] = []  # with what each one's intercept took since
             for (_, b, _), reg in self._groups.items():
                 if b is not backend:
                     continue
+                took = reg.m[0] - reg.intercept_at_reading
+                reg.intercept_at_reading = reg.m[0]
                 n = reg.n - reg.n_at_reading
                 if stepped and n:
                     since = reg.moved - reg.moved_at_reading
@@ -221,7 +223,7 @@ class LatencyModel:
                         self._learn_elasticity(device, reg, reg.surprise / step, reg.surprise_var / step**2)
                     explained += n * (device.beta + reg.gap.mean) * step
                     weight += n
-                    observed.append(reg)
+                    observed.append((reg, took))
                 reg.moved_at_reading = reg.moved
                 reg.n_at_reading = reg.n
             if stepped:
@@ -239,21 +241,18 @@ class LatencyModel:
                 # before the reading, while the backend's other groups ran as predicted, is put
                 # there (see ``observe``). Kept, it would outlast the step: a throttled backend
                 # would still be predicted slow once its clock recovered, and not be run again.
-                for reg in observed:
+                for reg, took in observed:
                     rest = (device.beta + reg.gap.mean) * step - back
-                    took = reg.m[0] - reg.intercept_at_reading
                     if reg.k and rest * took > 0.0:
                         m = reg.m
                         reg.m = [m[0] - (took if abs(took) < abs(rest) else rest), m[1], m[2]]
+                        reg.intercept_at_reading = reg.m[0]
                         reg.version += 1
                 device.slowdown = slowdown
                 device.version += 1
                 moved = True
             device.mean_at_reading = device.mean
             device.last_at_reading = device.last
-            for (_, b, _), reg in self._groups.items():
-                if b is backend:
-                    reg.intercept_at_reading = reg.m[0]
         return moved
 
     def set_temperatures(self, temps: Mapping[Backend, float | None]) -> bool:
@@ -397,9 +396,8 @@ class LatencyModel:
             return False
         p = self.params
         threshold = p.volatile_change**2
-        if not device.clock_read and device.temp_anchor - device.temp_low - p.temperature_deadband >= (
-            threshold / p.temperature_var if p.temperature_var > 0.0 else math.inf
-        ):
+        cooled = device.temp_anchor - device.temp_low - p.temperature_deadband  # NaN when unknown
+        if not device.clock_read and cooled * p.temperature_var >= threshold:
             return True
         if not device.energy:
             return False
