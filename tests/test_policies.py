@@ -312,6 +312,28 @@ def test_a_slowdown_that_ends_is_undone_on_both_stages_at_once():
     assert p.best(Stage.ATTN, SHAPE, None) is GPU
 
 
+def test_contention_that_came_in_bursts_of_one_length_is_expected_to_end_when_they_did():
+    # The GPU was contended for 300 observations, free for 300, twice; contended again, it is
+    # unlikely to be free again 100 observations on, likely 300 on: a probe pays off then.
+    p = bound(AdaptivePolicy(seed=0), {("qkv", "gpu"): 1e-3, ("qkv", "npu"): 1.5e-3})
+    model = p._est.model
+
+    def run(latency_s, n):
+        for _ in range(n):
+            p.learn(Observation(Stage.QKV, SHAPE, None, GPU, latency_s))
+
+    run(1e-3, 300)
+    for _ in range(2):
+        run(3e-3, 300)
+        run(1e-3, 300)
+    run(3e-3, 5)
+    early = model.reversion(GPU, p._clock + 100)  # if unobserved from age 5 to 105
+    run(3e-3, 200)
+    late = model.reversion(GPU, p._clock + 100)  # ... from 205 to 305
+    assert late[0] > 3 * early[0]
+    assert late[2] > 3 * early[2]  # and it is watched for at that rate
+
+
 def test_a_spike_does_not_bring_an_undone_slowdown_back():
     table = {("qkv", "gpu"): 1e-3, ("qkv", "npu"): 1.5e-3}
     p = bound(AdaptivePolicy(seed=0), table)

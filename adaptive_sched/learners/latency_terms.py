@@ -12,6 +12,67 @@ from typing import Any
 #: a detected change is forgotten (no longer expected to revert) once the decayed count of
 #: recent changes falls below this: about five volatility horizons after a lone one
 FORGET_JUMPS = 0.01
+#: how long changes lasted is remembered over about this many of them ...
+SPAN_MEMORY = 4.0
+#: ... as a log-normal whose spread is at least this (log units): a handful of spans, each
+#: known to within the gap between two runs, cannot promise more regularity than that
+SPAN_SD_FLOOR = 0.35
+
+
+class Spans:
+    """How long a backend's changes of one direction lasted before they reverted: a decayed
+    log-normal fit, from which the chance that the current one has ended by a given age follows.
+
+    Contention that comes in bursts, or a governor that throttles on a duty cycle, ends after
+    about as long as it did before: probing for its end is worth most when that time comes,
+    little just after it began.
+
+    >>> spans = Spans()
+    >>> for _ in range(3):
+    ...     spans.add(700.0)
+    >>> round(spans.survival(350.0), 3), round(spans.survival(1400.0), 3)
+    (0.976, 0.024)
+    """
+
+    __slots__ = ("mean", "n", "sq")
+
+    def __init__(self) -> None:
+        self.n = 0.0
+        self.mean = 0.0
+        self.sq = 0.0
+
+    def add(self, span: float) -> None:
+        x = math.log(span if span > 1.0 else 1.0)
+        self.n = self.n * (1.0 - 1.0 / SPAN_MEMORY) + 1.0
+        w = 1.0 / self.n
+        self.mean += w * (x - self.mean)
+        self.sq += w * (x * x - self.sq)
+
+    def sd(self) -> float:
+        v = self.sq - self.mean * self.mean
+        return math.sqrt(v) if v > SPAN_SD_FLOOR * SPAN_SD_FLOOR else SPAN_SD_FLOOR
+
+    def weight(self) -> float:
+        """How far the fit is trusted over a memoryless hazard: more with each span seen."""
+        return self.n / (self.n + 1.0)
+
+    def survival(self, age: float) -> float:
+        """P(a change of this kind lasts longer than ``age`` observations)."""
+        if age <= 1.0:
+            return 1.0
+        return 0.5 * math.erfc((math.log(age) - self.mean) / (self.sd() * math.sqrt(2.0)))
+
+    def hazard(self, age: float) -> float:
+        """The rate (per observation) at which a change of age ``age`` ends now."""
+        if age <= 1.0:
+            age = 1.0
+        sd = self.sd()
+        z = (math.log(age) - self.mean) / sd
+        tail = 0.5 * math.erfc(z / math.sqrt(2.0))
+        density = math.exp(-0.5 * z * z) / (age * sd * math.sqrt(2.0 * math.pi))
+        if tail > 1e-12:
+            return density / tail
+        return z / (sd * age)  # the log-normal's hazard far in its tail
 
 
 class DeviceTerm:
@@ -26,7 +87,9 @@ class DeviceTerm:
     A detected change is also remembered as a jump that may revert (contention ends, a
     throttled clock recovers): ``jump`` is its size (log units, positive when the backend
     got slower) and ``jumps`` a decayed count of the changes detected here, whose rate
-    gives the hazard that the last one has reverted while the backend went unobserved.
+    gives the hazard that the last one has reverted while the backend went unobserved; once
+    changes of its direction have been seen to revert, mostly how long they lasted does
+    (:class:`Spans`), so contention in bursts of one length is watched for as each should end.
     Whether it has is a second hypothesis tracked beside the estimate (``reverted``, its
     probability): each observation weighs the two by their likelihoods, and once reversion is
     the likelier the whole jump is undone at once, on the shared term, so every stage of the
@@ -43,7 +106,8 @@ class DeviceTerm:
 
     __slots__ = ("_decay", "beta", "beta_cov", "beta_var", "clock_read", "energy", "horizon", "jump", "jump_at",
                  "jumps", "last", "last_at_reading", "mean", "mean_at_reading", "n", "q", "reverted", "slowdown",
-                 "spike_rate", "temp_anchor", "temp_low", "temp_read", "temp_seen_at", "var", "version")  # fmt: skip
+                 "spans_faster", "spans_slower", "spike_rate", "temp_anchor", "temp_low", "temp_read", "temp_seen_at",
+                 "var", "version")  # fmt: skip
 
     def __init__(self, var: float, q: float, horizon: float, beta: float = 1.0, beta_var: float = 0.0,
                  spike_rate: float = 0.01) -> None:  # fmt: skip
@@ -86,6 +150,9 @@ class DeviceTerm:
         self.jump_at = 0
         self.jumps = 0.0
         self.reverted = 0.0
+        #: how long its slowdowns and its speedups lasted before reverting
+        self.spans_slower = Spans()
+        self.spans_faster = Spans()
 
     def jumped(self, size: float, clock: int) -> None:
         """A change of ``size`` (log units, signed) was detected and learned at ``clock``."""
@@ -129,23 +196,47 @@ class DeviceTerm:
     def revert(self, reopen_var: float, clock: int) -> None:
         """Undo the last jump on this shared term; the jump back is now what may revert."""
         jump = self.jump
+        # it ended between the last run that still showed it and this one
+        shown = self.last if self.last > self.jump_at else self.jump_at
+        (self.spans_slower if jump > 0.0 else self.spans_faster).add(0.5 * (shown + clock) - self.jump_at)
         self.mean -= jump
         self.var = max(self.var, reopen_var)
         self.version += 1
         self.jumped(-jump, clock)
 
+    def _changes_rate(self, clock: int) -> float:
+        """Changes per observation lately."""
+        return self.jumps * self._decay ** max(0, clock - self.jump_at) / self.horizon
+
     def jump_rate(self, clock: int) -> float:
-        """Changes per observation lately: the rate at which the last one may revert."""
+        """The rate (per observation) at which the last change may revert now: as often as changes
+        came lately, or, once changes of its direction have been seen to end, when they ended."""
         if not self.jump:
             return 0.0
-        return self.jumps * self._decay ** max(0, clock - self.jump_at) / self.horizon
+        rate = self._changes_rate(clock)
+        spans = self.spans_slower if self.jump > 0.0 else self.spans_faster
+        if not spans.n:
+            return rate
+        w = spans.weight()
+        return w * spans.hazard(clock - self.jump_at) + (1.0 - w) * rate
 
     def reversion(self, clock: int) -> tuple[float, float]:
         """(probability, size): that the last detected change has reverted since the backend was
         last observed, and by how much its estimate would then move back."""
         if not self.jump or clock <= self.last:
             return 0.0, 0.0
-        return 1.0 - math.exp(-self.jump_rate(clock) * (clock - self.last)), -self.jump
+        memoryless = 1.0 - math.exp(-self._changes_rate(clock) * (clock - self.last))
+        spans = self.spans_slower if self.jump > 0.0 else self.spans_faster
+        if not spans.n:
+            return memoryless, -self.jump
+        seen = self.last - self.jump_at if self.last > self.jump_at else 0
+        before = spans.survival(seen)
+        if before > 1e-12:
+            timed = 1.0 - spans.survival(clock - self.jump_at) / before
+        else:  # far beyond every span seen: the hazard there
+            timed = 1.0 - math.exp(-spans.hazard(seen) * (clock - self.last))
+        w = spans.weight()
+        return w * timed + (1.0 - w) * memoryless, -self.jump
 
     def rate(self) -> float:
         """Variance gained per observation while unobserved."""
