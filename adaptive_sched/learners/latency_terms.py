@@ -198,11 +198,15 @@ class DeviceTerm:
         jump = self.jump
         # it ended between the last run that still showed it and this one
         shown = self.last if self.last > self.jump_at else self.jump_at
-        (self.spans_slower if jump > 0.0 else self.spans_faster).add(0.5 * (shown + clock) - self.jump_at)
+        self._spans_of(jump).add(0.5 * (shown + clock) - self.jump_at)
         self.mean -= jump
         self.var = max(self.var, reopen_var)
         self.version += 1
         self.jumped(-jump, clock)
+
+    def _spans_of(self, jump: float) -> Spans:
+        """How long the changes of ``jump``'s direction lasted."""
+        return self.spans_slower if jump > 0.0 else self.spans_faster
 
     def _changes_rate(self, clock: int) -> float:
         """Changes per observation lately."""
@@ -214,7 +218,7 @@ class DeviceTerm:
         if not self.jump:
             return 0.0
         rate = self._changes_rate(clock)
-        spans = self.spans_slower if self.jump > 0.0 else self.spans_faster
+        spans = self._spans_of(self.jump)
         if not spans.n:
             return rate
         w = spans.weight()
@@ -226,7 +230,7 @@ class DeviceTerm:
         if not self.jump or clock <= self.last:
             return 0.0, 0.0
         memoryless = 1.0 - math.exp(-self._changes_rate(clock) * (clock - self.last))
-        spans = self.spans_slower if self.jump > 0.0 else self.spans_faster
+        spans = self._spans_of(self.jump)
         if not spans.n:
             return memoryless, -self.jump
         seen = self.last - self.jump_at if self.last > self.jump_at else 0
