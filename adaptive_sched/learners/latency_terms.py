@@ -156,7 +156,7 @@ class DeviceTerm:
 
     def jumped(self, size: float, clock: int) -> None:
         """A change of ``size`` (log units, signed) was detected and learned at ``clock``."""
-        self.jumps = self.jumps * self._decay ** max(0, clock - self.jump_at) + 1.0
+        self.jumps = self._recent_changes(clock) + 1.0
         self.jump = size
         self.jump_at = clock
         self.reverted = 0.0
@@ -173,7 +173,7 @@ class DeviceTerm:
         right size would look the same, so the surprise is counted only up to ``clip``
         standard deviations: it takes a few in a row, as the run test does.
         """
-        if self.jumps * self._decay ** max(0, clock - self.jump_at) < FORGET_JUMPS:
+        if self._recent_changes(clock) < FORGET_JUMPS:
             self.jump = 0.0  # a change long past: no longer expected to revert
             self.reverted = 0.0
             return False
@@ -208,9 +208,13 @@ class DeviceTerm:
         """How long the changes of ``jump``'s direction lasted."""
         return self.spans_slower if jump > 0.0 else self.spans_faster
 
+    def _recent_changes(self, clock: int) -> float:
+        """The decayed count of the changes detected here, at ``clock``."""
+        return self.jumps * self._decay ** max(0, clock - self.jump_at)
+
     def _changes_rate(self, clock: int) -> float:
         """Changes per observation lately."""
-        return self.jumps * self._decay ** max(0, clock - self.jump_at) / self.horizon
+        return self._recent_changes(clock) / self.horizon
 
     def jump_rate(self, clock: int) -> float:
         """The rate (per observation) at which the last change may revert now: as often as changes
