@@ -284,12 +284,13 @@ def fake_rk3588(root: Path) -> None:
         (z / "type").write_text(kind + "\n")
         (z / "temp").write_text(f"{45000 + 1000 * i}\n")
     # The GPU idles at a low clock under its load-following governor (not throttled: its cap is
-    # its top); the NPU's thermal governor capped it at 800 MHz; the DDR runs at its top.
-    for device, cur, cap, top in (("fb000000.gpu", 600_000_000, 1_000_000_000, 1_000_000_000),
-                                  ("fdab0000.npu", 800_000_000, 800_000_000, 1_000_000_000),
-                                  ("dmc", 2_112_000_000, 2_112_000_000, 2_112_000_000)):  # fmt: skip
+    # its top), 34% busy; the NPU's thermal governor capped it at 800 MHz; the DDR runs at its top.
+    for device, cur, cap, top, load in (("fb000000.gpu", 600_000_000, 1_000_000_000, 1_000_000_000, 34),
+                                        ("fdab0000.npu", 800_000_000, 800_000_000, 1_000_000_000, 20),
+                                        ("dmc", 2_112_000_000, 2_112_000_000, 2_112_000_000, 41)):  # fmt: skip
         d = root / "class" / "devfreq" / device
         d.mkdir(parents=True)
+        (d / "load").write_text(f"{load}@{cur}Hz\n")
         (d / "cur_freq").write_text(f"{cur}\n")
         (d / "max_freq").write_text(f"{cap}\n")
         (d / "available_frequencies").write_text(" ".join(str(top * k // 4) for k in (1, 2, 3, 4)) + "\n")
@@ -417,7 +418,8 @@ def main() -> int:
     beyond = ("the regret beyond what the same seeds cost on a device that never throttles (the simulator's governor"
               " never tripping; the world steady)")  # fmt: skip
     print_means(rows, "beyond", beyond, first="never-throttling")
-    print(f"one read of a fake RK3588 sysfs (7 zones, 3 devfreq, 8 cpufreq, rknpu load): {cost[0]:.1f} us median; "
+    print(f"one read of a fake RK3588 sysfs (7 zones, 3 devfreq, 2 devfreq loads, 8 cpufreq, rknpu load): "
+          f"{cost[0]:.1f} us median; "
           f"of its devfreq clocks alone: {cost[1]:.1f} us")  # fmt: skip
     print(f"({time.perf_counter() - started:.0f} s)")
     return 0

@@ -33,14 +33,29 @@ def sysfs(tmp_path):
 
 def test_reads_an_rk3588_sysfs_tree(sysfs):
     s = SysfsTelemetry(str(sysfs), cpu_load=False).read()
-    assert s.backends[GPU] == BackendReading(temp_c=50.0, freq_hz=6e8, max_freq_hz=1e9, load=None, cap_hz=1e9)
+    assert s.backends[GPU] == BackendReading(temp_c=50.0, freq_hz=6e8, max_freq_hz=1e9, load=0.34, cap_hz=1e9)
     # the GPU idles at a low clock but is not throttled: work sent there runs at its cap
     assert s.backends[GPU].clock_ratio() == 1.0
     assert s.backends[NPU].temp_c == 51.0 and s.backends[NPU].clock_ratio() == pytest.approx(0.8)
-    assert s.backends[NPU].load == pytest.approx(0.05)  # the mean of 12%, 0% and 3%
+    assert s.backends[NPU].load == pytest.approx(0.05)  # the mean of 12%, 0% and 3%: rknpu's, not devfreq's
     assert s.backends[CPU].temp_c == 45.0 and s.backends[CPU].clock_ratio() == pytest.approx(0.75)
     assert s.ddr_freq_hz == s.ddr_max_freq_hz == 2.112e9
     assert s.zones["bigcore0-thermal"] == 46.0 and len(s.zones) == 7
+
+
+def test_a_devfreq_load_is_read_where_rknpu_s_is_not_and_garbage_reads_as_unknown(sysfs):
+    source = SysfsTelemetry(str(sysfs), cpu_load=False, rediscover_s=0.0)
+    (sysfs / "kernel" / "debug" / "rknpu" / "load").unlink()  # debugfs not readable: devfreq's count
+    source.discover()
+    assert source.read().loads() == {GPU: 0.34, NPU: 0.2, CPU: None}
+    gpu_load = sysfs / "class" / "devfreq" / "fb000000.gpu" / "load"
+    for garbage in ("", "busy@600000000Hz", "250@600000000Hz", "-3@1Hz"):
+        gpu_load.write_text(garbage)
+        assert source.read().loads()[GPU] is None
+    gpu_load.write_text("7@300000000Hz\n")
+    assert source.read().loads()[GPU] == pytest.approx(0.07)
+    gpu_load.unlink()
+    assert source.read().loads()[GPU] is None and source.read().backends[GPU].freq_hz == 6e8
 
 
 def test_garbage_and_vanished_files_read_as_unknown_and_recover(sysfs):
@@ -226,6 +241,7 @@ class _Listener:
     def __init__(self, seen: list) -> None:
         self.seen = seen
         self.temps: list = []
+        self.loads: list = []
         self.clocks_wanted = False
 
     def on_clocks(self, ratios) -> None:
@@ -234,23 +250,26 @@ class _Listener:
     def on_temperatures(self, temps) -> None:
         self.temps.append(temps)
 
+    def on_loads(self, loads) -> None:
+        self.loads.append(loads)
+
 
 def test_clock_feed_hands_new_and_stale_readings_to_the_policy():
     now = [0.0]
     ratio = [0.5]
     seen = []
     sampler = Sampler(type("S", (), {"read": lambda self: Snapshot(now[0], {GPU: BackendReading(
-        temp_c=60.0 + now[0], freq_hz=ratio[0] * 1e9, max_freq_hz=1e9)})})(), interval_s=1.0,
-        clock=lambda: now[0])  # fmt: skip
+        temp_c=60.0 + now[0], freq_hz=ratio[0] * 1e9, max_freq_hz=1e9, load=0.5), CPU: BackendReading(load=0.9)})})(),
+        interval_s=1.0, clock=lambda: now[0])  # fmt: skip
     listener = _Listener(seen)
-    feed = ClockFeed(sampler, listener, (GPU, NPU))
+    feed = ClockFeed(sampler, listener, (GPU, NPU, CPU))
     feed()
     now[0], ratio[0] = 1.0, 0.25
     for _ in range(ClockFeed.EVERY - 1):  # it looks every EVERY observations
         feed()
-    assert seen == [{GPU: 0.5, NPU: None}]
+    assert seen == [{GPU: 0.5, NPU: None, CPU: None}]
     feed()
-    assert seen[-1] == {GPU: 0.25, NPU: None}
+    assert seen[-1] == {GPU: 0.25, NPU: None, CPU: None}
     for _ in range(ClockFeed.EVERY):
         feed()  # the same snapshot: nothing new
     assert len(seen) == 2
@@ -258,9 +277,12 @@ def test_clock_feed_hands_new_and_stale_readings_to_the_policy():
     now[0] = 10.0
     for _ in range(ClockFeed.EVERY):
         feed()
-    assert seen[-1] == {GPU: None, NPU: None}  # stale: no telemetry at all
-    # each reading's temperatures follow its clocks
-    assert listener.temps == [{GPU: 60.0, NPU: None}, {GPU: 61.0, NPU: None}, {GPU: None, NPU: None}]
+    assert seen[-1] == {GPU: None, NPU: None, CPU: None}  # stale: no telemetry at all
+    # each reading's temperatures and loads follow its clocks; the CPU's load, this process's
+    # threads' as much as anyone's, is never handed on
+    assert listener.temps == [{GPU: 60.0, NPU: None, CPU: None}, {GPU: 61.0, NPU: None, CPU: None},
+                              {GPU: None, NPU: None, CPU: None}]  # fmt: skip
+    assert listener.loads == [{GPU: 0.5, NPU: None, CPU: None}] * 2 + [dict.fromkeys((GPU, NPU, CPU))]
 
 
 def test_a_surprised_policy_gets_a_reading_at_once_but_not_more_often_than_the_gap():

@@ -90,6 +90,8 @@ _new_tuple = tuple.__new__
 MAX_CHANGE = math.log(10.0)
 #: a clock's elasticity stays within [0, this]: a latency following its clock more than in proportion is noise
 MAX_ELASTICITY = 2.0
+#: others' load is read as at most this: a backend fully taken by others is not infinitely slow
+MAX_LOAD = 0.95
 
 
 def stage_features(stage: Stage, shape: Shape) -> tuple[Group, tuple[float, float, float]]:
@@ -302,6 +304,51 @@ class LatencyModel:
                     # entries are recomputed once per degree: a reading's jitter beyond the
                     # deadband is not worth every entry
                     moved = moved or math.floor(cooled) > math.floor(counted)
+        return moved
+
+    def set_loads(self, loads: Mapping[Backend, float | None]) -> bool:
+        """Each backend's load (its busy share, 0 to 1) from telemetry (None: unknown). True when
+        an estimate moved: its entries are stale.
+
+        A load counts only while the backend goes unused: on a board it counts this process's
+        own work too, and a backend in use tells by its latencies what others' load does to it.
+        The first reading a whole interval after the backend last ran anchors others' load on
+        it (about where its level was last learned); a later one that moved by more than
+        ``load_tolerance`` (in ``log(1 - load)``) moves its level as much, times
+        ``load_elasticity``. Its variance is ``load_var`` times the square of the whole move since
+        it last ran: a load that came and went leaves it as sure as it was. Contention that ended
+        while nobody ran there (another client left the GPU) is thus seen, and the backend
+        predicted faster and run again, as a clock that recovered is; contention that came is
+        not probed into.
+        """
+        p = self.params
+        moved = False
+        for backend, load in loads.items():
+            device = self._device_of(backend)
+            unused = device.last == device.load_seen_at
+            device.load_seen_at = device.last
+            if not unused or load is None or not 0.0 <= load <= 1.0:
+                device.load_anchor = math.nan  # in use, or not read: anchored again once unused
+                if not unused:
+                    device.load_shift = 0.0  # its latencies told what the load did
+                continue
+            anchor = device.load_anchor
+            if math.isnan(anchor):
+                device.load_anchor = load
+                continue
+            shift = p.load_elasticity * math.log((1.0 - min(anchor, MAX_LOAD)) / (1.0 - min(load, MAX_LOAD)))
+            if abs(shift) <= p.load_tolerance * p.load_elasticity:
+                continue
+            device.mean += shift
+            device.mean_at_reading += shift  # not a move the next clock reading may explain
+            before, device.load_shift = device.load_shift, device.load_shift + shift
+            device.var += p.load_var * (device.load_shift**2 - before**2)
+            if device.jump * shift < 0.0:
+                device.jump = 0.0  # the load explains the change undone: no reversion left to expect
+                device.reverted = 0.0
+            device.load_anchor = load
+            device.version += 1
+            moved = True
         return moved
 
     @staticmethod

@@ -85,6 +85,14 @@ class ModelParams:
     temperature_var: float = 0.008
     #: ... beyond this (C) below its temperature when it last ran: a sensor's jitter
     temperature_deadband: float = 1.0
+    #: how a backend's latency follows others' load on it, read from telemetry while it goes
+    #: unused: latency ~ (1 / (1 - load))^this (1: its time shared with the others') ...
+    load_elasticity: float = 1.0
+    #: ... a guess, not learned: its level moved by ``x`` (log units) since it last ran, its
+    #: variance is ``load_var * x**2`` more, so the backend is checked soon after ...
+    load_var: float = 0.25
+    #: ... once ``log(1 - load)`` moved by this since the last move (a load's jitter: 0.65 +- 0.07)
+    load_tolerance: float = 0.2
     #: variance the device term is re-opened to when a change is seen to revert (the level
     #: before the change is known, to about what the change's size was measured to)
     revert_var: float = 0.02

@@ -102,12 +102,13 @@ class DeviceTerm:
     ``LatencyModel.set_clocks``). The ``*_at_reading`` fields remember the term at the last
     clock reading, so that a step the latencies showed first is not counted twice. Without its
     clock, the backend cooling while unused is forgetting (see ``LatencyModel.set_temperatures``).
+    While it goes unused, others' load on it moves its level (see ``LatencyModel.set_loads``).
     """
 
     __slots__ = ("_decay", "beta", "beta_cov", "beta_var", "clock_read", "energy", "horizon", "jump", "jump_at",
-                 "jumps", "last", "last_at_reading", "mean", "mean_at_reading", "n", "q", "reverted", "slowdown",
-                 "spans_faster", "spans_slower", "spike_rate", "temp_anchor", "temp_low", "temp_read", "temp_seen_at",
-                 "var", "version")  # fmt: skip
+                 "jumps", "last", "last_at_reading", "load_anchor", "load_seen_at", "load_shift", "mean",
+                 "mean_at_reading", "n", "q", "reverted", "slowdown", "spans_faster", "spans_slower", "spike_rate",
+                 "temp_anchor", "temp_low", "temp_read", "temp_seen_at", "var", "version")  # fmt: skip
 
     def __init__(self, var: float, q: float, horizon: float, beta: float = 1.0, beta_var: float = 0.0,
                  spike_rate: float = 0.01) -> None:  # fmt: skip
@@ -127,6 +128,12 @@ class DeviceTerm:
         #: its temperature at the latest reading
         self.temp_read = math.nan
         self.temp_seen_at = -1
+        #: others' load on it (0 to 1) at the first reading after it went unused (NaN: in use, or
+        #: unknown), and ``last`` at the latest load reading
+        self.load_anchor = math.nan
+        self.load_seen_at = -1
+        #: what others' load moved its mean by since it last ran (log units)
+        self.load_shift = 0.0
         self.beta = beta
         self.beta_var = beta_var
         #: the covariance of ``mean`` and ``beta``: where the clock has only been seen low, a

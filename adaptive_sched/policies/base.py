@@ -20,6 +20,7 @@ observed latencies. The scheduler talks to a policy only through :class:`Policy`
 ``prepare()``                          (optional) pay one-time costs before serving
 ``on_clocks(ratios)``                  (optional) each backend's clock over its maximum, from telemetry
 ``on_temperatures(temps)``             (optional) each backend's temperature in C, from telemetry
+``on_loads(loads)``                    (optional) each backend's busy share, from telemetry
 ``clocks_wanted``                      (optional) True asks for a reading before the next observation
 ``state()``                            (optional) a plain-data summary for reports
 =====================================  ================================================
@@ -282,6 +283,12 @@ class Policy(abc.ABC):
     def on_temperatures(self, temps: Mapping[Backend, float | None]) -> None:
         """Each backend's temperature in C (None: unknown), with each reading after :meth:`on_clocks`.
         Optional, as that one is: policies may grow less sure of a backend as it heats or cools."""
+
+    def on_loads(self, loads: Mapping[Backend, float | None]) -> None:
+        """Each backend's busy share, 0 to 1 (None: unknown), with each reading after
+        :meth:`on_temperatures` (a board counts this process's own work in it; the CPU's is never
+        given: this process's threads and the host's load it).
+        Optional: policies may read others' load on a backend they do not use as contention."""
 
     # -- exclusions ----------------------------------------------------------------------
     def exclude(self, backends: Iterable[Backend]) -> None:

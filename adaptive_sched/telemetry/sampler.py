@@ -164,8 +164,8 @@ class Sampler:
 
 
 class ClockListener(Protocol):
-    """What a :class:`ClockFeed` feeds (a policy): it takes clock ratios and temperatures, and may
-    ask for a reading now."""
+    """What a :class:`ClockFeed` feeds (a policy): it takes clock ratios, temperatures and loads,
+    and may ask for a reading now."""
 
     clocks_wanted: bool
 
@@ -173,10 +173,13 @@ class ClockListener(Protocol):
 
     def on_temperatures(self, temps: Mapping[Backend, float | None]) -> None: ...
 
+    def on_loads(self, loads: Mapping[Backend, float | None]) -> None: ...
+
 
 class ClockFeed:
-    """Hands a policy each backend's clock ratio, then its temperature, whenever the sampler has
-    a new snapshot, or none fresh any more (then every value is None: no telemetry).
+    """Hands a policy each backend's clock ratio, then its temperature, then its load, whenever the
+    sampler has a new snapshot, or none fresh any more (then every value is None: no telemetry).
+    The CPU's load is never handed on: it counts this process's own threads, whatever runs where.
 
     Called by the learner before each observation it learns: with a sampler on a thread of
     its own it only looks at the latest snapshot; otherwise it polls (a simulated device's
@@ -220,5 +223,7 @@ class ClockFeed:
         self._seen = snapshot
         ratios = snapshot.clock_ratios() if snapshot is not None else {}
         temps = snapshot.temperatures() if snapshot is not None else {}
+        loads = snapshot.loads() if snapshot is not None else {}
         policy.on_clocks({b: ratios.get(b) for b in self._backends})
         policy.on_temperatures({b: temps.get(b) for b in self._backends})
+        policy.on_loads({b: None if b is Backend.CPU else loads.get(b) for b in self._backends})

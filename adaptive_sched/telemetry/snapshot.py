@@ -55,7 +55,7 @@ class BackendReading:
     temp_c: float | None = None
     freq_hz: float | None = None
     max_freq_hz: float | None = None
-    #: share of the backend busy (0 to 1), from whatever reports it (rknpu's load, the CPU's)
+    #: share of the backend busy (0 to 1), from whatever reports it (devfreq's ``load``, rknpu's, the CPU's)
     load: float | None = None
     cap_hz: float | None = None
 
@@ -88,6 +88,10 @@ class Snapshot:
     def temperatures(self) -> dict[Backend, float | None]:
         """Each backend's temperature in C (None: unknown)."""
         return {b: r.temp_c for b, r in self.backends.items()}
+
+    def loads(self) -> dict[Backend, float | None]:
+        """Each backend's busy share, 0 to 1 (None: unknown or out of range)."""
+        return {b: r.load if r.load is not None and 0.0 <= r.load <= 1.0 else None for b, r in self.backends.items()}
 
     def as_context(self) -> dict[str, float]:
         """The known values as a flat mapping of finite numbers (see the module docstring)."""

@@ -1,4 +1,4 @@
-"""Telemetry from a Linux board's sysfs: thermal zones, devfreq clocks, cpufreq, the RKNPU's load.
+"""Telemetry from a Linux board's sysfs: thermal zones, devfreq clocks and loads, cpufreq, the RKNPU's load.
 
 Everything is read under one root (``/sys`` by default; a test points it at a fake tree)::
 
@@ -7,6 +7,8 @@ Everything is read under one root (``/sys`` by default; a test points it at a fa
                                                  max_freq is the cap the thermal governor lowers,
                                                  the maximum the top of available_frequencies
                                                  where listed
+    class/devfreq/<device>/load                  "94@800000000Hz": percent busy at a clock
+                                                 (Rockchip's kernels; GPU and NPU)
     devices/system/cpu/cpu*/cpufreq/{scaling_cur_freq,scaling_max_freq,cpuinfo_max_freq}   kHz
     kernel/debug/rknpu/load                      "NPU load:  Core0: 12%, Core1:  0%, ..."
 
@@ -66,6 +68,15 @@ def _top_frequency(path: str) -> float | None:
     return max(values) if values else None
 
 
+def read_devfreq_load(path: str) -> float | None:
+    """The busy share (0 to 1) from a devfreq ``load`` file (``"94@800000000Hz"``); None if garbage."""
+    text = _read(path, 64)
+    if not text:
+        return None
+    percent = finite(text.split(b"@", 1)[0].strip())
+    return percent / 100.0 if percent is not None and 0.0 <= percent <= 100.0 else None
+
+
 def read_npu_load(path: str) -> float | None:
     """The mean of the NPU cores' loads (0 to 1) from rknpu's ``load`` file."""
     text = _read(path, 256)
@@ -120,6 +131,7 @@ class SysfsTelemetry:
         self._clock_tops: dict[str, float] = {}  # backend/ddr -> the top of its available clocks
         self._cpu_files: list[tuple[str, str, str]] = []
         self._npu_load = ""
+        self._load_files: dict[Backend, str] = {}  # devfreq's load, per backend
         self._missing = True  # a file found before could not be read: look again
 
     def _path(self, *parts: str) -> str:
@@ -140,6 +152,7 @@ class SysfsTelemetry:
         self._zone_files = zones
         clocks = {}
         tops = {}
+        loads = {}
         for name, device in self.devfreq.items():
             base = self._path("class", "devfreq", device)
             if os.path.isdir(base):
@@ -149,8 +162,11 @@ class SysfsTelemetry:
                 top = _top_frequency(os.path.join(base, "available_frequencies"))
                 if top is not None:
                     tops[name] = top
+                if name in ("gpu", "npu") and os.path.exists(load := os.path.join(base, "load")):
+                    loads[Backend(name)] = load
         self._clock_files = clocks
         self._clock_tops = tops
+        self._load_files = loads
         cpus = []
         for cpufreq in sorted(glob.glob(self._path("devices", "system", "cpu", "cpu[0-9]*", "cpufreq"))):
             cpus.append((os.path.join(cpufreq, "scaling_cur_freq"), os.path.join(cpufreq, "scaling_max_freq"),
@@ -192,7 +208,13 @@ class SysfsTelemetry:
             else:
                 self._missing = True
         loads: dict[Backend, float] = {}
-        if self._npu_load:
+        for backend, path in self._load_files.items():
+            load = read_devfreq_load(path)
+            if load is None:
+                self._missing = True
+            else:
+                loads[backend] = load
+        if self._npu_load:  # rknpu's own count, per core, where debugfs is readable: rather than devfreq's
             npu = read_npu_load(self._npu_load)
             if npu is not None:
                 loads[Backend.NPU] = npu
@@ -236,7 +258,7 @@ class SysfsTelemetry:
 
     def found_anything(self) -> bool:
         """Whether the last :meth:`discover` found any file to read (psutil's CPU load aside)."""
-        return bool(self._zone_files or self._clock_files or self._cpu_files or self._npu_load)
+        return bool(self._zone_files or self._clock_files or self._cpu_files or self._npu_load or self._load_files)
 
     def __repr__(self) -> str:
         return f"SysfsTelemetry(root={self.root!r})"
