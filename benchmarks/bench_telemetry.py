@@ -10,16 +10,20 @@ Two families of scenarios, each over several seeds, every policy in the same run
   ``sim-periodic`` (bursts of decode with idle gaps in which the NPU cools and recovers).
   The shipped config also scripts a burst of GPU contention from 8 to 24 s of the device's
   time: it falls in ``sim-periodic``'s third to fifth bursts (``sim-steady`` ends before it),
-  and no clock shows it (it is load on the GPU, not a clock step);
+  and no clock shows it (it is load on the GPU, not a clock step): the GPU's load does;
 * **an independent latency world** (:mod:`worlds`, not our simulator) whose NPU throttles
   (``npu-throttle``, ``npu-periodic``, ``npu-ramp`` on the ``soc`` world); its clock reads
   ``max / slowdown^(1/0.7)``: latency follows the clock with an elasticity of 0.7, not the
   1 the learner starts from. In ``npu-ramp-mixed`` the kernels do not follow it alike:
   attention, bound by memory, slows by the square root of what qkv slows by (elasticity
-  0.35 against qkv's 0.7), which the learner must find out for each stage.
+  0.35 against qkv's 0.7), which the learner must find out for each stage. In
+  ``gpu-contention`` another client slows the GPU 3x in bursts: no clock shows it, its
+  load does, as ``1 - slowdown^(-1/0.7)`` (the world's latency follows the load less than
+  in proportion, not as the learner assumes), with a jitter (sd 0.02).
 
 Policies: ``adaptive`` without telemetry, ``telemetry`` (the clocks read), ``lying`` (a clock
-that always reads its maximum while the device is slow), ``temperatures`` (a board whose clocks
+that always reads its maximum while the device is slow, and a load that reads busy when the
+backend is free and free when it is busy), ``temperatures`` (a board whose clocks
 cannot be read, no devfreq for them: only temperatures), and the oracle. The world's NPU
 temperature is 50 C plus 20 C per unit of its log slowdown, with a sensor's jitter (sd 0.3 C). Reported: each
 one's total latency over the oracle's, minus one (the regret), mean and worst over seeds,
@@ -53,7 +57,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from worlds import NPU, SCENARIOS, Factor, Scenario, World, make_base, parse_seeds, ramp, workload
+from worlds import GPU, NPU, SCENARIOS, Factor, Scenario, World, make_base, parse_seeds, ramp, workload
 
 from adaptive_sched import Scheduler
 from adaptive_sched.build import build_executors, build_policy, load_prior
@@ -67,8 +71,13 @@ QKV, ATTN = Stage.QKV, Stage.ATTN
 VARIANTS = ("adaptive", "telemetry", "lying", "temperatures")
 #: each variant's column
 LABELS = {"adaptive": "without", "telemetry": "telemetry", "lying": "lying", "temperatures": "temps only"}
-#: how the independent world's latency follows its clock: slowdown = (max / cur)^ELASTICITY
+#: how the independent world's latency follows its clock: slowdown = (max / cur)^ELASTICITY;
+#: and others' load on it: slowdown = (1 / (1 - load))^ELASTICITY
 ELASTICITY = 0.7
+#: the world scenarios whose slowdowns are others' load, not a clock
+LOADED = frozenset({"gpu-contention"})
+#: the world's telemetry is read four times per 1% of the run, in the run's own time (its progress)
+WORLD_INTERVAL = 0.0025
 
 
 def ramp_mixed(top: float, attn_share: float) -> Factor:
@@ -100,14 +109,18 @@ def configured(config: Config, *, telemetry: bool, seed: int, **sim: Any) -> Con
 
 
 class Lying:
-    """A source whose clocks (current and cap) always read their maximum (temperatures and loads as they are)."""
+    """A source whose clocks (current and cap) always read their maximum, and whose loads read
+    the opposite of what they are (busy when free, free when busy: the worst a load can lie);
+    temperatures as they are."""
 
     def __init__(self, source: Any) -> None:
         self.source = source
 
     def read(self) -> Snapshot:
         s = self.source.read()
-        lies = {b: dataclasses.replace(r, freq_hz=r.max_freq_hz, cap_hz=r.max_freq_hz) for b, r in s.backends.items()}
+        lies = {b: dataclasses.replace(r, freq_hz=r.max_freq_hz, cap_hz=r.max_freq_hz,
+                                       load=None if r.load is None else 1.0 - r.load)
+                for b, r in s.backends.items()}  # fmt: skip
         return dataclasses.replace(s, backends=lies)
 
 
@@ -212,13 +225,16 @@ def run_sim(scenario: str, variant: str, seed: int, thermal: dict[str, Any] = SI
 # -- the independent world ----------------------------------------------------------------------
 class WorldTelemetry:
     """The world's clocks: each backend's current slowdown read back as a clock (max /
-    slowdown^(1/e)); and its temperature, 50 C plus 20 C per unit of log slowdown, with jitter."""
+    slowdown^(1/e)); and its temperature, 50 C plus 20 C per unit of log slowdown, with jitter.
+    In the :data:`LOADED` scenarios the slowdown is others' load instead (``1 - slowdown^(-1/e)``,
+    with jitter; others' alone, of the moment), the clock at its maximum and the temperature steady."""
 
     MAX_HZ = 1.0e9
 
     def __init__(self, world: World, seed: int) -> None:
         self.world = world
         self.jitter = random.Random(seed).gauss
+        self.loaded = world.scenario.name in LOADED
 
     def read(self) -> Snapshot:
         w = self.world
@@ -228,6 +244,12 @@ class WorldTelemetry:
             for f in w.scenario.factors:
                 slow *= f(QKV, backend, w.progress)
             slow = max(slow, 1.0)
+            if self.loaded:  # others' share of the backend now (the world's own work is not in it)
+                load = min(1.0, max(0.0, 1.0 - slow ** (-1.0 / ELASTICITY) + self.jitter(0.0, 0.02)))
+                readings[backend] = BackendReading(temp_c=50.0 + self.jitter(0.0, 0.3), freq_hz=self.MAX_HZ,
+                                                   max_freq_hz=self.MAX_HZ, load=load, cap_hz=self.MAX_HZ,
+                                                   load_window_s=0.0)  # fmt: skip
+                continue
             cur = self.MAX_HZ / slow ** (1.0 / ELASTICITY)
             temp = 50.0 + 20.0 * math.log(slow) + self.jitter(0.0, 0.3)
             # the throttle is a cap, as a thermal governor's on a board
@@ -250,8 +272,7 @@ def world_layers(scenario: str, variant: str, seed: int, layers: int, world_name
         source: Any = WorldTelemetry(world, seed)
         if variant in SEEN_AS:
             source = SEEN_AS[variant](source)
-        # four reads per 1% of the run, in the run's own time (its progress)
-        sampler = Sampler(source, interval_s=0.0025, clock=lambda: world.progress)
+        sampler = Sampler(source, interval_s=WORLD_INTERVAL, clock=lambda: world.progress)
     policy: Any = (OraclePolicy(expected_latency=world.expected) if variant == "oracle"
                    else AdaptivePolicy(AdaptiveParams(seed=seed)))  # fmt: skip
     with Scheduler(config, policy=policy, prior=prior, telemetry=sampler) as sched:
@@ -269,7 +290,7 @@ def run_world(scenario: str, variant: str, seed: int, layers: int) -> Run:
     out = Run()
     for world, shape, dq, da in world_layers(scenario, variant, seed, layers):
         chosen = world.expected(QKV, shape, dq.backend, None) + world.expected(ATTN, shape, da.backend, dq.backend)
-        throttled = any(f(QKV, Backend.NPU, world.progress) != 1.0 for f in world.scenario.factors)
+        throttled = any(f(QKV, b, world.progress) != 1.0 for f in world.scenario.factors for b in (GPU, NPU))
         out.add(chosen, best_pair(world.expected, shape), throttled)
     return out
 
@@ -291,6 +312,7 @@ def fake_rk3588(root: Path) -> None:
         d = root / "class" / "devfreq" / device
         d.mkdir(parents=True)
         (d / "load").write_text(f"{load}@{cur}Hz\n")
+        (d / "polling_interval").write_text("50\n")  # ms
         (d / "cur_freq").write_text(f"{cur}\n")
         (d / "max_freq").write_text(f"{cap}\n")
         (d / "available_frequencies").write_text(" ".join(str(top * k // 4) for k in (1, 2, 3, 4)) + "\n")
@@ -367,7 +389,10 @@ def main() -> int:
     plan: list[tuple[str, Any, Any]] = [
         ("sim-steady", sim, sim_never_throttling),
         ("sim-periodic", sim, sim_never_throttling),
-        *((name, world, world_steady) for name in ("npu-throttle", "npu-periodic", "npu-ramp", "npu-ramp-mixed")),
+        *(
+            (name, world, world_steady)
+            for name in ("npu-throttle", "npu-periodic", "npu-ramp", "npu-ramp-mixed", "gpu-contention")
+        ),
     ]
     baselines: dict[tuple[Any, str, int], float] = {}
     for scenario, run, baseline in plan:
@@ -412,7 +437,8 @@ def main() -> int:
         print(f"{r['scenario']:14s} {cells} {r['telemetry/without']:12.2f} {r['temperatures/without']:14.2f}")
     own = "the decisions' own regret (what each choice lost against the best pair at that moment)"
     print_means(rows, "decisions", own)
-    since = ("the same from the moment the NPU first throttled (before it, every variant makes the same first checks"
+    since = ("the same from the moment the device first slowed (the NPU throttled, the GPU contended; before it,"
+             " every variant makes the same first checks"
              " of a fresh device), over the whole run's best")  # fmt: skip
     print_means(rows, "throttled", since)
     beyond = ("the regret beyond what the same seeds cost on a device that never throttles (the simulator's governor"

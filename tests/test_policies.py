@@ -593,23 +593,28 @@ def test_a_backend_in_use_is_not_less_sure_of_for_its_temperature():
     assert var[1][1] > var[0][1] + 38 * ModelParams().temperature_var - 1e-9  # the NPU, left alone
 
 
-def contended_then_left(loads_while_unused):
-    """A policy that learned the GPU 3x slowed by another client and left it for the NPU, then
-    read the GPU's load every 16 observations while it went unused."""
+#: a board's: a load may count a backend's own work until 2.5 s after it last ran (rknpu's latch)
+SETTLE = {GPU: 2.5, NPU: 2.5}
+
+
+def contended_then_left(loads_while_unused, gpu_s=3e-3):
+    """A policy that learned the GPU at ``gpu_s`` (3x slowed by another client) and left it
+    for the NPU, then read the GPU's load every second (16 observations) while it went unused."""
     p = bound(AdaptivePolicy(seed=0), {("qkv", "gpu"): 1e-3, ("qkv", "npu"): 1.5e-3})
     feed(p, Stage.QKV, SHAPE, {GPU: 1e-3, NPU: 1.5e-3}.__getitem__, 300)
-    p.on_loads({GPU: 0.9, NPU: 0.0})  # its own work: in use, the load is not read as others'
-    feed(p, Stage.QKV, SHAPE, {GPU: 3e-3, NPU: 1.5e-3}.__getitem__, 300)
+    p.on_loads({GPU: 0.9, NPU: 0.0}, 0.0, SETTLE)  # its own work: in use, the load is not read as others'
+    feed(p, Stage.QKV, SHAPE, {GPU: gpu_s, NPU: 1.5e-3}.__getitem__, 300)
     assert p.best(Stage.QKV, SHAPE, None) is NPU
-    for load in loads_while_unused:
-        p.on_loads({GPU: load, NPU: 0.5})
+    # the first reading sees that it ran since the last one: its load is read from 2.5 s later on
+    for second, load in enumerate([2 / 3, *loads_while_unused], start=1):
+        p.on_loads({GPU: load, NPU: 0.5}, float(second), SETTLE)
         for _ in range(16):
             p.learn(Observation(Stage.QKV, SHAPE, None, NPU, 1.5e-3))
     return p
 
 
 def test_contention_that_ends_on_a_backend_left_unused_is_seen_in_its_load():
-    p = contended_then_left([2 / 3] * 5 + [0.0])  # the other client leaves the GPU
+    p = contended_then_left([2 / 3] * 3 + [0.0])  # the other client leaves the GPU
     assert p.best(Stage.QKV, SHAPE, None) is GPU
     assert p.choose(Stage.QKV, SHAPE, None).predicted[GPU] == pytest.approx(1e-3, rel=0.25)
     # a load that stays, jitters, is not read, or is nonsense moves nothing: as without telemetry
@@ -617,20 +622,29 @@ def test_contention_that_ends_on_a_backend_left_unused_is_seen_in_its_load():
     for loads in ([2 / 3] * 6, [0.65, 0.68, 0.62, 0.66, 0.63, 0.68], [1.5, -1.0, math.nan] * 2):
         assert contended_then_left(loads).choose(Stage.QKV, SHAPE, None).predicted == predicted
     # a reading that lost the load in between anchors it again: the drop is not seen across it
-    assert contended_then_left([2 / 3, None, 0.0, 0.0]).best(Stage.QKV, SHAPE, None) is NPU
+    assert contended_then_left([2 / 3] * 3 + [None, 0.0, 0.0]).best(Stage.QKV, SHAPE, None) is NPU
     # a load that went and came back leaves the GPU as it was, as sure of as it was
-    back, still = contended_then_left([2 / 3, 2 / 3, 0.0, 2 / 3]), contended_then_left([2 / 3] * 4)
-    predicted = back.choose(Stage.QKV, SHAPE, None).predicted[GPU]
-    assert predicted == pytest.approx(still.choose(Stage.QKV, SHAPE, None).predicted[GPU])
+    back, still = contended_then_left([2 / 3] * 3 + [0.0, 2 / 3]), contended_then_left([2 / 3] * 5)
+    predicted_gpu = back.choose(Stage.QKV, SHAPE, None).predicted[GPU]
+    assert predicted_gpu == pytest.approx(still.choose(Stage.QKV, SHAPE, None).predicted[GPU])
     assert back._est.model._devices[GPU].var == pytest.approx(still._est.model._devices[GPU].var)
+
+
+def test_a_load_still_counting_the_backends_own_work_is_not_taken_for_contention_that_ended():
+    # Not contended (the GPU is slower than the NPU here), it was left; the load, averaged over
+    # the second before its last latch (rknpu's), still counts its own work for two readings,
+    # then drops to nothing: nobody else was there, and the GPU is as slow as it was.
+    predicted = contended_then_left([None] * 4, gpu_s=2e-3).choose(Stage.QKV, SHAPE, None).predicted
+    own_work_fading = contended_then_left([0.9, 0.0, 0.0, 0.0], gpu_s=2e-3)
+    assert own_work_fading.choose(Stage.QKV, SHAPE, None).predicted == predicted
 
 
 def test_contention_that_comes_on_a_backend_left_unused_makes_it_slower_not_a_probe():
     p = bound(AdaptivePolicy(seed=0), {("qkv", "gpu"): 1e-3, ("qkv", "npu"): 1.5e-3})
     feed(p, Stage.QKV, SHAPE, {GPU: 2.5e-3, NPU: 1.5e-3}.__getitem__, 300)  # the GPU learned slower
     before = p.choose(Stage.QKV, SHAPE, None).predicted[GPU]
-    for load in (0.0, 0.0, 0.75):  # another client takes three quarters of it
-        p.on_loads({GPU: load, NPU: None})
+    for second, load in enumerate((0.0, 0.0, 0.0, 0.0, 0.75)):  # another client takes three quarters of it
+        p.on_loads({GPU: load, NPU: None}, float(second), SETTLE)
         for _ in range(16):
             p.learn(Observation(Stage.QKV, SHAPE, None, NPU, 1.5e-3))
     assert p.choose(Stage.QKV, SHAPE, None).predicted[GPU] == pytest.approx(4 * before, rel=0.1)

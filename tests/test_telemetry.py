@@ -33,7 +33,9 @@ def sysfs(tmp_path):
 
 def test_reads_an_rk3588_sysfs_tree(sysfs):
     s = SysfsTelemetry(str(sysfs), cpu_load=False).read()
-    assert s.backends[GPU] == BackendReading(temp_c=50.0, freq_hz=6e8, max_freq_hz=1e9, load=0.34, cap_hz=1e9)
+    assert s.backends[GPU] == BackendReading(
+        temp_c=50.0, freq_hz=6e8, max_freq_hz=1e9, load=0.34, cap_hz=1e9, load_window_s=0.05
+    )
     # the GPU idles at a low clock but is not throttled: work sent there runs at its cap
     assert s.backends[GPU].clock_ratio() == 1.0
     assert s.backends[NPU].temp_c == 51.0 and s.backends[NPU].clock_ratio() == pytest.approx(0.8)
@@ -48,6 +50,9 @@ def test_a_devfreq_load_is_read_where_rknpu_s_is_not_and_garbage_reads_as_unknow
     (sysfs / "kernel" / "debug" / "rknpu" / "load").unlink()  # debugfs not readable: devfreq's count
     source.discover()
     assert source.read().loads() == {GPU: 0.34, NPU: 0.2, CPU: None}
+    # how far back each counts: the GPU's devfreq polling interval; the NPU's, rknpu's latch of the
+    # second before, up to a second old, whichever file it is read from
+    assert source.read().load_windows() == {GPU: 0.05, NPU: 2.0, CPU: None}
     gpu_load = sysfs / "class" / "devfreq" / "fb000000.gpu" / "load"
     for garbage in ("", "busy@600000000Hz", "250@600000000Hz", "-3@1Hz"):
         gpu_load.write_text(garbage)
@@ -137,12 +142,13 @@ def test_the_simulated_device_reports_its_clock_stepping_down():
     assert source.read().clock_ratios()[NPU] == 1.0
 
 
-def test_the_benchmarks_lying_clock_reads_its_maximum_cap_included(sysfs):
+def test_the_benchmarks_lying_clock_reads_its_maximum_cap_included_and_its_loads_the_opposite(sysfs):
     honest = SysfsTelemetry(str(sysfs), cpu_load=False)
     assert honest.read().clock_ratios()[NPU] == pytest.approx(0.8)
     lying = Lying(honest).read()
     assert all(ratio == 1.0 for ratio in lying.clock_ratios().values())
     assert lying.backends[NPU].temp_c == 51.0
+    assert lying.loads() == {GPU: pytest.approx(0.66), NPU: pytest.approx(0.95), CPU: None}
 
 
 def test_sampler_reads_at_most_every_interval_of_its_clock_and_goes_stale():
@@ -250,8 +256,8 @@ class _Listener:
     def on_temperatures(self, temps) -> None:
         self.temps.append(temps)
 
-    def on_loads(self, loads) -> None:
-        self.loads.append(loads)
+    def on_loads(self, loads, at, settle_s) -> None:
+        self.loads.append((loads, at, settle_s))
 
 
 def test_clock_feed_hands_new_and_stale_readings_to_the_policy():
@@ -282,7 +288,10 @@ def test_clock_feed_hands_new_and_stale_readings_to_the_policy():
     # threads' as much as anyone's, is never handed on
     assert listener.temps == [{GPU: 60.0, NPU: None, CPU: None}, {GPU: 61.0, NPU: None, CPU: None},
                               {GPU: None, NPU: None, CPU: None}]  # fmt: skip
-    assert listener.loads == [{GPU: 0.5, NPU: None, CPU: None}] * 2 + [dict.fromkeys((GPU, NPU, CPU))]
+    # with how long after a backend ran its load counts others' alone: this source does not say
+    # how far back its loads count (the longest known, 2 s), plus the sampler's interval
+    loaded, settle = {GPU: 0.5, NPU: None, CPU: None}, dict.fromkeys((GPU, NPU, CPU), 2.0 + 1.0)
+    assert listener.loads == [(loaded, 0.0, settle), (loaded, 1.0, settle), (dict.fromkeys(loaded), 10.0, settle)]
 
 
 def test_a_surprised_policy_gets_a_reading_at_once_but_not_more_often_than_the_gap():

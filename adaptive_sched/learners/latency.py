@@ -306,14 +306,16 @@ class LatencyModel:
                     moved = moved or math.floor(cooled) > math.floor(counted)
         return moved
 
-    def set_loads(self, loads: Mapping[Backend, float | None]) -> bool:
-        """Each backend's load (its busy share, 0 to 1) from telemetry (None: unknown). True when
-        an estimate moved: its entries are stale.
+    def set_loads(self, loads: Mapping[Backend, float | None], at: float, settle_s: Mapping[Backend, float]) -> bool:
+        """Each backend's load (its busy share, 0 to 1) from telemetry (None: unknown), read at
+        ``at`` (seconds, the telemetry's clock); ``settle_s``: how long after a backend last ran
+        its load no longer counts its own work (the load's window). True when an estimate moved:
+        its entries are stale.
 
         A load counts only while the backend goes unused: on a board it counts this process's
         own work too, and a backend in use tells by its latencies what others' load does to it.
-        The first reading a whole interval after the backend last ran anchors others' load on
-        it (about where its level was last learned); a later one that moved by more than
+        The first reading ``settle_s`` after the backend was last seen running anchors others'
+        load on it, about where its level was last learned; a later one that moved by more than
         ``load_tolerance`` (in ``log(1 - load)``) moves its level as much, times
         ``load_elasticity``. Its variance is ``load_var`` times the square of the whole move since
         it last ran: a load that came and went leaves it as sure as it was. Contention that ended
@@ -325,13 +327,17 @@ class LatencyModel:
         moved = False
         for backend, load in loads.items():
             device = self._device_of(backend)
-            unused = device.last == device.load_seen_at
-            device.load_seen_at = device.last
-            if not unused or load is None or not 0.0 <= load <= 1.0:
-                device.load_anchor = math.nan  # in use, or not read: anchored again once unused
-                if not unused:
-                    device.load_shift = 0.0  # its latencies told what the load did
+            if device.last != device.load_seen_at:  # it ran since the last reading
+                device.load_seen_at = device.last
+                device.load_used_at = at
+                device.load_shift = 0.0  # its latencies told what the load did
+                device.load_anchor = math.nan
                 continue
+            if load is None or not 0.0 <= load <= 1.0:
+                device.load_anchor = math.nan  # not read: anchored again once read
+                continue
+            if not at - device.load_used_at >= settle_s.get(backend, math.inf):
+                continue  # its own work may still show in the load's window
             anchor = device.load_anchor
             if math.isnan(anchor):
                 device.load_anchor = load

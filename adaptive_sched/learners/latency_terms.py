@@ -106,9 +106,9 @@ class DeviceTerm:
     """
 
     __slots__ = ("_decay", "beta", "beta_cov", "beta_var", "clock_read", "energy", "horizon", "jump", "jump_at",
-                 "jumps", "last", "last_at_reading", "load_anchor", "load_seen_at", "load_shift", "mean",
-                 "mean_at_reading", "n", "q", "reverted", "slowdown", "spans_faster", "spans_slower", "spike_rate",
-                 "temp_anchor", "temp_low", "temp_read", "temp_seen_at", "var", "version")  # fmt: skip
+                 "jumps", "last", "last_at_reading", "load_anchor", "load_seen_at", "load_shift", "load_used_at",
+                 "mean", "mean_at_reading", "n", "q", "reverted", "slowdown", "spans_faster", "spans_slower",
+                 "spike_rate", "temp_anchor", "temp_low", "temp_read", "temp_seen_at", "var", "version")  # fmt: skip
 
     def __init__(self, var: float, q: float, horizon: float, beta: float = 1.0, beta_var: float = 0.0,
                  spike_rate: float = 0.01) -> None:  # fmt: skip
@@ -128,10 +128,11 @@ class DeviceTerm:
         #: its temperature at the latest reading
         self.temp_read = math.nan
         self.temp_seen_at = -1
-        #: others' load on it (0 to 1) at the first reading after it went unused (NaN: in use, or
-        #: unknown), and ``last`` at the latest load reading
+        #: others' load on it (0 to 1) once it went unused (NaN: in use, or unknown), ``last`` at
+        #: the latest load reading, and that reading's time (telemetry's clock) when it had run since
         self.load_anchor = math.nan
         self.load_seen_at = -1
+        self.load_used_at = -math.inf
         #: what others' load moved its mean by since it last ran (log units)
         self.load_shift = 0.0
         self.beta = beta

@@ -431,11 +431,11 @@ class AdaptivePolicy(Policy):
             if self._est.model.set_temperatures({b: t for b, t in temps.items() if b in self.candidates}):
                 self._invalidate()
 
-    def on_loads(self, loads: Mapping[Backend, float | None]) -> None:
+    def on_loads(self, loads: Mapping[Backend, float | None], at: float, settle_s: Mapping[Backend, float]) -> None:
         # Others' load on a backend left unused moves its level (see LatencyModel.set_loads):
         # contention that ended is seen without a probe; entries are recomputed on their next use.
         with self._lock:
-            if self._est.model.set_loads({b: x for b, x in loads.items() if b in self.candidates}):
+            if self._est.model.set_loads({b: x for b, x in loads.items() if b in self.candidates}, at, settle_s):
                 self._invalidate()
 
     def mark_unsupported(self, stage: Stage, shape: Shape, backend: Backend) -> None:

@@ -20,7 +20,7 @@ observed latencies. The scheduler talks to a policy only through :class:`Policy`
 ``prepare()``                          (optional) pay one-time costs before serving
 ``on_clocks(ratios)``                  (optional) each backend's clock over its maximum, from telemetry
 ``on_temperatures(temps)``             (optional) each backend's temperature in C, from telemetry
-``on_loads(loads)``                    (optional) each backend's busy share, from telemetry
+``on_loads(loads, at, settle_s)``      (optional) each backend's busy share, from telemetry
 ``clocks_wanted``                      (optional) True asks for a reading before the next observation
 ``state()``                            (optional) a plain-data summary for reports
 =====================================  ================================================
@@ -284,10 +284,12 @@ class Policy(abc.ABC):
         """Each backend's temperature in C (None: unknown), with each reading after :meth:`on_clocks`.
         Optional, as that one is: policies may grow less sure of a backend as it heats or cools."""
 
-    def on_loads(self, loads: Mapping[Backend, float | None]) -> None:
+    def on_loads(self, loads: Mapping[Backend, float | None], at: float, settle_s: Mapping[Backend, float]) -> None:
         """Each backend's busy share, 0 to 1 (None: unknown), with each reading after
-        :meth:`on_temperatures` (a board counts this process's own work in it; the CPU's is never
-        given: this process's threads and the host's load it).
+        :meth:`on_temperatures`; ``at`` is when it was read (seconds, the telemetry's clock). A
+        board counts this process's own work in it, over a window: ``settle_s`` is how long after
+        a backend last ran its load counts others' work alone. The CPU's is never given: this
+        process's threads load it.
         Optional: policies may read others' load on a backend they do not use as contention."""
 
     # -- exclusions ----------------------------------------------------------------------

@@ -173,13 +173,14 @@ class ClockListener(Protocol):
 
     def on_temperatures(self, temps: Mapping[Backend, float | None]) -> None: ...
 
-    def on_loads(self, loads: Mapping[Backend, float | None]) -> None: ...
+    def on_loads(self, loads: Mapping[Backend, float | None], at: float, settle_s: Mapping[Backend, float]) -> None: ...
 
 
 class ClockFeed:
     """Hands a policy each backend's clock ratio, then its temperature, then its load, whenever the
     sampler has a new snapshot, or none fresh any more (then every value is None: no telemetry).
     The CPU's load is never handed on: it counts this process's own threads, whatever runs where.
+    With the loads goes how long after a backend last ran its load counts others' work alone.
 
     Called by the learner before each observation it learns: with a sampler on a thread of
     its own it only looks at the latest snapshot; otherwise it polls (a simulated device's
@@ -190,17 +191,23 @@ class ClockFeed:
     only then explained by the clock.
     """
 
-    __slots__ = ("_backends", "_countdown", "_min_gap_s", "_policy", "_read", "_read_now", "_seen")
+    __slots__ = ("_backends", "_clock", "_countdown", "_interval_s", "_min_gap_s", "_policy", "_read", "_read_now",
+                 "_seen")  # fmt: skip
 
     #: observations between two looks at the sampler: readings come a few times a second,
     #: observations thousands of times, and a look costs a clock read
     EVERY = 16
     #: the shortest time between two readings asked for by surprises, over the sampler's interval
     SURPRISE_GAP = 1.0 / 25.0
+    #: how far back a load may count where its source does not say (seconds): the longest known,
+    #: rknpu's latch of the second before, up to a second old
+    UNKNOWN_LOAD_WINDOW_S = 2.0
 
     def __init__(self, sampler: Sampler, policy: ClockListener, backends: tuple[Backend, ...]) -> None:
         self._read = sampler.fresh if sampler.running else sampler.poll
         self._read_now = sampler.read_now
+        self._clock = sampler.clock
+        self._interval_s = sampler.interval_s
         self._min_gap_s = sampler.interval_s * self.SURPRISE_GAP
         self._policy = policy
         self._backends = backends
@@ -226,4 +233,10 @@ class ClockFeed:
         loads = snapshot.loads() if snapshot is not None else {}
         policy.on_clocks({b: ratios.get(b) for b in self._backends})
         policy.on_temperatures({b: temps.get(b) for b in self._backends})
-        policy.on_loads({b: None if b is Backend.CPU else loads.get(b) for b in self._backends})
+        windows = snapshot.load_windows() if snapshot is not None else {}
+        at = snapshot.taken_at if snapshot is not None else self._clock()
+        # a backend's load no longer counts its own work once past its window, and the reading's
+        # loads may be a whole read's interval old (between whole reads, the clocks alone are read)
+        settle = {b: (w if (w := windows.get(b)) is not None else self.UNKNOWN_LOAD_WINDOW_S) + self._interval_s
+                  for b in self._backends}  # fmt: skip
+        policy.on_loads({b: None if b is Backend.CPU else loads.get(b) for b in self._backends}, at, settle)

@@ -3,7 +3,8 @@
 The same reading a board's sysfs gives (:class:`~adaptive_sched.telemetry.SysfsTelemetry`):
 each backend's temperature, current clock (stepped down by the thermal trips, which is
 also its cap: no governor here lowers an idle backend's clock) and maximum clock (the
-profile's nominal one), and its background load. Its time is the device's
+profile's nominal one), and its background load (of the moment: this process's own work is
+not in it). Its time is the device's
 virtual time, so a sampler driven by it samples the simulation as a board's would be.
 """
 
@@ -37,6 +38,7 @@ class SimTelemetry:
                 max_freq_hz=top,
                 load=state.get(f"{name}_load"),
                 cap_hz=clock,  # its governor is the thermal one alone: the clock it sets is its cap
+                load_window_s=0.0,  # background work's share now
             )
         return Snapshot(self.now(), backends)
 

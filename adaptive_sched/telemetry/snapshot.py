@@ -58,6 +58,9 @@ class BackendReading:
     #: share of the backend busy (0 to 1), from whatever reports it (devfreq's ``load``, rknpu's, the CPU's)
     load: float | None = None
     cap_hz: float | None = None
+    #: how far back before the reading the load may count (seconds; None: unknown): a devfreq
+    #: polling interval, rknpu's once-a-second latch of the second before it
+    load_window_s: float | None = None
 
     def clock_ratio(self) -> float | None:
         """The clock work sent here would run at, over the maximum, in (0, 1]: the cap when it
@@ -92,6 +95,10 @@ class Snapshot:
     def loads(self) -> dict[Backend, float | None]:
         """Each backend's busy share, 0 to 1 (None: unknown or out of range)."""
         return {b: r.load if r.load is not None and 0.0 <= r.load <= 1.0 else None for b, r in self.backends.items()}
+
+    def load_windows(self) -> dict[Backend, float | None]:
+        """How far back each backend's load may count, in seconds (None: unknown)."""
+        return {b: r.load_window_s for b, r in self.backends.items()}
 
     def as_context(self) -> dict[str, float]:
         """The known values as a flat mapping of finite numbers (see the module docstring)."""

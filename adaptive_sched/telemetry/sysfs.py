@@ -8,7 +8,8 @@ Everything is read under one root (``/sys`` by default; a test points it at a fa
                                                  the maximum the top of available_frequencies
                                                  where listed
     class/devfreq/<device>/load                  "94@800000000Hz": percent busy at a clock
-                                                 (Rockchip's kernels; GPU and NPU)
+                                                 (Rockchip's kernels; GPU and NPU), over the
+                                                 last polling_interval (ms)
     devices/system/cpu/cpu*/cpufreq/{scaling_cur_freq,scaling_max_freq,cpuinfo_max_freq}   kHz
     kernel/debug/rknpu/load                      "NPU load:  Core0: 12%, Core1:  0%, ..."
 
@@ -44,6 +45,9 @@ RK3588_DEVFREQ: Mapping[str, str] = {
     "npu": "fdab0000.npu",
     "ddr": "dmc",
 }
+#: how far back the NPU's load counts: rknpu latches its busy time once a second, over the
+#: second before (its devfreq load too), so a reading may count work up to two seconds old
+RKNPU_LOAD_WINDOW_S = 2.0
 _PERCENT = re.compile(rb"(\d+(?:\.\d+)?)\s*%")
 
 
@@ -131,7 +135,7 @@ class SysfsTelemetry:
         self._clock_tops: dict[str, float] = {}  # backend/ddr -> the top of its available clocks
         self._cpu_files: list[tuple[str, str, str]] = []
         self._npu_load = ""
-        self._load_files: dict[Backend, str] = {}  # devfreq's load, per backend
+        self._load_files: dict[Backend, tuple[str, float | None]] = {}  # devfreq's load, and its window
         self._missing = True  # a file found before could not be read: look again
 
     def _path(self, *parts: str) -> str:
@@ -163,7 +167,9 @@ class SysfsTelemetry:
                 if top is not None:
                     tops[name] = top
                 if name in ("gpu", "npu") and os.path.exists(load := os.path.join(base, "load")):
-                    loads[Backend(name)] = load
+                    polling_ms = read_number(os.path.join(base, "polling_interval"))
+                    window = RKNPU_LOAD_WINDOW_S if name == "npu" else None if polling_ms is None else polling_ms / 1e3
+                    loads[Backend(name)] = (load, window)
         self._clock_files = clocks
         self._clock_tops = tops
         self._load_files = loads
@@ -207,24 +213,25 @@ class SysfsTelemetry:
                 clocks["cpu"] = (core.freq_hz, core.cap_hz, core.max_freq_hz)
             else:
                 self._missing = True
-        loads: dict[Backend, float] = {}
-        for backend, path in self._load_files.items():
+        loads: dict[Backend, tuple[float, float | None]] = {}  # and their windows
+        for backend, (path, window) in self._load_files.items():
             load = read_devfreq_load(path)
             if load is None:
                 self._missing = True
             else:
-                loads[backend] = load
+                loads[backend] = (load, window)
         if self._npu_load:  # rknpu's own count, per core, where debugfs is readable: rather than devfreq's
             npu = read_npu_load(self._npu_load)
             if npu is not None:
-                loads[Backend.NPU] = npu
+                loads[Backend.NPU] = (npu, RKNPU_LOAD_WINDOW_S)
         if self._psutil is not None:
             with contextlib.suppress(Exception):  # psutil on an odd system: the CPU's load is unknown
-                loads[Backend.CPU] = self._psutil.cpu_percent(interval=None) / 100.0
+                loads[Backend.CPU] = (self._psutil.cpu_percent(interval=None) / 100.0, None)  # since the last read
         backends: dict[Backend, BackendReading] = {}
         for backend in Backend:
             cur, cap, top = clocks.get(backend.value, (None, None, None))
-            reading = BackendReading(temps.get(backend), cur, top, loads.get(backend), cap)
+            load, window = loads.get(backend, (None, None))
+            reading = BackendReading(temps.get(backend), cur, top, load, cap, window)
             if reading != EMPTY:
                 backends[backend] = reading
         ddr_cur, _, ddr_max = clocks.get("ddr", (None, None, None))
