@@ -22,8 +22,9 @@ Two families of scenarios, each over several seeds, every policy in the same run
   in proportion, not as the learner assumes), with a jitter (sd 0.02).
 
 Policies: ``adaptive`` without telemetry, ``telemetry`` (the clocks read), ``lying`` (a clock
-that always reads its maximum while the device is slow, and a load that reads busy when the
-backend is free and free when it is busy), ``temperatures`` (a board whose clocks
+that always reads its maximum while the device is slow, and a load that comes and goes on its
+own, slowing nothing; with ``--inverted-loads``, a load that reads busy when the backend is
+free and free when it is busy), ``temperatures`` (a board whose clocks
 cannot be read, no devfreq for them: only temperatures), and the oracle. The world's NPU
 temperature is 50 C plus 20 C per unit of its log slowdown, with a sensor's jitter (sd 0.3 C). Reported: each
 one's total latency over the oracle's, minus one (the regret), mean and worst over seeds,
@@ -109,17 +110,31 @@ def configured(config: Config, *, telemetry: bool, seed: int, **sim: Any) -> Con
 
 
 class Lying:
-    """A source whose clocks (current and cap) always read their maximum, and whose loads read
-    the opposite of what they are (busy when free, free when busy: the worst a load can lie);
-    temperatures as they are."""
+    """A source whose clocks (current and cap) always read their maximum, and whose loads, where
+    one is read, come and go on their own (none or half, flipping at one reading in ten: another
+    client's work that slows nothing of ours); or, with ``inverted`` (``--inverted-loads``), read
+    the opposite of what they are (busy when free, free when busy: the worst a load can lie).
+    Temperatures as they are."""
+
+    #: set by ``--inverted-loads``
+    inverted = False
 
     def __init__(self, source: Any) -> None:
         self.source = source
+        self.flips = random.Random(0).random
+        self.on: dict[Backend, bool] = {}
+
+    def _load(self, backend: Backend, load: float | None) -> float | None:
+        if load is None:
+            return None
+        if self.inverted:
+            return 1.0 - load
+        on = self.on[backend] = self.on.get(backend, False) != (self.flips() < 0.1)
+        return 0.5 if on else 0.0
 
     def read(self) -> Snapshot:
         s = self.source.read()
-        lies = {b: dataclasses.replace(r, freq_hz=r.max_freq_hz, cap_hz=r.max_freq_hz,
-                                       load=None if r.load is None else 1.0 - r.load)
+        lies = {b: dataclasses.replace(r, freq_hz=r.max_freq_hz, cap_hz=r.max_freq_hz, load=self._load(b, r.load))
                 for b, r in s.backends.items()}  # fmt: skip
         return dataclasses.replace(s, backends=lies)
 
@@ -363,8 +378,14 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", default="0,1,2,3,4", help="seeds and ranges of seeds: 0,1,2 or 0-9")
     ap.add_argument("--layers", type=int, default=6000, help="attention layers per world run")
+    ap.add_argument(
+        "--inverted-loads",
+        action="store_true",
+        help="the lying variant's loads read the opposite of what they are (the worst a load can lie)",
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    Lying.inverted = args.inverted_loads
     try:
         seeds = parse_seeds(args.seeds)
     except ValueError as exc:

@@ -194,3 +194,5 @@ def test_the_series_carries_the_telemetry_logged_with_the_decisions(log_db):
         temp, clock = s.telemetry[f"{backend}_temp_c"], s.telemetry[f"{backend}_clock"]
         assert len(temp) == len(s) and np.isfinite(temp).all() and (temp >= 20).all()
         assert ((clock > 0) & (clock <= 1)).all()
+        load = s.telemetry[f"{backend}_load"]  # the simulated device's background load
+        assert len(load) == len(s) and ((load >= 0) & (load <= 1)).all()

@@ -142,13 +142,15 @@ def test_the_simulated_device_reports_its_clock_stepping_down():
     assert source.read().clock_ratios()[NPU] == 1.0
 
 
-def test_the_benchmarks_lying_clock_reads_its_maximum_cap_included_and_its_loads_the_opposite(sysfs):
+def test_the_benchmarks_lying_clock_reads_its_maximum_cap_included(sysfs):
     honest = SysfsTelemetry(str(sysfs), cpu_load=False)
     assert honest.read().clock_ratios()[NPU] == pytest.approx(0.8)
     lying = Lying(honest).read()
     assert all(ratio == 1.0 for ratio in lying.clock_ratios().values())
     assert lying.backends[NPU].temp_c == 51.0
-    assert lying.loads() == {GPU: pytest.approx(0.66), NPU: pytest.approx(0.95), CPU: None}
+    # its loads come and go on their own, slowing nothing
+    loads = [Lying(honest).read().loads() for _ in range(3)] + [lying.loads()]
+    assert all(x[GPU] in (0.0, 0.5) and x[NPU] in (0.0, 0.5) and x[CPU] is None for x in loads)
 
 
 def test_sampler_reads_at_most_every_interval_of_its_clock_and_goes_stale():

@@ -90,8 +90,9 @@ _new_tuple = tuple.__new__
 MAX_CHANGE = math.log(10.0)
 #: a clock's elasticity stays within [0, this]: a latency following its clock more than in proportion is noise
 MAX_ELASTICITY = 2.0
-#: others' load is read as at most this: a backend fully taken by others is not infinitely slow
-MAX_LOAD = 0.95
+#: others' load is read as at most this: a backend taken by others is predicted at most 5x slower
+#: for it (beyond, its own runs tell), and a load that lies can move it no further
+MAX_LOAD = 0.8
 
 
 def stage_features(stage: Stage, shape: Shape) -> tuple[Group, tuple[float, float, float]]:
@@ -180,6 +181,9 @@ class LatencyModel:
         #: an observation fell beyond the clip since its owner last cleared this (a clock may
         #: have stepped: telemetry is worth reading before the next observation)
         self.surprised = False
+        #: an observation moved the backend's shared term beyond its own estimate (a move of
+        #: others' load undone) since its owner last cleared this: every estimate may be stale
+        self.stale = False
 
     # -- state, created on first use ------------------------------------------------------
     def _device_of(self, backend: Backend) -> DeviceTerm:
@@ -188,7 +192,7 @@ class LatencyModel:
             p = self.params
             device = self._devices[backend] = DeviceTerm(p.device_sd**2, p.device_q, p.volatility_horizon,
                                                          p.clock_elasticity, p.clock_elasticity_sd**2,
-                                                         p.spike_rate)  # fmt: skip
+                                                         p.spike_rate, p.load_elasticity)  # fmt: skip
         return device
 
     def set_clocks(self, ratios: Mapping[Backend, float | None]) -> bool:
@@ -316,9 +320,11 @@ class LatencyModel:
         own work too, and a backend in use tells by its latencies what others' load does to it.
         The first reading ``settle_s`` after the backend was last seen running anchors others'
         load on it, about where its level was last learned; a later one that moved by more than
-        ``load_tolerance`` (in ``log(1 - load)``) moves its level as much, times
-        ``load_elasticity``. Its variance is ``load_var`` times the square of the whole move since
-        it last ran: a load that came and went leaves it as sure as it was. Contention that ended
+        ``load_tolerance`` (in ``log(1 - load)``) moves its level as much, times how its latency
+        follows others' load (``load_elasticity`` at first, then learned from the first run after
+        each move: a load that says nothing, or lies, is soon not followed). Its variance is
+        ``load_var`` times the square of the whole move since it last ran: a load that came and
+        went leaves it as sure as it was. Contention that ended
         while nobody ran there (another client left the GPU) is thus seen, and the backend
         predicted faster and run again, as a clock that recovered is; contention that came is
         not probed into.
@@ -327,10 +333,9 @@ class LatencyModel:
         moved = False
         for backend, load in loads.items():
             device = self._device_of(backend)
-            if device.last != device.load_seen_at:  # it ran since the last reading
+            if device.last != device.load_seen_at:  # it ran since the last reading: its latencies told
                 device.load_seen_at = device.last
                 device.load_used_at = at
-                device.load_shift = 0.0  # its latencies told what the load did
                 device.load_anchor = math.nan
                 continue
             if load is None or not 0.0 <= load <= 1.0:
@@ -342,9 +347,11 @@ class LatencyModel:
             if math.isnan(anchor):
                 device.load_anchor = load
                 continue
-            shift = p.load_elasticity * math.log((1.0 - min(anchor, MAX_LOAD)) / (1.0 - min(load, MAX_LOAD)))
-            if abs(shift) <= p.load_tolerance * p.load_elasticity:
+            delta = math.log((1.0 - min(anchor, MAX_LOAD)) / (1.0 - min(load, MAX_LOAD)))
+            if abs(delta) <= p.load_tolerance:
                 continue
+            shift = device.load_beta * delta
+            device.load_delta += delta
             device.mean += shift
             device.mean_at_reading += shift  # not a move the next clock reading may explain
             before, device.load_shift = device.load_shift, device.load_shift + shift
@@ -565,6 +572,15 @@ class LatencyModel:
         v_model = v_device + v_reg + bk[1] + v_clock
         s = v_model + reg.noise
         raw = log_t - predicted
+        if device.load_delta:  # the first run since others' load moved the shared term
+            unsaid = device.learn_load_elasticity(raw, p.load_var)  # what the run says the load's move was not
+            if unsaid:
+                self.stale = True
+                predicted += unsaid
+                raw -= unsaid
+                v_device = device.var_at(clock)
+                v_model = v_device + v_reg + bk[1] + v_clock
+                s = v_model + reg.noise
         reverted = False
         if device.jump and device.weigh_reversion(raw, s, clock, p.clip):
             # The last change undid itself (contention ended or came back, the clock recovered):

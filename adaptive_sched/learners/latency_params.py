@@ -86,10 +86,11 @@ class ModelParams:
     #: ... beyond this (C) below its temperature when it last ran: a sensor's jitter
     temperature_deadband: float = 1.0
     #: how a backend's latency follows others' load on it, read from telemetry while it goes
-    #: unused: latency ~ (1 / (1 - load))^this (1: its time shared with the others') ...
+    #: unused: latency ~ (1 / (1 - load))^beta, beta starting here (1: its time shared with the
+    #: others'), then learned per backend from the first run after each move ...
     load_elasticity: float = 1.0
-    #: ... a guess, not learned: its level moved by ``x`` (log units) since it last ran, its
-    #: variance is ``load_var * x**2`` more, so the backend is checked soon after ...
+    #: ... its level moved by ``x`` (log units) since it last ran, its variance is
+    #: ``load_var * x**2`` more, so the backend is checked soon after ...
     load_var: float = 0.25
     #: ... once ``log(1 - load)`` moved by this since the last move (a load's jitter: 0.65 +- 0.07)
     load_tolerance: float = 0.2

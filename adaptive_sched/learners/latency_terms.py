@@ -17,6 +17,9 @@ SPAN_MEMORY = 4.0
 #: ... as a log-normal whose spread is at least this (log units): a handful of spans, each
 #: known to within the gap between two runs, cannot promise more regularity than that
 SPAN_SD_FLOOR = 0.35
+#: how others' load is followed is learned within [0, this], over about this many of its moves
+MAX_LOAD_ELASTICITY = 2.0
+LOAD_MEMORY = 20
 
 
 class Spans:
@@ -106,12 +109,13 @@ class DeviceTerm:
     """
 
     __slots__ = ("_decay", "beta", "beta_cov", "beta_var", "clock_read", "energy", "horizon", "jump", "jump_at",
-                 "jumps", "last", "last_at_reading", "load_anchor", "load_seen_at", "load_shift", "load_used_at",
-                 "mean", "mean_at_reading", "n", "q", "reverted", "slowdown", "spans_faster", "spans_slower",
-                 "spike_rate", "temp_anchor", "temp_low", "temp_read", "temp_seen_at", "var", "version")  # fmt: skip
+                 "jumps", "last", "last_at_reading", "load_anchor", "load_beta", "load_delta", "load_n",
+                 "load_seen_at", "load_shift", "load_used_at", "mean", "mean_at_reading", "n", "q", "reverted",
+                 "slowdown", "spans_faster", "spans_slower", "spike_rate", "temp_anchor", "temp_low", "temp_read",
+                 "temp_seen_at", "var", "version")  # fmt: skip
 
     def __init__(self, var: float, q: float, horizon: float, beta: float = 1.0, beta_var: float = 0.0,
-                 spike_rate: float = 0.01) -> None:  # fmt: skip
+                 spike_rate: float = 0.01, load_beta: float = 1.0) -> None:  # fmt: skip
         self.mean = 0.0
         self.var = var
         #: the clock term: the backend's log slowdown read from its clock (log max/cur, 0 at
@@ -133,8 +137,13 @@ class DeviceTerm:
         self.load_anchor = math.nan
         self.load_seen_at = -1
         self.load_used_at = -math.inf
-        #: what others' load moved its mean by since it last ran (log units)
+        #: what others' load moved since it last ran (log of its free share, summed) and what that
+        #: moved its mean by: times how its latency follows others' load (learned from the first
+        #: run after each move, ``load_n`` of them so far)
+        self.load_delta = 0.0
         self.load_shift = 0.0
+        self.load_beta = load_beta
+        self.load_n = 0
         self.beta = beta
         self.beta_var = beta_var
         #: the covariance of ``mean`` and ``beta``: where the clock has only been seen low, a
@@ -161,6 +170,30 @@ class DeviceTerm:
         #: how long its slowdowns and its speedups lasted before reverting
         self.spans_slower = Spans()
         self.spans_faster = Spans()
+
+    def learn_load_elasticity(self, raw: float, load_var: float) -> float:
+        """The first run since others' load moved this term, with innovation ``raw``: how far it
+        ran from where the term was before the load moved, over how far the load moved, is one
+        measurement of how its latency follows others' load. A load that says nothing of it
+        (counting work that does not slow this backend's kernels, or lying) is soon not followed.
+
+        Returns what the mean moved by: where the run went against the load's move (or more
+        than twice as far), the move is undone to what the run allows at once, with the doubt it
+        added (``load_var`` times its square), so the run is learned from the level before it,
+        as without the load (a load that lied is not left to wear off slowly)."""
+        delta, shift = self.load_delta, self.load_shift
+        shown = (raw + shift) / delta
+        measured = min(MAX_LOAD_ELASTICITY, max(0.0, shown))
+        self.load_n = min(self.load_n + 1, LOAD_MEMORY)
+        self.load_beta += (measured - self.load_beta) / (self.load_n + 1)  # the prior counts as one
+        self.load_delta = self.load_shift = 0.0
+        if measured == shown:
+            return 0.0
+        undone = measured * delta - shift
+        self.mean += undone
+        self.var = max(self.var - load_var * (shift * shift - (measured * delta) ** 2), 0.0)
+        self.version += 1
+        return undone
 
     def jumped(self, size: float, clock: int) -> None:
         """A change of ``size`` (log units, signed) was detected and learned at ``clock``."""

@@ -33,7 +33,7 @@ FIGURES = {
     "events.png": "Exploration probability (lifted after a drift alarm) and failures/quarantines over time",
     "cumulative.png": "Cumulative latency against the static prior and each single backend",
     "exploration.png": "Exploration cost over time against explore_budget",
-    "telemetry.png": "Device telemetry (temperature, clock over its maximum) beside the backend chosen",
+    "telemetry.png": "Device telemetry (temperature, clock over its maximum, load) beside the backend chosen",
 }
 #: time bins of the share and event figures
 BINS = 60
@@ -197,8 +197,9 @@ def plot_events(s: Series, path: Path, plt: Any) -> None:
 
 
 def plot_telemetry(s: Series, path: Path, plt: Any) -> None:
-    fig, axes = _figure(plt, 3, 1, sharex=True, gridspec_kw={"height_ratios": [2, 2, 1]})
-    temp, clock, choice = axes[0, 0], axes[1, 0], axes[2, 0]
+    fig, axes = _figure(plt, 4, 1, sharex=True, gridspec_kw={"height_ratios": [2, 2, 1.5, 1]})
+    temp, clock, load, choice = axes[0, 0], axes[1, 0], axes[2, 0], axes[3, 0]
+    panels = {"temp_c": temp, "clock": clock, "load": load}
     backends = sorted(set(s.backend))
     shown = False
     for key, values in s.telemetry.items():
@@ -206,7 +207,7 @@ def plot_telemetry(s: Series, path: Path, plt: Any) -> None:
         m = np.isfinite(values)
         if not m.any():
             continue
-        ax = temp if what == "temp_c" else clock
+        ax = panels[what]
         ax.plot(s.t[m], values[m], color=_colour(backend), label=backend, drawstyle="steps-post")
         shown = True
     if not shown:
@@ -215,7 +216,9 @@ def plot_telemetry(s: Series, path: Path, plt: Any) -> None:
     temp.set_ylabel("temperature (C)")
     clock.set_ylabel("clock / max")
     clock.set_ylim(0, 1.05)
-    for ax in (temp, clock):
+    load.set_ylabel("load")
+    load.set_ylim(0, 1.05)
+    for ax in (temp, clock, load):
         ax.grid(True, alpha=0.3)
         _legend(ax, loc="lower left", fontsize=8)
     edges = _bins(s.t)

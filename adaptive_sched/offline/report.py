@@ -331,7 +331,7 @@ def build_series(rows: Sequence[LoggedDecision], static: Callable[[Stage, Shape]
 
 
 def _telemetry_series(rows: Sequence[LoggedDecision]) -> dict[str, np.ndarray]:
-    """Temperature and clock ratio per backend from the logged contexts (see ``telemetry.Snapshot``)."""
+    """Temperature, clock ratio and load per backend from the logged contexts (see ``telemetry.Snapshot``)."""
     from ..telemetry import Snapshot
 
     out: dict[str, list[float]] = {}
@@ -341,7 +341,8 @@ def _telemetry_series(rows: Sequence[LoggedDecision]) -> dict[str, np.ndarray]:
         snapshot = Snapshot.from_context(r.context)
         for backend, reading in snapshot.backends.items():
             for key, value in ((f"{backend.value}_temp_c", reading.temp_c),
-                               (f"{backend.value}_clock", reading.clock_ratio())):  # fmt: skip
+                               (f"{backend.value}_clock", reading.clock_ratio()),
+                               (f"{backend.value}_load", reading.load)):  # fmt: skip
                 if value is not None:
                     out.setdefault(key, [math.nan] * len(rows))[i] = value
     return {k: np.array(v, dtype=float) for k, v in sorted(out.items())}

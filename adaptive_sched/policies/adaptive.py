@@ -325,6 +325,9 @@ class AdaptivePolicy(Policy):
             if model.surprised:
                 model.surprised = False
                 self.clocks_wanted = True  # read by the scheduler's clock feed, if it has telemetry
+            if model.stale:
+                model.stale = False
+                self._invalidate()  # a backend's every stage moved (a load's move undone)
             self._charge(choice, backend, latency_s, clock)
             stages = self._stages
             stages.add(stage)
