@@ -642,7 +642,8 @@ def test_a_load_still_counting_the_backends_own_work_is_not_taken_for_contention
 def load_events(slowdown_per_event):
     """How far the GPU's predicted log latency moved each of eight times others' load on it,
     unused, went from none to half (a time-sharing slowdown of 2x), its next runs taking
-    ``slowdown_per_event`` times what they took before the load came."""
+    ``slowdown_per_event`` times what they took before the load came; and what the model reports
+    of the GPU."""
     group, phi = stage_features(Stage.QKV, SHAPE)
     model = LatencyModel(ModelParams())
     clock, at, log_t, moves = 0, 0.0, 0.0, []
@@ -662,17 +663,19 @@ def load_events(slowdown_per_event):
         reading(0.5)
         moves.append(model.estimate(Stage.QKV, GPU, group, phi, "b").mean - before)
         log_t += math.log(slowdown_per_event)
-    return moves
+    return moves, model.summary()["device"][GPU.value]
 
 
 def test_how_latency_follows_others_load_is_learned_and_a_load_that_lies_is_soon_not_followed():
-    honest = load_events(2.0)  # each time, the GPU ran 2x slower, as half its time taken would
+    honest, _ = load_events(2.0)  # each time, the GPU ran 2x slower, as half its time taken would
     assert honest[0] == pytest.approx(math.log(2.0)) and honest[-1] == pytest.approx(math.log(2.0), rel=0.1)
-    follows_less = load_events(math.sqrt(2.0))  # elasticity 0.5
+    follows_less, _ = load_events(math.sqrt(2.0))  # elasticity 0.5
     assert follows_less[-1] == pytest.approx(0.5 * math.log(2.0), rel=0.25)
-    says_nothing = load_events(1.0)  # the load counts work that does not slow this backend's kernels
+    says_nothing, reported = load_events(1.0)  # the load counts work that does not slow this backend's kernels
     assert says_nothing[0] == pytest.approx(math.log(2.0)) and says_nothing[-1] < 0.2 * says_nothing[0]
-    lies = load_events(0.5)  # each time the load said half taken, the GPU ran twice as fast
+    # reported: seven moves were tested by a run (the eighth was not), and followed at an eighth
+    assert reported["load_moves_tested"] == 7 and reported["load_elasticity"] == pytest.approx(1 / 8)
+    lies, _ = load_events(0.5)  # each time the load said half taken, the GPU ran twice as fast
     assert lies[-1] < 0.2 * lies[0]
 
 

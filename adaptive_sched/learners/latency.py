@@ -795,7 +795,8 @@ class LatencyModel:
         out: dict[str, Any] = {
             "device": {b.value: {"factor": round(math.exp(d.mean), 4), "sd": round(math.sqrt(d.var), 4),
                                  "forgetting": d.rate(), "clock_slowdown": round(math.exp(d.slowdown), 4),
-                                 "clock_elasticity": round(d.beta, 4), "spike_rate": round(d.spike_rate, 5)}
+                                 "clock_elasticity": round(d.beta, 4), "spike_rate": round(d.spike_rate, 5),
+                                 "load_elasticity": round(d.load_beta, 4), "load_moves_tested": d.load_n}
                        for b, d in self._devices.items()},
             "groups": {},
             "buckets": len(self._buckets),
