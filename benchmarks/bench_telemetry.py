@@ -459,8 +459,7 @@ def main() -> int:
     own = "the decisions' own regret (what each choice lost against the best pair at that moment)"
     print_means(rows, "decisions", own)
     since = ("the same from the moment the device first slowed (the NPU throttled, the GPU contended; before it,"
-             " every variant makes the same first checks"
-             " of a fresh device), over the whole run's best")  # fmt: skip
+             " every variant makes the same first checks of a fresh device), over the whole run's best")  # fmt: skip
     print_means(rows, "throttled", since)
     beyond = ("the regret beyond what the same seeds cost on a device that never throttles (the simulator's governor"
               " never tripping; the world steady)")  # fmt: skip

@@ -93,8 +93,8 @@ class Snapshot:
         return {b: r.temp_c for b, r in self.backends.items()}
 
     def loads(self) -> dict[Backend, float | None]:
-        """Each backend's busy share, 0 to 1 (None: unknown or out of range)."""
-        return {b: r.load if r.load is not None and 0.0 <= r.load <= 1.0 else None for b, r in self.backends.items()}
+        """Each backend's busy share, 0 to 1 (None: unknown)."""
+        return {b: r.load for b, r in self.backends.items()}
 
     def load_windows(self) -> dict[Backend, float | None]:
         """How far back each backend's load may count, in seconds (None: unknown)."""
