@@ -630,6 +630,19 @@ def test_contention_that_ends_on_a_backend_left_unused_is_seen_in_its_load():
     assert back._est.model._devices[GPU].var == pytest.approx(still._est.model._devices[GPU].var)
 
 
+def test_a_load_that_lies_does_not_cost_the_watch_for_the_end_of_contention():
+    gpu = lambda p: p._est.model._devices[GPU]  # noqa: E731
+    jump = gpu(contended_then_left([2 / 3] * 5)).jump
+    assert jump > 0.5  # the contention was detected: it may end, and is watched for
+    gone = contended_then_left([2 / 3] * 3 + [0.0])
+    assert gpu(gone).jump == 0.0  # the load says it ended: no end left to watch for
+    # the load came back before the GPU ran: so is the contention it had explained away
+    assert gpu(contended_then_left([2 / 3] * 3 + [0.0, 2 / 3])).jump == pytest.approx(jump)
+    # the GPU's next run is as slow as in the contention: the load lied, and the watch is back
+    gone.learn(Observation(Stage.QKV, SHAPE, None, GPU, 3e-3))
+    assert gpu(gone).jump == pytest.approx(jump)
+
+
 def test_a_load_still_counting_the_backends_own_work_is_not_taken_for_contention_that_ended():
     # Not contended (the GPU is slower than the NPU here), it was left; the load, averaged over
     # the second before its last latch (rknpu's), still counts its own work for two readings,

@@ -357,8 +357,12 @@ class LatencyModel:
             before, device.load_shift = device.load_shift, device.load_shift + shift
             device.var += p.load_var * (device.load_shift**2 - before**2)
             if device.jump * shift < 0.0:
-                device.jump = 0.0  # the load explains the change undone: no reversion left to expect
+                # the load explains the change undone: no reversion left to expect (unless the next
+                # run refutes the move, see ``DeviceTerm.learn_load_elasticity``)
+                device.load_jump, device.jump = device.jump, 0.0
                 device.reverted = 0.0
+            elif device.load_jump * shift > 0.0:  # the load came back: so is the change it explained
+                device.jump, device.load_jump = device.load_jump, 0.0
             device.load_anchor = load
             device.version += 1
             moved = True

@@ -109,7 +109,7 @@ class DeviceTerm:
     """
 
     __slots__ = ("_decay", "beta", "beta_cov", "beta_var", "clock_read", "energy", "horizon", "jump", "jump_at",
-                 "jumps", "last", "last_at_reading", "load_anchor", "load_beta", "load_delta", "load_n",
+                 "jumps", "last", "last_at_reading", "load_anchor", "load_beta", "load_delta", "load_jump", "load_n",
                  "load_seen_at", "load_shift", "load_used_at", "mean", "mean_at_reading", "n", "q", "reverted",
                  "slowdown", "spans_faster", "spans_slower", "spike_rate", "temp_anchor", "temp_low", "temp_read",
                  "temp_seen_at", "var", "version")  # fmt: skip
@@ -166,6 +166,8 @@ class DeviceTerm:
         self.jump = 0.0
         self.jump_at = 0
         self.jumps = 0.0
+        #: the jump a load's move explained as undone, kept until the next run tells whether it did
+        self.load_jump = 0.0
         self.reverted = 0.0
         #: how long its slowdowns and its speedups lasted before reverting
         self.spans_slower = Spans()
@@ -180,8 +182,12 @@ class DeviceTerm:
         Returns what the mean moved by: where the run went against the load's move (or more
         than twice as far), the move is undone to what the run allows at once, with the doubt it
         added (``load_var`` times its square), so the run is learned from the level before it,
-        as without the load (a load that lied is not left to wear off slowly)."""
+        as without the load (a load that lied is not left to wear off slowly). A run that went
+        against the move gives back the change the move had explained as undone: it may still
+        revert, and is watched for as before (a lying load must not cost the watch for the end
+        of contention)."""
         delta, shift = self.load_delta, self.load_shift
+        jump, self.load_jump = self.load_jump, 0.0
         shown = (raw + shift) / delta
         measured = min(MAX_LOAD_ELASTICITY, max(0.0, shown))
         self.load_n = min(self.load_n + 1, LOAD_MEMORY)
@@ -190,6 +196,8 @@ class DeviceTerm:
         if measured == shown:
             return 0.0
         undone = measured * delta - shift
+        if measured == 0.0 and jump:
+            self.jump = jump
         self.mean += undone
         self.var = max(self.var - load_var * (shift * shift - (measured * delta) ** 2), 0.0)
         self.version += 1
