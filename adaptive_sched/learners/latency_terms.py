@@ -207,6 +207,7 @@ class DeviceTerm:
         """A change of ``size`` (log units, signed) was detected and learned at ``clock``."""
         self.jumps = self._recent_changes(clock) + 1.0
         self.jump = size
+        self.load_jump = 0.0  # one a load explained away before is past
         self.jump_at = clock
         self.reverted = 0.0
 
