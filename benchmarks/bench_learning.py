@@ -5,7 +5,8 @@ lengths, each a prefill then decode tokens; see :func:`worlds.workload`) through
 API, against latency worlds that are not our simulator (:mod:`worlds`), under scenarios
 where the prior or the world is wrong or changing, over several seeds:
 
-    python benchmarks/bench_learning.py                       # every scenario, 3 seeds (~3 min)
+    python benchmarks/bench_learning.py                       # every scenario, 3 seeds (~6 min)
+    python benchmarks/bench_learning.py --worlds soc,npu-heavy   # two of the four device profiles
     python benchmarks/bench_learning.py --scenarios steady,spikes --seeds 0
     python benchmarks/bench_learning.py --policies adaptive,vw-eps --json
     python benchmarks/bench_learning.py --policies adaptive --seeds 0-29   # the tail: rare events
@@ -321,6 +322,7 @@ def render(rows: list[dict[str, Any]], summary: dict[str, Any], names: Sequence[
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated (default: all)")
+    ap.add_argument("--worlds", default="", help="comma-separated base worlds to keep (default: each scenario's all)")
     ap.add_argument("--policies", default=",".join(ALL_POLICIES), help="comma-separated (oracle is always run)")
     ap.add_argument("--seeds", default="0,1,2", help="seeds and ranges of seeds: 0,1,2 or 0-29")
     ap.add_argument("--layers", type=int, default=6000, help="attention layers per run (two decisions each)")
@@ -345,8 +347,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         seeds = parse_seeds(args.seeds)
     except ValueError as exc:
         ap.error(str(exc))
+    kept = [w for w in args.worlds.split(",") if w]
+    known = {w for s in SCENARIOS.values() for w in s.worlds}
+    if set(kept) - known:
+        ap.error(f"--worlds: unknown {', '.join(sorted(set(kept) - known))} (known: {', '.join(sorted(known))})")
     prefill = args.workload == "mixed"
-    jobs = [(s, w, seed, args.layers, names, prefill) for s in scen for w in SCENARIOS[s].worlds for seed in seeds]
+    jobs = [(s, w, seed, args.layers, names, prefill)
+            for s in scen for w in SCENARIOS[s].worlds if not kept or w in kept for seed in seeds]  # fmt: skip
+    if not jobs:
+        ap.error("--worlds: none of the scenarios runs on these worlds")
     start = time.perf_counter()
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         cells = list(pool.map(run_cell, jobs))

@@ -84,7 +84,7 @@ def _pair(pair: tuple[Backend, Backend]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scenario", required=True, choices=sorted(WORLD_SCENARIOS))
-    ap.add_argument("--world", default="soc", help="a base world of the scenario (soc, npu-heavy, prior)")
+    ap.add_argument("--world", default="soc", help="a base world of the scenario (soc, npu-heavy, gpu-heavy, ...)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--layers", type=int, default=6000)
     ap.add_argument("--telemetry", action="store_true", help="read the world's NPU clock, as bench_telemetry does")

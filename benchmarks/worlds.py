@@ -12,6 +12,14 @@ written independently of :mod:`adaptive_sched.sim` (no code or constant shared w
     and in places differs from what the prior believes by large factors.
 ``npu-heavy``
     A different SoC (a Snapdragon-class NPU several times the GPU, a slower GPU).
+``gpu-heavy``
+    A SoC whose GPU is the strong unit (a phone-class GPU with fast INT8 dot products, several
+    times a small NPU whose calls are costly): the opposite of what the prior believes of INT8.
+``int8-gpu``
+    The prior's precision strengths reversed: a GPU whose INT8 dot-product path runs at five
+    times its FP16 rate, an NPU built for FP16 that runs INT8 at a third of it. The prior
+    believes the GPU's INT8 prefills 10 to 13 times dearer than they are (25 times in
+    ``gpu-heavy``), where the NPU it prefers is 1.5 to 6 times dearer than it believes.
 ``prior``
     A world that is exactly the prior (the prior is right), so that one perturbation of it
     measures what one wrong belief costs (for example one (stage, backend) 10x faster than
@@ -103,6 +111,24 @@ NPU_HEAVY = {
 }  # fmt: skip
 
 
+GPU_HEAVY = {
+    GPU: Unit(launch_s=5e-5, ops={"fp16": 2.0e12, "int8": 2.5e12}, bandwidth={"fp16": 4.0e10, "int8": 4.0e10},
+              kernels={QKV: 1, ATTN: 3}, half_outputs=2.0e3),
+    NPU: Unit(launch_s=3e-4, ops={"fp16": 2.0e11, "int8": 6.0e11}, bandwidth={"fp16": 1.2e10, "int8": 1.4e10},
+              kernels={QKV: 1, ATTN: 1}, half_outputs=8.0e3, align=32, attn_factor=2.0),
+}  # fmt: skip
+
+INT8_GPU = {
+    GPU: Unit(launch_s=9e-5, ops={"fp16": 2.4e11, "int8": 1.2e12}, bandwidth={"fp16": 1.3e10, "int8": 2.2e10},
+              kernels={QKV: 1, ATTN: 3}, half_outputs=2.0e3),
+    NPU: Unit(launch_s=1.2e-4, ops={"fp16": 7.0e11, "int8": 2.4e11}, bandwidth={"fp16": 2.0e10, "int8": 1.3e10},
+              kernels={QKV: 1, ATTN: 1}, half_outputs=4.0e3, align=32, attn_factor=1.0),
+}  # fmt: skip
+
+#: the roofline worlds by name
+ROOFLINES = {"soc": SOC, "npu-heavy": NPU_HEAVY, "gpu-heavy": GPU_HEAVY, "int8-gpu": INT8_GPU}
+
+
 class BaseWorld:
     """Noise-free latencies of one stage on one backend, and of handing a stage's input between backends."""
 
@@ -147,10 +173,8 @@ class PriorWorld(BaseWorld):
 
 
 def make_base(name: str, prior: Any = None) -> BaseWorld:
-    if name == "soc":
-        return RooflineWorld("soc", SOC)
-    if name == "npu-heavy":
-        return RooflineWorld("npu-heavy", NPU_HEAVY)
+    if name in ROOFLINES:
+        return RooflineWorld(name, ROOFLINES[name])
     if name == "prior":
         return PriorWorld(prior)
     raise ValueError(f"unknown world {name!r}")
@@ -177,7 +201,7 @@ class Scenario:
     #: the workload's models (d values); None: the default mix
     models: tuple[tuple[int, int], ...] | None = None
     #: base world names this scenario runs on
-    worlds: tuple[str, ...] = ("soc", "npu-heavy")
+    worlds: tuple[str, ...] = ("soc", "npu-heavy", "gpu-heavy", "int8-gpu")
 
 
 def during(backend: Backend, start: float, end: float, factor: float, stage: Stage | None = None) -> Factor:
