@@ -210,11 +210,35 @@ def test_a_far_slower_backend_is_not_explored_once_settled():
     assert sum(1 - d.propensity for d in attn if not d.explored) / len(attn) < 1e-3
 
 
+@pytest.mark.parametrize(("npu_slower", "within"), [(1.0, 400), (4.0, 30)])
+def test_a_dear_stage_the_prior_misjudges_is_checked_within_its_own_decisions(npu_slower, within):
+    # INT8 prefill qkv: the prior believes the GPU 14x slower than the NPU; here it is 3x
+    # faster than the NPU (a device whose GPU has fast INT8 dot products). A first check is
+    # priced at the stage's own cost, not a decode step's, so it comes within a few hundred
+    # of the prefill's own decisions (about one in 130 at this believed gap), however cheap
+    # the decode steps that set the budget's typical stage are; within a few dozen where the
+    # NPU, still the choice, runs 4x slower than the prior said (the prior is wrong here).
+    prefill = Shape(n=512, d=4096, precision="int8")
+    waited = []
+    for seed in range(8):
+        rng = random.Random(seed)
+        with make(policy={"seed": seed}) as sched:
+            feed(sched, "qkv", DECODE, dict(sched.prior.latency("qkv", DECODE)), 500, rng)
+            prior = dict(sched.prior.latency("qkv", prefill))
+            assert prior[GPU] > 10 * prior[NPU]
+            npu = prior[NPU] * npu_slower
+            truth = {**prior, NPU: npu, GPU: npu / 3}
+            chosen = [d.backend for d in feed(sched, "qkv", prefill, truth, 400, rng)]
+            waited.append(chosen.index(GPU) + 1 if GPU in chosen else 400)
+    assert max(waited) < within, waited  # priced at a decode step's: most seeds waited past 400
+
+
 def test_a_backend_that_got_faster_is_followed_without_probing_the_others():
     # The GPU, already the choice for qkv, becomes twice as fast: its own estimate follows
     # within a few observations, and the gap to the NPU only widens, so nothing calls for
     # probing the NPU outside the budget (a change that makes the choice faster cannot
-    # make another backend win).
+    # make another backend win): what exploring is expected to cost per decision stays
+    # within the budget's share of a stage.
     rng = random.Random(5)
     with make(policy={"seed": 5}) as sched:
         truth = dict(sched.prior.latency("qkv", DECODE))
@@ -224,9 +248,10 @@ def test_a_backend_that_got_faster_is_followed_without_probing_the_others():
         feed_until_alarm(sched, GPU, truth, rng)
         assert sched.stats()["policy"]["alarm_windows"] == []
         after_alarm = feed(sched, "qkv", DECODE, truth, 40, rng)
-    before = max(explore_probability(d) for d in settled[-200:] if not d.explored)
-    after = max(explore_probability(d) for d in after_alarm[5:] if not d.explored)
-    assert after <= before + 1e-3
+        share = sched.policy.params.explore_budget
+    exploited = [d for d in after_alarm[5:] if not d.explored]
+    cost = max(explore_probability(d) * (d.predicted[NPU] - d.predicted[GPU]) for d in exploited)
+    assert cost <= 1.05 * share * settled[-1].predicted[GPU]
     assert after_alarm[5].predicted[GPU] < 0.7 * settled[-1].predicted[GPU]  # followed at once
 
 

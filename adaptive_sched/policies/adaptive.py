@@ -60,10 +60,17 @@ class AdaptiveParams:
     transition_sd_s: float = 1e-3
     #: a backend observed fewer times than this for a stage, precision and phase has not been
     #: checked on this device: it is probed whatever the budget's state (its prior may hide the
-    #: best choice), as is a backend that changed recently (it may change back) ...
+    #: best choice) ...
     first_checks: int = 1
-    #: ... at an expected cost per decision of at most this many times the budget's allowance
-    first_check_allowance: float = 10.0
+    #: ... at an expected cost per decision of at most this many times the budget's share of
+    #: the stage it would replace (or of a typical stage, if more), times how many times slower
+    #: than its prior that stage is believed to run here: a check, made once, serves every
+    #: decision of its group, so a dear stage's is not made rarer than a cheap one's
+    first_check_allowance: float = 20.0
+    #: a backend that changed recently (it may change back), or whose estimate rests on one run
+    #: that may have been a spike, is probed whatever the budget's state too, at an expected
+    #: cost per decision of at most this many times the budget's allowance (a typical stage's)
+    recheck_allowance: float = 10.0
     #: a detected slowdown lifts the budget until every other usable backend is observed this
     #: often at every stage ...
     alarm_probes: int = 8
@@ -250,9 +257,17 @@ class AdaptivePolicy(Policy):
                     # cheap shapes re-measure the backend as well as a prefill 30 times dearer.
                     scale[b] = 1.0
                     allowance[b] = p.explore_cap * typical
-                elif observed(stage, b, point.group) < p.first_checks or volatile(b, clock) or b in doubts:
-                    scale[b] = 1.0  # never checked here, or just changed: may hide the best choice
-                    allowance[b] = p.first_check_allowance * allowed
+                elif observed(stage, b, point.group) < p.first_checks:
+                    # Never checked here: the prior may hide the best choice. Priced at the stage's
+                    # own cost, so a prefill's first check is not made 30 times rarer than a decode
+                    # step's, and more where the choice itself runs slower than the prior said:
+                    # the prior that ranked the two is wrong here, perhaps about both.
+                    scale[b] = 1.0
+                    own = p.explore_budget * predicted[fastest] * self._disappointment(point, fastest, predicted)
+                    allowance[b] = p.first_check_allowance * max(allowed, own)
+                elif volatile(b, clock) or b in doubts:
+                    scale[b] = 1.0  # just changed, or its one run may have been a spike: may hide the best choice
+                    allowance[b] = p.recheck_allowance * allowed
                 else:
                     scale[b] = budget
                     allowance[b] = allowed
@@ -291,6 +306,14 @@ class AdaptivePolicy(Policy):
         assert self.table is not None
         self.table.publish(key, entry)
         return entry
+
+    @staticmethod
+    def _disappointment(point: Point, backend: Backend, predicted: Mapping[Backend, float]) -> float:
+        """How many times slower than its prior ``backend`` is now believed at ``point`` (at least 1)."""
+        prior_log = point.prior_log.get(backend)
+        if prior_log is None or not math.isfinite(prior_log):
+            return 1.0
+        return max(1.0, predicted[backend] / math.exp(prior_log))
 
     def _tolerance(self, values: Mapping[Backend, float], log_vars: Mapping[Backend, float]) -> float:
         """How far one backend's estimate may move before the entry is worth recomputing.

@@ -54,11 +54,18 @@ class ExplorationBudget:
         """Seconds of exploration one decision may cost on average: ``share`` of a recent mean stage.
 
         Of a typical stage, not of the decision's own: a probe of a prefill 30 times dearer than
-        a decode step is tried 30 times more rarely. Pricing each stage's probes at its own cost
-        (for every check, for first checks only, or for rechecks of a doubted first run) rescues
-        the rare run where a dear stage's only evidence was taken in a burst of contention, but
-        spends more than it finds on the whole: mean adaptive/oracle +0.0008 to +0.0023 over 120
-        seeds of ``benchmarks/bench_learning.py``. Nor is a dear probe made outside the budget
+        a decode step is tried 30 times more rarely. Only a group's first check is priced at its
+        own stage (see ``AdaptiveParams.first_check_allowance``): made once, it serves every
+        decision of the group, and on devices the prior misjudges most (``gpu-heavy`` and
+        ``int8-gpu`` in ``benchmarks/worlds.py``, whose INT8 prefills it believes 10 to 25 times
+        dearer on the GPU than they are) a check priced at a typical stage came several
+        requests' prefills late: adaptive/oracle 1.049 and 1.121 there over 10 seeds, against
+        1.027 and 1.041 priced at their own (more where the choice runs slower than its prior
+        said), for +0.0022 where the prior is right, +0.0019 on the NPU-heavy world (where the
+        GPU's prefills are checked, and lose) and -0.0005 on the soc world. Priced at 1.5 times
+        that, it finds no more (mean over the worlds the same); at twice the stage's own cost
+        without the choice's slowness, it finds less (+0.0031); pricing the recheck of a doubted
+        first run at its own cost as well spends more than it finds (+0.0018). Nor is a dear probe made outside the budget
         where what it may save over the decisions of its group to come (the expected improvement,
         at the group's recent rate of use) outweighs what it is expected to cost: over 120 seeds
         of four scenarios it cut the soc world's worst cells (periodic GPU contention 1.176 to
