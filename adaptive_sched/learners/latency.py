@@ -495,6 +495,17 @@ class LatencyModel:
             return 0.0, 0.0
         return reg.doubt, reg.back(phi)
 
+    def group_offset(self, stage: Stage, backend: Backend, group: Group, phi: tuple[float, ...]) -> float:
+        """How far from the prior the group's own regression puts ``phi`` (log units): how this
+        device's kernels differ from what the prior believes of them, without the backend's shared
+        term (throttling, contention, its clock) or the shape bucket's own effect; 0 for a group
+        never observed."""
+        reg = self._groups.get((stage, backend, group))
+        if reg is None or not reg.k:
+            return 0.0
+        m = reg.m
+        return m[0] * phi[0] + m[1] * phi[1] + m[2] * phi[2]
+
     def noise_var(self, stage: Stage, backend: Backend, group: Group) -> float:
         """The learned noise variance of one observation of ``stage`` on ``backend`` in ``group``."""
         return self._group_or_prior(stage, backend, group)[0].noise

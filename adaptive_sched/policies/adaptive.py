@@ -64,7 +64,7 @@ class AdaptiveParams:
     first_checks: int = 1
     #: ... at an expected cost per decision of at most this many times the budget's share of
     #: the stage it would replace (or of a typical stage, if more), times how many times slower
-    #: than its prior that stage is believed to run here: a check, made once, serves every
+    #: than its prior that stage's kernels have run here: a check, made once, serves every
     #: decision of its group, so a dear stage's is not made rarer than a cheap one's
     first_check_allowance: float = 20.0
     #: a backend that changed recently (it may change back), or whose estimate rests on one run
@@ -260,10 +260,12 @@ class AdaptivePolicy(Policy):
                 elif observed(stage, b, point.group) < p.first_checks:
                     # Never checked here: the prior may hide the best choice. Priced at the stage's
                     # own cost, so a prefill's first check is not made 30 times rarer than a decode
-                    # step's, and more where the choice itself runs slower than the prior said:
+                    # step's, and more where the choice's own kernels run slower than the prior
+                    # said (not its backend's state: a throttled NPU says nothing of the prior):
                     # the prior that ranked the two is wrong here, perhaps about both.
                     scale[b] = 1.0
-                    own = p.explore_budget * predicted[fastest] * self._disappointment(point, fastest, predicted)
+                    slower = max(1.0, math.exp(model.group_offset(stage, fastest, point.group, point.phi)))
+                    own = p.explore_budget * predicted[fastest] * slower
                     allowance[b] = p.first_check_allowance * max(allowed, own)
                 elif volatile(b, clock) or b in doubts:
                     scale[b] = 1.0  # just changed, or its one run may have been a spike: may hide the best choice
@@ -306,14 +308,6 @@ class AdaptivePolicy(Policy):
         assert self.table is not None
         self.table.publish(key, entry)
         return entry
-
-    @staticmethod
-    def _disappointment(point: Point, backend: Backend, predicted: Mapping[Backend, float]) -> float:
-        """How many times slower than its prior ``backend`` is now believed at ``point`` (at least 1)."""
-        prior_log = point.prior_log.get(backend)
-        if prior_log is None or not math.isfinite(prior_log):
-            return 1.0
-        return max(1.0, predicted[backend] / math.exp(prior_log))
 
     def _tolerance(self, values: Mapping[Backend, float], log_vars: Mapping[Backend, float]) -> float:
         """How far one backend's estimate may move before the entry is worth recomputing.

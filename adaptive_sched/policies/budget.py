@@ -60,19 +60,20 @@ class ExplorationBudget:
         ``int8-gpu`` in ``benchmarks/worlds.py``, whose INT8 prefills it believes 10 to 25 times
         dearer on the GPU than they are) a check priced at a typical stage came several
         requests' prefills late: adaptive/oracle 1.049 and 1.121 there over 10 seeds, against
-        1.027 and 1.041 priced at their own (more where the choice runs slower than its prior
-        said), for +0.0022 where the prior is right, +0.0019 on the NPU-heavy world (where the
-        GPU's prefills are checked, and lose) and -0.0005 on the soc world. Priced at 1.5 times
-        that, it finds no more (mean over the worlds the same); at twice the stage's own cost
-        without the choice's slowness, it finds less (+0.0031); pricing the recheck of a doubted
-        first run at its own cost as well spends more than it finds (+0.0018). Nor is a dear probe made outside the budget
-        where what it may save over the decisions of its group to come (the expected improvement,
-        at the group's recent rate of use) outweighs what it is expected to cost: over 120 seeds
-        of four scenarios it cut the soc world's worst cells (periodic GPU contention 1.176 to
-        1.099, spikes 1.127 to 1.075) but probed the NPU-heavy world's GPU prefills at shapes
-        not yet seen, where extrapolation leaves the estimate wide (mean +0.007 to +0.014 there);
-        kept to probes dearer than the budget could ever afford, it found no more than it spent
-        (mean +0.0008).
+        1.028 and 1.041 priced at their own (more where the choice's kernels run slower than
+        their prior said), for +0.0023 where the prior is right, +0.0019 on the NPU-heavy world
+        (where the GPU's prefills are checked, and lose) and -0.0006 on the soc world. Priced at
+        1.5 times that, it finds no more; at twice the stage's own cost, without the choice's
+        slowness, less (+0.0031 over the worlds); pricing the recheck of a doubted first run at
+        its own cost as well spends more than it finds (+0.0018).
+
+        Nor is a dear probe made outside the budget where what it may save over the decisions of
+        its group to come (the expected improvement, at the group's recent rate of use)
+        outweighs what it is expected to cost: over 120 seeds of four scenarios it cut the soc
+        world's worst cells (periodic GPU contention 1.176 to 1.099, spikes 1.127 to 1.075) but
+        probed the NPU-heavy world's GPU prefills at shapes not yet seen, where extrapolation
+        leaves the estimate wide (mean +0.007 to +0.014 there); kept to probes dearer than the
+        budget could ever afford, it found no more than it spent (mean +0.0008).
         """
         return self.share * self.typical()
 
