@@ -501,10 +501,7 @@ class LatencyModel:
         term (throttling, contention, its clock) or the shape bucket's own effect; 0 for a group
         never observed."""
         reg = self._groups.get((stage, backend, group))
-        if reg is None or not reg.k:
-            return 0.0
-        m = reg.m
-        return m[0] * phi[0] + m[1] * phi[1] + m[2] * phi[2]
+        return 0.0 if reg is None or not reg.k else reg.mean_at(phi)
 
     def noise_var(self, stage: Stage, backend: Backend, group: Group) -> float:
         """The learned noise variance of one observation of ``stage`` on ``backend`` in ``group``."""
