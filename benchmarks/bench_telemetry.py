@@ -2,6 +2,7 @@
 
     python benchmarks/bench_telemetry.py                 # every scenario, 5 seeds (~2 min)
     python benchmarks/bench_telemetry.py --seeds 0,1 --json
+    python benchmarks/bench_telemetry.py --scenarios sim-periodic --seeds 0-79
 
 Two families of scenarios, each over several seeds, every policy in the same run:
 
@@ -374,10 +375,16 @@ def print_means(rows: list[dict[str, Any]], measure: str, title: str, first: str
         print(f"{r['scenario']:14s} {lead}{cells} {ratios[0]:12.2f} {ratios[1]:14.2f}")
 
 
+#: the simulator's scenarios, then the independent world's, in the order they are reported
+SIM_SCENARIOS = ("sim-steady", "sim-periodic")
+SCENARIO_NAMES = (*SIM_SCENARIOS, "npu-throttle", "npu-periodic", "npu-ramp", "npu-ramp-mixed", "gpu-contention")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", default="0,1,2,3,4", help="seeds and ranges of seeds: 0,1,2 or 0-9")
     ap.add_argument("--layers", type=int, default=6000, help="attention layers per world run")
+    ap.add_argument("--scenarios", default=",".join(SCENARIO_NAMES), help="comma-separated (default: all)")
     ap.add_argument(
         "--inverted-loads",
         action="store_true",
@@ -390,6 +397,10 @@ def main() -> int:
         seeds = parse_seeds(args.seeds)
     except ValueError as exc:
         ap.error(str(exc))
+    chosen = [s for s in args.scenarios.split(",") if s]
+    unknown = [s for s in chosen if s not in SCENARIO_NAMES]
+    if unknown or not chosen:
+        ap.error(f"--scenarios: unknown {', '.join(unknown) or '(none given)'} (known: {', '.join(SCENARIO_NAMES)})")
     started = time.perf_counter()
     rows = []
 
@@ -407,13 +418,10 @@ def main() -> int:
     def world_steady(sc: str, v: str, s: int) -> Run:
         return run_world("steady", v, s, args.layers)
 
-    plan: list[tuple[str, Any, Any]] = [
-        ("sim-steady", sim, sim_never_throttling),
-        ("sim-periodic", sim, sim_never_throttling),
-        *(
-            (name, world, world_steady)
-            for name in ("npu-throttle", "npu-periodic", "npu-ramp", "npu-ramp-mixed", "gpu-contention")
-        ),
+    plan = [
+        (name, *((sim, sim_never_throttling) if name in SIM_SCENARIOS else (world, world_steady)))
+        for name in SCENARIO_NAMES
+        if name in chosen
     ]
     baselines: dict[tuple[Any, str, int], float] = {}
     for scenario, run, baseline in plan:

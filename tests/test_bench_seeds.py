@@ -1,4 +1,5 @@
-"""The benchmarks' ``--seeds`` option: lists and ranges, and a clear error for anything else."""
+"""The benchmarks' ``--seeds`` option: lists and ranges, and a clear error for anything else; their
+``--scenarios``: an unknown name is refused, naming the known ones."""
 
 import sys
 from pathlib import Path
@@ -29,3 +30,14 @@ def test_lists_and_ranges(text, seeds):
 def test_anything_else_is_refused_naming_the_option(text):
     with pytest.raises(ValueError, match="--seeds"):
         parse_seeds(text)
+
+
+def test_the_telemetry_benchmark_refuses_an_unknown_scenario_naming_the_known_ones(capsys, monkeypatch):
+    import bench_telemetry
+
+    monkeypatch.setattr(sys, "argv", ["bench_telemetry.py", "--scenarios", "sim-periodic,npu-melts"])
+    with pytest.raises(SystemExit):
+        bench_telemetry.main()
+    err = capsys.readouterr().err
+    assert "--scenarios: unknown npu-melts" in err
+    assert "sim-periodic" in err and "gpu-contention" in err
