@@ -26,7 +26,9 @@ class ModelParams:
     stage_q: float = 1e-6
     #: prior standard deviation of the error's growth per octave of keys, d and n
     slope_sd: float = 0.25
-    #: prior standard deviation of the per-backend device term
+    #: prior standard deviation of the per-backend device term (0.4, to let a backend's state at
+    #: start be learned with its groups' first runs, let their prior errors into the shared term:
+    #: a GPU contended in bursts, ``bench_telemetry.py``'s gpu-contention, 0.030 to 0.047)
     device_sd: float = 0.1
     #: variance the device term gains per observation made (of any backend): forgetting
     device_q: float = 1e-4
@@ -34,7 +36,10 @@ class ModelParams:
     volatility_horizon: float = 2000.0
     #: ... and moves that add up to this (log units, a 1.3x change) make it volatile: it may change back
     volatile_change: float = 0.25
-    #: prior standard deviation of one shape bucket's own effect (then learned per regression)
+    #: prior standard deviation of one shape bucket's own effect (then learned per regression;
+    #: widened for a bucket never observed by 0.1 per octave outside the shapes its regression
+    #: was learned at, it cost the learning benchmark's worlds 0.0021 over 10 seeds, and 0.0017
+    #: with the width given to the estimate alone, not to what an observation teaches)
     bucket_sd: float = 0.15
     #: initial noise variance of one observation (then learned per regression)
     noise_var: float = 0.01

@@ -74,6 +74,17 @@ class ExplorationBudget:
         probed the NPU-heavy world's GPU prefills at shapes not yet seen, where extrapolation
         leaves the estimate wide (mean +0.007 to +0.014 there); kept to probes dearer than the
         budget could ever afford, it found no more than it spent (mean +0.0008).
+
+        Nor, conversely, is a first check withheld where the model says it cannot pay for itself
+        (the chance that the alternative is faster, times all of the choice's own time, over the
+        group's next 3000 decisions, against one probe's expected cost): over 10 seeds of the
+        worlds it changed nothing (1.0216 to 1.0217), and it spared the simulator's periodic
+        throttling with telemetry its rare 70x-dear prefill probes (regret 0.0057 to 0.0049 over
+        20 seeds), but where a GPU contended at the start had its groups measured slow, the very
+        checks that would have undone that were withheld (``bench_telemetry.py``'s
+        gpu-contention seed 15: 1.058 to 1.131): the chance it weighs is the model's, and is
+        wrongest where a check is most needed. Capping first checks at 0.5 per decision instead
+        of ``explore_cap``: -0.0020 on gpu-heavy, -0.0016 on int8-gpu, +0.0026 on the soc world.
         """
         return self.share * self.typical()
 
