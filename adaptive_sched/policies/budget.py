@@ -85,6 +85,10 @@ class ExplorationBudget:
         gpu-contention seed 15: 1.058 to 1.131): the chance it weighs is the model's, and is
         wrongest where a check is most needed. Capping first checks at 0.5 per decision instead
         of ``explore_cap``: -0.0020 on gpu-heavy, -0.0016 on int8-gpu, +0.0026 on the soc world.
+        Nor does probing whatever the model believes pay: a floor under every alternative's
+        probability within the budget, a quarter of the allowance per decision, cost the worlds
+        +0.0015, and the world's GPU contention in ``bench_telemetry.py`` without telemetry 0.030
+        to 0.033 (20 seeds).
         """
         return self.share * self.typical()
 
