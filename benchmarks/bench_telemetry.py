@@ -444,9 +444,10 @@ def main() -> int:
                 decisions[v].append(r.decision_regret)
                 throttled[v].append(r.throttled_regret)
                 beyond[v].append(regrets[v][-1] - baselines[key])
-        row: dict[str, Any] = {"scenario": scenario, "never-throttling": statistics.mean(steady)}
+        row: dict[str, Any] = {"scenario": scenario, "seeds": seeds, "never-throttling": statistics.mean(steady)}
         for v in VARIANTS:
             row[v] = statistics.mean(regrets[v])
+            row[f"{v}:each"] = regrets[v]  # per seed, in the order of "seeds" (in --json)
             row[f"{v}:worst"] = max(regrets[v])
             row[f"{v}:decisions"] = statistics.mean(decisions[v])
             row[f"{v}:throttled"] = statistics.mean(throttled[v])
