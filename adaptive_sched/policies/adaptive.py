@@ -63,9 +63,10 @@ class AdaptiveParams:
     #: best choice) ...
     first_checks: int = 1
     #: ... at an expected cost per decision of at most this many times the budget's share of
-    #: the stage it would replace (or of a typical stage, if more), times how many times slower
-    #: than its prior that stage's kernels have run here: a check, made once, serves every
-    #: decision of its group, so a dear stage's is not made rarer than a cheap one's
+    #: the stage it would replace (or of a typical stage, if more), times the square of how many
+    #: times slower than its prior that stage's kernels have run here: a check, made once, serves
+    #: every decision of its group, so a dear stage's is not made rarer than a cheap one's; and
+    #: the further the prior was from this device on the choice, the less its ranking is worth
     first_check_allowance: float = 20.0
     #: a backend that changed recently (it may change back), or whose estimate rests on one run
     #: that may have been a spike, is probed whatever the budget's state too, at an expected
@@ -261,11 +262,12 @@ class AdaptivePolicy(Policy):
                     # Never checked here: the prior may hide the best choice. Priced at the stage's
                     # own cost, so a prefill's first check is not made 30 times rarer than a decode
                     # step's, and more where the choice's own kernels run slower than the prior
-                    # said (not its backend's state: a throttled NPU says nothing of the prior):
-                    # the prior that ranked the two is wrong here, perhaps about both.
+                    # said (not its backend's state: a throttled NPU says nothing of the prior),
+                    # by the square of it: the prior that ranked the two is wrong here, perhaps
+                    # about both, and more likely so the further it was off.
                     scale[b] = 1.0
                     slower = max(1.0, math.exp(model.group_offset(stage, fastest, point.group, point.phi)))
-                    own = p.explore_budget * predicted[fastest] * slower
+                    own = p.explore_budget * predicted[fastest] * slower * slower
                     allowance[b] = p.first_check_allowance * max(allowed, own)
                 elif volatile(b, clock) or b in doubts:
                     scale[b] = 1.0  # just changed, or its one run may have been a spike: may hide the best choice

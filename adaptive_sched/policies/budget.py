@@ -65,7 +65,10 @@ class ExplorationBudget:
         (where the GPU's prefills are checked, and lose) and -0.0006 on the soc world. Priced at
         1.5 times that, it finds no more; at twice the stage's own cost, without the choice's
         slowness, less (+0.0031 over the worlds); pricing the recheck of a doubted first run at
-        its own cost as well spends more than it finds (+0.0018).
+        its own cost as well spends more than it finds (+0.0018). By the square of the choice's
+        slowness rather than the slowness itself: int8-gpu 1.0409 to 1.0324 (paired -0.0085, se
+        0.0020; worst 1.129 to 1.102), gpu-heavy -0.0007, soc +0.0007, the NPU-heavy and prior's
+        worlds unchanged (every cell identical).
 
         Nor is a dear probe made outside the budget where what it may save over the decisions of
         its group to come (the expected improvement, at the group's recent rate of use)
