@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import random
@@ -55,7 +56,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -208,7 +209,13 @@ def best_pair(expected: Any, shape: Any) -> float:
     return min(pair_costs(expected, shape).values())
 
 
-def run_sim(scenario: str, variant: str, seed: int, thermal: dict[str, Any] = SIM_THERMAL) -> Run:
+def sim_layers(
+    scenario: str, variant: str, seed: int, thermal: dict[str, Any] = SIM_THERMAL
+) -> Iterator[tuple[Any, Any, Callable[[], Any]]]:
+    """Run ``variant`` (one of :data:`VARIANTS`, or ``oracle``) through the simulator's ``scenario``
+    one layer at a time: yields the simulated device, the layer's shape, and a function that runs
+    the layer (returning its :class:`~adaptive_sched.stage_runs.LayerRun`). Read what the device's
+    state says of the layer before calling it: running it moves that state (heat)."""
     base = load_config("rk3588-sim")
     config = configured(base, telemetry=variant != "adaptive", seed=seed, thermal=thermal, contention=False)
     built = build_executors(config)
@@ -220,21 +227,26 @@ def run_sim(scenario: str, variant: str, seed: int, thermal: dict[str, Any] = SI
     sampler = None
     if variant in SEEN_AS:
         sampler = Sampler(SEEN_AS[variant](SimTelemetry(device)), config.telemetry.interval_s, clock=lambda: device.now)
-    npu_top = thermal["backends"]["npu"]["trips"][0][1]  # below the first trip's clock: throttled
     model = model_shape("qwen2.5-1.5b")
     bursts = 1 if scenario == "sim-steady" else 6
     tokens = 192 if scenario == "sim-steady" else 48
-    out = Run()
     with Scheduler(config, policy=policy, executors=built.executors, telemetry=sampler) as sched:
         for burst in range(bursts):
             steps = decode_steps(model, prompt=32 + 16 * burst, tokens=tokens, precision="int8")
             for step in steps:
                 for _ in range(model.layers):
-                    best = best_pair(device.expected_latency, step.shape)
-                    throttled = (device.state().get("npu_freq_hz") or math.inf) <= npu_top
-                    out.add(sched.run_attention(step.shape).latency_s, best, throttled)
+                    yield device, step.shape, functools.partial(sched.run_attention, step.shape)
             if bursts > 1:
                 device.idle(4.0)  # the NPU cools below its trips
+
+
+def run_sim(scenario: str, variant: str, seed: int, thermal: dict[str, Any] = SIM_THERMAL) -> Run:
+    npu_top = thermal["backends"]["npu"]["trips"][0][1]  # below the first trip's clock: throttled
+    out = Run()
+    for device, shape, run in sim_layers(scenario, variant, seed, thermal):
+        best = best_pair(device.expected_latency, shape)
+        throttled = (device.state().get("npu_freq_hz") or math.inf) <= npu_top
+        out.add(run().latency_s, best, throttled)
     return out
 
 

@@ -3,11 +3,15 @@
     python benchmarks/trace_regret.py --scenario gpu-contention --seed 0
     python benchmarks/trace_regret.py --scenario npu-throttle --seed 2 --telemetry
     python benchmarks/trace_regret.py --scenario steady --world npu-heavy --seed 1 --top 20
+    python benchmarks/trace_regret.py --scenario sim-periodic --seed 2 --telemetry
 
 Runs the adaptive policy once, as ``bench_learning.py`` and ``bench_telemetry.py`` do (the
 same workload, world and seed, inline learning; ``--telemetry`` reads the world's NPU clock
 as ``bench_telemetry.py`` does), and splits what its choices lost against the best pair of
 each layer, in per mille of the run's best total (the sum is the cell's adaptive/oracle - 1):
+``sim-steady`` and ``sim-periodic`` run the simulated RK3588 instead (``--telemetry``: read
+through the scheduler's sampler), where the sum is the decisions' own regret of
+``bench_telemetry.py``, not the total's, which the device's heat feeds back into.
 
 * by tenth (``--bins``) of the run;
 * by phase and precision, exploit or explored, and which pair was chosen against the best;
@@ -25,7 +29,7 @@ import dataclasses
 import sys
 from typing import Any
 
-from bench_telemetry import WORLD_SCENARIOS, pair_costs, world_layers
+from bench_telemetry import SIM_SCENARIOS, WORLD_SCENARIOS, pair_costs, sim_layers, world_layers
 
 from adaptive_sched.types import Backend, Stage
 
@@ -52,28 +56,58 @@ def _p(values: Any) -> str:
     return ", ".join(f"{b.value} {p:.3g}" for b, p in values.items())
 
 
+def _layer(progress: float, shape: Any, dq: Any, da: Any, costs: Any, qkv_world: Any, attn_world: Any) -> Layer | None:
+    """The layer if its choice lost against the best pair (``costs``: each pair's latency)."""
+    best = min(costs, key=costs.__getitem__)
+    chosen = (dq.backend, da.backend)
+    lost = costs[chosen] - costs[best]
+    if lost <= 0.0:
+        return None
+    detail = (
+        f"qkv: p ({_p(dq.probabilities)}), predicted ms ({_ms(dq.choice.predicted)}), "
+        f"world ({_ms(qkv_world)})\n      attn: p ({_p(da.probabilities)}), "
+        f"predicted ms ({_ms(da.choice.predicted)}), world ({_ms(attn_world)})"
+    )
+    return Layer(progress, shape, chosen, dq.explored or da.explored, lost, best, detail)
+
+
 def trace(scenario: str, world_name: str, seed: int, layers: int, telemetry: bool) -> tuple[float, list[Layer]]:
     """The run's best total (seconds), and every layer whose choice lost against the best pair."""
+    if scenario in SIM_SCENARIOS:
+        return trace_sim(scenario, seed, telemetry)
     total_best = 0.0
     out: list[Layer] = []
     variant = "telemetry" if telemetry else "adaptive"
     for world, shape, dq, da in world_layers(scenario, variant, seed, layers, world_name):
         expected = world.expected
         costs = pair_costs(expected, shape)
-        best = min(costs, key=costs.__getitem__)
-        chosen = (dq.backend, da.backend)
-        total_best += costs[best]
-        lost = costs[chosen] - costs[best]
-        if lost <= 0.0:
-            continue
+        total_best += min(costs.values())
         qkv_world = {b: expected(QKV, shape, b, None) for b in BACKENDS}
         attn_world = {b: expected(ATTN, shape, b, dq.backend) for b in BACKENDS}
-        detail = (
-            f"qkv: p ({_p(dq.probabilities)}), predicted ms ({_ms(dq.choice.predicted)}), "
-            f"world ({_ms(qkv_world)})\n      attn: p ({_p(da.probabilities)}), "
-            f"predicted ms ({_ms(da.choice.predicted)}), world ({_ms(attn_world)})"
-        )
-        out.append(Layer(world.progress, shape, chosen, dq.explored or da.explored, lost, best, detail))
+        layer = _layer(world.progress, shape, dq, da, costs, qkv_world, attn_world)
+        if layer is not None:
+            out.append(layer)
+    return total_best, out
+
+
+def trace_sim(scenario: str, seed: int, telemetry: bool) -> tuple[float, list[Layer]]:
+    """:func:`trace` on the simulated RK3588: what each layer cost is read before it runs (it heats
+    the device); its progress is the layer's share of the run's layers."""
+    total_best = 0.0
+    seen: list[tuple[Any, Any, Any, Any, Any]] = []
+    for device, shape, run in sim_layers(scenario, "telemetry" if telemetry else "adaptive", seed):
+        expected = device.expected_latency
+        costs = pair_costs(expected, shape)
+        total_best += min(costs.values())
+        qkv_world = {b: expected(QKV, shape, b, None) for b in BACKENDS}
+        layer = run()
+        attn_world = {b: expected(ATTN, shape, b, layer.qkv.backend) for b in BACKENDS}
+        seen.append((shape, layer.qkv.decision, layer.attn.decision, costs, (qkv_world, attn_world)))
+    out = []
+    for i, (shape, dq, da, costs, (qkv_world, attn_world)) in enumerate(seen):
+        lost = _layer(i / len(seen), shape, dq, da, costs, qkv_world, attn_world)
+        if lost is not None:
+            out.append(lost)
     return total_best, out
 
 
@@ -83,15 +117,21 @@ def _pair(pair: tuple[Backend, Backend]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--scenario", required=True, choices=sorted(WORLD_SCENARIOS))
+    ap.add_argument("--scenario", required=True, choices=sorted((*WORLD_SCENARIOS, *SIM_SCENARIOS)))
     ap.add_argument("--world", default="soc", help="a base world of the scenario (soc, npu-heavy, gpu-heavy, ...)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--layers", type=int, default=6000)
-    ap.add_argument("--telemetry", action="store_true", help="read the world's NPU clock, as bench_telemetry does")
+    ap.add_argument(
+        "--telemetry",
+        action="store_true",
+        help="read the world's NPU clock (the simulator's telemetry), as bench_telemetry does",
+    )
     ap.add_argument("--bins", type=int, default=10)
     ap.add_argument("--top", type=int, default=8, help="costliest layers shown")
     args = ap.parse_args(argv)
-    if args.world not in WORLD_SCENARIOS[args.scenario].worlds:
+    if args.scenario in SIM_SCENARIOS:
+        args.world = "the simulator"
+    elif args.world not in WORLD_SCENARIOS[args.scenario].worlds:
         ap.error(f"--world: {args.scenario} runs on {', '.join(WORLD_SCENARIOS[args.scenario].worlds)}")
     best, lost = trace(args.scenario, args.world, args.seed, args.layers, args.telemetry)
     mille = 1000.0 / best
