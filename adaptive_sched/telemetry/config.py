@@ -25,7 +25,9 @@ class TelemetryConfig:
     interval_s: float = 0.25
     #: seconds between two reads of the clocks alone, in between (a few small devfreq files:
     #: governors step the clocks every 50 to 100 ms, and a clock that came back is what tells
-    #: the scheduler a backend it stopped using is fast again); at most ``interval_s``
+    #: the scheduler a backend it stopped using is fast again); at most ``interval_s``. At 0.02
+    #: the simulator's throttled runs lost less per decision and took longer: back on a
+    #: recovered NPU sooner, they heat it sooner (docs/telemetry.md)
     clock_interval_s: float = 0.05
     #: a reading older than this (seconds) is stale and ignored (null: four intervals)
     max_age_s: float | None = None
