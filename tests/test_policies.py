@@ -123,6 +123,58 @@ def test_what_one_group_learns_starts_its_siblings():
     assert p.choose(Stage.QKV, fp16, None).predicted[NPU] < 3e-3  # not the prior's 10 ms
 
 
+def _taught(model: LatencyModel, stage: Stage, shape: Shape, log_offset: float, runs: int = 30) -> None:
+    """``runs`` runs of ``stage`` on the GPU at ``shape``, ``exp(log_offset)`` times what the prior said."""
+    group, phi = stage_features(stage, shape)
+    for _ in range(runs):
+        clock = model.observations + 1
+        model.observe(stage, GPU, group, phi, ("b", shape), prior_log=0.0, log_t=log_offset, clock=clock)
+
+
+def _never_observed(model: LatencyModel, stage: Stage, shape: Shape) -> float:
+    group, phi = stage_features(stage, shape)
+    assert model.observed(stage, GPU, group) == 0
+    return model.estimate(stage, GPU, group, phi, ("b", shape)).mean
+
+
+INT8_PREFILL = Shape(n=128, d=2048, precision="int8")
+FP16_PREFILL = Shape(n=128, d=2048, precision="fp16")
+
+
+@pytest.mark.parametrize("twin_share", [1.0, 0.0])
+def test_a_groups_kernels_found_faster_at_one_stage_start_it_faster_at_the_other(twin_share):
+    # attention showed the GPU's INT8 prefill kernels 10x faster than its FP16 ones, both as the
+    # prior said at qkv's FP16: qkv's INT8 prefill, never observed, starts faster than FP16's
+    model = LatencyModel(ModelParams(twin_share=twin_share))
+    _taught(model, Stage.ATTN, FP16_PREFILL, 0.0)
+    _taught(model, Stage.ATTN, INT8_PREFILL, -math.log(10))
+    _taught(model, Stage.QKV, FP16_PREFILL, 0.0)
+    start = _never_observed(model, Stage.QKV, INT8_PREFILL)
+    if twin_share:
+        assert start == pytest.approx(-math.log(10), abs=0.3)
+    else:
+        assert start == pytest.approx(0.0, abs=0.1)  # its siblings' level alone
+
+
+def test_a_groups_kernels_found_slower_at_one_stage_do_not_start_it_slower_at_the_other():
+    # attention may be slow for reasons of its own: a group believed slower might never be checked
+    model = LatencyModel(ModelParams())
+    _taught(model, Stage.ATTN, FP16_PREFILL, 0.0)
+    _taught(model, Stage.ATTN, INT8_PREFILL, math.log(10))
+    _taught(model, Stage.QKV, FP16_PREFILL, 0.0)
+    assert _never_observed(model, Stage.QKV, INT8_PREFILL) == pytest.approx(0.0, abs=0.1)
+
+
+def test_the_shift_starts_the_group_and_its_own_runs_then_rule():
+    model = LatencyModel(ModelParams())
+    _taught(model, Stage.ATTN, FP16_PREFILL, 0.0)
+    _taught(model, Stage.ATTN, INT8_PREFILL, -math.log(10))
+    _taught(model, Stage.QKV, FP16_PREFILL, 0.0)
+    _taught(model, Stage.QKV, INT8_PREFILL, math.log(2), runs=40)  # in fact 2x slower than the prior
+    group, phi = stage_features(Stage.QKV, INT8_PREFILL)
+    assert model.estimate(Stage.QKV, GPU, group, phi, ("b", INT8_PREFILL)).mean == pytest.approx(math.log(2), abs=0.15)
+
+
 def test_rare_spikes_neither_move_the_estimate_nor_raise_alarms():
     rng = random.Random(0)
     p = bound(AdaptivePolicy(seed=0), {("qkv", "gpu"): 1e-3, ("qkv", "npu"): 1.4e-3})

@@ -20,7 +20,8 @@ time (without any handoff from another backend) is modelled as::
     What it learns at one shape moves the estimate at shapes never observed. The first
     regression of a (stage, backend) starts wide (by default a prior wrong by 20x is two
     standard deviations away); the next ones start from what their siblings learned, a
-    little less wide (a hierarchical prior, empirical Bayes).
+    little less wide (a hierarchical prior, empirical Bayes), and faster where the other
+    stage on the backend showed the group's kernels faster than its others (``twin_share``).
 ``bucket[s, b, x]``
     A small random effect per shape bucket: what the regression cannot express. Its
     spread is learned per regression, so where the regression fits badly a bucket never
@@ -88,6 +89,9 @@ FEATURES: dict[Stage, tuple[str, str]] = {Stage.QKV: ("log2_d", "log2_n"), Stage
 _CENTRE_KEYS, _CENTRE_D = 9.0, 11.0
 
 Group = tuple[Any, ...]
+
+#: the other stage of a layer: where a group's kernels were seen, for a group not yet observed
+_TWIN = {Stage.QKV: Stage.ATTN, Stage.ATTN: Stage.QKV}
 
 _new_tuple = tuple.__new__
 
@@ -168,10 +172,11 @@ class LatencyModel:
         self._groups: dict[tuple[Stage, Backend, Group], Regression] = {}
         #: per (stage, backend): how its kernels follow the clock beyond the backend's elasticity
         self._gaps: dict[tuple[Stage, Backend], ClockGap] = {}
-        # per (stage, backend): a counter of observations of any of its groups, and the prior
-        # a group not yet observed starts from (derived from its siblings at that count)
+        # per (stage, backend): a counter of observations of any of its groups; per group not yet
+        # observed, the prior it starts from (from its siblings and its twin at the other stage,
+        # at their stages' counts)
         self._families: dict[tuple[Stage, Backend], int] = {}
-        self._unobserved: dict[tuple[Stage, Backend], tuple[int, Regression]] = {}
+        self._unobserved: dict[tuple[Stage, Backend, Group], tuple[tuple[int, int], Regression]] = {}
         # (stage, backend, bucket) -> [mean, variance]
         self._buckets: BoundedDict[tuple[Any, ...], list[float]] = BoundedDict(params.max_buckets)
         self._bucket_var = params.bucket_sd**2
@@ -396,7 +401,7 @@ class LatencyModel:
         """The regression of a group, created (from its siblings) when first observed."""
         reg = self._groups.get((stage, backend, group))
         if reg is None:
-            reg = self._groups[(stage, backend, group)] = self._new_regression(stage, backend)
+            reg = self._groups[(stage, backend, group)] = self._new_regression(stage, backend, group)
         return reg
 
     def _group_or_prior(self, stage: Stage, backend: Backend, group: Group) -> tuple[Regression, Any]:
@@ -405,13 +410,36 @@ class LatencyModel:
         reg = self._groups.get((stage, backend, group))
         if reg is not None:
             return reg, reg.version
-        family = self._families.get((stage, backend), 0)
-        cached = self._unobserved.get((stage, backend))
-        if cached is None or cached[0] != family:
-            cached = self._unobserved[(stage, backend)] = (family, self._new_regression(stage, backend))
-        return cached[1], ("prior", family)
+        families = self._families
+        seen = (families.get((stage, backend), 0), families.get((_TWIN[stage], backend), 0))
+        key = (stage, backend, group)
+        cached = self._unobserved.get(key)
+        if cached is None or cached[0] != seen:
+            cached = self._unobserved[key] = (seen, self._new_regression(stage, backend, group))
+        return cached[1], ("prior", seen)
 
-    def _new_regression(self, stage: Stage, backend: Backend) -> Regression:
+    def _siblings_mean(self, stage: Stage, backend: Backend, but: Group | None) -> tuple[list[float], float] | None:
+        """What the observed groups of ``stage`` on ``backend`` (but ``but``) learned, weighted by how
+        sure each is, and the weights' sum; None if none was observed."""
+        p = self.params
+        siblings = [r for (s, b, g), r in self._groups.items() if s is stage and b is backend and g != but and r.n]
+        if not siblings:
+            return None
+        weights = [1.0 / (r.c[0] + p.group_sd**2) for r in siblings]
+        total = sum(weights)
+        return [sum(w * r.m[i] for w, r in zip(weights, siblings, strict=True)) / total for i in range(3)], total
+
+    def _twin_shift(self, stage: Stage, backend: Backend, group: Group) -> float:
+        """How far the same group's kernels sit from their siblings at the other stage of ``backend``
+        (its intercept over theirs, times ``twin_share``); 0 unless both were observed there."""
+        other = _TWIN[stage]
+        twin = self._groups.get((other, backend, group))
+        if twin is None or not twin.n:
+            return 0.0
+        rest = self._siblings_mean(other, backend, group)
+        return 0.0 if rest is None else self.params.twin_share * min(0.0, twin.m[0] - rest[0][0])
+
+    def _new_regression(self, stage: Stage, backend: Backend, group: Group | None = None) -> Regression:
         p = self.params
         gap = self._gaps.get((stage, backend))
         if gap is None:
@@ -421,14 +449,16 @@ class LatencyModel:
         # What the siblings (the other groups of this stage and backend) learned, weighted by
         # how sure each is, is where a new group starts: the prior's error on this device is
         # mostly shared between precisions and phases.
-        siblings = [r for (s, b, _), r in self._groups.items() if s is stage and b is backend and r.n]
+        siblings = self._siblings_mean(stage, backend, None)
         mean = [0.0, 0.0, 0.0]
         first = p.stage_sd**2
-        if siblings:
-            weights = [1.0 / (r.c[0] + p.group_sd**2) for r in siblings]
-            total = sum(weights)
-            mean = [sum(w * r.m[i] for w, r in zip(weights, siblings, strict=True)) / total for i in range(3)]
+        if siblings is not None:
+            mean, total = siblings
             first = p.group_sd**2 + 1.0 / total
+        if group is not None and p.twin_share:
+            # ... and where the other stage showed these kernels (this precision and phase) faster
+            # than its others, this group starts as much faster (see ``ModelParams.twin_share``).
+            mean = [mean[0] + self._twin_shift(stage, backend, group), mean[1], mean[2]]
         # the detector comes with the first observation: a prior for an unobserved group needs none
         return Regression(mean, [first, p.slope_sd**2, p.slope_sd**2], p.stage_q, p.noise_var, self._bucket_var, None,
                           gap)  # fmt: skip

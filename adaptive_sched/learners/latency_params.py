@@ -22,6 +22,15 @@ class ModelParams:
     stage_sd: float = 1.5
     #: prior standard deviation of a group's error around what its siblings learned
     group_sd: float = 1.0
+    #: where the other stage of a backend showed a group's kernels (its precision and phase)
+    #: faster than its other groups, by ``delta`` in log, a group of this stage never observed
+    #: starts ``twin_share * delta`` faster than its siblings: a prior wrong about a precision's
+    #: rate is wrong about both stages' kernels of it (a GPU's INT8 dot products). Never slower:
+    #: attention may be slow for reasons of its own (its extra kernels, its memory traffic), and
+    #: a group believed slower might never be checked. Over 20 seeds of the learning benchmark's
+    #: worlds: gpu-heavy -0.0044, int8-gpu -0.0031, the soc world +0.0011 (se 0.0006); both
+    #: ways, the soc world +0.0022 over 10; at 0.5, int8-gpu +0.0008 and soc +0.0025 over 10.
+    twin_share: float = 1.0
     #: variance a regression's intercept gains per observation made (a driver or firmware changes)
     stage_q: float = 1e-6
     #: prior standard deviation of the error's growth per octave of keys, d and n
