@@ -30,6 +30,9 @@ class ModelParams:
     #: a group believed slower might never be checked. Over 20 seeds of the learning benchmark's
     #: worlds: gpu-heavy -0.0044, int8-gpu -0.0031, the soc world +0.0011 (se 0.0006); both
     #: ways, the soc world +0.0022 over 10; at 0.5, int8-gpu +0.0008 and soc +0.0025 over 10.
+    #: What it costs is in the soc world's GPU contention (+0.0079 over 20 seeds, three of them
+    #: by 0.03 to 0.056): groups first measured inside a burst look slower than their siblings
+    #: measured outside one, and the difference, the burst's and not the kernels', is carried over.
     twin_share: float = 1.0
     #: variance a regression's intercept gains per observation made (a driver or firmware changes)
     stage_q: float = 1e-6
