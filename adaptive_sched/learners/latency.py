@@ -21,7 +21,8 @@ time (without any handoff from another backend) is modelled as::
     regression of a (stage, backend) starts wide (by default a prior wrong by 20x is two
     standard deviations away); the next ones start from what their siblings learned, a
     little less wide (a hierarchical prior, empirical Bayes), and faster where the other
-    stage on the backend showed the group's kernels faster than its others (``twin_share``).
+    stage on the backend showed the group's kernels faster than its others by more than
+    groups differ (``twin_share``).
 ``bucket[s, b, x]``
     A small random effect per shape bucket: what the regression cannot express. Its
     spread is learned per regression, so where the regression fits badly a bucket never
@@ -430,14 +431,15 @@ class LatencyModel:
         return [sum(w * r.m[i] for w, r in zip(weights, siblings, strict=True)) / total for i in range(3)], total
 
     def _twin_shift(self, stage: Stage, backend: Backend, group: Group) -> float:
-        """How far the same group's kernels sit from their siblings at the other stage of ``backend``
-        (its intercept over theirs, times ``twin_share``); 0 unless both were observed there."""
+        """How much faster the same group's kernels ran than their siblings at the other stage of
+        ``backend``, beyond ``group_sd``, times ``twin_share`` (log, <= 0); 0 unless both were observed."""
         other = _TWIN[stage]
         twin = self._groups.get((other, backend, group))
         if twin is None or not twin.n:
             return 0.0
         rest = self._siblings_mean(other, backend, group)
-        return 0.0 if rest is None else self.params.twin_share * min(0.0, twin.m[0] - rest[0][0])
+        p = self.params
+        return 0.0 if rest is None else p.twin_share * min(0.0, twin.m[0] - rest[0][0] + p.group_sd)
 
     def _new_regression(self, stage: Stage, backend: Backend, group: Group | None = None) -> Regression:
         p = self.params
@@ -457,7 +459,8 @@ class LatencyModel:
             first = p.group_sd**2 + 1.0 / total
         if group is not None and p.twin_share:
             # ... and where the other stage showed these kernels (this precision and phase) faster
-            # than its others, this group starts as much faster (see ``ModelParams.twin_share``).
+            # than its others, by more than groups differ, this group starts faster by the excess
+            # (see ``ModelParams.twin_share``).
             mean = [mean[0] + self._twin_shift(stage, backend, group), mean[1], mean[2]]
         # the detector comes with the first observation: a prior for an unobserved group needs none
         return Regression(mean, [first, p.slope_sd**2, p.slope_sd**2], p.stage_q, p.noise_var, self._bucket_var, None,

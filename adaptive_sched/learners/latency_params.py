@@ -23,16 +23,19 @@ class ModelParams:
     #: prior standard deviation of a group's error around what its siblings learned
     group_sd: float = 1.0
     #: where the other stage of a backend showed a group's kernels (its precision and phase)
-    #: faster than its other groups, by ``delta`` in log, a group of this stage never observed
-    #: starts ``twin_share * delta`` faster than its siblings: a prior wrong about a precision's
-    #: rate is wrong about both stages' kernels of it (a GPU's INT8 dot products). Never slower:
-    #: attention may be slow for reasons of its own (its extra kernels, its memory traffic), and
-    #: a group believed slower might never be checked. Over 20 seeds of the learning benchmark's
-    #: worlds: gpu-heavy -0.0044, int8-gpu -0.0031, the soc world +0.0011 (se 0.0006); both
-    #: ways, the soc world +0.0022 over 10; at 0.5, int8-gpu +0.0008 and soc +0.0025 over 10.
-    #: What it costs is in the soc world's GPU contention (+0.0079 over 20 seeds, three of them
-    #: by 0.03 to 0.056): groups first measured inside a burst look slower than their siblings
-    #: measured outside one, and the difference, the burst's and not the kernels', is carried over.
+    #: faster than its other groups by ``delta`` in log, more than a group's usual spread around
+    #: its siblings (``group_sd``), a group of this stage never observed starts ``twin_share``
+    #: times the excess faster than its siblings: a prior wrong about a precision's rate is
+    #: wrong about both stages' kernels of it (a GPU's INT8 dot products). Within the spread a
+    #: difference says nothing of the kernels: a group first measured outside a burst of
+    #: contention looks faster than its siblings measured inside one. Never slower: attention
+    #: may be slow for reasons of its own (its extra kernels, its memory traffic), and a group
+    #: believed slower might never be checked. Over 20 seeds of the learning benchmark's
+    #: worlds: all -0.0011 (se 0.0003), gpu-heavy -0.0029, int8-gpu -0.0015, soc -0.0001. The
+    #: whole difference carried over, not its excess: all -0.0014, gpu-heavy -0.0044, int8-gpu
+    #: -0.0031, but the soc world's GPU contention +0.0079 (three seeds by 0.03 to 0.056: the
+    #: bursts' differences carried over); both ways, soc +0.0022 over 10 seeds; half of it,
+    #: int8-gpu +0.0008 and soc +0.0025 over 10.
     twin_share: float = 1.0
     #: variance a regression's intercept gains per observation made (a driver or firmware changes)
     stage_q: float = 1e-6
