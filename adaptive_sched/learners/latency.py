@@ -412,7 +412,10 @@ class LatencyModel:
         if reg is not None:
             return reg, reg.version
         families = self._families
-        seen = (families.get((stage, backend), 0), families.get((_TWIN[stage], backend), 0))
+        # the twin stage's counter matters only once the twin is observed (it then moves the shift)
+        twin = (_TWIN[stage], backend)
+        seen = (families.get((stage, backend), 0),
+                families.get(twin, 0) if self.params.twin_share and (*twin, group) in self._groups else 0)  # fmt: skip
         key = (stage, backend, group)
         cached = self._unobserved.get(key)
         if cached is None or cached[0] != seen:
@@ -441,7 +444,7 @@ class LatencyModel:
         p = self.params
         return 0.0 if rest is None else p.twin_share * min(0.0, twin.m[0] - rest[0][0] + p.group_sd)
 
-    def _new_regression(self, stage: Stage, backend: Backend, group: Group | None = None) -> Regression:
+    def _new_regression(self, stage: Stage, backend: Backend, group: Group) -> Regression:
         p = self.params
         gap = self._gaps.get((stage, backend))
         if gap is None:
@@ -457,7 +460,7 @@ class LatencyModel:
         if siblings is not None:
             mean, total = siblings
             first = p.group_sd**2 + 1.0 / total
-        if group is not None and p.twin_share:
+        if p.twin_share:
             # ... and where the other stage showed these kernels (this precision and phase) faster
             # than its others, by more than groups differ, this group starts faster by the excess
             # (see ``ModelParams.twin_share``).
