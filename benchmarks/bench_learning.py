@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import math
 import statistics
 import sys
@@ -210,6 +211,9 @@ def run_vw(name: str, world: World, steps: Sequence[Any], seed: int) -> Result:
 def run_cell(args: tuple[str, str, int, int, tuple[str, ...], bool]) -> dict[str, Any]:
     scenario_name, world_name, seed, layers, names, prefill = args
     scenario = SCENARIOS[scenario_name]
+    # model widths the prior never saw are a scenario here, not news: each cell's fresh prior
+    # would warn of them again
+    logging.getLogger("adaptive_sched.learners.priors").setLevel(logging.ERROR)
     prior = load_prior(_config("inline"))
     steps = workload(layers, seed, scenario.models, prefill)
     out: dict[str, Any] = {"scenario": scenario_name, "world": world_name, "seed": seed, "totals": {},
