@@ -65,6 +65,11 @@ class ModelParams:
     #: standardised innovations are winsorised at this many standard deviations ...
     clip: float = 3.0
     #: ... unless at least this many in a row are beyond it in the slower direction ...
+    #: (A run cut short, the policy having left the backend on the bounded moves alone, leaves
+    #: no change whose end is watched for: a throttle whose onset was learned that way is seen
+    #: to end only by chance. Remembering two in a row as a change that may revert, without
+    #: learning it as one, mended such a run (npu-periodic on int8-gpu, seed 0, by 0.062) but
+    #: moved the learning benchmark's mean over 10 seeds by -0.0001, se 0.0004: not kept.)
     confirm_slower: int = 3
     #: ... and enough that spikes come that many in a row at most this often per observation
     #: at the backend's learned spike rate (three at 1%, four at 2%, five at 4%) ...
