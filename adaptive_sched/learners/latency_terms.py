@@ -268,7 +268,13 @@ class DeviceTerm:
 
     def jump_rate(self, clock: int) -> float:
         """The rate (per observation) at which the last change may revert now: as often as changes
-        came lately, or, once changes of its direction have been seen to end, when they ended."""
+        came lately, or, once changes of its direction have been seen to end, when they ended.
+
+        A first change is thus less and less expected to revert as it lasts. (A duration known
+        to nothing, whose end is as likely in every octave of its age, hazard 1/age, and its
+        reversion since the backend was last seen 1 - seen/age, where more likely: a throttle
+        lasting 40% of a run is watched for its end more often, but a change that does not
+        revert is too; the learning benchmark's worlds +0.0007 over 10 seeds, se 0.0003. Not kept.)"""
         if not self.jump:
             return 0.0
         rate = self._changes_rate(clock)
