@@ -210,14 +210,19 @@ def best_pair(expected: Any, shape: Any) -> float:
 
 
 def sim_layers(
-    scenario: str, variant: str, seed: int, thermal: dict[str, Any] = SIM_THERMAL
+    scenario: str, variant: str, seed: int, thermal: dict[str, Any] = SIM_THERMAL, clock_interval_s: float | None = None
 ) -> Iterator[tuple[Any, Any, Callable[[], Any]]]:
     """Run ``variant`` (one of :data:`VARIANTS`, or ``oracle``) through the simulator's ``scenario``
     one layer at a time: yields the simulated device, the layer's shape, and a function that runs
     the layer (returning its :class:`~adaptive_sched.stage_runs.LayerRun`). Read what the device's
-    state says of the layer before calling it: running it moves that state (heat)."""
+    state says of the layer before calling it: running it moves that state (heat).
+    ``clock_interval_s`` replaces the config's ``telemetry.clock_interval_s`` (``telemetry``)."""
     base = load_config("rk3588-sim")
     config = configured(base, telemetry=variant != "adaptive", seed=seed, thermal=thermal, contention=False)
+    if clock_interval_s is not None:
+        config = dataclasses.replace(
+            config, telemetry=dataclasses.replace(config.telemetry, clock_interval_s=clock_interval_s)
+        )
     built = build_executors(config)
     device = built.sim_device
     if variant == "oracle":

@@ -4,6 +4,7 @@
     python benchmarks/trace_regret.py --scenario npu-throttle --seed 2 --telemetry
     python benchmarks/trace_regret.py --scenario steady --world npu-heavy --seed 1 --top 20
     python benchmarks/trace_regret.py --scenario sim-periodic --seed 2 --telemetry
+    python benchmarks/trace_regret.py --scenario sim-steady --seed 0 --telemetry --clock-interval 0.1
 
 Runs the adaptive policy once, as ``bench_learning.py`` and ``bench_telemetry.py`` do (the
 same workload, world and seed, inline learning; ``--telemetry`` reads the world's NPU clock
@@ -16,7 +17,11 @@ through the scheduler's sampler), where the sum is the decisions' own regret of
 * by tenth (``--bins``) of the run;
 * by phase and precision, exploit or explored, and which pair was chosen against the best;
 * the costliest layers: when, the shape, what was chosen and with which probabilities, what
-  the policy predicted for each backend against what the world says.
+  the policy predicted for each backend against what the world says;
+* on the simulator, the whole run against the oracle's (the benchmark's regret) by the NPU's
+  clock: the share of the time spent at each clock, and the pairs run there. How long the
+  NPU stays throttled is decided by what ran on it, and when (``--clock-interval``: how often
+  the scheduler reads the clocks, which sets how soon it sees a throttled NPU recover).
 
 A diagnostic for reading one cell, not a benchmark: nothing is timed.
 """
@@ -90,12 +95,15 @@ def trace(scenario: str, world_name: str, seed: int, layers: int, telemetry: boo
     return total_best, out
 
 
-def trace_sim(scenario: str, seed: int, telemetry: bool) -> tuple[float, list[Layer]]:
+def trace_sim(
+    scenario: str, seed: int, telemetry: bool, clock_interval_s: float | None = None
+) -> tuple[float, list[Layer]]:
     """:func:`trace` on the simulated RK3588: what each layer cost is read before it runs (it heats
     the device); its progress is the layer's share of the run's layers."""
     total_best = 0.0
     seen: list[tuple[Any, Any, Any, Any, Any]] = []
-    for device, shape, run in sim_layers(scenario, "telemetry" if telemetry else "adaptive", seed):
+    variant = "telemetry" if telemetry else "adaptive"
+    for device, shape, run in sim_layers(scenario, variant, seed, clock_interval_s=clock_interval_s):
         expected = device.expected_latency
         costs = pair_costs(expected, shape)
         total_best += min(costs.values())
@@ -109,6 +117,41 @@ def trace_sim(scenario: str, seed: int, telemetry: bool) -> tuple[float, list[La
         if lost is not None:
             out.append(lost)
     return total_best, out
+
+
+@dataclasses.dataclass
+class Clocks:
+    """Where one run on the simulator spent its time, by the NPU's clock when each layer ran."""
+
+    total_s: float = 0.0
+    #: seconds run at each NPU clock (Hz)
+    time_at: collections.Counter[float] = dataclasses.field(default_factory=collections.Counter)
+    #: layers run at each NPU clock on each (qkv, attn) pair
+    layers_at: collections.Counter[tuple[float, str]] = dataclasses.field(default_factory=collections.Counter)
+    layers: int = 0
+
+    def report(self, name: str) -> str:
+        parts = []
+        for hz, t in sorted(self.time_at.items(), reverse=True):
+            pairs = ", ".join(f"{pair} {n / self.layers:.1%}" for (at, pair), n in sorted(self.layers_at.items())
+                              if at == hz and n / self.layers >= 0.001)  # fmt: skip
+            parts.append(f"{hz / 1e6:.0f} MHz {t / self.total_s:.1%} of the time ({pairs})")
+        return f"  {name}: {self.total_s:.3f} s; " + "; ".join(parts)
+
+
+def sim_clocks(scenario: str, variant: str, seed: int, clock_interval_s: float | None = None) -> Clocks:
+    """The whole run of ``variant`` (``adaptive``, ``telemetry`` or ``oracle``) on the simulator, by
+    the NPU's clock: what throttling cost it depends on how long the NPU stayed throttled, which
+    what ran on it, and when, decides (its heat), as much as on the choices at each moment."""
+    out = Clocks()
+    for device, _shape, run in sim_layers(scenario, variant, seed, clock_interval_s=clock_interval_s):
+        hz = float(device.state().get("npu_freq_hz") or 0.0)
+        layer = run()
+        out.total_s += layer.latency_s
+        out.time_at[hz] += layer.latency_s
+        out.layers_at[(hz, _pair((layer.qkv.backend, layer.attn.backend)))] += 1
+        out.layers += 1
+    return out
 
 
 def _pair(pair: tuple[Backend, Backend]) -> str:
@@ -126,6 +169,13 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="read the world's NPU clock (the simulator's telemetry), as bench_telemetry does",
     )
+    ap.add_argument(
+        "--clock-interval",
+        type=float,
+        default=None,
+        help="sim-steady and sim-periodic with --telemetry: read the clocks every this many seconds "
+        "(default: the config's telemetry.clock_interval_s)",
+    )
     ap.add_argument("--bins", type=int, default=10)
     ap.add_argument("--top", type=int, default=8, help="costliest layers shown")
     args = ap.parse_args(argv)
@@ -133,7 +183,14 @@ def main(argv: list[str] | None = None) -> int:
         args.world = "the simulator"
     elif args.world not in WORLD_SCENARIOS[args.scenario].worlds:
         ap.error(f"--world: {args.scenario} runs on {', '.join(WORLD_SCENARIOS[args.scenario].worlds)}")
-    best, lost = trace(args.scenario, args.world, args.seed, args.layers, args.telemetry)
+    if args.clock_interval is not None and not (args.scenario in SIM_SCENARIOS and args.telemetry):
+        ap.error("--clock-interval: only with --telemetry on sim-steady or sim-periodic")
+    if args.clock_interval is not None and args.clock_interval <= 0:
+        ap.error(f"--clock-interval: must be > 0 seconds, got {args.clock_interval}")
+    if args.scenario in SIM_SCENARIOS:
+        best, lost = trace_sim(args.scenario, args.seed, args.telemetry, args.clock_interval)
+    else:
+        best, lost = trace(args.scenario, args.world, args.seed, args.layers, args.telemetry)
     mille = 1000.0 / best
     total = sum(x.lost for x in lost) * mille
     print(f"{args.scenario} on {args.world}, seed {args.seed}{', telemetry' if args.telemetry else ''}: "
@@ -157,6 +214,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {x.lost * mille:6.2f}  at {x.progress:.4f}  n={s.n} d={s.d} kv={s.kv_len} {s.precision.value}: "
               f"{how}, lost {x.lost * 1e3:.1f} ms")  # fmt: skip
         print(f"      {x.detail}")
+    if args.scenario in SIM_SCENARIOS:
+        variant = "telemetry" if args.telemetry else "adaptive"
+        ours = sim_clocks(args.scenario, variant, args.seed, args.clock_interval)
+        oracle = sim_clocks(args.scenario, "oracle", args.seed)
+        print(f"the whole run, by the NPU's clock (regret {ours.total_s / oracle.total_s - 1:.4f}, "
+              f"the benchmark's figure; its heat feeds back into it):")  # fmt: skip
+        print(ours.report("adaptive" + (", telemetry" if args.telemetry else "")))
+        print(oracle.report("oracle"))
     return 0
 
 

@@ -28,3 +28,31 @@ def test_the_report_names_the_run_and_its_costliest_layer(capsys):
     out = capsys.readouterr().out
     assert out.startswith("sim-periodic on the simulator, seed 2, telemetry: regret ")
     assert "the 1 costliest layers:" in out and "qkv: p (" in out and "attn: p (" in out
+
+
+def test_the_whole_run_by_the_npus_clock_is_the_benchmarks_run():
+    clocks = trace_regret.sim_clocks("sim-periodic", "telemetry", 2)
+    run = bench_telemetry.run_sim("sim-periodic", "telemetry", 2)
+    assert clocks.total_s == pytest.approx(run.total, rel=1e-9)
+    assert sum(clocks.time_at.values()) == pytest.approx(clocks.total_s, rel=1e-9)
+    assert sum(clocks.layers_at.values()) == clocks.layers
+    # the NPU throttles in this run: some of its time is spent below the nominal clock
+    assert len(clocks.time_at) > 1 and min(clocks.time_at) < max(clocks.time_at)
+
+
+def test_the_clock_interval_is_the_telemetrys_and_changes_the_run(capsys):
+    slower = trace_regret.sim_clocks("sim-steady", "telemetry", 0, clock_interval_s=0.25)
+    assert slower.total_s != pytest.approx(trace_regret.sim_clocks("sim-steady", "telemetry", 0).total_s, rel=1e-9)
+    for argv in (["--scenario", "steady", "--telemetry", "--clock-interval", "0.1"],
+                 ["--scenario", "sim-steady", "--clock-interval", "0.1"],
+                 ["--scenario", "sim-steady", "--telemetry", "--clock-interval", "0"]):  # fmt: skip
+        with pytest.raises(SystemExit):
+            trace_regret.main(argv)
+    assert "--clock-interval" in capsys.readouterr().err
+
+
+def test_the_report_ends_with_the_whole_run_against_the_oracle(capsys):
+    assert trace_regret.main(["--scenario", "sim-steady", "--seed", "0", "--telemetry", "--top", "0"]) == 0
+    out = capsys.readouterr().out
+    tail = out[out.index("the whole run, by the NPU's clock (regret ") :]
+    assert "\n  adaptive, telemetry: " in tail and "\n  oracle: " in tail and " MHz " in tail
