@@ -72,7 +72,9 @@ class AdaptiveParams:
     #: every decision of its group, so a dear stage's is not made rarer than a cheap one's; and
     #: the further the prior was from this device on the choice, the less its ranking is worth.
     #: (On the alternative as well, by the square of how much faster than its prior its siblings
-    #: put it: the learning benchmark's worlds +0.0005 over 10 seeds, se 0.0004. Not kept.)
+    #: put it: the learning benchmark's worlds +0.0005 over 10 seeds, se 0.0004. Not kept. At 60
+    #: and at 200: +0.0013 and +0.0022, se 0.0006 and 0.0007; the GPU-heavy world +0.0001 and
+    #: -0.0016, the NPU-heavy one +0.0033 and +0.0080.)
     first_check_allowance: float = 20.0
     #: a backend that changed recently (it may change back), or whose estimate rests on one run
     #: that may have been a spike, is probed whatever the budget's state too, at an expected
