@@ -141,8 +141,8 @@ class Clocks:
 
 def sim_clocks(scenario: str, variant: str, seed: int, clock_interval_s: float | None = None) -> Clocks:
     """The whole run of ``variant`` (``adaptive``, ``telemetry`` or ``oracle``) on the simulator, by
-    the NPU's clock: what throttling cost it depends on how long the NPU stayed throttled, which
-    what ran on it, and when, decides (its heat), as much as on the choices at each moment."""
+    the NPU's clock. What throttling costs a run depends as much on how long the NPU stays
+    throttled (which what runs on it, and when, decides through its heat) as on each choice."""
     out = Clocks()
     for device, _shape, run in sim_layers(scenario, variant, seed, clock_interval_s=clock_interval_s):
         hz = float(device.state().get("npu_freq_hz") or 0.0)
