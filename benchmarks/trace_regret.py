@@ -96,10 +96,11 @@ def trace(scenario: str, world_name: str, seed: int, layers: int, telemetry: boo
 
 
 def trace_sim(
-    scenario: str, seed: int, telemetry: bool, clock_interval_s: float | None = None
+    scenario: str, seed: int, telemetry: bool, clock_interval_s: float | None = None, clocks: Clocks | None = None
 ) -> tuple[float, list[Layer]]:
     """:func:`trace` on the simulated RK3588: what each layer cost is read before it runs (it heats
-    the device); its progress is the layer's share of the run's layers."""
+    the device); its progress is the layer's share of the run's layers. ``clocks``, if given,
+    also tallies the run by the NPU's clock (see :func:`sim_clocks`)."""
     total_best = 0.0
     seen: list[tuple[Any, Any, Any, Any, Any]] = []
     variant = "telemetry" if telemetry else "adaptive"
@@ -108,7 +109,10 @@ def trace_sim(
         costs = pair_costs(expected, shape)
         total_best += min(costs.values())
         qkv_world = {b: expected(QKV, shape, b, None) for b in BACKENDS}
+        hz = _npu_hz(device)
         layer = run()
+        if clocks is not None:
+            clocks.add(hz, layer)
         attn_world = {b: expected(ATTN, shape, b, layer.qkv.backend) for b in BACKENDS}
         seen.append((shape, layer.qkv.decision, layer.attn.decision, costs, (qkv_world, attn_world)))
     out = []
@@ -130,6 +134,13 @@ class Clocks:
     layers_at: collections.Counter[tuple[float, str]] = dataclasses.field(default_factory=collections.Counter)
     layers: int = 0
 
+    def add(self, hz: float, layer: Any) -> None:
+        """One layer run at the NPU clock ``hz`` (read before it ran: running it heats the NPU)."""
+        self.total_s += layer.latency_s
+        self.time_at[hz] += layer.latency_s
+        self.layers_at[(hz, _pair((layer.qkv.backend, layer.attn.backend)))] += 1
+        self.layers += 1
+
     def report(self, name: str) -> str:
         parts = []
         for hz, t in sorted(self.time_at.items(), reverse=True):
@@ -145,13 +156,13 @@ def sim_clocks(scenario: str, variant: str, seed: int, clock_interval_s: float |
     throttled (which what runs on it, and when, decides through its heat) as on each choice."""
     out = Clocks()
     for device, _shape, run in sim_layers(scenario, variant, seed, clock_interval_s=clock_interval_s):
-        hz = float(device.state().get("npu_freq_hz") or 0.0)
-        layer = run()
-        out.total_s += layer.latency_s
-        out.time_at[hz] += layer.latency_s
-        out.layers_at[(hz, _pair((layer.qkv.backend, layer.attn.backend)))] += 1
-        out.layers += 1
+        hz = _npu_hz(device)
+        out.add(hz, run())
     return out
+
+
+def _npu_hz(device: Any) -> float:
+    return float(device.state().get("npu_freq_hz") or 0.0)
 
 
 def _pair(pair: tuple[Backend, Backend]) -> str:
@@ -187,8 +198,9 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--clock-interval: only with --telemetry on sim-steady or sim-periodic")
     if args.clock_interval is not None and args.clock_interval <= 0:
         ap.error(f"--clock-interval: must be > 0 seconds, got {args.clock_interval}")
+    ours = Clocks()
     if args.scenario in SIM_SCENARIOS:
-        best, lost = trace_sim(args.scenario, args.seed, args.telemetry, args.clock_interval)
+        best, lost = trace_sim(args.scenario, args.seed, args.telemetry, args.clock_interval, ours)
     else:
         best, lost = trace(args.scenario, args.world, args.seed, args.layers, args.telemetry)
     mille = 1000.0 / best
@@ -215,8 +227,6 @@ def main(argv: list[str] | None = None) -> int:
               f"{how}, lost {x.lost * 1e3:.1f} ms")  # fmt: skip
         print(f"      {x.detail}")
     if args.scenario in SIM_SCENARIOS:
-        variant = "telemetry" if args.telemetry else "adaptive"
-        ours = sim_clocks(args.scenario, variant, args.seed, args.clock_interval)
         oracle = sim_clocks(args.scenario, "oracle", args.seed)
         print(f"the whole run, by the NPU's clock (regret {ours.total_s / oracle.total_s - 1:.4f}, "
               f"the benchmark's figure; its heat feeds back into it):")  # fmt: skip
