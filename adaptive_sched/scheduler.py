@@ -285,7 +285,10 @@ class Scheduler:
         entry = table.lookup(stage_, shape, prev)
         if entry is None:
             return self._decide_slow(stage, shape, context, prev)
-        choice = entry.pick(self._draw()) if entry.alternatives else entry.exploit
+        # One draw per decision, needed or not: decision k uses the k-th draw whatever came
+        # before, so two runs of one seed that learned differently (a learner thread's lag)
+        # differ only in the decisions their learning changed, not in every one after.
+        choice = entry.pick(self._draw())
         # tuple.__new__ directly: the named tuple's generated __new__ adds a third of a microsecond
         decision = _new_tuple(Decision, (self._next_id(), stage_, shape, choice, prev, _wallclock(), self.usable))
         queue = self._log_queue

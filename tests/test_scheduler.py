@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from adaptive_sched import Scheduler, Shape
+from adaptive_sched.config import load_config
 from adaptive_sched.errors import ConfigError, ExecutorError, UnsupportedShape
 from adaptive_sched.stages import make_inputs, reference
 from adaptive_sched.types import Backend, Stage
@@ -186,3 +187,26 @@ def test_cold_runs_are_returned_but_not_learned_from():
         # the 0.5 s build did not scare it off: every exploit choice is still the GPU (the NPU
         # is only checked, a few times, as any backend not yet observed here is)
         assert all(r.backend is GPU for r in runs[-10:] if not r.decision.explored)
+
+
+def test_every_decision_takes_one_draw_so_runs_that_learned_differently_stay_aligned():
+    # Decision k uses the policy's k-th draw, whether its entry explores or not: two runs of
+    # one seed whose learning differs (a learner thread's lag) differ only where it matters.
+    from adaptive_sched.policies import AdaptiveParams, AdaptivePolicy
+
+    draws = []
+
+    class Counted(AdaptivePolicy):
+        def bind(self, *args, **kwargs):
+            super().bind(*args, **kwargs)
+            draw = self.draw
+            self.draw = lambda: draws.append(1) or draw()
+
+    policy = Counted(AdaptiveParams(seed=3))
+    config = load_config(base_config(backends={"gpu": "cpu_numpy"}))  # one backend: nothing to explore
+    with Scheduler(config, policy=policy, prior=TablePrior(TABLE)) as sched:
+        for i in range(50):
+            d = sched.decide("qkv", Shape(n=1, d=128, kv_len=6 + i, heads=2))
+            assert d.backend is GPU and d.propensity == 1.0
+            sched.observe(d, 1e-3)
+    assert len(draws) == 50
