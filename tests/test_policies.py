@@ -156,6 +156,17 @@ def test_a_groups_kernels_found_faster_at_one_stage_start_it_faster_at_the_other
         assert start == pytest.approx(0.0, abs=0.1)  # its siblings' level alone
 
 
+def test_the_other_stage_is_compared_where_it_ran_not_at_its_intercept():
+    # one run of qkv's INT8 prefill at a long prompt, 20x faster than the prior said: its
+    # intercept (the error at n = 1) hardly moves, its error at n = 488 is what it learned
+    model = LatencyModel(ModelParams())
+    _taught(model, Stage.QKV, Shape(n=1, d=2048, precision="fp16"), 0.0)
+    _taught(model, Stage.QKV, Shape(n=488, d=2048, precision="int8"), -math.log(20), runs=1)
+    _taught(model, Stage.ATTN, Shape(n=488, d=2048, precision="fp16"), 0.0)
+    start = _never_observed(model, Stage.ATTN, Shape(n=488, d=2048, precision="int8"))
+    assert start == pytest.approx(-math.log(20) + ModelParams().group_sd, abs=0.2)
+
+
 def test_a_difference_within_the_spread_of_groups_carries_nothing_to_the_other_stage():
     # 2.5x faster than its siblings (a group first measured outside a burst of contention
     # that its siblings ran in) says nothing of the kernels

@@ -38,7 +38,9 @@ class ModelParams:
     #: whole difference carried over, not its excess: all -0.0014, gpu-heavy -0.0044, int8-gpu
     #: -0.0031, but the soc world's GPU contention +0.0079 (three seeds by 0.03 to 0.056: the
     #: bursts' differences carried over); both ways, soc +0.0022 over 10 seeds; half of it,
-    #: int8-gpu +0.0008 and soc +0.0025 over 10.
+    #: int8-gpu +0.0008 and soc +0.0025 over 10. Groups compared where they ran rather than by
+    #: their intercepts (a prefill's is its error at n = 1): seeds 0 to 9 -0.0005 (se 0.0002;
+    #: gpu-heavy -0.0014, int8-gpu -0.0011), seeds 10 to 19 -0.0000 (se 0.0002).
     twin_share: float = 1.0
     #: variance a regression's intercept gains per observation made (a driver or firmware changes)
     stage_q: float = 1e-6

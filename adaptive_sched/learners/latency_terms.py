@@ -344,7 +344,7 @@ class Regression:
     __slots__ = ("between", "c", "calm_at", "calm_sd", "detector", "doubt", "doubt_c", "doubt_m", "gap",
                  "intercept_at_reading", "k", "last", "m", "moved", "moved_at_reading", "n", "n_at_reading", "noise",
                  "q", "run", "run_at",
-                 "run_size", "surprise", "surprise_n", "surprise_var", "version")  # fmt: skip
+                 "run_size", "seen_at", "surprise", "surprise_n", "surprise_var", "version")  # fmt: skip
 
     def __init__(self, mean: list[float] | None, variances: list[float] | None, q: float, noise: float,
                  between: float, detector: Any, gap: ClockGap) -> None:  # fmt: skip
@@ -355,6 +355,9 @@ class Regression:
         self.c = [v[0], 0.0, 0.0, v[1], 0.0, v[2]]
         self.q = q  # the intercept's forgetting
         self.last = 0
+        #: the inputs of its last run: where what it learned is known (a prefill's intercept is
+        #: its error at n = 1, which one run at a long prompt hardly moves)
+        self.seen_at: tuple[float, float, float] = (1.0, 0.0, 0.0)
         self.noise = noise
         #: variance of the bucket effects of this regression: what it cannot express, learned
         self.between = between
@@ -425,6 +428,13 @@ class Regression:
         if clock > self.last:
             self.c[0] += self.q * (clock - self.last)
             self.last = clock
+
+    def level(self) -> tuple[float, float]:
+        """Its error where it last ran, and the variance of that: how wrong the prior was for it."""
+        f0, f1, f2 = self.seen_at
+        c00, c01, c02, c11, c12, c22 = self.c
+        var = f0 * (c00 * f0 + 2.0 * (c01 * f1 + c02 * f2)) + f1 * (c11 * f1 + 2.0 * c12 * f2) + c22 * f2 * f2
+        return self.mean_at(self.seen_at), var
 
     def mean_at(self, phi: tuple[float, ...]) -> float:
         m = self.m
