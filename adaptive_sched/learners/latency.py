@@ -86,7 +86,11 @@ FEATURES: dict[Stage, tuple[str, str]] = {Stage.QKV: ("log2_d", "log2_n"), Stage
 #: observed is known at a typical prompt only to about 2 in log (the slope's width over 7
 #: octaves), not the 1 of ``group_sd``. Centred at 128 tokens, the learning benchmark's worlds
 #: lost 0.0019 over 10 seeds (se 0.0008): the width is what finds the prior's 10-25x errors
-#: on INT8 prefills there.
+#: on INT8 prefills there. (With each decision taking one draw, paired: centred, +0.0007 and
+#: +0.0006 over seeds 0-9 and 10-19; centred with a never-observed prefill group's intercept
+#: widened by the slope's width over 7 octaves, -0.0004 and -0.0007, int8-gpu -0.0027 and
+#: -0.0035, but gpu-heavy +0.0017 and +0.0014 and 7 more cells over 1.03 in seeds 10-19. And
+#: siblings of the other phase weighed as twice as far: +0.0015. None kept.)
 _CENTRE_KEYS, _CENTRE_D = 9.0, 11.0
 
 Group = tuple[Any, ...]
