@@ -51,7 +51,9 @@ class AdaptiveParams:
     #: largest probability of exploring one alternative in one decision (for a first check
     #: too: raised with the choice's slowness, 0.2 times it up to 0.5, the learning benchmark's
     #: worlds moved by -0.0004 over 20 seeds, se 0.0003, int8-gpu -0.0023, the worst cell
-    #: 1.160 to 1.173)
+    #: 1.160 to 1.173; 0.3 for every alternative, with one draw per decision, paired: seeds 0-9
+    #: -0.0004, se 0.0003, 10-19 -0.0002, se 0.0004, int8-gpu -0.0020 and -0.0018, soc -0.0003
+    #: and +0.0011, the NPU-heavy world's worst cell 1.046 to 1.084. Not kept.)
     explore_cap: float = 0.2
     #: plan ``qkv`` over where ``attn`` will run next (transition-aware pair choice)
     lookahead: bool = True
