@@ -78,7 +78,9 @@ class ModelParams:
     #: no change whose end is watched for: a throttle whose onset was learned that way is seen
     #: to end only by chance. Remembering two in a row as a change that may revert, without
     #: learning it as one, mended such a run (npu-periodic on int8-gpu, seed 0, by 0.062) but
-    #: moved the learning benchmark's mean over 10 seeds by -0.0001, se 0.0004: not kept.)
+    #: moved the learning benchmark's mean over 10 seeds by -0.0001, se 0.0004: not kept. With
+    #: one draw per decision, the shared term's move over the two remembered as that change:
+    #: +0.0003 and -0.0000 over seeds 0-9 and 10-19, se 0.0002, that cell +0.018. Not kept.)
     confirm_slower: int = 3
     #: ... and enough that spikes come that many in a row at most this often per observation
     #: at the backend's learned spike rate (three at 1%, four at 2%, five at 4%) ...
