@@ -52,7 +52,9 @@ class ModelParams:
     slope_sd: float = 0.25
     #: prior standard deviation of the per-backend device term (0.4, to let a backend's state at
     #: start be learned with its groups' first runs, let their prior errors into the shared term:
-    #: a GPU contended in bursts, ``bench_telemetry.py``'s gpu-contention, 0.030 to 0.047)
+    #: a GPU contended in bursts, ``bench_telemetry.py``'s gpu-contention, 0.030 to 0.047; 0.3,
+    #: with one draw per decision, the learning benchmark's worlds +0.0001 over seeds 0-9, se
+    #: 0.0003: soc -0.0013, its worst cell 1.166 to 1.079, the NPU-heavy world +0.0008)
     device_sd: float = 0.1
     #: variance the device term gains per observation made (of any backend): forgetting
     device_q: float = 1e-4

@@ -46,7 +46,8 @@ class AdaptiveParams:
     #: seeds the exploration draws
     seed: int = 0
     #: largest share of total latency spent on exploration (outside drift alarms; half of it, the
-    #: learning benchmark's worlds +0.0018 over 10 seeds, se 0.0009, where the prior is right -0.0026)
+    #: learning benchmark's worlds +0.0018 over 10 seeds, se 0.0009, where the prior is right -0.0026;
+    #: twice it, with one draw per decision, paired: +0.0021, se 0.0004, GPU-heavy +0.0044)
     explore_budget: float = 0.005
     #: largest probability of exploring one alternative in one decision (for a first check
     #: too: raised with the choice's slowness, 0.2 times it up to 0.5, the learning benchmark's
