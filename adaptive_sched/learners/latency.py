@@ -426,11 +426,11 @@ class LatencyModel:
             cached = self._unobserved[key] = (seen, self._new_regression(stage, backend, group))
         return cached[1], ("prior", seen)
 
-    def _siblings_mean(self, stage: Stage, backend: Backend, but: Group | None) -> tuple[list[float], float] | None:
-        """What the observed groups of ``stage`` on ``backend`` (but ``but``) learned, weighted by how
-        sure each is, and the weights' sum; None if none was observed."""
+    def _siblings_mean(self, stage: Stage, backend: Backend) -> tuple[list[float], float] | None:
+        """What the observed groups of ``stage`` on ``backend`` learned, weighted by how sure each
+        is, and the weights' sum; None if none was observed."""
         p = self.params
-        siblings = [r for (s, b, g), r in self._groups.items() if s is stage and b is backend and g != but and r.n]
+        siblings = [r for (s, b, _), r in self._groups.items() if s is stage and b is backend and r.n]
         if not siblings:
             return None
         weights = [1.0 / (r.c[0] + p.group_sd**2) for r in siblings]
@@ -474,7 +474,7 @@ class LatencyModel:
         # What the siblings (the other groups of this stage and backend) learned, weighted by
         # how sure each is, is where a new group starts: the prior's error on this device is
         # mostly shared between precisions and phases.
-        siblings = self._siblings_mean(stage, backend, None)
+        siblings = self._siblings_mean(stage, backend)
         mean = [0.0, 0.0, 0.0]
         first = p.stage_sd**2
         if siblings is not None:
