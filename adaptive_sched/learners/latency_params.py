@@ -88,7 +88,14 @@ class ModelParams:
     #: at the backend's learned spike rate (three at 1%, four at 2%, five at 4%) ...
     false_change_rate: float = 1e-6
     #: ... or this many in the faster direction (a run cannot be sped up by noise): then
-    #: it is a change, learned at once
+    #: it is a change, learned at once. (Also two runs of different groups of a backend in a row
+    #: more than 2 standard deviations faster than predicted, the first one's move handed to the
+    #: shared term and that re-opened: meant for a contention that ends while the groups that
+    #: ran in it are still uncertain, so that each takes half of the speed-up and a group that
+    #: does not run again keeps the contention. Paired, one draw per decision: +0.0007 and
+    #: -0.0000 over seeds 0-9 and 10-19, se 0.0005 and 0.0002, heavy-noise on gpu-heavy seed 4
+    #: 1.010 to 1.203, and gpu-contention/soc seed 8, the cell it was meant for, unchanged.
+    #: Not kept.)
     confirm_faster: int = 2
     #: a run may be a spike (preemption, a page fault), slower by a few to tens of times: a
     #: log-normal excess of this variance (about 7x at one standard deviation) ...
