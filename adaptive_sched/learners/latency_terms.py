@@ -431,10 +431,8 @@ class Regression:
 
     def level(self) -> tuple[float, float]:
         """Its error where it last ran, and the variance of that: how wrong the prior was for it."""
-        f0, f1, f2 = self.seen_at
-        c00, c01, c02, c11, c12, c22 = self.c
-        var = f0 * (c00 * f0 + 2.0 * (c01 * f1 + c02 * f2)) + f1 * (c11 * f1 + 2.0 * c12 * f2) + c22 * f2 * f2
-        return self.mean_at(self.seen_at), var
+        _, _, _, var, mean = self.project(self.seen_at)
+        return mean, var
 
     def mean_at(self, phi: tuple[float, ...]) -> float:
         m = self.m
