@@ -91,7 +91,7 @@ def test_fp16_d2048_gpu_to_npu_loses_to_the_best_single_backend(rows: dict) -> N
 
 
 @pytest.mark.parametrize("d", [1024, 2048])
-@pytest.mark.parametrize("n", [64, 128, 256, 512])
+@pytest.mark.parametrize("n", [64, 100, 128, 256, 512])
 def test_prefill_gpu_beats_npu_from_n64(rows: dict, d: int, n: int) -> None:
     for part in ("qkv", "attn", "layer"):
         assert value(rows, f"fp16 prefill d={d} n={n}", f"npu / gpu: {part}") > 1, part

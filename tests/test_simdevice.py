@@ -378,6 +378,18 @@ def test_unaligned_rows_take_the_gpu_slow_path_only() -> None:
     assert dev.expected_latency("qkv", n40, "npu") < dev.expected_latency("qkv", n64, "npu")
 
 
+def test_from_two_row_tiles_on_an_unaligned_gemm_pays_only_its_last_tiles_padding() -> None:
+    dev = quiet_device()
+
+    def gpu_qkv(n: int) -> float:
+        return dev.expected_latency("qkv", Shape(n=n, d=1024), "gpu")
+
+    assert gpu_qkv(48) > 2 * gpu_qkv(64)  # one tile and a half: the untiled path, like n=40
+    assert gpu_qkv(72) == pytest.approx(gpu_qkv(96), rel=0.02)  # 72 rows run as three 32-row tiles
+    assert gpu_qkv(72) < 1.5 * gpu_qkv(64)
+    assert gpu_qkv(100) < dev.expected_latency("qkv", Shape(n=100, d=1024), "npu")
+
+
 def test_transition_prices_sync_plus_bytes() -> None:
     profile = load_profile("rk3588")
     small, big = Shape(n=1, d=1024), Shape(n=512, d=1024)

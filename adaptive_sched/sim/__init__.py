@@ -24,7 +24,8 @@ Effects a profile may switch on for any backend, each bounded (the profile says 
 * ``shape_half``: shape sensitivity, each GEMM dim ``x`` scales efficiency by ``x / (x + half)``;
 * ``occupancy_half``: small-tensor inefficiency, a stage with ``w`` outputs reaches ``w / (w + half)``
   of the compute rate and of the bandwidth (for attention, of the bandwidth on K and V);
-* ``row_align``: GEMMs of more rows than one tile, not a multiple of it, take a slow path;
+* ``row_align``: GEMMs of more rows than one tile and fewer than two take a slow path; from two
+  tiles on, the last tile computes padding rows;
 * ``page_stride``: decode attention reading a token-major KV cache head by head touches one
   memory page per key once the row stride reaches a page; past the TLB's reach a share of
   the accesses miss, and the penalty grows with that share up to ``penalty_s`` per call;

@@ -94,7 +94,10 @@ def _gemm_s(bp: BackendProfile, precision: Precision, count: int, m: int, k: int
         h = bp.shape_half
         eff *= (m / (m + h.m)) * (k / (k + h.k)) * (n / (n + h.n))
     if bp.row_align and m > bp.row_align and m % bp.row_align:
-        eff *= bp.unaligned_efficiency
+        if m < 2 * bp.row_align:
+            eff *= bp.unaligned_efficiency  # more rows than one tile, fewer than two: the untiled path
+        else:
+            eff *= m / _ceil_to(m, bp.row_align)  # tiled, the last tile computing padding rows
     return 2.0 * count * m * k * n / (rate.peak_flops * eff)
 
 
