@@ -20,6 +20,7 @@ from adaptive_sched.policies import (
     make_policy,
 )
 from adaptive_sched.policies.checks import CHECKS, truth
+from adaptive_sched.policies.estimates import TransitionCost
 from adaptive_sched.types import Backend, Shape, Stage
 
 from .conftest import TablePrior
@@ -232,6 +233,21 @@ def test_a_spike_on_a_backends_first_run_does_not_lock_it_out():
     assert chosen[-100:].count(NPU) >= 80  # the NPU was checked again, and is the choice again
     point = p._est.point(Stage.QKV, SHAPE)
     assert p._est.model.doubt(Stage.QKV, NPU, point.group, point.phi) == (0.0, 0.0)  # settled
+
+
+def test_a_crossing_faster_than_its_handoff_was_believed_to_take_still_teaches_the_stage():
+    # A spike on a crossing can leave the handoff believed dear, and sure of it; a crossing that
+    # then takes less than that handoff alone must still say the stage ran fast (dropped, it
+    # taught nothing, and a stage believed slow by a spike stayed so: 12.5 ms for 0.4 ms).
+    p = bound(AdaptivePolicy(seed=0), {("attn", "gpu"): 1e-3, ("attn", "npu"): 5e-3})
+    est = p._est
+    est._transitions[(GPU, NPU)] = TransitionCost(3e-3, 1e-5)  # believed 3 ms, to 0.01 ms
+    point = est.point(Stage.ATTN, SHAPE)
+    before = est.compute(point, NPU, p._clock)[0]
+    c = p.choose(Stage.ATTN, SHAPE, GPU)
+    p.learn(Observation(Stage.ATTN, SHAPE, GPU, NPU, 0.6e-3, c))  # the NPU's run, after the GPU
+    assert est.model.observed(Stage.ATTN, NPU, point.group) == 1
+    assert est.compute(point, NPU, p._clock)[0] < before - 1.0  # learned as far faster than 5 ms
 
 
 def test_a_spike_on_a_groups_first_run_is_checked_again_where_the_backend_changed_before():

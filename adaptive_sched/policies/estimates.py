@@ -206,20 +206,14 @@ class Estimates:
         base = point.prior_log.get(backend, math.inf)
         if not math.isfinite(base):
             return NOTHING_LEARNED
-        compute_s = latency_s
+        log_t = math.log(latency_s)
         if after is not None and after is not backend:
-            split = self._split_transition(point, after, backend, latency_s, clock)
-            if split is None:
-                return NOTHING_LEARNED
-            compute_s = split
-        return self.model.observe(point.stage, backend, point.group, point.phi, point.bucket, base,
-                                  math.log(compute_s), clock)  # fmt: skip
+            log_t = self._split_transition(point, after, backend, latency_s, clock)
+        return self.model.observe(point.stage, backend, point.group, point.phi, point.bucket, base, log_t, clock)
 
-    def _split_transition(
-        self, point: Point, after: Backend, backend: Backend, latency_s: float, clock: int
-    ) -> float | None:
+    def _split_transition(self, point: Point, after: Backend, backend: Backend, latency_s: float, clock: int) -> float:
         """Split what a crossing stage cost between its own run and the crossing, in proportion to how
-        uncertain each part is (a joint Kalman step). Returns the run's part, or None if nothing is left."""
+        uncertain each part is (a joint Kalman step); returns the log of the run's own part."""
         mean, var = self.compute(point, backend, clock)
         compute = math.exp(mean)
         t_est, _ = self.transition(point, after, backend)
@@ -230,7 +224,12 @@ class Estimates:
         innovation = latency_s - (compute + t_est)
         taken = pair.update(innovation, compute * compute * (var + noise))
         part = compute + innovation - taken
-        return part if part > 0 else None
+        if part > 0.0:
+            return math.log(part)
+        # The crossing took less than its handoff was believed to take alone: both parts are
+        # smaller than believed. Split in proportion to the two beliefs, the run is learned as
+        # fast (dropped, it would teach nothing: a run believed slow by a spike would stay so).
+        return math.log(latency_s * compute / (compute + t_est))
 
     def state(self) -> dict[str, Any]:
         return {
