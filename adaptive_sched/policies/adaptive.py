@@ -54,7 +54,13 @@ class AdaptiveParams:
     #: worlds moved by -0.0004 over 20 seeds, se 0.0003, int8-gpu -0.0023, the worst cell
     #: 1.160 to 1.173; 0.3 for every alternative, with one draw per decision, paired: seeds 0-9
     #: -0.0004, se 0.0003, 10-19 -0.0002, se 0.0004, int8-gpu -0.0020 and -0.0018, soc -0.0003
-    #: and +0.0011, the NPU-heavy world's worst cell 1.046 to 1.084. Not kept.)
+    #: and +0.0011, the NPU-heavy world's worst cell 1.046 to 1.084. Not kept. 0.5 for first
+    #: checks alone, which are made once whatever their chance, paired: seeds 0-9 -0.0004, se
+    #: 0.0003, 10-19 -0.0011, se 0.0003, int8-gpu -0.0019 and -0.0037, but the decode workload
+    #: +0.0008, se 0.0004, 6 more cells over 1.03: a first check made sooner is made while the
+    #: chance that its run was a spike weighs less: after a spiked first run, the NPU's FP16
+    #: decode attention (0.4 ms) was believed to take 9.6 for a tenth of the run, 1.135 of the oracle.
+    #: Not kept.)
     explore_cap: float = 0.2
     #: plan ``qkv`` over where ``attn`` will run next (transition-aware pair choice)
     lookahead: bool = True
