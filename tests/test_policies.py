@@ -235,6 +235,22 @@ def test_a_spike_on_a_backends_first_run_does_not_lock_it_out():
     assert p._est.model.doubt(Stage.QKV, NPU, point.group, point.phi) == (0.0, 0.0)  # settled
 
 
+@pytest.mark.parametrize(("npu_runs_s", "above_cap"), [(1e-3, False), (4e-3, True)])
+def test_a_first_check_is_capped_higher_the_further_the_prior_was_off_on_the_choice(npu_runs_s, above_cap):
+    # The GPU was never checked; the NPU, the prior's choice, runs as the prior says (1 ms) or 4x
+    # slower: then the prior that ranked the two is wrong here, and the check is worth more than
+    # explore_cap of a decision (made once, it is paid once whatever its chance; a higher chance
+    # only makes it sooner).
+    p = bound(AdaptivePolicy(seed=0), {("qkv", "gpu"): 5e-3, ("qkv", "npu"): 1e-3})
+    for _ in range(30):
+        c = p.choose(Stage.QKV, SHAPE, None)
+        p.learn(Observation(Stage.QKV, SHAPE, None, NPU, npu_runs_s, c))
+    c = p.choose(Stage.QKV, SHAPE, None)
+    assert c.backend is NPU or c.explored
+    assert (c.probabilities[GPU] > p.params.explore_cap) is above_cap
+    assert c.probabilities[GPU] <= 0.5
+
+
 def test_a_crossing_faster_than_its_handoff_was_believed_to_take_still_teaches_the_stage():
     # A spike on a crossing can leave the handoff believed dear, and sure of it; a crossing that
     # then takes less than that handoff alone must still say the stage ran fast (dropped, it

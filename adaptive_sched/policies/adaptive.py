@@ -33,7 +33,7 @@ from ..types import Backend, Choice, Shape, Stage, parse_stage
 from .base import EMPTY, Entry, Freshness, Observation, Policy, PublishedTable
 from .budget import AlarmWindows, ExplorationBudget
 from .estimates import Estimates, Point
-from .exploration import win_probabilities
+from .exploration import MAX_EXPLORE, win_probabilities
 
 #: what an entry is computed from (see ``AdaptivePolicy._reps``)
 Rep = tuple[Stage, Shape, Backend | None, Point, tuple[Any, ...] | None]
@@ -49,14 +49,20 @@ class AdaptiveParams:
     #: learning benchmark's worlds +0.0018 over 10 seeds, se 0.0009, where the prior is right -0.0026;
     #: twice it, with one draw per decision, paired: +0.0021, se 0.0004, GPU-heavy +0.0044)
     explore_budget: float = 0.005
-    #: largest probability of exploring one alternative in one decision (for a first check
-    #: too: raised with the choice's slowness, 0.2 times it up to 0.5, the learning benchmark's
-    #: worlds moved by -0.0004 over 20 seeds, se 0.0003, int8-gpu -0.0023, the worst cell
-    #: 1.160 to 1.173; 0.3 for every alternative, with one draw per decision, paired: seeds 0-9
-    #: -0.0004, se 0.0003, 10-19 -0.0002, se 0.0004, int8-gpu -0.0020 and -0.0018, soc -0.0003
-    #: and +0.0011, the NPU-heavy world's worst cell 1.046 to 1.084. Not kept. 0.5 for first
-    #: checks alone, which are made once whatever their chance, paired: seeds 0-9 -0.0004, se
-    #: 0.0003, 10-19 -0.0011, se 0.0003, int8-gpu -0.0019 and -0.0037, but the decode workload
+    #: largest probability of exploring one alternative in one decision; for a first check,
+    #: this times how many times slower than its prior the choice's own kernels ran here, up to
+    #: 0.5: made once, a check is paid once whatever its chance, a higher chance only makes it
+    #: sooner, and the further the prior was off on the choice, the likelier it hid a better one
+    #: (paired, ``bench_learning.py --policies adaptive --seeds 0-9 --json``, and 10-19, and
+    #: ``--workload decode``: -0.0005, se 0.0002, -0.0006, se 0.0002, and -0.0000; int8-gpu
+    #: -0.0014 and -0.0016, no world worse; the same rule before one draw per decision, when
+    #: runs that learned differently drew differently: -0.0004 over 20 seeds, se 0.0003,
+    #: int8-gpu -0.0023, the worst cell 1.160 to 1.173, and it was not kept then). (0.3 for
+    #: every alternative, with one draw per decision, paired: seeds 0-9 -0.0004, se 0.0003,
+    #: 10-19 -0.0002, se 0.0004, int8-gpu -0.0020 and -0.0018, soc -0.0003 and +0.0011, the
+    #: NPU-heavy world's worst cell 1.046 to 1.084. Not kept. 0.5 for first checks whatever the
+    #: choice's slowness, paired: seeds 0-9 -0.0004, se 0.0003, 10-19 -0.0011, se 0.0003,
+    #: int8-gpu -0.0019 and -0.0037, but the decode workload
     #: +0.0008, se 0.0004, 6 more cells over 1.03: a first check made sooner is made while the
     #: chance that its run was a spike weighs less: after a spiked first run, the NPU's FP16
     #: decode attention (0.4 ms) was believed to take 9.6 for a tenth of the run, 1.135 of the oracle.
@@ -270,6 +276,7 @@ class AdaptivePolicy(Policy):
             typical = self._budget.typical() or predicted.get(fastest, 0.0)
             scale: dict[Backend, float] = {}
             allowance: dict[Backend, float] = {}
+            caps: dict[Backend, float] = {}
             for b in values:
                 if alarms and (alarms.lifted(b, clock) or alarms.lifted(fastest, clock)):
                     # A detected slowdown: re-measure, outside the budget, but where a probe costs
@@ -288,6 +295,7 @@ class AdaptivePolicy(Policy):
                     slower = max(1.0, math.exp(model.group_offset(stage, fastest, point.group, point.phi)))
                     own = p.explore_budget * predicted[fastest] * slower * slower
                     allowance[b] = p.first_check_allowance * max(allowed, own)
+                    caps[b] = min(MAX_EXPLORE, p.explore_cap * slower)  # made once: sooner, not more
                 elif volatile(b, clock) or b in doubts:
                     scale[b] = 1.0  # just changed, or its one run may have been a spike: may hide the best choice
                     allowance[b] = p.recheck_allowance * allowed
@@ -310,6 +318,7 @@ class AdaptivePolicy(Policy):
                 reversion=reversion,
                 doubt=doubts,
                 typical=typical,
+                caps=caps,
             )
             probs = MappingProxyType({best: 1.0 - sum(alternatives.values()), **alternatives})
             cumulative = 0.0

@@ -60,6 +60,7 @@ def win_probabilities(
     reversion: Mapping[Backend, tuple[float, float, float]] | None = None,
     doubt: Mapping[Backend, tuple[float, float]] | None = None,
     typical: float | None = None,
+    caps: Mapping[Backend, float] | None = None,
 ) -> tuple[Backend, dict[Backend, float]]:
     """The exploit choice and, per alternative, its probability of being explored.
 
@@ -74,7 +75,8 @@ def win_probabilities(
     floor on how often it is watched (see :func:`_watch_rate`), less often where a probe costs
     more than a ``typical`` stage (seconds); ``doubt`` gives, per alternative, the probability
     that the one run its estimate rests on was a spike and the log shift of its value if so, a
-    third case of the same mixture. Non-finite values are never chosen.
+    third case of the same mixture; ``caps`` gives an alternative its own cap instead of
+    ``cap``. Non-finite values are never chosen.
     """
     finite = {b: v for b, v in values.items() if math.isfinite(v)}
     best = min(finite, key=finite.__getitem__)
@@ -106,7 +108,7 @@ def win_probabilities(
                 mixed += spiked * normal_sf((gap + spike_shift) / spread)
             p = mixed
         hazard += spiked
-        p = min(cap, p) * (1.0 if scale is None else scale.get(b, 1.0))
+        p = min(cap if caps is None else caps.get(b, cap), p) * (1.0 if scale is None else scale.get(b, 1.0))
         if allowance is not None and b in allowance:
             extra = (v - finite[best]) * (1.0 - hazard)  # what the probe is expected to cost
             if extra * p > allowance[b]:
