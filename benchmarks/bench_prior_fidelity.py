@@ -23,14 +23,12 @@ import math
 import statistics
 from collections import Counter
 
-from worlds import GPU, NPU, QKV, ROOFLINES, UNSEEN_MODELS, make_base, parse_seeds, workload
+from worlds import ATTN, GPU, NPU, QKV, ROOFLINES, UNSEEN_MODELS, make_base, parse_seeds, workload
 
 from adaptive_sched.build import load_prior
 from adaptive_sched.config import load_config
 from adaptive_sched.sim import SimulatedDevice
-from adaptive_sched.types import Shape, Stage
-
-STAGES = (QKV, Stage.ATTN)
+from adaptive_sched.types import Backend, Shape
 
 
 def shapes(seeds: list[int]) -> Counter[Shape]:
@@ -56,8 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     for device in args.devices.split(","):
         world = None if device == "sim" else make_base(device)
         for phase in ("prefill", "decode"):
-            for stage in STAGES:
-                errors: dict = {GPU: [], NPU: []}
+            for stage in (QKV, ATTN):
+                errors: dict[Backend, list[float]] = {GPU: [], NPU: []}
                 chosen = best = 0.0
                 for shape, count in counts.items():
                     if (shape.n > 1) != (phase == "prefill"):
