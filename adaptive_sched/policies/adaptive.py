@@ -55,9 +55,17 @@ class AdaptiveParams:
     #: sooner, and the further the prior was off on the choice, the likelier it hid a better one
     #: (paired, ``bench_learning.py --policies adaptive --seeds 0-9 --json``, and 10-19, and
     #: ``--workload decode``: -0.0005, se 0.0002, -0.0006, se 0.0002, and -0.0000; int8-gpu
-    #: -0.0014 and -0.0016, no world worse; the same rule before one draw per decision, when
-    #: runs that learned differently drew differently: -0.0004 over 20 seeds, se 0.0003,
-    #: int8-gpu -0.0023, the worst cell 1.160 to 1.173, and it was not kept then). (0.3 for
+    #: -0.0014 and -0.0016, no world worse). Its chance, likewise, is that of winning at least
+    #: one of as many Thompson draws as that slowness: a backend never checked in a group serves
+    #: every later decision of the group once checked, which one draw's chance of being the
+    #: faster undervalues (traced, an INT8 prefill's 8 layers on the int8-gpu world left on an
+    #: NPU 9x slower than its prior, the GPU drawn at 0.25 a layer and never drawn:
+    #: ``trace_regret.py --scenario steady --world int8-gpu --seed 3``, 38.8 per mille of its
+    #: 43.1. Paired: -0.0008, se 0.0002, -0.0009, se 0.0003, and +0.0000; int8-gpu -0.0034 and
+    #: -0.0042, no world worse by more than 0.0002; as many draws as its square: -0.0007, soc
+    #: +0.0004). (The cap's rule before one draw per decision, when runs that learned
+    #: differently drew differently: -0.0004 over 20 seeds, se 0.0003, int8-gpu -0.0023, the
+    #: worst cell 1.160 to 1.173, and it was not kept then. 0.3 for
     #: every alternative, with one draw per decision, paired: seeds 0-9 -0.0004, se 0.0003,
     #: 10-19 -0.0002, se 0.0004, int8-gpu -0.0020 and -0.0018, soc -0.0003 and +0.0011, the
     #: NPU-heavy world's worst cell 1.046 to 1.084. Not kept. 0.5 for first checks whatever the
@@ -277,6 +285,7 @@ class AdaptivePolicy(Policy):
             scale: dict[Backend, float] = {}
             allowance: dict[Backend, float] = {}
             caps: dict[Backend, float] = {}
+            draws: dict[Backend, float] = {}
             for b in values:
                 if alarms and (alarms.lifted(b, clock) or alarms.lifted(fastest, clock)):
                     # A detected slowdown: re-measure, outside the budget, but where a probe costs
@@ -296,6 +305,9 @@ class AdaptivePolicy(Policy):
                     own = p.explore_budget * predicted[fastest] * slower * slower
                     allowance[b] = p.first_check_allowance * max(allowed, own)
                     caps[b] = min(MAX_EXPLORE, p.explore_cap * slower)  # made once: sooner, not more
+                    if slower > 1.0:
+                        # and its chance is that of winning one of as many draws: see ``explore_cap``
+                        draws[b] = slower
                 elif volatile(b, clock) or b in doubts:
                     scale[b] = 1.0  # just changed, or its one run may have been a spike: may hide the best choice
                     allowance[b] = p.recheck_allowance * allowed
@@ -319,6 +331,7 @@ class AdaptivePolicy(Policy):
                 doubt=doubts,
                 typical=typical,
                 caps=caps,
+                draws=draws,
             )
             probs = MappingProxyType({best: 1.0 - sum(alternatives.values()), **alternatives})
             cumulative = 0.0

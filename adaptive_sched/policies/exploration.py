@@ -61,6 +61,7 @@ def win_probabilities(
     doubt: Mapping[Backend, tuple[float, float]] | None = None,
     typical: float | None = None,
     caps: Mapping[Backend, float] | None = None,
+    draws: Mapping[Backend, float] | None = None,
 ) -> tuple[Backend, dict[Backend, float]]:
     """The exploit choice and, per alternative, its probability of being explored.
 
@@ -76,7 +77,9 @@ def win_probabilities(
     more than a ``typical`` stage (seconds); ``doubt`` gives, per alternative, the probability
     that the one run its estimate rests on was a spike and the log shift of its value if so, a
     third case of the same mixture; ``caps`` gives an alternative its own cap instead of
-    ``cap``. Non-finite values are never chosen.
+    ``cap``; ``draws`` makes an alternative's probability, before the caps, that of being the
+    faster in at least one of this many independent draws (a real number: the power of the
+    chance of losing each). Non-finite values are never chosen.
     """
     finite = {b: v for b, v in values.items() if math.isfinite(v)}
     best = min(finite, key=finite.__getitem__)
@@ -108,6 +111,8 @@ def win_probabilities(
                 mixed += spiked * normal_sf((gap + spike_shift) / spread)
             p = mixed
         hazard += spiked
+        if draws is not None and b in draws:
+            p = 1.0 - (1.0 - p) ** draws[b]
         p = min(cap if caps is None else caps.get(b, cap), p) * (1.0 if scale is None else scale.get(b, 1.0))
         if allowance is not None and b in allowance:
             extra = (v - finite[best]) * (1.0 - hazard)  # what the probe is expected to cost
