@@ -392,6 +392,18 @@ def test_latency_model_fallback_precision() -> None:
     assert lm.extrapolation_reason(Shape(n=1, d=128, precision="int8")) == "no int8 rows for gpu"
 
 
+def test_quirks_are_where_the_rows_leave_their_smooth_trend() -> None:
+    # Latency linear in d (the trend fits it exactly) but for one width 4x slower than that (a
+    # slow path of the profiled device): the prediction keeps the quirk, and says it is one.
+    ds = (256, 512, 768, 1024, 1280, 1536, 2048, 3072, 4096)
+    rows = [TrainingRow(Shape(n=1, d=d), {Backend.GPU: 1e-6 * d * (4.0 if d == 1280 else 1.0), Backend.NPU: 2e-4})
+            for d in ds]  # fmt: skip
+    lm = PriorLatencyModel(Stage.QKV, rows)
+    quirky, plain = lm.quirks(Shape(n=1, d=1280))[Backend.GPU], lm.quirks(Shape(n=1, d=3072))[Backend.GPU]
+    assert quirky > 1.0 > 0.2 > abs(plain)
+    assert lm.predict(Shape(n=1, d=1280))[Backend.GPU] == pytest.approx(4 * 1.28e-3)  # the quirk kept
+
+
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_every_model_spec_builds_and_learns(name: str) -> None:
     rows = rows_for(Stage.QKV)

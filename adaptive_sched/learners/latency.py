@@ -15,9 +15,11 @@ time (without any handoff from another backend) is modelled as::
 ``w[s, b, g] . phi_s(x)``
     A Bayesian linear regression per (stage, backend) and group ``g`` (precision and
     phase: INT8 and FP16 kernels, a GEMV and a GEMM, are wrong in their own ways) on an
-    intercept and two Table 1 features of the shape (:func:`stage_features`): how far the
-    prior is from this device for this stage, and how that error grows with the shape.
-    What it learns at one shape moves the estimate at shapes never observed. The first
+    intercept, two Table 1 features of the shape and the prior's own quirk there
+    (:func:`stage_features`): how far the prior is from this device for this stage, how
+    that error grows with the shape, and whether this device shares what the prior learned
+    of particular shapes. What it learns at one shape moves the estimate at shapes never
+    observed. The first
     regression of a (stage, backend) starts wide (by default a prior wrong by 20x is two
     standard deviations away); the next ones start from what their siblings learned, a
     little less wide (a hierarchical prior, empirical Bayes), and faster where the other
@@ -54,7 +56,7 @@ the clip hides from that test.
 
 An observation costs a constant amount of work whatever the number of shapes seen:
 nothing here is keyed by shape except the bounded bucket table. Everything is plain
-Python floats: at three features, numpy's per-call overhead would cost more than the
+Python floats: at four features, numpy's per-call overhead would cost more than the
 arithmetic.
 
 Examples
@@ -80,7 +82,10 @@ from .latency_params import ModelParams
 from .latency_terms import ClockGap, DeviceTerm, Regression
 
 #: feature names of :func:`stage_features` per stage, after the intercept
-FEATURES: dict[Stage, tuple[str, str]] = {Stage.QKV: ("log2_d", "log2_n"), Stage.ATTN: ("log2_keys", "log2_d")}
+FEATURES: dict[Stage, tuple[str, str, str]] = {
+    Stage.QKV: ("log2_d", "log2_n", "prior_quirk"),
+    Stage.ATTN: ("log2_keys", "log2_d", "prior_quirk"),
+}
 #: centres of the log2 features, so that the intercept is the error at a typical decode shape. A
 #: prefill's n is not centred: its group's intercept is the error at n = 1, so a group never
 #: observed is known at a typical prompt only to about 2 in log (the slope's width over 7
@@ -109,20 +114,26 @@ MAX_ELASTICITY = 2.0
 MAX_LOAD = 0.8
 
 
-def stage_features(stage: Stage, shape: Shape) -> tuple[Group, tuple[float, float, float]]:
+def stage_features(stage: Stage, shape: Shape, quirk: float = 0.0) -> tuple[Group, tuple[float, float, float, float]]:
     """The group a shape's regression belongs to, and its inputs: the intercept, then :data:`FEATURES`.
 
     qkv does not see the KV cache; attention's cost grows with the keys and the width.
+    ``quirk`` is the prior's own departure, at this shape and for this backend, from the
+    smooth trend it fitted (log units; see :meth:`Prior.quirks
+    <adaptive_sched.learners.priors.Prior.quirks>`): what the device it was trained on does
+    at this shape alone (a slow path for unaligned rows, a cache that overflows). Whether
+    this device shares it is learned like the slopes: a device without it sees the prior
+    wrong by as much, at those shapes only.
 
     >>> stage_features(Stage.ATTN, Shape(n=1, d=2048, kv_len=511, precision="int8"))
-    ((<Precision.INT8: 'int8'>, 'decode'), (1.0, 0.0, 0.0))
-    >>> stage_features(Stage.QKV, Shape(n=128, d=4096))
-    ((<Precision.FP16: 'fp16'>, 'prefill'), (1.0, 1.0, 7.0))
+    ((<Precision.INT8: 'int8'>, 'decode'), (1.0, 0.0, 0.0, 0.0))
+    >>> stage_features(Stage.QKV, Shape(n=128, d=4096), quirk=1.5)
+    ((<Precision.FP16: 'fp16'>, 'prefill'), (1.0, 1.0, 7.0, 1.5))
     """
     group = (shape.precision, "decode" if shape.n == 1 else "prefill")
     if stage is Stage.QKV:
-        return group, (1.0, math.log2(shape.d) - _CENTRE_D, math.log2(shape.n))
-    return group, (1.0, math.log2(shape.kv_len + shape.n) - _CENTRE_KEYS, math.log2(shape.d) - _CENTRE_D)
+        return group, (1.0, math.log2(shape.d) - _CENTRE_D, math.log2(shape.n), quirk)
+    return group, (1.0, math.log2(shape.kv_len + shape.n) - _CENTRE_KEYS, math.log2(shape.d) - _CENTRE_D, quirk)
 
 
 class Estimate:
@@ -266,7 +277,7 @@ class LatencyModel:
                     rest = (device.beta + reg.gap.mean) * step - back
                     if reg.k and rest * took > 0.0:
                         m = reg.m
-                        reg.m = [m[0] - (took if abs(took) < abs(rest) else rest), m[1], m[2]]
+                        reg.m = [m[0] - (took if abs(took) < abs(rest) else rest), m[1], m[2], m[3]]
                         reg.intercept_at_reading = reg.m[0]
                         reg.version += 1
                 device.slowdown = slowdown
@@ -435,7 +446,7 @@ class LatencyModel:
             return None
         weights = [1.0 / (r.c[0] + p.group_sd**2) for r in siblings]
         total = sum(weights)
-        return [sum(w * r.m[i] for w, r in zip(weights, siblings, strict=True)) / total for i in range(3)], total
+        return [sum(w * r.m[i] for w, r in zip(weights, siblings, strict=True)) / total for i in range(4)], total
 
     def _twin_shift(self, stage: Stage, backend: Backend, group: Group) -> float:
         """How much faster the same group's kernels ran than their siblings at the other stage of
@@ -475,7 +486,7 @@ class LatencyModel:
         # how sure each is, is where a new group starts: the prior's error on this device is
         # mostly shared between precisions and phases.
         siblings = self._siblings_mean(stage, backend)
-        mean = [0.0, 0.0, 0.0]
+        mean = [0.0, 0.0, 0.0, 0.0]
         first = p.stage_sd**2
         if siblings is not None:
             mean, total = siblings
@@ -484,10 +495,10 @@ class LatencyModel:
             # ... and where the other stage showed these kernels (this precision and phase) faster
             # than its others, by more than groups differ, this group starts faster by the excess
             # (see ``ModelParams.twin_share``).
-            mean = [mean[0] + self._twin_shift(stage, backend, group), mean[1], mean[2]]
+            mean = [mean[0] + self._twin_shift(stage, backend, group), mean[1], mean[2], mean[3]]
         # the detector comes with the first observation: a prior for an unobserved group needs none
-        return Regression(mean, [first, p.slope_sd**2, p.slope_sd**2], p.stage_q, p.noise_var, self._bucket_var, None,
-                          gap)  # fmt: skip
+        return Regression(mean, [first, p.slope_sd**2, p.slope_sd**2, p.quirk_sd**2], p.stage_q, p.noise_var,
+                          self._bucket_var, None, gap)  # fmt: skip
 
     def _detector(self) -> Any:
         from river.drift import ADWIN
@@ -586,7 +597,7 @@ class LatencyModel:
             a += device.clock_var(reg.gap.var)
         b = rate
         if reg.k:
-            _, _, _, v_reg, at = reg.project(phi)
+            _, _, _, _, v_reg, at = reg.project(phi)
             mean += at
             a += v_reg - reg.q * reg.last
             b += reg.q
@@ -638,7 +649,7 @@ class LatencyModel:
             v_clock = device.clock_var(reg.gap.var)
         k = reg.k
         if k:
-            p0, p1, p2, v_reg, at = reg.project(phi)
+            p0, p1, p2, p3, v_reg, at = reg.project(phi)
             predicted += at
         else:
             v_reg = 0.0
@@ -670,7 +681,7 @@ class LatencyModel:
         if undone is not None:
             # The one run the group's mean rested on was a spike: this run is learned against
             # the mean before it.
-            p0, p1, p2, v_reg, then = undone
+            p0, p1, p2, p3, v_reg, then = undone
             predicted += then - at
             raw = log_t - predicted
             v_model = v_device + v_reg + bk[1] + v_clock
@@ -718,7 +729,7 @@ class LatencyModel:
             self._reopen(device, reg, bk, local)
             v_device = device.var
             if k:
-                p0, p1, p2, v_reg, _ = reg.project(phi)
+                p0, p1, p2, p3, v_reg, _ = reg.project(phi)
             v_model = v_device + v_reg + bk[1] + v_clock
             s = v_model + reg.noise
             e = size if raw > 0 else -size
@@ -769,7 +780,7 @@ class LatencyModel:
         device.version += 1
         if k:
             m_then, c_then = reg.m, reg.c  # (update replaces both lists)
-            reg.update(p0, p1, p2, step, 1.0 / s)
+            reg.update(p0, p1, p2, p3, step, 1.0 / s)
             if not reg.n and raw > 0.0 and not change:
                 # A group's first run, slower than predicted: learned in full (the group's prior
                 # is wide, one run cannot tell), but it may have been a spike. If a spike is
@@ -785,7 +796,7 @@ class LatencyModel:
                     reg.doubt_m, reg.doubt_c = m_then, c_then
         reg.n += 1
         reg.version += 1
-        reg.seen_at = (phi[0], phi[1], phi[2])
+        reg.seen_at = (phi[0], phi[1], phi[2], phi[3])
         bk_mean, bk_var = bk[0], bk[1]
         bk[0] += bk_var * step
         bk[1] = bk_var * (1.0 - bk_var / s)

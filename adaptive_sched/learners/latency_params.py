@@ -50,6 +50,20 @@ class ModelParams:
     #: over this prior instead: +0.0015 over 10 seeds, se 0.0005, gpu-heavy +0.0039: a copied
     #: slope carries what its source learned. Not kept.)
     slope_sd: float = 0.25
+    #: prior standard deviation of how much of the prior's own quirk at a shape (its departure
+    #: from its smooth trend there, see ``stage_features``) this device shares: 0 is all of it
+    #: (the device the prior was trained on), -1 none (a device without that slow path or
+    #: cache step, on which the prior is wrong by as much, at those shapes alone). Without
+    #: it, the int8-gpu world's GPU INT8 decode attention, learned at small caches as the
+    #: prior says, was believed 1.95 ms at d = 3072 and 800 keys for 0.35 (the prior's step
+    #: there, 2.5 in log, is its simulator's), and left for the NPU for 930 layers
+    #: (``trace_regret.py --scenario gpu-attn-faster --world int8-gpu --seed 4``). Paired,
+    #: ``bench_learning.py --policies adaptive --json``, seeds 0-9 and 10-19: +0.0001 (se
+    #: 0.0003) and -0.0003 (se 0.0004), gpu-heavy +0.0016 and +0.0006 (its prefills' first
+    #: checks drawn at other layers); ``--workload decode``: -0.0011 (se 0.0003) and -0.0004
+    #: (se 0.0002), soc -0.0027 and -0.0008, cells over 1.03 18 to 10 and 14 to 15. At 1.0:
+    #: +0.0009 (se 0.0004); at 0.25: +0.0000, gpu-heavy +0.0008.
+    quirk_sd: float = 0.5
     #: prior standard deviation of the per-backend device term (0.4, to let a backend's state at
     #: start be learned with its groups' first runs, let their prior errors into the shared term:
     #: a GPU contended in bursts, ``bench_telemetry.py``'s gpu-contention, 0.030 to 0.047; 0.3,

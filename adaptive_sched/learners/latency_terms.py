@@ -335,10 +335,10 @@ class ClockGap:
 
 
 class Regression:
-    """Bayesian linear regression on (intercept, two features), with its noise, bucket spread and detector.
+    """Bayesian linear regression on (intercept, three features), with its noise, bucket spread and detector.
 
-    The covariance is kept as its six distinct entries and the arithmetic written out:
-    at three features that is several times faster than general loops in Python.
+    The covariance is kept as its ten distinct entries and the arithmetic written out:
+    at four features that is several times faster than general loops in Python.
     """
 
     __slots__ = ("between", "c", "calm_at", "calm_sd", "detector", "doubt", "doubt_c", "doubt_m", "gap",
@@ -348,16 +348,16 @@ class Regression:
 
     def __init__(self, mean: list[float] | None, variances: list[float] | None, q: float, noise: float,
                  between: float, detector: Any, gap: ClockGap) -> None:  # fmt: skip
-        self.k = 0 if mean is None else 3
-        self.m = mean or [0.0, 0.0, 0.0]
-        v = variances or [0.0, 0.0, 0.0]
-        # c00, c01, c02, c11, c12, c22
-        self.c = [v[0], 0.0, 0.0, v[1], 0.0, v[2]]
+        self.k = 0 if mean is None else 4
+        self.m = mean or [0.0, 0.0, 0.0, 0.0]
+        v = variances or [0.0, 0.0, 0.0, 0.0]
+        # c00, c01, c02, c03, c11, c12, c13, c22, c23, c33
+        self.c = [v[0], 0.0, 0.0, 0.0, v[1], 0.0, 0.0, v[2], 0.0, v[3]]
         self.q = q  # the intercept's forgetting
         self.last = 0
         #: the inputs of its last run: where what it learned is known (a prefill's intercept is
         #: its error at n = 1, which one run at a long prompt hardly moves)
-        self.seen_at: tuple[float, float, float] = (1.0, 0.0, 0.0)
+        self.seen_at: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0)
         self.noise = noise
         #: variance of the bucket effects of this regression: what it cannot express, learned
         self.between = between
@@ -398,11 +398,11 @@ class Regression:
     def back(self, phi: tuple[float, ...]) -> float:
         """How far the mean at ``phi`` would move if the doubted run were undone."""
         m, now = self.doubt_m, self.m
-        return (m[0] - now[0]) * phi[0] + (m[1] - now[1]) * phi[1] + (m[2] - now[2]) * phi[2]
+        return (m[0] - now[0]) * phi[0] + (m[1] - now[1]) * phi[1] + (m[2] - now[2]) * phi[2] + (m[3] - now[3]) * phi[3]
 
     def weigh_doubt(
         self, phi: tuple[float, ...], raw: float, s: float, v_reg: float
-    ) -> tuple[float, float, float, float, float] | None:
+    ) -> tuple[float, float, float, float, float, float] | None:
         """Weigh a second run (innovation ``raw``, variance ``s``, of which ``v_reg`` this
         regression's) between "the first run was as it seemed" and "it was a spike". When the
         spike became the likelier, the mean and covariance are back to what they were before it,
@@ -416,7 +416,7 @@ class Regression:
         now_m, now_c = self.m, self.c
         self.m, self.c = self.doubt_m, self.doubt_c
         then = self.project(phi)
-        s_then = s - v_reg + then[3]
+        s_then = s - v_reg + then[4]
         log_odds = math.log(doubt / (1.0 - doubt)) + 0.5 * (raw * raw / s - alt * alt / s_then + math.log(s / s_then))
         if log_odds <= 0.0:
             self.m, self.c = now_m, now_c
@@ -431,27 +431,30 @@ class Regression:
 
     def level(self) -> tuple[float, float]:
         """Its error where it last ran, and the variance of that: how wrong the prior was for it."""
-        _, _, _, var, mean = self.project(self.seen_at)
+        _, _, _, _, var, mean = self.project(self.seen_at)
         return mean, var
 
     def mean_at(self, phi: tuple[float, ...]) -> float:
         m = self.m
-        return m[0] * phi[0] + m[1] * phi[1] + m[2] * phi[2]
+        return m[0] * phi[0] + m[1] * phi[1] + m[2] * phi[2] + m[3] * phi[3]
 
-    def project(self, phi: tuple[float, ...]) -> tuple[float, float, float, float, float]:
+    def project(self, phi: tuple[float, ...]) -> tuple[float, float, float, float, float, float]:
         """``(C phi, phi' C phi, m . phi)``: the covariance's direction along ``phi``, the variance
         there, and the mean there (one call: learning and estimating each want all of them)."""
-        f0, f1, f2 = phi
-        c00, c01, c02, c11, c12, c22 = self.c
-        p0 = c00 * f0 + c01 * f1 + c02 * f2
-        p1 = c01 * f0 + c11 * f1 + c12 * f2
-        p2 = c02 * f0 + c12 * f1 + c22 * f2
+        f0, f1, f2, f3 = phi
+        c00, c01, c02, c03, c11, c12, c13, c22, c23, c33 = self.c
+        p0 = c00 * f0 + c01 * f1 + c02 * f2 + c03 * f3
+        p1 = c01 * f0 + c11 * f1 + c12 * f2 + c13 * f3
+        p2 = c02 * f0 + c12 * f1 + c22 * f2 + c23 * f3
+        p3 = c03 * f0 + c13 * f1 + c23 * f2 + c33 * f3
         m = self.m
-        return p0, p1, p2, p0 * f0 + p1 * f1 + p2 * f2, m[0] * f0 + m[1] * f1 + m[2] * f2
+        return (p0, p1, p2, p3, p0 * f0 + p1 * f1 + p2 * f2 + p3 * f3,
+                m[0] * f0 + m[1] * f1 + m[2] * f2 + m[3] * f3)  # fmt: skip
 
-    def update(self, p0: float, p1: float, p2: float, step: float, inv_s: float) -> None:
-        """The Kalman step along ``C phi = (p0, p1, p2)`` for an innovation ``step * s``."""
+    def update(self, p0: float, p1: float, p2: float, p3: float, step: float, inv_s: float) -> None:
+        """The Kalman step along ``C phi = (p0, p1, p2, p3)`` for an innovation ``step * s``."""
         m, c = self.m, self.c
-        self.m = [m[0] + p0 * step, m[1] + p1 * step, m[2] + p2 * step]
-        g0, g1, g2 = p0 * inv_s, p1 * inv_s, p2 * inv_s
-        self.c = [c[0] - g0 * p0, c[1] - g0 * p1, c[2] - g0 * p2, c[3] - g1 * p1, c[4] - g1 * p2, c[5] - g2 * p2]
+        self.m = [m[0] + p0 * step, m[1] + p1 * step, m[2] + p2 * step, m[3] + p3 * step]
+        g0, g1, g2, g3 = p0 * inv_s, p1 * inv_s, p2 * inv_s, p3 * inv_s
+        self.c = [c[0] - g0 * p0, c[1] - g0 * p1, c[2] - g0 * p2, c[3] - g0 * p3, c[4] - g1 * p1, c[5] - g1 * p2,
+                  c[6] - g1 * p3, c[7] - g2 * p2, c[8] - g2 * p3, c[9] - g3 * p3]  # fmt: skip

@@ -150,6 +150,11 @@ class _BackendFit:
         return (1.0, float(stage_flops(self.stage, shape)), float(stage_mem_bytes(self.stage, shape)))
 
     def predict(self, shape: Shape) -> float:
+        trend, correction = self.parts(shape)
+        return trend * math.exp(correction)
+
+    def parts(self, shape: Shape) -> tuple[float, float]:
+        """The smooth trend at ``shape`` (seconds) and the log correction the nearest rows add to it."""
         trend = max(float(np.dot(self._terms(shape), self.coef)), 1e-12)
         z = np.array(_coords(self.stage, shape))
         dist = np.sqrt(np.sum((self.z - z) ** 2, axis=1))
@@ -164,7 +169,7 @@ class _BackendFit:
             box = np.array(_range_coords(shape))
             outside = float(np.linalg.norm(np.maximum(self.lo - box, 0) + np.maximum(box - self.hi, 0)))
             correction *= math.exp(-((outside / _FADE_OCTAVES) ** 2))
-        return trend * math.exp(correction)
+        return trend, correction
 
 
 class PriorLatencyModel:
@@ -198,6 +203,15 @@ class PriorLatencyModel:
             fit_ = self._fits.get((backend, shape.precision)) or self._fits[(backend, None)]
             out[backend] = fit_.predict(shape)
         return out
+
+    def quirks(self, shape: Shape) -> dict[Backend, float]:
+        """Per backend, how far (log) the prediction at ``shape`` is from the smooth trend: what the
+        rows near it showed of this shape's own behaviour, beyond launches, compute and bytes."""
+        shape = stage_shape(self.stage, shape)
+        return {
+            backend: (self._fits.get((backend, shape.precision)) or self._fits[(backend, None)]).parts(shape)[1]
+            for backend in self.backends
+        }
 
     def extrapolation_reason(self, shape: Shape) -> str | None:
         """None inside the training range, else why not (outside the box or far from every row)."""
@@ -249,6 +263,7 @@ class Prior:
         self._classifiers: dict[Stage, Any] = {}
         self._lock = threading.Lock()
         self._latency_cache: BoundedDict[tuple[Stage, Shape], dict[Backend, float]] = BoundedDict(_CACHE_LIMIT)
+        self._quirk_cache: BoundedDict[tuple[Stage, Shape], dict[Backend, float]] = BoundedDict(_CACHE_LIMIT)
         self._choice_cache: BoundedDict[tuple[Stage, Shape], Backend] = BoundedDict(_CACHE_LIMIT)
         self._extrapolating_cache: BoundedDict[tuple[Stage, Shape], bool] = BoundedDict(_CACHE_LIMIT)
         self._warned: set[Stage] = set()
@@ -277,6 +292,21 @@ class Prior:
                 pass  # warned once inside extrapolating()
             cached = self._latency[s].predict(shape)
             self._latency_cache[key] = cached
+        return dict(cached)
+
+    def quirks(self, stage: Stage | str, shape: Shape) -> dict[Backend, float]:
+        """Per backend, the log of how far :meth:`latency` at ``shape`` is from the smooth trend
+        (launches, compute, bytes) the prior fitted: what its device does at this shape alone,
+        which another device may not (cached per shape).
+
+        The online model learns how much of it this device shares (see
+        :func:`~adaptive_sched.learners.latency.stage_features`).
+        """
+        s = self._stage(stage)
+        key = (s, shape)
+        cached = self._quirk_cache.get(key)
+        if cached is None:
+            cached = self._quirk_cache[key] = self._latency[s].quirks(shape)
         return dict(cached)
 
     def extrapolating(self, stage: Stage | str, shape: Shape) -> bool:

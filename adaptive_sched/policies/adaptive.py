@@ -276,7 +276,7 @@ class AdaptivePolicy(Policy):
             # like a group never checked, weighing the chance that it is as fast as before.
             doubts = {}
             for b in values:
-                doubt, shift = model.doubt(stage, b, point.group, point.phi)
+                doubt, shift = model.doubt(stage, b, point.group, point.phi[b])
                 if doubt:
                     doubts[b] = (doubt, shift * predicted[b] / values[b])
             # before any observation, the budget's share of what the exploit choice should cost
@@ -301,7 +301,7 @@ class AdaptivePolicy(Policy):
                     # by the square of it: the prior that ranked the two is wrong here, perhaps
                     # about both, and more likely so the further it was off.
                     scale[b] = 1.0
-                    slower = max(1.0, math.exp(model.group_offset(stage, fastest, point.group, point.phi)))
+                    slower = max(1.0, math.exp(model.group_offset(stage, fastest, point.group, point.phi[fastest])))
                     own = p.explore_budget * predicted[fastest] * slower * slower
                     allowance[b] = p.first_check_allowance * max(allowed, own)
                     caps[b] = min(MAX_EXPLORE, p.explore_cap * slower)  # made once: sooner, not more

@@ -32,11 +32,15 @@ class Point:
 
     __slots__ = ("bucket", "cache", "group", "moved_bytes", "phi", "prior_log", "shape", "stage")
 
-    def __init__(self, stage: Stage, shape: Shape, prior_log: Mapping[Backend, float]) -> None:
+    def __init__(
+        self, stage: Stage, shape: Shape, prior_log: Mapping[Backend, float], quirks: Mapping[Backend, float]
+    ) -> None:
         self.stage = stage
         self.shape = shape
         self.bucket = bucket_key(stage, shape, lookahead=False)
-        self.group, self.phi = stage_features(stage, shape)
+        self.group = stage_features(stage, shape)[0]
+        #: backend -> the regression's inputs here (the prior's quirk is the backend's own)
+        self.phi = {b: stage_features(stage, shape, quirks.get(b, 0.0))[1] for b in prior_log}
         #: backend -> the model's estimate here, kept until the model's state moves
         self.cache: dict[Backend, Estimate] = {}
         self.prior_log = prior_log
@@ -153,7 +157,8 @@ class Estimates:
         if pt is None:
             grid_shape = shape if kv == shape.kv_len else Shape(shape.n, shape.d, kv, shape.batch, shape.heads,
                                                                  shape.precision)  # fmt: skip
-            pt = self._points[key] = Point(stage, grid_shape, self._prior_log(stage, grid_shape))
+            pt = self._points[key] = Point(stage, grid_shape, self._prior_log(stage, grid_shape),
+                                           self._quirks(stage, grid_shape))  # fmt: skip
         if stage is _QKV:
             self._last_qkv = (shape, pt)
         else:
@@ -168,6 +173,14 @@ class Estimates:
             for b in self.candidates
         }
 
+    def _quirks(self, stage: Stage, shape: Shape) -> Mapping[Backend, float]:
+        # A prior that does not say where it departs from its trend (a table, a custom prior)
+        # leaves the regression's quirk feature at 0: it then learns nothing and moves nothing.
+        quirks = getattr(self.prior, "quirks", None)
+        if quirks is None:
+            return {}
+        return {b: q for b, q in quirks(stage, shape).items() if math.isfinite(q)}
+
     # -- estimates ------------------------------------------------------------------------
     def compute(self, point: Point, backend: Backend, clock: int) -> tuple[float, float]:
         """(mean, variance) of the log of the stage's own run time on ``backend``."""
@@ -177,7 +190,8 @@ class Estimates:
         model = self.model
         est = point.cache.get(backend)
         if est is None or est.versions != model.versions(point.stage, backend, point.group):
-            est = point.cache[backend] = model.estimate(point.stage, backend, point.group, point.phi, point.bucket)
+            est = point.cache[backend] = model.estimate(point.stage, backend, point.group, point.phi[backend],
+                                                        point.bucket)  # fmt: skip
         return base + est.mean, est.a + est.b * clock
 
     def moved_to(self, to: Point, point: Point, backend: Backend, log_at_point: float, clock: int) -> float:
@@ -189,7 +203,8 @@ class Estimates:
         gap = to.prior_log.get(backend, math.inf) - point.prior_log.get(backend, math.inf)
         if not math.isfinite(gap):
             return self.compute(to, backend, clock)[0]
-        return log_at_point + gap + self.model.slope_gap(to.stage, backend, to.group, to.phi, point.phi)
+        return log_at_point + gap + self.model.slope_gap(to.stage, backend, to.group, to.phi[backend],
+                                                         point.phi[backend])  # fmt: skip
 
     def transition(self, point: Point, after: Backend | None, backend: Backend) -> tuple[float, float]:
         """(seconds, variance in seconds squared) to bring the stage's input from ``after`` to ``backend``."""
@@ -220,7 +235,8 @@ class Estimates:
         log_t = math.log(latency_s)
         if after is not None and after is not backend:
             log_t = self._split_transition(point, after, backend, latency_s, clock)
-        return self.model.observe(point.stage, backend, point.group, point.phi, point.bucket, base, log_t, clock)
+        return self.model.observe(point.stage, backend, point.group, point.phi[backend], point.bucket, base, log_t,
+                                  clock)  # fmt: skip
 
     def _split_transition(self, point: Point, after: Backend, backend: Backend, latency_s: float, clock: int) -> float:
         """Split what a crossing stage cost between its own run and the crossing, in proportion to how
