@@ -51,7 +51,13 @@ EMPTY: Mapping[Backend, float] = MappingProxyType({})
 
 
 class Prior(Protocol):
-    """What policies need from an offline prior (see :mod:`adaptive_sched.learners.priors`)."""
+    """What policies need from an offline prior (see :mod:`adaptive_sched.learners.priors`).
+
+    A prior may also offer ``quirks(stage, shape) -> {backend: log units}``, how far its
+    latency at a shape is from the smooth trend it fitted (:meth:`Prior.quirks
+    <adaptive_sched.learners.priors.Prior.quirks>`); the adaptive policy's latency model
+    then learns whether this device shares them. Without it, that feature stays at 0.
+    """
 
     backends: tuple[Backend, ...]
 
