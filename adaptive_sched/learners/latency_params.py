@@ -54,9 +54,9 @@ class ModelParams:
     #: from its smooth trend there, see ``stage_features``) this device shares: 0 is all of it
     #: (the device the prior was trained on), -1 none (a device without that slow path or
     #: cache step, on which the prior is wrong by as much, at those shapes alone). Without
-    #: it, the int8-gpu world's GPU INT8 decode attention, learned at small caches as the
-    #: prior says, was believed 1.95 ms at d = 3072 and 800 keys for 0.35 (the prior's step
-    #: there, 2.5 in log, is its simulator's), and left for the NPU for 930 layers
+    #: it, the int8-gpu world's GPU INT8 decode attention, learned at small caches (the prior
+    #: 0.5 in log too slow there), was believed 1.95 ms at d = 3072 and 800 keys for 0.35 (the
+    #: prior's quirk there, 0.9 in log, is its simulator's), and left for the NPU for 930 layers
     #: (``trace_regret.py --scenario gpu-attn-faster --world int8-gpu --seed 4``). Paired,
     #: ``bench_learning.py --policies adaptive --json``, seeds 0-9 and 10-19: +0.0001 (se
     #: 0.0003) and -0.0003 (se 0.0004), gpu-heavy +0.0016 and +0.0006 (its prefills' first

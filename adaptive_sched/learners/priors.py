@@ -149,10 +149,6 @@ class _BackendFit:
     def _terms(self, shape: Shape) -> tuple[float, float, float]:
         return (1.0, float(stage_flops(self.stage, shape)), float(stage_mem_bytes(self.stage, shape)))
 
-    def predict(self, shape: Shape) -> float:
-        trend, correction = self.parts(shape)
-        return trend * math.exp(correction)
-
     def parts(self, shape: Shape) -> tuple[float, float]:
         """The smooth trend at ``shape`` (seconds) and the log correction the nearest rows add to it."""
         trend = max(float(np.dot(self._terms(shape), self.coef)), 1e-12)
@@ -195,23 +191,25 @@ class PriorLatencyModel:
             self._fits[key] = _BackendFit(stage, pts)
         self.backends = tuple(sorted({b for b, _ in per}))
 
-    def predict(self, shape: Shape) -> dict[Backend, float]:
-        """Seconds per backend at ``shape`` (qkv shapes are reduced with ``stage_shape``)."""
+    def predict_with_quirks(self, shape: Shape) -> tuple[dict[Backend, float], dict[Backend, float]]:
+        """Seconds per backend at ``shape`` (qkv shapes are reduced with ``stage_shape``), and per
+        backend how far (log) that is from the smooth trend: what the rows near it showed of this
+        shape's own behaviour, beyond launches, compute and bytes."""
         shape = stage_shape(self.stage, shape)
-        out = {}
+        seconds, quirks = {}, {}
         for backend in self.backends:
             fit_ = self._fits.get((backend, shape.precision)) or self._fits[(backend, None)]
-            out[backend] = fit_.predict(shape)
-        return out
+            trend, quirks[backend] = fit_.parts(shape)
+            seconds[backend] = trend * math.exp(quirks[backend])
+        return seconds, quirks
+
+    def predict(self, shape: Shape) -> dict[Backend, float]:
+        """Seconds per backend at ``shape`` (qkv shapes are reduced with ``stage_shape``)."""
+        return self.predict_with_quirks(shape)[0]
 
     def quirks(self, shape: Shape) -> dict[Backend, float]:
-        """Per backend, how far (log) the prediction at ``shape`` is from the smooth trend: what the
-        rows near it showed of this shape's own behaviour, beyond launches, compute and bytes."""
-        shape = stage_shape(self.stage, shape)
-        return {
-            backend: (self._fits.get((backend, shape.precision)) or self._fits[(backend, None)]).parts(shape)[1]
-            for backend in self.backends
-        }
+        """Per backend, how far (log) the prediction at ``shape`` is from the smooth trend."""
+        return self.predict_with_quirks(shape)[1]
 
     def extrapolation_reason(self, shape: Shape) -> str | None:
         """None inside the training range, else why not (outside the box or far from every row)."""
@@ -262,8 +260,10 @@ class Prior:
         self._latency = {s: PriorLatencyModel(s, sp.rows) for s, sp in data.stages.items()}
         self._classifiers: dict[Stage, Any] = {}
         self._lock = threading.Lock()
-        self._latency_cache: BoundedDict[tuple[Stage, Shape], dict[Backend, float]] = BoundedDict(_CACHE_LIMIT)
-        self._quirk_cache: BoundedDict[tuple[Stage, Shape], dict[Backend, float]] = BoundedDict(_CACHE_LIMIT)
+        # per shape: seconds per backend and the quirks (one evaluation answers both)
+        self._latency_cache: BoundedDict[tuple[Stage, Shape], tuple[dict[Backend, float], dict[Backend, float]]] = (
+            BoundedDict(_CACHE_LIMIT)
+        )
         self._choice_cache: BoundedDict[tuple[Stage, Shape], Backend] = BoundedDict(_CACHE_LIMIT)
         self._extrapolating_cache: BoundedDict[tuple[Stage, Shape], bool] = BoundedDict(_CACHE_LIMIT)
         self._warned: set[Stage] = set()
@@ -284,15 +284,17 @@ class Prior:
     # -- latency ---------------------------------------------------------------------------
     def latency(self, stage: Stage | str, shape: Shape) -> dict[Backend, float]:
         """Predicted seconds per backend for ``stage`` at ``shape`` (cached per shape)."""
+        return dict(self._predicted(stage, shape)[0])
+
+    def _predicted(self, stage: Stage | str, shape: Shape) -> tuple[dict[Backend, float], dict[Backend, float]]:
         s = self._stage(stage)
         key = (s, shape)
         cached = self._latency_cache.get(key)
         if cached is None:
             if self.extrapolating(s, shape):
                 pass  # warned once inside extrapolating()
-            cached = self._latency[s].predict(shape)
-            self._latency_cache[key] = cached
-        return dict(cached)
+            cached = self._latency_cache[key] = self._latency[s].predict_with_quirks(shape)
+        return cached
 
     def quirks(self, stage: Stage | str, shape: Shape) -> dict[Backend, float]:
         """Per backend, the log of how far :meth:`latency` at ``shape`` is from the smooth trend
@@ -302,12 +304,7 @@ class Prior:
         The online model learns how much of it this device shares (see
         :func:`~adaptive_sched.learners.latency.stage_features`).
         """
-        s = self._stage(stage)
-        key = (s, shape)
-        cached = self._quirk_cache.get(key)
-        if cached is None:
-            cached = self._quirk_cache[key] = self._latency[s].quirks(shape)
-        return dict(cached)
+        return dict(self._predicted(stage, shape)[1])
 
     def extrapolating(self, stage: Stage | str, shape: Shape) -> bool:
         """True if ``shape`` lies outside the training range of ``stage`` (warns once per stage)."""
