@@ -33,7 +33,7 @@ from ..types import Backend, Choice, Shape, Stage, parse_stage
 from .base import EMPTY, Entry, Freshness, Observation, Policy, PublishedTable
 from .budget import AlarmWindows, ExplorationBudget
 from .estimates import Estimates, Point
-from .exploration import MAX_EXPLORE, win_probabilities
+from .exploration import win_probabilities
 
 #: what an entry is computed from (see ``AdaptivePolicy._reps``)
 Rep = tuple[Stage, Shape, Backend | None, Point, tuple[Any, ...] | None]
@@ -51,7 +51,7 @@ class AdaptiveParams:
     explore_budget: float = 0.005
     #: largest probability of exploring one alternative in one decision; for a first check,
     #: this times how many times slower than its prior the choice's own kernels ran here, up to
-    #: 0.5: made once, a check is paid once whatever its chance, a higher chance only makes it
+    #: ``first_check_ceiling``: made once, a check is paid once whatever its chance, a higher chance only makes it
     #: sooner, and the further the prior was off on the choice, the likelier it hid a better one
     #: (paired, ``bench_learning.py --policies adaptive --seeds 0-9 --json``, and 10-19, and
     #: ``--workload decode``: -0.0005, se 0.0002, -0.0006, se 0.0002, and -0.0000; int8-gpu
@@ -100,6 +100,17 @@ class AdaptiveParams:
     #: -0.0016, the NPU-heavy one +0.0033 and +0.0080. At 60 again with one draw per decision,
     #: paired over seeds 0-9: +0.0021, se 0.0005.)
     first_check_allowance: float = 20.0
+    #: ... and with a probability of at most this, beyond ``MAX_EXPLORE`` (the exploit choice
+    #: keeps the rest), where the choice's slowness makes it likely to win (``explore_cap``):
+    #: left the majority, an NPU 6x slower than its prior kept an INT8 prefill's first layers
+    #: while the GPU's check, at 0.5 a layer, went undrawn three times in a row
+    #: (``trace_regret.py --scenario npu-periodic --world gpu-heavy --seed 5``: 70 of its 85
+    #: per mille). Paired, ``bench_learning.py --policies adaptive --seeds 0-9 --json``, and
+    #: 10-19: -0.0011, se 0.0003, and -0.0011, se 0.0002; int8-gpu -0.0043 and -0.0038, no
+    #: world worse by more than 0.0001, the worst cells 1.088 to 1.080 and 1.137 to 1.097; the
+    #: decode workload unchanged (its first checks are cheap, never near the cap). At 0.95:
+    #: -0.0012 over seeds 0-9.
+    first_check_ceiling: float = 0.8
     #: a backend that changed recently (it may change back), or whose estimate rests on one run
     #: that may have been a spike, is probed whatever the budget's state too, at an expected
     #: cost per decision of at most this many times the budget's allowance (a typical stage's)
@@ -123,7 +134,7 @@ class AdaptiveParams:
     model: ModelParams = dataclasses.field(default_factory=ModelParams)
 
     def __post_init__(self) -> None:
-        for name in ("explore_budget", "explore_cap"):
+        for name in ("explore_budget", "explore_cap", "first_check_ceiling"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {value!r}")
@@ -304,7 +315,7 @@ class AdaptivePolicy(Policy):
                     slower = max(1.0, math.exp(model.group_offset(stage, fastest, point.group, point.phi[fastest])))
                     own = p.explore_budget * predicted[fastest] * slower * slower
                     allowance[b] = p.first_check_allowance * max(allowed, own)
-                    caps[b] = min(MAX_EXPLORE, p.explore_cap * slower)  # made once: sooner, not more
+                    caps[b] = min(p.first_check_ceiling, p.explore_cap * slower)  # made once: sooner, not more
                     if slower > 1.0:
                         # and its chance is that of winning one of as many draws: see ``explore_cap``
                         draws[b] = slower

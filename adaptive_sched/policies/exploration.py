@@ -7,7 +7,9 @@ propensity for two arms, with a normal approximation in log space), capped per
 alternative, so a backend is probed in proportion to how plausibly it could win: a
 far-slower backend whose estimate is fresh is left alone; one that is uncertain (never
 checked here, or unobserved for long) is tried. The exploit choice keeps the majority
-of the mass. Scaling by the budget happens before the cap is applied to the total.
+of the mass, unless an alternative is given a higher cap of its own (a first check, made
+once, that the choice's own runs make likely to win). Scaling by the budget happens
+before the cap is applied to the total.
 
 >>> from adaptive_sched.types import Backend
 >>> probs = win_probabilities({Backend.GPU: 1.0, Backend.NPU: 1.1}, {Backend.GPU: 0.01, Backend.NPU: 0.01}, cap=0.2)
@@ -25,7 +27,8 @@ from ..types import Backend
 
 #: below this, a probe would almost never happen: publish none (and keep entries small)
 MIN_PROBABILITY = 1e-4
-#: exploration never takes more than this share of one decision's probability
+#: exploration never takes more than this share of one decision's probability, unless
+#: ``caps`` allow one alternative more
 MAX_EXPLORE = 0.5
 
 
@@ -77,7 +80,8 @@ def win_probabilities(
     more than a ``typical`` stage (seconds); ``doubt`` gives, per alternative, the probability
     that the one run its estimate rests on was a spike and the log shift of its value if so, a
     third case of the same mixture; ``caps`` gives an alternative its own cap instead of
-    ``cap``; ``draws`` makes an alternative's probability, before the caps, that of being the
+    ``cap`` (which may exceed :data:`MAX_EXPLORE`: the total is then held to the largest
+    of them instead); ``draws`` makes an alternative's probability, before the caps, that of being the
     faster in at least one of this many independent draws (a real number: the power of the
     chance of losing each). Non-finite values are never chosen.
     """
@@ -123,6 +127,7 @@ def win_probabilities(
         if p >= MIN_PROBABILITY:
             out[b] = p
             total += p
-    if total > MAX_EXPLORE:
-        out = {b: p * MAX_EXPLORE / total for b, p in out.items()}
+    limit = max(MAX_EXPLORE, *caps.values()) if caps else MAX_EXPLORE
+    if total > limit:
+        out = {b: p * limit / total for b, p in out.items()}
     return best, out
