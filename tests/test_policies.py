@@ -285,7 +285,7 @@ def test_a_first_check_is_likelier_to_be_made_soon_the_further_the_prior_was_off
 def test_a_first_check_the_choices_own_run_makes_likely_to_win_may_take_most_of_a_decision():
     # An INT8 prefill's first layer ran on the NPU 6x slower than its prior; the GPU, never
     # checked here, is believed 14x the NPU's prior (2.3x what the NPU just took). Held to
-    # half a decision, its check went undrawn three layers in a row one time in eight.
+    # half a decision, three layers would leave it unchecked one time in eight.
     p = bound(AdaptivePolicy(seed=0), {("qkv", "gpu"): 112e-3, ("qkv", "npu"): 8e-3})
     shape = Shape(n=512, d=4096, precision="int8")
     c = p.choose(Stage.QKV, shape, None)

@@ -51,8 +51,9 @@ class AdaptiveParams:
     explore_budget: float = 0.005
     #: largest probability of exploring one alternative in one decision; for a first check,
     #: this times how many times slower than its prior the choice's own kernels ran here, up to
-    #: ``first_check_ceiling``: made once, a check is paid once whatever its chance, a higher chance only makes it
-    #: sooner, and the further the prior was off on the choice, the likelier it hid a better one
+    #: ``first_check_ceiling``: made once, a check is paid once whatever its chance, a higher
+    #: chance only makes it sooner, and the further the prior was off on the choice, the
+    #: likelier it hid a better one
     #: (paired, ``bench_learning.py --policies adaptive --seeds 0-9 --json``, and 10-19, and
     #: ``--workload decode``: -0.0005, se 0.0002, -0.0006, se 0.0002, and -0.0000; int8-gpu
     #: -0.0014 and -0.0016, no world worse). Its chance, likewise, is that of winning at least
@@ -102,14 +103,14 @@ class AdaptiveParams:
     first_check_allowance: float = 20.0
     #: ... and with a probability of at most this, beyond ``MAX_EXPLORE`` (the exploit choice
     #: keeps the rest), where the choice's slowness makes it likely to win (``explore_cap``):
-    #: left the majority, an NPU 6x slower than its prior kept an INT8 prefill's first layers
-    #: while the GPU's check, at 0.5 a layer, went undrawn three times in a row
+    #: left the majority, an NPU 6x slower than its prior kept an INT8 prefill's first three
+    #: layers, the GPU's checks at 0.5 a stage in the second and third going undrawn
     #: (``trace_regret.py --scenario npu-periodic --world gpu-heavy --seed 5``: 70 of its 85
-    #: per mille). Paired, ``bench_learning.py --policies adaptive --seeds 0-9 --json``, and
-    #: 10-19: -0.0011, se 0.0003, and -0.0011, se 0.0002; int8-gpu -0.0043 and -0.0038, no
-    #: world worse by more than 0.0001, the worst cells 1.088 to 1.080 and 1.137 to 1.097; the
-    #: decode workload unchanged (its first checks are cheap, never near the cap). At 0.95:
-    #: -0.0012 over seeds 0-9.
+    #: per mille; 45 with 0.8). Paired, ``bench_learning.py --policies adaptive --seeds 0-9
+    #: --json``, and 10-19: -0.0011, se 0.0003, and -0.0011, se 0.0002; int8-gpu -0.0043 and
+    #: -0.0038, no world worse by more than 0.0001, the worst cells 1.088 to 1.080 and 1.137 to
+    #: 1.097; the decode workload unchanged (its first checks are cheap, never near the cap).
+    #: At 0.95: -0.0012 over seeds 0-9.
     first_check_ceiling: float = 0.8
     #: a backend that changed recently (it may change back), or whose estimate rests on one run
     #: that may have been a spike, is probed whatever the budget's state too, at an expected

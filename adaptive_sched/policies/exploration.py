@@ -80,10 +80,10 @@ def win_probabilities(
     more than a ``typical`` stage (seconds); ``doubt`` gives, per alternative, the probability
     that the one run its estimate rests on was a spike and the log shift of its value if so, a
     third case of the same mixture; ``caps`` gives an alternative its own cap instead of
-    ``cap`` (which may exceed :data:`MAX_EXPLORE`: the total is then held to the largest
-    of them instead); ``draws`` makes an alternative's probability, before the caps, that of being the
-    faster in at least one of this many independent draws (a real number: the power of the
-    chance of losing each). Non-finite values are never chosen.
+    ``cap`` (which may exceed :data:`MAX_EXPLORE`: the total is then held to the largest of
+    them instead); ``draws`` makes an alternative's probability, before the caps, that of
+    being the faster in at least one of this many independent draws (a real number: the
+    power of the chance of losing each). Non-finite values are never chosen.
     """
     finite = {b: v for b, v in values.items() if math.isfinite(v)}
     best = min(finite, key=finite.__getitem__)
