@@ -290,15 +290,18 @@ class WorldTelemetry:
         return Snapshot(w.progress, readings)
 
 
-def world_layers(scenario: str, variant: str, seed: int, layers: int, world_name: str = "soc") -> Iterator[Any]:
+def world_layers(
+    scenario: str, variant: str, seed: int, layers: int, world_name: str = "soc", prefill: bool = True
+) -> Iterator[Any]:
     """Run ``variant`` (one of :data:`VARIANTS`, or ``oracle``) through ``scenario`` on a
     world that is not our simulator, as ``bench_learning.py`` does, one layer at a time: yields the
-    world (its ``progress`` set to the layer's), the shape, and the layer's qkv and attn decisions."""
+    world (its ``progress`` set to the layer's), the shape, and the layer's qkv and attn decisions.
+    Without ``prefill``, the requests' decode layers only (``bench_learning.py --workload decode``)."""
     config = load_config("rk3588-sim")
     config = dataclasses.replace(config, telemetry=dataclasses.replace(config.telemetry, enabled=False))
     prior = load_prior(config)
     world = World(make_base(world_name, prior), WORLD_SCENARIOS[scenario], seed)
-    steps = workload(layers, seed, WORLD_SCENARIOS[scenario].models)
+    steps = workload(layers, seed, WORLD_SCENARIOS[scenario].models, prefill)
     n = len(steps)
     sampler = None
     if variant == "telemetry" or variant in SEEN_AS:

@@ -3,16 +3,18 @@
     python benchmarks/trace_regret.py --scenario gpu-contention --seed 0
     python benchmarks/trace_regret.py --scenario npu-throttle --seed 2 --telemetry
     python benchmarks/trace_regret.py --scenario steady --world npu-heavy --seed 1 --top 20
+    python benchmarks/trace_regret.py --scenario npu-throttle --world int8-gpu --workload decode
     python benchmarks/trace_regret.py --scenario sim-periodic --seed 2 --telemetry
     python benchmarks/trace_regret.py --scenario sim-steady --seed 0 --telemetry --clock-interval 0.1
 
 Runs the adaptive policy once, as ``bench_learning.py`` and ``bench_telemetry.py`` do (the
-same workload, world and seed, inline learning; ``--telemetry`` reads the world's NPU clock
-as ``bench_telemetry.py`` does), and splits what its choices lost against the best pair of
-each layer, in per mille of the run's best total (the sum is the cell's adaptive/oracle - 1):
-``sim-steady`` and ``sim-periodic`` run the simulated RK3588 instead (``--telemetry``: read
-through the scheduler's sampler), where the sum is the decisions' own regret of
-``bench_telemetry.py``, not the total's, which the device's heat feeds back into.
+same workload, world and seed, inline learning; ``--workload decode`` its decode layers
+alone; ``--telemetry`` reads the world's NPU clock as ``bench_telemetry.py`` does), and
+splits what its choices lost against the best pair of each layer, in per mille of the run's
+best total (the sum is the cell's adaptive/oracle - 1): ``sim-steady`` and ``sim-periodic``
+run the simulated RK3588 instead (``--telemetry``: read through the scheduler's sampler),
+where the sum is the decisions' own regret of ``bench_telemetry.py``, not the total's, which
+the device's heat feeds back into.
 
 * by tenth (``--bins``) of the run;
 * by phase and precision, exploit or explored, and which pair was chosen against the best;
@@ -76,14 +78,17 @@ def _layer(progress: float, shape: Any, dq: Any, da: Any, costs: Any, qkv_world:
     return Layer(progress, shape, chosen, dq.explored or da.explored, lost, best, detail)
 
 
-def trace(scenario: str, world_name: str, seed: int, layers: int, telemetry: bool) -> tuple[float, list[Layer]]:
-    """The run's best total (seconds), and every layer whose choice lost against the best pair."""
+def trace(
+    scenario: str, world_name: str, seed: int, layers: int, telemetry: bool, prefill: bool = True
+) -> tuple[float, list[Layer]]:
+    """The run's best total (seconds), and every layer whose choice lost against the best pair
+    (without ``prefill``, of the decode-only workload)."""
     if scenario in SIM_SCENARIOS:
         return trace_sim(scenario, seed, telemetry)
     total_best = 0.0
     out: list[Layer] = []
     variant = "telemetry" if telemetry else "adaptive"
-    for world, shape, dq, da in world_layers(scenario, variant, seed, layers, world_name):
+    for world, shape, dq, da in world_layers(scenario, variant, seed, layers, world_name, prefill):
         expected = world.expected
         costs = pair_costs(expected, shape)
         total_best += min(costs.values())
@@ -176,6 +181,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--layers", type=int, default=6000)
     ap.add_argument(
+        "--workload",
+        choices=("mixed", "decode"),
+        default="mixed",
+        help="as bench_learning.py's: requests' prefills and decode tokens, or the decode layers alone",
+    )
+    ap.add_argument(
         "--telemetry",
         action="store_true",
         help="read the world's NPU clock (the simulator's telemetry), as bench_telemetry does",
@@ -196,13 +207,16 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--world: {args.scenario} runs on {', '.join(WORLD_SCENARIOS[args.scenario].worlds)}")
     if args.clock_interval is not None and not (args.scenario in SIM_SCENARIOS and args.telemetry):
         ap.error("--clock-interval: only with --telemetry on sim-steady or sim-periodic")
+    if args.workload == "decode" and args.scenario in SIM_SCENARIOS:
+        ap.error("--workload: the simulator's scenarios run their own workload")
     if args.clock_interval is not None and args.clock_interval <= 0:
         ap.error(f"--clock-interval: must be > 0 seconds, got {args.clock_interval}")
     ours = Clocks()
     if args.scenario in SIM_SCENARIOS:
         best, lost = trace_sim(args.scenario, args.seed, args.telemetry, args.clock_interval, ours)
     else:
-        best, lost = trace(args.scenario, args.world, args.seed, args.layers, args.telemetry)
+        prefill = args.workload == "mixed"
+        best, lost = trace(args.scenario, args.world, args.seed, args.layers, args.telemetry, prefill)
     mille = 1000.0 / best
     total = sum(x.lost for x in lost) * mille
     print(f"{args.scenario} on {args.world}, seed {args.seed}{', telemetry' if args.telemetry else ''}: "

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import bench_learning
 import bench_telemetry
 import trace_regret
 
@@ -56,3 +57,21 @@ def test_the_report_ends_with_the_whole_run_against_the_oracle(capsys):
     out = capsys.readouterr().out
     tail = out[out.index("the whole run, by the NPU's clock (regret ") :]
     assert "\n  adaptive, telemetry: " in tail and "\n  oracle: " in tail and " MHz " in tail
+
+
+@pytest.mark.parametrize("prefill", [True, False])
+def test_a_worlds_trace_is_the_learning_benchmarks_cell(prefill):
+    # the sum of what the trace's layers lost is the cell's adaptive/oracle - 1, for the mixed
+    # workload and for the decode layers alone (``--workload decode``)
+    best, lost = trace_regret.trace("npu-throttle", "int8-gpu", 1, 1500, False, prefill)
+    totals = bench_learning.run_cell(("npu-throttle", "int8-gpu", 1, 1500, ("adaptive", "oracle"), prefill))["totals"]
+    assert best == pytest.approx(totals["oracle"], rel=1e-9)
+    assert sum(x.lost for x in lost) / best == pytest.approx(totals["adaptive"] / totals["oracle"] - 1.0, rel=1e-6)
+    assert lost and all(x.lost > 0 for x in lost)
+    assert all(x.shape.n == 1 for x in lost) is not prefill  # the mixed run loses in prefills too
+
+
+def test_the_simulators_scenarios_refuse_the_decode_workload(capsys):
+    with pytest.raises(SystemExit):
+        trace_regret.main(["--scenario", "sim-steady", "--workload", "decode"])
+    assert "--workload" in capsys.readouterr().err
