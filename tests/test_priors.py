@@ -399,7 +399,8 @@ def test_quirks_are_where_the_rows_leave_their_smooth_trend() -> None:
     rows = [TrainingRow(Shape(n=1, d=d), {Backend.GPU: 1e-6 * d * (4.0 if d == 1280 else 1.0), Backend.NPU: 2e-4})
             for d in ds]  # fmt: skip
     lm = PriorLatencyModel(Stage.QKV, rows)
-    quirky, plain = lm.quirks(Shape(n=1, d=1280))[Backend.GPU], lm.quirks(Shape(n=1, d=3072))[Backend.GPU]
+    quirky = lm.predict_with_quirks(Shape(n=1, d=1280))[1][Backend.GPU]
+    plain = lm.predict_with_quirks(Shape(n=1, d=3072))[1][Backend.GPU]
     assert quirky > 1.0 > 0.2 > abs(plain)
     assert lm.predict(Shape(n=1, d=1280))[Backend.GPU] == pytest.approx(4 * 1.28e-3)  # the quirk kept
 

@@ -207,10 +207,6 @@ class PriorLatencyModel:
         """Seconds per backend at ``shape`` (qkv shapes are reduced with ``stage_shape``)."""
         return self.predict_with_quirks(shape)[0]
 
-    def quirks(self, shape: Shape) -> dict[Backend, float]:
-        """Per backend, how far (log) the prediction at ``shape`` is from the smooth trend."""
-        return self.predict_with_quirks(shape)[1]
-
     def extrapolation_reason(self, shape: Shape) -> str | None:
         """None inside the training range, else why not (outside the box or far from every row)."""
         shape = stage_shape(self.stage, shape)
