@@ -855,7 +855,15 @@ class LatencyModel:
 
     def _reopen(self, device: DeviceTerm, reg: Regression, bucket: list[float] | None, local: bool = False) -> None:
         """Distrust the terms a change may be in: the device term mostly, or with ``local`` the
-        regression alone (the backend's other groups showed no change)."""
+        regression alone (the backend's other groups showed no change).
+
+        The backend's other groups are left as they are. (Their intercepts widened by half the
+        square of each change of the whole backend and of each reversion, for a group first
+        measured inside a burst of contention took the burst as its own: paired over seeds 0-9
+        of ``bench_learning.py --policies adaptive --json``, +0.0004, se 0.0003, GPU contention
+        -0.0006 but the NPU's periodic throttling +0.0040; on speedups alone, +0.0002, se
+        0.0001, the worst cell, GPU contention on the soc world's seed 8, unchanged. Not kept.)
+        """
         p = self.params
         if not local:
             device.changed(p.alarm_var)

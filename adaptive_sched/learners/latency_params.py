@@ -23,7 +23,10 @@ class ModelParams:
     #: prior standard deviation of a group's error around what its siblings learned (all of them
     #: alike: weighing those of the new group's precision four times as much, the learning
     #: benchmark's worlds moved by +0.0003 over 10 seeds, se 0.0006, int8-gpu -0.0012, the
-    #: NPU-heavy world +0.0013. Not kept.)
+    #: NPU-heavy world +0.0013. Not kept. Nor learned from the observed siblings' spread around
+    #: their mean, empirical Bayes with this as two pseudo-groups' worth: narrower where the prior
+    #: is right, wider where groups differ: paired over seeds 0-9, +0.0002, se 0.0002, int8-gpu
+    #: +0.0010, the prior's world unchanged.)
     group_sd: float = 1.0
     #: where the other stage of a backend showed a group's kernels (its precision and phase)
     #: faster than its other groups by ``delta`` in log, more than a group's usual spread around
@@ -42,7 +45,11 @@ class ModelParams:
     #: their intercepts (a prefill's is its error at n = 1): seeds 0 to 9 -0.0005 (se 0.0002;
     #: gpu-heavy -0.0014, int8-gpu -0.0011), seeds 10 to 19 -0.0000 (se 0.0002).
     twin_share: float = 1.0
-    #: variance a regression's intercept gains per observation made (a driver or firmware changes)
+    #: variance a regression's intercept gains per observation made (a driver or firmware changes).
+    #: (1e-4, so that a group's intercept left unobserved for a run's 12,000 observations gains
+    #: a standard deviation of 1.1 in log, and what a group learned inside a burst of contention
+    #: is checked again: paired over seeds 0-9, +0.0012, se 0.0003, every world worse, the soc
+    #: world's contended seed 8 from 1.080 to 1.172. Not kept.)
     stage_q: float = 1e-6
     #: prior standard deviation of the error's growth per octave of keys, d and n. (A new group
     #: starts from its siblings' slopes as from their intercepts, a decode group's n slope
