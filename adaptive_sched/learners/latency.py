@@ -727,6 +727,8 @@ class LatencyModel:
             # regression that takes the change.
             local = bool(k) and self._calm_since(backend, reg, reg.run_at, size / clip)
             self._reopen(device, reg, bk, local)
+            if local and p.kernel_change_var:
+                self._unsettle(reg, p.kernel_change_var)
             v_device = device.var
             if k:
                 p0, p1, p2, p3, v_reg, _ = reg.project(phi)
@@ -872,6 +874,17 @@ class LatencyModel:
         reg.version += 1
         if bucket is not None:
             bucket[1] = max(bucket[1], p.alarm_bucket_var)
+
+    def _unsettle(self, changed: Regression, var: float) -> None:
+        """Make every group but ``changed`` at least ``var`` uncertain where it last ran, through its
+        intercept (so at every shape by as much): a change of one kernel's code may have come with
+        others' (see ``ModelParams.kernel_change_var``)."""
+        for reg in self._groups.values():
+            if reg is not changed and reg.k and reg.n:
+                short = var - reg.project(reg.seen_at)[4]
+                if short > 0.0:
+                    reg.c[0] += short
+                    reg.version += 1
 
     def reopen(self, stage: Stage, backend: Backend, group: Group) -> None:
         """Distrust what is known of ``stage`` on ``backend`` (a failure, a long outage): the next

@@ -135,6 +135,14 @@ class ModelParams:
     alarm_var: float = 0.25
     alarm_stage_var: float = 0.04
     alarm_bucket_var: float = 0.01
+    #: a change one group takes as its own (another group of the backend ran through it as
+    #: predicted) is a change of that kernel's code, not of the device's state: an update of a
+    #: driver or a firmware, which seldom moves one kernel alone. Every other group, of either
+    #: stage and backend, is then made at least this uncertain (its intercept's variance: 0.04
+    #: is a standard deviation of 1.2x), so the exploration rule checks again those an update
+    #: could have made the faster; one it made faster where no stage runs now would otherwise
+    #: be found only by the budget's trickle. Those in use settle again in a few runs. 0: off.
+    kernel_change_var: float = 0.04
     #: how a backend's latency follows its clock read from telemetry: latency ~ (max/cur)^beta,
     #: beta starting here (1: run time proportional to the clock period) ...
     clock_elasticity: float = 1.0
