@@ -11,6 +11,7 @@ where the prior or the world is wrong or changing, over several seeds:
     python benchmarks/bench_learning.py --policies adaptive,vw-eps --json
     python benchmarks/bench_learning.py --policies adaptive --seeds 0-29   # the tail: rare events
     python benchmarks/bench_learning.py --workload decode    # decode layers only, no prefills
+    python benchmarks/bench_learning.py --random-worlds 6    # on six device profiles drawn at random
 
 Reported per scenario and world: each policy's total latency over the oracle's (noise-free
 latencies of the backends it chose, so noise does not blur the comparison), the mean and
@@ -50,7 +51,7 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
-from worlds import SCENARIOS, World, make_base, parse_seeds, workload
+from worlds import RANDOM, SCENARIOS, World, make_base, parse_seeds, workload
 
 from adaptive_sched import Scheduler
 from adaptive_sched.build import load_prior
@@ -327,6 +328,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated (default: all)")
     ap.add_argument("--worlds", default="", help="comma-separated base worlds to keep (default: each scenario's all)")
+    ap.add_argument(
+        "--random-worlds",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run the scenarios of the four named device profiles on N profiles drawn at random instead "
+        "(random-0 ... random-N-1, see worlds.random_units); the prior's own world is kept",
+    )
     ap.add_argument("--policies", default=",".join(ALL_POLICIES), help="comma-separated (oracle is always run)")
     ap.add_argument("--seeds", default="0,1,2", help="seeds and ranges of seeds: 0,1,2 or 0-29")
     ap.add_argument("--layers", type=int, default=6000, help="attention layers per run (two decisions each)")
@@ -351,13 +360,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         seeds = parse_seeds(args.seeds)
     except ValueError as exc:
         ap.error(str(exc))
+    if args.random_worlds < 0:
+        ap.error("--random-worlds: a number of device profiles >= 0 is expected")
+    drawn = tuple(f"{RANDOM}{k}" for k in range(args.random_worlds))
+
+    def worlds_of(scenario: str) -> tuple[str, ...]:
+        named = SCENARIOS[scenario].worlds
+        return drawn if drawn and "prior" not in named else named
+
     kept = [w for w in args.worlds.split(",") if w]
-    known = {w for s in SCENARIOS.values() for w in s.worlds}
+    known = {w for s in scen for w in worlds_of(s)}
     if set(kept) - known:
         ap.error(f"--worlds: unknown {', '.join(sorted(set(kept) - known))} (known: {', '.join(sorted(known))})")
     prefill = args.workload == "mixed"
     jobs = [(s, w, seed, args.layers, names, prefill)
-            for s in scen for w in SCENARIOS[s].worlds if not kept or w in kept for seed in seeds]  # fmt: skip
+            for s in scen for w in worlds_of(s) if not kept or w in kept for seed in seeds]  # fmt: skip
     if not jobs:
         ap.error("--worlds: none of the scenarios runs on these worlds")
     start = time.perf_counter()

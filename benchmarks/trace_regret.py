@@ -37,6 +37,7 @@ import sys
 from typing import Any
 
 from bench_telemetry import SIM_SCENARIOS, WORLD_SCENARIOS, pair_costs, sim_layers, world_layers
+from worlds import RANDOM, is_random
 
 from adaptive_sched.types import Backend, Stage
 
@@ -177,7 +178,9 @@ def _pair(pair: tuple[Backend, Backend]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scenario", required=True, choices=sorted((*WORLD_SCENARIOS, *SIM_SCENARIOS)))
-    ap.add_argument("--world", default="soc", help="a base world of the scenario (soc, npu-heavy, gpu-heavy, ...)")
+    ap.add_argument(
+        "--world", default="soc", help="a base world of the scenario (soc, npu-heavy, gpu-heavy, ..., random-0, ...)"
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--layers", type=int, default=6000)
     ap.add_argument(
@@ -203,8 +206,12 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.scenario in SIM_SCENARIOS:
         args.world = "the simulator"
-    elif args.world not in WORLD_SCENARIOS[args.scenario].worlds:
-        ap.error(f"--world: {args.scenario} runs on {', '.join(WORLD_SCENARIOS[args.scenario].worlds)}")
+    else:
+        named = WORLD_SCENARIOS[args.scenario].worlds
+        drawn = is_random(args.world) and "prior" not in named  # a profile drawn at random
+        if args.world not in named and not drawn:
+            also = "" if "prior" in named else f" (or a device profile drawn at random: {RANDOM}0, {RANDOM}1, ...)"
+            ap.error(f"--world: {args.scenario} runs on {', '.join(named)}{also}")
     if args.clock_interval is not None and not (args.scenario in SIM_SCENARIOS and args.telemetry):
         ap.error("--clock-interval: only with --telemetry on sim-steady or sim-periodic")
     if args.workload == "decode" and args.scenario in SIM_SCENARIOS:

@@ -20,6 +20,9 @@ written independently of :mod:`adaptive_sched.sim` (no code or constant shared w
     times its FP16 rate, an NPU built for FP16 that runs INT8 at a third of it. The prior
     believes the GPU's INT8 prefills 10 to 13 times dearer than they are (25 times in
     ``gpu-heavy``), where the NPU it prefers is 1.5 to 6 times dearer than it believes.
+``random-0``, ``random-1``, ...
+    Device profiles drawn at random over what mobile GPUs and NPUs span (:func:`random_units`),
+    never looked at while the scheduler was built: whether its behaviour holds elsewhere.
 ``prior``
     A world that is exactly the prior (the prior is right), so that one perturbation of it
     measures what one wrong belief costs (for example one (stage, backend) 10x faster than
@@ -128,6 +131,45 @@ INT8_GPU = {
 #: the roofline worlds by name
 ROOFLINES = {"soc": SOC, "npu-heavy": NPU_HEAVY, "gpu-heavy": GPU_HEAVY, "int8-gpu": INT8_GPU}
 
+#: name prefix of a device profile drawn at random (``random-3``): see :func:`random_units`
+RANDOM = "random-"
+
+
+def is_random(name: str) -> bool:
+    """Whether ``name`` is that of a device profile drawn at random (``random-3``)."""
+    return name.startswith(RANDOM) and name[len(RANDOM) :].isdigit()
+
+
+def random_units(k: int) -> dict[Backend, Unit]:
+    """Device profile ``k`` drawn at random, the same for a ``k`` on every machine.
+
+    The four named worlds are what the scheduler's behaviour was checked against while it
+    was built; these are not, so they say whether what was learned there holds on a device
+    nobody looked at. Each unit's rates are drawn log-uniformly over what mobile GPUs and NPUs
+    span: a launch cost of 30 to 400 us, an FP16 rate of 0.15 to 2.5 TOPS, INT8 at 0.3 to 5
+    times it, 8 to 40 GB/s with INT8 streaming 0.7 to 1.5 times faster, the NPU's matmuls
+    padded to 32 or 64 and its attention 1 to 2 times dearer for its softmax.
+    """
+
+    rng = random.Random(1000 + k)
+
+    def log_uniform(lo: float, hi: float) -> float:
+        return math.exp(rng.uniform(math.log(lo), math.log(hi)))
+
+    units = {}
+    for backend in (GPU, NPU):
+        fp16, bandwidth = log_uniform(1.5e11, 2.5e12), log_uniform(8e9, 4e10)
+        units[backend] = Unit(
+            launch_s=log_uniform(3e-5, 4e-4),
+            ops={"fp16": fp16, "int8": fp16 * log_uniform(0.3, 5.0)},
+            bandwidth={"fp16": bandwidth, "int8": bandwidth * log_uniform(0.7, 1.5)},
+            kernels={QKV: 1, ATTN: 3 if backend is GPU else 1},
+            half_outputs=rng.choice((2e3, 4e3, 8e3)),
+            align=0 if backend is GPU else rng.choice((32, 64)),
+            attn_factor=1.0 if backend is GPU else log_uniform(1.0, 2.0),
+        )
+    return units
+
 
 class BaseWorld:
     """Noise-free latencies of one stage on one backend, and of handing a stage's input between backends."""
@@ -175,6 +217,8 @@ class PriorWorld(BaseWorld):
 def make_base(name: str, prior: Any = None) -> BaseWorld:
     if name in ROOFLINES:
         return RooflineWorld(name, ROOFLINES[name])
+    if is_random(name):
+        return RooflineWorld(name, random_units(int(name[len(RANDOM) :])))
     if name == "prior":
         return PriorWorld(prior)
     raise ValueError(f"unknown world {name!r}")

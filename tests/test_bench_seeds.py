@@ -41,3 +41,33 @@ def test_the_telemetry_benchmark_refuses_an_unknown_scenario_naming_the_known_on
     err = capsys.readouterr().err
     assert "--scenarios: unknown npu-melts" in err
     assert "sim-periodic" in err and "gpu-contention" in err
+
+
+def test_a_device_profile_drawn_at_random_is_the_same_every_time_and_differs_between_draws():
+    from worlds import Shape, Stage, make_base, random_units
+
+    assert random_units(3) == random_units(3)
+    assert random_units(3) != random_units(4)
+    shape = Shape(n=1, d=2048, kv_len=512, precision="int8")
+    assert all(make_base("random-3").stage_s(stage, shape, b) > 0 for stage in Stage for b in random_units(3))
+    with pytest.raises(ValueError, match="unknown world"):
+        make_base("random-x")
+
+
+def test_the_learning_benchmark_runs_the_named_profiles_scenarios_on_drawn_ones(capsys):
+    import json
+
+    import bench_learning
+
+    argv = ["--scenarios", "steady,prior-right", "--random-worlds", "2", "--policies", "static", "--seeds", "0",
+            "--layers", "40", "--jobs", "1", "--json"]  # fmt: skip
+    assert bench_learning.main(argv) == 0
+    cells = json.loads(capsys.readouterr().out)["cells"]
+    assert sorted((c["scenario"], c["world"]) for c in cells) == [
+        ("prior-right", "prior"),  # the prior's own world is kept
+        ("steady", "random-0"),
+        ("steady", "random-1"),
+    ]
+    with pytest.raises(SystemExit):
+        bench_learning.main(["--random-worlds", "-1"])
+    assert "--random-worlds" in capsys.readouterr().err
