@@ -116,7 +116,9 @@ class ModelParams:
     #: does not run again keeps the contention. Paired, one draw per decision: +0.0007 and
     #: -0.0000 over seeds 0-9 and 10-19, se 0.0005 and 0.0002, heavy-noise on gpu-heavy seed 4
     #: 1.010 to 1.203, and gpu-contention/soc seed 8, the cell it was meant for, unchanged.
-    #: Not kept.)
+    #: Not kept. Nor a single run more than 6 standard deviations faster taken for a change at
+    #: once, noise being unable to speed a run up: paired over seeds 0-9, +0.0001, se 0.0001,
+    #: spikes +0.0011, firmware swaps -0.0006; decode +0.0001, se 0.0001.)
     confirm_faster: int = 2
     #: a run may be a spike (preemption, a page fault), slower by a few to tens of times: a
     #: log-normal excess of this variance (about 7x at one standard deviation) ...
@@ -138,10 +140,18 @@ class ModelParams:
     #: a change one group takes as its own (another group of the backend ran through it as
     #: predicted) is a change of that kernel's code, not of the device's state: an update of a
     #: driver or a firmware, which seldom moves one kernel alone. Every other group, of either
-    #: stage and backend, is then made at least this uncertain (its intercept's variance: 0.04
+    #: stage and backend, is then made at least this uncertain where it last ran (the variance
+    #: of its estimate there, raised through its intercept, so by as much at every shape: 0.04
     #: is a standard deviation of 1.2x), so the exploration rule checks again those an update
     #: could have made the faster; one it made faster where no stage runs now would otherwise
     #: be found only by the budget's trickle. Those in use settle again in a few runs. 0: off.
+    #: (Paired, ``bench_learning.py --policies adaptive --json``: seeds 0-9 and 10-19 -0.0001 and
+    #: -0.0002, se 0.0001, firmware swaps -0.0009 and -0.0010; decode +0.0001, se 0.0001; the
+    #: firmware swap on six device profiles drawn at random, ``--random-worlds 6 --workload
+    #: decode --scenarios firmware-swap --seeds 0-9``, -0.0016, se 0.0009. The other groups'
+    #: intercept variance raised to it, rather than their variance where they ran, did almost
+    #: nothing where a group had run at one shape only: its intercept and slopes are uncertain
+    #: together, their sum is not.)
     kernel_change_var: float = 0.04
     #: how a backend's latency follows its clock read from telemetry: latency ~ (max/cur)^beta,
     #: beta starting here (1: run time proportional to the clock period) ...
