@@ -75,3 +75,12 @@ def test_the_simulators_scenarios_refuse_the_decode_workload(capsys):
     with pytest.raises(SystemExit):
         trace_regret.main(["--scenario", "sim-steady", "--workload", "decode"])
     assert "--workload" in capsys.readouterr().err
+
+
+def test_a_world_run_traces_on_a_device_profile_drawn_at_random_and_a_wrong_name_is_refused(capsys):
+    assert trace_regret.main(["--scenario", "steady", "--world", "random-2", "--layers", "40", "--top", "1"]) == 0
+    assert capsys.readouterr().out.startswith("steady on random-2, seed 0: regret ")
+    for scenario, world in (("steady", "random-x"), ("prior-right", "random-2")):
+        with pytest.raises(SystemExit):
+            trace_regret.main(["--scenario", scenario, "--world", world])
+        assert "--world:" in capsys.readouterr().err
