@@ -51,7 +51,7 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
-from worlds import RANDOM, SCENARIOS, World, make_base, parse_seeds, workload
+from worlds import RANDOM, SCENARIOS, World, make_base, parse_seeds, takes_random, workload
 
 from adaptive_sched import Scheduler
 from adaptive_sched.build import load_prior
@@ -365,8 +365,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     drawn = tuple(f"{RANDOM}{k}" for k in range(args.random_worlds))
 
     def worlds_of(scenario: str) -> tuple[str, ...]:
-        named = SCENARIOS[scenario].worlds
-        return drawn if drawn and "prior" not in named else named
+        return drawn if drawn and takes_random(SCENARIOS[scenario]) else SCENARIOS[scenario].worlds
 
     kept = [w for w in args.worlds.split(",") if w]
     known = {w for s in scen for w in worlds_of(s)}

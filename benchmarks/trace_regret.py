@@ -37,7 +37,7 @@ import sys
 from typing import Any
 
 from bench_telemetry import SIM_SCENARIOS, WORLD_SCENARIOS, pair_costs, sim_layers, world_layers
-from worlds import RANDOM, is_random
+from worlds import RANDOM, is_random, takes_random
 
 from adaptive_sched.types import Backend, Stage
 
@@ -207,11 +207,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.scenario in SIM_SCENARIOS:
         args.world = "the simulator"
     else:
-        named = WORLD_SCENARIOS[args.scenario].worlds
-        drawn = is_random(args.world) and "prior" not in named  # a profile drawn at random
-        if args.world not in named and not drawn:
-            also = "" if "prior" in named else f" (or a device profile drawn at random: {RANDOM}0, {RANDOM}1, ...)"
-            ap.error(f"--world: {args.scenario} runs on {', '.join(named)}{also}")
+        scenario = WORLD_SCENARIOS[args.scenario]
+        if args.world not in scenario.worlds and not (is_random(args.world) and takes_random(scenario)):
+            also = f" (or a profile drawn at random: {RANDOM}0, {RANDOM}1, ...)" if takes_random(scenario) else ""
+            ap.error(f"--world: {args.scenario} runs on {', '.join(scenario.worlds)}{also}")
     if args.clock_interval is not None and not (args.scenario in SIM_SCENARIOS and args.telemetry):
         ap.error("--clock-interval: only with --telemetry on sim-steady or sim-periodic")
     if args.workload == "decode" and args.scenario in SIM_SCENARIOS:

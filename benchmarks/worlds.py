@@ -140,6 +140,12 @@ def is_random(name: str) -> bool:
     return name.startswith(RANDOM) and name[len(RANDOM) :].isdigit()
 
 
+def takes_random(scenario: Scenario) -> bool:
+    """Whether ``scenario`` may run on a profile drawn at random: all but the prior's own, which
+    perturb the prior itself."""
+    return "prior" not in scenario.worlds
+
+
 def random_units(k: int) -> dict[Backend, Unit]:
     """Device profile ``k`` drawn at random, the same for a ``k`` on every machine.
 

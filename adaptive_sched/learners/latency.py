@@ -881,7 +881,7 @@ class LatencyModel:
         others' (see ``ModelParams.kernel_change_var``)."""
         for reg in self._groups.values():
             if reg is not changed and reg.k and reg.n:
-                short = var - reg.project(reg.seen_at)[4]
+                short = var - reg.level()[1]
                 if short > 0.0:
                     reg.c[0] += short
                     reg.version += 1
