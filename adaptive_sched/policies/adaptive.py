@@ -437,8 +437,9 @@ class AdaptivePolicy(Policy):
         observation is at another point of the bucket (a longer KV cache), the estimate is taken
         at the entry's point, so that the difference between two shapes is not taken for a move.
         (Where the prior itself changes inside a bucket, the entry is off at the bucket's other
-        shapes; entries keyed finer, or recomputed at the shape that finds them due or at an
-        observation's own shape, were measured and not kept: see the README's weak points.)
+        shapes; entries keyed finer, computed at the bucket's middle, or recomputed at the shape
+        that finds them due or at an observation's own shape, were measured and not kept: see
+        the README's weak points.)
         """
         table = self.table
         assert table is not None
