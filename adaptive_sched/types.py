@@ -93,6 +93,21 @@ def parse_precision(value: Precision | str) -> Precision:
     return _parse_enum(Precision, value, "precision")
 
 
+def length_bucket(length: int, exact_up_to: int) -> int:
+    """A sequence or KV length's bucket: exact up to ``exact_up_to``, then quarter octaves.
+
+    Beyond ``exact_up_to`` a length keeps its top three bits only (four buckets per doubling),
+    so a bucket reads as its first length and never as a shorter exact one.
+
+    >>> [length_bucket(x, 16) for x in (16, 17, 20, 300, 319, 320, 384)]
+    [16, 16, 20, 256, 256, 320, 384]
+    """
+    if length <= exact_up_to:
+        return length
+    low = length.bit_length() - 3
+    return length >> low << low
+
+
 def _check_int(name: str, value: Any, minimum: int) -> int:
     if type(value) is int and value >= minimum:  # the common case, kept cheap
         return value
@@ -154,6 +169,9 @@ class Shape:
     batch: int
     heads: int
     precision: Precision
+    #: the bucket the scheduler's decisions at this shape share (see :func:`length_bucket`):
+    #: ``(n, d, heads, batch, precision, keys)`` with ``n`` and ``keys = kv_len + n`` bucketed
+    bucket: tuple[int, int, int, int, Precision, int] = field(init=False, repr=False, compare=False)
     # Shapes key the scheduler's decision table: hash once, not on every lookup.
     _hash: int = field(init=False, repr=False, compare=False)
 
@@ -168,19 +186,36 @@ class Shape:
         heads: int | None = None,
         precision: Precision | str = Precision.FP16,
     ) -> None:
-        set_ = object.__setattr__
-        set_(self, "n", _check_int("n", n, 1))
-        set_(self, "d", _check_int("d", d, 1))
-        set_(self, "kv_len", _check_int("kv_len", kv_len, 0))
-        set_(self, "batch", _check_int("batch", batch, 1))
+        if not (
+            type(n) is type(d) is type(kv_len) is type(batch) is int and n > 0 and d > 0 and kv_len >= 0 and batch > 0
+        ):
+            # not plain valid ints (the common case, checked at once): each is converted or named
+            n = _check_int("n", n, 1)
+            d = _check_int("d", d, 1)
+            kv_len = _check_int("kv_len", kv_len, 0)
+            batch = _check_int("batch", batch, 1)
         if heads is None:
-            heads = max(1, self.d // DEFAULT_HEAD_DIM) if self.d % DEFAULT_HEAD_DIM == 0 else 1
-        heads = _check_int("heads", heads, 1)
-        if self.d % heads != 0:
-            raise ValueError(f"d ({self.d}) must be divisible by heads ({heads})")
+            heads = d // DEFAULT_HEAD_DIM if d % DEFAULT_HEAD_DIM == 0 else 1  # d >= 1: at least one head
+        else:
+            heads = _check_int("heads", heads, 1)
+        if d % heads != 0:
+            raise ValueError(f"d ({d}) must be divisible by heads ({heads})")
+        precision = parse_precision(precision)
+        set_ = object.__setattr__
+        set_(self, "n", n)
+        set_(self, "d", d)
+        set_(self, "kv_len", kv_len)
+        set_(self, "batch", batch)
         set_(self, "heads", heads)
-        set_(self, "precision", parse_precision(precision))
-        set_(self, "_hash", hash((self.n, self.d, self.kv_len, self.batch, heads, self.precision)))
+        set_(self, "precision", precision)
+        # Computed once here rather than on every decision: a shape is decided at least
+        # twice (qkv, then attn) and, in a decode loop, once per layer of the model (the
+        # guards below spare a call where a length is exact).
+        keys = kv_len + n
+        n_bucket = n if n <= 64 else length_bucket(n, 64)
+        keys_bucket = keys if keys <= 16 else length_bucket(keys, 16)
+        set_(self, "bucket", (n_bucket, d, heads, batch, precision, keys_bucket))
+        set_(self, "_hash", hash((n, d, kv_len, batch, heads, precision)))
 
     def __hash__(self) -> int:
         return self._hash

@@ -30,14 +30,19 @@ def _decide(capsys, *extra):
 @pytest.mark.parametrize("lookahead", [True, False])
 def test_snapshot_keys_bucket_shapes_as_the_policies_do(lookahead):
     shapes = [Shape(n=n, d=d, kv_len=kv, batch=b, precision=p)
-              for n in (1, 7, 64, 65, 100, 513, 4000) for d in (64, 2048) for kv in (0, 5, 16, 17, 300, 70000)
-              for b in (1, 3) for p in ("fp16", "int8")]  # fmt: skip
+              for n in (1, 7, 40, 64, 65, 100, 512, 513, 4000) for d in (64, 2048)
+              for kv in (0, 5, 16, 17, 300, 70000) for b in (1, 3) for p in ("fp16", "int8")]  # fmt: skip
+    policy_to_text: dict = {}
+    text_to_policy: dict = {}
     for stage in Stage:
         for shape in shapes:
             for after in (None, *Backend):
                 k = policy_entry_key(stage, shape, after, lookahead)
-                text = "|".join(str(getattr(v, "value", v)) for v in k[:-1]) + "|" + (after.value if after else "-")
-                assert snapshot.entry_key(stage, shape, after.value if after else None, lookahead) == text
+                text = snapshot.entry_key(stage, shape, after.value if after else None, lookahead)
+                # one text per policy key and one policy key per text: the same partition of shapes
+                assert policy_to_text.setdefault(k, text) == text
+                assert text_to_policy.setdefault(text, k) == k
+    assert len(policy_to_text) > len(shapes)
 
 
 def test_decide_with_a_log_logs_under_one_run_per_config(capsys, tmp_path):

@@ -1,8 +1,19 @@
+import dataclasses
 import math
+import pickle
 
 import pytest
 
-from adaptive_sched.types import Backend, Decision, Precision, Shape, Stage, check_latency, parse_stage
+from adaptive_sched.types import (
+    Backend,
+    Decision,
+    Precision,
+    Shape,
+    Stage,
+    check_latency,
+    length_bucket,
+    parse_stage,
+)
 
 
 def test_shape_defaults_and_derived_fields():
@@ -17,6 +28,29 @@ def test_shape_is_hashable_and_equal_by_value():
     a, b = Shape(n=3, d=128, kv_len=2), Shape(n=3, d=128, kv_len=2)
     assert a == b and hash(a) == hash(b) and {a: 1}[b] == 1
     assert Shape(n=3, d=128, kv_len=3) != a
+
+
+def test_length_buckets_are_quarter_octaves_that_never_meet_an_exact_length():
+    exact = 64
+    buckets: dict[int, list[int]] = {}
+    for length in range(1, 1 << 14):
+        buckets.setdefault(length_bucket(length, exact), []).append(length)
+    for first, members in buckets.items():
+        # a bucket is a run of consecutive lengths starting at its name
+        assert members == list(range(first, first + len(members)))
+        if first <= exact and first != exact:
+            assert members == [first]  # exact below the limit: a prompt of 40 tokens is not one of 512
+        else:
+            assert 2 * len(members) <= first // 2  # at most a quarter of an octave wide (64..79: 16)
+    assert length_bucket(40, exact) == 40 and length_bucket(512, exact) == 512 and length_bucket(639, exact) == 512
+
+
+def test_a_shape_carries_its_bucket_through_copies():
+    s = Shape(n=100, d=2048, kv_len=300, batch=2, precision="int8")
+    assert s.bucket == (96, 2048, 32, 2, Precision.INT8, 384)
+    for copy in (pickle.loads(pickle.dumps(s)), dataclasses.replace(s, batch=2), Shape.from_dict(s.as_dict())):
+        assert copy == s and copy.bucket == s.bucket
+    assert dataclasses.replace(s, kv_len=600).bucket[-1] == 640  # 700 keys
 
 
 def test_shape_roundtrips_through_dict():

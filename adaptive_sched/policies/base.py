@@ -46,6 +46,8 @@ from ..buckets import entry_key
 from ..cache import BoundedDict
 from ..types import Backend, Choice, Shape, Stage, parse_stage
 
+_ATTN = Stage.ATTN  # a module constant: looking it up on the enum costs more than the comparison
+
 #: predictions or probabilities that are empty
 EMPTY: Mapping[Backend, float] = MappingProxyType({})
 
@@ -167,9 +169,10 @@ class PublishedTable:
     """The entries a policy publishes, one per (stage and shape bucket, previous backend).
 
     The policy owns and writes it; the scheduler only calls :meth:`lookup`. An entry is
-    keyed by :func:`entry_key`, a few integer operations on the shape, so a decision costs
-    the same whether its exact shape was seen before or not (a cache of shapes would make
-    the seen ones cheaper and every new one dearer, and a KV length grows every token).
+    keyed by :func:`entry_key`: the stage, ``after`` and the bucket a shape computed when it
+    was made, so a decision costs the same whether its exact shape was seen before or not (a
+    cache of shapes would make the seen ones cheaper and every new one dearer, and a KV
+    length grows every token).
     Its size is bounded: past ``max_entries`` the oldest entry is forgotten (a miss only
     costs a slow decision).
     """
@@ -187,7 +190,11 @@ class PublishedTable:
 
     def lookup(self, stage: Stage, shape: Shape, after: Backend | None) -> Entry | None:
         """The entry for this decision, or None if there is none or it is stale (the scheduler then asks the policy)."""
-        entry = self._entries.get(entry_key(stage, shape, after, self.lookahead))
+        # entry_key() written out for what it nearly always is (a call costs more than the rest)
+        key = (
+            (stage, shape.bucket, after) if self.lookahead or stage is _ATTN else entry_key(stage, shape, after, False)
+        )
+        entry = self._entries.get(key)
         if entry is None or entry.freshness.now >= entry.expires:
             return None  # none yet, or stale: the policy recomputes it
         return entry

@@ -46,8 +46,8 @@ if TYPE_CHECKING:  # sqlite3 and the schema load with the first log opened: a ca
 
 log = logging.getLogger(__name__)
 
-#: bumped when the layout below changes; other formats are ignored (rebuilt)
-FORMAT = 1
+#: bumped when the layout below or the buckets change; other formats are ignored (rebuilt)
+FORMAT = 2
 #: entries kept per snapshot (one per stage, shape bucket and previous backend asked)
 MAX_ENTRIES = 4096
 #: snapshots kept in one log's meta table (one per config used with it)
@@ -71,9 +71,9 @@ def entry_key(stage: Stage, shape: Shape, after: str | None, lookahead: bool) ->
     """The published entry a decision reads, as text: :func:`adaptive_sched.buckets.entry_key` joined.
 
     >>> entry_key(Stage.ATTN, Shape(n=1, d=2048, kv_len=300), None, True)
-    'attn|1|2048|32|1|fp16|36|-'
+    'attn|1|2048|32|1|fp16|256|-'
     """
-    stage_, n, d, heads, batch, precision, kv, _ = bucket_entry_key(stage, shape, None, lookahead)
+    stage_, (n, d, heads, batch, precision, kv), _ = bucket_entry_key(stage, shape, None, lookahead)
     return f"{stage_.value}|{n}|{d}|{heads}|{batch}|{precision.value}|{kv}|{after or '-'}"
 
 
