@@ -201,21 +201,22 @@ class Shape:
         if d % heads != 0:
             raise ValueError(f"d ({d}) must be divisible by heads ({heads})")
         precision = parse_precision(precision)
-        set_ = object.__setattr__
-        set_(self, "n", n)
-        set_(self, "d", d)
-        set_(self, "kv_len", kv_len)
-        set_(self, "batch", batch)
-        set_(self, "heads", heads)
-        set_(self, "precision", precision)
+        _set_n(self, n)
+        _set_d(self, d)
+        _set_kv_len(self, kv_len)
+        _set_batch(self, batch)
+        _set_heads(self, heads)
+        _set_precision(self, precision)
         # Computed once here rather than on every decision: a shape is decided at least
-        # twice (qkv, then attn) and, in a decode loop, once per layer of the model (the
-        # guards below spare a call where a length is exact).
+        # twice (qkv, then attn) and, in a decode loop, once per layer of the model.
+        # length_bucket(kv_len + n, 16) written out: nearly every shape needs it, and a call
+        # would cost more than the rest of the bucket.
         keys = kv_len + n
-        n_bucket = n if n <= 64 else length_bucket(n, 64)
-        keys_bucket = keys if keys <= 16 else length_bucket(keys, 16)
-        set_(self, "bucket", (n_bucket, d, heads, batch, precision, keys_bucket))
-        set_(self, "_hash", hash((n, d, kv_len, batch, heads, precision)))
+        if keys > 16:
+            low = keys.bit_length() - 3
+            keys = keys >> low << low
+        _set_bucket(self, (n if n <= 64 else length_bucket(n, 64), d, heads, batch, precision, keys))
+        _set_hash(self, hash((n, d, kv_len, batch, heads, precision)))
 
     def __hash__(self) -> int:
         return self._hash
@@ -253,6 +254,13 @@ class Shape:
         if unknown:
             raise ValueError(f"unknown shape field(s): {', '.join(sorted(unknown))}")
         return cls(**dict(data))
+
+
+# Shape is frozen: its __init__ fills the slots through their descriptors, at half the cost of
+# object.__setattr__ (a shape is made once per token, or per layer).
+_set_n, _set_d, _set_kv_len, _set_batch, _set_heads, _set_precision, _set_bucket, _set_hash = (
+    Shape.__dict__[name].__set__ for name in ("n", "d", "kv_len", "batch", "heads", "precision", "bucket", "_hash")
+)
 
 
 class Choice(NamedTuple):

@@ -7,7 +7,8 @@ Prints, measured side by side in one run:
 * ``decide`` alone (on shapes seen before, and on shapes never seen before in a bucket
   already published: a KV length that grows every token), ``decide`` + log enqueue, and
   ``observe`` (enqueue only, learner on its own thread): p50 and p99 in microseconds
-  (targets: decide p50 <= 1 us, never-seen shapes too; decide + log p50 <= 1 us, p99 <= 10 us);
+  (targets: decide p50 <= 1 us, never-seen shapes too; decide + log p50 <= 1 us, p99 <= 10 us),
+  and making a ``Shape`` (once per shape, shared by the decisions of its layers);
 * a stage loop (a small numpy matmul per iteration, timed) alone, and with a scheduler whose
   learner thread is kept busy by the loop's own decisions: p50/p99 per iteration and the p99
   the learner adds (target: <= 0.2 ms).
@@ -85,6 +86,9 @@ def decision_costs(n: int, db_dir: Path, chunk: int = 2000) -> None:
         "decide": (plain.decide, calls),
         "decide, a shape never seen": (plain.decide, "new"),
         "decide + log enqueue": (logged.decide, calls),
+        # what the caller pays once per shape (its checks, hash and decision bucket), beside
+        # what each of its decisions costs
+        "making a Shape": (Shape, [(1, 1536, 128 + i % 64, 1, 12, "int8") for i in range(chunk)]),
         # a decision is observed once, by the scheduler that made it: fresh ones, made untimed
         "observe (no log, learner thread)": (plain.observe, plain),
         "observe (logged, learner thread)": (logged.observe, logged),

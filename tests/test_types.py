@@ -45,6 +45,13 @@ def test_length_buckets_are_quarter_octaves_that_never_meet_an_exact_length():
     assert length_bucket(40, exact) == 40 and length_bucket(512, exact) == 512 and length_bucket(639, exact) == 512
 
 
+def test_a_shape_buckets_its_lengths_as_length_bucket_does():
+    for n in (1, 2, 40, 64, 65, 100, 700):
+        for kv_len in (0, 1, 15, 16, 17, 300, 1000, 70_000):
+            bucket = Shape(n=n, d=64, kv_len=kv_len).bucket
+            assert (bucket[0], bucket[-1]) == (length_bucket(n, 64), length_bucket(kv_len + n, 16))
+
+
 def test_a_shape_carries_its_bucket_through_copies():
     s = Shape(n=100, d=2048, kv_len=300, batch=2, precision="int8")
     assert s.bucket == (96, 2048, 32, 2, Precision.INT8, 384)
