@@ -88,7 +88,8 @@ class AdaptiveParams:
     transition_sd_s: float = 1e-3
     #: a backend observed fewer times than this for a stage, precision and phase has not been
     #: checked on this device: it is probed whatever the budget's state (its prior may hide the
-    #: best choice) ...
+    #: best choice) (its runs all inside one burst of contention, a group keeps their slowness:
+    #: checking it again later was measured and not kept, see the README's weak points) ...
     first_checks: int = 1
     #: ... at an expected cost per decision of at most this many times the budget's share of
     #: the stage it would replace (or of a typical stage, if more), times the square of how many
