@@ -43,7 +43,12 @@ class ModelParams:
     #: bursts' differences carried over); both ways, soc +0.0022 over 10 seeds; half of it,
     #: int8-gpu +0.0008 and soc +0.0025 over 10. Groups compared where they ran rather than by
     #: their intercepts (a prefill's is its error at n = 1): seeds 0 to 9 -0.0005 (se 0.0002;
-    #: gpu-heavy -0.0014, int8-gpu -0.0011), seeds 10 to 19 -0.0000 (se 0.0002).
+    #: gpu-heavy -0.0014, int8-gpu -0.0011), seeds 10 to 19 -0.0000 (se 0.0002). (A stage's
+    #: first group on a backend, nothing of that stage observed there, starting at half its
+    #: twin's level, either way: paired over seeds 0-9, 10-19 and 20-29, -0.0003, -0.0004 and
+    #: +0.0002 (se 0.0003), the GPU-heavy world -0.0011, -0.0008 and -0.0009, ``--workload
+    #: decode`` -0.0001 (se 0.0002), but ``--random-worlds 6`` +0.0003 (se 0.0002), every
+    #: profile worse; never slower, -0.0002 and -0.0000 (se 0.0002). Not kept.)
     twin_share: float = 1.0
     #: variance a regression's intercept gains per observation made (a driver or firmware changes).
     #: (1e-4, so that a group's intercept left unobserved for a run's 12,000 observations gains

@@ -111,7 +111,12 @@ class AdaptiveParams:
     #: --json``, and 10-19: -0.0011, se 0.0003, and -0.0011, se 0.0002; int8-gpu -0.0043 and
     #: -0.0038, no world worse by more than 0.0001, the worst cells 1.088 to 1.080 and 1.137 to
     #: 1.097; the decode workload unchanged (its first checks are cheap, never near the cap).
-    #: At 0.95: -0.0012 over seeds 0-9.
+    #: At 0.95: -0.0012 over seeds 0-9. (Every prefill's first check given this ceiling, its
+    #: chance that of winning one of 8 draws whatever the choice's slowness, since a prompt's
+    #: layers share one entry: paired over seeds 0-9, -0.0001, se 0.0002, the GPU-heavy world
+    #: -0.0002, soc +0.0009; with 28 draws the same. The first checks that cost most there
+    #: are held back by ``first_check_allowance``, not by this: the first prompt's, a check
+    #: predicted 204 ms dearer than the NPU's 11.7, at 0.0057 a layer. Not kept.)
     first_check_ceiling: float = 0.8
     #: a backend that changed recently (it may change back), or whose estimate rests on one run
     #: that may have been a spike, is probed whatever the budget's state too, at an expected
