@@ -71,3 +71,19 @@ def test_help_exits_cleanly():
     with pytest.raises(SystemExit) as exit_:
         main(["--help"])
     assert exit_.value.code == 0
+
+
+def test_a_reader_that_closes_the_pipe_ends_the_command_quietly():
+    # `adaptive-sched telemetry --output json | head -3`: the rest of the output has nowhere to go
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "adaptive_sched", "telemetry", "--output", "json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    proc.stdout.close()  # before anything is written: every write finds the pipe closed
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141  # 128 + SIGPIPE, what a shell reports for `yes | head`
+    assert err == ""

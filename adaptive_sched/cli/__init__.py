@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -87,6 +89,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"adaptive-sched: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader went away (``| head``): stop quietly, as a tool killed by SIGPIPE does, and
+        # keep the interpreter's last flush of stdout from failing again on its way out.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except (AdaptiveSchedError, ValueError, OSError) as exc:
         print(f"adaptive-sched: error: {exc}", file=sys.stderr)
         return 1
