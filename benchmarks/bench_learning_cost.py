@@ -179,7 +179,7 @@ def measure(shapes: Iterable[Shape], new: bytearray, warmup: int) -> dict[str, A
 
 
 def clock_overhead(reads: int = 200_000) -> float:
-    """The median time (us) between two clock reads around no call: what every timing above includes."""
+    """The median time (us) between two clock reads around no call: what each timing of :func:`measure` includes."""
     clock = time.perf_counter_ns
     out = array.array("q")
     append = out.append

@@ -1,4 +1,6 @@
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -75,9 +77,6 @@ def test_help_exits_cleanly():
 
 def test_a_reader_that_closes_the_pipe_ends_the_command_quietly():
     # `adaptive-sched telemetry --output json | head -3`: the rest of the output has nowhere to go
-    import subprocess
-    import sys
-
     proc = subprocess.Popen(
         [sys.executable, "-m", "adaptive_sched", "telemetry", "--output", "json"],
         stdout=subprocess.PIPE,
