@@ -82,7 +82,13 @@ class ModelParams:
     #: with one draw per decision, the learning benchmark's worlds +0.0001 over seeds 0-9, se
     #: 0.0003: soc -0.0013, its worst cell 1.166 to 1.079, the NPU-heavy world +0.0008)
     device_sd: float = 0.1
-    #: variance the device term gains per observation made (of any backend): forgetting
+    #: variance the device term gains per observation made (of any backend): forgetting. A
+    #: backend left unused for a few thousand observations is uncertain enough to be probed
+    #: again: on the NPU-heavy world, the GPU's FP16 decode qkv, 2.5 times slower there, at 4
+    #: to 7% a layer (``trace_regret.py --scenario steady --world npu-heavy --seed 0``). (5e-5:
+    #: paired over seeds 0-9 and 10-19, -0.0006 and +0.0001, se 0.0002 and 0.0003; the
+    #: NPU-heavy world -0.0011 and +0.0001, int8-gpu's drifts -0.0007 and +0.0018. 2e-4:
+    #: +0.0002 and -0.0002. Flat within the seeds' noise.)
     device_q: float = 1e-4
     #: observations over which a backend's moves raise its forgetting (see ``DeviceTerm``) ...
     volatility_horizon: float = 2000.0
