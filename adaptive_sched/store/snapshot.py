@@ -37,7 +37,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..buckets import entry_key as bucket_entry_key
+from ..buckets import bucket_key
 from ..errors import StoreError
 from ..types import Shape, Stage
 
@@ -73,8 +73,8 @@ def entry_key(stage: Stage, shape: Shape, after: str | None, lookahead: bool) ->
     >>> entry_key(Stage.ATTN, Shape(n=1, d=2048, kv_len=300), None, True)
     'attn|1|2048|32|1|fp16|256|-'
     """
-    stage_, (n, d, heads, batch, precision, kv), _ = bucket_entry_key(stage, shape, None, lookahead)
-    return f"{stage_.value}|{n}|{d}|{heads}|{batch}|{precision.value}|{kv}|{after or '-'}"
+    n, d, heads, batch, precision, kv = bucket_key(stage, shape, lookahead)
+    return f"{stage.value}|{n}|{d}|{heads}|{batch}|{precision.value}|{kv}|{after or '-'}"
 
 
 def host_stamp() -> list[str]:
