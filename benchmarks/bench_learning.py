@@ -381,7 +381,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         cells = list(pool.map(run_cell, jobs))
     rows, summary = summarise(cells, names)
     if args.json:
-        print(json.dumps({"rows": rows, "summary": summary, "cells": cells}, indent=2))
+        # what the cells were run under, for pairing them with another run's (compare_runs.py)
+        run = {"workload": args.workload, "layers": args.layers, "seeds": seeds, "policies": list(names),
+               "random_worlds": args.random_worlds}  # fmt: skip
+        print(json.dumps({"run": run, "rows": rows, "summary": summary, "cells": cells}, indent=2))
     else:
         print(render(rows, summary, names))
     print(f"({time.perf_counter() - start:.0f} s)", file=sys.stderr)
