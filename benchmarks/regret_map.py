@@ -1,0 +1,144 @@
+"""Where the learning benchmark's regret is, over many cells: which kind of layer loses, on which world.
+
+    python benchmarks/regret_map.py                          # every scenario and world, seeds 0-2 (~25 s)
+    python benchmarks/regret_map.py --worlds gpu-heavy --seeds 0-9
+    python benchmarks/regret_map.py --workload decode --json
+
+Runs the adaptive policy through the cells ``bench_learning.py`` runs (the same workload,
+world and seed, inline learning), prices each layer's (qkv, attn) pair against the best pair
+of that moment (noise-free, the handoff included, as the benchmark's totals are), and puts
+each layer that lost into one of three kinds, in prefill or decode:
+
+* **first contact**: a backend of the best pair had not yet run that stage at that precision
+  and phase in this run (what the prior alone decided);
+* **explored**: the pair held a probe, every group of the best pair having run;
+* **exploit**: the choice the policy held fastest lost, every group of the best pair having run.
+
+Each figure is per mille of the cell's best total, so a cell's kinds sum to its
+adaptive/oracle - 1. Reported: the mean of each kind over the cells, the same per world, and
+the cells with most regret (``trace_regret.py --scenario S --world W --seed N`` reads one
+layer by layer). A reading, not a benchmark: nothing is timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import logging
+import statistics
+import sys
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any
+
+from bench_telemetry import pair_costs, world_layers
+from worlds import RANDOM, SCENARIOS, parse_seeds, takes_random
+
+from adaptive_sched.types import Stage
+
+QKV, ATTN = Stage.QKV, Stage.ATTN
+KINDS = tuple(f"{kind} {phase}" for kind in ("first contact", "explored", "exploit") for phase in ("prefill", "decode"))
+
+
+def run_cell(args: tuple[str, str, int, int, bool]) -> dict[str, Any]:
+    """One cell's regret by kind (per mille of its best total)."""
+    scenario, world_name, seed, layers, prefill = args
+    logging.getLogger("adaptive_sched.learners.priors").setLevel(logging.ERROR)  # unseen widths are the scenario
+    ran: set[tuple[Stage, Any, Any, str]] = set()
+    best_total = 0.0
+    lost: collections.Counter[str] = collections.Counter()
+    for world, shape, dq, da in world_layers(scenario, "adaptive", seed, layers, world_name, prefill):
+        costs = pair_costs(world.expected, shape)
+        best = min(costs, key=costs.__getitem__)
+        best_total += costs[best]
+        phase = "decode" if shape.n == 1 else "prefill"
+        chosen = (dq.backend, da.backend)
+        loss = costs[chosen] - costs[best]
+        if loss > 0.0:
+            if (QKV, best[0], shape.precision, phase) not in ran or (ATTN, best[1], shape.precision, phase) not in ran:
+                kind = "first contact"
+            else:
+                kind = "explored" if dq.explored or da.explored else "exploit"
+            lost[f"{kind} {phase}"] += loss
+        ran.add((QKV, chosen[0], shape.precision, phase))
+        ran.add((ATTN, chosen[1], shape.precision, phase))
+    return {"scenario": scenario, "world": world_name, "seed": seed,
+            "per_mille": {k: lost[k] / best_total * 1e3 for k in KINDS}}  # fmt: skip
+
+
+def summarise(cells: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """The mean per mille of each kind over all cells (``all``) and over each world's."""
+    groups: dict[str, list[dict[str, Any]]] = {"all": cells}
+    for c in cells:
+        groups.setdefault(c["world"], []).append(c)
+    return {name: {k: statistics.mean(c["per_mille"][k] for c in cs) for k in KINDS} for name, cs in groups.items()}
+
+
+def render(cells: list[dict[str, Any]], top: int) -> str:
+    means = summarise(cells)
+    names = list(means)
+    width = max(12, *(len(n) for n in names))
+    counts = collections.Counter(c["world"] for c in cells)
+    lines = [f"regret by kind, per mille of the best total, mean over cells ({len(cells)} cells)"]
+    lines.append(f"{'':<22s}" + "".join(f"{n:>{width + 1}s}" for n in names))
+    lines.append(f"{'cells':<22s}" + "".join(f"{len(cells) if n == 'all' else counts[n]:>{width + 1}d}" for n in names))
+    for k in KINDS:
+        lines.append(f"{k:<22s}" + "".join(f"{means[n][k]:>{width + 1}.2f}" for n in names))
+    lines.append(f"{'total':<22s}" + "".join(f"{sum(means[n].values()):>{width + 1}.2f}" for n in names))
+    worst = sorted(cells, key=lambda c: -sum(c["per_mille"].values()))[:top]
+    if worst:
+        lines += ["", f"the {len(worst)} cells with most regret:"]
+        for c in worst:
+            kinds = sorted(c["per_mille"].items(), key=lambda kv: -kv[1])
+            parts = ", ".join(f"{k} {v:.1f}" for k, v in kinds if v >= 0.05)
+            cell = f"{c['scenario']}/{c['world']} seed {c['seed']}"
+            lines.append(f"  {cell:<36s} {sum(c['per_mille'].values()):6.1f}  ({parts})")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated (default: all)")
+    ap.add_argument("--worlds", default="", help="comma-separated base worlds to keep (default: each scenario's all)")
+    ap.add_argument("--random-worlds", type=int, default=0, metavar="N",
+                    help="as bench_learning.py's: N device profiles drawn at random, not the four named")  # fmt: skip
+    ap.add_argument("--seeds", default="0,1,2", help="seeds and ranges of seeds: 0,1,2 or 0-29")
+    ap.add_argument("--layers", type=int, default=6000, help="attention layers per run")
+    ap.add_argument("--workload", choices=("mixed", "decode"), default="mixed",
+                    help="requests with their prefills (default), or their decode layers only")  # fmt: skip
+    ap.add_argument("--top", type=int, default=10, help="how many of the cells with most regret to list")
+    ap.add_argument("--jobs", type=int, default=2, help="worker processes")
+    ap.add_argument("--json", action="store_true", help="every cell's figures, and the means")
+    args = ap.parse_args(argv)
+    scenarios = [s for s in args.scenarios.split(",") if s]
+    unknown = [s for s in scenarios if s not in SCENARIOS]
+    if unknown:
+        ap.error(f"--scenarios: unknown {', '.join(unknown)} (known: {', '.join(SCENARIOS)})")
+    try:
+        seeds = parse_seeds(args.seeds)
+    except ValueError as exc:
+        ap.error(str(exc))
+    if args.random_worlds < 0 or args.top < 0 or args.layers < 1 or args.jobs < 1:
+        ap.error("--random-worlds and --top must be >= 0, --layers and --jobs >= 1")
+    drawn = tuple(f"{RANDOM}{k}" for k in range(args.random_worlds))
+    kept = {w for w in args.worlds.split(",") if w}
+    worlds_of = {s: drawn if drawn and takes_random(SCENARIOS[s]) else SCENARIOS[s].worlds for s in scenarios}
+    known = {w for ws in worlds_of.values() for w in ws}
+    if kept - known:
+        ap.error(f"--worlds: unknown {', '.join(sorted(kept - known))} (known: {', '.join(sorted(known))})")
+    jobs = [(s, w, seed, args.layers, args.workload == "mixed")
+            for s in scenarios for w in worlds_of[s] if not kept or w in kept for seed in seeds]  # fmt: skip
+    if not jobs:
+        ap.error("--worlds: none of the scenarios runs on these worlds")
+    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        cells = list(pool.map(run_cell, jobs))
+    if args.json:
+        print(json.dumps({"means": summarise(cells), "cells": cells}, indent=2))
+    else:
+        print(render(cells, args.top))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
