@@ -92,6 +92,8 @@ class Group:
 
 @dataclasses.dataclass(frozen=True)
 class Comparison:
+    """Two runs' cells in common, paired on one policy's total over the oracle's."""
+
     policy: str
     #: cells of both runs, in order
     cells: list[Cell]
