@@ -88,6 +88,12 @@ class ExplorationBudget:
         gpu-contention seed 15: 1.058 to 1.131): the chance it weighs is the model's, and is
         wrongest where a check is most needed. Capping first checks at 0.5 per decision instead
         of ``explore_cap``: -0.0020 on gpu-heavy, -0.0016 on int8-gpu, +0.0026 on the soc world.
+        Nor is a first check priced at the mean stage its group has cost so far rather than at its
+        own, so that it is made at a short prompt of a narrow model more often than at a long one
+        of a wide model (it informs the group alike): paired over seeds 0-9 (``python
+        benchmarks/compare_runs.py``), +0.0001 (se 0.0002), the prior's world -0.0007 (its checks,
+        all lost, cheaper), int8-gpu +0.0009; the checks so spared afforded twice and four times
+        ``first_check_allowance`` with it: +0.0009 and +0.0012 (se 0.0005), soc +0.0035 and +0.0042.
         Nor does probing whatever the model believes pay: a floor under every alternative's
         probability within the budget, a quarter of the allowance per decision, cost the worlds
         +0.0015, and the world's GPU contention in ``bench_telemetry.py`` without telemetry 0.030
