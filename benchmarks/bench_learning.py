@@ -51,7 +51,7 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
-from worlds import RANDOM, SCENARIOS, World, make_base, parse_seeds, takes_random, workload
+from worlds import SCENARIOS, World, add_cell_options, chosen_cells, make_base, workload
 
 from adaptive_sched import Scheduler
 from adaptive_sched.build import load_prior
@@ -326,18 +326,8 @@ def render(rows: list[dict[str, Any]], summary: dict[str, Any], names: Sequence[
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated (default: all)")
-    ap.add_argument("--worlds", default="", help="comma-separated base worlds to keep (default: each scenario's all)")
-    ap.add_argument(
-        "--random-worlds",
-        type=int,
-        default=0,
-        metavar="N",
-        help="run the scenarios of the four named device profiles on N profiles drawn at random instead "
-        "(random-0 ... random-N-1, see worlds.random_units); the prior's own world is kept",
-    )
+    add_cell_options(ap)
     ap.add_argument("--policies", default=",".join(ALL_POLICIES), help="comma-separated (oracle is always run)")
-    ap.add_argument("--seeds", default="0,1,2", help="seeds and ranges of seeds: 0,1,2 or 0-29")
     ap.add_argument("--layers", type=int, default=6000, help="attention layers per run (two decisions each)")
     ap.add_argument(
         "--workload",
@@ -352,36 +342,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = [n for n in names if n not in ALL_POLICIES]
     if unknown:
         ap.error(f"--policies: unknown {', '.join(unknown)} (known: {', '.join(ALL_POLICIES)})")
-    scen = [s for s in args.scenarios.split(",") if s]
-    bad = [s for s in scen if s not in SCENARIOS]
-    if bad:
-        ap.error(f"--scenarios: unknown {', '.join(bad)} (known: {', '.join(SCENARIOS)})")
-    try:
-        seeds = parse_seeds(args.seeds)
-    except ValueError as exc:
-        ap.error(str(exc))
-    if args.random_worlds < 0:
-        ap.error("--random-worlds: a number of device profiles >= 0 is expected")
-    drawn = tuple(f"{RANDOM}{k}" for k in range(args.random_worlds))
-
-    def worlds_of(scenario: str) -> tuple[str, ...]:
-        return drawn if drawn and takes_random(SCENARIOS[scenario]) else SCENARIOS[scenario].worlds
-
-    kept = [w for w in args.worlds.split(",") if w]
-    known = {w for s in scen for w in worlds_of(s)}
-    if set(kept) - known:
-        ap.error(f"--worlds: unknown {', '.join(sorted(set(kept) - known))} (known: {', '.join(sorted(known))})")
+    chosen = chosen_cells(ap, args)
     prefill = args.workload == "mixed"
-    jobs = [(s, w, seed, args.layers, names, prefill)
-            for s in scen for w in worlds_of(s) if not kept or w in kept for seed in seeds]  # fmt: skip
-    if not jobs:
-        ap.error("--worlds: none of the scenarios runs on these worlds")
+    jobs = [(s, w, seed, args.layers, names, prefill) for s, w, seed in chosen]
     start = time.perf_counter()
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         cells = list(pool.map(run_cell, jobs))
     rows, summary = summarise(cells, names)
     if args.json:
         # what the cells were run under, for pairing them with another run's (compare_runs.py)
+        seeds = list(dict.fromkeys(seed for _, _, seed in chosen))
         run = {"workload": args.workload, "layers": args.layers, "seeds": seeds, "policies": list(names),
                "random_worlds": args.random_worlds}  # fmt: skip
         print(json.dumps({"run": run, "rows": rows, "summary": summary, "cells": cells}, indent=2))

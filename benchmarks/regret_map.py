@@ -33,7 +33,7 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 from bench_telemetry import pair_costs, world_layers
-from worlds import RANDOM, SCENARIOS, parse_seeds, takes_random
+from worlds import add_cell_options, chosen_cells
 
 from adaptive_sched.types import Stage
 
@@ -47,7 +47,7 @@ def run_cell(args: tuple[str, str, int, int, bool]) -> dict[str, Any]:
     logging.getLogger("adaptive_sched.learners.priors").setLevel(logging.ERROR)  # unseen widths are the scenario
     ran: set[tuple[Stage, Any, Any, str]] = set()
     best_total = 0.0
-    lost: collections.Counter[str] = collections.Counter()
+    lost: dict[str, float] = dict.fromkeys(KINDS, 0.0)
     for world, shape, dq, da in world_layers(scenario, "adaptive", seed, layers, world_name, prefill):
         costs = pair_costs(world.expected, shape)
         best = min(costs, key=costs.__getitem__)
@@ -99,11 +99,7 @@ def render(cells: list[dict[str, Any]], top: int) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated (default: all)")
-    ap.add_argument("--worlds", default="", help="comma-separated base worlds to keep (default: each scenario's all)")
-    ap.add_argument("--random-worlds", type=int, default=0, metavar="N",
-                    help="as bench_learning.py's: N device profiles drawn at random, not the four named")  # fmt: skip
-    ap.add_argument("--seeds", default="0,1,2", help="seeds and ranges of seeds: 0,1,2 or 0-29")
+    add_cell_options(ap)
     ap.add_argument("--layers", type=int, default=6000, help="attention layers per run")
     ap.add_argument("--workload", choices=("mixed", "decode"), default="mixed",
                     help="requests with their prefills (default), or their decode layers only")  # fmt: skip
@@ -111,26 +107,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=2, help="worker processes")
     ap.add_argument("--json", action="store_true", help="every cell's figures, and the means")
     args = ap.parse_args(argv)
-    scenarios = [s for s in args.scenarios.split(",") if s]
-    unknown = [s for s in scenarios if s not in SCENARIOS]
-    if unknown:
-        ap.error(f"--scenarios: unknown {', '.join(unknown)} (known: {', '.join(SCENARIOS)})")
-    try:
-        seeds = parse_seeds(args.seeds)
-    except ValueError as exc:
-        ap.error(str(exc))
-    if args.random_worlds < 0 or args.top < 0 or args.layers < 1 or args.jobs < 1:
-        ap.error("--random-worlds and --top must be >= 0, --layers and --jobs >= 1")
-    drawn = tuple(f"{RANDOM}{k}" for k in range(args.random_worlds))
-    kept = {w for w in args.worlds.split(",") if w}
-    worlds_of = {s: drawn if drawn and takes_random(SCENARIOS[s]) else SCENARIOS[s].worlds for s in scenarios}
-    known = {w for ws in worlds_of.values() for w in ws}
-    if kept - known:
-        ap.error(f"--worlds: unknown {', '.join(sorted(kept - known))} (known: {', '.join(sorted(known))})")
-    jobs = [(s, w, seed, args.layers, args.workload == "mixed")
-            for s in scenarios for w in worlds_of[s] if not kept or w in kept for seed in seeds]  # fmt: skip
-    if not jobs:
-        ap.error("--worlds: none of the scenarios runs on these worlds")
+    if args.top < 0 or args.layers < 1 or args.jobs < 1:
+        ap.error("--top must be >= 0, --layers and --jobs >= 1")
+    prefill = args.workload == "mixed"
+    jobs = [(s, w, seed, args.layers, prefill) for s, w, seed in chosen_cells(ap, args)]
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         cells = list(pool.map(run_cell, jobs))
     if args.json:

@@ -36,6 +36,7 @@ conditions at the same point of the workload, and the oracle is well defined.
 
 from __future__ import annotations
 
+import argparse
 import math
 import random
 from collections.abc import Callable, Sequence
@@ -327,6 +328,47 @@ def parse_seeds(text: str) -> list[int]:
             raise ValueError(f"--seeds: {part.strip()!r} is not a range of seeds >= 0 (like 0-29)")
         seeds.update(dict.fromkeys(range(lo, hi + 1)))
     return list(seeds)
+
+
+def add_cell_options(ap: argparse.ArgumentParser) -> None:
+    """The options that choose a benchmark's cells (a scenario on a world at a seed):
+    ``--scenarios``, ``--worlds``, ``--random-worlds`` and ``--seeds`` (see :func:`chosen_cells`)."""
+    ap.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated (default: all)")
+    ap.add_argument("--worlds", default="", help="comma-separated base worlds to keep (default: each scenario's all)")
+    ap.add_argument(
+        "--random-worlds",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run the scenarios of the four named device profiles on N profiles drawn at random instead "
+        "(random-0 ... random-N-1, see worlds.random_units); the prior's own world is kept",
+    )
+    ap.add_argument("--seeds", default="0,1,2", help="seeds and ranges of seeds: 0,1,2 or 0-29")
+
+
+def chosen_cells(ap: argparse.ArgumentParser, args: argparse.Namespace) -> list[tuple[str, str, int]]:
+    """The (scenario, world, seed) cells :func:`add_cell_options`' options choose, in order; an
+    unknown scenario or world, or a bad seed, ends the program with an error naming the option."""
+    scenarios = [s for s in args.scenarios.split(",") if s]
+    unknown = [s for s in scenarios if s not in SCENARIOS]
+    if unknown:
+        ap.error(f"--scenarios: unknown {', '.join(unknown)} (known: {', '.join(SCENARIOS)})")
+    try:
+        seeds = parse_seeds(args.seeds)
+    except ValueError as exc:
+        ap.error(str(exc))
+    if args.random_worlds < 0:
+        ap.error("--random-worlds: a number of device profiles >= 0 is expected")
+    drawn = tuple(f"{RANDOM}{k}" for k in range(args.random_worlds))
+    worlds_of = {s: drawn if drawn and takes_random(SCENARIOS[s]) else SCENARIOS[s].worlds for s in scenarios}
+    kept = [w for w in args.worlds.split(",") if w]
+    known = {w for worlds in worlds_of.values() for w in worlds}
+    if set(kept) - known:
+        ap.error(f"--worlds: unknown {', '.join(sorted(set(kept) - known))} (known: {', '.join(sorted(known))})")
+    cells = [(s, w, seed) for s in scenarios for w in worlds_of[s] if not kept or w in kept for seed in seeds]
+    if not cells:
+        ap.error("--worlds: none of the scenarios runs on these worlds")
+    return cells
 
 
 # ------------------------------------------------------------------------------------------
