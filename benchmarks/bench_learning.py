@@ -352,8 +352,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         # what the cells were run under, for pairing them with another run's (compare_runs.py)
         seeds = list(dict.fromkeys(seed for _, _, seed in chosen))
-        run = {"workload": args.workload, "layers": args.layers, "seeds": seeds, "policies": list(names),
-               "random_worlds": args.random_worlds}  # fmt: skip
+        run = {"benchmark": "learning", "workload": args.workload, "layers": args.layers, "seeds": seeds,
+               "policies": list(names), "random_worlds": args.random_worlds}  # fmt: skip
         print(json.dumps({"run": run, "rows": rows, "summary": summary, "cells": cells}, indent=2))
     else:
         print(render(rows, summary, names))

@@ -477,7 +477,11 @@ def main() -> int:
         rows.append(row)
     cost = read_cost_us()
     if args.json:
-        print(json.dumps({"rows": rows, "sysfs_read_us": cost[0], "sysfs_clocks_read_us": cost[1]}, indent=2))
+        # what the rows were run under, for pairing them with another run's (compare_runs.py)
+        run = {"benchmark": "telemetry", "layers": args.layers, "inverted_loads": args.inverted_loads, "seeds": seeds}
+        print(
+            json.dumps({"run": run, "rows": rows, "sysfs_read_us": cost[0], "sysfs_clocks_read_us": cost[1]}, indent=2)
+        )
         return 0
     print(f"regret over the oracle (total latency / oracle's - 1), mean (worst) over seeds {seeds}:")
     labels = " ".join(f"{LABELS[v]:>16s}" for v in VARIANTS)

@@ -1,10 +1,16 @@
-"""Whether a change moved the learning benchmark: two ``bench_learning.py --json`` runs, paired cell by cell.
+"""Whether a change moved a benchmark: two runs' ``--json`` outputs, paired cell by cell.
 
     python benchmarks/bench_learning.py --policies adaptive --seeds 0-9 --json > before.json
     # ... change the code ...
     python benchmarks/bench_learning.py --policies adaptive --seeds 0-9 --json > after.json
     python benchmarks/compare_runs.py before.json after.json
     python benchmarks/compare_runs.py before.json after.json --policy no-online --top 20
+    python benchmarks/compare_runs.py tel-before.json tel-after.json --policy telemetry
+
+Reads ``bench_learning.py`` and ``bench_telemetry.py`` outputs (a variant of the latter, such
+as ``telemetry`` or ``adaptive``, its run without, is compared as a policy; its cells are a
+scenario on the simulator or on the independent world at a seed, and its figure one plus the
+regret, the same total over the oracle's).
 
 A cell is one scenario on one world at one seed. Both runs drive the same workload through
 the same world for a cell, so the difference of a policy's total over the oracle's between
@@ -16,9 +22,10 @@ and its cells over 1.03 (the issue's figures); the paired mean, its standard err
 interval (normal approximation: with 30 cells or more); how many cells moved at all; the
 same by world and by scenario; the cells that moved most.
 
-Only cells present in both runs are paired (the others are counted). Runs whose conditions
-differ (``--workload``, ``--layers``, recorded in the JSON by ``bench_learning.py``) are not
-the same runs and are refused. A reading, not a test: nothing is timed.
+Only cells present in both runs are paired (the others are counted). Runs of different
+benchmarks, or whose conditions differ (``--workload``, ``--layers``, ``--inverted-loads``,
+recorded in the JSON by the benchmark), are not the same runs and are refused. A reading,
+not a test: nothing is timed.
 """
 
 from __future__ import annotations
@@ -34,7 +41,9 @@ from pathlib import Path
 from typing import Any
 
 #: what makes two runs' cells the same runs (the seeds, policies and scenarios only choose which cells there are)
-CONDITIONS = ("workload", "layers")
+CONDITIONS = ("workload", "layers", "inverted_loads")
+#: bench_telemetry.py's scenarios on the simulated RK3588 (the others run on the independent world)
+SIM_SCENARIOS = ("sim-steady", "sim-periodic")
 #: the issue's figure for one cell
 WORST_TARGET = 1.03
 
@@ -50,6 +59,8 @@ class Run:
     """One ``bench_learning.py --json`` output: a policy's total over the oracle's per cell."""
 
     path: str
+    #: the benchmark that wrote it: ``learning`` or ``telemetry``
+    benchmark: str
     #: the run's conditions (``CONDITIONS``), or None where the JSON predates their recording
     conditions: dict[str, Any] | None
     #: (scenario, world, seed) -> {policy: total / oracle's total}
@@ -64,19 +75,42 @@ def load(path: str | Path) -> Run:
         raise RunsDiffer(f"{path}: {exc.strerror or exc}") from exc
     except json.JSONDecodeError as exc:
         raise RunsDiffer(f"{path}: not JSON ({exc}); give the output of bench_learning.py --json") from exc
-    if not isinstance(data, dict) or not isinstance(data.get("cells"), list):
-        raise RunsDiffer(f"{path}: no 'cells': not the output of bench_learning.py --json")
+    if isinstance(data, dict) and isinstance(data.get("cells"), list):
+        benchmark, ratios = "learning", _learning_ratios(path, data["cells"])
+    elif isinstance(data, dict) and isinstance(data.get("rows"), list) and "sysfs_read_us" in data:
+        benchmark, ratios = "telemetry", _telemetry_ratios(path, data["rows"])
+    else:
+        raise RunsDiffer(f"{path}: not the output of bench_learning.py --json or bench_telemetry.py --json")
+    run = data.get("run")
+    conditions = {k: run.get(k) for k in CONDITIONS} if isinstance(run, dict) else None
+    return Run(str(path), benchmark, conditions, ratios)
+
+
+def _learning_ratios(path: str | Path, cells: list[Any]) -> dict[Cell, dict[str, float]]:
     ratios: dict[Cell, dict[str, float]] = {}
-    for i, c in enumerate(data["cells"]):
+    for i, c in enumerate(cells):
         try:
             totals, oracle = c["totals"], c["totals"]["oracle"]
             key = (str(c["scenario"]), str(c["world"]), int(c["seed"]))
             ratios[key] = {name: float(t) / oracle for name, t in totals.items()}
         except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
             raise RunsDiffer(f"{path}: cell {i}: expected scenario, world, seed and totals with the oracle's") from exc
-    run = data.get("run")
-    conditions = {k: run.get(k) for k in CONDITIONS} if isinstance(run, dict) else None
-    return Run(str(path), conditions, ratios)
+    return ratios
+
+
+def _telemetry_ratios(path: str | Path, rows: list[Any]) -> dict[Cell, dict[str, float]]:
+    """A telemetry row's per-seed regret of each variant (``V:each``), as one plus it per cell."""
+    ratios: dict[Cell, dict[str, float]] = {}
+    for i, r in enumerate(rows):
+        try:
+            scenario, seeds = str(r["scenario"]), [int(seed) for seed in r["seeds"]]
+            where = "simulator" if scenario in SIM_SCENARIOS else "world"
+            each = {k.removesuffix(":each"): v for k, v in r.items() if k.endswith(":each")}
+            for j, seed in enumerate(seeds):
+                ratios[(scenario, where, seed)] = {"oracle": 1.0, **{v: 1.0 + float(x[j]) for v, x in each.items()}}
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise RunsDiffer(f"{path}: row {i}: expected scenario, seeds and each variant's regret per seed") from exc
+    return ratios
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,11 +177,14 @@ class Comparison:
 
 def compare(before: Run, after: Run, policy: str = "adaptive") -> Comparison:
     """Pair the cells of the two runs on ``policy``'s total over the oracle's."""
-    if before.conditions is not None and after.conditions is not None:
+    differ = (
+        [f"benchmark {before.benchmark!r} against {after.benchmark!r}"] if before.benchmark != after.benchmark else []
+    )
+    if not differ and before.conditions is not None and after.conditions is not None:
         differ = [f"{k} {before.conditions[k]!r} against {after.conditions[k]!r}"
                   for k in CONDITIONS if before.conditions[k] != after.conditions[k]]  # fmt: skip
-        if differ:
-            raise RunsDiffer(f"{before.path} and {after.path} are not the same runs: {'; '.join(differ)}")
+    if differ:
+        raise RunsDiffer(f"{before.path} and {after.path} are not the same runs: {'; '.join(differ)}")
     both = [c for c in before.ratios if c in after.ratios]
     if not both:
         raise RunsDiffer(f"{before.path} and {after.path} have no cell (scenario, world, seed) in common")

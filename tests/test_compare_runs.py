@@ -1,4 +1,4 @@
-"""``benchmarks/compare_runs.py``: two learning benchmark runs paired cell by cell, the figures
+"""``benchmarks/compare_runs.py``: two benchmark runs paired cell by cell, the figures
 the closing notes give for a change (mean difference, standard error, by world), and a clear
 refusal of runs that cannot be paired."""
 
@@ -101,7 +101,7 @@ def test_a_policy_the_runs_lack_is_named_with_those_they_have(tmp_path, capsys):
     [
         (None, "No such file or directory"),
         ("not json", "not JSON"),
-        ('{"rows": []}', "no 'cells': not the output of bench_learning.py --json"),
+        ('{"rows": []}', "not the output of bench_learning.py --json or bench_telemetry.py --json"),
         ('{"cells": [{"scenario": "steady"}]}', "cell 0: expected scenario, world, seed and totals"),
     ],
 )
@@ -119,9 +119,53 @@ def test_the_benchmark_records_its_conditions_and_pairs_with_itself(tmp_path, ca
             "--jobs", "1", "--json"]  # fmt: skip
     assert bench_learning.main(argv) == 0
     out = capsys.readouterr().out
-    assert json.loads(out)["run"] == {"workload": "mixed", "layers": 200, "seeds": [0],
+    assert json.loads(out)["run"] == {"benchmark": "learning", "workload": "mixed", "layers": 200, "seeds": [0],
                                       "policies": ["adaptive", "oracle"], "random_worlds": 0}  # fmt: skip
     path = tmp_path / "run.json"
     path.write_text(out)
     assert compare_runs.main([str(path), str(path)]) == 0
     assert "adaptive / oracle over 1 cell in common" in capsys.readouterr().out
+
+
+def _telemetry_run(path, regrets, conditions=None):
+    """A bench_telemetry.py --json output: ``regrets[scenario][variant]`` per seed 0, 1, ..."""
+    rows = []
+    for scenario, variants in regrets.items():
+        seeds = list(range(len(next(iter(variants.values())))))
+        rows.append({"scenario": scenario, "seeds": seeds, **{f"{v}:each": r for v, r in variants.items()}})
+    data = {"rows": rows, "sysfs_read_us": 100.0, "sysfs_clocks_read_us": 20.0}
+    if conditions is not None:
+        data["run"] = conditions
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+def test_telemetry_runs_pair_each_variant_on_one_plus_its_regret(tmp_path):
+    tel = {"layers": 6000, "inverted_loads": False}
+    steady = {"adaptive": [0.010, 0.014], "telemetry": [0.006, 0.007]}
+    throttle = {"adaptive": [0.02], "telemetry": [0.01]}
+    a = _telemetry_run(tmp_path / "a.json", {"sim-steady": steady, "npu-throttle": throttle}, tel)
+    steady = {"adaptive": [0.010, 0.014], "telemetry": [0.005, 0.008]}
+    throttle = {"adaptive": [0.02], "telemetry": [0.009]}
+    b = _telemetry_run(tmp_path / "b.json", {"sim-steady": steady, "npu-throttle": throttle}, tel)
+    before, after = compare_runs.load(a), compare_runs.load(b)
+    assert before.ratios[("sim-steady", "simulator", 1)] == pytest.approx({"oracle": 1.0, "adaptive": 1.014,
+                                                                          "telemetry": 1.007})  # fmt: skip
+    cmp = compare_runs.compare(before, after, "telemetry")
+    assert cmp.cells == [("sim-steady", "simulator", 0), ("sim-steady", "simulator", 1), ("npu-throttle", "world", 0)]
+    assert cmp.differences == pytest.approx([-0.001, 0.001, -0.001])
+    assert compare_runs.compare(before, after, "adaptive").moved == 0
+    assert [g.name for g in cmp.by("world")] == ["simulator", "world"]
+
+
+def test_a_telemetry_run_is_not_paired_with_a_learning_run(tmp_path, capsys):
+    tel = _telemetry_run(tmp_path / "t.json", {"npu-throttle": {"adaptive": [0.02]}})
+    learning = _run(tmp_path / "l.json", {("npu-throttle", "world", 0): 1.01})
+    assert compare_runs.main([learning, tel]) == 1
+    assert "not the same runs: benchmark 'learning' against 'telemetry'" in capsys.readouterr().err
+    inverted = {"layers": 6000, "inverted_loads": True}
+    plain = {**inverted, "inverted_loads": False}
+    a = _telemetry_run(tmp_path / "a.json", {"npu-throttle": {"adaptive": [0.02]}}, plain)
+    b = _telemetry_run(tmp_path / "b.json", {"npu-throttle": {"adaptive": [0.02]}}, inverted)
+    assert compare_runs.main([a, b]) == 1
+    assert "inverted_loads False against True" in capsys.readouterr().err
