@@ -30,7 +30,7 @@ vw-squarecb        Vowpal Wabbit ``--cb_explore_adf --squarecb -q sa``, relative
 oracle             knows the world's current noise-free latencies; plans the best pair
 =================  ===========================================================================
 
-Targets (issue figures): over every scenario and seed, adaptive/oracle worst <= 1.03 and
+Targets: over every scenario and seed, adaptive/oracle worst <= 1.03 and
 mean <= 1.015; per scenario no worse than the best Vowpal Wabbit configuration + 0.005 and
 than the best single backend; adaptive-thread learns >= 90% of observations and stays
 within 0.01 of adaptive. Vowpal Wabbit is the optional ``bench`` extra

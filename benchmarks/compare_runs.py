@@ -18,7 +18,7 @@ the two runs (after minus before) is what the change did there, with little of t
 spread in it: the mean of these paired differences and its standard error (their standard
 deviation over the square root of their number) say whether a change moved the whole, far
 more sharply than the two runs' means side by side. Reported: each run's mean and worst cell
-and its cells over 1.03 (the issue's figures); the paired mean, its standard error and a 95%
+and its cells over 1.03 (the learning benchmark's targets); the paired mean, its standard error and a 95%
 interval (normal approximation: with 30 cells or more); how many cells moved at all; the
 same by world and by scenario; the cells that moved most.
 
@@ -44,7 +44,7 @@ from typing import Any
 CONDITIONS = ("workload", "layers", "inverted_loads")
 #: bench_telemetry.py's scenarios on the simulated RK3588 (the others run on the independent world)
 SIM_SCENARIOS = ("sim-steady", "sim-periodic")
-#: the issue's figure for one cell
+#: the learning benchmark's target for one cell
 WORST_TARGET = 1.03
 
 Cell = tuple[str, str, int]  # scenario, world, seed
@@ -68,13 +68,13 @@ class Run:
 
 
 def load(path: str | Path) -> Run:
-    """Read one run; a file that is not a ``bench_learning.py --json`` output is an error naming it."""
+    """Read one run; a file that is not a benchmark's ``--json`` output is an error naming it."""
     try:
         data = json.loads(Path(path).read_text())
     except OSError as exc:
         raise RunsDiffer(f"{path}: {exc.strerror or exc}") from exc
     except json.JSONDecodeError as exc:
-        raise RunsDiffer(f"{path}: not JSON ({exc}); give the output of bench_learning.py --json") from exc
+        raise RunsDiffer(f"{path}: not JSON ({exc}); give a benchmark's --json output") from exc
     if isinstance(data, dict) and isinstance(data.get("cells"), list):
         benchmark, ratios = "learning", _learning_ratios(path, data["cells"])
     elif isinstance(data, dict) and isinstance(data.get("rows"), list) and "sysfs_read_us" in data:
