@@ -292,6 +292,12 @@ class AdaptivePolicy(Policy):
             observed, volatile = model.observed, model.volatile
             # A group whose estimate rests on one run that may have been a spike: checked again
             # like a group never checked, weighing the chance that it is as fast as before.
+            # (Where the prior is wrong, most doubted first runs were slow in truth: over the
+            # learning benchmark's default cells these rechecks cost 0.3 per mille a cell and
+            # found the best pair once in 226. Without them, paired over seeds 0-9, 10-19 and
+            # 20-29: -0.0004, -0.0006 and -0.0004 (se 0.0003, 0.0002, 0.0005); but the decode
+            # workload +0.0004 (se 0.0003), heavy noise on the soc world's seed 4 1.093, and a
+            # spike on a first run after a change that came and went locks the backend out.)
             doubts = {}
             for b in values:
                 doubt, shift = model.doubt(stage, b, point.group, point.phi[b])
