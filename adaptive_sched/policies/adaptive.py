@@ -296,8 +296,8 @@ class AdaptivePolicy(Policy):
             # learning benchmark's default cells these rechecks cost 0.3 per mille a cell and
             # found the best pair once in 226. Without them, paired over seeds 0-9, 10-19 and
             # 20-29: -0.0004, -0.0006 and -0.0004 (se 0.0003, 0.0002, 0.0005); but the decode
-            # workload +0.0004 (se 0.0003), its worst cell 1.093 (heavy noise on the soc world,
-            # seed 4), and a spike on a first run after a change that came and went locks the
+            # workload +0.0004 (se 0.0003), heavy noise on the soc world's seed 4 1.012 to 1.093,
+            # and a spike on a first run after a change that came and went locks the
             # backend out (``test_a_spike_on_a_groups_first_run_is_checked_again_where_...``).)
             doubts = {}
             for b in values:
