@@ -40,10 +40,10 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from bench_telemetry import SIM_SCENARIOS  # its scenarios on the simulated RK3588; the others run on the world
+
 #: what makes two runs' cells the same runs (the seeds, policies and scenarios only choose which cells there are)
 CONDITIONS = ("workload", "layers", "inverted_loads")
-#: bench_telemetry.py's scenarios on the simulated RK3588 (the others run on the independent world)
-SIM_SCENARIOS = ("sim-steady", "sim-periodic")
 #: the learning benchmark's target for one cell
 WORST_TARGET = 1.03
 
@@ -252,7 +252,7 @@ def render(cmp: Comparison, before: Run, after: Run, top: int = 8) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("before", help="bench_learning.py --json output of the code before the change")
+    ap.add_argument("before", help="a benchmark's --json output of the code before the change")
     ap.add_argument("after", help="the same command's output after it")
     ap.add_argument("--policy", default="adaptive", help="the policy compared (default: adaptive)")
     ap.add_argument("--top", type=int, default=8, help="how many of the cells that moved most to list")
