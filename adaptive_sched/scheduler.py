@@ -267,9 +267,8 @@ class Scheduler:
         so ``attn`` accounts for where ``qkv`` ran. ``context`` carries optional device
         state (temperatures, clocks, load) that is logged with the decision.
         """
-        # The hot path: one lookup in the policy's published table, one draw, one tuple.
-        if self._closed:
-            raise SchedulerClosed("decide() after close()")
+        # The hot path: one lookup in the policy's published table, one draw, one tuple. (After
+        # close() there is no table: the slow path raises.)
         stage_ = _STAGES.get(stage)
         if after is None:
             prev = None
@@ -288,7 +287,8 @@ class Scheduler:
         # One draw per decision, needed or not: decision k uses the k-th draw whatever came
         # before, so two runs of one seed that learned differently (a learner thread's lag)
         # differ only in the decisions their learning changed, not in every one after.
-        choice = entry.pick(self._draw())
+        u = self._draw()
+        choice = entry.exploit if u >= entry.explore else entry.pick(u)  # nearly always the first
         # tuple.__new__ directly: the named tuple's generated __new__ adds a third of a microsecond
         decision = _new_tuple(Decision, (self._next_id(), stage_, shape, choice, prev, _wallclock(), self.usable))
         queue = self._log_queue
@@ -305,6 +305,8 @@ class Scheduler:
     def _decide_slow(
         self, stage: Stage | str, shape: Shape, context: Mapping[str, float] | None, prev: Backend | None
     ) -> Decision:
+        if self._closed:
+            raise SchedulerClosed("decide() after close()")
         stage_ = _STAGES.get(stage)
         if stage_ is None:
             stage_ = parse_stage(stage)
@@ -490,6 +492,7 @@ class Scheduler:
         if self._closed:
             return
         self._closed = True
+        self._table = None  # decide() takes the slow path, which raises
         self._log_queue = None  # decisions from here on go through the log's API, which counts them as dropped
         self._learner.stop()
         if self.telemetry is not None:

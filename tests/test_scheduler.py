@@ -210,3 +210,26 @@ def test_every_decision_takes_one_draw_so_runs_that_learned_differently_stay_ali
             assert d.backend is GPU and d.propensity == 1.0
             sched.observe(d, 1e-3)
     assert len(draws) == 50
+
+
+def test_decisions_from_the_published_table_are_drawn_with_its_probabilities():
+    # decide() reads the entry the policy published and draws from it without asking the
+    # policy: what it draws must be what the entry (and the logged propensities) state.
+    from collections import Counter
+
+    from adaptive_sched.policies import AdaptiveParams, AdaptivePolicy
+    from adaptive_sched.policies.base import Entry
+
+    policy = AdaptivePolicy(AdaptiveParams(seed=5))
+    config = load_config(base_config(backends={"gpu": "cpu_numpy", "npu": "cpu_numpy"}))
+    with Scheduler(config, policy=policy, prior=TablePrior(TABLE)) as sched:
+        first = sched.decide("qkv", SHAPE)
+        key = first.choice.entry
+        exploit = first.choice._replace(backend=GPU)
+        alternative = first.choice._replace(backend=NPU, explored=True)
+        policy.table.publish(key, Entry(exploit, ((0.3, alternative),)))
+        assert policy.table.get(key).explore == 0.3
+        n = 4000
+        counts = Counter(sched.decide("qkv", SHAPE).backend for _ in range(n))
+    assert abs(counts[NPU] / n - 0.3) <= 4 * math.sqrt(0.3 * 0.7 / n)
+    assert Entry(exploit).explore == 0.0

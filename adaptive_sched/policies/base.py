@@ -134,7 +134,7 @@ class Entry:
     replaces the whole entry, so a reader on another thread sees the old one or the new one.
     """
 
-    __slots__ = ("alternatives", "expires", "exploit", "freshness", "renew", "tolerance")
+    __slots__ = ("alternatives", "expires", "exploit", "explore", "freshness", "renew", "tolerance")
 
     def __init__(
         self,
@@ -147,6 +147,8 @@ class Entry:
     ) -> None:
         self.exploit = exploit
         self.alternatives = alternatives
+        #: the chance of exploring: a draw at or above it takes ``exploit``
+        self.explore = alternatives[-1][0] if alternatives else 0.0
         self.freshness = freshness
         self.expires = freshness.now + lifetime
         #: past this, the policy recomputes the entry when it next learns from its shape
