@@ -392,6 +392,23 @@ def test_cli_with_nothing_readable_says_so_and_succeeds(tmp_path, capsys):
     assert json.loads(captured.out)["backends"] == {} and "no telemetry readable" in captured.err
 
 
+def test_cli_with_nothing_readable_prints_no_empty_table(tmp_path, capsys):
+    from adaptive_sched.cli import main
+
+    assert main(["telemetry", "--root", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "" and "no telemetry readable" in captured.err
+
+
+def test_cli_names_a_root_that_is_not_there(tmp_path, capsys):
+    from adaptive_sched.cli import main
+
+    missing = tmp_path / "sys-typo"
+    assert main(["telemetry", "--root", str(missing)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and f"telemetry root {missing}: no such directory" in captured.err
+
+
 def test_cli_shows_the_simulated_devices_telemetry(capsys):
     from adaptive_sched.cli import main
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from pathlib import Path
 from typing import Any
 
 from .output import emit, render_table
@@ -36,6 +37,11 @@ def run(args: argparse.Namespace) -> int:
         and any(bc.executor == "sim" for bc in config.backends.values())
     ):
         device = config.simulator.make_device()
+    elif not Path(telemetry.root).is_dir():
+        # The scheduler reads nothing there, silently (a board without those files); asked to
+        # show what it reads, a root that is not there is most likely a mistyped path.
+        print(f"adaptive-sched: error: telemetry root {telemetry.root}: no such directory", file=sys.stderr)
+        return 1
     sampler = build_telemetry(config, device)
     snapshot = sampler.latest if sampler is not None else None
     if sampler is not None:
@@ -43,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
     if not snapshot:
         where = "the simulated device" if device is not None else f"under {telemetry.root}"
         print(f"adaptive-sched: no telemetry readable {where}", file=sys.stderr)
-        emit(args, {"source": where, "backends": {}, "zones": {}}, lambda: "")
+        if args.output == "json":
+            emit(args, {"source": where, "backends": {}, "zones": {}}, lambda: "")
         return 0
     data: dict[str, Any] = {
         "source": "simulated device" if device is not None else telemetry.root,
