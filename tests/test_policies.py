@@ -347,6 +347,37 @@ def test_a_first_run_confirmed_by_the_next_is_kept():
     assert model.doubt(Stage.ATTN, NPU, group, phi) == (0.0, 0.0)
 
 
+@pytest.mark.parametrize("window", [256, 0])
+def test_a_transient_found_on_one_groups_first_run_is_doubted_on_the_groups_that_ran_beside_it(window):
+    # A burst of contention slows the GPU 6x while its qkv and its attention first run at a
+    # decode shape; attention's next run, after the burst, shows its first was a transient. The
+    # qkv level learned in the same burst is doubted alike (and its next run, as fast, undoes
+    # it); a group that ran long before the burst is left alone.
+    model = LatencyModel(ModelParams(transient_window=window))
+    slow = math.log(6.0)
+    qkv, attn = stage_features(Stage.QKV, SHAPE), stage_features(Stage.ATTN, SHAPE)
+    before = stage_features(Stage.QKV, Shape(n=64, d=1024, precision="int8"))
+    model.observe(Stage.QKV, GPU, *before, ("p",), prior_log=0.0, log_t=0.0, clock=1)
+    model.observe(Stage.QKV, GPU, *qkv, ("q",), prior_log=0.0, log_t=slow, clock=1000)
+    model.observe(Stage.ATTN, GPU, *attn, ("a",), prior_log=0.0, log_t=slow, clock=1001)
+    model.observe(Stage.QKV, GPU, *qkv, ("q",), prior_log=0.0, log_t=slow, clock=1002)
+    assert model.doubt(Stage.QKV, GPU, *qkv) == (0.0, 0.0)  # two runs alike: its first run was no spike
+    assert model.estimate(Stage.QKV, GPU, *qkv, ("q",)).mean == pytest.approx(slow, abs=0.15)
+    model.stale = False
+    model.observe(Stage.ATTN, GPU, *attn, ("a",), prior_log=0.0, log_t=0.0, clock=1200)  # the burst is over
+    assert model.doubt(Stage.ATTN, GPU, *attn) == (0.0, 0.0)
+    assert model.estimate(Stage.ATTN, GPU, *attn, ("a",)).mean == pytest.approx(0.0, abs=0.15)  # undone
+    doubt, shift = model.doubt(Stage.QKV, GPU, *qkv)
+    assert model.doubt(Stage.QKV, GPU, *before) == (0.0, 0.0)
+    if not window:
+        assert doubt == 0.0 and not model.stale
+        return
+    # doubted that it is as much faster as attention learned of the transient
+    assert doubt == 0.5 and shift == pytest.approx(-slow, rel=0.15) and model.stale
+    model.observe(Stage.QKV, GPU, *qkv, ("q",), prior_log=0.0, log_t=0.0, clock=1201)
+    assert model.estimate(Stage.QKV, GPU, *qkv, ("q",)).mean == pytest.approx(0.0, abs=0.15)
+
+
 def test_where_spikes_are_common_it_takes_more_of_them_in_a_row_to_call_a_change():
     # 4% of the runs are 8x spikes: three in a row would happen once in 16,000 observations,
     # so they are not a change; the same slowdown held is still one within a few runs.

@@ -35,7 +35,9 @@ time (without any handoff from another backend) is modelled as::
     first run, learned in full against its wide prior, may have been such a spike: the
     probability that it was is kept until the group's next run settles it (a run faster
     than the learned level says the first was a spike, and the group goes back to its
-    prior), so that one spike cannot make a backend look slow forever.
+    prior), so that one spike cannot make a backend look slow forever. A first run so found
+    to have been a transient casts the same doubt on the backend's other groups that ran only
+    near it: a burst of contention slows them all.
 
 One observation makes one Kalman step on the three terms it touches with the same
 innovation (the prior covariance is block-diagonal between the terms, so the mean update
@@ -208,7 +210,8 @@ class LatencyModel:
         #: have stepped: telemetry is worth reading before the next observation)
         self.surprised = False
         #: an observation moved the backend's shared term beyond its own estimate (a move of
-        #: others' load undone) since its owner last cleared this: every estimate may be stale
+        #: others' load undone), or doubted other groups than its own (a transient found), since
+        #: its owner last cleared this: every estimate may be stale
         self.stale = False
 
     # -- state, created on first use ------------------------------------------------------
@@ -682,6 +685,8 @@ class LatencyModel:
             # The one run the group's mean rested on was a spike: this run is learned against
             # the mean before it.
             p0, p1, p2, p3, v_reg, then = undone
+            if p.transient_window and at > then:
+                self._doubt_neighbours(backend, reg, at - then)
             predicted += then - at
             raw = log_t - predicted
             v_model = v_device + v_reg + bk[1] + v_clock
@@ -796,6 +801,8 @@ class LatencyModel:
                 if doubt > p.min_spike_rate:
                     reg.doubt = doubt if doubt < 0.5 else 0.5
                     reg.doubt_m, reg.doubt_c = m_then, c_then
+        if not reg.n:
+            reg.first_at = clock
         reg.n += 1
         reg.version += 1
         reg.seen_at = (phi[0], phi[1], phi[2], phi[3])
@@ -874,6 +881,23 @@ class LatencyModel:
         reg.version += 1
         if bucket is not None:
             bucket[1] = max(bucket[1], p.alarm_bucket_var)
+
+    def _doubt_neighbours(self, backend: Backend, spiked: Regression, size: float) -> None:
+        """``spiked``'s first run was a transient ``size`` slower (log units) than the group is:
+        doubt alike what ``backend``'s other groups learned from runs made near it only (see
+        ``ModelParams.transient_window``); their entries are stale."""
+        p = self.params
+        start, end = spiked.first_at - p.transient_window, spiked.first_at + p.transient_window
+        for (_, b, _), reg in self._groups.items():
+            if b is not backend or reg is spiked or not reg.k or reg.n > p.transient_runs or reg.doubt >= 0.5:
+                continue
+            if start <= reg.first_at and reg.last <= end:
+                if not reg.doubt:  # else its own first run's doubt says what undoing it means
+                    m = reg.m
+                    reg.doubt_m, reg.doubt_c = [m[0] - size, m[1], m[2], m[3]], reg.c
+                reg.doubt = 0.5
+                reg.version += 1
+                self.stale = True
 
     def _unsettle(self, changed: Regression, var: float) -> None:
         """Make every group but ``changed`` at least ``var`` uncertain where it last ran, through its

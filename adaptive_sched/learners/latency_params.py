@@ -164,6 +164,23 @@ class ModelParams:
     #: nothing where a group had run at one shape only: its intercept and slopes are uncertain
     #: together, their sum is not.)
     kernel_change_var: float = 0.04
+    #: a group's first run found to have been a transient (its next run much faster: the doubt
+    #: of ``spike_rate``) casts that doubt on what the backend's other groups learned from runs
+    #: made within this many observations of it, while they have run at most ``transient_runs``
+    #: times: a burst of contention slows every kernel that runs through it, and a group whose
+    #: level came from inside the burst alone would otherwise keep it while the backend's
+    #: state, which no change detected, is believed unchanged. Their doubt is then 0.5 that
+    #: they are as much faster as the transient made that first run slower, so the exploration
+    #: rule checks them once more (``recheck_allowance``), and their next run settles it. 0:
+    #: off. (The world's GPU contention with telemetry, ``bench_telemetry.py`` seed 0: 0.108 to
+    #: 0.029, the GPU's FP16 decode qkv, run once inside a burst, no longer believed 3x slower
+    #: for the rest of the run; nothing else in its 140 cells moved. The learning benchmark,
+    #: seeds 0-9, 10-19 and ``--workload decode`` 0-9: 0, 4 and 4 of 430 cells moved, -0.0000
+    #: on the whole each time, seven of the eight where spikes or heavy noise set it off.)
+    transient_window: int = 256
+    #: ... groups run more often than this keep what they learned: a level that many runs
+    #: agreed on is not doubted for another group's transient (see ``transient_window``)
+    transient_runs: int = 3
     #: how a backend's latency follows its clock read from telemetry: latency ~ (max/cur)^beta,
     #: beta starting here (1: run time proportional to the clock period) ...
     clock_elasticity: float = 1.0

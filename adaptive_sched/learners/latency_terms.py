@@ -341,7 +341,7 @@ class Regression:
     at four features that is several times faster than general loops in Python.
     """
 
-    __slots__ = ("between", "c", "calm_at", "calm_sd", "detector", "doubt", "doubt_c", "doubt_m", "gap",
+    __slots__ = ("between", "c", "calm_at", "calm_sd", "detector", "doubt", "doubt_c", "doubt_m", "first_at", "gap",
                  "intercept_at_reading", "k", "last", "m", "moved", "moved_at_reading", "n", "n_at_reading", "noise",
                  "q", "run", "run_at",
                  "run_size", "seen_at", "surprise", "surprise_n", "surprise_var", "version")  # fmt: skip
@@ -392,6 +392,8 @@ class Regression:
         #: the probability that the one run its mean rests on was a spike, and its mean and
         #: covariance before that run (see ``LatencyModel.observe``)
         self.doubt = 0.0
+        #: the clock of its first run (-1 before any)
+        self.first_at = -1
         self.doubt_m: list[float] = self.m
         self.doubt_c: list[float] = self.c
 
