@@ -367,6 +367,7 @@ def test_a_transient_found_on_one_groups_first_run_is_doubted_on_the_groups_that
     model.observe(Stage.ATTN, GPU, *attn, ("a",), prior_log=0.0, log_t=0.0, clock=1200)  # the burst is over
     assert model.doubt(Stage.ATTN, GPU, *attn) == (0.0, 0.0)
     assert model.estimate(Stage.ATTN, GPU, *attn, ("a",)).mean == pytest.approx(0.0, abs=0.15)  # undone
+    assert model.summary()["transients"] == {"gpu": 1}
     doubt, shift = model.doubt(Stage.QKV, GPU, *qkv)
     assert model.doubt(Stage.QKV, GPU, *before) == (0.0, 0.0)
     if not window:

@@ -203,6 +203,8 @@ class LatencyModel:
         self.changes: dict[tuple[Stage, Backend], int] = {}
         #: detected changes seen to revert, per backend
         self.reversions: dict[Backend, int] = {}
+        #: groups' first runs found by the next to have been transients (a spike, a burst), per backend
+        self.transients: dict[Backend, int] = {}
         self.observations = 0
         #: the latest observation's clock at the last temperature reading
         self._temps_at = 0
@@ -685,6 +687,7 @@ class LatencyModel:
             # The one run the group's mean rested on was a spike: this run is learned against
             # the mean before it.
             p0, p1, p2, p3, v_reg, then = undone
+            self.transients[backend] = self.transients.get(backend, 0) + 1
             if p.transient_window and at > then:
                 self._doubt_neighbours(backend, reg, at - then)
             predicted += then - at
@@ -933,6 +936,7 @@ class LatencyModel:
             "alarms": {f"{s.value}/{b.value}": n for (s, b), n in self.alarms.items()},
             "changes": {f"{s.value}/{b.value}": n for (s, b), n in self.changes.items()},
             "reversions": {b.value: n for b, n in self.reversions.items()},
+            "transients": {b.value: n for b, n in self.transients.items()},
         }  # fmt: skip
         for (stage, backend, (precision, phase)), reg in self._groups.items():
             elasticity = self._device_of(backend).beta + reg.gap.mean
