@@ -896,6 +896,7 @@ class LatencyModel:
                 continue
             if start <= reg.first_at and reg.last <= end:
                 if not reg.doubt:  # else its own first run's doubt says what undoing it means
+                    # as sure as the group is now (the same list: it grows as the group's does)
                     m = reg.m
                     reg.doubt_m, reg.doubt_c = [m[0] - size, m[1], m[2], m[3]], reg.c
                 reg.doubt = 0.5
