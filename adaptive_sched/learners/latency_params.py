@@ -176,7 +176,11 @@ class ModelParams:
     #: 0.029, the GPU's FP16 decode qkv, run once inside a burst, no longer believed 3x slower
     #: for the rest of the run; nothing else in its 140 cells moved. The learning benchmark,
     #: seeds 0-9, 10-19 and ``--workload decode`` 0-9: 0, 4 and 4 of 430 cells moved, -0.0000
-    #: on the whole each time, seven of the eight where spikes or heavy noise set it off.)
+    #: on the whole each time, seven of the eight where spikes or heavy noise set it off. A
+    #: transient also taken as found where a group's first run after its first runs' window is
+    #: more than 2 standard deviations faster than predicted, and the doubts a transient casts
+    #: priced as a first check: seeds 0-9 +0.0001, 10-19 -0.0001 (se 0.0001), single cells by
+    #: -0.034 to +0.019. Not kept.)
     transient_window: int = 256
     #: ... groups run more often than this keep what they learned: a level that many runs
     #: agreed on is not doubted for another group's transient (see ``transient_window``)
