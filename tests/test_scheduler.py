@@ -215,21 +215,22 @@ def test_every_decision_takes_one_draw_so_runs_that_learned_differently_stay_ali
 def test_decisions_from_the_published_table_are_drawn_with_its_probabilities():
     # decide() reads the entry the policy published and draws from it without asking the
     # policy: what it draws must be what the entry (and the logged propensities) state.
-    from collections import Counter
-
     from adaptive_sched.policies import AdaptiveParams, AdaptivePolicy
     from adaptive_sched.policies.base import Entry
+    from adaptive_sched.types import Choice
 
     policy = AdaptivePolicy(AdaptiveParams(seed=5))
     config = load_config(base_config(backends={"gpu": "cpu_numpy", "npu": "cpu_numpy"}))
     with Scheduler(config, policy=policy, prior=TablePrior(TABLE)) as sched:
-        first = sched.decide("qkv", SHAPE)
-        key = first.choice.entry
-        exploit = first.choice._replace(backend=GPU)
-        alternative = first.choice._replace(backend=NPU, explored=True)
+        key = sched.decide("qkv", SHAPE).choice.entry
+        probs = {GPU: 0.7, NPU: 0.3}
+        exploit = Choice(GPU, 0.7, False, {}, probs, 0, key)
+        alternative = Choice(NPU, 0.3, True, {}, probs, 0, key)
         policy.table.publish(key, Entry(exploit, ((0.3, alternative),)))
         assert policy.table.get(key).explore == 0.3
         n = 4000
-        counts = Counter(sched.decide("qkv", SHAPE).backend for _ in range(n))
-    assert abs(counts[NPU] / n - 0.3) <= 4 * math.sqrt(0.3 * 0.7 / n)
+        drawn = [sched.decide("qkv", SHAPE) for _ in range(n)]
+    share = sum(d.backend is NPU for d in drawn) / n
+    assert abs(share - 0.3) <= 4 * math.sqrt(0.3 * 0.7 / n)
+    assert all(d.propensity == probs[d.backend] and d.explored == (d.backend is NPU) for d in drawn)
     assert Entry(exploit).explore == 0.0
