@@ -52,7 +52,7 @@ def run_cell(args: tuple[str, str, int, int, bool]) -> dict[str, Any]:
         costs = pair_costs(world.expected, shape)
         best = min(costs, key=costs.__getitem__)
         best_total += costs[best]
-        phase = "decode" if shape.n == 1 else "prefill"
+        phase = shape.phase
         chosen = (dq.backend, da.backend)
         loss = costs[chosen] - costs[best]
         if loss > 0.0:

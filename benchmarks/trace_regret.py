@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     print("by part of the run: " + "  ".join(f"{i / args.bins:.2f}: {v:.2f}" for i, v in enumerate(bins)))
     kinds: collections.Counter[tuple[str, str, str, str]] = collections.Counter()
     for x in lost:
-        phase = "decode" if x.shape.n == 1 else "prefill"
+        phase = x.shape.phase
         kinds[(phase, x.shape.precision.value, "explored" if x.explored else "exploit",
                f"{_pair(x.chosen)} for {_pair(x.best)}")] += x.lost * mille  # fmt: skip
     print("by kind (phase, precision, exploit or explored, pair chosen for the best):")

@@ -8,8 +8,10 @@ import pytest
 from adaptive_sched import Scheduler, Shape
 from adaptive_sched.config import load_config
 from adaptive_sched.errors import ConfigError, ExecutorError, UnsupportedShape
+from adaptive_sched.policies import AdaptiveParams, AdaptivePolicy
+from adaptive_sched.policies.base import Entry
 from adaptive_sched.stages import make_inputs, reference
-from adaptive_sched.types import Backend, Stage
+from adaptive_sched.types import Backend, Choice, Stage
 
 from .conftest import ScriptedExecutor, TablePrior, base_config
 
@@ -192,8 +194,6 @@ def test_cold_runs_are_returned_but_not_learned_from():
 def test_every_decision_takes_one_draw_so_runs_that_learned_differently_stay_aligned():
     # Decision k uses the policy's k-th draw, whether its entry explores or not: two runs of
     # one seed whose learning differs (a learner thread's lag) differ only where it matters.
-    from adaptive_sched.policies import AdaptiveParams, AdaptivePolicy
-
     draws = []
 
     class Counted(AdaptivePolicy):
@@ -215,10 +215,6 @@ def test_every_decision_takes_one_draw_so_runs_that_learned_differently_stay_ali
 def test_decisions_from_the_published_table_are_drawn_with_its_probabilities():
     # decide() reads the entry the policy published and draws from it without asking the
     # policy: what it draws must be what the entry (and the logged propensities) state.
-    from adaptive_sched.policies import AdaptiveParams, AdaptivePolicy
-    from adaptive_sched.policies.base import Entry
-    from adaptive_sched.types import Choice
-
     policy = AdaptivePolicy(AdaptiveParams(seed=5))
     config = load_config(base_config(backends={"gpu": "cpu_numpy", "npu": "cpu_numpy"}))
     with Scheduler(config, policy=policy, prior=TablePrior(TABLE)) as sched:

@@ -109,6 +109,8 @@ _new_tuple = tuple.__new__
 
 #: the largest change (log units, 10x) one detection applies at once
 MAX_CHANGE = math.log(10.0)
+#: the largest doubt that a group's run was a spike or a transient: a doubt never outweighs the run it doubts
+MAX_DOUBT = 0.5
 #: a clock's elasticity stays within [0, this]: a latency following its clock more than in proportion is noise
 MAX_ELASTICITY = 2.0
 #: others' load is read as at most this: a backend taken by others is predicted at most 5x slower
@@ -802,7 +804,7 @@ class LatencyModel:
                 odds = 2.0 * spikes * math.sqrt(s / s_spike) * math.exp(ratio if ratio < 30.0 else 30.0)
                 doubt = odds / (odds + 1.0 - spikes)
                 if doubt > p.min_spike_rate:
-                    reg.doubt = doubt if doubt < 0.5 else 0.5
+                    reg.doubt = doubt if doubt < MAX_DOUBT else MAX_DOUBT
                     reg.doubt_m, reg.doubt_c = m_then, c_then
         if not reg.n:
             reg.first_at = clock
@@ -892,14 +894,14 @@ class LatencyModel:
         p = self.params
         start, end = spiked.first_at - p.transient_window, spiked.first_at + p.transient_window
         for (_, b, _), reg in self._groups.items():
-            if b is not backend or reg is spiked or not reg.k or reg.n > p.transient_runs or reg.doubt >= 0.5:
+            if b is not backend or reg is spiked or not reg.k or reg.n > p.transient_runs or reg.doubt >= MAX_DOUBT:
                 continue
             if start <= reg.first_at and reg.last <= end:
                 if not reg.doubt:  # else its own first run's doubt says what undoing it means
                     # as sure as the group is now (the same list: it grows as the group's does)
                     m = reg.m
                     reg.doubt_m, reg.doubt_c = [m[0] - size, m[1], m[2], m[3]], reg.c
-                reg.doubt = 0.5
+                reg.doubt = MAX_DOUBT
                 reg.version += 1
                 self.stale = True
 
