@@ -179,27 +179,21 @@ class PublishedTable:
     costs a slow decision).
     """
 
-    __slots__ = ("_entries", "lookahead", "max_entries")
+    __slots__ = ("_entries", "lookahead", "lookup", "max_entries")
 
     def __init__(self, lookahead: bool = True, max_entries: int = 50_000) -> None:
         self._entries: BoundedDict[tuple[Any, ...], Entry] = BoundedDict(max_entries)
         self.lookahead = lookahead
         self.max_entries = max_entries
+        #: ``lookup(stage, shape, after)``: the entry for this decision, or None if there is none
+        #: or it is stale (the scheduler then asks the policy). A closure over the table's dict,
+        #: built once: the hot path then reads no attribute of the table (40 ns of a decision's
+        #: 700 here).
+        self.lookup: Callable[[Stage, Shape, Backend | None], Entry | None] = _lookup_in(self._entries, lookahead)
 
     def key(self, stage: Stage, shape: Shape, after: Backend | None) -> tuple[Any, ...]:
         """The key of the entry for this decision: its stage, shape bucket and ``after``."""
         return entry_key(stage, shape, after, self.lookahead)
-
-    def lookup(self, stage: Stage, shape: Shape, after: Backend | None) -> Entry | None:
-        """The entry for this decision, or None if there is none or it is stale (the scheduler then asks the policy)."""
-        # entry_key() written out for what it nearly always is (a call costs more than the rest)
-        key = (
-            (stage, shape.bucket, after) if self.lookahead or stage is _ATTN else entry_key(stage, shape, after, False)
-        )
-        entry = self._entries.get(key)
-        if entry is None or entry.freshness.now >= entry.expires:
-            return None  # none yet, or stale: the policy recomputes it
-        return entry
 
     def get(self, key: tuple[Any, ...]) -> Entry | None:
         """The entry under ``key``, fresh or not (for the policy that owns it)."""
@@ -210,6 +204,21 @@ class PublishedTable:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+def _lookup_in(entries: BoundedDict[tuple[Any, ...], Entry], lookahead: bool) -> Callable[..., Entry | None]:
+    """:attr:`PublishedTable.lookup` over ``entries``, with :func:`entry_key` written out for what
+    it nearly always is (a call costs more than the rest)."""
+    get = entries.get
+
+    def lookup(stage: Stage, shape: Shape, after: Backend | None) -> Entry | None:
+        key = (stage, shape.bucket, after) if lookahead or stage is _ATTN else entry_key(stage, shape, after, False)
+        entry = get(key)
+        if entry is None or entry.freshness.now >= entry.expires:
+            return None  # none yet, or stale: the policy recomputes it
+        return entry
+
+    return lookup
 
 
 class Policy(abc.ABC):
