@@ -477,7 +477,7 @@ class Scheduler:
                 "learn_errors": c.learn_errors,
                 "observed_by_backend": {b.value: n for b, n in c.by_backend.items()},
                 "quarantined": sorted(b.value for b in self._quarantine.until),
-                "policy": {"kind": self._policy.name, **self._policy.state()},
+                "policy": {"kind": self._policy.name, **self._policy_state()},
             }
         if self._log is not None:
             out["log"] = dict(self._log.stats) if isinstance(self._log.stats, Mapping) else _asdict(self._log.stats)
@@ -485,6 +485,16 @@ class Scheduler:
         if t is not None:
             out["telemetry"] = {"reads": t.reads, "errors": t.errors, "age_s": t.age_s(), "latest": dict(t.context)}
         return out
+
+    def _policy_state(self) -> dict[str, Any]:
+        """The policy's report, or what went wrong making it: a service's stats and metrics
+        scrapes must not fail with a policy's report (a custom policy's, or learned state gone
+        bad), any more than its decisions may."""
+        try:
+            return dict(self._policy.state())
+        except Exception as e:
+            log.exception("the policy failed to report its state")
+            return {"state_error": f"{type(e).__name__}: {e}"}
 
     # -- shutdown ---------------------------------------------------------------------
     def close(self) -> None:

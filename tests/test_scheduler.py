@@ -230,3 +230,19 @@ def test_decisions_from_the_published_table_are_drawn_with_its_probabilities():
     assert abs(share - 0.3) <= 4 * math.sqrt(0.3 * 0.7 / n)
     assert all(d.propensity == probs[d.backend] and d.explored == (d.backend is NPU) for d in drawn)
     assert Entry(exploit).explore == 0.0
+
+
+def test_a_policy_whose_report_fails_costs_the_stats_only_that_report(caplog):
+    # a service's stats (and every metrics scrape) read the policy's report: a custom policy
+    # whose report raises, or learned state gone bad, must not take the rest with it
+    class Unreportable(AdaptivePolicy):
+        def state(self):
+            raise ValueError("math domain error")
+
+    with Scheduler(load_config(base_config()), policy=Unreportable(), prior=TablePrior(TABLE)) as sched:
+        d = sched.decide("qkv", SHAPE)
+        sched.observe(d, 1e-3)
+        stats = sched.stats()
+    assert stats["observations"] == 1
+    assert stats["policy"] == {"kind": "adaptive", "state_error": "ValueError: math domain error"}
+    assert "failed to report its state" in caplog.text
