@@ -43,8 +43,18 @@ One observation makes one Kalman step on the three terms it touches with the sam
 innovation (the prior covariance is block-diagonal between the terms, so the mean update
 is the joint one; the cross-covariance it creates is dropped, which makes the variance
 of their sum err on the wide side by at most the device's and the bucket's small prior
-variances: the terms were chosen not to be collinear). The step has bounded influence:
-the standardised innovation is winsorised at ``clip`` standard deviations, so a rare 8x
+variances: the terms were chosen not to be collinear). (Keeping the covariance of the device
+term and each group's coefficients, so that what a group's runs pin is the sum of the two and a
+change seen later goes to the term that drifts: paired over ``bench_learning.py --policies
+adaptive --json``, seeds 0-9 -0.0007 (se 0.0003), the soc world's GPU contention seed 8 1.080
+to 1.023; seeds 10-19 -0.0003 (se 0.0002), ``--workload decode`` -0.0000, ``--random-worlds
+6`` +0.0017 (se 0.0010); ``bench_telemetry.py --seeds 0-19`` -0.0013 with telemetry. Not kept:
+the covariances between groups are not kept, so another group's runs must either shrink a
+group's covariance with the device term, and then a group idle while the other stage ran 300
+times lost what it had pinned, learned a 3x throttle through clipped steps without calling it
+a change, and never watched for its end; or leave it, and then the joint covariance lost
+positive-definiteness and learning failed on a negative variance.) The step has bounded
+influence: the standardised innovation is winsorised at ``clip`` standard deviations, so a rare 8x
 spike moves an estimate by at most a few noise widths. A surprise that repeats is a
 change: a run of innovations beyond the clip in one direction (``confirm_slower``, more
 where the backend's learned spike rate would make that many spikes in a row likelier
