@@ -179,11 +179,11 @@ class PublishedTable:
     costs a slow decision).
     """
 
-    __slots__ = ("_entries", "lookahead", "lookup", "max_entries")
+    __slots__ = ("_entries", "_lookahead", "lookup", "max_entries")
 
     def __init__(self, lookahead: bool = True, max_entries: int = 50_000) -> None:
         self._entries: BoundedDict[tuple[Any, ...], Entry] = BoundedDict(max_entries)
-        self.lookahead = lookahead
+        self._lookahead = lookahead
         self.max_entries = max_entries
         #: ``lookup(stage, shape, after)``: the entry for this decision, or None if there is none
         #: or it is stale (the scheduler then asks the policy). A closure over the table's dict,
@@ -191,9 +191,15 @@ class PublishedTable:
         #: 700 here).
         self.lookup: Callable[[Stage, Shape, Backend | None], Entry | None] = _lookup_in(self._entries, lookahead)
 
+    @property
+    def lookahead(self) -> bool:
+        """Whether qkv's entries are keyed by the KV length too (they plan attention after them);
+        fixed when the table is made, as :attr:`lookup` was built for it."""
+        return self._lookahead
+
     def key(self, stage: Stage, shape: Shape, after: Backend | None) -> tuple[Any, ...]:
         """The key of the entry for this decision: its stage, shape bucket and ``after``."""
-        return entry_key(stage, shape, after, self.lookahead)
+        return entry_key(stage, shape, after, self._lookahead)
 
     def get(self, key: tuple[Any, ...]) -> Entry | None:
         """The entry under ``key``, fresh or not (for the policy that owns it)."""
