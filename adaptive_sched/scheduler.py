@@ -151,6 +151,7 @@ class Scheduler:
             self._log_queue, self._log_kick_at = fast_path()
         self._learn_queue: deque[Observation] = deque(maxlen=None if self._inline else LEARN_BACKLOG)
         self._unlearned = 0  # observations skipped because the learner was behind (approximate)
+        self._state_errors = 0  # reports the policy failed to make (see _policy_state)
         #: device telemetry (None when disabled or nothing is readable): logged with each
         #: decision, and its clocks handed to the policy before each observation is learned
         self.telemetry: Any = telemetry if telemetry is not None else build_telemetry(config, built.sim_device)
@@ -493,7 +494,9 @@ class Scheduler:
         try:
             return dict(self._policy.state())
         except Exception as e:
-            log.exception("the policy failed to report its state")
+            self._state_errors = n = self._state_errors + 1
+            if n & (n - 1) == 0:  # the 1st, 2nd, 4th, 8th, ...: a scrape every few seconds
+                log.exception("the policy failed to report its state (%d so far)", n)
             return {"state_error": f"{type(e).__name__}: {e}"}
 
     # -- shutdown ---------------------------------------------------------------------
