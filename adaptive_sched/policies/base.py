@@ -170,7 +170,7 @@ class Entry:
 class PublishedTable:
     """The entries a policy publishes, one per (stage and shape bucket, previous backend).
 
-    The policy owns and writes it; the scheduler only calls :meth:`lookup`. An entry is
+    The policy owns and writes it; the scheduler only calls :attr:`lookup`. An entry is
     keyed by :func:`entry_key`: the stage, ``after`` and the bucket a shape computed when it
     was made, so a decision costs the same whether its exact shape was seen before or not (a
     cache of shapes would make the seen ones cheaper and every new one dearer, and a KV
@@ -212,7 +212,9 @@ class PublishedTable:
         return len(self._entries)
 
 
-def _lookup_in(entries: BoundedDict[tuple[Any, ...], Entry], lookahead: bool) -> Callable[..., Entry | None]:
+def _lookup_in(
+    entries: BoundedDict[tuple[Any, ...], Entry], lookahead: bool
+) -> Callable[[Stage, Shape, Backend | None], Entry | None]:
     """:attr:`PublishedTable.lookup` over ``entries``, with :func:`entry_key` written out for what
     it nearly always is (a call costs more than the rest)."""
     get = entries.get
