@@ -12,6 +12,7 @@ where the prior or the world is wrong or changing, over several seeds:
     python benchmarks/bench_learning.py --policies adaptive --seeds 0-29   # the tail: rare events
     python benchmarks/bench_learning.py --workload decode    # decode layers only, no prefills
     python benchmarks/bench_learning.py --random-worlds 6    # on six device profiles drawn at random
+    python benchmarks/bench_learning.py --policies vw-eps,vw-squarecb --vw-actions npu,gpu
 
 Reported per scenario and world: each policy's total latency over the oracle's (noise-free
 latencies of the backends it chose, so noise does not blur the comparison), the mean and
@@ -65,6 +66,9 @@ QKV, ATTN = Stage.QKV, Stage.ATTN
 GPU, NPU = Backend.GPU, Backend.NPU
 #: scenarios whose device never changes: every drift alarm raised there is a false one
 STEADY = ("steady", "spikes", "heavy-noise", "prior-right", "unseen-models")
+#: the order Vowpal Wabbit's examples list the actions in (``--vw-actions``): with no prior, its
+#: first predictions tie, and a tie goes to the first
+VW_ACTIONS = (GPU, NPU)
 ALL_POLICIES = ("adaptive", "adaptive-thread", "no-online", "static", "gpu-only", "npu-only", "epsilon",
                 "vw-eps", "vw-squarecb", "oracle")  # fmt: skip
 
@@ -155,7 +159,8 @@ def _features(stage: Stage, shape: Shape, after: Backend | None) -> str:
     )
 
 
-def run_vw(name: str, world: World, steps: Sequence[Any], seed: int) -> Result:
+def run_vw(name: str, world: World, steps: Sequence[Any], seed: int,
+           actions: tuple[Backend, ...] = VW_ACTIONS) -> Result:  # fmt: skip
     import random
 
     from vowpalwabbit import Workspace
@@ -163,7 +168,6 @@ def run_vw(name: str, world: World, steps: Sequence[Any], seed: int) -> Result:
     explore = "--epsilon 0.02" if name == "vw-eps" else "--squarecb"
     vw = Workspace(f"--cb_explore_adf {explore} -q sa --quiet --random_seed {seed}")
     rng = random.Random(seed)
-    actions = (GPU, NPU)
     # relative cost: latency over a running mean for that stage and shape bucket
     means: dict[tuple[Any, ...], list[float]] = {}
     out = Result()
@@ -209,8 +213,11 @@ def run_vw(name: str, world: World, steps: Sequence[Any], seed: int) -> Result:
 
 
 # -- one cell: a scenario on a world with a seed -----------------------------------------------
-def run_cell(args: tuple[str, str, int, int, tuple[str, ...], bool]) -> dict[str, Any]:
-    scenario_name, world_name, seed, layers, names, prefill = args
+def run_cell(args: tuple[Any, ...]) -> dict[str, Any]:
+    """One cell: ``args`` are the scenario, world, seed, layers, policy names, whether requests
+    have prefills, and optionally Vowpal Wabbit's action order (:data:`VW_ACTIONS`)."""
+    scenario_name, world_name, seed, layers, names, prefill, *vw_order = args
+    vw_actions = vw_order[0] if vw_order else VW_ACTIONS
     scenario = SCENARIOS[scenario_name]
     # model widths the prior never saw are a scenario here, not news: each cell's fresh prior
     # would warn of them again
@@ -223,7 +230,7 @@ def run_cell(args: tuple[str, str, int, int, tuple[str, ...], bool]) -> dict[str
         world = World(make_base(world_name, prior), scenario, seed)
         if name.startswith("vw"):
             try:
-                result = run_vw(name, world, steps, seed)
+                result = run_vw(name, world, steps, seed, vw_actions)
             except ImportError:
                 continue
         else:
@@ -335,16 +342,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="mixed",
         help="requests with their prefills (default), or their decode layers only",
     )
+    ap.add_argument(
+        "--vw-actions",
+        default=",".join(b.value for b in VW_ACTIONS),
+        help="the order Vowpal Wabbit's examples list the backends in (npu,gpu: whether its lead "
+        "somewhere comes from breaking its first ties toward the GPU)",
+    )
     ap.add_argument("--jobs", type=int, default=2, help="worker processes")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
+    try:
+        vw_actions = tuple(Backend(b) for b in args.vw_actions.split(","))
+    except ValueError:
+        vw_actions = ()
+    if sorted(vw_actions, key=lambda b: b.value) != sorted(VW_ACTIONS, key=lambda b: b.value):
+        ap.error(f"--vw-actions: the backends {', '.join(b.value for b in VW_ACTIONS)} in some order, "
+                 f"got {args.vw_actions!r}")  # fmt: skip
     names = tuple(dict.fromkeys([*args.policies.split(","), "oracle"]))
     unknown = [n for n in names if n not in ALL_POLICIES]
     if unknown:
         ap.error(f"--policies: unknown {', '.join(unknown)} (known: {', '.join(ALL_POLICIES)})")
     chosen = chosen_cells(ap, args)
     prefill = args.workload == "mixed"
-    jobs = [(s, w, seed, args.layers, names, prefill) for s, w, seed in chosen]
+    jobs = [(s, w, seed, args.layers, names, prefill, vw_actions) for s, w, seed in chosen]
     start = time.perf_counter()
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         cells = list(pool.map(run_cell, jobs))
@@ -353,7 +373,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # what the cells were run under, for pairing them with another run's (compare_runs.py)
         seeds = list(dict.fromkeys(seed for _, _, seed in chosen))
         run = {"benchmark": "learning", "workload": args.workload, "layers": args.layers, "seeds": seeds,
-               "policies": list(names), "random_worlds": args.random_worlds}  # fmt: skip
+               "policies": list(names), "random_worlds": args.random_worlds,
+               "vw_actions": [b.value for b in vw_actions]}  # fmt: skip
         print(json.dumps({"run": run, "rows": rows, "summary": summary, "cells": cells}, indent=2))
     else:
         print(render(rows, summary, names))

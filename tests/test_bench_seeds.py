@@ -71,3 +71,26 @@ def test_the_learning_benchmark_runs_the_named_profiles_scenarios_on_drawn_ones(
     with pytest.raises(SystemExit):
         bench_learning.main(["--random-worlds", "-1"])
     assert "--random-worlds" in capsys.readouterr().err
+
+
+def test_vowpal_wabbits_action_order_is_an_option_refused_unless_it_orders_the_backends(capsys):
+    import json
+
+    import bench_learning
+
+    for bad in ("gpu,cpu", "gpu", "gpu,npu,npu", "gpu,tpu"):
+        with pytest.raises(SystemExit):
+            bench_learning.main(["--vw-actions", bad, "--seeds", "0"])
+        assert "--vw-actions" in capsys.readouterr().err
+    pytest.importorskip("vowpalwabbit")
+    totals = {}
+    for order in ("gpu,npu", "npu,gpu"):
+        argv = ["--scenarios", "steady", "--worlds", "gpu-heavy", "--policies", "vw-eps", "--seeds", "0",
+                "--layers", "3", "--jobs", "1", "--json", "--vw-actions", order]  # fmt: skip
+        assert bench_learning.main(argv) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert out["run"]["vw_actions"] == order.split(",")
+        totals[order] = out["cells"][0]["totals"]["vw-eps"]
+    # with nothing learned its first choices tie, and a tie goes to the first action: the GPU is
+    # the faster everywhere on this world
+    assert totals["npu,gpu"] > totals["gpu,npu"]
