@@ -120,7 +120,8 @@ def test_the_benchmark_records_its_conditions_and_pairs_with_itself(tmp_path, ca
     assert bench_learning.main(argv) == 0
     out = capsys.readouterr().out
     assert json.loads(out)["run"] == {"benchmark": "learning", "workload": "mixed", "layers": 200, "seeds": [0],
-                                      "policies": ["adaptive", "oracle"], "random_worlds": 0}  # fmt: skip
+                                      "policies": ["adaptive", "oracle"], "random_worlds": 0,
+                                      "vw_actions": ["gpu", "npu"]}  # fmt: skip
     path = tmp_path / "run.json"
     path.write_text(out)
     assert compare_runs.main([str(path), str(path)]) == 0
