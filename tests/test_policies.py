@@ -870,6 +870,26 @@ def test_contention_that_ends_on_a_backend_left_unused_is_seen_in_its_load():
     assert back._est.model._devices[GPU].var == pytest.approx(still._est.model._devices[GPU].var)
 
 
+def test_contention_that_ends_right_after_a_probe_into_it_is_seen_at_the_next_reading():
+    # The GPU, contended and left, is probed once between two readings, and the other client
+    # leaves right after: the probe's run was made under the load read before it, so the next
+    # reading shows the load gone, and the GPU is predicted free again without another probe.
+    p = contended_then_left([2 / 3] * 3)
+    contended = p.choose(Stage.QKV, SHAPE, None).predicted[GPU]
+    p.learn(Observation(Stage.QKV, SHAPE, None, GPU, 3e-3))  # the probe: still contended
+    for second in (5.0, 8.0):  # read after the probe, then once its own work is out of the load's window
+        p.on_loads({GPU: 0.0, NPU: 0.5}, second, SETTLE)
+    assert p.best(Stage.QKV, SHAPE, None) is GPU
+    assert p.choose(Stage.QKV, SHAPE, None).predicted[GPU] == pytest.approx(contended / 3, rel=0.25)
+    # a load read only once the probe had run anchors there: the end, before it, is not seen
+    q = contended_then_left([2 / 3] * 3)
+    q.on_loads({GPU: None, NPU: 0.5}, 4.5, SETTLE)  # unread just before the probe
+    q.learn(Observation(Stage.QKV, SHAPE, None, GPU, 3e-3))
+    for second in (5.0, 8.0):
+        q.on_loads({GPU: 0.0, NPU: 0.5}, second, SETTLE)
+    assert q.best(Stage.QKV, SHAPE, None) is NPU
+
+
 def test_a_load_that_lies_does_not_cost_the_watch_for_the_end_of_contention():
     gpu = lambda p: p._est.model._devices[GPU]  # noqa: E731
     jump = gpu(contended_then_left([2 / 3] * 5)).jump
@@ -907,9 +927,11 @@ def load_events(slowdown_per_event):
         model.set_loads({GPU: load}, at, {GPU: 0.5})
 
     for _ in range(8):
-        for _ in range(50):
+        for run in range(50):
             clock += 1
             model.observe(Stage.QKV, GPU, group, phi, "b", prior_log=0.0, log_t=log_t, clock=clock)
+            if run == 24:
+                reading(0.0)  # in use through the other client's leaving: nothing to anchor at before its runs
         reading(0.0)  # it ran since the last reading
         reading(0.0)  # unused: others' load anchored
         before = model.estimate(Stage.QKV, GPU, group, phi, "b").mean

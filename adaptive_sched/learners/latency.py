@@ -361,8 +361,15 @@ class LatencyModel:
 
         A load counts only while the backend goes unused: on a board it counts this process's
         own work too, and a backend in use tells by its latencies what others' load does to it.
-        The first reading ``settle_s`` after the backend was last seen running anchors others'
-        load on it, about where its level was last learned; a later one that moved by more than
+        Its level was last learned under others' load of the reading before its last run, if
+        that reading found it unused for ``settle_s`` (else of the first reading ``settle_s``
+        after the run): that load anchors it, so contention that ended right after a probe into
+        it is seen at the next reading. (Anchored at the first clean reading after the run, such
+        an end was missed, the backend left believed contended until a probe: over 60 seeds of
+        ``bench_telemetry.py``, with telemetry, the world's GPU contention 0.0225 to 0.0178 of
+        the best total, 38 cells better and 14 worse, the simulator's periodic throttling 0.0046
+        to 0.0040; a load that lies is followed more often, 0.0375 to 0.0425 there.) A later one
+        that moved by more than
         ``load_tolerance`` (in ``log(1 - load)``) moves its level as much, times how its latency
         follows others' load (``load_elasticity`` at first, then learned from the first run after
         each move: a load that says nothing, or lies, is soon not followed). Its variance is
@@ -379,13 +386,17 @@ class LatencyModel:
             if device.last != device.load_seen_at:  # it ran since the last reading: its latencies told
                 device.load_seen_at = device.last
                 device.load_used_at = at
-                device.load_anchor = math.nan
+                # Its runs were learned under others' load of the reading before them, if that one
+                # was clean: anchored there, a move right after them (contention that ended just
+                # after a probe into it) is seen, where the next clean reading would be past it.
+                device.load_anchor, device.load_clean = device.load_clean, math.nan
                 continue
             if load is None or not 0.0 <= load <= 1.0:
-                device.load_anchor = math.nan  # not read: anchored again once read
+                device.load_anchor = device.load_clean = math.nan  # not read: anchored again once read
                 continue
             if not at - device.load_used_at >= settle_s.get(backend, math.inf):
                 continue  # its own work may still show in the load's window
+            device.load_clean = load
             anchor = device.load_anchor
             if math.isnan(anchor):
                 device.load_anchor = load

@@ -109,10 +109,10 @@ class DeviceTerm:
     """
 
     __slots__ = ("_decay", "beta", "beta_cov", "beta_var", "clock_read", "energy", "horizon", "jump", "jump_at",
-                 "jumps", "last", "last_at_reading", "load_anchor", "load_beta", "load_delta", "load_jump", "load_n",
-                 "load_seen_at", "load_shift", "load_used_at", "mean", "mean_at_reading", "n", "q", "reverted",
-                 "slowdown", "spans_faster", "spans_slower", "spike_rate", "temp_anchor", "temp_low", "temp_read",
-                 "temp_seen_at", "var", "version")  # fmt: skip
+                 "jumps", "last", "last_at_reading", "load_anchor", "load_beta", "load_clean", "load_delta",
+                 "load_jump", "load_n", "load_seen_at", "load_shift", "load_used_at", "mean", "mean_at_reading", "n",
+                 "q", "reverted", "slowdown", "spans_faster", "spans_slower", "spike_rate", "temp_anchor", "temp_low",
+                 "temp_read", "temp_seen_at", "var", "version")  # fmt: skip
 
     def __init__(self, var: float, q: float, horizon: float, beta: float = 1.0, beta_var: float = 0.0,
                  spike_rate: float = 0.01, load_beta: float = 1.0) -> None:  # fmt: skip
@@ -137,6 +137,9 @@ class DeviceTerm:
         self.load_anchor = math.nan
         self.load_seen_at = -1
         self.load_used_at = -math.inf
+        #: others' load at the latest reading, if that reading found it unused long enough for its
+        #: own work to be out of the load's window (NaN otherwise): where its next run's level is anchored
+        self.load_clean = math.nan
         #: what others' load moved since it last ran (log of its free share, summed) and what that
         #: moved its mean by: times how its latency follows others' load (learned from the first
         #: run after each move, ``load_n`` of them so far)
