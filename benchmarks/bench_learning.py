@@ -351,13 +351,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=2, help="worker processes")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
-    try:
-        vw_actions = tuple(Backend(b) for b in args.vw_actions.split(","))
-    except ValueError:
-        vw_actions = ()
-    if sorted(vw_actions, key=lambda b: b.value) != sorted(VW_ACTIONS, key=lambda b: b.value):
+    order = args.vw_actions.split(",")
+    if sorted(order) != sorted(b.value for b in VW_ACTIONS):
         ap.error(f"--vw-actions: the backends {', '.join(b.value for b in VW_ACTIONS)} in some order, "
                  f"got {args.vw_actions!r}")  # fmt: skip
+    vw_actions = tuple(Backend(b) for b in order)
     names = tuple(dict.fromkeys([*args.policies.split(","), "oracle"]))
     unknown = [n for n in names if n not in ALL_POLICIES]
     if unknown:
