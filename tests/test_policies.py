@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 
@@ -285,8 +286,10 @@ def test_a_first_check_is_likelier_to_be_made_soon_the_further_the_prior_was_off
 def test_a_first_check_the_choices_own_run_makes_likely_to_win_may_take_most_of_a_decision():
     # An INT8 prefill's first layer ran on the NPU 6x slower than its prior; the GPU, never
     # checked here, is believed 14x the NPU's prior (2.3x what the NPU just took). Held to
-    # half a decision, three layers would leave it unchecked one time in eight.
-    p = bound(AdaptivePolicy(seed=0), {("qkv", "gpu"): 112e-3, ("qkv", "npu"): 8e-3})
+    # half a decision, three layers would leave it unchecked one time in eight. (One decision's own
+    # chance: not moved to the prompt's first layers, see the test below.)
+    flat = AdaptiveParams(front_load_checks=False)
+    p = bound(AdaptivePolicy(flat), {("qkv", "gpu"): 112e-3, ("qkv", "npu"): 8e-3})
     shape = Shape(n=512, d=4096, precision="int8")
     c = p.choose(Stage.QKV, shape, None)
     assert c.backend is NPU and c.probabilities[GPU] < 0.05
@@ -295,9 +298,46 @@ def test_a_first_check_the_choices_own_run_makes_likely_to_win_may_take_most_of_
     assert 0.5 < c.probabilities[GPU] <= p.params.first_check_ceiling
     assert c.probabilities[NPU] == pytest.approx(1.0 - c.probabilities[GPU])
     # without the ceiling's headroom, the exploit choice keeps the majority
-    q = bound(AdaptivePolicy(AdaptiveParams(first_check_ceiling=0.5)), {("qkv", "gpu"): 112e-3, ("qkv", "npu"): 8e-3})
+    q = bound(AdaptivePolicy(dataclasses.replace(flat, first_check_ceiling=0.5)),
+              {("qkv", "gpu"): 112e-3, ("qkv", "npu"): 8e-3})  # fmt: skip
     q.learn(Observation(Stage.QKV, shape, None, NPU, 48e-3, q.choose(Stage.QKV, shape, None)))
     assert q.choose(Stage.QKV, shape, None).probabilities[GPU] == pytest.approx(0.5)
+
+
+DECODE_INT8 = Shape(n=1, d=2048, kv_len=128, precision="int8")
+
+
+def _prompt(policy, shape, layers, npu_s):
+    """Run a prompt's ``layers`` qkv stages on the NPU (the exploit choice), then one decode step
+    (which ends the prompt); return the GPU's probability at each of the prompt's layers."""
+    offered = []
+    for _ in range(layers):
+        choice = policy._entry(Stage.QKV, shape, None).exploit
+        offered.append(choice.probabilities.get(GPU, 0.0))
+        policy.learn(Observation(Stage.QKV, shape, None, NPU, npu_s, choice))
+    choice = policy._entry(Stage.QKV, DECODE_INT8, None).exploit
+    policy.learn(Observation(Stage.QKV, DECODE_INT8, None, NPU, 0.5e-3, choice))
+    return offered
+
+
+def test_a_prefills_first_check_is_offered_at_its_first_layers_with_the_chance_the_prompt_gave_it():
+    # The GPU never checked, believed 10x the NPU's prior; the NPU, chosen at every layer, runs 1.5x
+    # slower than its prior. A check made at a prompt's first layer serves the rest of the prompt:
+    # the chance the prompt's layers would give it one by one is offered at its first layers.
+    prior = {("qkv", "gpu"): 10e-3, ("qkv", "npu"): 1e-3}
+    shape = Shape(n=128, d=2048, precision="int8")
+    flat = bound(AdaptivePolicy(AdaptiveParams(front_load_checks=False)), prior)
+    front = bound(AdaptivePolicy(AdaptiveParams()), prior)
+    for policy in (flat, front):
+        _prompt(policy, shape, 12, 1.5e-3)  # the first prompt: its layers are counted at its end
+    later = Shape(n=256, d=2048, precision="int8")  # the next prompt, at a shape of its own
+    by_layer = _prompt(flat, later, 12, 1.5e-3)
+    first = _prompt(front, later, 12, 1.5e-3)
+    unchecked = math.prod(1.0 - q for q in by_layer)
+    assert unchecked < 0.95  # a chance worth moving
+    assert first[0] > 2 * by_layer[0]
+    assert math.prod(1.0 - q for q in first) == pytest.approx(unchecked, abs=0.02)
+    assert max(first) <= front.params.first_check_ceiling
 
 
 def test_a_crossing_faster_than_its_handoff_was_believed_to_take_still_teaches_the_stage():

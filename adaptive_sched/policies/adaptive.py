@@ -34,6 +34,7 @@ from .base import EMPTY, Entry, Freshness, Observation, Policy, PublishedTable
 from .budget import AlarmWindows, ExplorationBudget
 from .estimates import Estimates, Point
 from .exploration import win_probabilities
+from .prompts import PromptChecks
 
 #: what an entry is computed from (see ``AdaptivePolicy._reps``)
 Rep = tuple[Stage, Shape, Backend | None, Point, tuple[Any, ...] | None]
@@ -118,6 +119,13 @@ class AdaptiveParams:
     #: are held back by ``first_check_allowance``, not by this: the first prompt's, a check
     #: predicted 204 ms dearer than the NPU's 11.7, at 0.0057 a layer. Not kept.)
     first_check_ceiling: float = 0.8
+    #: a prompt's layers share one shape, so a first check made at one of them serves the rest
+    #: of the prompt: the chance its layers would give it one by one is offered at its first
+    #: layers instead, up to ``first_check_ceiling`` (see :mod:`.prompts`) ...
+    front_load_checks: bool = True
+    #: ... a prompt's layers being those of the last one seen to its end, and before one was,
+    #: this many (an LLM has 16 to 80)
+    prompt_layers: int = 16
     #: a backend that changed recently (it may change back), or whose estimate rests on one run
     #: that may have been a spike, is probed whatever the budget's state too, at an expected
     #: cost per decision of at most this many times the budget's allowance (a typical stage's)
@@ -153,7 +161,7 @@ class AdaptiveParams:
             raise ValueError(f"transition_bytes_per_s must be finite and > 0, got {self.transition_bytes_per_s!r}")
         if not self.publish_tolerance > 0:
             raise ValueError(f"publish_tolerance must be > 0, got {self.publish_tolerance!r}")
-        for name in ("alarm_probes", "alarm_observations", "refresh_every", "expire_after"):
+        for name in ("alarm_probes", "alarm_observations", "refresh_every", "expire_after", "prompt_layers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
         self.model.validate()
@@ -200,6 +208,7 @@ class AdaptivePolicy(Policy):
         self._checked: set[tuple[Any, ...]] = set()
         self._clock = 0  # observations learned: the clock of forgetting
         self._stages: set[Stage] = set()  # the stages learned from: what a drift alarm re-measures
+        self._prompts = PromptChecks(p.prompt_layers)  # the prefills running (``front_load_checks``)
 
     def prepare(self) -> None:
         with self._lock:
@@ -346,6 +355,11 @@ class AdaptivePolicy(Policy):
                 hazard, shift, rate = model.reversion(b, clock)
                 if rate > 0.0:
                     reversion[b] = (hazard, shift * predicted[b] / values[b], rate)
+            front = rates = None
+            if p.front_load_checks and shape.n > 1:  # a prefill's: its first checks, front-loaded
+                rates = self._prompts.rates_of(key)
+                if caps:
+                    front = self._prompts.fronts(stage, point, caps, p.first_check_ceiling)
             best, alternatives = win_probabilities(
                 values,
                 log_vars,
@@ -357,6 +371,8 @@ class AdaptivePolicy(Policy):
                 typical=typical,
                 caps=caps,
                 draws=draws,
+                front=front,
+                rates=rates,
             )
             probs = MappingProxyType({best: 1.0 - sum(alternatives.values()), **alternatives})
             cumulative = 0.0
@@ -428,6 +444,10 @@ class AdaptivePolicy(Policy):
                 self._invalidate()  # every backend re-measured: the budget binds again everywhere
             else:
                 self._renew(key, stage, shape, point, after, backend, learned.predicted)
+            if self.params.front_load_checks and (shape.n > 1 or self._prompts.running(stage)):
+                for moved in self._prompts.follow(stage, shape, point, choice):
+                    if moved in self._reps:
+                        self._publish(moved)  # what the prompt offered its first checks moved
 
     def _renew(
         self,

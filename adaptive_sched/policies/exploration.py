@@ -25,6 +25,11 @@ from collections.abc import Mapping
 
 from ..types import Backend
 
+#: what :func:`front_loaded` needs of a prompt for one first check: the prompt's layers left (this
+#: one included), the chance the check would not have been offered in its layers so far at their
+#: own rates, the chance it was, and the highest chance one decision may give it
+Front = tuple[float, float, float, float]
+
 #: below this, a probe would almost never happen: publish none (and keep entries small)
 MIN_PROBABILITY = 1e-4
 #: exploration never takes more than this share of one decision's probability, unless
@@ -35,6 +40,24 @@ MAX_EXPLORE = 0.5
 def normal_sf(z: float) -> float:
     """P(Z > z) for a standard normal Z."""
     return 0.5 * math.erfc(z * 0.7071067811865476)
+
+
+def front_loaded(rate: float, front: Front) -> float:
+    """The chance to offer a first check at a prefill's layer, given its ``rate`` a layer: what the
+    prompt's layers so far and those left would give it at that rate, less what it was offered
+    (see :mod:`.prompts`).
+
+    >>> round(front_loaded(0.1, (8, 1.0, 0.0, 0.8)), 3)  # a prompt's first layer: 1 - 0.9**8
+    0.57
+    >>> front_loaded(0.1, (7, 0.9, 0.57, 0.8))            # the next one, the rate unchanged
+    0.0
+    """
+    left, unoffered, offered, ceiling = front
+    target = 1.0 - unoffered * (1.0 - rate) ** left
+    if offered >= target:
+        return 0.0
+    chance = (target - offered) / (1.0 - offered)
+    return ceiling if chance > ceiling else chance
 
 
 def _watch_rate(value: float, best: float, shift: float, rate: float) -> float:
@@ -65,6 +88,8 @@ def win_probabilities(
     typical: float | None = None,
     caps: Mapping[Backend, float] | None = None,
     draws: Mapping[Backend, float] | None = None,
+    front: Mapping[Backend, Front] | None = None,
+    rates: dict[Backend, float] | None = None,
 ) -> tuple[Backend, dict[Backend, float]]:
     """The exploit choice and, per alternative, its probability of being explored.
 
@@ -83,7 +108,10 @@ def win_probabilities(
     ``cap`` (which may exceed :data:`MAX_EXPLORE`: the total is then held to the largest of
     them instead); ``draws`` makes an alternative's probability, before the caps, that of
     being the faster in at least one of this many independent draws (a real number: the
-    power of the chance of losing each). Non-finite values are never chosen.
+    power of the chance of losing each); ``front`` gives an alternative, a first check at a
+    prefill's layer, what :func:`front_loaded` turns its probability (after the caps and the
+    allowance: its rate a layer) into, the ceiling then taking the cap's place, and ``rates``, if
+    given, records each such rate. Non-finite values are never chosen.
     """
     finite = {b: v for b, v in values.items() if math.isfinite(v)}
     best = min(finite, key=finite.__getitem__)
@@ -122,12 +150,18 @@ def win_probabilities(
             extra = (v - finite[best]) * (1.0 - hazard)  # what the probe is expected to cost
             if extra * p > allowance[b]:
                 p = allowance[b] / extra  # 0 with a zero budget
+        if front is not None and b in front:
+            if rates is not None:
+                rates[b] = p
+            p = front_loaded(p, front[b])
         if watch > p:
             p = min(cap, watch)
         if p >= MIN_PROBABILITY:
             out[b] = p
             total += p
     limit = max(MAX_EXPLORE, *caps.values()) if caps else MAX_EXPLORE
+    if front:
+        limit = max(limit, *(f[3] for f in front.values()))
     if total > limit:
         out = {b: p * limit / total for b, p in out.items()}
     return best, out
