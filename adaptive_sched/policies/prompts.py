@@ -14,16 +14,19 @@ Where the prior is wrong, the checks come layers sooner: on the learning benchma
 world (``python benchmarks/trace_regret.py --scenario steady --world gpu-heavy --seed 0``) the
 first prompt's GPU attention is checked at its first layer at 0.8, not at 0.2 a layer. Where it
 is right, a prompt pays the same expected cost, in one draw rather than spread over its layers:
-a dear check the prior rightly calls 40 times the choice, offered at 0.008 once rather than at
+a dear check the prior rightly calls 45 times the choice, offered at 0.008 once rather than at
 0.0003 a layer, is made in the same share of prompts, but by other seeds. (Offered from a
 prompt's second layer only, once the choice had run at its shape: paired over seeds 0-29 of
-``bench_learning.py --policies adaptive --json``, -0.0001 where from the first it is -0.0009,
+``bench_learning.py --policies adaptive --json``, -0.0001 where from the first it is -0.0010,
 the GPU-heavy world -0.0007 where it is -0.0026. Not kept.)
 
 :class:`PromptChecks` follows the prefill each stage is running (the layers so far, the
 chance each check was offered in them and the chance it would not have been at their own
 rates), learns how many layers a prompt has (the last one's, counted at its end), and says
-which entries to recompute when either moves.
+which entries to recompute when either moves. It learns from observations: with
+``learner: thread``, a layer decided before the one above it was learned reads the entry as
+it stood (the prompt's first layer's offer, again), and what it was offered is counted when it
+is learned, so the next entry offers that much less.
 
 >>> from adaptive_sched.policies.exploration import front_loaded
 >>> checks = PromptChecks(layers=8)
