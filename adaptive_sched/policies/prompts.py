@@ -42,6 +42,7 @@ from typing import Any
 
 from ..cache import BoundedDict
 from ..types import Backend, Choice, Shape, Stage
+from .estimates import Point
 from .exploration import Front
 
 
@@ -50,7 +51,7 @@ class _Prompt:
 
     __slots__ = ("keys", "layers", "offered", "point", "unoffered")
 
-    def __init__(self, point: Any) -> None:
+    def __init__(self, point: Point) -> None:
         self.point = point
         self.layers = 0
         self.offered: dict[Backend, float] = {}
@@ -77,7 +78,9 @@ class PromptChecks:
         """The :data:`Front` of a check at a prompt's first layer."""
         return (self.layers, 1.0, 0.0, ceiling)
 
-    def fronts(self, stage: Stage, point: Any, checks: Mapping[Backend, Any], ceiling: float) -> dict[Backend, Front]:
+    def fronts(
+        self, stage: Stage, point: Point, checks: Mapping[Backend, float], ceiling: float
+    ) -> dict[Backend, Front]:
         """The :data:`Front` of each of ``checks`` at a prefill entry of ``stage`` at ``point``."""
         prompt = self._prompts.get(stage)
         if prompt is None or prompt.point is not point:  # the next prompt to come here starts afresh
@@ -92,7 +95,7 @@ class PromptChecks:
         rates = self._rates[key] = {}
         return rates
 
-    def follow(self, stage: Stage, shape: Shape, point: Any, choice: Choice | None) -> set[tuple[Any, ...]]:
+    def follow(self, stage: Stage, shape: Shape, point: Point, choice: Choice | None) -> set[tuple[Any, ...]]:
         """Count one observed stage; return the keys of the entries to recompute (those of a prompt
         that moved on a layer, or ended, that offer a first check)."""
         prompt = self._prompts.get(stage)
