@@ -47,6 +47,7 @@ import dataclasses
 import gc
 import itertools
 import json
+import math
 import os
 import random
 import statistics
@@ -207,12 +208,29 @@ def machine_stalls(seconds: float) -> list[float]:
     return sorted(gaps)[-3:]
 
 
+def interpreter_ns(iterations: int = 2_000_000) -> float:
+    """This machine's interpreter speed: ns per iteration of a loop of one call and one addition,
+    the best of five. Every figure here is mostly interpreted Python: two machines' figures are
+    compared through this, not through Vowpal Wabbit's, which is mostly compiled code."""
+
+    def step(x: int) -> int:
+        return x + 1
+
+    best = math.inf
+    for _ in range(5):
+        t0 = time.perf_counter_ns()
+        x = 0
+        for _ in range(iterations):
+            x = step(x)
+        best = min(best, (time.perf_counter_ns() - t0) / iterations)
+    return best
+
+
 def measure_vw(shapes: Iterable[Shape], warmup: int) -> float | None:
     try:
         from vowpalwabbit import Workspace
     except ImportError:
         return None
-    import math
 
     vw = Workspace("--cb_explore_adf --epsilon 0.02 -q sa --quiet")
     clock = time.perf_counter_ns
@@ -293,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     stalls = machine_stalls(args.stall_check)
     print(f"this machine's own stalls, a bare loop over {args.stall_check:g} s, longest gaps (ms): "
           + (", ".join(f"{g:.2f}" for g in stalls) or "none over 1 ms"))  # fmt: skip
+    print(f"this machine's interpreter, a loop of one call and one addition: {interpreter_ns():.1f} ns per iteration")
     print("(microseconds; this machine's load shows in every figure: compare within one run)", file=sys.stderr)
     return 0
 
