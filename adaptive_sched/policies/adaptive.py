@@ -141,7 +141,8 @@ class AdaptiveParams:
     #: computed recomputes the entry ...
     publish_tolerance: float = 0.05
     #: ... or if older than this many observations (so exploration follows the uncertainty
-    #: that grows while a backend goes unobserved) ...
+    #: that grows while a backend goes unobserved) (256: paired over 60 seeds of the learning
+    #: benchmark's worlds, +0.0000, se 0.0001) ...
     refresh_every: int = 1024
     #: ... and an entry is served for at most this many observations however rarely it is used
     expire_after: int = 8192
@@ -460,10 +461,19 @@ class AdaptivePolicy(Policy):
         log_now: float,
     ) -> None:
         """Recompute this observation's entry if the observed backend's estimate at the entry's own
-        shape has moved by more than the entry's tolerance since the entry was computed (changes
-        add up, noise comes and goes), or if it is due; qkv's entry looks ahead to attention, so
-        it follows attention's moves by the same rule. ``key`` is the entry's key if the
-        decision's choice carried it (else it is worked out).
+        shape has moved by more than the entry's tolerance since the entry was computed (changes add
+        up, noise comes and goes), or if it is due; qkv's entry looks ahead to attention, so it
+        follows attention's moves by the same rule. (Two thirds of what learning recomputes in a
+        decode loop are qkv's entries after attention's runs: 8,196 of 12,632 in 60,000 layers
+        of ``bench_learning_cost.py``'s loop. Taking each of attention's moves at what it moves
+        qkv's values, in seconds against the entry's least value, left 221, and the Python source's
+        mean ``observe`` there 20.3 and 21.1 us to 17.1 and 17.6 (two runs each); but paired over 60
+        seeds of ``bench_learning.py --policies adaptive``, +0.0002 (se 0.0001): attention's run on
+        a backend also moves its shared term, and with it the backend's qkv (the NPU's recovery seen
+        by its attention alone, ``npu-throttle`` on the int8-gpu world, seed 43, 1.005 to 1.154).
+        Counting that too left 1,687, and +0.0002 (se 0.0001), the periodic NPU throttling +0.0014,
+        its worst cell 1.162 to 1.264. Not kept.) ``key`` is the entry's key if the decision's
+        choice carried it (else it is worked out).
 
         ``log_now`` is the estimate (the stage's own log run time) at the observed ``point``. An
         entry serves a whole shape bucket and was computed at the bucket's first shape: when the
