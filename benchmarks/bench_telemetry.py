@@ -291,12 +291,20 @@ class WorldTelemetry:
 
 
 def world_layers(
-    scenario: str, variant: str, seed: int, layers: int, world_name: str = "soc", prefill: bool = True
+    scenario: str,
+    variant: str,
+    seed: int,
+    layers: int,
+    world_name: str = "soc",
+    prefill: bool = True,
+    decided: Callable[[Any, Any], None] | None = None,
 ) -> Iterator[Any]:
     """Run ``variant`` (one of :data:`VARIANTS`, or ``oracle``) through ``scenario`` on a
     world that is not our simulator, as ``bench_learning.py`` does, one layer at a time: yields the
     world (its ``progress`` set to the layer's), the shape, and the layer's qkv and attn decisions.
-    Without ``prefill``, the requests' decode layers only (``bench_learning.py --workload decode``)."""
+    Without ``prefill``, the requests' decode layers only (``bench_learning.py --workload decode``).
+    ``decided(policy, decision)``, if given, is called with each decision before it is observed
+    (what the policy knew when it made it)."""
     config = load_config("rk3588-sim")
     config = dataclasses.replace(config, telemetry=dataclasses.replace(config.telemetry, enabled=False))
     prior = load_prior(config)
@@ -316,8 +324,12 @@ def world_layers(
             world.progress = step.index / n
             shape = step.shape
             dq = sched.decide(QKV, shape)
+            if decided is not None:
+                decided(policy, dq)
             sched.observe(dq, world.sample(QKV, shape, dq.backend, None))
             da = sched.decide(ATTN, shape, after=dq)
+            if decided is not None:
+                decided(policy, da)
             sched.observe(da, world.sample(ATTN, shape, da.backend, dq.backend))
             yield world, shape, dq, da
 

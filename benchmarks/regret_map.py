@@ -18,6 +18,13 @@ Each figure is per mille of the cell's best total, so a cell's kinds sum to its
 adaptive/oracle - 1. Reported: the mean of each kind over the cells, the same per world, and
 the cells with most regret (``trace_regret.py --scenario S --world W --seed N`` reads one
 layer by layer). A reading, not a benchmark: nothing is timed.
+
+The explored layers are then split by why the policy offered the probe (the qkv stage's, if
+both stages probed), as its entries weigh it, read from the policy when the decision was made:
+a detected slowdown lifting the budget (``alarm``), a group never checked here (``first
+check``), a backend that changed lately (``recheck``), a group whose one run may have been a
+spike (``doubt``), a change that may have reverted while its backend went unobserved
+(``reversion``), else the exploration budget (``budget``).
 """
 
 from __future__ import annotations
@@ -39,6 +46,32 @@ from adaptive_sched.types import Stage
 
 QKV, ATTN = Stage.QKV, Stage.ATTN
 KINDS = tuple(f"{kind} {phase}" for kind in ("first contact", "explored", "exploit") for phase in ("prefill", "decode"))
+#: why a probe was offered, in the order ``AdaptivePolicy._publish`` weighs them
+REASONS = ("alarm", "first check", "recheck", "doubt", "reversion", "budget")
+PROBES = tuple(f"{reason} {phase}" for reason in REASONS for phase in ("prefill", "decode"))
+
+
+def probe_reason(policy: Any, decision: Any) -> str:
+    """Why the adaptive ``policy`` offers ``decision``'s backend (an explored one) now: what its
+    entries weigh first, as ``AdaptivePolicy._publish`` does (read from its estimates at the
+    decision, where the entry may have been computed a few observations before)."""
+    stage, shape, backend = decision.stage, decision.shape, decision.backend
+    probs = decision.probabilities
+    exploit = max(probs, key=probs.__getitem__)
+    est, clock, alarms = policy._est, policy._clock, policy._alarms
+    model = est.model
+    point = est.point(stage, shape)
+    if alarms and (alarms.lifted(backend, clock) or alarms.lifted(exploit, clock)):
+        return "alarm"
+    if model.observed(stage, backend, point.group) < policy.params.first_checks:
+        return "first check"
+    if model.volatile(backend, clock):
+        return "recheck"
+    if model.doubt(stage, backend, point.group, point.phi[backend])[0]:
+        return "doubt"
+    if model.reversion(backend, clock)[2] > 0.0:
+        return "reversion"
+    return "budget"
 
 
 def run_cell(args: tuple[str, str, int, int, bool]) -> dict[str, Any]:
@@ -48,7 +81,16 @@ def run_cell(args: tuple[str, str, int, int, bool]) -> dict[str, Any]:
     ran: set[tuple[Stage, Any, Any, str]] = set()
     best_total = 0.0
     lost: dict[str, float] = dict.fromkeys(KINDS, 0.0)
-    for world, shape, dq, da in world_layers(scenario, "adaptive", seed, layers, world_name, prefill):
+    probes: dict[str, float] = dict.fromkeys(PROBES, 0.0)
+    reasons: dict[int, str] = {}
+
+    def decided(policy: Any, decision: Any) -> None:
+        if decision.explored:
+            reasons[decision.id] = probe_reason(policy, decision)
+
+    for world, shape, dq, da in world_layers(scenario, "adaptive", seed, layers, world_name, prefill, decided):
+        why = reasons.pop(dq.id, None) or reasons.pop(da.id, None)
+        reasons.pop(da.id, None)
         costs = pair_costs(world.expected, shape)
         best = min(costs, key=costs.__getitem__)
         best_total += costs[best]
@@ -60,19 +102,23 @@ def run_cell(args: tuple[str, str, int, int, bool]) -> dict[str, Any]:
                 kind = "first contact"
             else:
                 kind = "explored" if dq.explored or da.explored else "exploit"
+                if why is not None:
+                    probes[f"{why} {phase}"] += loss
             lost[f"{kind} {phase}"] += loss
         ran.add((QKV, chosen[0], shape.precision, phase))
         ran.add((ATTN, chosen[1], shape.precision, phase))
     return {"scenario": scenario, "world": world_name, "seed": seed,
-            "per_mille": {k: lost[k] / best_total * 1e3 for k in KINDS}}  # fmt: skip
+            "per_mille": {k: lost[k] / best_total * 1e3 for k in KINDS},
+            "probes": {k: probes[k] / best_total * 1e3 for k in PROBES}}  # fmt: skip
 
 
-def summarise(cells: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """The mean per mille of each kind over all cells (``all``) and over each world's."""
+def summarise(cells: list[dict[str, Any]], field: str = "per_mille") -> dict[str, dict[str, float]]:
+    """The mean per mille of each of ``field``'s kinds over all cells (``all``) and over each world's."""
     groups: dict[str, list[dict[str, Any]]] = {"all": cells}
     for c in cells:
         groups.setdefault(c["world"], []).append(c)
-    return {name: {k: statistics.mean(c["per_mille"][k] for c in cs) for k in KINDS} for name, cs in groups.items()}
+    keys = KINDS if field == "per_mille" else PROBES
+    return {name: {k: statistics.mean(c[field][k] for c in cs) for k in keys} for name, cs in groups.items()}
 
 
 def render(cells: list[dict[str, Any]], top: int) -> str:
@@ -86,6 +132,11 @@ def render(cells: list[dict[str, Any]], top: int) -> str:
     for k in KINDS:
         lines.append(f"{k:<22s}" + "".join(f"{means[n][k]:>{width + 1}.2f}" for n in names))
     lines.append(f"{'total':<22s}" + "".join(f"{sum(means[n].values()):>{width + 1}.2f}" for n in names))
+    lines += ["", "explored, by why the probe was offered"]
+    why = summarise(cells, "probes")
+    for k in PROBES:
+        if any(why[n][k] for n in names):
+            lines.append(f"{k:<22s}" + "".join(f"{why[n][k]:>{width + 1}.2f}" for n in names))
     worst = sorted(cells, key=lambda c: -sum(c["per_mille"].values()))[:top]
     if worst:
         lines += ["", f"the {len(worst)} cells with most regret:"]
@@ -114,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         cells = list(pool.map(run_cell, jobs))
     if args.json:
-        print(json.dumps({"means": summarise(cells), "cells": cells}, indent=2))
+        print(json.dumps({"means": summarise(cells), "probes": summarise(cells, "probes"), "cells": cells}, indent=2))
     else:
         print(render(cells, args.top))
     return 0

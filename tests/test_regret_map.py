@@ -52,3 +52,15 @@ def test_the_json_means_are_those_of_the_cells(capsys):
         mine = [c for c in cells if name in ("all", c["world"])]
         for kind in regret_map.KINDS:
             assert means[kind] == pytest.approx(sum(c["per_mille"][kind] for c in mine) / len(mine))
+
+
+@pytest.mark.parametrize(("scenario", "world"), [("steady", "npu-heavy"), ("npu-periodic", "soc")])
+def test_the_explored_layers_split_by_why_their_probe_was_offered(scenario, world):
+    cell = regret_map.run_cell((scenario, world, 0, 1500, True))
+    probes = cell["probes"]
+    assert set(probes) == set(regret_map.PROBES) and all(v >= 0.0 for v in probes.values())
+    for phase in ("prefill", "decode"):
+        split = sum(v for k, v in probes.items() if k.endswith(phase))
+        assert split == pytest.approx(cell["per_mille"][f"explored {phase}"], rel=1e-9, abs=1e-12)
+    # a fresh device's groups are checked once each: first checks are among the reasons
+    assert probes["first check prefill"] + probes["first check decode"] > 0.0
