@@ -89,8 +89,8 @@ def run_cell(args: tuple[str, str, int, int, bool]) -> dict[str, Any]:
             reasons[decision.id] = probe_reason(policy, decision)
 
     for world, shape, dq, da in world_layers(scenario, "adaptive", seed, layers, world_name, prefill, decided):
-        why = reasons.pop(dq.id, None) or reasons.pop(da.id, None)
-        reasons.pop(da.id, None)
+        why_qkv, why_attn = reasons.pop(dq.id, None), reasons.pop(da.id, None)
+        why = why_qkv or why_attn  # a layer whose two stages probed: qkv's reason
         costs = pair_costs(world.expected, shape)
         best = min(costs, key=costs.__getitem__)
         best_total += costs[best]
