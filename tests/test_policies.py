@@ -268,6 +268,27 @@ def test_a_first_check_is_capped_higher_the_further_the_prior_was_off_on_the_cho
     assert c.probabilities[GPU] <= p.params.first_check_ceiling
 
 
+@pytest.mark.parametrize(("npu_runs_s", "first_checked"), [(1e-3, False), (4e-3, True)])
+def test_an_alternative_beyond_a_first_checks_reach_is_probed_within_the_budget_only(npu_runs_s, first_checked):
+    # The GPU, never checked, is believed 50x the NPU's 1 ms: a prior wrong by first_check_reach
+    # (20x) would still leave it slower, so it is offered what the budget affords a checked
+    # alternative, a twentieth of a first check. Unless the NPU runs 4x slower than its prior:
+    # then the prior is off here, and 50x is within 4 times the reach.
+    def gpu_chance(params):
+        p = bound(AdaptivePolicy(params), {("qkv", "gpu"): 50e-3, ("qkv", "npu"): 1e-3})
+        for _ in range(30):
+            c = p.choose(Stage.QKV, SHAPE, None)
+            p.learn(Observation(Stage.QKV, SHAPE, None, NPU, npu_runs_s, c))
+        return p.choose(Stage.QKV, SHAPE, None).probabilities.get(GPU, 0.0)
+
+    reached, unlimited = gpu_chance(AdaptiveParams()), gpu_chance(AdaptiveParams(first_check_reach=1e9))
+    assert unlimited > 0.0
+    if first_checked:
+        assert reached == pytest.approx(unlimited)
+    else:
+        assert reached < unlimited / 5
+
+
 def test_a_first_check_is_likelier_to_be_made_soon_the_further_the_prior_was_off_on_the_choice():
     # A prefill's layers: the GPU never checked, believed 20x the NPU's 1 ms, where the NPU runs
     # 4x slower than the prior says. A check would serve every later layer: over 8 layers it is

@@ -119,6 +119,11 @@ class AdaptiveParams:
     #: are held back by ``first_check_allowance``, not by this: the first prompt's, a check
     #: predicted 204 ms dearer than the NPU's 11.7, at 0.0057 a layer. Not kept.)
     first_check_ceiling: float = 0.8
+    #: an alternative predicted more than this many times slower than the choice (times the
+    #: choice's own slowness against its prior, as for ``first_check_allowance``) is not first
+    #: checked: a prior wrong by this much would still leave it slower. It is probed within the
+    #: budget, as a checked alternative is.
+    first_check_reach: float = 20.0
     #: a prompt's layers share one shape, so a first check made at one of them serves the rest
     #: of the prompt: the chance its layers would give it one by one is offered at its first
     #: layers instead, up to ``first_check_ceiling`` (see :mod:`.prompts`) ...
@@ -154,6 +159,8 @@ class AdaptiveParams:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+        if not self.first_check_reach >= 1.0:
+            raise ValueError(f"first_check_reach must be >= 1, got {self.first_check_reach!r}")
         if self.transition_sync_s < 0 or not math.isfinite(self.transition_sync_s):
             raise ValueError(f"transition_sync_s must be finite and >= 0, got {self.transition_sync_s!r}")
         if not (self.transition_sd_s > 0 and math.isfinite(self.transition_sd_s)):
@@ -335,8 +342,12 @@ class AdaptivePolicy(Policy):
                     # said (not its backend's state: a throttled NPU says nothing of the prior),
                     # by the square of it: the prior that ranked the two is wrong here, perhaps
                     # about both, and more likely so the further it was off.
-                    scale[b] = 1.0
                     slower = max(1.0, math.exp(model.group_offset(stage, fastest, point.group, point.phi[fastest])))
+                    if values[b] > p.first_check_reach * slower * values[fastest]:
+                        scale[b] = budget  # beyond a first check's reach: as a checked alternative
+                        allowance[b] = allowed
+                        continue
+                    scale[b] = 1.0
                     own = p.explore_budget * predicted[fastest] * slower * slower
                     allowance[b] = p.first_check_allowance * max(allowed, own)
                     caps[b] = min(p.first_check_ceiling, p.explore_cap * slower)  # made once: sooner, not more
