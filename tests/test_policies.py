@@ -652,6 +652,40 @@ def test_a_spike_does_not_bring_an_undone_slowdown_back():
     assert p.choose(Stage.QKV, SHAPE, None).predicted[GPU] > 4e-3
 
 
+def test_a_prefill_checks_at_its_first_layers_whether_a_slowdown_ended():
+    # The GPU, the faster, was contended 3x in bursts of 300 observations; contended again, then
+    # unobserved for 200: the contention has likely ended. A prompt's layers, 30 times a decode
+    # step's cost, would each save 34 ms on the GPU if it has: the budget's share of a typical
+    # stage cannot afford a probe, but one check serves the whole prompt, so it is made at once.
+    class PromptPrior(TablePrior):
+        def latency(self, stage, shape):
+            return {b: v * (30.0 if shape.n > 1 else 1.0) for b, v in super().latency(stage, shape).items()}
+
+    p = AdaptivePolicy(seed=0)
+    p.bind((GPU, NPU), PromptPrior({("qkv", "gpu"): 1e-3, ("qkv", "npu"): 1.5e-3}))
+    prompt = Shape(n=128, d=1024, precision="int8")
+
+    def run(shape, backend, latency_s, n):
+        for _ in range(n):
+            p.learn(Observation(Stage.QKV, shape, None, backend, latency_s * (30.0 if shape.n > 1 else 1.0)))
+
+    run(SHAPE, GPU, 1e-3, 300)
+    run(prompt, GPU, 1e-3, 8)
+    run(prompt, NPU, 1.5e-3, 8)
+    for _ in range(2):
+        run(SHAPE, GPU, 3e-3, 300)
+        run(SHAPE, GPU, 1e-3, 300)
+    run(SHAPE, GPU, 3e-3, 200)
+    run(SHAPE, NPU, 1.5e-3, 200)
+    unchecked = 1.0
+    for _ in range(8):
+        choice = p._entry(Stage.QKV, prompt, None).exploit
+        assert choice.backend is NPU  # the GPU is predicted contended still ...
+        unchecked *= 1.0 - choice.probabilities.get(GPU, 0.0)
+        p.learn(Observation(Stage.QKV, prompt, None, NPU, 45e-3, choice))
+    assert unchecked < 0.1  # ... and checked within the prompt's first layers
+
+
 def test_a_backend_whose_slowdown_may_end_is_watched_where_a_probe_is_cheap():
     from adaptive_sched.policies.exploration import win_probabilities
 

@@ -122,7 +122,9 @@ class AdaptiveParams:
     #: an alternative predicted more than this many times slower than the choice (times the
     #: choice's own slowness against its prior, as for ``first_check_allowance``) is not first
     #: checked: a prior wrong by this much would still leave it slower. It is probed within the
-    #: budget, as a checked alternative is.
+    #: budget, as a checked alternative is. (Paired over seeds 0-9 of the learning benchmark, at
+    #: 10: -0.0002, se 0.0001, but a prior 20x wrong would then go unchecked where it hides a
+    #: choice up to 2x faster; at 40: +0.0002, the NPU-heavy world +0.0008.)
     first_check_reach: float = 20.0
     #: a prompt's layers share one shape, so a first check made at one of them serves the rest
     #: of the prompt: the chance its layers would give it one by one is offered at its first
@@ -367,6 +369,20 @@ class AdaptivePolicy(Policy):
                 hazard, shift, rate = model.reversion(b, clock)
                 if rate > 0.0:
                     reversion[b] = (hazard, shift * predicted[b] / values[b], rate)
+            if shape.n > 1:
+                # A prefill's layers share one shape: a change that may have reverted, checked at one
+                # of them, serves the rest of the prompt. Where what the check is expected to save at
+                # the next layer alone (the chance that it reverted, times what the backend would
+                # then save) outweighs what it is expected to cost, it is offered whatever the
+                # budget's state, and front-loaded as a first check is. (Held to the budget's share
+                # of a typical stage, a recovered NPU was checked at 0.002 a layer through a prompt
+                # that lost 68 ms at each: ``trace_regret.py --scenario npu-periodic --seed 2``.)
+                for b, (hazard, shift, _) in reversion.items():
+                    saving = hazard * (values[fastest] - values[b] * math.exp(shift))
+                    if b is not fastest and saving > allowance.get(b, 0.0):
+                        scale[b] = 1.0
+                        allowance[b] = saving
+                        caps.setdefault(b, p.explore_cap)
             front = rates = None
             if p.front_load_checks and shape.n > 1:  # a prefill's: its first checks, front-loaded
                 rates = self._prompts.rates_of(key)
