@@ -270,12 +270,12 @@ def test_a_first_check_is_capped_higher_the_further_the_prior_was_off_on_the_cho
 
 @pytest.mark.parametrize(("npu_runs_s", "first_checked"), [(1e-3, False), (4e-3, True)])
 def test_an_alternative_beyond_a_first_checks_reach_is_probed_within_the_budget_only(npu_runs_s, first_checked):
-    # The GPU, never checked, is believed 50x the NPU's 1 ms: a prior wrong by first_check_reach
-    # (20x) would still leave it slower, so it is offered what the budget affords a checked
+    # The GPU, never checked, is believed 100x the NPU's 1 ms: a prior wrong by first_check_reach
+    # (40x) would still leave it slower, so it is offered what the budget affords a checked
     # alternative, a twentieth of a first check. Unless the NPU runs 4x slower than its prior:
-    # then the prior is off here, and 50x is within 4 times the reach.
+    # then the prior is off here, and 25x is within 4 times the reach.
     def gpu_chance(params):
-        p = bound(AdaptivePolicy(params), {("qkv", "gpu"): 50e-3, ("qkv", "npu"): 1e-3})
+        p = bound(AdaptivePolicy(params), {("qkv", "gpu"): 100e-3, ("qkv", "npu"): 1e-3})
         for _ in range(30):
             c = p.choose(Stage.QKV, SHAPE, None)
             p.learn(Observation(Stage.QKV, SHAPE, None, NPU, npu_runs_s, c))

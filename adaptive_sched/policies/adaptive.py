@@ -122,10 +122,15 @@ class AdaptiveParams:
     #: an alternative predicted more than this many times slower than the choice (times the
     #: choice's own slowness against its prior, as for ``first_check_allowance``) is not first
     #: checked: a prior wrong by this much would still leave it slower. It is probed within the
-    #: budget, as a checked alternative is. (Paired over seeds 0-9 of the learning benchmark, at
-    #: 10: -0.0002, se 0.0001, but a prior 20x wrong would then go unchecked where it hides a
-    #: choice up to 2x faster; at 40: +0.0002, the NPU-heavy world +0.0008.)
-    first_check_reach: float = 20.0
+    #: budget, as a checked alternative is. (The NPU-heavy world's GPU INT8 prefills, believed
+    #: 45 times the NPU's, cost 233 to 646 ms a check, a twentieth of a run. At 20, a prior
+    #: 20 times wrong still found: paired over seeds 0-9 and 10-19 of the learning benchmark
+    #: -0.0002 against this (se 0.0001 each), but on the random device profiles
+    #: (``--random-worlds 6``) +0.0001, ``random-4`` +0.0006: its GPU INT8 decode attention,
+    #: believed 29 times the NPU's 0.54 ms where it takes 0.6, went unchecked for a tenth of a
+    #: run (``trace_regret.py --scenario gpu-contention --world random-4 --seed 2``, 27.6 to
+    #: 46.6 per mille). At 10: -0.0002 more on seeds 0-9, se 0.0001.)
+    first_check_reach: float = 40.0
     #: a prompt's layers share one shape, so a first check made at one of them serves the rest
     #: of the prompt: the chance its layers would give it one by one is offered at its first
     #: layers instead, up to ``first_check_ceiling`` (see :mod:`.prompts`) ...
