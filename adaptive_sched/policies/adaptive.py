@@ -123,7 +123,9 @@ class AdaptiveParams:
     #: choice's own slowness against its prior, as for ``first_check_allowance``) is not first
     #: checked: a prior wrong by this much would still leave it slower. It is probed within the
     #: budget, as a checked alternative is. (The NPU-heavy world's GPU INT8 prefills, believed
-    #: 45 times the NPU's, cost 233 to 646 ms a check, a twentieth of a run. At 20, a prior
+    #: 45 and 48 times the NPU's, cost 233 and 646 ms a check, 2 and 6% of a run; where what
+    #: was learned before puts the first at 32 times (heavy noise on that world, seed 0), it is
+    #: still checked. At 20, a prior
     #: 20 times wrong still found: paired over seeds 0-9 and 10-19 of the learning benchmark
     #: -0.0002 against this (se 0.0001 each), but on the random device profiles
     #: (``--random-worlds 6``) +0.0001, ``random-4`` +0.0006: its GPU INT8 decode attention,
