@@ -568,6 +568,12 @@ class LatencyModel:
         decayed = device.energy * device._decay ** max(0, clock - device.last)
         return decayed > threshold
 
+    def load_read(self, backend: Backend) -> bool:
+        """Whether others' load on ``backend`` is read while it goes unused (telemetry): contention
+        that ends shows there, without a probe (see :meth:`set_loads`)."""
+        device = self._devices.get(backend)
+        return device is not None and not math.isnan(device.load_anchor)
+
     def unobserved_for(self, backend: Backend, clock: int) -> int:
         """Observations (of any backend) made since ``backend`` was last observed."""
         device = self._devices.get(backend)

@@ -384,9 +384,16 @@ class AdaptivePolicy(Policy):
                 # budget's state, and front-loaded as a first check is. (Held to the budget's share
                 # of a typical stage, a recovered NPU was checked at 0.002 a layer through a prompt
                 # that lost 68 ms at each: ``trace_regret.py --scenario npu-periodic --seed 2``.)
+                # Not where others' load on it is read: an end shows there (probed anyway, the
+                # world's GPU contention with telemetry in ``bench_telemetry.py`` lost up to 0.0019
+                # a seed). A clock read is not enough: one that reads its maximum while the backend
+                # is slow, the benchmark's lying telemetry, would hide a throttle's end again
+                # (the NPU on and off, 0.0238 to 0.0262).
                 for b, (hazard, shift, _) in reversion.items():
+                    if b is fastest or model.load_read(b):
+                        continue  # others' load on it is read: contention that ended shows there
                     saving = hazard * (values[fastest] - values[b] * math.exp(shift))
-                    if b is not fastest and saving > allowance.get(b, 0.0):
+                    if saving > allowance.get(b, 0.0):
                         scale[b] = 1.0
                         allowance[b] = saving
                         caps.setdefault(b, p.explore_cap)
