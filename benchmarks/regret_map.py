@@ -64,7 +64,11 @@ def probe_reason(policy: Any, decision: Any) -> str:
     if alarms and (alarms.lifted(backend, clock) or alarms.lifted(exploit, clock)):
         return "alarm"
     if model.observed(stage, backend, point.group) < policy.params.first_checks:
-        return "first check"
+        _, _, values, _ = policy._values(stage, shape, decision.after, point)
+        fastest = min(values, key=values.__getitem__)
+        if policy._first_check_slowness(stage, point, backend, fastest, values) is not None:
+            return "first check"
+        return "budget"  # beyond a first check's reach: probed as a checked alternative is
     if model.volatile(backend, clock):
         return "recheck"
     if model.doubt(stage, backend, point.group, point.phi[backend])[0]:

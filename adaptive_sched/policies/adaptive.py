@@ -275,9 +275,12 @@ class AdaptivePolicy(Policy):
                 out.append(backend)
         return out
 
-    def _publish(self, key: tuple[Any, ...]) -> Entry:
-        """Compute and publish the entry of ``key`` from the current estimates."""
-        stage, shape, after, point, _ = self._reps[key]
+    def _values(
+        self, stage: Stage, shape: Shape, after: Backend | None, point: Point
+    ) -> tuple[list[Backend], dict[Backend, float], dict[Backend, float], dict[Backend, float]]:
+        """The usable backends at ``point`` and, for each with a finite estimate: the stage's own
+        expected seconds (after ``after``), its value (qkv's with the best attention after it,
+        where it looks ahead) and the variance of the value's log."""
         est, clock = self._est, self._clock
         usable = self._usable_at(point) or list(self.usable())
         lookahead = stage is Stage.QKV and self.params.lookahead
@@ -301,6 +304,23 @@ class AdaptivePolicy(Policy):
                     var += f_var
             values[b] = seconds
             log_vars[b] = var / (seconds * seconds)
+        return usable, predicted, values, log_vars
+
+    def _first_check_slowness(
+        self, stage: Stage, point: Point, b: Backend, fastest: Backend, values: Mapping[Backend, float]
+    ) -> float | None:
+        """How many times slower than its prior the choice ``fastest``'s kernels run here (at
+        least 1), if ``b``, never checked in ``point``'s group, is within a first check's reach
+        (``first_check_reach``); None if it is beyond it."""
+        model = self._est.model
+        slower = max(1.0, math.exp(model.group_offset(stage, fastest, point.group, point.phi[fastest])))
+        return None if values[b] > self.params.first_check_reach * slower * values[fastest] else slower
+
+    def _publish(self, key: tuple[Any, ...]) -> Entry:
+        """Compute and publish the entry of ``key`` from the current estimates."""
+        stage, shape, after, point, _ = self._reps[key]
+        est, clock = self._est, self._clock
+        usable, predicted, values, log_vars = self._values(stage, shape, after, point)
         version = clock
         shown = MappingProxyType(predicted)
         freshness = self._freshness
@@ -351,8 +371,8 @@ class AdaptivePolicy(Policy):
                     # said (not its backend's state: a throttled NPU says nothing of the prior),
                     # by the square of it: the prior that ranked the two is wrong here, perhaps
                     # about both, and more likely so the further it was off.
-                    slower = max(1.0, math.exp(model.group_offset(stage, fastest, point.group, point.phi[fastest])))
-                    if values[b] > p.first_check_reach * slower * values[fastest]:
+                    slower = self._first_check_slowness(stage, point, b, fastest, values)
+                    if slower is None:
                         scale[b] = budget  # beyond a first check's reach: as a checked alternative
                         allowance[b] = allowed
                         continue
