@@ -595,6 +595,86 @@ def test_a_kernel_that_changed_alone_makes_the_others_worth_checking_again():
     assert sum(n is not None for n in unhinted) <= 2, unhinted  # without the hint, mostly never
 
 
+def test_an_update_that_sped_one_kernel_up_has_its_unused_siblings_checked_soon():
+    # INT8 qkv runs on the NPU, FP16 qkv on the GPU (the NPU's FP16 qkv, run before, is 1.5x
+    # slower), attention on the NPU (which keeps the NPU's state well known). An update then
+    # makes the NPU's qkv twice as fast at both precisions: the INT8 group sees it as a change
+    # of its own (the NPU's attention ran through it as predicted), and the NPU's FP16 qkv,
+    # which nothing runs, is now the faster choice. Doubted to have sped up alike, it is checked
+    # within ten layers; without the doubt, the budget's trickle finds it later (12 to 273 here).
+    table = {("fp16", "qkv", "gpu"): 1e-3, ("fp16", "qkv", "npu"): 1.5e-3, ("fp16", "attn", "gpu"): 3e-3,
+             ("fp16", "attn", "npu"): 1e-3, ("int8", "qkv", "gpu"): 2e-3, ("int8", "qkv", "npu"): 1e-3,
+             ("int8", "attn", "gpu"): 3e-3, ("int8", "attn", "npu"): 1e-3}  # fmt: skip
+    fp16, int8 = Shape(n=1, d=1024, kv_len=256, precision="fp16"), Shape(n=1, d=1024, kv_len=256, precision="int8")
+
+    def layers_to_find(seed, update_doubt):
+        p = AdaptivePolicy(AdaptiveParams(seed=seed, model=ModelParams(update_doubt=update_doubt)))
+        p.bind((GPU, NPU), PrecisionTablePrior(table))
+        world = {(pr, Stage(s), Backend(b)): v for (pr, s, b), v in table.items()}
+
+        def layer(shape):
+            pr = shape.precision.value
+            q = p.choose(Stage.QKV, shape, None)
+            p.learn(Observation(Stage.QKV, shape, None, q.backend, world[(pr, Stage.QKV, q.backend)], q))
+            a = p.choose(Stage.ATTN, shape, q.backend)
+            p.learn(Observation(Stage.ATTN, shape, q.backend, a.backend, world[(pr, Stage.ATTN, a.backend)], a))
+
+        for _ in range(20):  # the NPU's FP16 qkv was run before, and is known
+            p.learn(Observation(Stage.QKV, fp16, None, NPU, 1.5e-3))
+        for _ in range(1500):
+            layer(fp16)
+            layer(int8)
+        assert p.best(Stage.QKV, fp16, None) is GPU
+        world[("fp16", Stage.QKV, NPU)] = 0.75e-3
+        world[("int8", Stage.QKV, NPU)] = 0.5e-3
+        for i in range(400):
+            layer(fp16)
+            layer(int8)
+            if p.best(Stage.QKV, fp16, None) is NPU:
+                return i
+        return None
+
+    found = [layers_to_find(seed, ModelParams().update_doubt) for seed in range(6)]
+    assert all(n is not None and n <= 10 for n in found), found
+    undoubted = [layers_to_find(seed, 0.0) for seed in range(6)]
+    assert sum(n is not None and n <= 10 for n in undoubted) <= 1, undoubted
+
+
+def test_a_speedup_doubted_on_a_sibling_is_dropped_by_its_next_run_as_predicted():
+    # The same update doubted on the NPU's FP16 qkv, which in fact did not speed up: its next
+    # run, as predicted, settles the doubt, and the group keeps its level.
+    model = LatencyModel(ModelParams())
+    fp16, int8 = Shape(n=1, d=1024, kv_len=256, precision="fp16"), Shape(n=1, d=1024, kv_len=256, precision="int8")
+    clock = 0
+
+    def run(stage, shape, seconds):
+        nonlocal clock
+        clock += 1
+        group, phi = stage_features(stage, shape)
+        model.observe(stage, NPU, group, phi, ("b", shape.precision), prior_log=math.log(1e-3),
+                      log_t=math.log(seconds), clock=clock)  # fmt: skip
+
+    for _ in range(30):
+        run(Stage.QKV, fp16, 1.5e-3)
+        run(Stage.QKV, int8, 1e-3)
+        run(Stage.ATTN, int8, 1e-3)
+    group, phi = stage_features(Stage.QKV, fp16)
+    before = model.group_offset(Stage.QKV, NPU, group, phi)
+    assert model.doubt(Stage.QKV, NPU, group, phi) == (0.0, 0.0)
+    for _ in range(6):
+        run(Stage.QKV, int8, 0.5e-3)
+        run(Stage.ATTN, int8, 1e-3)
+    assert sum(model.changes.values()) == 1
+    doubt, shift = model.doubt(Stage.QKV, NPU, group, phi)
+    assert doubt == 0.5 and shift == pytest.approx(-math.log(2.0), abs=0.25)
+    run(Stage.QKV, fp16, 1.5e-3)
+    assert model.doubt(Stage.QKV, NPU, group, phi) == (0.0, 0.0)
+    assert model.group_offset(Stage.QKV, NPU, group, phi) == pytest.approx(before, abs=0.05)
+    assert not model.transients  # no slow first run was undone
+    with pytest.raises(ValueError, match=r"update_doubt must be <= 0\.5, got 0\.6"):
+        ModelParams(update_doubt=0.6).validate()
+
+
 def test_a_slowdown_that_ends_is_undone_on_both_stages_at_once():
     # The GPU is contended while only qkv runs there; when the contention ends, two qkv runs at
     # the old level undo the whole change, so attention (not run there since) is back too.

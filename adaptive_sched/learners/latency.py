@@ -62,7 +62,10 @@ than ``false_change_rate``; or ``confirm_faster`` since noise cannot speed a run
 re-opens the device term and the regression's intercept and is learned at once, mostly on
 the device term: changes of a whole backend are the common ones. Unless another group of the
 backend ran as predicted while the surprises repeated: then the backend did not change, this
-group was wrong (often at a shape it had not seen), and its intercept takes the change. A
+group was wrong (often at a shape it had not seen), and its intercept takes the change: a
+change of that kernel's code (an update), which makes every other group less certain
+(``kernel_change_var``) and, if it sped the kernel up, casts a doubt on the other groups of
+its stage and backend that they sped up alike (``update_doubt``), settled by their next run. A
 :class:`river.drift.ADWIN` on the winsorised innovations catches the slow or small shifts
 the clip hides from that test.
 
@@ -595,7 +598,8 @@ class LatencyModel:
 
     def doubt(self, stage: Stage, backend: Backend, group: Group, phi: tuple[float, ...]) -> tuple[float, float]:
         """(probability, log shift): that the one run the group's estimate rests on was a spike, and
-        how its estimate at ``phi`` would move if so (back to before that run)."""
+        how its estimate at ``phi`` would move if so (back to before that run); or that an update
+        which sped a sibling up sped it up alike, and how far (see ``ModelParams.update_doubt``)."""
         reg = self._groups.get((stage, backend, group))
         if reg is None or not reg.doubt:
             return 0.0, 0.0
@@ -711,14 +715,16 @@ class LatencyModel:
             v_device = device.var
             v_model = v_device + v_reg + bk[1] + v_clock
             s = v_model + reg.noise
+        update, reg.doubt_update = reg.doubt_update, False
         undone = reg.weigh_doubt(phi, raw, s, v_reg) if reg.doubt else None
         if undone is not None:
-            # The one run the group's mean rested on was a spike: this run is learned against
-            # the mean before it.
+            # The one run the group's mean rested on was a spike (or a sibling's update sped this
+            # group up too): this run is learned against the mean the doubt held.
             p0, p1, p2, p3, v_reg, then = undone
-            self.transients[backend] = self.transients.get(backend, 0) + 1
-            if p.transient_window and at > then:
-                self._doubt_neighbours(backend, reg, at - then)
+            if not update:  # a slow first run undone
+                self.transients[backend] = self.transients.get(backend, 0) + 1
+                if p.transient_window and at > then:
+                    self._doubt_neighbours(backend, reg, at - then)
             predicted += then - at
             raw = log_t - predicted
             v_model = v_device + v_reg + bk[1] + v_clock
@@ -766,6 +772,8 @@ class LatencyModel:
             self._reopen(device, reg, bk, local)
             if local and p.kernel_change_var:
                 self._unsettle(reg, p.kernel_change_var)
+                if raw < 0.0 and p.update_doubt:
+                    self._doubt_siblings(stage, backend, reg, size)
             v_device = device.var
             if k:
                 p0, p1, p2, p3, v_reg, _ = reg.project(phi)
@@ -929,6 +937,21 @@ class LatencyModel:
                     m = reg.m
                     reg.doubt_m, reg.doubt_c = [m[0] - size, m[1], m[2], m[3]], reg.c
                 reg.doubt = MAX_DOUBT
+                reg.version += 1
+                self.stale = True
+
+    def _doubt_siblings(self, stage: Stage, backend: Backend, sped: Regression, size: float) -> None:
+        """``sped``'s kernels became ``size`` faster (log units) by a change of their own (an update,
+        see ``ModelParams.kernel_change_var``): doubt that the other groups of ``stage`` on
+        ``backend`` sped up alike (``ModelParams.update_doubt``). The next run of each settles it,
+        as a doubted spike is settled. Their entries are stale."""
+        doubt = min(self.params.update_doubt, MAX_DOUBT)
+        for (s, b, _), reg in self._groups.items():
+            if s is stage and b is backend and reg is not sped and reg.k and reg.n and not reg.doubt:
+                m = reg.m
+                reg.doubt_m, reg.doubt_c = [m[0] - size, m[1], m[2], m[3]], reg.c
+                reg.doubt = doubt
+                reg.doubt_update = True
                 reg.version += 1
                 self.stale = True
 

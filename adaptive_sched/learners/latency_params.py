@@ -169,6 +169,15 @@ class ModelParams:
     #: nothing where a group had run at one shape only: its intercept and slopes are uncertain
     #: together, their sum is not.)
     kernel_change_var: float = 0.04
+    #: ... and where that change sped the group up, the chance that it sped the other groups of
+    #: its stage and backend up alike (their mean if so: as much faster), as a doubt their next
+    #: run settles (see ``transient_window``); one that no stage runs now is checked once more
+    #: (``AdaptiveParams.recheck_allowance``): the raised variance alone, probed within the
+    #: budget, left a firmware update that made the NPU's FP16 qkv 2.3 times faster unfound for
+    #: a tenth of a run (``trace_regret.py --scenario firmware-swap --seed 2``, 38.7 to 9.4 per
+    #: mille). At most 0.5, as likely as not: a doubt never outweighs what a group's own runs
+    #: showed. 0: off.
+    update_doubt: float = 0.5
     #: a group's first run found to have been a transient (its next run much faster: the doubt
     #: of ``spike_rate``) casts that doubt on what the backend's other groups learned from runs
     #: made within this many observations of it, while they have run at most ``transient_runs``
@@ -242,6 +251,8 @@ class ModelParams:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
         if self.noise_rate > 1 or self.adwin_delta >= 1:
             raise ValueError("noise_rate must be <= 1 and adwin_delta < 1")
+        if self.update_doubt > 0.5:
+            raise ValueError(f"update_doubt must be <= 0.5, got {self.update_doubt!r}")
         if not 0 < self.false_change_rate < 1:
             raise ValueError(f"false_change_rate must be in (0, 1), got {self.false_change_rate!r}")
         if not 0 < self.min_spike_rate <= self.spike_rate < 0.5:

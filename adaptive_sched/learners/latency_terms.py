@@ -351,9 +351,9 @@ class Regression:
     at four features that is several times faster than general loops in Python.
     """
 
-    __slots__ = ("between", "c", "calm_at", "calm_sd", "detector", "doubt", "doubt_c", "doubt_m", "first_at", "gap",
-                 "intercept_at_reading", "k", "last", "m", "moved", "moved_at_reading", "n", "n_at_reading", "noise",
-                 "q", "run", "run_at",
+    __slots__ = ("between", "c", "calm_at", "calm_sd", "detector", "doubt", "doubt_c", "doubt_m", "doubt_update",
+                 "first_at", "gap", "intercept_at_reading", "k", "last", "m", "moved", "moved_at_reading", "n",
+                 "n_at_reading", "noise", "q", "run", "run_at",
                  "run_size", "seen_at", "surprise", "surprise_n", "surprise_var", "version")  # fmt: skip
 
     def __init__(self, mean: list[float] | None, variances: list[float] | None, q: float, noise: float,
@@ -402,6 +402,9 @@ class Regression:
         #: the probability that the one run its mean rests on was a spike, and its mean and
         #: covariance before that run (see ``LatencyModel.observe``)
         self.doubt = 0.0
+        #: whether the doubt is instead that an update which sped a sibling up sped it up alike
+        #: (its mean and covariance if so in ``doubt_m`` and ``doubt_c``)
+        self.doubt_update = False
         #: the clock of its first run (-1 before any)
         self.first_at = -1
         self.doubt_m: list[float] = self.m
