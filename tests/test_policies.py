@@ -785,6 +785,42 @@ def test_a_backend_whose_slowdown_may_end_is_watched_where_a_probe_is_cheap():
     assert dear[GPU] == pytest.approx(cheap[GPU] / 10)
     _, none = win_probabilities(values, log_vars, cap=0.2, scale={GPU: 0.0}, typical=1e-3)
     assert GPU not in none
+    # a reversion that would save this stage nothing, but the layer 5 ms: watched for the layer's gain
+    flat = {GPU: (0.0, 0.0, 1e-3)}
+    _, own = win_probabilities(values, log_vars, cap=0.2, scale={GPU: 0.0}, reversion=flat, typical=1e-3)
+    _, layer = win_probabilities(values, log_vars, cap=0.2, scale={GPU: 0.0}, reversion=flat, typical=1e-3,
+                                 layer_gains={GPU: 5e-3})  # fmt: skip
+    assert GPU not in own and layer[GPU] == pytest.approx(math.sqrt(1e-3 * 5e-3 / 1e-3))
+
+
+def test_the_cheaper_stage_watches_for_the_end_of_a_slowdown_that_would_move_the_dearer_one():
+    # The GPU, contended 3x in bursts at both stages, is contended now: qkv (10 ms on the GPU, 20
+    # on the NPU) and attention (1 ms on either) run on the NPU. Should the contention end, qkv
+    # would save 10 ms a layer; attention, nothing. Any stage tells whether it ended (the
+    # backend's shared term), and a probe of attention costs a fifth of one of qkv: attention
+    # watches for it at what qkv would save, more often than qkv itself does.
+    table = {("qkv", "gpu"): 10e-3, ("qkv", "npu"): 20e-3, ("attn", "gpu"): 1e-3, ("attn", "npu"): 1e-3}
+    p = AdaptivePolicy(seed=0)
+    p.bind((GPU, NPU), TablePrior(table))
+
+    def seconds(stage, backend, slow):
+        return table[(stage.value, backend.value)] * (slow if backend is GPU else 1.0)
+
+    def layer(slow):
+        q = p.choose(Stage.QKV, SHAPE, None)
+        p.learn(Observation(Stage.QKV, SHAPE, None, q.backend, seconds(Stage.QKV, q.backend, slow), q))
+        a = p.choose(Stage.ATTN, SHAPE, q.backend)
+        p.learn(Observation(Stage.ATTN, SHAPE, q.backend, a.backend, seconds(Stage.ATTN, a.backend, slow), a))
+
+    for _ in range(3):
+        for slow in (1.0, 3.0):
+            for _ in range(300):
+                layer(slow)
+    assert p._est.model.reversion(GPU, p._clock)[2] > 0.0  # its bursts come and go
+    qkv = p.probabilities(Stage.QKV, SHAPE, None)
+    attn = p.probabilities(Stage.ATTN, SHAPE, NPU)
+    assert max(qkv, key=qkv.get) is NPU and max(attn, key=attn.get) is NPU
+    assert attn[GPU] > 2 * qkv[GPU]
 
 
 def elasticity(policy, stage: str, backend: str) -> float:

@@ -226,6 +226,8 @@ class AdaptivePolicy(Policy):
         self._clock = 0  # observations learned: the clock of forgetting
         self._stages: set[Stage] = set()  # the stages learned from: what a drift alarm re-measures
         self._prompts = PromptChecks(p.prompt_layers)  # the prefills running (``front_load_checks``)
+        # qkv entry key -> what each backend whose change may have reverted would save the layer if it had
+        self._layer_gains: BoundedDict[tuple[Any, ...], dict[Backend, float]] = BoundedDict(1024)
 
     def prepare(self) -> None:
         with self._lock:
@@ -318,7 +320,7 @@ class AdaptivePolicy(Policy):
 
     def _publish(self, key: tuple[Any, ...]) -> Entry:
         """Compute and publish the entry of ``key`` from the current estimates."""
-        stage, shape, after, point, _ = self._reps[key]
+        stage, shape, after, point, ahead = self._reps[key]
         est, clock = self._est, self._clock
         usable, predicted, values, log_vars = self._values(stage, shape, after, point)
         version = clock
@@ -396,6 +398,23 @@ class AdaptivePolicy(Policy):
                 hazard, shift, rate = model.reversion(b, clock)
                 if rate > 0.0:
                     reversion[b] = (hazard, shift * predicted[b] / values[b], rate)
+            # What a reversion would save the layer, read from its qkv entry (which looks ahead to
+            # attention): any stage tells whether the backend's shared term reverted, so the
+            # cheaper stage watches for the dearer one too. (Paired, ``bench_learning.py
+            # --policies adaptive --json``: seeds 0-9 and 10-19 -0.0001 each, se 0.0000 and 0.0001,
+            # the NPU's periodic throttling -0.0005 and -0.0006; ``--random-worlds 6`` -0.0002, its
+            # worst cell 1.094 to 1.080; ``--workload decode`` -0.0000, a sustained throttle, which
+            # never ends, +0.0003; ``bench_telemetry.py --seeds 0-19`` without telemetry -0.0003,
+            # with it -0.0000.)
+            layer_gains = None
+            if reversion:
+                if stage is Stage.QKV:
+                    gains = self._layer_gains[key] = {}
+                    for b, (_, shift, _) in reversion.items():
+                        if b is not fastest:
+                            gains[b] = values[fastest] - values[b] * math.exp(shift)
+                elif ahead is not None:
+                    layer_gains = self._layer_gains.get(ahead)
             if shape.n > 1:
                 # A prefill's layers share one shape: a change that may have reverted, checked at one
                 # of them, serves the rest of the prompt. Where what the check is expected to save at
@@ -429,6 +448,7 @@ class AdaptivePolicy(Policy):
                 scale=scale,
                 allowance=allowance,
                 reversion=reversion,
+                layer_gains=layer_gains,
                 doubt=doubts,
                 typical=typical,
                 caps=caps,

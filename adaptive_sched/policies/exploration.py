@@ -60,16 +60,17 @@ def front_loaded(rate: float, front: Front) -> float:
     return ceiling if chance > ceiling else chance
 
 
-def _watch_rate(value: float, best: float, shift: float, rate: float) -> float:
+def _watch_rate(value: float, best: float, shift: float, rate: float, layer_gain: float = 0.0) -> float:
     """How often to probe a backend whose last change may revert, outside the budget.
 
     A change that reverts at ``rate`` per decision and would make the backend faster by ``gain``
     per decision is found after ``1/p`` decisions when probed with probability ``p``, each
     probe costing ``loss`` while it has not: the cost per decision ``rate * gain / p + p * loss``
     is least at ``p = sqrt(rate * gain / loss)``. Contention that comes and goes is thus
-    watched for; a change long past (its rate decayed) is not.
+    watched for; a change long past (its rate decayed) is not. ``layer_gain``, if larger, is the
+    gain: what the reversion would save the whole layer, found by a probe of this stage.
     """
-    gain = best - value * math.exp(shift)
+    gain = max(best - value * math.exp(shift), layer_gain)
     loss = value - best
     if gain <= 0.0 or loss <= 0.0 or rate <= 0.0:
         return 0.0
@@ -84,6 +85,7 @@ def win_probabilities(
     scale: Mapping[Backend, float] | None = None,
     allowance: Mapping[Backend, float] | None = None,
     reversion: Mapping[Backend, tuple[float, float, float]] | None = None,
+    layer_gains: Mapping[Backend, float] | None = None,
     doubt: Mapping[Backend, tuple[float, float]] | None = None,
     typical: float | None = None,
     caps: Mapping[Backend, float] | None = None,
@@ -101,7 +103,8 @@ def win_probabilities(
     went through has reverted, the log shift of its value if so (the probability of
     being faster is then a mixture of the two cases: a thin Gaussian tail would miss that
     contention which came is likely to go) and the rate of such reversions, which sets a
-    floor on how often it is watched (see :func:`_watch_rate`), less often where a probe costs
+    floor on how often it is watched (see :func:`_watch_rate`: for what the reversion would
+    save this stage, or the layer, ``layer_gains``, if more), less often where a probe costs
     more than a ``typical`` stage (seconds); ``doubt`` gives, per alternative, the probability
     that the one run its estimate rests on was a spike and the log shift of its value if so, a
     third case of the same mixture; ``caps`` gives an alternative its own cap instead of
@@ -127,7 +130,7 @@ def win_probabilities(
         hazard = spiked = watch = shift = spike_shift = 0.0
         if reversion is not None and b in reversion:
             hazard, shift, rate = reversion[b]
-            watch = _watch_rate(v, finite[best], shift, rate)
+            watch = _watch_rate(v, finite[best], shift, rate, layer_gains.get(b, 0.0) if layer_gains else 0.0)
             if watch and typical is not None and v - finite[best] > typical:
                 # any stage tells whether the backend's shared term reverted: watch where a probe is cheap
                 watch *= typical / (v - finite[best])
