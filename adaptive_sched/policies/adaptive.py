@@ -101,7 +101,16 @@ class AdaptiveParams:
     #: put it: the learning benchmark's worlds +0.0005 over 10 seeds, se 0.0004. Not kept. At 60
     #: and at 200: +0.0013 and +0.0022, se 0.0006 and 0.0007; the GPU-heavy world +0.0001 and
     #: -0.0016, the NPU-heavy one +0.0033 and +0.0080. At 60 again with one draw per decision,
-    #: paired over seeds 0-9: +0.0021, se 0.0005.)
+    #: paired over seeds 0-9: +0.0021, se 0.0005. At 10: +0.0011, se 0.0004, GPU-heavy +0.0027,
+    #: int8-gpu +0.0022. Divided, where the choice's kernels run faster than their prior said,
+    #: by the square of how many times faster (the alternative must then beat a choice cheaper
+    #: than the prior ranked it against): seeds 0-9, 10-19 and 20-29 -0.0011, -0.0012 and -0.0012
+    #: (se 0.0003, 0.0003, 0.0002), the GPU-heavy and NPU-heavy worlds -0.0020 to -0.0033, the
+    #: soc world +0.0009, +0.0004, -0.0003; but the device profiles drawn at random +0.0001 over
+    #: seeds 0-2 and 3-9 (se 0.0003, 0.0002), their decode layers +0.0003, and the soc world's NPU
+    #: on and off in ``bench_telemetry.py`` without telemetry +0.0032 and +0.0018 over seeds 0-19
+    #: and 20-59: a gain on the two worlds whose prior misjudges one backend everywhere, and
+    #: nowhere else. Not kept.)
     first_check_allowance: float = 20.0
     #: ... and with a probability of at most this, beyond ``MAX_EXPLORE`` (the exploit choice
     #: keeps the rest), where the choice's slowness makes it likely to win (``explore_cap``):
