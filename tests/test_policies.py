@@ -553,6 +553,40 @@ class PrecisionTablePrior(TablePrior):
         return {b: v for (p, s, b), v in self.by_precision.items() if p == shape.precision.value and s is stage}
 
 
+FP16, INT8 = Shape(n=1, d=1024, kv_len=256, precision="fp16"), Shape(n=1, d=1024, kv_len=256, precision="int8")
+
+
+def _layers_until_npu_qkv(table, model, seed, known_s, update, limit):
+    """FP16 and INT8 layers run by an adaptive policy against ``table`` ((precision, stage, backend)
+    -> seconds), the NPU's FP16 qkv having been run before at ``known_s``; then ``update`` (the
+    same keys) applied to the world: how many layers pass until the policy holds the NPU the
+    faster at FP16 qkv (None if not within ``limit``)."""
+    p = AdaptivePolicy(AdaptiveParams(seed=seed, model=model))
+    p.bind((GPU, NPU), PrecisionTablePrior(table))
+    world = {(pr, Stage(s), Backend(b)): v for (pr, s, b), v in table.items()}
+
+    def layer(shape):
+        pr = shape.precision.value
+        q = p.choose(Stage.QKV, shape, None)
+        p.learn(Observation(Stage.QKV, shape, None, q.backend, world[(pr, Stage.QKV, q.backend)], q))
+        a = p.choose(Stage.ATTN, shape, q.backend)
+        p.learn(Observation(Stage.ATTN, shape, q.backend, a.backend, world[(pr, Stage.ATTN, a.backend)], a))
+
+    for _ in range(20):
+        p.learn(Observation(Stage.QKV, FP16, None, NPU, known_s))
+    for _ in range(1500):
+        layer(FP16)
+        layer(INT8)
+    assert p.best(Stage.QKV, FP16, None) is GPU
+    world.update({(pr, Stage(s), Backend(b)): v for (pr, s, b), v in update.items()})
+    for i in range(limit):
+        layer(FP16)
+        layer(INT8)
+        if p.best(Stage.QKV, FP16, None) is NPU:
+            return i
+    return None
+
+
 def test_a_kernel_that_changed_alone_makes_the_others_worth_checking_again():
     # FP16 layers run on the GPU, INT8 layers on the NPU (which keeps the NPU's shared term
     # well known). An update then slows the GPU's FP16 attention while its qkv runs as before
@@ -561,33 +595,10 @@ def test_a_kernel_that_changed_alone_makes_the_others_worth_checking_again():
     table = {("fp16", "qkv", "gpu"): 1e-3, ("fp16", "qkv", "npu"): 1.6e-3, ("fp16", "attn", "gpu"): 1e-3,
              ("fp16", "attn", "npu"): 3e-3, ("int8", "qkv", "gpu"): 2e-3, ("int8", "qkv", "npu"): 1e-3,
              ("int8", "attn", "gpu"): 3e-3, ("int8", "attn", "npu"): 1e-3}  # fmt: skip
-    fp16, int8 = Shape(n=1, d=1024, kv_len=256, precision="fp16"), Shape(n=1, d=1024, kv_len=256, precision="int8")
+    update = {("fp16", "attn", "gpu"): 1.8e-3, ("fp16", "qkv", "npu"): 0.5e-3}
 
     def layers_to_find(seed, kernel_change_var):
-        p = AdaptivePolicy(AdaptiveParams(seed=seed, model=ModelParams(kernel_change_var=kernel_change_var)))
-        p.bind((GPU, NPU), PrecisionTablePrior(table))
-        world = {(pr, Stage(s), Backend(b)): v for (pr, s, b), v in table.items()}
-
-        def layer(shape):
-            pr = shape.precision.value
-            q = p.choose(Stage.QKV, shape, None)
-            p.learn(Observation(Stage.QKV, shape, None, q.backend, world[(pr, Stage.QKV, q.backend)], q))
-            a = p.choose(Stage.ATTN, shape, q.backend)
-            p.learn(Observation(Stage.ATTN, shape, q.backend, a.backend, world[(pr, Stage.ATTN, a.backend)], a))
-
-        for _ in range(100):  # the NPU's FP16 qkv was run before, and is well known
-            p.learn(Observation(Stage.QKV, fp16, None, NPU, 1.6e-3))
-        for _ in range(1500):
-            layer(fp16)
-            layer(int8)
-        world[("fp16", Stage.ATTN, GPU)] = 1.8e-3
-        world[("fp16", Stage.QKV, NPU)] = 0.5e-3
-        for i in range(600):
-            layer(fp16)
-            layer(int8)
-            if p.best(Stage.QKV, fp16, None) is NPU:
-                return i
-        return None
+        return _layers_until_npu_qkv(table, ModelParams(kernel_change_var=kernel_change_var), seed, 1.6e-3, update, 600)
 
     found = [layers_to_find(seed, ModelParams().kernel_change_var) for seed in range(6)]
     assert all(n is not None for n in found), found
@@ -605,34 +616,10 @@ def test_an_update_that_sped_one_kernel_up_has_its_unused_siblings_checked_soon(
     table = {("fp16", "qkv", "gpu"): 1e-3, ("fp16", "qkv", "npu"): 1.5e-3, ("fp16", "attn", "gpu"): 3e-3,
              ("fp16", "attn", "npu"): 1e-3, ("int8", "qkv", "gpu"): 2e-3, ("int8", "qkv", "npu"): 1e-3,
              ("int8", "attn", "gpu"): 3e-3, ("int8", "attn", "npu"): 1e-3}  # fmt: skip
-    fp16, int8 = Shape(n=1, d=1024, kv_len=256, precision="fp16"), Shape(n=1, d=1024, kv_len=256, precision="int8")
+    update = {("fp16", "qkv", "npu"): 0.75e-3, ("int8", "qkv", "npu"): 0.5e-3}
 
     def layers_to_find(seed, update_doubt):
-        p = AdaptivePolicy(AdaptiveParams(seed=seed, model=ModelParams(update_doubt=update_doubt)))
-        p.bind((GPU, NPU), PrecisionTablePrior(table))
-        world = {(pr, Stage(s), Backend(b)): v for (pr, s, b), v in table.items()}
-
-        def layer(shape):
-            pr = shape.precision.value
-            q = p.choose(Stage.QKV, shape, None)
-            p.learn(Observation(Stage.QKV, shape, None, q.backend, world[(pr, Stage.QKV, q.backend)], q))
-            a = p.choose(Stage.ATTN, shape, q.backend)
-            p.learn(Observation(Stage.ATTN, shape, q.backend, a.backend, world[(pr, Stage.ATTN, a.backend)], a))
-
-        for _ in range(20):  # the NPU's FP16 qkv was run before, and is known
-            p.learn(Observation(Stage.QKV, fp16, None, NPU, 1.5e-3))
-        for _ in range(1500):
-            layer(fp16)
-            layer(int8)
-        assert p.best(Stage.QKV, fp16, None) is GPU
-        world[("fp16", Stage.QKV, NPU)] = 0.75e-3
-        world[("int8", Stage.QKV, NPU)] = 0.5e-3
-        for i in range(400):
-            layer(fp16)
-            layer(int8)
-            if p.best(Stage.QKV, fp16, None) is NPU:
-                return i
-        return None
+        return _layers_until_npu_qkv(table, ModelParams(update_doubt=update_doubt), seed, 1.5e-3, update, 400)
 
     found = [layers_to_find(seed, ModelParams().update_doubt) for seed in range(6)]
     assert all(n is not None and n <= 10 for n in found), found
@@ -644,7 +631,6 @@ def test_a_speedup_doubted_on_a_sibling_is_dropped_by_its_next_run_as_predicted(
     # The same update doubted on the NPU's FP16 qkv, which in fact did not speed up: its next
     # run, as predicted, settles the doubt, and the group keeps its level.
     model = LatencyModel(ModelParams())
-    fp16, int8 = Shape(n=1, d=1024, kv_len=256, precision="fp16"), Shape(n=1, d=1024, kv_len=256, precision="int8")
     clock = 0
 
     def run(stage, shape, seconds):
@@ -655,19 +641,19 @@ def test_a_speedup_doubted_on_a_sibling_is_dropped_by_its_next_run_as_predicted(
                       log_t=math.log(seconds), clock=clock)  # fmt: skip
 
     for _ in range(30):
-        run(Stage.QKV, fp16, 1.5e-3)
-        run(Stage.QKV, int8, 1e-3)
-        run(Stage.ATTN, int8, 1e-3)
-    group, phi = stage_features(Stage.QKV, fp16)
+        run(Stage.QKV, FP16, 1.5e-3)
+        run(Stage.QKV, INT8, 1e-3)
+        run(Stage.ATTN, INT8, 1e-3)
+    group, phi = stage_features(Stage.QKV, FP16)
     before = model.group_offset(Stage.QKV, NPU, group, phi)
     assert model.doubt(Stage.QKV, NPU, group, phi) == (0.0, 0.0)
     for _ in range(6):
-        run(Stage.QKV, int8, 0.5e-3)
-        run(Stage.ATTN, int8, 1e-3)
+        run(Stage.QKV, INT8, 0.5e-3)
+        run(Stage.ATTN, INT8, 1e-3)
     assert sum(model.changes.values()) == 1
     doubt, shift = model.doubt(Stage.QKV, NPU, group, phi)
     assert doubt == 0.5 and shift == pytest.approx(-math.log(2.0), abs=0.25)
-    run(Stage.QKV, fp16, 1.5e-3)
+    run(Stage.QKV, FP16, 1.5e-3)
     assert model.doubt(Stage.QKV, NPU, group, phi) == (0.0, 0.0)
     assert model.group_offset(Stage.QKV, NPU, group, phi) == pytest.approx(before, abs=0.05)
     assert not model.transients  # no slow first run was undone
