@@ -416,14 +416,15 @@ class AdaptivePolicy(Policy):
             # never ends, +0.0003; ``bench_telemetry.py --seeds 0-19`` without telemetry -0.0003,
             # with it -0.0000.)
             layer_gains = None
-            if reversion:
-                if stage is Stage.QKV:
-                    gains = self._layer_gains[key] = {}
-                    for b, (_, shift, _) in reversion.items():
-                        if b is not fastest:
-                            gains[b] = values[fastest] - values[b] * math.exp(shift)
-                elif ahead is not None:
-                    layer_gains = self._layer_gains.get(ahead)
+            if stage is Stage.QKV:
+                gains = {b: values[fastest] - values[b] * math.exp(shift)
+                         for b, (_, shift, _) in reversion.items() if b is not fastest}  # fmt: skip
+                if gains:
+                    self._layer_gains[key] = gains
+                else:
+                    self._layer_gains.pop(key, None)  # none may revert now: an older record is void
+            elif reversion and ahead is not None:
+                layer_gains = self._layer_gains.get(ahead)
             if shape.n > 1:
                 # A prefill's layers share one shape: a change that may have reverted, checked at one
                 # of them, serves the rest of the prompt. Where what the check is expected to save at
