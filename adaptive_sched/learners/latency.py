@@ -932,13 +932,7 @@ class LatencyModel:
             if b is not backend or reg is spiked or not reg.k or reg.n > p.transient_runs or reg.doubt >= MAX_DOUBT:
                 continue
             if start <= reg.first_at and reg.last <= end:
-                if not reg.doubt:  # else its own first run's doubt says what undoing it means
-                    # as sure as the group is now (the same list: it grows as the group's does)
-                    m = reg.m
-                    reg.doubt_m, reg.doubt_c = [m[0] - size, m[1], m[2], m[3]], reg.c
-                reg.doubt = MAX_DOUBT
-                reg.version += 1
-                self.stale = True
+                self._doubt(reg, size, MAX_DOUBT)
 
     def _doubt_siblings(self, stage: Stage, backend: Backend, sped: Regression, size: float) -> None:
         """``sped``'s kernels became ``size`` faster (log units) by a change of their own (an update,
@@ -948,12 +942,20 @@ class LatencyModel:
         doubt = min(self.params.update_doubt, MAX_DOUBT)
         for (s, b, _), reg in self._groups.items():
             if s is stage and b is backend and reg is not sped and reg.k and reg.n and not reg.doubt:
-                m = reg.m
-                reg.doubt_m, reg.doubt_c = [m[0] - size, m[1], m[2], m[3]], reg.c
-                reg.doubt = doubt
+                self._doubt(reg, size, doubt)
                 reg.doubt_update = True
-                reg.version += 1
-                self.stale = True
+
+    def _doubt(self, reg: Regression, size: float, chance: float) -> None:
+        """Doubt, with probability ``chance``, that ``reg`` is as it seems rather than ``size``
+        faster (log units, through its intercept), for its next run to settle; its entries are stale.
+        A doubt it holds already keeps what undoing it means (its own first run's)."""
+        if not reg.doubt:
+            # as sure as the group is now (the same list: it grows as the group's does)
+            m = reg.m
+            reg.doubt_m, reg.doubt_c = [m[0] - size, m[1], m[2], m[3]], reg.c
+        reg.doubt = chance
+        reg.version += 1
+        self.stale = True
 
     def _unsettle(self, changed: Regression, var: float) -> None:
         """Make every group but ``changed`` at least ``var`` uncertain where it last ran, through its

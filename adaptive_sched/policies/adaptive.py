@@ -415,10 +415,11 @@ class AdaptivePolicy(Policy):
             # worst cell 1.094 to 1.080; ``--workload decode`` -0.0000, a sustained throttle, which
             # never ends, +0.0003; ``bench_telemetry.py --seeds 0-19`` without telemetry -0.0003,
             # with it -0.0000.)
+            # what each such backend would save this stage if its change has reverted
+            gains = {b: values[fastest] - values[b] * math.exp(shift)
+                     for b, (_, shift, _) in reversion.items() if b is not fastest}  # fmt: skip
             layer_gains = None
             if stage is Stage.QKV:
-                gains = {b: values[fastest] - values[b] * math.exp(shift)
-                         for b, (_, shift, _) in reversion.items() if b is not fastest}  # fmt: skip
                 if gains:
                     self._layer_gains[key] = gains
                 else:
@@ -438,10 +439,10 @@ class AdaptivePolicy(Policy):
                 # a seed). A clock read is not enough: one that reads its maximum while the backend
                 # is slow, the benchmark's lying telemetry, would hide a throttle's end again
                 # (the NPU on and off, 0.0238 to 0.0262).
-                for b, (hazard, shift, _) in reversion.items():
-                    if b is fastest or model.load_read(b):
+                for b, gain in gains.items():
+                    if model.load_read(b):
                         continue  # others' load on it is read: contention that ended shows there
-                    saving = hazard * (values[fastest] - values[b] * math.exp(shift))
+                    saving = reversion[b][0] * gain
                     if saving > allowance.get(b, 0.0):
                         scale[b] = 1.0
                         allowance[b] = saving
